@@ -1,0 +1,135 @@
+/*
+ * keygate.h - the gateway ABI of libkeygate.
+ *
+ * A PAM-style module: a gateway loads libkeygate (linked or dlopen()ed),
+ * opens one kg_ctx per thread from a config file, and asks kg_authorize()
+ * about each request. The names and meanings below are a stable ABI: new
+ * symbols may be added, none written here is ever changed.
+ *
+ * Thread rules: a kg_ctx is used by one thread at a time. Open one per
+ * thread (or per nginx worker process); contexts share nothing.
+ */
+#ifndef KEYGATE_H
+#define KEYGATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KG_ABI_VERSION 1
+
+#if defined(KG_BUILDING_LIBRARY)
+#define KG_EXPORT __attribute__((visibility("default")))
+#else
+#define KG_EXPORT
+#endif
+
+typedef struct kg_ctx kg_ctx;              /* opaque; one per thread */
+
+typedef enum kg_status {
+    KG_OK = 0,
+    KG_TOKEN_MALFORMED,    /* 401 bad format or checksum; no store lookup  */
+    KG_TOKEN_UNKNOWN,      /* 401 never issued, rotated away, unassigned   */
+    KG_KEY_REVOKED,        /* 401                                          */
+    KG_SERVICE_DISABLED,   /* 403 service not enabled on the key           */
+    KG_MODEL_DENIED,       /* 403 model not allowed under the key's policy */
+    KG_QUOTA_EXCEEDED,     /* 429 free-tier quota used up                  */
+    KG_INSUFFICIENT_FUNDS, /* 402 wallet balance below the request's cost  */
+    KG_BAD_REQUEST,        /* 400 unknown service/model/param, bad args    */
+    KG_BACKEND_ERROR       /* 503 store unreachable or timed out           */
+} kg_status;
+
+typedef struct kg_param { const char *name; int64_t value; } kg_param;
+
+typedef struct kg_request {
+    const char *token;  size_t token_len;
+    const char *service;
+    const char *model;            /* NULL if the service has none */
+    const kg_param *params; size_t nparams;
+    const char *request_id;       /* NULL, or: a retry with this id is never charged twice */
+} kg_request;
+
+typedef struct kg_result {
+    kg_status status;
+    char key_id[64], team_id[64], user_id[64], wallet_id[64];
+    int64_t cost_micros;          /* charged by this call; 0 when free, denied or replayed */
+    int64_t balance_micros;       /* wallet balance after the call; -1 when no wallet      */
+    int replayed;                 /* 1: request_id seen before, nothing charged again      */
+} kg_result;
+
+/* Opens a context from a config file (SPEC §7 format). On failure returns
+ * NULL and writes a human-readable reason into err (if err != NULL). The
+ * store is connected lazily: kg_open does not fail because Redis is down. */
+KG_EXPORT kg_ctx     *kg_open(const char *config_path, char *err, size_t errlen);
+
+/* Blocking form: answers one request, waiting at most timeout_ms for the
+ * store per round trip. Fills *res (always, even on refusal). */
+KG_EXPORT kg_status   kg_authorize(kg_ctx *ctx, const kg_request *req, kg_result *res);
+
+/* Frees the context and everything it owns. Accepts NULL. Pending
+ * non-blocking requests complete with KG_BACKEND_ERROR before it returns. */
+KG_EXPORT void        kg_close(kg_ctx *ctx);
+
+KG_EXPORT const char *kg_strerror(kg_status s);    /* static string, never NULL */
+KG_EXPORT int         kg_http_status(kg_status s); /* 200, 401, 402, 403, 429, 400, 503 */
+
+/* ---------------------------------------------------------------------
+ * Additions (ABI version 1).
+ * ------------------------------------------------------------------- */
+
+/* Machine-readable short code of a status, e.g. "insufficient_funds";
+ * used in the JSON bodies of HTTP adapters. Static string. */
+KG_EXPORT const char *kg_status_code(kg_status s);
+
+/* The ABI version the library was built with (KG_ABI_VERSION). A host
+ * compares it with its own KG_ABI_VERSION at load time. */
+KG_EXPORT int         kg_abi_version(void);
+
+/* ---------------------------------------------------------------------
+ * Non-blocking form, for hosts with an event loop (nginx).
+ *
+ * The host attaches its loop once with kg_loop_attach(). From then on the
+ * library tells the host which file descriptors it wants watched through
+ * hooks->watch(host, fd, events): events is a mask of KG_EV_READ and
+ * KG_EV_WRITE, and 0 means "stop watching fd" (it is about to be closed).
+ * When fd is ready the host calls kg_loop_ready(ctx, fd, events).
+ * The host also runs a timer: kg_loop_next_timeout_ms() says how long until
+ * the library needs kg_loop_timeout() called (-1: no timer needed).
+ *
+ * kg_authorize_start() begins one request. If the answer is known at once
+ * (malformed token, warm cache on a free service without quota, ...) it
+ * fills *res, returns 0 and never calls done. Otherwise it returns 1 and
+ * calls done(arg, res) later from inside kg_loop_ready/kg_loop_timeout/
+ * kg_close; *res and the strings of *req must stay valid until then, or
+ * until kg_authorize_cancel(ctx, *handle) is called: after a cancel, done
+ * is never called and *res is never touched again. Returns -1 if the
+ * request could not be started (res->status says why).
+ * ------------------------------------------------------------------- */
+#define KG_EV_READ  1
+#define KG_EV_WRITE 2
+
+typedef struct kg_loop_hooks {
+    int version;                                   /* KG_ABI_VERSION */
+    void (*watch)(void *host, int fd, int events); /* events 0: forget fd */
+} kg_loop_hooks;
+
+typedef struct kg_pending kg_pending;              /* opaque handle */
+typedef void (*kg_done_fn)(void *arg, kg_result *res);
+
+KG_EXPORT int  kg_loop_attach(kg_ctx *ctx, const kg_loop_hooks *hooks, void *host);
+KG_EXPORT void kg_loop_ready(kg_ctx *ctx, int fd, int events);
+KG_EXPORT int  kg_loop_next_timeout_ms(kg_ctx *ctx);
+KG_EXPORT void kg_loop_timeout(kg_ctx *ctx);
+
+KG_EXPORT int  kg_authorize_start(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                                  kg_done_fn done, void *arg, kg_pending **handle);
+KG_EXPORT void kg_authorize_cancel(kg_ctx *ctx, kg_pending *handle);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KEYGATE_H */

@@ -1,0 +1,249 @@
+/*
+ * kgc_config.c - config and pepper files (SPEC §7).
+ */
+#include "kgc_config.h"
+#include "kgc_token.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void kgc_config_defaults(kgc_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->socket_mode = 0660;
+    snprintf(cfg->key_prefix, sizeof cfg->key_prefix, "kg:");
+    snprintf(cfg->redis_host, sizeof cfg->redis_host, "127.0.0.1");
+    cfg->redis_port = 6379;
+    cfg->timeout_ms = 50;
+    cfg->cache_ttl_ms = 1000;
+    cfg->max_line = 65536;
+    cfg->idle_timeout_s = 30;
+    cfg->max_clients = 4096;
+}
+
+static int set_str(char *dst, size_t cap, const char *v)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n >= cap)
+        return -1;
+    memcpy(dst, v, n + 1);
+    return 0;
+}
+
+static int set_long(long *out, const char *v, int base, long min, long max)
+{
+    char *end;
+    long x;
+
+    errno = 0;
+    x = strtol(v, &end, base);
+    if (errno || end == v || *end != '\0' || x < min || x > max)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int set_redis(kgc_config *cfg, const char *v)
+{
+    const char *colon;
+    long port;
+
+    if (strncmp(v, "unix:", 5) == 0) {
+        cfg->redis_host[0] = '\0';
+        return set_str(cfg->redis_unix, sizeof cfg->redis_unix, v + 5);
+    }
+    colon = strrchr(v, ':');
+    if (colon == NULL || colon == v || (size_t)(colon - v) >= sizeof cfg->redis_host)
+        return -1;
+    if (set_long(&port, colon + 1, 10, 1, 65535) != 0)
+        return -1;
+    memcpy(cfg->redis_host, v, (size_t)(colon - v));
+    cfg->redis_host[colon - v] = '\0';
+    cfg->redis_port = (int)port;
+    cfg->redis_unix[0] = '\0';
+    return 0;
+}
+
+/* Applies one "key value" pair. Returns 0, -1 for a bad value, -2 for an
+ * unknown key. */
+static int apply(kgc_config *cfg, const char *k, const char *v)
+{
+    long x;
+
+    if (strcmp(k, "socket") == 0)
+        return set_str(cfg->socket_path, sizeof cfg->socket_path, v);
+    if (strcmp(k, "socket_mode") == 0) {
+        if (set_long(&x, v, 8, 0, 0777) != 0)
+            return -1;
+        cfg->socket_mode = (unsigned)x;
+        return 0;
+    }
+    if (strcmp(k, "catalog") == 0)
+        return set_str(cfg->catalog_path, sizeof cfg->catalog_path, v);
+    if (strcmp(k, "redis") == 0)
+        return set_redis(cfg, v);
+    if (strcmp(k, "pepper_file") == 0)
+        return set_str(cfg->pepper_file, sizeof cfg->pepper_file, v);
+    if (strcmp(k, "key_prefix") == 0)
+        return set_str(cfg->key_prefix, sizeof cfg->key_prefix, v);
+    if (strcmp(k, "timeout_ms") == 0) {
+        if (set_long(&x, v, 10, 1, 60000) != 0)
+            return -1;
+        cfg->timeout_ms = (int)x;
+        return 0;
+    }
+    if (strcmp(k, "cache_ttl_ms") == 0) {
+        if (set_long(&x, v, 10, 0, 1000) != 0) /* the 1 s refusal promise */
+            return -1;
+        cfg->cache_ttl_ms = (int)x;
+        return 0;
+    }
+    if (strcmp(k, "max_line") == 0) {
+        if (set_long(&x, v, 10, 256, 16L * 1024 * 1024) != 0)
+            return -1;
+        cfg->max_line = (size_t)x;
+        return 0;
+    }
+    if (strcmp(k, "idle_timeout") == 0) {
+        if (set_long(&x, v, 10, 1, 86400) != 0)
+            return -1;
+        cfg->idle_timeout_s = (int)x;
+        return 0;
+    }
+    if (strcmp(k, "max_clients") == 0) {
+        if (set_long(&x, v, 10, 1, 1000000) != 0)
+            return -1;
+        cfg->max_clients = (int)x;
+        return 0;
+    }
+    if (strcmp(k, "http") == 0)
+        return set_str(cfg->http_listen, sizeof cfg->http_listen, v);
+    if (strcmp(k, "http_root") == 0)
+        return set_str(cfg->http_root, sizeof cfg->http_root, v);
+    return -2;
+}
+
+int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen)
+{
+    FILE *f;
+    char line[2048];
+    int lineno = 0, rc = 0;
+
+    kgc_config_defaults(cfg);
+    f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    while (fgets(line, sizeof line, f) != NULL) {
+        char *p = line, *k, *v, *end;
+        int r;
+
+        lineno++;
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            snprintf(err, errlen, "%s:%d: line too long", path, lineno);
+            rc = -1;
+            break;
+        }
+        if ((end = strchr(p, '#')) != NULL)
+            *end = '\0';
+        while (isspace((unsigned char)*p))
+            p++;
+        end = p + strlen(p);
+        while (end > p && isspace((unsigned char)end[-1]))
+            *--end = '\0';
+        if (*p == '\0')
+            continue;
+        k = p;
+        while (*p && !isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0') {
+            snprintf(err, errlen, "%s:%d: '%s' needs a value", path, lineno, k);
+            rc = -1;
+            break;
+        }
+        *p++ = '\0';
+        while (isspace((unsigned char)*p))
+            p++;
+        v = p;
+        r = apply(cfg, k, v);
+        if (r == -2) {
+            snprintf(err, errlen, "%s:%d: unknown key '%s'", path, lineno, k);
+            rc = -1;
+            break;
+        }
+        if (r != 0) {
+            snprintf(err, errlen, "%s:%d: bad value for '%s'", path, lineno, k);
+            rc = -1;
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+int kgc_pepper_load(const char *path, unsigned char **out, char *err, size_t errlen)
+{
+    char hex[KGC_PEPPER_LEN * 2 + 2];
+    struct stat st;
+    unsigned char *p = NULL;
+    size_t binlen = 0, n;
+    const char *end = NULL;
+    int fd, rc = -1;
+
+    *out = NULL;
+    if (path == NULL || path[0] == '\0') {
+        snprintf(err, errlen, "pepper_file is not set");
+        return -1;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        goto done;
+    }
+    if (st.st_mode & S_IROTH) {
+        snprintf(err, errlen, "%s: refused, the pepper file is world-readable (chmod o-r)", path);
+        goto done;
+    }
+    n = (size_t)read(fd, hex, sizeof hex);
+    if (n == (size_t)-1)
+        n = 0;
+    if (n > 0 && hex[n - 1] == '\n')
+        n--;
+    if (n != KGC_PEPPER_LEN * 2) {
+        snprintf(err, errlen, "%s: expected 64 hex characters", path);
+        goto done;
+    }
+    p = sodium_malloc(KGC_PEPPER_LEN);
+    if (p == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    if (sodium_hex2bin(p, KGC_PEPPER_LEN, hex, n, NULL, &binlen, &end) != 0 ||
+        binlen != KGC_PEPPER_LEN || end != hex + n) {
+        snprintf(err, errlen, "%s: expected 64 hex characters", path);
+        goto done;
+    }
+    sodium_mprotect_readonly(p);
+    *out = p;
+    p = NULL;
+    rc = 0;
+done:
+    sodium_memzero(hex, sizeof hex);
+    if (p != NULL)
+        sodium_free(p);
+    close(fd);
+    return rc;
+}

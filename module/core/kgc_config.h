@@ -1,0 +1,46 @@
+/*
+ * kgc_config.h - the shared config file (SPEC §7) and the pepper file.
+ *
+ * One "key value" per line, '#' starts a comment, blank lines ignored.
+ * Both the daemon and libkeygate read the same file; each uses the keys it
+ * needs. A key that neither knows is an error naming its line.
+ */
+#ifndef KGC_CONFIG_H
+#define KGC_CONFIG_H
+
+#include <stddef.h>
+
+#define KGC_PATH_MAX 1024
+
+typedef struct kgc_config {
+    char socket_path[108];        /* daemon: admin Unix socket ("" = unset) */
+    unsigned socket_mode;         /* daemon: its file mode, default 0660 */
+    char catalog_path[KGC_PATH_MAX]; /* daemon: service catalog JSON */
+    char redis_unix[108];         /* both: Redis Unix socket, or "" */
+    char redis_host[256];         /* both: Redis host when redis_unix is "" */
+    int redis_port;               /* both: Redis TCP port */
+    char pepper_file[KGC_PATH_MAX]; /* both: 64 hex characters */
+    char key_prefix[64];          /* both: prefix of every Redis key, "kg:" */
+    int timeout_ms;               /* module: per-request store timeout, 50 */
+    int cache_ttl_ms;             /* module: token cache backstop TTL, 1000 */
+    size_t max_line;              /* daemon: admin line limit, 65536 */
+    int idle_timeout_s;           /* daemon: drop a silent client with a partial line, 30 */
+    int max_clients;              /* daemon: admin connections at once, 4096 */
+    char http_listen[128];        /* daemon: "HOST:PORT" of the console, "" = off */
+    char http_root[KGC_PATH_MAX]; /* daemon: console static files */
+} kgc_config;
+
+/* Fills *cfg with defaults, then with the file's values. Returns 0, or -1
+ * with a message naming the file and line in err. */
+int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen);
+
+/* Defaults only (what an empty file gives). */
+void kgc_config_defaults(kgc_config *cfg);
+
+/* Reads the pepper file: exactly 64 hex characters (one trailing newline
+ * allowed), refused if it is not a regular file or others may read it.
+ * On success *out is KGC_PEPPER_LEN bytes of sodium_malloc()ed, read-only
+ * memory owned by the caller (free with sodium_free). Returns 0 or -1. */
+int kgc_pepper_load(const char *path, unsigned char **out, char *err, size_t errlen);
+
+#endif

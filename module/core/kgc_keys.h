@@ -1,0 +1,72 @@
+/*
+ * kgc_keys.h - Redis key names and object ids (docs/redis-schema.md).
+ *
+ * Every key of one team carries the hash tag "{t:<team_id>}" so that each
+ * script touches one slot. Key and wallet ids embed their team's id, so the
+ * team (and so the slot) of any id is known without a lookup.
+ */
+#ifndef KGC_KEYS_H
+#define KGC_KEYS_H
+
+#include <stddef.h>
+
+#define KGC_ID_TEAM_RAND 12
+#define KGC_ID_OWN_RAND  8
+#define KGC_ID_MAX       40
+#define KGC_RKEY_MAX     512
+
+/* New ids: "u_" + 16, "t_" + 12, "k_"/"w_" + team's 12 + 8, "tk_" + 12. */
+void kgc_id_user(char *out);
+void kgc_id_team(char *out);
+void kgc_id_key(const char *team_id, char *out);
+void kgc_id_wallet(const char *team_id, char *out);
+void kgc_id_token(char *out);
+
+/* Writes the team id that key or wallet id `id` (prefix 'k' or 'w') belongs
+ * to into out[KGC_ID_MAX]. Returns 0, or -1 if id has not that shape. */
+int kgc_id_team_of(const char *id, char kind, char *out);
+
+/* 1 if s is a plausible id: 1..KGC_ID_MAX-1 of [A-Za-z0-9_]. */
+int kgc_id_plausible(const char *s);
+
+/* Formats prefix + name into out[KGC_RKEY_MAX]; printf-style name.
+ * Returns the length, or -1 if it did not fit. */
+int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Name shapes, to be used with kgc_rkey (team id first where there is one):
+ *   KGC_RK_TEAM      "{t:%s}:team"             JSON team document
+ *   KGC_RK_KEYS      "{t:%s}:keys"             zset key_id by created ms
+ *   KGC_RK_KEY       "{t:%s}:key:%s"           JSON key document
+ *   KGC_RK_WALLETS   "{t:%s}:wallets"          zset wallet_id by created ms
+ *   KGC_RK_WALLET    "{t:%s}:wallet:%s"        hash (balance_micros, ...)
+ *   KGC_RK_LEDGER    "{t:%s}:ledger:%s"        list of JSON entries, newest first
+ *   KGC_RK_CREDIT    "{t:%s}:credit:%s:%s"     credit idempotency (wallet, ref hash)
+ *   KGC_RK_REQ       "{t:%s}:req:%s:%s"        debit idempotency (key, request id)
+ *   KGC_RK_QUOTA     "{t:%s}:quota:%s:%s:%s"   free requests (key, service, yyyymmdd)
+ *   KGC_RK_AUDIT     "{t:%s}:audit"            list of JSON audit entries
+ *   KGC_RK_TOKEN     "tok:%s"                  hash: key_id team_id user_id token_id expires_ms
+ *   KGC_RK_USER      "user:%s"                 JSON user document
+ *   KGC_RK_EMAIL     "email:%s"                user id by lower-cased email
+ *   KGC_RK_NOTIF     "notif:%s"                list of JSON notifications
+ *   KGC_RK_CATALOG   "catalog"                 the catalog JSON the daemon loaded
+ *   KGC_RK_CHANNEL   "inval"                   pub/sub channel of invalidations
+ */
+#define KGC_RK_TEAM    "{t:%s}:team"
+#define KGC_RK_KEYS    "{t:%s}:keys"
+#define KGC_RK_KEY     "{t:%s}:key:%s"
+#define KGC_RK_WALLETS "{t:%s}:wallets"
+#define KGC_RK_WALLET  "{t:%s}:wallet:%s"
+#define KGC_RK_LEDGER  "{t:%s}:ledger:%s"
+#define KGC_RK_CREDIT  "{t:%s}:credit:%s:%s"
+#define KGC_RK_REQ     "{t:%s}:req:%s:%s"
+#define KGC_RK_QUOTA   "{t:%s}:quota:%s:%s:%s"
+#define KGC_RK_AUDIT   "{t:%s}:audit"
+#define KGC_RK_TOKEN   "tok:%s"
+#define KGC_RK_USER    "user:%s"
+#define KGC_RK_EMAIL   "email:%s"
+#define KGC_RK_NOTIF   "notif:%s"
+#define KGC_RK_CATALOG "catalog"
+#define KGC_RK_CHANNEL "inval"
+
+#endif

@@ -1,0 +1,71 @@
+/*
+ * kgc_price.h - the service catalog and the one pricing function.
+ *
+ * Cost of a request = base_micros + sum over the model's "per" entries of
+ * ceil(quantity * micros / units), a missing param counting 0 (SPEC §7).
+ * price.estimate in the daemon and the charge in libkeygate both call
+ * kgc_price(), so the two agree to the micro.
+ */
+#ifndef KGC_PRICE_H
+#define KGC_PRICE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keygate.h"
+
+typedef struct kgc_rate {
+    char *param;                  /* owned */
+    int64_t micros;               /* price of `units` units, >= 0 */
+    int64_t units;                /* > 0 */
+} kgc_rate;
+
+typedef struct kgc_model {
+    char *id;                     /* owned */
+    int64_t base_micros;          /* >= 0 */
+    kgc_rate *per;                /* owned, nper entries */
+    size_t nper;
+} kgc_model;
+
+typedef struct kgc_service {
+    char *id, *name;              /* owned */
+    int free;                     /* part of the free tier */
+    int64_t requests_per_day;     /* free quota per key per UTC day; 0 = none */
+    kgc_model *models;            /* owned */
+    size_t nmodels;
+} kgc_service;
+
+typedef struct kgc_catalog {
+    char *currency;               /* owned */
+    kgc_service *services;        /* owned */
+    size_t nservices;
+    json_t *json;                 /* the validated document (one reference owned) */
+} kgc_catalog;
+
+typedef struct kgc_line {
+    const char *param;            /* borrowed from the model */
+    int64_t quantity;
+    int64_t subtotal_micros;
+} kgc_line;
+
+/* Validates and parses a catalog document. name is used in messages (the
+ * file path). On error returns NULL and names the service, model and field
+ * in err. The caller frees the result with kgc_catalog_free. */
+kgc_catalog *kgc_catalog_parse(const char *text, size_t len, const char *name,
+                               char *err, size_t errlen);
+kgc_catalog *kgc_catalog_load(const char *path, char *err, size_t errlen);
+void kgc_catalog_free(kgc_catalog *cat);   /* accepts NULL */
+
+/* Borrowed pointers into cat, or NULL. */
+const kgc_service *kgc_catalog_service(const kgc_catalog *cat, const char *id);
+/* A NULL id picks the service's only model when it has exactly one. */
+const kgc_model *kgc_service_model(const kgc_service *svc, const char *id);
+
+/* Prices one request. lines, when not NULL, receives m->nper entries (one per
+ * priced param, in catalog order). Returns 0, or -1 with a reason in err for
+ * an unpriced or repeated param, a negative quantity or an overflow. */
+int kgc_price(const kgc_model *m, const kg_param *params, size_t nparams,
+              int64_t *cost, kgc_line *lines, char *err, size_t errlen);
+
+#endif
