@@ -1,0 +1,644 @@
+"""kgtest - shared harness for keygate's Python integration tests.
+
+Python 3 standard library only. Starts a throwaway redis-server on a Unix
+socket inside a temporary directory, writes a pepper, a catalog and a config
+file (SPEC §7 format), starts keygated against them, and offers:
+
+    Env        the whole environment (context manager, or setUpClass/close)
+    Client     one connection to the admin socket (newline-delimited JSON)
+    Redis      a tiny RESP client over a Unix socket (arrays, bulk strings,
+               integers, simple strings, errors)
+    signup()   user.signup with a unique email
+    make_team() a team with an owner and some admins/users
+
+Environment variables:
+    KEYGATED       path of the keygated binary (default <repo>/build/daemon/keygated)
+    REDIS_SERVER   path of redis-server (default: redis-server on PATH)
+    KGTEST_KEEP    if set, the temp dir is kept on close (for post-mortems)
+
+Typical use:
+
+    class T(unittest.TestCase):
+        @classmethod
+        def setUpClass(cls):
+            cls.env = kgtest.Env()
+        @classmethod
+        def tearDownClass(cls):
+            cls.env.close()
+        def test_x(self):
+            c = self.env.client()
+            s = kgtest.signup(c)
+            key = c.ok("key.get", s["user_id"], key=s["free_key_id"])
+"""
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+DEFAULT_CATALOG = os.path.join(REPO, "tests", "data", "catalog.json")
+DEFAULT_KEYGATED = os.path.join(REPO, "build", "daemon", "keygated")
+
+
+def keygated_path():
+    return os.environ.get("KEYGATED") or DEFAULT_KEYGATED
+
+
+def redis_server_path():
+    p = os.environ.get("REDIS_SERVER")
+    if p:
+        return p
+    return shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+# --------------------------------------------------------------------------
+# RESP client
+# --------------------------------------------------------------------------
+
+class RedisError(Exception):
+    """An error reply (-ERR ...) from Redis."""
+
+
+class Redis:
+    """A minimal blocking RESP2 client over a Unix socket."""
+
+    def __init__(self, path, timeout=10.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    @staticmethod
+    def _encode(args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            if isinstance(a, bytes):
+                b = a
+            elif isinstance(a, str):
+                b = a.encode()
+            else:
+                b = str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        return b"".join(out)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis closed the connection")
+        self.buf += chunk
+
+    def _line(self):
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 2:]
+                return line
+            self._fill()
+
+    def _exact(self, n):
+        while len(self.buf) < n + 2:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def _reply(self):
+        line = self._line()
+        t, rest = line[:1], line[1:]
+        if t == b"+":
+            return rest.decode()
+        if t == b"-":
+            return RedisError(rest.decode())
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exact(n)
+        if t == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise ConnectionError("bad RESP reply %r" % line)
+
+    def command(self, *args):
+        """Sends one command; returns its reply (bytes for bulk strings, int,
+        str for simple strings, list, None). Raises RedisError on -ERR."""
+        self.sock.sendall(self._encode(args))
+        r = self._reply()
+        if isinstance(r, RedisError):
+            raise r
+        return r
+
+
+# --------------------------------------------------------------------------
+# Admin client
+# --------------------------------------------------------------------------
+
+class Client:
+    """One connection to keygated's admin socket."""
+
+    def __init__(self, path, timeout=10.0):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def settimeout(self, t):
+        self.sock.settimeout(t)
+
+    def send_raw(self, data):
+        """Sends bytes as they are (no newline added)."""
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def read_line(self):
+        """Reads one response line; returns it as str without the newline,
+        or None when the daemon closed the connection first."""
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 1:]
+                return line.decode("utf-8")
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                if self.buf:
+                    line, self.buf = self.buf, b""
+                    return line.decode("utf-8", "replace")
+                return None
+            self.buf += chunk
+
+    def read_json(self):
+        line = self.read_line()
+        if line is None:
+            raise ConnectionError("keygated closed the connection")
+        return json.loads(line)
+
+    def is_closed(self, timeout=2.0):
+        """True if the daemon closes the connection within timeout (any
+        pending lines are discarded)."""
+        old = self.sock.gettimeout()
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except socket.timeout:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        finally:
+            try:
+                self.sock.settimeout(old)
+            except OSError:
+                pass
+
+    @staticmethod
+    def request(cmd, actor=None, **args):
+        req = {"cmd": cmd}
+        if actor is not None:
+            req["actor"] = actor
+        req.update(args)
+        return req
+
+    def send(self, obj):
+        self.send_raw(json.dumps(obj).encode() + b"\n")
+
+    def call(self, cmd, actor=None, **args):
+        """Sends {"cmd", "actor", **args} and returns the response dict."""
+        self.send(self.request(cmd, actor, **args))
+        return self.read_json()
+
+    def call_obj(self, obj):
+        self.send(obj)
+        return self.read_json()
+
+    def ok(self, cmd, actor=None, **args):
+        """Like call(); returns the result, or raises AssertionError."""
+        r = self.call(cmd, actor, **args)
+        if r.get("ok") is not True or "result" not in r:
+            raise AssertionError("%s (actor %s) failed: %s" % (cmd, actor, json.dumps(r)))
+        return r["result"]
+
+    def err(self, cmd, actor=None, **args):
+        """Like call(); returns the error code, or raises AssertionError if
+        the command succeeded or the reply is not a well-formed failure."""
+        r = self.call(cmd, actor, **args)
+        if r.get("ok") is not False:
+            raise AssertionError("%s (actor %s) should have failed: %s" % (cmd, actor, json.dumps(r)))
+        e = r.get("error")
+        if not isinstance(e, dict) or not isinstance(e.get("code"), str) \
+                or not isinstance(e.get("message"), str):
+            raise AssertionError("malformed error reply: %s" % json.dumps(r))
+        return e["code"]
+
+
+# --------------------------------------------------------------------------
+# Environment
+# --------------------------------------------------------------------------
+
+def _wait_for(pred, timeout, what, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except (OSError, ConnectionError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out waiting for " + what)
+        time.sleep(interval)
+
+
+class Env:
+    """A redis-server and a keygated in a temp dir.
+
+    catalog: None (tests/data/catalog.json), a path, a dict (written as JSON)
+             or a str (written as is). It is always copied to <tmp>/catalog.json
+             (self.catalog_path) so tests can rewrite it and reload.
+    extra_config: str or list of extra config lines.
+    start_daemon: False to only prepare redis + files (then call start_daemon()).
+    """
+
+    def __init__(self, catalog=None, extra_config=None, start_daemon=True,
+                 redis=True, daemon_timeout=10.0):
+        self.tmp = tempfile.mkdtemp(prefix="kgt")
+        self.redis_sock = os.path.join(self.tmp, "redis.sock")
+        self.socket_path = os.path.join(self.tmp, "kg.sock")
+        self.pepper_path = os.path.join(self.tmp, "pepper")
+        self.catalog_path = os.path.join(self.tmp, "catalog.json")
+        self.config_path = os.path.join(self.tmp, "keygated.conf")
+        self.log_path = os.path.join(self.tmp, "keygated.log")
+        self.redis_log_path = os.path.join(self.tmp, "redis.log")
+        self.daemon_timeout = daemon_timeout
+        self.redis_proc = None
+        self.daemon = None
+        self._rconn = None
+        self._rlock = threading.Lock()
+        self._clients = []
+        try:
+            self.pepper_bytes = os.urandom(32)
+            self.pepper_hex = self.pepper_bytes.hex()
+            fd = os.open(self.pepper_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.pepper_hex + "\n")
+            os.chmod(self.pepper_path, 0o600)
+            self.write_catalog(catalog)
+            self.write_config(extra_config)
+            if redis:
+                self.start_redis()
+            if start_daemon:
+                self.start_daemon()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- files --------------------------------------------------------------
+
+    def write_catalog(self, catalog=None):
+        """Rewrites <tmp>/catalog.json from None/path/dict/str."""
+        if catalog is None:
+            catalog = DEFAULT_CATALOG
+        if isinstance(catalog, dict):
+            text = json.dumps(catalog, indent=1)
+        elif isinstance(catalog, str) and not catalog.lstrip().startswith(("{", "[")) \
+                and os.path.exists(catalog):
+            with open(catalog) as f:
+                text = f.read()
+        else:
+            text = catalog
+        tmp = self.catalog_path + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.catalog_path)
+
+    def catalog(self):
+        with open(self.catalog_path) as f:
+            return json.load(f)
+
+    def config_lines(self):
+        return [
+            "# written by tests/lib/kgtest.py",
+            "socket %s" % self.socket_path,
+            "socket_mode 0660",
+            "catalog %s" % self.catalog_path,
+            "redis unix:%s" % self.redis_sock,
+            "pepper_file %s" % self.pepper_path,
+            "key_prefix kg:",
+        ]
+
+    def write_config(self, extra_config=None, replace=None):
+        """Writes the config file: the standard lines (or `replace`, a full
+        list of lines) plus extra_config lines."""
+        lines = list(replace) if replace is not None else self.config_lines()
+        if extra_config:
+            if isinstance(extra_config, str):
+                extra_config = extra_config.splitlines()
+            lines.extend(extra_config)
+        with open(self.config_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    # -- redis --------------------------------------------------------------
+
+    def start_redis(self):
+        if self.redis_proc is not None and self.redis_proc.poll() is None:
+            return
+        try:
+            os.unlink(self.redis_sock)
+        except FileNotFoundError:
+            pass
+        log = open(self.redis_log_path, "ab")
+        self.redis_proc = subprocess.Popen(
+            [redis_server_path(), "--port", "0", "--unixsocket", self.redis_sock,
+             "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--dir", self.tmp],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+        def up():
+            if self.redis_proc.poll() is not None:
+                raise RuntimeError("redis-server exited: " + self._tail(self.redis_log_path))
+            r = Redis(self.redis_sock, timeout=2)
+            try:
+                return r.command("PING") == "PONG"
+            finally:
+                r.close()
+        _wait_for(up, 10, "redis-server")
+
+    def stop_redis(self):
+        with self._rlock:
+            if self._rconn is not None:
+                self._rconn.close()
+                self._rconn = None
+        p = self.redis_proc
+        if p is None:
+            return
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.redis_proc = None
+
+    def redis(self, *args):
+        """Reply of one raw Redis command (bytes / int / str / list / None).
+        Raises RedisError on an error reply."""
+        with self._rlock:
+            for attempt in (0, 1):
+                if self._rconn is None:
+                    self._rconn = Redis(self.redis_sock)
+                try:
+                    return self._rconn.command(*args)
+                except (ConnectionError, OSError):
+                    self._rconn.close()
+                    self._rconn = None
+                    if attempt:
+                        raise
+
+    def redis_keys(self, pattern="*"):
+        keys, cursor = [], b"0"
+        while True:
+            cursor, batch = self.redis("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            keys.extend(batch)
+            if cursor == b"0":
+                return keys
+
+    def redis_scan_all(self):
+        """{key (bytes): [value bytes...]} for every key in Redis: a string's
+        value; a hash's fields and values; a list's, set's or zset's members
+        (and zset scores)."""
+        out = {}
+        for k in self.redis_keys():
+            t = self.redis("TYPE", k)
+            if t == "string":
+                v = [self.redis("GET", k)]
+            elif t == "hash":
+                v = self.redis("HGETALL", k)
+            elif t == "list":
+                v = self.redis("LRANGE", k, 0, -1)
+            elif t == "set":
+                v = self.redis("SMEMBERS", k)
+            elif t == "zset":
+                v = self.redis("ZRANGE", k, 0, -1, "WITHSCORES")
+            elif t == "stream":
+                v = [json.dumps(self.redis("XRANGE", k, "-", "+"),
+                                default=lambda b: b.decode("latin-1")).encode()]
+            elif t == "none":
+                continue
+            else:
+                v = []
+            out[k] = [x for x in (v or []) if x is not None]
+        return out
+
+    def find_secrets_in_redis(self, secrets):
+        """Returns [(secret, key)] for each secret (str or bytes) found in
+        any Redis key name or value. Also checks the pepper (hex, upper-case
+        hex and raw bytes) if `secrets` is None or contains "PEPPER"."""
+        needles = []
+        for s in secrets:
+            needles.append(s.encode() if isinstance(s, str) else s)
+        found = []
+        for k, vals in self.redis_scan_all().items():
+            blobs = [k] + list(vals)
+            for n in needles:
+                if any(n in b for b in blobs):
+                    found.append((n, k))
+        return found
+
+    def pepper_needles(self):
+        return [self.pepper_hex.encode(), self.pepper_hex.upper().encode(),
+                self.pepper_bytes]
+
+    # -- daemon -------------------------------------------------------------
+
+    def _spawn_daemon(self, args=None):
+        log = open(self.log_path, "ab")
+        argv = [keygated_path(), "--config", self.config_path] if args is None \
+            else [keygated_path()] + list(args)
+        p = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        return p
+
+    def start_daemon(self, timeout=None):
+        """Starts keygated and waits until its socket accepts a connection
+        and answers ping."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            return
+        self.daemon = self._spawn_daemon()
+        p = self.daemon
+
+        def up():
+            if p.poll() is not None:
+                raise RuntimeError("keygated exited with %s:\n%s"
+                                   % (p.returncode, self._tail(self.log_path)))
+            c = Client(self.socket_path, timeout=2)
+            try:
+                r = c.call("ping")
+                return r.get("ok") is True
+            finally:
+                c.close()
+        _wait_for(up, timeout or self.daemon_timeout, "keygated to accept on its socket")
+
+    def run_daemon_to_exit(self, timeout=10.0, args=None):
+        """Starts keygated (not kept as self.daemon) and waits for it to exit.
+        Returns (returncode, log text of that run); raises TimeoutError if it
+        is still running after timeout (it is killed)."""
+        start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        p = self._spawn_daemon(args)
+        try:
+            rc = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+            raise TimeoutError("keygated did not exit within %ss" % timeout)
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            return rc, f.read().decode("utf-8", "replace")
+
+    def signal_daemon(self, sig):
+        self.daemon.send_signal(sig)
+
+    def kill_daemon(self, sig=signal.SIGTERM, timeout=10.0):
+        """Sends sig; unless it is SIGHUP, waits for the exit and returns the
+        return code (SIGKILLs it if it does not exit within timeout)."""
+        p = self.daemon
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(sig)
+        if sig == signal.SIGHUP:
+            return None
+        try:
+            rc = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+            rc = "killed after timeout"
+        self.daemon = None
+        return rc
+
+    def daemon_alive(self):
+        return self.daemon is not None and self.daemon.poll() is None
+
+    def daemon_log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, text, timeout=5.0, start=0):
+        """Waits until text appears in the daemon log after offset start;
+        returns the log, or raises TimeoutError."""
+        def found():
+            log = self.daemon_log()
+            return log if text in log[start:] else None
+        return _wait_for(found, timeout, "%r in keygated's log" % text)
+
+    @staticmethod
+    def _tail(path, n=4000):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            return data[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    # -- clients ------------------------------------------------------------
+
+    def client(self, timeout=10.0):
+        c = Client(self.socket_path, timeout=timeout)
+        self._clients.append(c)
+        return c
+
+    # -- lifetime -----------------------------------------------------------
+
+    def close(self):
+        for c in self._clients:
+            c.close()
+        self._clients = []
+        if self.daemon is not None:
+            self.kill_daemon(signal.SIGTERM, timeout=5)
+        self.stop_redis()
+        if os.environ.get("KGTEST_KEEP"):
+            print("kgtest: kept", self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+_counter = itertools.count(1)
+_run = "%d%s" % (os.getpid(), os.urandom(3).hex())
+
+
+def unique_email(tag="user"):
+    return "%s-%s-%d@example.test" % (tag, _run, next(_counter))
+
+
+def signup(client, email=None, name="Test User", team_name=None):
+    """user.signup with a unique email; returns the result (user_id,
+    team_id, free_key_id) plus "email" and "name" for convenience."""
+    email = email or unique_email()
+    args = {"email": email, "name": name}
+    if team_name is not None:
+        args["team_name"] = team_name
+    r = client.ok("user.signup", **args)
+    r = dict(r)
+    r.setdefault("email", email)
+    r.setdefault("name", name)
+    return r
+
+
+def make_team(client, admins=1, users=1, outsiders=1):
+    """Signs up an owner and `admins` + `users` more people, adds them to the
+    owner's team, plus `outsiders` who are in their own team only. Returns
+    {"team": team_id, "free_key": key_id, "owner": uid,
+     "admins": [uid], "users": [uid], "outsiders": [uid]}."""
+    o = signup(client, name="Owner")
+    t = {"team": o["team_id"], "free_key": o["free_key_id"], "owner": o["user_id"],
+         "admins": [], "users": [], "outsiders": []}
+    for role, n in (("admin", admins), ("user", users)):
+        for _ in range(n):
+            s = signup(client, name=role.title())
+            client.ok("team.member.add", o["user_id"], team=t["team"], user=s["user_id"], role=role)
+            t[role + "s"].append(s["user_id"])
+    for _ in range(outsiders):
+        t["outsiders"].append(signup(client, name="Outsider")["user_id"])
+    return t
