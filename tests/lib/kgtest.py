@@ -41,6 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 DEFAULT_CATALOG = os.path.join(REPO, "tests", "data", "catalog.json")
@@ -139,6 +140,54 @@ class Redis:
         if isinstance(r, RedisError):
             raise r
         return r
+
+
+class Subscriber:
+    """A Redis pub/sub subscription on its own connection."""
+
+    def __init__(self, path, channel):
+        self.r = Redis(path)
+        self.r.sock.sendall(Redis._encode(["SUBSCRIBE", channel]))
+        reply = self.r._reply()
+        if not isinstance(reply, list) or reply[0] != b"subscribe":
+            raise ConnectionError("SUBSCRIBE failed: %r" % (reply,))
+
+    def get(self, timeout=2.0):
+        """The next message's data as str, or None after timeout."""
+        self.r.sock.settimeout(timeout)
+        try:
+            while True:
+                m = self.r._reply()
+                if isinstance(m, list) and len(m) == 3 and m[0] == b"message":
+                    return m[2].decode("utf-8", "replace")
+        except socket.timeout:
+            return None
+
+    def drain(self, quiet=0.2):
+        """Every message until none arrives for `quiet` seconds."""
+        out = []
+        while True:
+            m = self.get(quiet)
+            if m is None:
+                return out
+            out.append(m)
+
+    def wait_for(self, data, timeout=3.0):
+        """Waits for a message equal to data; returns the messages seen
+        (the last one being data), or raises AssertionError."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = self.get(max(0.01, deadline - time.monotonic()))
+            if m is None:
+                break
+            seen.append(m)
+            if m == data:
+                return seen
+        raise AssertionError("no %r on the channel within %ss (saw %r)" % (data, timeout, seen))
+
+    def close(self):
+        self.r.close()
 
 
 # --------------------------------------------------------------------------
@@ -391,7 +440,16 @@ class Env:
                 r.close()
         _wait_for(up, 10, "redis-server")
 
-    def stop_redis(self):
+    def stop_redis(self, save=False):
+        """Stops redis-server. save=True first writes an RDB snapshot into
+        the temp dir, which start_redis() then loads: the data survives."""
+        if save and self.redis_proc is not None:
+            self.redis("SAVE")
+        elif not save:
+            try:
+                os.unlink(os.path.join(self.tmp, "dump.rdb"))
+            except FileNotFoundError:
+                pass
         with self._rlock:
             if self._rconn is not None:
                 self._rconn.close()
@@ -472,6 +530,11 @@ class Env:
                 if any(n in b for b in blobs):
                     found.append((n, k))
         return found
+
+    def subscribe(self, channel="kg:inval"):
+        """A Subscriber on a Redis pub/sub channel (default the daemon's
+        invalidation channel kg:inval)."""
+        return Subscriber(self.redis_sock, channel)
 
     def pepper_needles(self):
         return [self.pepper_hex.encode(), self.pepper_hex.upper().encode(),
@@ -642,3 +705,34 @@ def make_team(client, admins=1, users=1, outsiders=1):
     for _ in range(outsiders):
         t["outsiders"].append(signup(client, name="Outsider")["user_id"])
     return t
+
+
+class EnvCase(unittest.TestCase):
+    """A TestCase with one Env per class in cls.env (cls.env_args are the
+    Env's keyword arguments) and a client in cls.c. On a failing test, the
+    tail of the daemon log is printed to help the post-mortem."""
+
+    env_args = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.env = Env(**cls.env_args)
+        cls.c = cls.env.client()
+
+    @classmethod
+    def tearDownClass(cls):
+        env = getattr(cls, "env", None)
+        if env is not None:
+            if os.environ.get("KGTEST_LOG"):
+                print("---- keygated log ----\n" + env.daemon_log()[-6000:])
+            env.close()
+
+
+def token_hash(pepper_bytes, token):
+    """hex BLAKE2b-256 of token keyed with the pepper (SPEC §3)."""
+    import hashlib
+    return hashlib.blake2b(token.encode(), key=pepper_bytes, digest_size=32).hexdigest()
+
+
+def now_ms():
+    return int(time.time() * 1000)
