@@ -1,0 +1,33 @@
+/*
+ * app.h - what the daemon's parts share: config, store, catalog, pepper.
+ */
+#ifndef KG_APP_H
+#define KG_APP_H
+
+#include <event2/event.h>
+
+#include "kgc_config.h"
+#include "kgc_price.h"
+#include "store.h"
+
+typedef struct job job;
+
+typedef struct app {
+    struct event_base *base;
+    kgc_config cfg;
+    char config_path[KGC_PATH_MAX];
+    store *st;
+    kgc_catalog *cat;             /* current catalog (owned) */
+    unsigned char *pepper;        /* sodium_malloc'ed, KGC_PEPPER_LEN */
+    job *queue_head, *queue_tail; /* mutating commands, run one at a time */
+} app;
+
+/* Loads the catalog from cfg.catalog_path; on success replaces the current
+ * one and publishes it to Redis. Returns 0, or -1 (old one kept) with the
+ * reason in err. */
+int catalog_reload(app *a, char *err, size_t errlen);
+
+/* Writes the current catalog to Redis and publishes "catalog". */
+void catalog_publish(app *a);
+
+#endif

@@ -1,0 +1,114 @@
+/*
+ * cmd.h - the command table and the job that runs one admin command.
+ *
+ * Every admin command is one row of the table (cmd_table.c): its name, its
+ * handler, who may call it, and the shape of its arguments. The engine
+ * (job.c) checks the arguments, resolves the actor and the team the command
+ * acts on, enforces the row's role in one place, then runs the handler in
+ * stages: a handler queues reads and returns J_READ, sees their replies at
+ * the next stage, and finally queues its writes (one MULTI/EXEC) and
+ * returns J_WRITE, or answers with J_DONE / J_FAIL.
+ *
+ * Mutating commands run one at a time, reads to writes, so a handler's
+ * checks still hold when its writes commit (docs/redis-schema.md).
+ */
+#ifndef KG_CMD_H
+#define KG_CMD_H
+
+#include <jansson.h>
+
+#include "app.h"
+#include "kgc_keys.h"
+#include "server.h"
+
+typedef enum role_need {
+    NEED_NOBODY = 0,   /* no actor */
+    NEED_USER,         /* any existing user, no team */
+    NEED_MEMBER,       /* member of the command's team */
+    NEED_ADMIN,        /* owner or admin of it */
+    NEED_OWNER         /* its owner */
+} role_need;
+
+typedef enum scope {
+    SCOPE_NONE = 0,
+    SCOPE_TEAM,        /* argument "team" */
+    SCOPE_KEY,         /* argument "key": the team is in the id */
+    SCOPE_WALLET       /* argument "wallet" */
+} scope;
+
+typedef enum arg_type { A_STR = 1, A_INT, A_BOOL, A_STRS, A_OBJ } arg_type;
+
+typedef struct arg_rule {
+    const char *name;
+    arg_type type;
+    int required;
+} arg_rule;
+
+typedef enum job_step { J_READ, J_WRITE, J_DONE, J_FAIL } job_step;
+
+typedef struct cmd_def {
+    const char *name;
+    job_step (*run)(job *j);
+    role_need role;
+    scope scope;
+    int mutates;                  /* queued; audited */
+    int secret;                   /* result carries a token: wiped after sending */
+    arg_rule args[8];
+} cmd_def;
+
+struct job {
+    app *app;
+    const cmd_def *def;
+    reqslot *rs;
+    json_t *req;                  /* the request object (owned) */
+    peer_info peer;
+    const char *actor_id;         /* borrowed from req; NULL for NEED_NOBODY */
+    json_t *actor;                /* actor's user document (owned) */
+    char team_id[KGC_ID_MAX];     /* team the command acts on, "" if none */
+    json_t *team;                 /* its document (owned), NULL if none */
+    const char *role;             /* actor's role there, or NULL */
+    int stage;                    /* 0 before the engine's reads, then 1, 2, ... */
+    json_t *rq;                   /* reads queued for the next round */
+    json_t *rr;                   /* replies of the handler's last reads */
+    json_t *wq;                   /* writes of the transaction */
+    json_t *pub;                  /* invalidation messages, published in it */
+    json_t *result;               /* answer (owned) */
+    const char *code;             /* error code once failed */
+    char msg[300];
+    char target[128];             /* audit target */
+    int after_write;              /* run again after the writes, rr = EXEC replies */
+    size_t fw_reads;              /* engine's reads at the head of round 1 */
+    job *next;                    /* in the mutation queue */
+};
+
+extern const cmd_def cmd_table[];
+const cmd_def *cmd_find(const char *name);
+
+/* Entry point from the server: one request line. */
+void job_dispatch(void *app, reqslot *rs, const char *line, size_t len, const peer_info *peer);
+/* Answers every queued job `unavailable` (shutdown). */
+void job_abort_all(app *a);
+
+/* --- for handlers ------------------------------------------------------ */
+job_step job_fail(job *j, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Queue a read / a write: a command and its string arguments, NULL-ended. */
+void job_read(job *j, const char *cmd, ...) __attribute__((sentinel));
+void job_write(job *j, const char *cmd, ...) __attribute__((sentinel));
+/* SET key <compact JSON of doc> (borrowed). */
+void job_write_json(job *j, const char *key, json_t *doc);
+void job_publish(job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Reply i of the last read round (borrowed), or NULL. */
+json_t *job_reply(job *j, size_t i);
+/* Parses a stored JSON document of reply i (new reference) or NULL. */
+json_t *job_reply_json(job *j, size_t i);
+/* Redis key name: prefix + printf. Returned buffer is static, reused by the
+ * next call: copy it (job_read/job_write do). */
+const char *rk(job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+const char *arg_str(job *j, const char *name);     /* NULL if absent */
+json_t *arg(job *j, const char *name);             /* borrowed, NULL if absent */
+long long now_ms(void);
+int role_is_admin(const char *role);               /* owner or admin */
+
+#endif

@@ -1,0 +1,298 @@
+/*
+ * cmd_key.c - key.create, key.list, key.get, key.update, key.users.set,
+ * key.services.set, key.revoke.
+ */
+#include "cmd.h"
+#include "log.h"
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+json_t *parse_list(json_t *reply);
+
+/* For key-scoped commands: stage 0 reads the key document (reply 0); at
+ * stage 1 it is parsed and checked visible to the actor. Returns the doc
+ * (new ref) or NULL after job_fail. */
+static json_t *load_key(job *j)
+{
+    json_t *doc = job_reply_json(j, 0);
+
+    if (doc == NULL) {
+        job_fail(j, "not_found", "no such key");
+        return NULL;
+    }
+    if (!role_is_admin(j->role) && !key_has_user(doc, j->actor_id)) {
+        json_decref(doc);
+        job_fail(j, "not_found", "no such key");
+        return NULL;
+    }
+    return doc;
+}
+
+static void read_key(job *j)
+{
+    job_read(j, "GET", rk(j, KGC_RK_KEY, j->team_id, arg_str(j, "key")), NULL);
+}
+
+static void write_key(job *j, json_t *doc)
+{
+    json_object_set_new(doc, "updated_at", json_integer(now_ms()));
+    job_write_json(j, rk(j, KGC_RK_KEY, j->team_id,
+                         json_string_value(json_object_get(doc, "key_id"))), doc);
+}
+
+static int text_args(job *j, json_t *doc)
+{
+    const char *name = arg_str(j, "name"), *desc = arg_str(j, "description");
+
+    if (name != NULL) {
+        if (!name_ok(name, 200)) {
+            job_fail(j, "bad_request", "'name' must be 1-200 printable characters");
+            return -1;
+        }
+        json_object_set_new(doc, "name", json_string(name));
+    }
+    if (desc != NULL) {
+        if (strlen(desc) > 2000) {
+            job_fail(j, "bad_request", "'description' is longer than 2000 bytes");
+            return -1;
+        }
+        json_object_set_new(doc, "description", json_string(desc));
+    }
+    return 0;
+}
+
+job_step cmd_key_create(job *j)
+{
+    json_t *users = arg(j, "users"), *services = arg(j, "services"), *doc, *u = NULL, *s = NULL;
+    char kid[KGC_ID_MAX], score[32];
+    long long now = now_ms();
+
+    if (j->stage == 0) {
+        if (json_is_object(services))
+            services_prefetch(j, services);
+        return J_READ;
+    }
+    if (j->stage > 1)
+        return J_DONE;
+    if (!name_ok(arg_str(j, "name"), 200))
+        return job_fail(j, "bad_request", "'name' must be 1-200 printable characters");
+    if (users != NULL && !json_is_null(users) && (u = users_check(j, users)) == NULL)
+        return J_FAIL;
+    if (services != NULL && !json_is_null(services) && (s = services_check(j, services, 0)) == NULL) {
+        json_decref(u);
+        return J_FAIL;
+    }
+    kgc_id_key(j->team_id, kid);
+    doc = json_pack("{s:s,s:s,s:s,s:s,s:s,s:o,s:o,s:{},s:I,s:I}", "key_id", kid, "team_id",
+                    j->team_id, "description", "", "kind", "paid", "status", "active",
+                    "users", u ? u : json_array(), "services", s ? s : json_object(),
+                    "tokens", "created_at", (json_int_t)now, "updated_at", (json_int_t)now);
+    if (text_args(j, doc) != 0) {
+        json_decref(doc);
+        return J_FAIL;
+    }
+    snprintf(j->target, sizeof j->target, "%s", kid);
+    job_write_json(j, rk(j, KGC_RK_KEY, j->team_id, kid), doc);
+    snprintf(score, sizeof score, "%lld", now);
+    job_write(j, "ZADD", rk(j, KGC_RK_KEYS, j->team_id), score, kid, NULL);
+    j->result = key_public(doc);
+    json_decref(doc);
+    return J_WRITE;
+}
+
+job_step cmd_key_list(job *j)
+{
+    json_t *ids, *id, *docs, *out, *d;
+    size_t i;
+
+    if (j->stage == 0) {
+        job_read(j, "ZRANGE", rk(j, KGC_RK_KEYS, j->team_id), "0", "-1", NULL);
+        return J_READ;
+    }
+    if (j->stage == 1) {
+        ids = job_reply(j, 0);
+        if (json_array_size(ids) == 0)
+            return J_READ;
+        json_t *cmd = json_pack("[s]", "MGET");
+        json_array_foreach(ids, i, id)
+            json_array_append_new(cmd, json_string(rk(j, KGC_RK_KEY, j->team_id,
+                                                       json_string_value(id))));
+        json_array_append_new(j->rq, cmd);
+        return J_READ;
+    }
+    docs = parse_list(job_reply(j, 0));
+    out = json_array();
+    json_array_foreach(docs, i, d)
+        if (role_is_admin(j->role) || key_has_user(d, j->actor_id))
+            json_array_append_new(out, key_public(d));
+    json_decref(docs);
+    j->result = json_pack("{s:o}", "keys", out);
+    return J_DONE;
+}
+
+job_step cmd_key_get(job *j)
+{
+    json_t *doc;
+
+    if (j->stage == 0) {
+        read_key(j);
+        return J_READ;
+    }
+    if ((doc = load_key(j)) == NULL)
+        return J_FAIL;
+    j->result = key_public(doc);
+    json_decref(doc);
+    return J_DONE;
+}
+
+/* Common head of the mutating key commands: the key exists and is active. */
+static json_t *load_active_key(job *j)
+{
+    json_t *doc = load_key(j);
+
+    if (doc != NULL && strcmp(json_string_value(json_object_get(doc, "status")), "active") != 0) {
+        json_decref(doc);
+        job_fail(j, "invalid_state", "the key is revoked");
+        return NULL;
+    }
+    return doc;
+}
+
+static int is_free_key(const json_t *doc)
+{
+    return strcmp(json_string_value(json_object_get(doc, "kind")), "free") == 0;
+}
+
+job_step cmd_key_update(job *j)
+{
+    json_t *doc;
+
+    if (j->stage == 0) {
+        read_key(j);
+        return J_READ;
+    }
+    if (j->stage > 1)
+        return J_DONE;
+    if ((doc = load_active_key(j)) == NULL)
+        return J_FAIL;
+    if (text_args(j, doc) != 0) {
+        json_decref(doc);
+        return J_FAIL;
+    }
+    write_key(j, doc);
+    j->result = key_public(doc);
+    json_decref(doc);
+    return J_WRITE;
+}
+
+job_step cmd_key_users_set(job *j)
+{
+    json_t *doc, *want, *old, *u, *notified;
+    size_t i;
+    int notify = json_is_true(arg(j, "notify")), dropped = 0;
+
+    if (j->stage == 0) {
+        read_key(j);
+        return J_READ;
+    }
+    if (j->stage > 1)
+        return J_DONE;
+    if ((doc = load_active_key(j)) == NULL)
+        return J_FAIL;
+    if ((want = users_check(j, arg(j, "users"))) == NULL) {
+        json_decref(doc);
+        return J_FAIL;
+    }
+    old = json_incref(json_object_get(doc, "users"));
+    notified = json_array();
+    json_array_foreach(old, i, u) {
+        const char *uid = json_string_value(u);
+        size_t k;
+        json_t *w;
+        int kept = 0;
+
+        json_array_foreach(want, k, w)
+            kept |= strcmp(json_string_value(w), uid) == 0;
+        if (kept)
+            continue;
+        dropped |= key_drop_tokens(j, doc, uid);
+        if (notify) {
+            notify_user(j, uid, "key.unassigned", doc);
+            json_array_append(notified, u);
+        }
+    }
+    json_array_foreach(want, i, u)
+        if (!key_has_user(doc, json_string_value(u)) && notify) {
+            notify_user(j, json_string_value(u), "key.assigned", doc);
+            json_array_append(notified, u);
+        }
+    json_object_set_new(doc, "users", want);
+    if (dropped)
+        job_publish(j, "key %s", arg_str(j, "key"));
+    write_key(j, doc);
+    j->result = key_public(doc);
+    json_object_set_new(j->result, "notified", notified);
+    json_decref(old);
+    json_decref(doc);
+    return J_WRITE;
+}
+
+job_step cmd_key_services_set(job *j)
+{
+    json_t *doc, *s;
+
+    if (j->stage == 0) {
+        read_key(j);
+        services_prefetch(j, arg(j, "services"));
+        return J_READ;
+    }
+    if (j->stage > 1)
+        return J_DONE;
+    if ((doc = load_active_key(j)) == NULL)
+        return J_FAIL;
+    if (is_free_key(doc)) {
+        json_decref(doc);
+        return job_fail(j, "free_key_immutable", "the free key's services cannot be edited");
+    }
+    if ((s = services_check(j, arg(j, "services"), 1)) == NULL) {
+        json_decref(doc);
+        return J_FAIL;
+    }
+    json_object_set_new(doc, "services", s);
+    write_key(j, doc);
+    job_publish(j, "key %s", arg_str(j, "key"));
+    j->result = key_public(doc);
+    json_decref(doc);
+    return J_WRITE;
+}
+
+job_step cmd_key_revoke(job *j)
+{
+    json_t *doc;
+
+    if (j->stage == 0) {
+        read_key(j);
+        return J_READ;
+    }
+    if (j->stage > 1)
+        return J_DONE;
+    if ((doc = load_key(j)) == NULL)
+        return J_FAIL;
+    if (is_free_key(doc)) {
+        json_decref(doc);
+        return job_fail(j, "free_key_immutable", "the free key cannot be revoked");
+    }
+    if (strcmp(json_string_value(json_object_get(doc, "status")), "active") != 0) {
+        json_decref(doc);
+        return job_fail(j, "invalid_state", "the key is already revoked");
+    }
+    json_object_set_new(doc, "status", json_string("revoked"));
+    write_key(j, doc);
+    job_publish(j, "key %s", arg_str(j, "key"));
+    j->result = key_public(doc);
+    json_decref(doc);
+    return J_WRITE;
+}

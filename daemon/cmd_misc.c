@@ -1,0 +1,198 @@
+/*
+ * cmd_misc.c - commands outside a team: ping, user.signup, service.list,
+ * price.estimate, notification.list.
+ */
+#include "cmd.h"
+#include "log.h"
+#include "model.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+job_step cmd_ping(job *j)
+{
+    j->result = json_object();
+    return J_DONE;
+}
+
+static int email_normalize(const char *in, char *out, size_t cap)
+{
+    size_t n = in ? strlen(in) : 0;
+    const char *at = in ? strchr(in, '@') : NULL;
+
+    if (n < 3 || n >= cap || n > 254 || at == NULL || at == in || at[1] == '\0' ||
+        strchr(at + 1, '@') != NULL)
+        return -1;
+    for (size_t i = 0; i <= n; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (i < n && (c <= 0x20 || c == 0x7f))
+            return -1;
+        out[i] = (char)tolower(c);
+    }
+    return 0;
+}
+
+/* Stage 1: is the email free? Stage 2: create user, team and free key. */
+job_step cmd_user_signup(job *j)
+{
+    char email[256], uid[KGC_ID_MAX], tid[KGC_ID_MAX], kid[KGC_ID_MAX], tname[300];
+    const char *name = arg_str(j, "name"), *team_name = arg_str(j, "team_name");
+    json_t *user, *team, *key, *services;
+    long long now = now_ms();
+
+    if (email_normalize(arg_str(j, "email"), email, sizeof email) != 0)
+        return job_fail(j, "bad_request", "'email' is not an email address");
+    if (j->stage == 1) {
+        if (!name_ok(name, 200))
+            return job_fail(j, "bad_request", "'name' must be 1-200 printable characters");
+        if (team_name != NULL && !name_ok(team_name, 200))
+            return job_fail(j, "bad_request", "'team_name' must be 1-200 printable characters");
+        job_read(j, "GET", rk(j, KGC_RK_EMAIL, email), NULL);
+        return J_READ;
+    }
+    if (j->stage == 3)
+        return J_DONE;
+    if (!json_is_null(job_reply(j, 0)))
+        return job_fail(j, "conflict", "a user with this email exists");
+    kgc_id_user(uid);
+    kgc_id_team(tid);
+    kgc_id_key(tid, kid);
+    if (team_name == NULL) {
+        snprintf(tname, sizeof tname, "%s's team", name);
+        team_name = tname;
+    }
+    user = json_pack("{s:s,s:s,s:s,s:I}", "user_id", uid, "email", email, "name", name,
+                     "created_at", (json_int_t)now);
+    team = json_pack("{s:s,s:s,s:{s:s},s:s,s:I}", "team_id", tid, "name", team_name,
+                     "members", uid, "owner", "free_key_id", kid, "created_at", (json_int_t)now);
+    services = json_object();
+    for (size_t i = 0; i < j->app->cat->nservices; i++)
+        if (j->app->cat->services[i].free)
+            json_object_set_new(services, j->app->cat->services[i].id,
+                                json_pack("{s:s}", "policy", "free"));
+    key = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:[s],s:o,s:{},s:I,s:I}", "key_id", kid,
+                    "team_id", tid, "name", "Free service key", "description",
+                    "Created at sign-up with every free service", "kind", "free",
+                    "status", "active", "users", uid, "services", services, "tokens",
+                    "created_at", (json_int_t)now, "updated_at", (json_int_t)now);
+    job_write_json(j, rk(j, KGC_RK_USER, uid), user);
+    job_write(j, "SET", rk(j, KGC_RK_EMAIL, email), uid, NULL);
+    job_write_json(j, rk(j, KGC_RK_TEAM, tid), team);
+    job_write_json(j, rk(j, KGC_RK_KEY, tid, kid), key);
+    {
+        char score[32];
+        snprintf(score, sizeof score, "%lld", now);
+        job_write(j, "ZADD", rk(j, KGC_RK_KEYS, tid), score, kid, NULL);
+    }
+    json_decref(user);
+    json_decref(team);
+    json_decref(key);
+    j->result = json_pack("{s:s,s:s,s:s}", "user_id", uid, "team_id", tid, "free_key_id", kid);
+    /* Audited in the new team, as its owner. */
+    snprintf(j->team_id, sizeof j->team_id, "%s", tid);
+    snprintf(j->target, sizeof j->target, "%s", tid);
+    j->actor_id = json_string_value(json_object_get(j->result, "user_id"));
+    return J_WRITE;
+}
+
+job_step cmd_service_list(job *j)
+{
+    j->result = json_deep_copy(j->app->cat->json);
+    return J_DONE;
+}
+
+job_step cmd_price_estimate(job *j)
+{
+    const kgc_service *svc = kgc_catalog_service(j->app->cat, arg_str(j, "service"));
+    const kgc_model *m;
+    json_t *params = arg(j, "params"), *v, *bd;
+    kg_param *ps;
+    kgc_line *lines;
+    size_t n = 0;
+    const char *name;
+    int64_t cost;
+    char err[200];
+
+    if (svc == NULL)
+        return job_fail(j, "bad_request", "unknown service '%.64s'", arg_str(j, "service"));
+    m = kgc_service_model(svc, arg_str(j, "model"));
+    if (m == NULL)
+        return job_fail(j, "bad_request", "service '%s' has no model '%.64s'", svc->id,
+                        arg_str(j, "model") ? arg_str(j, "model") : "(none given)");
+    ps = xcalloc(json_object_size(params) + 1, sizeof *ps);
+    lines = xcalloc(m->nper + 1, sizeof *lines);
+    json_object_foreach(params, name, v) {
+        if (!json_is_integer(v)) {
+            free(ps);
+            free(lines);
+            return job_fail(j, "bad_request", "param '%.64s' must be an integer", name);
+        }
+        ps[n].name = name;
+        ps[n++].value = json_integer_value(v);
+    }
+    if (kgc_price(m, ps, n, &cost, lines, err, sizeof err) != 0) {
+        free(ps);
+        free(lines);
+        return job_fail(j, "bad_request", "%s", err);
+    }
+    bd = json_array();
+    for (size_t k = 0; k < m->nper; k++)
+        json_array_append_new(bd, json_pack("{s:s,s:I,s:I}", "param", lines[k].param,
+                                            "quantity", (json_int_t)lines[k].quantity,
+                                            "subtotal_micros", (json_int_t)lines[k].subtotal_micros));
+    j->result = json_pack("{s:s,s:s,s:I,s:I,s:o,s:s}", "service", svc->id, "model", m->id,
+                          "cost_micros", (json_int_t)cost, "base_micros",
+                          (json_int_t)m->base_micros, "breakdown", bd,
+                          "currency", j->app->cat->currency);
+    free(ps);
+    free(lines);
+    return J_DONE;
+}
+
+/* limit argument: 1..1000, default 100. Returns -1 after job_fail. */
+int arg_limit(job *j, long long *out)
+{
+    json_t *l = arg(j, "limit");
+    *out = 100;
+    if (l == NULL || json_is_null(l))
+        return 0;
+    if (json_integer_value(l) < 1 || json_integer_value(l) > 1000) {
+        job_fail(j, "bad_request", "'limit' must be 1-1000");
+        return -1;
+    }
+    *out = json_integer_value(l);
+    return 0;
+}
+
+json_t *parse_list(json_t *reply)
+{
+    json_t *out = json_array(), *e;
+    size_t i;
+
+    json_array_foreach(reply, i, e) {
+        json_t *doc = json_is_string(e)
+                          ? json_loadb(json_string_value(e), json_string_length(e), 0, NULL)
+                          : NULL;
+        if (doc != NULL)
+            json_array_append_new(out, doc);
+    }
+    return out;
+}
+
+job_step cmd_notification_list(job *j)
+{
+    long long limit;
+    char stop[24];
+
+    if (arg_limit(j, &limit) != 0)
+        return J_FAIL;
+    if (j->stage == 0) {
+        snprintf(stop, sizeof stop, "%lld", limit - 1);
+        job_read(j, "LRANGE", rk(j, KGC_RK_NOTIF, j->actor_id), "0", stop, NULL);
+        return J_READ;
+    }
+    j->result = json_pack("{s:o}", "notifications", parse_list(job_reply(j, 0)));
+    return J_DONE;
+}

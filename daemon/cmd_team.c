@@ -1,0 +1,273 @@
+/*
+ * cmd_team.c - team.get, team.member.*, team.transfer_ownership, audit.list.
+ * The engine has already checked that the actor belongs to the team with
+ * the row's role; the finer rules of SPEC §1 (what an admin may do to whom)
+ * are here.
+ */
+#include "cmd.h"
+#include "log.h"
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int arg_limit(job *j, long long *out);
+json_t *parse_list(json_t *reply);
+
+static json_t *members(job *j)
+{
+    return json_object_get(j->team, "members");
+}
+
+static json_t *member_view(const json_t *user, const char *role)
+{
+    return json_pack("{s:O,s:O,s:O,s:s}", "user_id", json_object_get(user, "user_id"),
+                     "email", json_object_get(user, "email"), "name",
+                     json_object_get(user, "name"), "role", role);
+}
+
+static json_t *team_view(job *j, json_t *user_docs)
+{
+    json_t *out = json_pack("{s:O,s:O,s:O,s:O,s:[]}", "team_id", json_object_get(j->team, "team_id"),
+                            "name", json_object_get(j->team, "name"), "free_key_id",
+                            json_object_get(j->team, "free_key_id"), "created_at",
+                            json_object_get(j->team, "created_at"), "members");
+    json_t *list = json_object_get(out, "members"), *u;
+    size_t i;
+
+    json_array_foreach(user_docs, i, u) {
+        const char *uid = json_string_value(json_object_get(u, "user_id"));
+        const char *role = json_string_value(json_object_get(members(j), uid ? uid : ""));
+        if (role != NULL)
+            json_array_append_new(list, member_view(u, role));
+    }
+    return out;
+}
+
+/* Reads every member's user document (one MGET). */
+static void read_members(job *j)
+{
+    json_t *cmd = json_pack("[s]", "MGET");
+    const char *uid;
+    json_t *role;
+
+    json_object_foreach(members(j), uid, role)
+        json_array_append_new(cmd, json_string(rk(j, KGC_RK_USER, uid)));
+    json_array_append_new(j->rq, cmd);
+}
+
+job_step cmd_team_get(job *j)
+{
+    json_t *docs;
+
+    if (j->stage == 0)
+        return J_READ;
+    if (j->stage == 1) {
+        read_members(j);
+        return J_READ;
+    }
+    docs = parse_list(job_reply(j, 0));
+    j->result = team_view(j, docs);
+    json_decref(docs);
+    return J_DONE;
+}
+
+static int role_arg(job *j, const char **role)
+{
+    *role = arg_str(j, "role");
+    if (*role == NULL || (strcmp(*role, "admin") != 0 && strcmp(*role, "user") != 0)) {
+        job_fail(j, "bad_request", "'role' must be \"admin\" or \"user\" (ownership moves with team.transfer_ownership)");
+        return -1;
+    }
+    return 0;
+}
+
+job_step cmd_team_member_add(job *j)
+{
+    const char *user = arg_str(j, "user"), *email = arg_str(j, "email"), *role, *uid;
+    json_t *doc;
+    char lower[256];
+
+    if (j->stage == 0) {
+        if (user != NULL && kgc_id_plausible(user))
+            job_read(j, "GET", rk(j, KGC_RK_USER, user), NULL);
+        else if (email != NULL && strlen(email) < sizeof lower) {
+            for (size_t i = 0; i <= strlen(email); i++)
+                lower[i] = (char)(email[i] >= 'A' && email[i] <= 'Z' ? email[i] + 32 : email[i]);
+            job_read(j, "GET", rk(j, KGC_RK_EMAIL, lower), NULL);
+        }
+        return J_READ;
+    }
+    if (role_arg(j, &role) != 0)
+        return J_FAIL;
+    if (strcmp(j->role, "admin") == 0 && strcmp(role, "user") != 0)
+        return job_fail(j, "forbidden", "an admin may add members with role \"user\" only");
+    if (user == NULL && email == NULL)
+        return job_fail(j, "bad_request", "'user' or 'email' is required");
+    if (j->stage == 1 && user == NULL) {
+        /* Email resolved to a user id: now read that user. */
+        uid = json_string_value(job_reply(j, 0));
+        if (uid == NULL)
+            return job_fail(j, "not_found", "no user with that email");
+        job_read(j, "GET", rk(j, KGC_RK_USER, uid), NULL);
+        return J_READ;
+    }
+    doc = job_reply_json(j, 0);
+    if (doc == NULL)
+        return job_fail(j, "not_found", "no such user");
+    uid = json_string_value(json_object_get(doc, "user_id"));
+    if (json_object_get(members(j), uid) != NULL) {
+        json_decref(doc);
+        return job_fail(j, "conflict", "already a member");
+    }
+    snprintf(j->target, sizeof j->target, "%s", uid);
+    json_object_set_new(members(j), uid, json_string(role));
+    job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
+    j->result = member_view(doc, role);
+    json_decref(doc);
+    return J_WRITE;
+}
+
+/* The target member of set_role/remove/transfer, checked against the
+ * actor's powers. Returns its role, or NULL after job_fail. */
+static const char *target_member(job *j, const char *uid, int admin_limited)
+{
+    const char *trole = json_string_value(json_object_get(members(j), uid ? uid : ""));
+
+    if (trole == NULL) {
+        job_fail(j, "not_found", "no such member");
+        return NULL;
+    }
+    snprintf(j->target, sizeof j->target, "%s", uid);
+    if (strcmp(trole, "owner") == 0) {
+        job_fail(j, "forbidden", "the owner's role changes only with team.transfer_ownership");
+        return NULL;
+    }
+    if (admin_limited && strcmp(j->role, "admin") == 0 && strcmp(trole, "user") != 0) {
+        job_fail(j, "forbidden", "an admin may act on members with role \"user\" only");
+        return NULL;
+    }
+    return trole;
+}
+
+job_step cmd_team_member_set_role(job *j)
+{
+    const char *uid = arg_str(j, "user"), *role;
+    json_t *doc;
+
+    if (j->stage == 0) {
+        if (kgc_id_plausible(uid))
+            job_read(j, "GET", rk(j, KGC_RK_USER, uid), NULL);
+        return J_READ;
+    }
+    if (role_arg(j, &role) != 0 || target_member(j, uid, 1) == NULL)
+        return J_FAIL;
+    if (strcmp(j->role, "admin") == 0 && strcmp(role, "user") != 0)
+        return job_fail(j, "forbidden", "an admin may give role \"user\" only");
+    doc = job_reply_json(j, 0);
+    if (doc == NULL)
+        return job_fail(j, "not_found", "no such user");
+    json_object_set_new(members(j), uid, json_string(role));
+    job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
+    j->result = member_view(doc, role);
+    json_decref(doc);
+    return J_WRITE;
+}
+
+/* Stage 1: list the team's keys; 2: read them; 3: unassign the member and
+ * delete their tokens everywhere, drop them from the team. */
+job_step cmd_team_member_remove(job *j)
+{
+    const char *uid = arg_str(j, "user");
+    json_t *ids, *id, *docs;
+    size_t i;
+
+    if (j->stage == 0)
+        return J_READ;
+    if (target_member(j, uid, 1) == NULL)
+        return J_FAIL;
+    if (j->stage == 1) {
+        job_read(j, "ZRANGE", rk(j, KGC_RK_KEYS, j->team_id), "0", "-1", NULL);
+        return J_READ;
+    }
+    if (j->stage == 2) {
+        ids = job_reply(j, 0);
+        if (json_array_size(ids) == 0)
+            return J_READ;        /* no keys: straight to stage 3 */
+        json_t *cmd = json_pack("[s]", "MGET");
+        json_array_foreach(ids, i, id)
+            json_array_append_new(cmd, json_string(rk(j, KGC_RK_KEY, j->team_id,
+                                                       json_string_value(id))));
+        json_array_append_new(j->rq, cmd);
+        return J_READ;
+    }
+    docs = parse_list(job_reply(j, 0));
+    json_array_foreach(docs, i, id) {
+        json_t *users = json_object_get(id, "users"), *u;
+        size_t k;
+        int changed = key_drop_tokens(j, id, uid);
+
+        json_array_foreach(users, k, u)
+            if (strcmp(json_string_value(u), uid) == 0) {
+                json_array_remove(users, k);
+                changed = 1;
+                break;
+            }
+        if (changed) {
+            json_object_set_new(id, "updated_at", json_integer(now_ms()));
+            job_write_json(j, rk(j, KGC_RK_KEY, j->team_id,
+                                 json_string_value(json_object_get(id, "key_id"))), id);
+            job_publish(j, "key %s", json_string_value(json_object_get(id, "key_id")));
+        }
+    }
+    json_decref(docs);
+    json_object_del(members(j), uid);
+    job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
+    j->result = json_object();
+    return J_WRITE;
+}
+
+job_step cmd_team_transfer_ownership(job *j)
+{
+    const char *uid = arg_str(j, "user");
+    json_t *docs;
+
+    if (j->stage == 0)
+        return J_READ;
+    if (j->stage == 1) {
+        if (json_object_get(members(j), uid) == NULL)
+            return job_fail(j, "not_found", "no such member");
+        snprintf(j->target, sizeof j->target, "%s", uid);
+        if (strcmp(uid, j->actor_id) != 0) {
+            json_object_set_new(members(j), j->actor_id, json_string("admin"));
+            json_object_set_new(members(j), uid, json_string("owner"));
+        }
+        read_members(j);
+        return J_READ;
+    }
+    if (j->stage == 2) {
+        job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
+        docs = parse_list(job_reply(j, 0));
+        j->result = team_view(j, docs);
+        json_decref(docs);
+        return J_WRITE;
+    }
+    return J_DONE;
+}
+
+job_step cmd_audit_list(job *j)
+{
+    long long limit;
+    char stop[24];
+
+    if (arg_limit(j, &limit) != 0)
+        return J_FAIL;
+    if (j->stage == 0) {
+        snprintf(stop, sizeof stop, "%lld", limit - 1);
+        job_read(j, "LRANGE", rk(j, KGC_RK_AUDIT, j->team_id), "0", stop, NULL);
+        return J_READ;
+    }
+    j->result = json_pack("{s:o}", "entries", parse_list(job_reply(j, 0)));
+    return J_DONE;
+}

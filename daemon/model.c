@@ -1,0 +1,205 @@
+/*
+ * model.c - key rules shared by the key, token and team commands.
+ */
+#include "model.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+json_t *key_public(const json_t *doc)
+{
+    json_t *out = json_deep_copy(doc), *toks = json_object(), *t;
+    const char *uid;
+
+    json_object_foreach(json_object_get(doc, "tokens"), uid, t)
+        json_object_set_new(toks, uid, json_pack("{s:O,s:O,s:O}",
+                                                 "token_id", json_object_get(t, "token_id"),
+                                                 "hint", json_object_get(t, "hint"),
+                                                 "created_at", json_object_get(t, "created_at")));
+    json_object_set_new(out, "tokens", toks);
+    return out;
+}
+
+int key_has_user(const json_t *doc, const char *user_id)
+{
+    size_t i;
+    json_t *u;
+
+    json_array_foreach(json_object_get(doc, "users"), i, u)
+        if (strcmp(json_string_value(u), user_id) == 0)
+            return 1;
+    return 0;
+}
+
+int name_ok(const char *s, size_t max)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+json_t *users_check(job *j, json_t *users)
+{
+    json_t *members = json_object_get(j->team, "members"), *out = json_array(), *u;
+    size_t i;
+
+    json_array_foreach(users, i, u) {
+        const char *id = json_string_value(u);
+        size_t k;
+        json_t *seen;
+        int dup = 0;
+
+        if (json_object_get(members, id) == NULL) {
+            json_decref(out);
+            job_fail(j, "bad_request", "user '%.40s' is not a member of the team", id);
+            return NULL;
+        }
+        json_array_foreach(out, k, seen)
+            dup |= strcmp(json_string_value(seen), id) == 0;
+        if (!dup)
+            json_array_append(out, u);
+    }
+    return out;
+}
+
+static const char *payg_wallet(json_t *policy)
+{
+    return json_string_value(json_object_get(policy, "wallet"));
+}
+
+size_t services_prefetch(job *j, json_t *services)
+{
+    const char *sid;
+    json_t *p;
+    size_t n = 0;
+    char team[KGC_ID_MAX];
+
+    json_object_foreach(services, sid, p) {
+        const char *w = payg_wallet(p);
+        if (w != NULL && kgc_id_team_of(w, 'w', team) == 0 && strcmp(team, j->team_id) == 0) {
+            job_read(j, "EXISTS", rk(j, KGC_RK_WALLET, j->team_id, w), NULL);
+            n++;
+        }
+    }
+    return n;
+}
+
+json_t *services_check(job *j, json_t *services, size_t first)
+{
+    const kgc_catalog *cat = j->app->cat;
+    json_t *out = json_object(), *p;
+    const char *sid;
+    size_t reply = first;
+    char team[KGC_ID_MAX];
+
+    if (!json_is_object(services)) {
+        json_decref(out);
+        job_fail(j, "bad_request", "'services' must be an object");
+        return NULL;
+    }
+    json_object_foreach(services, sid, p) {
+        const kgc_service *svc = kgc_catalog_service(cat, sid);
+        const char *policy = json_string_value(json_object_get(p, "policy"));
+        json_t *models, *m, *norm;
+        const char *w;
+        size_t i;
+
+        if (svc == NULL) {
+            job_fail(j, "bad_request", "unknown service '%.64s'", sid);
+            goto fail;
+        }
+        if (!json_is_object(p) || policy == NULL) {
+            job_fail(j, "bad_request", "service '%s': 'policy' must be \"free\" or \"payg\"", sid);
+            goto fail;
+        }
+        if (strcmp(policy, "free") == 0) {
+            if (!svc->free) {
+                job_fail(j, "bad_request", "service '%s' is not free: only policy \"payg\"", sid);
+                goto fail;
+            }
+            json_object_set_new(out, sid, json_pack("{s:s}", "policy", "free"));
+            continue;
+        }
+        if (strcmp(policy, "payg") != 0) {
+            job_fail(j, "bad_request", "service '%s': 'policy' must be \"free\" or \"payg\"", sid);
+            goto fail;
+        }
+        models = json_object_get(p, "models");
+        if (!json_is_array(models) || json_array_size(models) == 0) {
+            job_fail(j, "bad_request", "service '%s': payg needs a non-empty 'models' array", sid);
+            goto fail;
+        }
+        norm = json_array();
+        json_array_foreach(models, i, m) {
+            const char *mid = json_string_value(m);
+            size_t k;
+            json_t *seen;
+            int dup = 0;
+
+            if (mid == NULL || kgc_service_model(svc, mid) == NULL) {
+                json_decref(norm);
+                job_fail(j, "bad_request", "service '%s' has no model '%.64s'", sid,
+                         mid ? mid : "(not a string)");
+                goto fail;
+            }
+            json_array_foreach(norm, k, seen)
+                dup |= strcmp(json_string_value(seen), mid) == 0;
+            if (!dup)
+                json_array_append(norm, m);
+        }
+        w = payg_wallet(p);
+        if (w == NULL) {
+            json_decref(norm);
+            job_fail(j, "bad_request", "service '%s': payg needs a 'wallet'", sid);
+            goto fail;
+        }
+        if (kgc_id_team_of(w, 'w', team) != 0 || strcmp(team, j->team_id) != 0 ||
+            json_integer_value(job_reply(j, reply++)) != 1) {
+            json_decref(norm);
+            job_fail(j, "bad_request", "service '%s': no wallet '%.40s' in the key's team", sid, w);
+            goto fail;
+        }
+        json_object_set_new(out, sid, json_pack("{s:s,s:o,s:s}", "policy", "payg",
+                                                "models", norm, "wallet", w));
+    }
+    return out;
+fail:
+    json_decref(out);
+    return NULL;
+}
+
+int key_drop_tokens(job *j, json_t *doc, const char *user_id)
+{
+    json_t *toks = json_object_get(doc, "tokens");
+    json_t *t = json_object_get(toks, user_id);
+    const char *h;
+
+    if (t == NULL)
+        return 0;
+    if ((h = json_string_value(json_object_get(t, "hash"))) != NULL)
+        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, h), NULL);
+    if ((h = json_string_value(json_object_get(t, "old_hash"))) != NULL)
+        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, h), NULL);
+    json_object_del(toks, user_id);
+    return 1;
+}
+
+void notify_user(job *j, const char *user_id, const char *type, const json_t *keydoc)
+{
+    json_t *n = json_pack("{s:I,s:s,s:O,s:O,s:O,s:s}", "at", (json_int_t)now_ms(),
+                          "type", type, "key_id", json_object_get(keydoc, "key_id"),
+                          "key_name", json_object_get(keydoc, "name"),
+                          "team_id", json_object_get(keydoc, "team_id"), "by", j->actor_id);
+    char *text = json_dumps(n, JSON_COMPACT);
+    const char *key = rk(j, KGC_RK_NOTIF, user_id);
+
+    job_write(j, "LPUSH", key, text, NULL);
+    job_write(j, "LTRIM", rk(j, KGC_RK_NOTIF, user_id), "0", "999", NULL);
+    free(text);
+    json_decref(n);
+}

@@ -1,0 +1,41 @@
+/*
+ * model.h - rules on keys shared by several commands: the public view of a
+ * key, assigned users, enabled services and their billing policies, and
+ * deleting a user's tokens.
+ */
+#ifndef KG_MODEL_H
+#define KG_MODEL_H
+
+#include "cmd.h"
+
+/* The key as the protocol returns it: tokens without their hashes. New ref. */
+json_t *key_public(const json_t *doc);
+
+/* 1 if user_id is in the key's users. */
+int key_has_user(const json_t *doc, const char *user_id);
+
+/* Checks that every id of users (array of strings) is a member of the
+ * job's team; returns a new deduplicated array, or NULL after job_fail. */
+json_t *users_check(job *j, json_t *users);
+
+/* Stage 0 of a command taking "services": queue one EXISTS per payg wallet
+ * of the job's team. Returns how many reads it queued. */
+size_t services_prefetch(job *j, json_t *services);
+
+/* Stage 1: validates services against the catalog and the replies of
+ * services_prefetch (starting at reply `first`). Returns the normalized
+ * services object (new ref), or NULL after job_fail. */
+json_t *services_check(job *j, json_t *services, size_t first);
+
+/* Queues the deletion of user_id's token records on key doc (current and
+ * one still in its grace period) and drops its tokens entry. Returns 1 if
+ * there was any. */
+int key_drop_tokens(job *j, json_t *doc, const char *user_id);
+
+/* A name: non-empty, at most max bytes, no control characters. */
+int name_ok(const char *s, size_t max);
+
+/* Appends LPUSH+LTRIM of a notification to the writes. */
+void notify_user(job *j, const char *user_id, const char *type, const json_t *keydoc);
+
+#endif

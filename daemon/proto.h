@@ -1,0 +1,17 @@
+/*
+ * proto.h - the response envelope of the admin protocol.
+ */
+#ifndef KG_PROTO_H
+#define KG_PROTO_H
+
+#include <jansson.h>
+
+/* {"id": id, "ok": false, "error": {"code", "message"}}; id borrowed, may be
+ * NULL (then no "id" member). Returns a new reference. */
+json_t *proto_error(json_t *id, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* {"id": id, "ok": true, "result": result}; steals result. */
+json_t *proto_ok(json_t *id, json_t *result);
+
+#endif

@@ -1,0 +1,328 @@
+/*
+ * store.c - async Redis for the daemon (hiredis + its libevent adapter).
+ */
+#include "store.h"
+#include "log.h"
+
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define STORE_RETRY_MS 200
+#define STORE_STALL_MS 3000
+
+struct store {
+    struct event_base *base;
+    const kgc_config *cfg;         /* borrowed, outlives the store */
+    redisAsyncContext *ac;         /* NULL while disconnected */
+    int up;                        /* connect callback said yes */
+    struct event *retry;           /* reconnect timer */
+    struct event *watchdog;        /* stall detector */
+    long inflight;                 /* replies still expected */
+    long long last_progress_ms;
+    void (*connect_hook)(void *);
+    void *connect_arg;
+};
+
+typedef struct batch {
+    store_done_fn done;
+    void *arg;
+    json_t *replies;               /* one slot per command */
+    size_t ncmds, pending;
+    int failed, transaction;
+} batch;
+
+typedef struct slot { batch *b; size_t idx; } slot;
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int store_is_error(const json_t *j)
+{
+    return json_is_object(j) && json_object_get(j, "$err") != NULL;
+}
+
+static json_t *reply_to_json(const redisReply *r)
+{
+    json_t *a;
+
+    switch (r->type) {
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+        return json_stringn_nocheck(r->str, r->len);
+    case REDIS_REPLY_INTEGER:
+        return json_integer(r->integer);
+    case REDIS_REPLY_ARRAY:
+        a = json_array();
+        for (size_t i = 0; i < r->elements; i++)
+            json_array_append_new(a, reply_to_json(r->element[i]));
+        return a;
+    case REDIS_REPLY_ERROR:
+        return json_pack("{s:s%}", "$err", r->str, r->len);
+    default:
+        return json_null();
+    }
+}
+
+static void schedule_retry(store *s)
+{
+    struct timeval tv = {0, STORE_RETRY_MS * 1000};
+    evtimer_add(s->retry, &tv);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    store *s = ac->data;
+
+    if (status != REDIS_OK) {
+        log_warn("redis connect failed: %s", ac->errstr);
+        s->ac = NULL;              /* hiredis frees the context */
+        s->up = 0;
+        schedule_retry(s);
+        return;
+    }
+    s->up = 1;
+    s->last_progress_ms = mono_ms();
+    log_info("redis connected");
+    if (s->connect_hook != NULL)
+        s->connect_hook(s->connect_arg);
+}
+
+void store_on_connect(store *s, void (*fn)(void *), void *arg)
+{
+    s->connect_hook = fn;
+    s->connect_arg = arg;
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    store *s = ac->data;
+
+    if (s == NULL)
+        return;
+    if (status != REDIS_OK)
+        log_warn("redis connection lost: %s", ac->errstr);
+    s->ac = NULL;
+    s->up = 0;
+    s->inflight = 0;
+    schedule_retry(s);
+}
+
+static void connect_now(store *s)
+{
+    redisAsyncContext *ac;
+
+    if (s->cfg->redis_unix[0])
+        ac = redisAsyncConnectUnix(s->cfg->redis_unix);
+    else
+        ac = redisAsyncConnect(s->cfg->redis_host, s->cfg->redis_port);
+    if (ac == NULL)
+        oom("redisAsyncConnect");
+    if (ac->err) {
+        log_warn("redis connect failed: %s", ac->errstr);
+        redisAsyncFree(ac);
+        schedule_retry(s);
+        return;
+    }
+    ac->data = s;
+    redisLibeventAttach(ac, s->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    s->ac = ac;
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    connect_now(arg);
+}
+
+/* Drops a connection that stopped answering: redisAsyncFree calls every
+ * pending callback with a NULL reply, which fails their batches. */
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    store *s = arg;
+
+    (void)fd;
+    (void)what;
+    if (s->ac != NULL && s->inflight > 0 &&
+        mono_ms() - s->last_progress_ms > STORE_STALL_MS) {
+        redisAsyncContext *ac = s->ac;
+        log_warn("redis did not answer for %d ms; dropping the connection", STORE_STALL_MS);
+        redisAsyncFree(ac);        /* on_disconnect schedules the retry */
+    }
+}
+
+store *store_new(struct event_base *base, const kgc_config *cfg)
+{
+    store *s = xcalloc(1, sizeof *s);
+    struct timeval tick = {0, 250 * 1000};
+
+    s->base = base;
+    s->cfg = cfg;
+    s->retry = evtimer_new(base, on_retry, s);
+    s->watchdog = event_new(base, -1, EV_PERSIST, on_watchdog, s);
+    if (s->retry == NULL || s->watchdog == NULL)
+        oom("event_new");
+    evtimer_add(s->watchdog, &tick);
+    connect_now(s);
+    return s;
+}
+
+void store_free(store *s)
+{
+    if (s == NULL)
+        return;
+    if (s->ac != NULL) {
+        redisAsyncContext *ac = s->ac;
+        s->ac = NULL;
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    event_free(s->retry);
+    event_free(s->watchdog);
+    free(s);
+}
+
+int store_connected(const store *s)
+{
+    return s->ac != NULL && s->up;
+}
+
+static void batch_finish(batch *b)
+{
+    json_t *out = NULL;
+
+    if (!b->failed) {
+        if (b->transaction) {
+            out = json_incref(json_array_get(b->replies, b->ncmds - 1));
+            if (!json_is_array(out)) {   /* EXECABORT or nil: nothing ran */
+                log_err("transaction aborted");
+                json_decref(out);
+                out = NULL;
+                b->failed = 1;
+            }
+        } else {
+            out = json_incref(b->replies);
+        }
+    }
+    b->done(b->arg, !b->failed, out);
+    json_decref(b->replies);
+    free(b);
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    slot *sl = priv;
+    batch *b = sl->b;
+    store *s = ac->data;
+
+    if (s != NULL) {
+        s->last_progress_ms = mono_ms();
+        if (s->inflight > 0)
+            s->inflight--;
+    }
+    if (r == NULL)
+        b->failed = 1;
+    else
+        json_array_set_new(b->replies, sl->idx, reply_to_json(r));
+    free(sl);
+    if (--b->pending == 0)
+        batch_finish(b);
+}
+
+static int send_one(store *s, batch *b, size_t idx, json_t *cmd)
+{
+    const char *argv[64];
+    size_t argvlen[64];
+    char nums[64][24];
+    size_t n = json_array_size(cmd);
+    slot *sl;
+
+    if (n == 0 || n > 64)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        json_t *a = json_array_get(cmd, i);
+        if (json_is_string(a)) {
+            argv[i] = json_string_value(a);
+            argvlen[i] = json_string_length(a);
+        } else if (json_is_integer(a)) {
+            argvlen[i] = (size_t)snprintf(nums[i], sizeof nums[i], "%" JSON_INTEGER_FORMAT,
+                                          json_integer_value(a));
+            argv[i] = nums[i];
+        } else {
+            return -1;
+        }
+    }
+    sl = xmalloc(sizeof *sl);
+    sl->b = b;
+    sl->idx = idx;
+    if (redisAsyncCommandArgv(s->ac, on_reply, sl, (int)n, argv, argvlen) != REDIS_OK) {
+        free(sl);
+        return -1;
+    }
+    s->inflight++;
+    return 0;
+}
+
+int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void *arg)
+{
+    size_t n = json_array_size(cmds), total = n + (transaction ? 2 : 0), idx = 0;
+    batch *b;
+    json_t *multi = NULL, *exec = NULL;
+
+    if (!store_connected(s) || n == 0)
+        return -1;
+    if (s->inflight == 0)
+        s->last_progress_ms = mono_ms();
+    b = xcalloc(1, sizeof *b);
+    b->done = done;
+    b->arg = arg;
+    b->ncmds = total;
+    b->transaction = transaction;
+    b->replies = json_array();
+    for (size_t i = 0; i < total; i++)
+        json_array_append_new(b->replies, json_null());
+    /* Every command is queued before the first reply can be processed (we
+     * are not inside hiredis' read handler's loop for this batch), so
+     * pending only reaches 0 once all replies arrived. */
+    b->pending = total;
+    if (transaction) {
+        multi = json_pack("[s]", "MULTI");
+        exec = json_pack("[s]", "EXEC");
+        if (send_one(s, b, idx++, multi) != 0)
+            goto broken;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (send_one(s, b, idx++, json_array_get(cmds, i)) != 0)
+            goto broken;
+    if (transaction && send_one(s, b, idx++, exec) != 0)
+        goto broken;
+    json_decref(multi);
+    json_decref(exec);
+    return 0;
+broken:
+    /* A command could not be queued (bad argument shape: a bug). Commands
+     * already queued will still be answered; a transaction without its EXEC
+     * would leave the connection inside MULTI, so drop the connection. */
+    log_err("could not queue a command; dropping the redis connection");
+    json_decref(multi);
+    json_decref(exec);
+    b->failed = 1;
+    b->pending -= total - idx;
+    if (b->pending == 0) {
+        json_decref(b->replies);
+        free(b);
+        return -1;
+    }
+    redisAsyncFree(s->ac);   /* fails the queued part; batch_finish reports it */
+    return 0;
+}
