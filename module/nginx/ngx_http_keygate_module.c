@@ -1,0 +1,1505 @@
+/*
+ * ngx_http_keygate_module - keygate API-key checks and metering in nginx.
+ *
+ * A thin glue over libkeygate's non-blocking API (include/keygate.h):
+ *
+ *   - one kg_ctx per worker process, opened in init_process;
+ *   - libkeygate's sockets are put into nginx's own event loop: the watch
+ *     hook wraps each fd in an nginx connection (ngx_get_connection) and
+ *     adds/deletes its read/write events; one nginx timer follows
+ *     kg_loop_next_timeout_ms();
+ *   - the access-phase handler starts kg_authorize_start() and returns
+ *     NGX_AGAIN; when libkeygate calls back, a posted event re-runs the
+ *     request's phases, and the handler then lets it through or answers
+ *     the refusal as JSON.
+ *
+ * Nothing here ever waits on a socket: a worker keeps serving every other
+ * request while a keygate answer is pending, whatever Redis does.
+ * The client's token is passed to libkeygate and never logged or copied
+ * into a response.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <keygate.h>
+
+
+typedef struct {
+    ngx_str_t                   config_path;  /* keygate_config; "" = unset */
+} ngx_http_keygate_main_conf_t;
+
+
+typedef struct {
+    ngx_str_t                   name;         /* NUL-terminated, from config */
+    ngx_http_complex_value_t    value;        /* an integer after expansion */
+} ngx_http_keygate_param_t;
+
+
+typedef struct {
+    ngx_http_complex_value_t   *service;      /* NULL: keygate off here */
+    ngx_http_complex_value_t   *model;        /* NULL: no model */
+    ngx_http_complex_value_t   *request_id;   /* NULL: no request id */
+    ngx_array_t                *params;       /* of ngx_http_keygate_param_t */
+} ngx_http_keygate_loc_conf_t;
+
+
+typedef enum {
+    NGX_HTTP_KEYGATE_WAITING = 1,             /* kg_authorize_start returned 1 */
+    NGX_HTTP_KEYGATE_DONE                     /* res holds the decision */
+} ngx_http_keygate_state_e;
+
+
+/*
+ * Per-request state, allocated from r->pool. A pool cleanup points at it
+ * so that it survives an internal redirect (which clears module contexts)
+ * and so that a request freed while waiting cancels its pending call.
+ */
+typedef struct {
+    ngx_http_request_t            *request;
+    ngx_http_keygate_loc_conf_t   *lcf;       /* location that was authorized */
+    ngx_http_keygate_state_e       state;
+    kg_pending                    *pending;   /* non-NULL while WAITING */
+    kg_request                     req;       /* strings live in r->pool */
+    kg_result                      res;       /* written by libkeygate */
+    const char                    *message;   /* refusal text; NULL = kg_strerror */
+    ngx_event_t                    resume;    /* posted when libkeygate answers */
+} ngx_http_keygate_ctx_t;
+
+
+/* One watched libkeygate socket. */
+typedef struct {
+    ngx_connection_t              *conn;      /* wraps the fd; NULL = free slot */
+} ngx_http_keygate_watch_t;
+
+
+static ngx_int_t ngx_http_keygate_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_keygate_start(ngx_http_request_t *r,
+    ngx_http_keygate_loc_conf_t *lcf, ngx_http_keygate_ctx_t *ctx);
+static ngx_int_t ngx_http_keygate_decide(ngx_http_request_t *r,
+    ngx_http_keygate_ctx_t *ctx);
+static ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,
+    ngx_http_keygate_ctx_t *ctx);
+static const char *ngx_http_keygate_strdup0(ngx_pool_t *pool, ngx_str_t *s);
+static ngx_int_t ngx_http_keygate_find_token(ngx_http_request_t *r,
+    ngx_str_t *token);
+static ngx_http_keygate_ctx_t *ngx_http_keygate_get_ctx(ngx_http_request_t *r);
+static void ngx_http_keygate_cleanup(void *data);
+static void ngx_http_keygate_done(void *arg, kg_result *res);
+static void ngx_http_keygate_resume(ngx_event_t *ev);
+
+static void ngx_http_keygate_watch(void *host, int fd, int events);
+static void ngx_http_keygate_unwatch(ngx_connection_t *c);
+static void ngx_http_keygate_io_read(ngx_event_t *ev);
+static void ngx_http_keygate_io_write(ngx_event_t *ev);
+static void ngx_http_keygate_timer_handler(ngx_event_t *ev);
+static void ngx_http_keygate_arm_timer(void);
+
+static ngx_int_t ngx_http_keygate_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_keygate_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_keygate_init(ngx_conf_t *cf);
+static void *ngx_http_keygate_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_keygate_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_keygate_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_keygate_service(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_keygate_param(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_keygate_init_process(ngx_cycle_t *cycle);
+static void ngx_http_keygate_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_keygate_commands[] = {
+
+    { ngx_string("keygate_config"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_keygate_main_conf_t, config_path),
+      NULL },
+
+    { ngx_string("keygate_service"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_keygate_service,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("keygate_model"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_keygate_loc_conf_t, model),
+      NULL },
+
+    { ngx_string("keygate_request_id"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_keygate_loc_conf_t, request_id),
+      NULL },
+
+    { ngx_string("keygate_param"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_keygate_param,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_keygate_module_ctx = {
+    ngx_http_keygate_add_variables,        /* preconfiguration */
+    ngx_http_keygate_init,                 /* postconfiguration */
+
+    ngx_http_keygate_create_main_conf,     /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_keygate_create_loc_conf,      /* create location configuration */
+    ngx_http_keygate_merge_loc_conf        /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_keygate_module = {
+    NGX_MODULE_V1,
+    &ngx_http_keygate_module_ctx,          /* module context */
+    ngx_http_keygate_commands,             /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_keygate_init_process,         /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_keygate_exit_process,         /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+/*
+ * Per-worker state. A worker is one thread, so plain statics are the
+ * natural home of its single kg_ctx and the loop glue around it.
+ */
+static kg_ctx            *ngx_http_keygate_kg;        /* NULL: unavailable */
+static ngx_event_t        ngx_http_keygate_timer;
+static ngx_connection_t   ngx_http_keygate_timer_conn; /* fd -1, for debug logs */
+static ngx_array_t       *ngx_http_keygate_watches;   /* of ..._watch_t */
+static ngx_uint_t         ngx_http_keygate_npending;  /* requests waiting */
+static ngx_uint_t         ngx_http_keygate_exiting;   /* in exit_process */
+
+
+enum {
+    NGX_HTTP_KEYGATE_VAR_KEY_ID,
+    NGX_HTTP_KEYGATE_VAR_USER_ID,
+    NGX_HTTP_KEYGATE_VAR_TEAM_ID,
+    NGX_HTTP_KEYGATE_VAR_COST,
+    NGX_HTTP_KEYGATE_VAR_BALANCE,
+    NGX_HTTP_KEYGATE_VAR_STATUS
+};
+
+
+static ngx_http_variable_t  ngx_http_keygate_vars[] = {
+
+    { ngx_string("keygate_key_id"), NULL, ngx_http_keygate_variable,
+      NGX_HTTP_KEYGATE_VAR_KEY_ID, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("keygate_user_id"), NULL, ngx_http_keygate_variable,
+      NGX_HTTP_KEYGATE_VAR_USER_ID, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("keygate_team_id"), NULL, ngx_http_keygate_variable,
+      NGX_HTTP_KEYGATE_VAR_TEAM_ID, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("keygate_cost_micros"), NULL, ngx_http_keygate_variable,
+      NGX_HTTP_KEYGATE_VAR_COST, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("keygate_balance_micros"), NULL, ngx_http_keygate_variable,
+      NGX_HTTP_KEYGATE_VAR_BALANCE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("keygate_status"), NULL, ngx_http_keygate_variable,
+      NGX_HTTP_KEYGATE_VAR_STATUS, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+/* ------------------------------------------------------------------ */
+/* The access phase                                                    */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Access-phase handler. Called once to start, then again after the posted
+ * resume event (and possibly on stray write events while waiting, which
+ * it answers NGX_AGAIN). A request that passed keygate and is internally
+ * redirected to a location with the same service and model is not
+ * authorized (nor charged) a second time.
+ */
+static ngx_int_t
+ngx_http_keygate_handler(ngx_http_request_t *r)
+{
+    ngx_str_t                     service;
+    ngx_pool_cleanup_t           *cln;
+    ngx_http_keygate_ctx_t       *ctx;
+    ngx_http_keygate_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_keygate_module);
+
+    if (lcf->service == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_keygate_get_ctx(r);
+
+    if (ctx != NULL) {
+        if (ctx->state == NGX_HTTP_KEYGATE_WAITING) {
+            return NGX_AGAIN;
+        }
+
+        if (ctx->lcf == lcf) {
+            return ngx_http_keygate_decide(r, ctx);
+        }
+
+        /* an internal redirect into another keygate location */
+
+        if (ctx->res.status == KG_OK) {
+            if (ngx_http_complex_value(r, lcf->service, &service) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            if (ctx->req.service != NULL
+                && service.len == ngx_strlen(ctx->req.service)
+                && ngx_strncmp(service.data, ctx->req.service, service.len)
+                   == 0
+                && lcf->model == ctx->lcf->model)
+            {
+                ctx->lcf = lcf;
+                return NGX_OK;
+            }
+        }
+
+    } else {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_keygate_ctx_t));
+        if (ctx == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_keygate_cleanup;
+        cln->data = ctx;
+
+        ctx->request = r;
+        ctx->resume.handler = ngx_http_keygate_resume;
+        ctx->resume.data = ctx;
+        ctx->resume.log = r->connection->log;
+
+        ngx_http_set_ctx(r, ctx, ngx_http_keygate_module);
+    }
+
+    return ngx_http_keygate_start(r, lcf, ctx);
+}
+
+
+/*
+ * Evaluates the location's values, reads the token and starts one
+ * non-blocking authorization. Returns NGX_AGAIN while libkeygate waits
+ * for Redis, else the decision (see ngx_http_keygate_decide).
+ */
+static ngx_int_t
+ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
+    ngx_http_keygate_ctx_t *ctx)
+{
+    u_char                    *p, *last, *msg;
+    int64_t                    value, digit;
+    ngx_int_t                  rc;
+    ngx_str_t                  token, s;
+    ngx_uint_t                 i, n, negative;
+    kg_param                  *params;
+    ngx_http_keygate_param_t  *hp;
+
+    ngx_memzero(&ctx->req, sizeof(kg_request));
+    ngx_memzero(&ctx->res, sizeof(kg_result));
+    ctx->res.balance_micros = -1;
+    ctx->lcf = lcf;
+    ctx->state = NGX_HTTP_KEYGATE_DONE;
+    ctx->message = NULL;
+
+    if (ngx_http_complex_value(r, lcf->service, &s) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ctx->req.service = ngx_http_keygate_strdup0(r->pool, &s);
+    if (ctx->req.service == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (lcf->model) {
+        if (ngx_http_complex_value(r, lcf->model, &s) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (s.len) {
+            ctx->req.model = ngx_http_keygate_strdup0(r->pool, &s);
+            if (ctx->req.model == NULL) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    if (lcf->request_id) {
+        if (ngx_http_complex_value(r, lcf->request_id, &s) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (s.len) {
+            ctx->req.request_id = ngx_http_keygate_strdup0(r->pool, &s);
+            if (ctx->req.request_id == NULL) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    if (lcf->params && lcf->params->nelts) {
+        params = ngx_pcalloc(r->pool, lcf->params->nelts * sizeof(kg_param));
+        if (params == NULL) {
+            return NGX_ERROR;
+        }
+
+        hp = lcf->params->elts;
+        n = 0;
+
+        for (i = 0; i < lcf->params->nelts; i++) {
+
+            if (ngx_http_complex_value(r, &hp[i].value, &s) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            if (s.len == 0) {
+                continue;          /* a missing quantity counts 0 */
+            }
+
+            /* a signed decimal int64; libkeygate refuses negatives */
+
+            p = s.data;
+            last = s.data + s.len;
+            negative = (*p == '-');
+
+            if (negative || *p == '+') {
+                p++;
+            }
+
+            value = 0;
+
+            if (p == last) {
+                goto bad_param;
+            }
+
+            for ( /* void */ ; p < last; p++) {
+                if (*p < '0' || *p > '9') {
+                    goto bad_param;
+                }
+
+                digit = *p - '0';
+
+                if (value > (INT64_MAX - digit) / 10) {
+                    goto bad_param;
+                }
+
+                value = value * 10 + digit;
+            }
+
+            params[n].name = (const char *) hp[i].name.data;
+            params[n].value = negative ? -value : value;
+            n++;
+            continue;
+
+        bad_param:
+
+            ctx->res.status = KG_BAD_REQUEST;
+
+            msg = ngx_pnalloc(r->pool, hp[i].name.len + 64);
+            if (msg == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_sprintf(msg, "parameter %V is not an integer%Z", &hp[i].name);
+            ctx->message = (const char *) msg;
+
+            return ngx_http_keygate_decide(r, ctx);
+        }
+
+        ctx->req.params = params;
+        ctx->req.nparams = n;
+    }
+
+    if (ngx_http_keygate_find_token(r, &token) != NGX_OK) {
+        ctx->res.status = KG_TOKEN_MALFORMED;
+        ctx->message = "no API token: send \"Authorization: Bearer <token>\""
+                       " or \"X-API-Key: <token>\"";
+        return ngx_http_keygate_decide(r, ctx);
+    }
+
+    if (ngx_http_keygate_kg == NULL) {
+        ctx->res.status = KG_BACKEND_ERROR;
+        ctx->message = "keygate is not available in this worker";
+        return ngx_http_keygate_decide(r, ctx);
+    }
+
+    ctx->req.token = (const char *) token.data;
+    ctx->req.token_len = token.len;
+
+    rc = kg_authorize_start(ngx_http_keygate_kg, &ctx->req, &ctx->res,
+                            ngx_http_keygate_done, ctx, &ctx->pending);
+
+    ngx_http_keygate_arm_timer();
+
+    if (rc == 1) {
+        ctx->state = NGX_HTTP_KEYGATE_WAITING;
+        ngx_http_keygate_npending++;
+        ngx_http_keygate_timer.cancelable = 0;
+
+        /* notice a client that goes away, so its cleanup cancels the call */
+        r->read_event_handler = ngx_http_test_reading;
+
+        return NGX_AGAIN;
+    }
+
+    ctx->pending = NULL;
+
+    if (rc < 0 && ctx->res.status == KG_OK) {
+        ctx->res.status = KG_BACKEND_ERROR;     /* never fail open */
+    }
+
+    return ngx_http_keygate_decide(r, ctx);
+}
+
+
+/*
+ * Turns a finished authorization into the access phase's answer: NGX_OK
+ * lets the request through; a refusal is sent here, as JSON, and the
+ * request finalized, so the phase engine is told NGX_DONE.
+ */
+static ngx_int_t
+ngx_http_keygate_decide(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    if (ctx->res.status == KG_OK) {
+        return NGX_OK;
+    }
+
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    rc = ngx_http_keygate_send_refusal(r, ctx);
+
+    ngx_http_finalize_request(r, rc);
+
+    return NGX_DONE;
+}
+
+
+/* A NUL-terminated copy of s from pool, or NULL. */
+static const char *
+ngx_http_keygate_strdup0(ngx_pool_t *pool, ngx_str_t *s)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, s->len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    *ngx_cpymem(p, s->data, s->len) = '\0';
+
+    return (const char *) p;
+}
+
+
+/* Copies src into dst with JSON string escaping; returns the new end. */
+static u_char *
+ngx_http_keygate_json_escape(u_char *dst, const char *src)
+{
+    static const u_char  hex[] = "0123456789abcdef";
+    u_char               ch;
+
+    while ((ch = (u_char) *src++) != '\0') {
+        if (ch == '"' || ch == '\\') {
+            *dst++ = '\\';
+            *dst++ = ch;
+
+        } else if (ch < 0x20) {
+            *dst++ = '\\';
+            *dst++ = 'u';
+            *dst++ = '0';
+            *dst++ = '0';
+            *dst++ = hex[ch >> 4];
+            *dst++ = hex[ch & 0xf];
+
+        } else {
+            *dst++ = ch;
+        }
+    }
+
+    return dst;
+}
+
+
+/*
+ * Sends the refusal: status from kg_http_status, body
+ * {"error": "<kg_status_code>", "message": "<text>"}, for 402 also the
+ * wallet's balance and the request's cost. Returns what the output chain
+ * returned, for ngx_http_finalize_request.
+ */
+static ngx_int_t
+ngx_http_keygate_send_refusal(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx)
+{
+    size_t            len;
+    u_char           *p;
+    ngx_int_t         rc;
+    ngx_buf_t        *b;
+    kg_status         st;
+    ngx_chain_t       out;
+    const char       *code, *message;
+    ngx_table_elt_t  *h;
+
+    st = ctx->res.status;
+    code = kg_status_code(st);
+    message = ctx->message ? ctx->message : kg_strerror(st);
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        r->keepalive = 0;
+    }
+
+    len = sizeof("{\"error\": \"\", \"message\": \"\"}\n") - 1
+          + ngx_strlen(code) * 6 + ngx_strlen(message) * 6;
+
+    if (st == KG_INSUFFICIENT_FUNDS) {
+        len += sizeof(", \"balance_micros\": , \"cost_micros\": ") - 1
+               + 2 * NGX_INT64_LEN;
+    }
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(b->last, "{\"error\": \"", sizeof("{\"error\": \"") - 1);
+    p = ngx_http_keygate_json_escape(p, code);
+    p = ngx_cpymem(p, "\", \"message\": \"", sizeof("\", \"message\": \"") - 1);
+    p = ngx_http_keygate_json_escape(p, message);
+    *p++ = '"';
+
+    if (st == KG_INSUFFICIENT_FUNDS) {
+        p = ngx_sprintf(p, ", \"balance_micros\": %L, \"cost_micros\": %L",
+                        (int64_t) ctx->res.balance_micros,
+                        (int64_t) ctx->res.cost_micros);
+    }
+
+    p = ngx_cpymem(p, "}\n", 2);
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = kg_http_status(st);
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    if (r->headers_out.status == NGX_HTTP_UNAUTHORIZED) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "WWW-Authenticate");
+        ngx_str_set(&h->value, "Bearer realm=\"keygate\"");
+        r->headers_out.www_authenticate = h;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * Finds the client's token: "Authorization: Bearer <token>" first, else
+ * "X-API-Key: <token>". token points into the request's header memory.
+ * Returns NGX_OK or NGX_DECLINED (no token offered).
+ */
+static ngx_int_t
+ngx_http_keygate_find_token(ngx_http_request_t *r, ngx_str_t *token)
+{
+    u_char           *p, *last;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    h = r->headers_in.authorization;
+
+    if (h != NULL
+        && h->value.len >= sizeof("Bearer ") - 1
+        && ngx_strncasecmp(h->value.data, (u_char *) "Bearer ",
+                           sizeof("Bearer ") - 1) == 0)
+    {
+        p = h->value.data + sizeof("Bearer ") - 1;
+        last = h->value.data + h->value.len;
+
+        while (p < last && *p == ' ') {
+            p++;
+        }
+
+        while (last > p && last[-1] == ' ') {
+            last--;
+        }
+
+        token->data = p;
+        token->len = last - p;
+        return NGX_OK;
+    }
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("X-API-Key") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "X-API-Key",
+                               sizeof("X-API-Key") - 1) == 0)
+        {
+            p = h[i].value.data;
+            last = p + h[i].value.len;
+
+            while (p < last && *p == ' ') {
+                p++;
+            }
+
+            while (last > p && last[-1] == ' ') {
+                last--;
+            }
+
+            token->data = p;
+            token->len = last - p;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * The request's keygate context, also after an internal redirect (which
+ * clears module contexts): then it is found again through the pool cleanup
+ * that owns it, as ngx_http_realip_module does. Subrequests share the
+ * main request's pool, so they see its result too.
+ */
+static ngx_http_keygate_ctx_t *
+ngx_http_keygate_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t      *cln;
+    ngx_http_keygate_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_keygate_module);
+
+    if (ctx != NULL) {
+        return ctx;
+    }
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_keygate_cleanup) {
+            ctx = cln->data;
+            ngx_http_set_ctx(r, ctx, ngx_http_keygate_module);
+            return ctx;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * Pool cleanup: the request is going away. If libkeygate still works on
+ * it (client gone, worker shutting down), cancel, so done is never called
+ * with freed memory.
+ */
+static void
+ngx_http_keygate_cleanup(void *data)
+{
+    ngx_http_keygate_ctx_t  *ctx = data;
+
+    if (ctx->pending != NULL) {
+        if (ngx_http_keygate_kg != NULL) {
+            kg_authorize_cancel(ngx_http_keygate_kg, ctx->pending);
+        }
+
+        ctx->pending = NULL;
+
+        if (ngx_http_keygate_npending) {
+            ngx_http_keygate_npending--;
+        }
+
+        ngx_http_keygate_arm_timer();
+    }
+
+    if (ctx->resume.posted) {
+        ngx_delete_posted_event(&ctx->resume);
+    }
+}
+
+
+/*
+ * libkeygate's completion callback. It runs inside kg_loop_ready/
+ * kg_loop_timeout/kg_close, so it only records the answer and posts an
+ * event: the request continues after libkeygate has returned, never
+ * re-entering it.
+ */
+static void
+ngx_http_keygate_done(void *arg, kg_result *res)
+{
+    ngx_http_keygate_ctx_t  *ctx = arg;
+
+    (void) res;                 /* == &ctx->res */
+
+    ctx->pending = NULL;
+    ctx->state = NGX_HTTP_KEYGATE_DONE;
+
+    if (ngx_http_keygate_npending) {
+        ngx_http_keygate_npending--;
+    }
+
+    if (ngx_http_keygate_exiting) {
+        return;
+    }
+
+    ngx_post_event(&ctx->resume, &ngx_posted_events);
+}
+
+
+/* The posted event: carry on with the request's phases. */
+static void
+ngx_http_keygate_resume(ngx_event_t *ev)
+{
+    ngx_connection_t        *c;
+    ngx_http_request_t      *r;
+    ngx_http_keygate_ctx_t  *ctx;
+
+    ctx = ev->data;
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler(r);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* ------------------------------------------------------------------ */
+/* libkeygate's sockets and timer in nginx's event loop                */
+/* ------------------------------------------------------------------ */
+
+static ngx_http_keygate_watch_t *
+ngx_http_keygate_find_watch(int fd)
+{
+    ngx_uint_t                 i;
+    ngx_http_keygate_watch_t  *w;
+
+    w = ngx_http_keygate_watches->elts;
+
+    for (i = 0; i < ngx_http_keygate_watches->nelts; i++) {
+        if (w[i].conn != NULL && w[i].conn->fd == (ngx_socket_t) fd) {
+            return &w[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * kg_loop_hooks.watch: makes nginx watch fd for exactly `events`. Events
+ * are level-triggered, because libkeygate (like hiredis) may leave data
+ * in the socket between two calls. 0 means libkeygate is about to close
+ * fd: the events are removed and the nginx connection released without
+ * closing the fd, which stays libkeygate's.
+ */
+static void
+ngx_http_keygate_watch(void *host, int fd, int events)
+{
+    ngx_uint_t                 i;
+    ngx_connection_t          *c;
+    ngx_http_keygate_watch_t  *w;
+
+    (void) host;
+
+    w = ngx_http_keygate_find_watch(fd);
+
+    if (events == 0) {
+        if (w != NULL) {
+            ngx_http_keygate_unwatch(w->conn);
+            w->conn = NULL;
+        }
+
+        return;
+    }
+
+    if (w == NULL) {
+        c = ngx_get_connection(fd, ngx_cycle->log);
+        if (c == NULL) {
+            /* libkeygate's own timeout will answer the requests: 503 */
+            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                          "keygate: no free connection for a store socket");
+            return;
+        }
+
+        c->data = NULL;
+        c->read->handler = ngx_http_keygate_io_read;
+        c->write->handler = ngx_http_keygate_io_write;
+        c->read->log = c->log;
+        c->write->log = c->log;
+
+        w = ngx_http_keygate_watches->elts;
+
+        for (i = 0; i < ngx_http_keygate_watches->nelts; i++) {
+            if (w[i].conn == NULL) {
+                break;
+            }
+        }
+
+        if (i == ngx_http_keygate_watches->nelts) {
+            w = ngx_array_push(ngx_http_keygate_watches);
+            if (w == NULL) {
+                ngx_free_connection(c);
+                return;
+            }
+
+        } else {
+            w = &w[i];
+        }
+
+        w->conn = c;
+    }
+
+    c = w->conn;
+
+    if ((events & KG_EV_READ) && !c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                          "keygate: cannot watch a store socket for reading");
+        }
+
+    } else if (!(events & KG_EV_READ) && c->read->active) {
+        ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+
+    if ((events & KG_EV_WRITE) && !c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                          "keygate: cannot watch a store socket for writing");
+        }
+
+    } else if (!(events & KG_EV_WRITE) && c->write->active) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+}
+
+
+/*
+ * Stops watching and frees the nginx connection, leaving the fd open.
+ * Freeing through ngx_free_connection flips the events' instance bit on
+ * the next reuse, so a stale epoll event of this fd from the same batch
+ * is ignored by nginx.
+ */
+static void
+ngx_http_keygate_unwatch(ngx_connection_t *c)
+{
+    if (c->read->active) {
+        ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+
+    if (c->write->active) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    c->read->closed = 1;
+    c->write->closed = 1;
+
+    ngx_free_connection(c);
+
+    c->fd = (ngx_socket_t) -1;
+}
+
+
+static void
+ngx_http_keygate_io_read(ngx_event_t *ev)
+{
+    ngx_connection_t  *c = ev->data;
+
+    if (ngx_http_keygate_kg == NULL) {
+        return;
+    }
+
+    /* c may be freed inside: libkeygate may close the socket */
+    kg_loop_ready(ngx_http_keygate_kg, (int) c->fd, KG_EV_READ);
+    ngx_http_keygate_arm_timer();
+}
+
+
+static void
+ngx_http_keygate_io_write(ngx_event_t *ev)
+{
+    ngx_connection_t  *c = ev->data;
+
+    if (ngx_http_keygate_kg == NULL) {
+        return;
+    }
+
+    kg_loop_ready(ngx_http_keygate_kg, (int) c->fd, KG_EV_WRITE);
+    ngx_http_keygate_arm_timer();
+}
+
+
+static void
+ngx_http_keygate_timer_handler(ngx_event_t *ev)
+{
+    (void) ev;
+
+    if (ngx_http_keygate_kg == NULL) {
+        return;
+    }
+
+    kg_loop_timeout(ngx_http_keygate_kg);
+    ngx_http_keygate_arm_timer();
+}
+
+
+/*
+ * Sets the one nginx timer to kg_loop_next_timeout_ms(), after every call
+ * into libkeygate. The timer is exact (ngx_add_timer alone would keep an
+ * old deadline up to 300 ms off), and holds a gracefully exiting worker
+ * only while requests are waiting.
+ */
+static void
+ngx_http_keygate_arm_timer(void)
+{
+    int          ms;
+    ngx_msec_t   key;
+    ngx_event_t *ev = &ngx_http_keygate_timer;
+
+    if (ngx_http_keygate_kg == NULL) {
+        return;
+    }
+
+    ev->cancelable = (ngx_http_keygate_npending == 0);
+
+    ms = kg_loop_next_timeout_ms(ngx_http_keygate_kg);
+
+    if (ms < 0) {
+        if (ev->timer_set) {
+            ngx_del_timer(ev);
+        }
+
+        return;
+    }
+
+    key = ngx_current_msec + (ngx_msec_t) ms;
+
+    if (ev->timer_set) {
+        if (ev->timer.key == key) {
+            return;
+        }
+
+        ngx_del_timer(ev);
+    }
+
+    ngx_add_timer(ev, (ngx_msec_t) ms);
+}
+
+
+/* ------------------------------------------------------------------ */
+/* Variables                                                           */
+/* ------------------------------------------------------------------ */
+
+static ngx_int_t
+ngx_http_keygate_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t data)
+{
+    u_char                  *p;
+    int64_t                  n;
+    const char              *s;
+    ngx_http_keygate_ctx_t  *ctx;
+
+    ctx = ngx_http_keygate_get_ctx(r);
+
+    if (ctx == NULL || ctx->state != NGX_HTTP_KEYGATE_DONE) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    switch (data) {
+
+    case NGX_HTTP_KEYGATE_VAR_KEY_ID:
+        s = ctx->res.key_id;
+        break;
+
+    case NGX_HTTP_KEYGATE_VAR_USER_ID:
+        s = ctx->res.user_id;
+        break;
+
+    case NGX_HTTP_KEYGATE_VAR_TEAM_ID:
+        s = ctx->res.team_id;
+        break;
+
+    case NGX_HTTP_KEYGATE_VAR_STATUS:
+        s = kg_status_code(ctx->res.status);
+        break;
+
+    default: /* cost, balance */
+        n = (data == NGX_HTTP_KEYGATE_VAR_COST) ? ctx->res.cost_micros
+                                                : ctx->res.balance_micros;
+
+        if (n < 0) {            /* balance -1: no wallet */
+            v->not_found = 1;
+            return NGX_OK;
+        }
+
+        p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        v->len = ngx_sprintf(p, "%L", n) - p;
+        v->data = p;
+        v->valid = 1;
+        v->no_cacheable = 1;
+        v->not_found = 0;
+        return NGX_OK;
+    }
+
+    /* the id fields are NUL-terminated arrays inside kg_result */
+
+    if (s == NULL || s[0] == '\0') {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = (u_char *) s;
+    v->len = ngx_strlen(s);
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_keygate_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_keygate_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+/* ------------------------------------------------------------------ */
+/* Configuration                                                       */
+/* ------------------------------------------------------------------ */
+
+static void *
+ngx_http_keygate_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_keygate_main_conf_t  *kmcf;
+
+    kmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_keygate_main_conf_t));
+    if (kmcf == NULL) {
+        return NULL;
+    }
+
+    /* kmcf->config_path = { 0, NULL }: ngx_conf_set_str_slot's "unset" */
+
+    return kmcf;
+}
+
+
+static void *
+ngx_http_keygate_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_keygate_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_keygate_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    conf->service = NGX_CONF_UNSET_PTR;
+    conf->model = NGX_CONF_UNSET_PTR;
+    conf->request_id = NGX_CONF_UNSET_PTR;
+    conf->params = NGX_CONF_UNSET_PTR;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_keygate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_keygate_loc_conf_t *prev = parent;
+    ngx_http_keygate_loc_conf_t *conf = child;
+
+    ngx_http_keygate_main_conf_t  *kmcf;
+
+    ngx_conf_merge_ptr_value(conf->service, prev->service, NULL);
+    ngx_conf_merge_ptr_value(conf->model, prev->model, NULL);
+    ngx_conf_merge_ptr_value(conf->request_id, prev->request_id, NULL);
+    ngx_conf_merge_ptr_value(conf->params, prev->params, NULL);
+
+    if (conf->service != NULL) {
+        kmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_keygate_module);
+
+        if (kmcf->config_path.data == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"keygate_service\" needs \"keygate_config\" "
+                               "in the http block");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* keygate_service NAME | off; */
+static char *
+ngx_http_keygate_service(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_keygate_loc_conf_t *klcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (klcf->service != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        klcf->service = NULL;
+        return NGX_CONF_OK;
+    }
+
+    if (value[1].len == 0) {
+        return "needs a service name";
+    }
+
+    klcf->service = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (klcf->service == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = klcf->service;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* keygate_param NAME VALUE; repeatable */
+static char *
+ngx_http_keygate_param(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_keygate_loc_conf_t *klcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_uint_t                         i;
+    ngx_http_keygate_param_t          *p;
+    ngx_http_compile_complex_value_t   ccv;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        return "needs a parameter name";
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        if (value[1].data[i] == '$') {
+            return "takes a literal parameter name";
+        }
+    }
+
+    if (klcf->params == NGX_CONF_UNSET_PTR) {
+        klcf->params = ngx_array_create(cf->pool, 4,
+                                        sizeof(ngx_http_keygate_param_t));
+        if (klcf->params == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    p = klcf->params->elts;
+
+    for (i = 0; i < klcf->params->nelts; i++) {
+        if (p[i].name.len == value[1].len
+            && ngx_strncmp(p[i].name.data, value[1].data, value[1].len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate keygate_param \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    p = ngx_array_push(klcf->params);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    p->name = value[1];         /* the config parser NUL-terminates args */
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[2];
+    ccv.complex_value = &p->value;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * postconfiguration: checks the ABI and the config file (in the master, so
+ * that "nginx -t" reports a bad file), and installs the access handler
+ * at the front of the access handlers array. nginx runs that array from
+ * the back, so keygate runs after allow/deny, auth_basic and
+ * auth_request: money is only charged for requests the other checks let
+ * through.
+ */
+static ngx_int_t
+ngx_http_keygate_init(ngx_conf_t *cf)
+{
+    char                           err[256];
+    kg_ctx                        *kg;
+    ngx_array_t                   *a;
+    ngx_http_handler_pt           *h;
+    ngx_http_core_main_conf_t     *cmcf;
+    ngx_http_keygate_main_conf_t  *kmcf;
+
+    kmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_keygate_module);
+
+    if (kmcf->config_path.data == NULL) {
+        return NGX_OK;
+    }
+
+    if (kg_abi_version() != KG_ABI_VERSION) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "keygate: libkeygate ABI version %d, module built for %d",
+                      kg_abi_version(), KG_ABI_VERSION);
+        return NGX_ERROR;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &kmcf->config_path, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    err[0] = '\0';
+    kg = kg_open((const char *) kmcf->config_path.data, err, sizeof(err));
+
+    if (kg == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "keygate_config \"%V\": %s", &kmcf->config_path, err);
+        return NGX_ERROR;
+    }
+
+    kg_close(kg);
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+    a = &cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers;
+
+    h = ngx_array_push(a);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h = a->elts;
+    ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
+    h[0] = ngx_http_keygate_handler;
+
+    return NGX_OK;
+}
+
+
+/* ------------------------------------------------------------------ */
+/* Worker life cycle                                                   */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Opens this worker's kg_ctx and attaches nginx's loop. A failure (say the
+ * pepper file is unreadable by the worker's user) is logged and leaves
+ * the worker up: every keygate location then answers 503, never lets a
+ * request through.
+ */
+static ngx_int_t
+ngx_http_keygate_init_process(ngx_cycle_t *cycle)
+{
+    char                          err[256];
+    kg_ctx                       *kg;
+    kg_loop_hooks                 hooks;
+    ngx_http_conf_ctx_t          *hctx;
+    ngx_http_keygate_main_conf_t *kmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE) {
+        return NGX_OK;
+    }
+
+    hctx = (ngx_http_conf_ctx_t *) ngx_get_conf(cycle->conf_ctx,
+                                                ngx_http_module);
+    if (hctx == NULL) {
+        return NGX_OK;
+    }
+
+    kmcf = hctx->main_conf[ngx_http_keygate_module.ctx_index];
+
+    if (kmcf == NULL || kmcf->config_path.data == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_http_keygate_watches = ngx_array_create(cycle->pool, 4,
+                                            sizeof(ngx_http_keygate_watch_t));
+    if (ngx_http_keygate_watches == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_keygate_timer_conn.fd = (ngx_socket_t) -1;
+    ngx_http_keygate_timer.handler = ngx_http_keygate_timer_handler;
+    ngx_http_keygate_timer.data = &ngx_http_keygate_timer_conn;
+    ngx_http_keygate_timer.log = cycle->log;
+    ngx_http_keygate_timer.cancelable = 1;
+
+    err[0] = '\0';
+    kg = kg_open((const char *) kmcf->config_path.data, err, sizeof(err));
+
+    if (kg == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "keygate_config \"%V\": %s; keygate locations of this "
+                      "worker answer 503", &kmcf->config_path, err);
+        return NGX_OK;
+    }
+
+    hooks.version = KG_ABI_VERSION;
+    hooks.watch = ngx_http_keygate_watch;
+
+    if (kg_loop_attach(kg, &hooks, cycle) != 0) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "keygate: kg_loop_attach() failed; keygate locations "
+                      "of this worker answer 503");
+        kg_close(kg);
+        return NGX_OK;
+    }
+
+    ngx_http_keygate_kg = kg;
+    ngx_http_keygate_arm_timer();
+
+    return NGX_OK;
+}
+
+
+/*
+ * Closes the worker's kg_ctx. kg_close completes what is still pending
+ * with KG_BACKEND_ERROR; those requests are not resumed any more (the
+ * process is leaving), and their sockets are released through the watch
+ * hook, so nginx finds no stray connection at exit.
+ */
+static void
+ngx_http_keygate_exit_process(ngx_cycle_t *cycle)
+{
+    kg_ctx  *kg;
+
+    (void) cycle;
+
+    kg = ngx_http_keygate_kg;
+
+    if (kg == NULL) {
+        return;
+    }
+
+    ngx_http_keygate_exiting = 1;
+
+    kg_close(kg);
+    ngx_http_keygate_kg = NULL;
+
+    if (ngx_http_keygate_timer.timer_set) {
+        ngx_del_timer(&ngx_http_keygate_timer);
+    }
+}
