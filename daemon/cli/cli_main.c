@@ -138,6 +138,19 @@ static int group_exists(const char *group)
     return 0;
 }
 
+/* The first words of the table, each once: " ping signup team ...". */
+static void print_groups(FILE *f)
+{
+    for (const cli_command *c = cli_commands; c->words; c++) {
+        size_t n = strcspn(c->words, " ");
+        int seen = 0;
+        for (const cli_command *d = cli_commands; d < c && !seen; d++)
+            seen = strncmp(d->words, c->words, n) == 0 && strcspn(d->words, " ") == n;
+        if (!seen)
+            fprintf(f, " %.*s", (int)n, c->words);
+    }
+}
+
 static int run(cli_ctx *ctx, int argc, char **argv)
 {
     const cli_command *best = NULL;
@@ -165,14 +178,14 @@ static int run(cli_ctx *ctx, int argc, char **argv)
         if (g < 0)
             return ctx->status;
         if (g == 0) {
-            fprintf(stderr, "error: usage: unknown option %s\n", argv[i]);
-            print_help(stderr);
+            fprintf(stderr, "error: usage: unknown option %s\n"
+                    "(keygate help: all commands and global options)\n", argv[i]);
             return CLI_EXIT_USAGE;
         }
     }
     if (i >= argc) {
         fputs("error: usage: no command given\n", stderr);
-        print_help(stderr);
+        print_help(stderr);   /* the whole list is the useful answer here */
         return CLI_EXIT_USAGE;
     }
     if (strcmp(argv[i], "help") == 0) {
@@ -212,8 +225,9 @@ static int run(cli_ctx *ctx, int argc, char **argv)
             cli_print_group_usage(stderr, argv[i]);
             return CLI_EXIT_USAGE;
         }
-        fprintf(stderr, "error: usage: unknown command '%s'\n", argv[i]);
-        print_help(stderr);
+        fprintf(stderr, "error: usage: unknown command '%s'\ncommands:", argv[i]);
+        print_groups(stderr);
+        fputs("\n(keygate help: all commands and global options)\n", stderr);
         return CLI_EXIT_USAGE;
     }
     ctx->cmd = best;
