@@ -10,7 +10,9 @@
  * returns J_WRITE, or answers with J_DONE / J_FAIL.
  *
  * Mutating commands run one at a time, reads to writes, so a handler's
- * checks still hold when its writes commit (docs/redis-schema.md).
+ * checks still hold when its writes commit (docs/redis-schema.md). The
+ * next one starts as soon as the writes are sent: Redis runs one
+ * connection's commands in order, so its reads see those writes.
  */
 #ifndef KG_CMD_H
 #define KG_CMD_H
@@ -78,6 +80,7 @@ struct job {
     char target[128];             /* audit target */
     int after_write;              /* run again after the writes, rr = EXEC replies */
     size_t fw_reads;              /* engine's reads at the head of round 1 */
+    int released;                 /* no longer holds the mutation queue */
     job *next;                    /* in the mutation queue */
 };
 

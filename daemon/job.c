@@ -17,6 +17,23 @@
 
 static void job_advance(job *j, job_step step);
 static void job_finish(job *j);
+static void job_start(job *j);
+
+/* Lets the next mutating command run. Called once the job's writes are on
+ * the connection (or it ends without writing). */
+static void job_release(job *j)
+{
+    app *a = j->app;
+
+    if (!j->def->mutates || j->released)
+        return;
+    j->released = 1;
+    a->queue_head = j->next;
+    if (a->queue_head == NULL)
+        a->queue_tail = NULL;
+    if (a->queue_head != NULL)
+        job_start(a->queue_head);
+}
 
 long long now_ms(void)
 {
@@ -309,6 +326,7 @@ static void job_advance(job *j, job_step step)
             return;
         }
         json_decref(q);
+        job_release(j);
         return;
     }
     case J_DONE:
@@ -374,7 +392,9 @@ static void job_finish(job *j)
         reqslot_respond(j->rs, proto_ok(id, j->result), j->def->secret);
         j->result = NULL;
     }
-    if (j->def->mutates) {
+    if (j->def->mutates && !j->released) {
+        /* Free first: job_release may start (and finish) the next job. */
+        j->released = 1;
         a->queue_head = j->next;
         if (a->queue_head == NULL)
             a->queue_tail = NULL;

@@ -114,10 +114,17 @@ int kgc_token_hash_hex(const unsigned char *pepper, const char *tok, size_t len,
 
 void kgc_random_id(const char *prefix, size_t n, char *out)
 {
-    size_t p = strlen(prefix);
+    unsigned char buf[64];
+    size_t p = strlen(prefix), got = 0;
 
     memcpy(out, prefix, p);
-    for (size_t i = 0; i < n; i++)
-        out[p + i] = b62[randombytes_uniform(62)];
+    /* One CSPRNG draw per 64 bytes (not per character); bytes >= 248 are
+     * dropped so that every base62 digit is equally likely. */
+    while (got < n) {
+        randombytes_buf(buf, sizeof buf);
+        for (size_t i = 0; i < sizeof buf && got < n; i++)
+            if (buf[i] < 248)
+                out[p + got++] = b62[buf[i] % 62];
+    }
     out[p + n] = '\0';
 }
