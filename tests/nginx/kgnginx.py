@@ -1,0 +1,375 @@
+"""kgnginx - a real nginx with the built keygate module, for tests and benches.
+
+Python 3 standard library only. Nginx() writes an nginx.conf into a temp
+dir, starts `nginx -g 'daemon off;'` (a master and `workers` worker
+processes) on two free loopback ports and stops it on close():
+
+    port        the gateway server: keygate locations + open locations
+    up_port     the upstream server (same nginx), which echoes what it was
+                told by the gateway's proxy_set_header lines, one
+                "name=value" per line
+
+Gateway locations (see CONF below):
+    /stt/      speech-to-text (free tier), param audio_seconds
+    /gen/      text-generation (pay-as-you-go), model and tokens from headers
+    /tiny/     tiny-free (free tier with a small quota; see catalog())
+    /free/     echo-free (free tier, no quota)
+    /open/     the same upstream, no keygate
+    /static    a local file, no keygate, no upstream
+
+Request headers the keygate locations read:
+    Authorization / X-API-Key   the token
+    X-Model, X-Input-Tokens, X-Output-Tokens, X-Audio-Seconds, X-Request-Id
+
+Environment:
+    KEYGATE_NGINX_MODULE  the built ngx_http_keygate_module.so
+                          (default <repo>/build/module/nginx/...)
+    NGINX                 the nginx binary (default /usr/sbin/nginx)
+"""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+
+
+def module_path():
+    return os.environ.get("KEYGATE_NGINX_MODULE") or os.path.join(
+        REPO, "build", "module", "nginx", "ngx_http_keygate_module.so")
+
+
+def nginx_path():
+    return os.environ.get("NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def catalog():
+    """tests/data/catalog.json plus `tiny-free`, a free service with a
+    quota of 3 requests per key per day (the 429 test), and `echo-free`, a
+    free service without quota (the bench)."""
+    with open(os.path.join(REPO, "tests", "data", "catalog.json")) as f:
+        cat = json.load(f)
+    cat["services"].append({
+        "id": "tiny-free", "name": "Tiny free", "free": True,
+        "free_quota": {"requests_per_day": 3},
+        "models": [{"id": "m", "price": {"base_micros": 0, "per": []}}]})
+    cat["services"].append({
+        "id": "echo-free", "name": "Echo (free, no quota)", "free": True,
+        "models": [{"id": "m", "price": {"base_micros": 0, "per": []}}]})
+    return cat
+
+
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _b62(n, width):
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(_B62[r])
+    return "".join(reversed(out))
+
+
+def fake_token():
+    """A well-formed token (SPEC §3: right shape, right checksum) that was
+    never issued."""
+    head = "kg_" + _b62(int.from_bytes(os.urandom(32), "big"), 43)
+    return head + _b62(zlib.crc32(head.encode()) & 0xFFFFFFFF, 6)
+
+
+ECHO = "\\n".join("%s=$http_x_kg_%s" % (n, n) for n in
+                  ("key", "user", "team", "cost", "balance", "status"))
+
+CONF = r"""
+load_module {module};
+worker_processes {workers};
+{user}
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log {log_level};
+worker_rlimit_nofile 4096;
+
+events {{
+    worker_connections 2048;
+}}
+
+http {{
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+
+    log_format kg '$remote_addr "$request" $status kg=$keygate_status '
+                  'key=$keygate_key_id user=$keygate_user_id team=$keygate_team_id '
+                  'cost=$keygate_cost_micros balance=$keygate_balance_micros';
+    access_log {access_log};
+
+    keygate_config {kgconf};
+
+    upstream echo {{
+        server 127.0.0.1:{up_port};
+        keepalive 64;
+    }}
+
+    # the upstream: says what the gateway passed on
+    server {{
+        listen 127.0.0.1:{up_port};
+        access_log off;
+        location / {{
+            default_type text/plain;
+            return 200 "{echo}\n";
+        }}
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Authorization "";
+        proxy_set_header X-API-Key "";
+        proxy_set_header X-Kg-Key $keygate_key_id;
+        proxy_set_header X-Kg-User $keygate_user_id;
+        proxy_set_header X-Kg-Team $keygate_team_id;
+        proxy_set_header X-Kg-Cost $keygate_cost_micros;
+        proxy_set_header X-Kg-Balance $keygate_balance_micros;
+        proxy_set_header X-Kg-Status $keygate_status;
+
+        location /stt/ {{
+            keygate_service speech-to-text;
+            keygate_model fast;
+            keygate_param audio_seconds $http_x_audio_seconds;
+            keygate_request_id $http_x_request_id;
+            proxy_pass http://echo;
+        }}
+
+        location /gen/ {{
+            keygate_service text-generation;
+            keygate_model $http_x_model;
+            keygate_param input_tokens $http_x_input_tokens;
+            keygate_param output_tokens $http_x_output_tokens;
+            keygate_request_id $http_x_request_id;
+            proxy_pass http://echo;
+
+            location /gen/open/ {{
+                keygate_service off;
+                proxy_pass http://echo;
+            }}
+        }}
+
+        location /tiny/ {{
+            keygate_service tiny-free;
+            proxy_pass http://echo;
+        }}
+
+        location /free/ {{
+            keygate_service echo-free;
+            proxy_pass http://echo;
+        }}
+
+        location /open/ {{
+            proxy_pass http://echo;
+        }}
+
+        location = /static {{
+            root {tmp}/www;
+        }}
+{extra}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx with the keygate module, serving on 127.0.0.1:port."""
+
+    def __init__(self, kg_config, workers=1, extra="", access_log=True,
+                 log_level="info", start=True):
+        self.tmp = tempfile.mkdtemp(prefix="kgngx")
+        self.port = free_port()
+        self.up_port = free_port()
+        self.conf_path = os.path.join(self.tmp, "nginx.conf")
+        self.error_log_path = os.path.join(self.tmp, "error.log")
+        self.access_log_path = os.path.join(self.tmp, "access.log")
+        self.stderr_path = os.path.join(self.tmp, "stderr.log")
+        self.proc = None
+        os.makedirs(os.path.join(self.tmp, "www"))
+        with open(os.path.join(self.tmp, "www", "static"), "w") as f:
+            f.write("static ok\n")
+        self.write_conf(kg_config, workers, extra, access_log, log_level)
+        if start:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+
+    def write_conf(self, kg_config, workers=1, extra="", access_log=True,
+                   log_level="info"):
+        text = CONF.format(
+            module=module_path(), workers=workers, tmp=self.tmp,
+            # workers must read the pepper (mode 0600, the test's own user)
+            user="user root root;" if os.geteuid() == 0 else "",
+            log_level=log_level,
+            access_log=("%s kg" % self.access_log_path) if access_log else "off",
+            kgconf=kg_config, up_port=self.up_port, port=self.port,
+            echo=ECHO, extra=extra)
+        with open(self.conf_path, "w") as f:
+            f.write(text)
+
+    def test_config(self):
+        """Runs `nginx -t`; returns (returncode, output)."""
+        p = subprocess.run([nginx_path(), "-t", "-p", self.tmp, "-c", self.conf_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        return p.returncode, p.stdout.decode("utf-8", "replace")
+
+    def start(self):
+        err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(
+            [nginx_path(), "-p", self.tmp, "-c", self.conf_path, "-g", "daemon off;"],
+            stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+        err.close()
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("nginx exited with %s:\n%s%s" % (
+                    self.proc.returncode, self.tail(self.stderr_path),
+                    self.tail(self.error_log_path)))
+            try:
+                status, _, _ = self.request("/static", timeout=2)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("nginx did not answer on port %d" % self.port)
+            time.sleep(0.02)
+
+    def stop(self, sig=signal.SIGQUIT, timeout=10):
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.proc = None
+        return p.returncode
+
+    def close(self):
+        self.stop()
+        if os.environ.get("KGTEST_KEEP"):
+            print("kgnginx: kept", self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def worker_pids(self):
+        """Pids of the worker processes (children of the master)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)],
+                             stdout=subprocess.PIPE).stdout.decode()
+        return [int(x) for x in out.split()]
+
+    # -- requests --------------------------------------------------------
+
+    def request(self, path, headers=None, method="GET", body=None, timeout=10):
+        """One request on a fresh connection: (status, headers, body bytes)."""
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            c.close()
+
+    def get_json(self, path, headers=None, **kw):
+        """A request whose answer is JSON (a refusal): (status, dict, headers)."""
+        status, h, body = self.request(path, headers, **kw)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = {"_raw": body.decode("utf-8", "replace")}
+        return status, doc, h
+
+    def get_echo(self, path, headers=None, **kw):
+        """A request expected to reach the upstream: (status, {name: value}
+        as the upstream saw the X-Kg-* headers, or the refusal JSON)."""
+        status, h, body = self.request(path, headers, **kw)
+        if status != 200:
+            try:
+                return status, json.loads(body)
+            except ValueError:
+                return status, {"_raw": body.decode("utf-8", "replace")}
+        seen = {}
+        for line in body.decode().splitlines():
+            k, _, v = line.partition("=")
+            seen[k] = v
+        return status, seen
+
+    # -- logs --------------------------------------------------------------
+
+    @staticmethod
+    def tail(path, n=4000):
+        try:
+            with open(path, "rb") as f:
+                return f.read()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def error_log(self):
+        return self.tail(self.error_log_path, 10 ** 7)
+
+    def access_log(self):
+        return self.tail(self.access_log_path, 10 ** 7)
+
+    def all_logs(self):
+        return self.error_log() + self.access_log() + self.tail(self.stderr_path, 10 ** 7)
+
+
+def bearer(token):
+    return {"Authorization": "Bearer " + token}
+
+
+def setup_accounts(client, credit_micros=1_000_000):
+    """Signs up an owner (free key with speech-to-text and tiny-free) and
+    makes a paid key with text-generation pay-as-you-go (model small) on a
+    wallet credited with credit_micros. Returns a dict of ids and tokens."""
+    import kgtest
+    o = kgtest.signup(client, name="Owner")
+    uid, team, free_key = o["user_id"], o["team_id"], o["free_key_id"]
+    wallet = client.ok("wallet.create", uid, team=team, name="main")["wallet_id"]
+    if credit_micros:
+        client.ok("wallet.credit", uid, wallet=wallet, amount_micros=credit_micros,
+                  reference="initial-%s" % wallet)
+    paid = client.ok("key.create", uid, team=team, name="paid", users=[uid],
+                     services={"text-generation": {"policy": "payg", "models": ["small"],
+                                                   "wallet": wallet}})["key_id"]
+    free_tok = client.ok("token.generate", uid, key=free_key)["token"]
+    paid_tok = client.ok("token.generate", uid, key=paid)["token"]
+    return {"user": uid, "team": team, "free_key": free_key, "paid_key": paid,
+            "wallet": wallet, "free_token": free_tok, "paid_token": paid_tok}

@@ -1,0 +1,509 @@
+#!/usr/bin/env python3
+"""The nginx adapter end to end: a real nginx with the built module, a real
+redis-server and a real keygated, all started here (tests/lib/kgtest.py,
+tests/nginx/kgnginx.py), on loopback ports and Unix sockets in temp dirs.
+
+Run one class per CTest test, e.g.:
+    python3 test_nginx.py -v Decisions
+"""
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+sys.path.insert(0, HERE)
+
+import kgtest  # noqa: E402
+import kgnginx  # noqa: E402
+from kgnginx import bearer  # noqa: E402
+
+
+def gen_headers(token, model="small", inp=1000, out=1000, request_id=None):
+    h = bearer(token)
+    h.update({"X-Model": model, "X-Input-Tokens": str(inp), "X-Output-Tokens": str(out)})
+    if request_id is not None:
+        h["X-Request-Id"] = request_id
+    return h
+
+
+class Base(unittest.TestCase):
+    extra_config = None     # extra lines for the keygate config file
+    workers = 1
+
+    @classmethod
+    def setUpClass(cls):
+        cls.env = kgtest.Env(catalog=kgnginx.catalog(), extra_config=cls.extra_config)
+        try:
+            cls.c = cls.env.client()
+            cls.ngx = kgnginx.Nginx(cls.env.config_path, workers=cls.workers)
+        except BaseException:
+            cls.env.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        ngx = getattr(cls, "ngx", None)
+        if ngx is not None:
+            if os.environ.get("KGTEST_LOG"):
+                print("---- nginx error.log ----\n" + ngx.error_log()[-6000:])
+            ngx.close()
+        cls.env.close()
+
+    def accounts(self, credit_micros=1_000_000):
+        return kgnginx.setup_accounts(self.c, credit_micros)
+
+    def balance(self, a):
+        return self.c.ok("wallet.get", a["user"], wallet=a["wallet"])["balance_micros"]
+
+    def estimate(self, service, model, **params):
+        return self.c.ok("price.estimate", service=service, model=model,
+                         params=params)["cost_micros"]
+
+    def assertRefusal(self, status, doc, want_status, want_code=None):
+        self.assertEqual(status, want_status, doc)
+        self.assertIsInstance(doc.get("error"), str, doc)
+        self.assertIsInstance(doc.get("message"), str, doc)
+        self.assertTrue(doc["message"], doc)
+        if want_code is not None:
+            self.assertEqual(doc["error"], want_code, doc)
+
+
+class Decisions(Base):
+    """Each answer of the gateway, as an HTTP client sees it."""
+
+    def test_free_service_passes_and_upstream_sees_key_and_user(self):
+        a = self.accounts()
+        status, seen = self.ngx.get_echo("/stt/x", {**bearer(a["free_token"]),
+                                                     "X-Audio-Seconds": "10"})
+        self.assertEqual(status, 200, seen)
+        self.assertEqual(seen["key"], a["free_key"])
+        self.assertEqual(seen["user"], a["user"])
+        self.assertEqual(seen["team"], a["team"])
+        self.assertEqual(seen["status"], "ok")
+        self.assertEqual(seen["cost"], "0")
+        self.assertEqual(seen["balance"], "")     # no wallet on a free policy
+
+    def test_x_api_key_header_is_accepted(self):
+        a = self.accounts()
+        status, seen = self.ngx.get_echo("/stt/x", {"X-API-Key": a["free_token"]})
+        self.assertEqual(status, 200, seen)
+        self.assertEqual(seen["key"], a["free_key"])
+
+    def test_missing_token_is_401_json_with_www_authenticate(self):
+        status, doc, h = self.ngx.get_json("/stt/x")
+        self.assertRefusal(status, doc, 401)
+        self.assertEqual(h.get("content-type"), "application/json")
+        self.assertIn("Bearer", h.get("www-authenticate", ""))
+        # another scheme is not a token either
+        status, doc, _ = self.ngx.get_json("/stt/x", {"Authorization": "Basic dXNlcjpwdw=="})
+        self.assertRefusal(status, doc, 401)
+
+    def test_malformed_token_is_401(self):
+        a = self.accounts()
+        bad = a["free_token"][:-1] + ("A" if a["free_token"][-1] != "A" else "B")
+        for tok in ("kg_short", bad, "", "x" * 300):
+            status, doc, _ = self.ngx.get_json("/stt/x", bearer(tok))
+            self.assertRefusal(status, doc, 401)
+            self.assertEqual(doc["error"], self.code_of_malformed(), (tok, doc))
+
+    def code_of_malformed(self):
+        status, doc, _ = self.ngx.get_json("/stt/x", bearer("kg_short"))
+        return doc["error"]
+
+    def test_unknown_token_is_401(self):
+        status, doc, _ = self.ngx.get_json("/stt/x", bearer(kgnginx.fake_token()))
+        self.assertRefusal(status, doc, 401)
+        self.assertNotEqual(doc["error"], self.code_of_malformed())
+
+    def test_rotated_away_token_is_401(self):
+        a = self.accounts()
+        self.assertEqual(self.ngx.get_echo("/stt/x", bearer(a["free_token"]))[0], 200)
+        new = self.c.ok("token.rotate", a["user"], key=a["free_key"])["token"]
+        deadline = time.monotonic() + 1.0
+        while True:
+            status, doc, _ = self.ngx.get_json("/stt/x", bearer(a["free_token"]))
+            if status == 401 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        self.assertRefusal(status, doc, 401)
+        self.assertEqual(self.ngx.get_echo("/stt/x", bearer(new))[0], 200)
+
+    def test_revoked_key_is_401_within_one_second(self):
+        a = self.accounts()
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        for _ in range(3):                    # warm whatever cache there is
+            self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)
+        self.c.ok("key.revoke", a["user"], key=a["paid_key"])
+        t0 = time.monotonic()
+        while True:
+            status, doc, _ = self.ngx.get_json("/gen/x", h)
+            elapsed = time.monotonic() - t0
+            if status != 200 or elapsed > 2.0:
+                break
+            time.sleep(0.01)
+        self.assertRefusal(status, doc, 401)
+        self.assertLess(elapsed, 1.0, "revoked key still accepted after %.3fs" % elapsed)
+        self.assertIn("revoked", doc["error"])
+
+    def test_service_not_enabled_on_key_is_403(self):
+        a = self.accounts()
+        status, doc, _ = self.ngx.get_json("/gen/x", gen_headers(a["free_token"]))
+        self.assertRefusal(status, doc, 403)
+
+    def test_model_not_allowed_is_403(self):
+        a = self.accounts()
+        status, doc, _ = self.ngx.get_json("/gen/x", gen_headers(a["paid_token"], model="large"))
+        self.assertRefusal(status, doc, 403)
+        self.assertNotEqual(doc["error"], self.ngx.get_json(
+            "/gen/x", gen_headers(a["free_token"]))[1]["error"])
+
+    def test_insufficient_funds_is_402_with_balance_and_cost(self):
+        a = self.accounts(credit_micros=100)
+        cost = self.estimate("text-generation", "small", input_tokens=1000, output_tokens=0)
+        self.assertEqual(cost, 150)
+        status, doc, _ = self.ngx.get_json("/gen/x", gen_headers(a["paid_token"], inp=1000, out=0))
+        self.assertRefusal(status, doc, 402)
+        self.assertEqual(doc.get("balance_micros"), 100, doc)
+        self.assertEqual(doc.get("cost_micros"), cost, doc)
+        self.assertEqual(self.balance(a), 100)
+
+    def test_free_quota_used_up_is_429(self):
+        a = self.accounts()
+        for i in range(3):
+            status, seen = self.ngx.get_echo("/tiny/x", bearer(a["free_token"]))
+            self.assertEqual(status, 200, (i, seen))
+        status, doc, _ = self.ngx.get_json("/tiny/x", bearer(a["free_token"]))
+        self.assertRefusal(status, doc, 429)
+
+    def test_payg_charge_equals_estimate_and_debits_wallet(self):
+        a = self.accounts(credit_micros=1_000_000)
+        cost = self.estimate("text-generation", "small", input_tokens=1234, output_tokens=567)
+        status, seen = self.ngx.get_echo("/gen/x", gen_headers(a["paid_token"], inp=1234, out=567))
+        self.assertEqual(status, 200, seen)
+        self.assertEqual(int(seen["cost"]), cost)
+        self.assertEqual(int(seen["balance"]), 1_000_000 - cost)
+        self.assertEqual(self.balance(a), 1_000_000 - cost)
+        self.assertEqual(seen["key"], a["paid_key"])
+
+    def test_same_request_id_twice_is_charged_once(self):
+        a = self.accounts(credit_micros=1_000_000)
+        h = gen_headers(a["paid_token"], inp=2000, out=1000, request_id="req-%s" % os.urandom(4).hex())
+        s1, seen1 = self.ngx.get_echo("/gen/x", h)
+        s2, seen2 = self.ngx.get_echo("/gen/x", h)
+        self.assertEqual((s1, s2), (200, 200), (seen1, seen2))
+        cost = self.estimate("text-generation", "small", input_tokens=2000, output_tokens=1000)
+        self.assertEqual(int(seen1["cost"]), cost)
+        self.assertEqual(int(seen2["cost"]), 0)          # replayed: nothing charged
+        self.assertEqual(self.balance(a), 1_000_000 - cost)
+        # another id is another charge
+        h["X-Request-Id"] = "other-%s" % os.urandom(4).hex()
+        self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)
+        self.assertEqual(self.balance(a), 1_000_000 - 2 * cost)
+
+    def test_param_that_is_not_an_integer_is_400(self):
+        a = self.accounts()
+        for v in ("abc", "12x", "-", "99999999999999999999999"):
+            status, doc, _ = self.ngx.get_json("/gen/x", gen_headers(a["paid_token"], inp=v))
+            self.assertRefusal(status, doc, 400)
+        self.assertIn("input_tokens", doc["message"])
+        status, doc, _ = self.ngx.get_json("/gen/x", gen_headers(a["paid_token"], inp=-5))
+        self.assertRefusal(status, doc, 400)
+
+    def test_location_without_keygate_needs_no_token(self):
+        for path in ("/open/x", "/gen/open/x"):
+            status, seen = self.ngx.get_echo(path)
+            self.assertEqual(status, 200, (path, seen))
+            self.assertEqual(seen["key"], "")
+            self.assertEqual(seen["status"], "")
+
+    def test_refusal_keeps_connection_usable(self):
+        """A refusal is a complete HTTP response: the keep-alive connection
+        carries the next request, also when the refused one had a body."""
+        import http.client
+        a = self.accounts()
+        conn = http.client.HTTPConnection("127.0.0.1", self.ngx.port, timeout=5)
+        try:
+            conn.request("POST", "/stt/x", body=b"x" * 5000, headers={"Content-Type": "text/plain"})
+            r = conn.getresponse()
+            r.read()
+            self.assertEqual(r.status, 401)
+            conn.request("GET", "/stt/x", headers=bearer(a["free_token"]))
+            r = conn.getresponse()
+            r.read()
+            self.assertEqual(r.status, 200)
+        finally:
+            conn.close()
+
+    def test_variables_reach_the_access_log(self):
+        a = self.accounts()
+        self.assertEqual(self.ngx.get_echo("/gen/y", gen_headers(a["paid_token"], inp=1000, out=0))[0], 200)
+        self.ngx.get_json("/stt/nolog-probe")
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            log = self.ngx.access_log()
+            if "/stt/nolog-probe" in log:
+                break
+            time.sleep(0.05)
+        line = [l for l in log.splitlines() if '"GET /gen/y' in l][-1]
+        self.assertIn("kg=ok key=%s user=%s team=%s cost=150" % (a["paid_key"], a["user"], a["team"]), line)
+        line = [l for l in log.splitlines() if "/stt/nolog-probe" in l][-1]
+        self.assertIn(" 401 kg=", line)
+
+    def test_zz_no_token_in_any_log(self):
+        a = self.accounts()
+        self.ngx.get_echo("/stt/x", bearer(a["free_token"]))
+        self.ngx.get_echo("/gen/x", gen_headers(a["paid_token"]))
+        self.ngx.get_echo("/gen/x", gen_headers(a["free_token"]))
+        self.ngx.get_echo("/gen/x", {"X-API-Key": a["paid_token"][:-2] + "zz"})
+        time.sleep(0.2)
+        logs = self.ngx.all_logs()
+        self.assertIn("/gen/x", logs)
+        for tok in (a["free_token"], a["paid_token"]):
+            self.assertNotIn(tok[3:20], logs)
+            self.assertNotIn(tok[-20:-2], logs)
+
+
+class RedisOutage(Base):
+    """Fail closed when Redis is gone, recover on its own when it is back."""
+
+    extra_config = ["timeout_ms 200"]
+
+    def test_redis_down_is_503_then_recovers(self):
+        a = self.accounts()
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)
+        self.assertEqual(self.ngx.get_echo("/stt/x", bearer(a["free_token"]))[0], 200)
+
+        self.env.stop_redis(save=True)
+        for path, hh in (("/gen/x", h), ("/stt/x", bearer(a["free_token"]))):
+            t0 = time.monotonic()
+            status, doc, _ = self.ngx.get_json(path, hh)
+            self.assertRefusal(status, doc, 503)
+            self.assertLess(time.monotonic() - t0, 2.0)
+        # the open location does not care
+        self.assertEqual(self.ngx.get_echo("/open/x")[0], 200)
+
+        self.env.start_redis()
+        deadline = time.monotonic() + 10
+        while True:
+            status, seen = self.ngx.get_echo("/gen/x", h)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(status, 200, seen)
+        self.assertEqual(self.ngx.get_echo("/stt/x", bearer(a["free_token"]))[0], 200)
+
+        # and revocation still reaches the gateway (the subscription is back)
+        self.c.ok("key.revoke", a["user"], key=a["paid_key"])
+        deadline = time.monotonic() + 1.5
+        while True:
+            status, doc, _ = self.ngx.get_json("/gen/x", h)
+            if status == 401 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        self.assertRefusal(status, doc, 401)
+
+        log = self.ngx.error_log()
+        self.assertNotIn("exited on signal", log)
+
+
+class NotBlocked(Base):
+    """With Redis frozen, the single worker keeps serving everything else."""
+
+    extra_config = ["timeout_ms 3000"]
+
+    def setUp(self):
+        self.redis_pid = self.env.redis_proc.pid
+        self.stopped = False
+
+    def tearDown(self):
+        if self.stopped:
+            os.kill(self.redis_pid, signal.SIGCONT)
+
+    def freeze_redis(self):
+        os.kill(self.redis_pid, signal.SIGSTOP)
+        self.stopped = True
+
+    def thaw_redis(self):
+        os.kill(self.redis_pid, signal.SIGCONT)
+        self.stopped = False
+
+    def test_worker_serves_other_locations_while_redis_is_frozen(self):
+        self.assertEqual(len(self.ngx.worker_pids()), 1)
+        a = self.accounts()
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)   # warm
+
+        results = []
+
+        def one():
+            t0 = time.monotonic()
+            status, seen = self.ngx.get_echo("/gen/x", h, timeout=20)
+            results.append((status, time.monotonic() - t0, seen))
+
+        self.freeze_redis()
+        frozen_at = time.monotonic()
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)               # let them reach the worker and wait on Redis
+
+        worst = 0.0
+        for i in range(20):
+            for path in ("/static", "/open/x"):
+                t0 = time.monotonic()
+                status, _, _ = self.ngx.request(path, timeout=5)
+                worst = max(worst, time.monotonic() - t0)
+                self.assertEqual(status, 200, path)
+        self.assertEqual(results, [], "keygate requests answered while Redis was frozen")
+        self.assertLess(worst, 0.25, "an open location took %.3fs with Redis frozen" % worst)
+
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - frozen_at)))
+        self.thaw_redis()
+        for t in threads:
+            t.join(20)
+        self.assertEqual(len(results), 8)
+        for status, took, seen in results:
+            self.assertEqual(status, 200, seen)
+            self.assertGreater(took, 0.9)     # they did wait for Redis ...
+            self.assertLess(took, 2.9)        # ... and resumed as soon as it was back
+
+    def test_frozen_redis_times_out_to_503(self):
+        a = self.accounts()
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)
+        self.freeze_redis()
+        t0 = time.monotonic()
+        status, doc, _ = self.ngx.get_json("/gen/x", h, timeout=20)
+        took = time.monotonic() - t0
+        self.thaw_redis()
+        self.assertRefusal(status, doc, 503)
+        self.assertGreater(took, 2.5)
+        self.assertLess(took, 6.0)
+        # the same worker carries on
+        deadline = time.monotonic() + 10
+        while True:
+            status, seen = self.ngx.get_echo("/gen/x", h)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(status, 200, seen)
+
+    def test_client_that_leaves_while_waiting_is_cancelled_cleanly(self):
+        a = self.accounts()
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)
+        pids = self.ngx.worker_pids()
+        self.freeze_redis()
+        socks = []
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", self.ngx.port), timeout=5)
+            req = "GET /gen/gone HTTP/1.1\r\nHost: x\r\n" + "".join(
+                "%s: %s\r\n" % kv for kv in h.items()) + "\r\n"
+            s.sendall(req.encode())
+            socks.append(s)
+        time.sleep(0.3)
+        for s in socks:
+            s.close()
+        time.sleep(0.3)
+        self.thaw_redis()
+        time.sleep(0.3)
+        self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)
+        self.assertEqual(self.ngx.worker_pids(), pids, "the worker died")
+        log = self.ngx.error_log()
+        self.assertNotIn("exited on signal", log)
+        self.assertNotIn("[alert]", log)
+        deadline = time.monotonic() + 2
+        while self.ngx.access_log().count("/gen/gone") < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gone = [l for l in self.ngx.access_log().splitlines() if "/gen/gone" in l]
+        self.assertEqual(len(gone), 5)
+        for line in gone:
+            self.assertIn(" 499 ", line)
+
+    def test_graceful_reload_keeps_working(self):
+        a = self.accounts()
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)
+        old = self.ngx.worker_pids()
+        self.ngx.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = self.ngx.worker_pids()
+            if pids and not set(pids) & set(old):
+                break
+            time.sleep(0.05)
+        self.assertFalse(set(self.ngx.worker_pids()) & set(old))
+        self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)
+        self.assertNotIn("exited on signal", self.ngx.error_log())
+        self.assertNotIn("[alert]", self.ngx.error_log())
+
+
+class Config(unittest.TestCase):
+    """`nginx -t` catches configuration mistakes before they serve."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.env = kgtest.Env(catalog=kgnginx.catalog(), start_daemon=False, redis=False)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.env.close()
+
+    def check(self, kgconf, extra=""):
+        with kgnginx.Nginx(kgconf, extra=extra, start=False) as n:
+            return n.test_config()
+
+    def test_good_config_passes(self):
+        rc, out = self.check(self.env.config_path)
+        self.assertEqual(rc, 0, out)
+
+    def test_missing_config_file_fails(self):
+        rc, out = self.check(os.path.join(self.env.tmp, "nope.conf"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("keygate_config", out)
+
+    def test_unknown_config_key_fails_naming_line(self):
+        bad = os.path.join(self.env.tmp, "bad.conf")
+        with open(self.env.config_path) as f, open(bad, "w") as g:
+            g.write(f.read() + "no_such_key 1\n")
+        rc, out = self.check(bad)
+        self.assertNotEqual(rc, 0)
+        self.assertIn("no_such_key", out)
+
+    def test_non_integer_param_name_with_variable_fails(self):
+        rc, out = self.check(self.env.config_path,
+                             "location /p/ { keygate_service s; keygate_param $x 1; }")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("keygate_param", out)
+
+    def test_duplicate_param_fails(self):
+        rc, out = self.check(self.env.config_path,
+                             "location /p/ { keygate_service s; keygate_param a 1; keygate_param a 2; }")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("duplicate", out)
+
+
+class NoConfig(unittest.TestCase):
+    def test_service_without_keygate_config_fails(self):
+        n = kgnginx.Nginx("/dev/null", extra="", start=False)
+        try:
+            text = open(n.conf_path).read()
+            text = text.replace("keygate_config /dev/null;", "")
+            with open(n.conf_path, "w") as f:
+                f.write(text)
+            rc, out = n.test_config()
+        finally:
+            n.close()
+        self.assertNotEqual(rc, 0)
+        self.assertIn("keygate_config", out)
+
+
+if __name__ == "__main__":
+    unittest.main()
