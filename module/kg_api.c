@@ -1,0 +1,260 @@
+/*
+ * kg_api.c - the exported kg_* functions of libkeygate (include/keygate.h).
+ *
+ * Blocking and host-driven requests share one state machine (kg_flow.c);
+ * this file opens and closes contexts, drives a blocking request with
+ * poll(), and forwards the host's loop events.
+ */
+#include "kg_internal.h"
+
+#include <limits.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KG_CACHE_MAX 8192          /* tokens cached per context */
+
+KG_EXPORT kg_ctx *kg_open(const char *config_path, char *err, size_t errlen)
+{
+    char scratch[256];
+    kg_ctx *ctx;
+
+    if (err == NULL || errlen == 0) {
+        err = scratch;
+        errlen = sizeof scratch;
+    }
+    err[0] = '\0';
+    if (config_path == NULL) {
+        snprintf(err, errlen, "kg_open: no config file given");
+        return NULL;
+    }
+    if (sodium_init() < 0) {
+        snprintf(err, errlen, "kg_open: libsodium failed to initialise");
+        return NULL;
+    }
+    if ((ctx = calloc(1, sizeof *ctx)) == NULL) {
+        snprintf(err, errlen, "kg_open: out of memory");
+        return NULL;
+    }
+    if (kgc_config_load(config_path, &ctx->cfg, err, errlen) != 0)
+        goto err;
+    if (kgc_pepper_load(ctx->cfg.pepper_file, &ctx->pepper, err, errlen) != 0)
+        goto err;
+    if (kgc_rkey(ctx->channel, ctx->cfg.key_prefix, "%s", KGC_RK_CHANNEL) < 0) {
+        snprintf(err, errlen, "%s: key_prefix is too long", config_path);
+        goto err;
+    }
+    if (kg_cache_init(&ctx->cache, KG_CACHE_MAX) != 0) {
+        snprintf(err, errlen, "kg_open: out of memory");
+        goto err;
+    }
+    return ctx;
+err:
+    if (ctx->pepper != NULL)
+        sodium_free(ctx->pepper);
+    free(ctx);
+    return NULL;
+}
+
+KG_EXPORT void kg_close(kg_ctx *ctx)
+{
+    if (ctx == NULL)
+        return;
+    ctx->closing = 1;
+    kg_link_drop_all(ctx);      /* pending requests fail with KG_BACKEND_ERROR... */
+    kg_flow_deliver(ctx);       /* ...and their done() is called here */
+    while (ctx->inflight != NULL)   /* none expected: no connection holds them now */
+        kg_pending_free(ctx->inflight);
+    kg_cache_free(&ctx->cache);
+    kgc_catalog_free(ctx->catalog);
+    if (ctx->pepper != NULL)
+        sodium_free(ctx->pepper);
+    free(ctx);
+}
+
+/* Blocking form: the request's state machine, driven by poll() on the
+ * connections until it answers or a round trip overruns timeout_ms. */
+KG_EXPORT kg_status kg_authorize(kg_ctx *ctx, const kg_request *req, kg_result *res)
+{
+    kg_result scratch;
+    kg_pending *p;
+
+    if (res == NULL)
+        res = &scratch;
+    if (ctx == NULL) {
+        kg_result_init(res);
+        res->status = KG_BAD_REQUEST;
+        return res->status;
+    }
+    if (kg_flow_start(ctx, req, res, 1, &p) != 1)
+        return res->status;
+    while (!p->finished) {
+        int64_t now = kg_mono_ms();
+        if (now >= p->deadline) {
+            kg_link_drop(ctx, ctx->main);   /* fails p (and anything else on it) */
+            break;
+        }
+        kg_link_write_now(ctx);
+        if (!p->finished)
+            kg_link_poll(ctx, (int)(p->deadline - now));
+    }
+    if (!p->finished) {
+        /* Cannot happen: the dropped connection ran p's callback. Leak p
+         * rather than free what hiredis might still hold. */
+        p->cancelled = 1;
+        kg_result_init(res);
+        return res->status;
+    }
+    *res = p->r;
+    kg_pending_free(p);
+    return res->status;
+}
+
+KG_EXPORT const char *kg_strerror(kg_status s)
+{
+    switch (s) {
+    case KG_OK:                 return "authorized";
+    case KG_TOKEN_MALFORMED:    return "token malformed (bad format or checksum)";
+    case KG_TOKEN_UNKNOWN:      return "token unknown, rotated away or unassigned";
+    case KG_KEY_REVOKED:        return "key revoked";
+    case KG_SERVICE_DISABLED:   return "service not enabled on this key";
+    case KG_MODEL_DENIED:       return "model not allowed by this key's policy";
+    case KG_QUOTA_EXCEEDED:     return "free-tier quota used up for today";
+    case KG_INSUFFICIENT_FUNDS: return "wallet balance below the request's cost";
+    case KG_BAD_REQUEST:        return "bad request (unknown service, model or parameter, or bad arguments)";
+    case KG_BACKEND_ERROR:      return "key store unreachable or too slow";
+    }
+    return "unknown status";
+}
+
+KG_EXPORT const char *kg_status_code(kg_status s)
+{
+    switch (s) {
+    case KG_OK:                 return "ok";
+    case KG_TOKEN_MALFORMED:    return "token_malformed";
+    case KG_TOKEN_UNKNOWN:      return "token_unknown";
+    case KG_KEY_REVOKED:        return "key_revoked";
+    case KG_SERVICE_DISABLED:   return "service_disabled";
+    case KG_MODEL_DENIED:       return "model_denied";
+    case KG_QUOTA_EXCEEDED:     return "quota_exceeded";
+    case KG_INSUFFICIENT_FUNDS: return "insufficient_funds";
+    case KG_BAD_REQUEST:        return "bad_request";
+    case KG_BACKEND_ERROR:      return "backend_error";
+    }
+    return "unknown";
+}
+
+KG_EXPORT int kg_http_status(kg_status s)
+{
+    switch (s) {
+    case KG_OK:                 return 200;
+    case KG_TOKEN_MALFORMED:
+    case KG_TOKEN_UNKNOWN:
+    case KG_KEY_REVOKED:        return 401;
+    case KG_SERVICE_DISABLED:
+    case KG_MODEL_DENIED:       return 403;
+    case KG_QUOTA_EXCEEDED:     return 429;
+    case KG_INSUFFICIENT_FUNDS: return 402;
+    case KG_BAD_REQUEST:        return 400;
+    case KG_BACKEND_ERROR:      return 503;
+    }
+    return 500;
+}
+
+KG_EXPORT int kg_abi_version(void)
+{
+    return KG_ABI_VERSION;
+}
+
+/* ---- non-blocking form ---------------------------------------------- */
+
+KG_EXPORT int kg_loop_attach(kg_ctx *ctx, const kg_loop_hooks *hooks, void *host)
+{
+    kg_link *ls[2];
+
+    if (ctx == NULL || (hooks != NULL && (hooks->version != KG_ABI_VERSION || hooks->watch == NULL)))
+        return -1;
+    ls[0] = ctx->main;
+    ls[1] = ctx->sub;
+    for (int i = 0; i < 2; i++)        /* the previous host forgets our fds */
+        if (ls[i] != NULL) {
+            if (ctx->hooks != NULL && ls[i]->told != 0)
+                ctx->hooks->watch(ctx->host, ls[i]->fd, 0);
+            ls[i]->told = 0;
+        }
+    if (hooks != NULL) {
+        ctx->hooks_copy = *hooks;
+        ctx->hooks = &ctx->hooks_copy;
+    } else {
+        ctx->hooks = NULL;
+    }
+    ctx->host = host;
+    kg_link_notify_all(ctx);
+    return 0;
+}
+
+KG_EXPORT void kg_loop_ready(kg_ctx *ctx, int fd, int events)
+{
+    if (ctx == NULL)
+        return;
+    kg_link_handle(ctx, fd, events);
+    kg_flow_deliver(ctx);
+}
+
+KG_EXPORT int kg_loop_next_timeout_ms(kg_ctx *ctx)
+{
+    int64_t first = -1, d;
+
+    if (ctx == NULL)
+        return -1;
+    if (ctx->doneq != NULL)
+        return 0;                       /* answers waiting for kg_loop_timeout */
+    for (kg_pending *p = ctx->inflight; p != NULL; p = p->next)
+        if (first < 0 || p->deadline < first)
+            first = p->deadline;
+    if (first < 0)
+        return -1;
+    d = first - kg_mono_ms();
+    return d < 0 ? 0 : d > INT_MAX ? INT_MAX : (int)d;
+}
+
+KG_EXPORT void kg_loop_timeout(kg_ctx *ctx)
+{
+    if (ctx == NULL)
+        return;
+    kg_flow_timeouts(ctx, kg_mono_ms());
+    kg_flow_deliver(ctx);
+}
+
+KG_EXPORT int kg_authorize_start(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                                 kg_done_fn done, void *arg, kg_pending **handle)
+{
+    kg_pending *p;
+    int rc;
+
+    if (handle != NULL)
+        *handle = NULL;
+    if (res == NULL)
+        return -1;
+    if (ctx == NULL || done == NULL) {
+        kg_result_init(res);
+        res->status = KG_BAD_REQUEST;
+        return -1;
+    }
+    rc = kg_flow_start(ctx, req, res, 0, &p);
+    if (rc == 1) {
+        p->out = res;
+        p->done = done;
+        p->arg = arg;
+        if (handle != NULL)
+            *handle = p;
+    }
+    return rc;
+}
+
+KG_EXPORT void kg_authorize_cancel(kg_ctx *ctx, kg_pending *handle)
+{
+    if (ctx != NULL)
+        kg_flow_cancel(ctx, handle);
+}

@@ -1,0 +1,662 @@
+/*
+ * kg_flow.c - one request's way through libkeygate.
+ *
+ *   start ──► token well-formed? ──no──► KG_TOKEN_MALFORMED (no store, no malloc)
+ *     │
+ *     ├─ cache hit ───────────────┐
+ *     └─ HGETALL P tok:<hash> ──► GET P {t:T}:key:<kid> ──► (cache put)
+ *                                 │
+ *                                 ▼
+ *              key revoked / user unassigned / token expired? ──► refuse
+ *                                 │
+ *              GET P catalog (only when the ctx has none)
+ *                                 │
+ *              service, model, params, policy ──► refuse, or
+ *                                 │
+ *              EVALSHA quota (free) | debit (payg)   [SCRIPT LOAD first / on NOSCRIPT]
+ *
+ * Each step puts at most one command on the wire for the request and
+ * continues from that command's reply callback. The blocking kg_authorize
+ * and the host-driven form run exactly this code; only who waits differs.
+ * A request that finishes here is queued on ctx->doneq (host mode) or
+ * picked up by the blocking driver; the host's done() is called only from
+ * kg_flow_deliver, never from inside a hiredis callback.
+ */
+#include "kg_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void kg_result_init(kg_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->status = KG_BACKEND_ERROR;
+    r->balance_micros = -1;
+}
+
+static void copy_id(char *dst, const char *src)
+{
+    snprintf(dst, KG_ID_LEN, "%s", src);
+}
+
+/* ---- lists ---------------------------------------------------------- */
+
+static void list_unlink(kg_pending *p)
+{
+    kg_ctx *ctx = p->ctx;
+
+    if (p->list == KG_L_INFLIGHT) {
+        if (p->prev != NULL)
+            p->prev->next = p->next;
+        else
+            ctx->inflight = p->next;
+        if (p->next != NULL)
+            p->next->prev = p->prev;
+    } else if (p->list == KG_L_DONE) {
+        if (p->prev != NULL)
+            p->prev->next = p->next;
+        else
+            ctx->doneq = p->next;
+        if (p->next != NULL)
+            p->next->prev = p->prev;
+        else
+            ctx->doneq_tail = p->prev;
+    }
+    p->prev = p->next = NULL;
+    p->list = KG_L_NONE;
+}
+
+static void list_inflight(kg_pending *p)
+{
+    kg_ctx *ctx = p->ctx;
+
+    if (p->list == KG_L_INFLIGHT)
+        return;
+    list_unlink(p);
+    p->next = ctx->inflight;
+    if (p->next != NULL)
+        p->next->prev = p;
+    ctx->inflight = p;
+    p->list = KG_L_INFLIGHT;
+}
+
+static void list_done(kg_pending *p)
+{
+    kg_ctx *ctx = p->ctx;
+
+    list_unlink(p);
+    p->prev = ctx->doneq_tail;
+    if (ctx->doneq_tail != NULL)
+        ctx->doneq_tail->next = p;
+    else
+        ctx->doneq = p;
+    ctx->doneq_tail = p;
+    p->list = KG_L_DONE;
+}
+
+void kg_pending_free(kg_pending *p)
+{
+    if (p == NULL)
+        return;
+    list_unlink(p);
+    kg_entry_unref(p->ent);
+    free(p->params);
+    free(p);
+}
+
+static void finish(kg_pending *p, kg_status s)
+{
+    p->r.status = s;
+    if (s != KG_OK)
+        p->r.cost_micros = 0;
+    p->finished = 1;
+    kg_entry_unref(p->ent);
+    p->ent = NULL;
+    if (p->blocking)
+        list_unlink(p);
+    else
+        list_done(p);
+}
+
+/* ---- commands ------------------------------------------------------- */
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *priv);
+
+/* Puts one command on the main connection for p (connecting first if
+ * needed) and starts its round-trip deadline; fails p if it cannot. */
+static void issue(kg_pending *p, int step, int argc, const char **argv)
+{
+    kg_ctx *ctx = p->ctx;
+
+    if (kg_link_main(ctx) != 0 ||
+        redisAsyncCommandArgv(ctx->main->ac, on_reply, p, argc, argv, NULL) != REDIS_OK) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    p->step = step;
+    p->outstanding = 1;
+    p->deadline = kg_mono_ms() + ctx->cfg.timeout_ms;
+    list_inflight(p);
+}
+
+static void issue_script(kg_pending *p)
+{
+    kg_ctx *ctx = p->ctx;
+    const char *P = ctx->cfg.key_prefix;
+    char k1[KGC_RKEY_MAX], k2[KGC_RKEY_MAX], k3[KGC_RKEY_MAX], num[24];
+
+    if (ctx->sha[p->script][0] == '\0') {
+        const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[p->script]};
+        issue(p, KG_ST_LOAD, 3, argv);
+        return;
+    }
+    if (p->script == KG_SCRIPT_DEBIT) {
+        if (kgc_rkey(k1, P, KGC_RK_WALLET, p->r.team_id, p->r.wallet_id) < 0 ||
+            kgc_rkey(k2, P, KGC_RK_LEDGER, p->r.team_id, p->r.wallet_id) < 0 ||
+            kgc_rkey(k3, P, KGC_RK_REQ, p->r.team_id, p->r.key_id, p->request_id) < 0) {
+            finish(p, KG_BACKEND_ERROR);
+            return;
+        }
+        snprintf(num, sizeof num, "%lld", (long long)p->cost);
+        const char *argv[13] = {"EVALSHA", ctx->sha[p->script], "3", k1, k2, k3, num,
+                                p->r.key_id, p->r.user_id, p->service, p->model,
+                                p->request_id, p->r.wallet_id};
+        issue(p, KG_ST_EVAL, 13, argv);
+    } else {
+        char day[16];
+        time_t now = time(NULL);
+        struct tm tm;
+
+        gmtime_r(&now, &tm);
+        strftime(day, sizeof day, "%Y%m%d", &tm);
+        if (kgc_rkey(k1, P, KGC_RK_QUOTA, p->r.team_id, p->r.key_id, p->service, day) < 0 ||
+            kgc_rkey(k2, P, KGC_RK_REQ, p->r.team_id, p->r.key_id, p->request_id) < 0) {
+            finish(p, KG_BACKEND_ERROR);
+            return;
+        }
+        snprintf(num, sizeof num, "%lld", (long long)p->quota_limit);
+        const char *argv[7] = {"EVALSHA", ctx->sha[p->script], "2", k1, k2, num,
+                               p->request_id};
+        issue(p, KG_ST_EVAL, 7, argv);
+    }
+}
+
+/* ---- deciding ------------------------------------------------------- */
+
+/* The token-level verdict of a resolved entry: KG_OK to go on. */
+static kg_status token_verdict(kg_pending *p)
+{
+    const kg_entry *e = p->ent;
+
+    copy_id(p->r.key_id, e->key_id);
+    copy_id(p->r.team_id, e->team_id);
+    copy_id(p->r.user_id, e->user_id);
+    if (e->state == KG_ENT_REVOKED)
+        return KG_KEY_REVOKED;
+    if (e->state == KG_ENT_UNASSIGNED)
+        return KG_TOKEN_UNKNOWN;
+    if (e->expires_ms != 0 && e->expires_ms <= kg_wall_ms())
+        return KG_TOKEN_UNKNOWN;        /* a rotated token whose grace is over */
+    return KG_OK;
+}
+
+static int model_allowed(const kg_svcpol *pol, const char *model)
+{
+    for (size_t i = 0; i < pol->nmodels; i++)
+        if (strcmp(pol->models[i], model) == 0)
+            return 1;
+    return 0;
+}
+
+/* Catalog and policy checks, all local. Either finishes p or sends its
+ * script. The catalog is not used after this returns. */
+static void decide(kg_pending *p)
+{
+    kg_ctx *ctx = p->ctx;
+    const kgc_service *svc = kgc_catalog_service(ctx->catalog, p->service);
+    const kgc_model *m = NULL;
+    const kg_svcpol *pol = NULL;
+    char err[160], team[KGC_ID_MAX];
+    int64_t cost = 0;
+    kg_status st = KG_OK;
+
+    if (svc == NULL)
+        st = KG_BAD_REQUEST;                          /* unknown service */
+    else if ((m = kgc_service_model(svc, p->has_model ? p->model : NULL)) == NULL)
+        st = KG_BAD_REQUEST;                          /* unknown or missing model */
+    else if (kgc_price(m, p->params, p->nparams, &cost, NULL, err, sizeof err) != 0)
+        st = KG_BAD_REQUEST;                          /* unknown param, negative, overflow */
+    else if ((pol = kg_entry_policy(p->ent, p->service)) == NULL || (!pol->payg && !svc->free))
+        st = KG_SERVICE_DISABLED;
+    else if (pol->payg && !model_allowed(pol, m->id))
+        st = KG_MODEL_DENIED;
+    if (pol != NULL && pol->payg)
+        copy_id(p->r.wallet_id, pol->wallet);
+    if (st == KG_OK) {
+        copy_id(p->model, m->id);
+        p->cost = pol->payg ? cost : 0;
+        p->script = pol->payg ? KG_SCRIPT_DEBIT : KG_SCRIPT_QUOTA;
+        p->quota_limit = svc->requests_per_day;
+        /* A wallet of another team would put the script on two slots. */
+        if (pol->payg && (kgc_id_team_of(pol->wallet, 'w', team) != 0 ||
+                          strcmp(team, p->r.team_id) != 0))
+            st = KG_BACKEND_ERROR;
+    }
+    if (!ctx->catalog_trusted) {        /* fetched without a live subscription */
+        kgc_catalog_free(ctx->catalog);
+        ctx->catalog = NULL;
+    }
+    if (st != KG_OK) {
+        finish(p, st);
+        return;
+    }
+    issue_script(p);
+}
+
+/* Moves p on from wherever it stands: resolve, then catalog, then decide. */
+static void advance(kg_pending *p)
+{
+    kg_ctx *ctx = p->ctx;
+    char k[KGC_RKEY_MAX];
+    kg_status st;
+
+    if (p->ent == NULL) {
+        const char *argv[2] = {"HGETALL", k};
+        if (kgc_rkey(k, ctx->cfg.key_prefix, KGC_RK_TOKEN, p->hash) < 0) {
+            finish(p, KG_BACKEND_ERROR);
+            return;
+        }
+        p->inval_gen = ctx->inval_gen;
+        p->sub_ok_at_start = ctx->sub_ok;
+        issue(p, KG_ST_TOKEN, 2, argv);
+        return;
+    }
+    if ((st = token_verdict(p)) != KG_OK) {
+        finish(p, st);
+        return;
+    }
+    if (ctx->catalog == NULL) {
+        const char *argv[2] = {"GET", k};
+        if (++p->catalog_fetches > 3 ||
+            kgc_rkey(k, ctx->cfg.key_prefix, "%s", KGC_RK_CATALOG) < 0) {
+            finish(p, KG_BACKEND_ERROR);
+            return;
+        }
+        p->catalog_gen_at = ctx->catalog_gen;
+        p->catalog_sub_ok = ctx->sub_ok;
+        issue(p, KG_ST_CATALOG, 2, argv);
+        return;
+    }
+    decide(p);
+}
+
+/* ---- replies -------------------------------------------------------- */
+
+static int reply_int(const redisReply *r, long long *out)
+{
+    char *end;
+
+    if (r->type == REDIS_REPLY_INTEGER) {
+        *out = r->integer;
+        return 0;
+    }
+    if (r->type == REDIS_REPLY_STRING && r->len > 0) {
+        *out = strtoll(r->str, &end, 10);
+        return *end == '\0' ? 0 : -1;
+    }
+    return -1;
+}
+
+static void on_token(kg_pending *p, redisReply *r)
+{
+    kg_ctx *ctx = p->ctx;
+    const char *kid = NULL, *tid = NULL, *uid = NULL, *exp = "0";
+    char k[KGC_RKEY_MAX], *end;
+    long long expires;
+
+    if (r->type != REDIS_REPLY_ARRAY) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    if (r->elements == 0) {
+        finish(p, KG_TOKEN_UNKNOWN);    /* never issued, rotated away, unassigned */
+        return;
+    }
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *f = r->element[i], *v = r->element[i + 1];
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        if (strcmp(f->str, "key_id") == 0)
+            kid = v->str;
+        else if (strcmp(f->str, "team_id") == 0)
+            tid = v->str;
+        else if (strcmp(f->str, "user_id") == 0)
+            uid = v->str;
+        else if (strcmp(f->str, "expires_ms") == 0)
+            exp = v->str;
+    }
+    expires = strtoll(exp, &end, 10);
+    if (!kgc_id_plausible(kid) || !kgc_id_plausible(tid) || !kgc_id_plausible(uid) ||
+        *end != '\0' || expires < 0) {
+        finish(p, KG_BACKEND_ERROR);    /* a damaged record: refuse, fail closed */
+        return;
+    }
+    copy_id(p->r.key_id, kid);
+    copy_id(p->r.team_id, tid);
+    copy_id(p->r.user_id, uid);
+    if (expires != 0 && expires <= kg_wall_ms()) {
+        finish(p, KG_TOKEN_UNKNOWN);
+        return;
+    }
+    p->tok_expires_ms = expires;
+    if (kgc_rkey(k, ctx->cfg.key_prefix, KGC_RK_KEY, tid, kid) < 0) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    const char *argv[2] = {"GET", k};
+    issue(p, KG_ST_KEYDOC, 2, argv);
+}
+
+static void on_keydoc(kg_pending *p, redisReply *r)
+{
+    kg_ctx *ctx = p->ctx;
+    char err[160];
+    kg_entry *e;
+
+    if (r->type == REDIS_REPLY_NIL) {
+        finish(p, KG_TOKEN_UNKNOWN);    /* the key itself is gone */
+        return;
+    }
+    if (r->type != REDIS_REPLY_STRING) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    e = kg_entry_build(p->hash, p->r.key_id, p->r.team_id, p->r.user_id,
+                       p->tok_expires_ms, r->str, r->len, err, sizeof err);
+    if (e == NULL) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    /* Cache only what was read under a live subscription with no
+     * invalidation since: otherwise the read may predate a change whose
+     * message we already consumed. */
+    if (ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok && p->sub_ok_at_start &&
+        p->inval_gen == ctx->inval_gen) {
+        int64_t now = kg_mono_ms();
+        e->stale_at = now + ctx->cfg.cache_ttl_ms;
+        kg_cache_put(&ctx->cache, e, now);
+    }
+    p->ent = e;
+    advance(p);
+}
+
+static void on_catalog(kg_pending *p, redisReply *r)
+{
+    kg_ctx *ctx = p->ctx;
+    char err[256];
+    kgc_catalog *cat;
+
+    if (r->type != REDIS_REPLY_STRING ||
+        (cat = kgc_catalog_parse(r->str, r->len, "catalog", err, sizeof err)) == NULL) {
+        finish(p, KG_BACKEND_ERROR);    /* none published yet, or not valid */
+        return;
+    }
+    kgc_catalog_free(ctx->catalog);
+    ctx->catalog = cat;
+    ctx->catalog_trusted = ctx->sub_ok && p->catalog_sub_ok &&
+                           ctx->catalog_gen == p->catalog_gen_at;
+    advance(p);
+}
+
+static void on_load(kg_pending *p, redisReply *r)
+{
+    kg_ctx *ctx = p->ctx;
+
+    if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    memcpy(ctx->sha[p->script], r->str, 41);
+    issue_script(p);
+}
+
+static void on_eval(kg_pending *p, redisReply *r)
+{
+    kg_ctx *ctx = p->ctx;
+    const char *tag;
+    long long a = 0, b = 0;
+
+    if (r->type == REDIS_REPLY_ERROR) {
+        /* Redis restarted or flushed its scripts: load again, retry. The
+         * script did not run, so retrying cannot charge twice. */
+        if (strncmp(r->str, "NOSCRIPT", 8) == 0 && ++p->loads <= 2) {
+            ctx->sha[p->script][0] = '\0';
+            issue_script(p);
+            return;
+        }
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    tag = r->element[0]->str;
+    if (strcmp(tag, "ok") == 0) {
+        if (p->script == KG_SCRIPT_DEBIT) {
+            if (r->elements < 2 || reply_int(r->element[1], &a) != 0) {
+                finish(p, KG_BACKEND_ERROR);
+                return;
+            }
+            p->r.cost_micros = p->cost;
+            p->r.balance_micros = a;
+        }
+        finish(p, KG_OK);
+    } else if (strcmp(tag, "replay") == 0) {
+        p->r.replayed = 1;
+        p->r.cost_micros = 0;
+        if (p->script == KG_SCRIPT_DEBIT && r->elements >= 4 &&
+            reply_int(r->element[2], &b) == 0) {
+            p->r.balance_micros = b;
+            if (r->element[3]->type == REDIS_REPLY_STRING && r->element[3]->len > 0)
+                copy_id(p->r.wallet_id, r->element[3]->str);
+        }
+        finish(p, KG_OK);
+    } else if (strcmp(tag, "funds") == 0) {
+        if (r->elements >= 2 && reply_int(r->element[1], &a) == 0)
+            p->r.balance_micros = a;
+        finish(p, KG_INSUFFICIENT_FUNDS);
+    } else if (strcmp(tag, "quota") == 0) {
+        finish(p, KG_QUOTA_EXCEEDED);
+    } else {                            /* "nowallet": a data error, fail closed */
+        p->r.balance_micros = -1;
+        finish(p, KG_BACKEND_ERROR);
+    }
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    kg_pending *p = priv;
+    redisReply *r = reply;
+    int step = p->step;
+
+    (void)ac;
+    p->outstanding = 0;
+    p->step = KG_ST_IDLE;
+    if (p->cancelled) {
+        kg_pending_free(p);
+        return;
+    }
+    if (r == NULL) {                    /* connection dropped or timed out */
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    switch (step) {
+    case KG_ST_TOKEN:   on_token(p, r);   break;
+    case KG_ST_KEYDOC:  on_keydoc(p, r);  break;
+    case KG_ST_CATALOG: on_catalog(p, r); break;
+    case KG_ST_LOAD:    on_load(p, r);    break;
+    case KG_ST_EVAL:    on_eval(p, r);    break;
+    default:            finish(p, KG_BACKEND_ERROR); break;
+    }
+}
+
+/* ---- entry points ---------------------------------------------------- */
+
+static int request_id_ok(const char *s)
+{
+    size_t n = 0;
+    for (; s[n] != '\0'; n++)
+        if (n >= KG_RID_MAX || s[n] <= ' ' || s[n] > '~')
+            return 0;
+    return n > 0;
+}
+
+static int name_ok(const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+    return n > 0 && n < KG_ID_LEN;
+}
+
+int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
+                  int blocking, kg_pending **pp)
+{
+    kg_pending *p;
+    int64_t now;
+    int rc;
+
+    if (pp != NULL)
+        *pp = NULL;
+    kg_result_init(out);
+    if (req == NULL) {
+        out->status = KG_BAD_REQUEST;
+        return 0;
+    }
+    if (!kgc_token_wellformed(req->token, req->token_len)) {
+        out->status = KG_TOKEN_MALFORMED;
+        return 0;
+    }
+    if (!name_ok(req->service) || (req->model != NULL && !name_ok(req->model)) ||
+        req->nparams > KG_MAX_PARAMS || (req->nparams > 0 && req->params == NULL) ||
+        (req->request_id != NULL && !request_id_ok(req->request_id))) {
+        out->status = KG_BAD_REQUEST;
+        return 0;
+    }
+    if (ctx->closing)
+        return -1;
+    now = kg_mono_ms();
+    if (blocking && now - ctx->last_poll >= KG_POLL_EVERY_MS) {
+        ctx->last_poll = now;
+        kg_link_poll(ctx, 0);           /* invalidations, and a dead main link */
+    }
+    kg_link_sub_maintain(ctx, now);
+
+    if ((p = calloc(1, sizeof *p)) == NULL)
+        return -1;
+    p->ctx = ctx;
+    p->blocking = blocking;
+    kg_result_init(&p->r);
+    if (kgc_token_hash_hex(ctx->pepper, req->token, req->token_len, p->hash) != 0) {
+        free(p);
+        return -1;
+    }
+    copy_id(p->service, req->service);
+    if (req->model != NULL) {
+        copy_id(p->model, req->model);
+        p->has_model = 1;
+    }
+    if (req->request_id != NULL)
+        snprintf(p->request_id, sizeof p->request_id, "%s", req->request_id);
+    if (req->nparams > 0) {
+        if ((p->params = malloc(req->nparams * sizeof *p->params)) == NULL) {
+            free(p);
+            return -1;
+        }
+        memcpy(p->params, req->params, req->nparams * sizeof *p->params);
+        p->nparams = req->nparams;
+    }
+    if (ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok)
+        p->ent = kg_cache_get(&ctx->cache, p->hash, now);
+    advance(p);
+    if (p->finished) {
+        *out = p->r;
+        rc = p->r.status == KG_BACKEND_ERROR ? -1 : 0;
+        kg_pending_free(p);
+        return rc;
+    }
+    if (pp != NULL)
+        *pp = p;
+    return 1;
+}
+
+void kg_flow_timeouts(kg_ctx *ctx, int64_t now)
+{
+    for (kg_pending *p = ctx->inflight; p != NULL; p = p->next)
+        if (p->deadline <= now) {
+            /* Replies come in order: one late reply stalls the connection
+             * for everyone. Drop it; every request on it fails now. */
+            kg_link_drop(ctx, ctx->main);
+            return;
+        }
+}
+
+void kg_flow_deliver(kg_ctx *ctx)
+{
+    kg_pending *p;
+
+    while ((p = ctx->doneq) != NULL) {
+        list_unlink(p);
+        if (!p->cancelled && p->done != NULL) {
+            p->delivering = 1;
+            *p->out = p->r;
+            p->done(p->arg, p->out);
+        }
+        kg_pending_free(p);
+    }
+}
+
+void kg_flow_cancel(kg_ctx *ctx, kg_pending *p)
+{
+    if (p == NULL || p->ctx != ctx || p->cancelled)
+        return;
+    p->cancelled = 1;
+    if (p->delivering)
+        return;                         /* inside its own done(): freed after */
+    if (p->outstanding) {
+        kg_entry_unref(p->ent);         /* freed by on_reply when the reply comes */
+        p->ent = NULL;
+        return;
+    }
+    kg_pending_free(p);
+}
+
+void kg_flow_inval(kg_ctx *ctx, const char *msg, size_t len)
+{
+    char id[KG_ID_LEN];
+
+    if (len == 7 && memcmp(msg, "catalog", 7) == 0) {
+        ctx->catalog_gen++;
+        kgc_catalog_free(ctx->catalog);
+        ctx->catalog = NULL;
+        return;
+    }
+    ctx->inval_gen++;
+    if (len > 4 && len - 4 < sizeof id && memcmp(msg, "key ", 4) == 0) {
+        memcpy(id, msg + 4, len - 4);
+        id[len - 4] = '\0';
+        kg_cache_drop_key(&ctx->cache, id);
+        return;
+    }
+    kg_cache_clear(&ctx->cache);        /* a message we do not know: be safe */
+}
+
+void kg_flow_sub_lost(kg_ctx *ctx)
+{
+    ctx->sub_ok = 0;
+    ctx->inval_gen++;
+    ctx->catalog_trusted = 0;
+    kg_cache_clear(&ctx->cache);
+}

@@ -1,0 +1,219 @@
+/*
+ * kg_internal.h - libkeygate's private types, shared by the module's files.
+ *
+ *   kg_api.c     the kg_* entry points (blocking and non-blocking)
+ *   kg_flow.c    one request's state machine: resolve, decide, charge
+ *   kg_link.c    the two Redis connections (commands, invalidations)
+ *   kg_cache.c   the token cache and the key document parser
+ *   kg_scripts.c the Lua scripts that count and charge
+ *
+ * Everything here is single-threaded: a kg_ctx belongs to one thread.
+ */
+#ifndef KG_INTERNAL_H
+#define KG_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "keygate.h"
+#include "kgc_config.h"
+#include "kgc_keys.h"
+#include "kgc_price.h"
+#include "kgc_token.h"
+
+#define KG_ID_LEN      64      /* sizeof kg_result.key_id and friends */
+#define KG_RID_MAX     128     /* request_id: 1..128 printable, no space */
+#define KG_MAX_PARAMS  64      /* more params than this is a bad request */
+#define KG_SUB_RETRY_MS 100    /* reconnect the subscriber at most this often */
+#define KG_SUB_GRACE_MS 1000   /* a subscription not confirmed by then is dropped */
+#define KG_POLL_EVERY_MS 2     /* blocking mode: read invalidations this often */
+
+/* ------------------------------------------------------------------ */
+/* Token cache (kg_cache.c)                                             */
+
+typedef struct kg_svcpol {
+    char *id;                     /* service id, owned */
+    int payg;                     /* 0: policy "free", 1: "payg" */
+    char wallet[KG_ID_LEN];       /* payg: the paying wallet */
+    char **models;                /* payg: allowed model ids, owned */
+    size_t nmodels;
+} kg_svcpol;
+
+enum kg_entry_state {
+    KG_ENT_ACTIVE = 0,            /* usable: decide by policy */
+    KG_ENT_REVOKED,               /* key status "revoked" */
+    KG_ENT_UNASSIGNED             /* user no longer among the key's users */
+};
+
+/* What one token resolves to: the tok record joined with its key document.
+ * Reference-counted: the cache holds one reference, a request that is
+ * deciding holds another, so an invalidation never frees it under a user. */
+typedef struct kg_entry {
+    int refs;
+    char hash[KGC_HASH_HEX_LEN + 1]; /* keyed hash of the token (the cache key) */
+    char key_id[KG_ID_LEN], team_id[KG_ID_LEN], user_id[KG_ID_LEN];
+    int state;                    /* enum kg_entry_state */
+    int64_t expires_ms;           /* wall clock; 0 = the token does not expire */
+    int64_t stale_at;             /* monotonic ms after which the entry is dropped */
+    kg_svcpol *svcs;              /* owned, nsvcs entries */
+    size_t nsvcs;
+    struct kg_entry *next;        /* bucket chain */
+} kg_entry;
+
+typedef struct kg_cache {
+    kg_entry **buckets;           /* owned, nbuckets (a power of two) */
+    size_t nbuckets, count, max;
+} kg_cache;
+
+int  kg_cache_init(kg_cache *c, size_t max);
+void kg_cache_free(kg_cache *c);
+/* Returns a new reference (release with kg_entry_unref), or NULL. */
+kg_entry *kg_cache_get(kg_cache *c, const char *hash, int64_t now_mono);
+/* Takes a new reference on e for the cache; replaces an entry of the same hash. */
+void kg_cache_put(kg_cache *c, kg_entry *e, int64_t now_mono);
+void kg_cache_drop_key(kg_cache *c, const char *key_id);
+void kg_cache_clear(kg_cache *c);
+
+void kg_entry_unref(kg_entry *e);   /* accepts NULL */
+/* Builds an entry (refs = 1) from a tok record's fields and the key document
+ * text. Returns NULL with a reason in err when the document is not usable. */
+kg_entry *kg_entry_build(const char *hash, const char *key_id, const char *team_id,
+                         const char *user_id, int64_t expires_ms,
+                         const char *doc, size_t doclen, char *err, size_t errlen);
+const kg_svcpol *kg_entry_policy(const kg_entry *e, const char *service);
+
+/* ------------------------------------------------------------------ */
+/* Scripts (kg_scripts.c)                                               */
+
+enum kg_script { KG_SCRIPT_DEBIT = 0, KG_SCRIPT_QUOTA, KG_NSCRIPTS };
+extern const char *const kg_script_text[KG_NSCRIPTS];
+
+/* ------------------------------------------------------------------ */
+/* Connections (kg_link.c)                                              */
+
+typedef struct kg_link {
+    kg_ctx *ctx;
+    redisAsyncContext *ac;        /* NULL once hiredis freed it */
+    int fd;
+    int want;                     /* KG_EV_* that hiredis asked for */
+    int told;                     /* KG_EV_* last passed to hooks->watch */
+    int is_sub;                   /* the invalidation subscriber */
+} kg_link;
+
+/* ------------------------------------------------------------------ */
+/* Requests (kg_flow.c)                                                 */
+
+enum kg_step {
+    KG_ST_IDLE = 0,               /* nothing on the wire */
+    KG_ST_TOKEN,                  /* HGETALL P tok:<hash> */
+    KG_ST_KEYDOC,                 /* GET P {t:T}:key:<kid> */
+    KG_ST_CATALOG,                /* GET P catalog */
+    KG_ST_LOAD,                   /* SCRIPT LOAD */
+    KG_ST_EVAL                    /* EVALSHA debit / quota */
+};
+
+enum kg_plist { KG_L_NONE = 0, KG_L_INFLIGHT, KG_L_DONE };
+
+struct kg_pending {
+    kg_ctx *ctx;
+    struct kg_pending *prev, *next; /* on ctx->inflight or ctx->doneq */
+    int list;                     /* enum kg_plist */
+    int step;                     /* enum kg_step */
+    int outstanding;              /* commands on the wire for us: 0 or 1 */
+    int finished;                 /* r holds the answer */
+    int cancelled;                /* the host gave up: never call done */
+    int blocking;                 /* driven by kg_authorize, not the host */
+    int64_t deadline;             /* monotonic ms: end of the current round trip */
+
+    /* the request, copied (the token itself is never kept: only its hash) */
+    char hash[KGC_HASH_HEX_LEN + 1];
+    char service[KG_ID_LEN];
+    char model[KG_ID_LEN];        /* resolved model id once decided */
+    int has_model;                /* the caller named a model */
+    char request_id[KG_RID_MAX + 1]; /* "" = none */
+    kg_param *params;             /* owned copy of the array; names borrowed */
+    size_t nparams;
+
+    /* progress */
+    int inval_gen;                /* ctx->inval_gen when resolution began */
+    int sub_ok_at_start;          /* the subscription was live then */
+    int64_t tok_expires_ms;
+    kg_entry *ent;                /* a reference while deciding */
+    int script;                   /* enum kg_script once decided */
+    int64_t cost;
+    int64_t quota_limit;
+    int loads;                    /* NOSCRIPT retries (loop guard) */
+    int catalog_fetches;          /* guard against a catalog reload storm */
+    int catalog_gen_at;           /* ctx->catalog_gen when GET catalog was sent */
+    int catalog_sub_ok;           /* the subscription was live then */
+    int delivering;               /* inside its done(): cancel must not free */
+
+    kg_result r;                  /* our answer; copied to *out when delivered */
+    kg_result *out;               /* host's result, touched only at delivery */
+    kg_done_fn done;
+    void *arg;
+};
+
+/* ------------------------------------------------------------------ */
+/* The context                                                          */
+
+struct kg_ctx {
+    kgc_config cfg;
+    unsigned char *pepper;        /* KGC_PEPPER_LEN bytes, sodium_malloc()ed */
+    char channel[KGC_RKEY_MAX];   /* P inval */
+
+    kg_link *main;                /* commands; NULL = not connected */
+    kg_link *sub;                 /* SUBSCRIBE P inval; NULL = not connected */
+    int sub_ok;                   /* subscription confirmed: the cache may be used */
+    int64_t sub_started;          /* monotonic ms of the last subscriber connect */
+    int64_t last_poll;            /* blocking mode: last non-blocking read */
+    int inval_gen;                /* bumped by every invalidation and subscription loss */
+
+    kg_cache cache;
+    kgc_catalog *catalog;         /* NULL = fetch on next need */
+    int catalog_gen;              /* bumped by every "catalog" message */
+    int catalog_trusted;          /* read under a live subscription: keep it */
+    char sha[KG_NSCRIPTS][41];    /* SCRIPT LOAD answers; "" = unknown */
+
+    const kg_loop_hooks *hooks;   /* host mode: &hooks_copy; NULL = blocking only */
+    kg_loop_hooks hooks_copy;
+    void *host;
+
+    struct kg_pending *inflight;  /* requests with a command on the wire */
+    struct kg_pending *doneq, *doneq_tail; /* answers not yet handed to done */
+    int closing;
+
+    int64_t pipe_checked;         /* monotonic ms of the last SIGPIPE look */
+    int pipe_ignored;             /* the process ignores SIGPIPE already */
+};
+
+/* kg_link.c */
+int64_t kg_mono_ms(void);
+int64_t kg_wall_ms(void);
+int  kg_link_main(kg_ctx *ctx);                 /* connect if needed: 0 / -1 */
+void kg_link_sub_maintain(kg_ctx *ctx, int64_t now);
+void kg_link_drop(kg_ctx *ctx, kg_link *l);     /* frees hiredis' side now */
+void kg_link_drop_all(kg_ctx *ctx);
+void kg_link_handle(kg_ctx *ctx, int fd, int events);
+void kg_link_poll(kg_ctx *ctx, int timeout_ms); /* one poll() over both links */
+void kg_link_write_now(kg_ctx *ctx);            /* flush main if it is connected */
+void kg_link_notify_all(kg_ctx *ctx);           /* re-tell the host every fd */
+
+/* kg_flow.c */
+/* Starts one request. Returns 0 (answered now, *r filled), 1 (in flight:
+ * *pp set), or -1 (not started, *r says why). */
+int  kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *r,
+                   int blocking, struct kg_pending **pp);
+void kg_flow_timeouts(kg_ctx *ctx, int64_t now);
+void kg_flow_deliver(kg_ctx *ctx);
+void kg_flow_cancel(kg_ctx *ctx, struct kg_pending *p);
+void kg_pending_free(struct kg_pending *p);
+void kg_result_init(kg_result *r);
+/* The subscriber's message handler. */
+void kg_flow_inval(kg_ctx *ctx, const char *msg, size_t len);
+void kg_flow_sub_lost(kg_ctx *ctx);
+
+#endif

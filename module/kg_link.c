@@ -1,0 +1,275 @@
+/*
+ * kg_link.c - libkeygate's two Redis connections, on hiredis' async API.
+ *
+ * "main" carries the commands of requests; "sub" is SUBSCRIBEd to P inval.
+ * hiredis asks for read/write interest through its ev hooks; we record it
+ * in the link and, in host mode, forward it to hooks->watch(). The blocking
+ * kg_authorize drives the very same contexts with poll(). Either way a
+ * dropped connection is freed at once (hiredis runs every pending callback
+ * with a NULL reply, which fails those requests with KG_BACKEND_ERROR) and
+ * a new one is made on the next request.
+ *
+ * Rule: a link is only dropped from the top level, never from inside a
+ * hiredis callback, so hiredis never defers the free behind our back.
+ */
+#include "kg_internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int64_t kg_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t kg_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- interest: hiredis ev hooks ------------------------------------ */
+
+static void tell_host(kg_link *l)
+{
+    kg_ctx *ctx = l->ctx;
+    if (ctx->hooks != NULL && l->fd >= 0 && l->told != l->want) {
+        l->told = l->want;
+        ctx->hooks->watch(ctx->host, l->fd, l->want);
+    }
+}
+
+static void ev_add_read(void *d)  { kg_link *l = d; l->want |= KG_EV_READ;   tell_host(l); }
+static void ev_del_read(void *d)  { kg_link *l = d; l->want &= ~KG_EV_READ;  tell_host(l); }
+static void ev_add_write(void *d) { kg_link *l = d; l->want |= KG_EV_WRITE;  tell_host(l); }
+static void ev_del_write(void *d) { kg_link *l = d; l->want &= ~KG_EV_WRITE; tell_host(l); }
+
+/* hiredis is freeing the connection (its fd is closed right after): forget
+ * the link. For the subscriber this means messages may have been missed. */
+static void ev_cleanup(void *d)
+{
+    kg_link *l = d;
+    kg_ctx *ctx = l->ctx;
+
+    if (ctx->hooks != NULL && l->fd >= 0 && l->told != 0)
+        ctx->hooks->watch(ctx->host, l->fd, 0);
+    l->ac = NULL;
+    if (ctx->main == l)
+        ctx->main = NULL;
+    if (ctx->sub == l) {
+        ctx->sub = NULL;
+        kg_flow_sub_lost(ctx);
+    }
+    free(l);
+}
+
+static kg_link *link_open(kg_ctx *ctx, int is_sub)
+{
+    redisAsyncContext *ac;
+    kg_link *l;
+
+    if (ctx->cfg.redis_unix[0] != '\0')
+        ac = redisAsyncConnectUnix(ctx->cfg.redis_unix);
+    else
+        ac = redisAsyncConnect(ctx->cfg.redis_host, ctx->cfg.redis_port);
+    if (ac == NULL)
+        return NULL;
+    if (ac->err || (l = calloc(1, sizeof *l)) == NULL) {
+        redisAsyncFree(ac);             /* no hooks set yet: nothing to undo */
+        return NULL;
+    }
+    l->ctx = ctx;
+    l->ac = ac;
+    l->fd = ac->c.fd;
+    l->is_sub = is_sub;
+    ac->ev.data = l;
+    ac->ev.addRead = ev_add_read;
+    ac->ev.delRead = ev_del_read;
+    ac->ev.addWrite = ev_add_write;
+    ac->ev.delWrite = ev_del_write;
+    ac->ev.cleanup = ev_cleanup;
+    return l;
+}
+
+int kg_link_main(kg_ctx *ctx)
+{
+    if (ctx->main != NULL)
+        return 0;
+    ctx->main = link_open(ctx, 0);
+    return ctx->main != NULL ? 0 : -1;
+}
+
+void kg_link_drop(kg_ctx *ctx, kg_link *l)
+{
+    (void)ctx;
+    if (l != NULL && l->ac != NULL)
+        redisAsyncFree(l->ac);          /* runs ev_cleanup, which frees l */
+}
+
+void kg_link_drop_all(kg_ctx *ctx)
+{
+    kg_link_drop(ctx, ctx->main);
+    kg_link_drop(ctx, ctx->sub);
+}
+
+/* ---- the subscriber ------------------------------------------------ */
+
+static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
+{
+    kg_ctx *ctx = priv;
+    redisReply *r = reply, *kind, *payload;
+
+    if (r == NULL || ctx->sub == NULL || ctx->sub->ac != ac)
+        return;                         /* going away: ev_cleanup does the rest */
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3)
+        return;
+    kind = r->element[0];
+    payload = r->element[2];
+    if (kind->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(kind->str, "subscribe") == 0)
+        ctx->sub_ok = 1;
+    else if (strcmp(kind->str, "message") == 0 && payload->type == REDIS_REPLY_STRING)
+        kg_flow_inval(ctx, payload->str, payload->len);
+}
+
+/* Keeps the subscription alive: reconnects it (at most every
+ * KG_SUB_RETRY_MS) and drops one that was not confirmed in time. */
+void kg_link_sub_maintain(kg_ctx *ctx, int64_t now)
+{
+    if (ctx->sub != NULL) {
+        if (!ctx->sub_ok && now - ctx->sub_started > KG_SUB_GRACE_MS)
+            kg_link_drop(ctx, ctx->sub);
+        return;
+    }
+    if (ctx->sub_started != 0 && now - ctx->sub_started < KG_SUB_RETRY_MS)
+        return;
+    ctx->sub_started = now;
+    ctx->sub_ok = 0;
+    ctx->sub = link_open(ctx, 1);
+    if (ctx->sub == NULL)
+        return;
+    if (redisAsyncCommand(ctx->sub->ac, on_sub, ctx, "SUBSCRIBE %b",
+                          ctx->channel, strlen(ctx->channel)) != REDIS_OK)
+        kg_link_drop(ctx, ctx->sub);
+}
+
+/* ---- I/O ----------------------------------------------------------- */
+
+/* A write to a connection Redis has closed raises SIGPIPE, which would
+ * kill a host that did not ignore it. Unless the process ignores SIGPIPE
+ * (nginx does; looked up once a second), block it in this thread around
+ * the write and swallow one we caused. */
+static void guarded_write(kg_ctx *ctx, redisAsyncContext *ac)
+{
+    int64_t now = kg_mono_ms();
+    sigset_t pipe_set, old, pend;
+    int was_pending;
+
+    if (ctx->pipe_checked == 0 || now - ctx->pipe_checked >= 1000) {
+        struct sigaction sa;
+        ctx->pipe_ignored = sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN;
+        ctx->pipe_checked = now;
+    }
+    if (ctx->pipe_ignored) {
+        redisAsyncHandleWrite(ac);
+        return;
+    }
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    sigemptyset(&pend);
+    sigpending(&pend);
+    was_pending = sigismember(&pend, SIGPIPE);
+    redisAsyncHandleWrite(ac);
+    if (!was_pending) {
+        sigemptyset(&pend);
+        sigpending(&pend);
+        if (sigismember(&pend, SIGPIPE)) {
+            struct timespec zero = {0, 0};
+            while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+                ;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static kg_link *link_by_fd(kg_ctx *ctx, int fd)
+{
+    if (ctx->main != NULL && ctx->main->fd == fd)
+        return ctx->main;
+    if (ctx->sub != NULL && ctx->sub->fd == fd)
+        return ctx->sub;
+    return NULL;
+}
+
+void kg_link_handle(kg_ctx *ctx, int fd, int events)
+{
+    kg_link *l = link_by_fd(ctx, fd);
+
+    if (l != NULL && (events & KG_EV_WRITE))
+        guarded_write(ctx, l->ac);
+    l = link_by_fd(ctx, fd);            /* the write may have dropped it */
+    if (l != NULL && (events & KG_EV_READ))
+        redisAsyncHandleRead(l->ac);
+}
+
+void kg_link_write_now(kg_ctx *ctx)
+{
+    kg_link *l = ctx->main;
+    if (l != NULL && (l->want & KG_EV_WRITE) && (l->ac->c.flags & REDIS_CONNECTED))
+        guarded_write(ctx, l->ac);
+}
+
+void kg_link_poll(kg_ctx *ctx, int timeout_ms)
+{
+    struct pollfd pf[2];
+    int want[2], n = 0;
+    kg_link *ls[2] = {ctx->main, ctx->sub};
+
+    for (int i = 0; i < 2; i++) {
+        kg_link *l = ls[i];
+        if (l == NULL || l->fd < 0 || l->want == 0)
+            continue;
+        pf[n].fd = l->fd;
+        pf[n].events = (short)(((l->want & KG_EV_READ) ? POLLIN : 0) |
+                               ((l->want & KG_EV_WRITE) ? POLLOUT : 0));
+        pf[n].revents = 0;
+        want[n] = l->want;
+        n++;
+    }
+    if (n == 0) {
+        if (timeout_ms > 0)
+            poll(NULL, 0, timeout_ms);
+        return;
+    }
+    if (poll(pf, (nfds_t)n, timeout_ms) <= 0)
+        return;
+    for (int i = 0; i < n; i++) {
+        int ev = 0;
+        if (pf[i].revents & (POLLERR | POLLHUP | POLLNVAL))
+            ev = want[i];               /* let hiredis find out what broke */
+        if (pf[i].revents & POLLIN)
+            ev |= KG_EV_READ;
+        if (pf[i].revents & POLLOUT)
+            ev |= KG_EV_WRITE;
+        if (ev != 0)
+            kg_link_handle(ctx, pf[i].fd, ev);
+    }
+}
+
+void kg_link_notify_all(kg_ctx *ctx)
+{
+    kg_link *ls[2] = {ctx->main, ctx->sub};
+    for (int i = 0; i < 2; i++)
+        if (ls[i] != NULL)
+            tell_host(ls[i]);
+}
