@@ -119,7 +119,8 @@ void cli_ctx_cleanup(cli_ctx *ctx);
 /* --- calling the daemon (cli_call.c) -------------------------------------- */
 
 /* Sends {"cmd": cmd, ...args} (plus "actor" when with_actor and one is
- * set) and waits for the answer. args is stolen (may be NULL). On success
+ * set) and waits for the answer. args is stolen; NULL means building it
+ * failed (json_pack refuses text that is not UTF-8): a usage error. On success
  * returns CLI_EXIT_OK with *result a new reference. Otherwise prints
  * "error: <code>: <message>" on stderr and returns CLI_EXIT_REFUSED (the
  * daemon refused) or CLI_EXIT_UNREACHABLE (no daemon, timeout, garbage). */

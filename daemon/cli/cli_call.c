@@ -44,7 +44,7 @@ static int resolve_socket(cli_ctx *ctx, const char **path, char *err, size_t err
 static int call_raw(cli_ctx *ctx, const char *cmd, json_t *args, int with_actor,
                     json_t **ans, char *err, size_t errlen)
 {
-    json_t *req = args ? args : json_object();
+    json_t *req = args;
 
     *ans = NULL;
     if (req == NULL || !json_is_object(req)) {
@@ -173,7 +173,7 @@ const char *cli_currency(cli_ctx *ctx)
     if (ctx->currency_tried)
         return ctx->currency;
     ctx->currency_tried = 1;
-    if (call_raw(ctx, "service.list", NULL, 0, &ans, err, sizeof err) != CLI_EXIT_OK)
+    if (call_raw(ctx, "service.list", json_object(), 0, &ans, err, sizeof err) != CLI_EXIT_OK)
         return NULL;
     cur = json_object_get(json_object_get(ans, "result"), "currency");
     if (json_is_true(json_object_get(ans, "ok")) && json_is_string(cur))

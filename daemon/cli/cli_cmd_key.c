@@ -66,7 +66,7 @@ int cli_cmd_service_list(cli_ctx *ctx, int argc, char **argv)
 
     if (cli_args(ctx, argc, argv, NULL, &pos, 0, 0) < 0)
         return ctx->status;
-    rc = cli_call(ctx, "service.list", NULL, 0, &res);
+    rc = cli_call(ctx, "service.list", json_object(), 0, &res);
     return rc ? rc : cli_emit(ctx, res, print_services);
 }
 
@@ -276,9 +276,7 @@ int cli_cmd_key_create(cli_ctx *ctx, int argc, char **argv)
         return ctx->status;
     if (name == NULL)
         return cli_usage_error(ctx, "key create needs --name");
-    args = json_pack("{s:s,s:s}", "team", pos.v[0], "name", name);
-    if (args && desc)
-        json_object_set_new(args, "description", json_string(desc));
+    args = json_pack("{s:s,s:s,s:s*}", "team", pos.v[0], "name", name, "description", desc);
     if (args && users.n > 0) {
         json_t *a = string_array(users.v, users.n);
         if (a == NULL || json_object_set_new(args, "users", a) < 0) {

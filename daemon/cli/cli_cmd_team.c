@@ -43,7 +43,7 @@ int cli_cmd_ping(cli_ctx *ctx, int argc, char **argv)
 
     if (cli_args(ctx, argc, argv, NULL, &pos, 0, 0) < 0)
         return ctx->status;
-    rc = cli_call(ctx, "ping", NULL, 0, &res);
+    rc = cli_call(ctx, "ping", json_object(), 0, &res);
     return rc ? rc : cli_emit(ctx, res, print_pong);
 }
 
@@ -73,9 +73,7 @@ int cli_cmd_signup(cli_ctx *ctx, int argc, char **argv)
         return ctx->status;
     if (email == NULL || name == NULL)
         return cli_usage_error(ctx, "signup needs --email and --name");
-    args = json_pack("{s:s,s:s}", "email", email, "name", name);
-    if (args && team)
-        json_object_set_new(args, "team_name", json_string(team));
+    args = json_pack("{s:s,s:s,s:s*}", "email", email, "name", name, "team_name", team);
     rc = cli_call(ctx, "user.signup", args, 0, &res);
     return rc ? rc : cli_emit(ctx, res, print_signup);
 }
@@ -308,13 +306,15 @@ static void print_raw(cli_ctx *ctx, json_t *r)
 int cli_cmd_call(cli_ctx *ctx, int argc, char **argv)
 {
     cli_strlist pos;
-    json_t *args = NULL, *res;
+    json_t *args, *res;
     json_error_t jerr;
     int rc;
 
     if (cli_args(ctx, argc, argv, NULL, &pos, 1, 2) < 0)
         return ctx->status;
-    if (pos.n == 2) {
+    if (pos.n == 1) {
+        args = json_object();
+    } else {
         args = json_loads(pos.v[1], 0, &jerr);
         if (args == NULL)
             return cli_usage_error(ctx, "arguments are not JSON: %s", jerr.text);

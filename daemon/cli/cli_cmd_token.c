@@ -194,7 +194,9 @@ static int deliver_token(cli_ctx *ctx, json_t *res, outfile *out)
             return CLI_EXIT_REFUSED;
         }
         if (ctx->json) {
-            json_object_set_new(res, "out", json_string(out->path));
+            json_t *p = json_string(out->path);
+            /* A path that is not UTF-8 cannot be a JSON string: null then. */
+            json_object_set_new(res, "out", p ? p : json_null());
             cli_write_json_line(res);
         } else {
             printf("token %s written to %s (mode 0600)\n", cli_jstr(res, "hint", "-"), out->path);

@@ -170,6 +170,12 @@ static int grow(cli_conn *c, size_t need)
  * or -1 with err set. */
 static long read_line(cli_conn *c, char *err, size_t errlen)
 {
+    char scratch[8];
+
+    if (err == NULL) {          /* the caller already has its error */
+        err = scratch;
+        errlen = sizeof scratch;
+    }
     long long deadline = now_ms() + c->timeout_ms;
     size_t scanned = 0;
 
@@ -232,10 +238,12 @@ json_t *cli_conn_roundtrip(cli_conn *c, json_t *req, char *err, size_t errlen)
      * request is exactly one line. */
     rc = send_all(c, line, strlen(line), err, errlen);
     free(line);
-    if (rc < 0 || send_all(c, "\n", 1, err, errlen) < 0)
-        return NULL;
-
-    n = read_line(c, err, errlen);
+    if (rc == 0)
+        rc = send_all(c, "\n", 1, err, errlen);
+    n = read_line(c, rc == 0 ? err : NULL, rc == 0 ? errlen : 0);
+    /* A daemon that refuses a request (say, a line over its limit) may
+     * answer and hang up before reading all of it: its answer beats our
+     * "broken pipe". */
     if (n < 0)
         return NULL;
     ans = json_loadb(c->buf, (size_t)n, JSON_DISABLE_EOF_CHECK, &jerr);

@@ -57,9 +57,10 @@ class CliCase(kgtest.EnvCase):
             e["KEYGATE_ACTOR"] = actor
         if env:
             e.update(env)
-        p = subprocess.run([CLI] + [str(a) for a in args], env=e, capture_output=True,
-                           text=True, timeout=timeout)
-        return p.returncode, p.stdout, p.stderr
+        argv = [os.fsencode(CLI)] + [a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args]
+        p = subprocess.run(argv, env=e, capture_output=True, timeout=timeout)
+        return (p.returncode, p.stdout.decode("utf-8", "replace"),
+                p.stderr.decode("utf-8", "replace"))
 
     def ok(self, *args, **kw):
         rc, out, err = self.kg(*args, **kw)
@@ -488,6 +489,23 @@ class TestGeneral(CliCase):
             self.assertEqual(rc, 2, (args, err))
             self.assertTrue(err.startswith("error: usage: "), (args, err))
             self.assertIn(want, err, args)
+
+    def test_text_that_is_not_utf8_is_a_usage_error_and_sends_nothing(self):
+        s = self.signup()
+        before = self.c.ok("key.list", s["user_id"], team=s["team_id"])
+        for args in ((b"key", b"create", s["team_id"].encode(), b"--name", b"\xff"),
+                     (b"key", b"create", s["team_id"].encode(), b"--name", b"n", b"--description", b"\xfe"),
+                     (b"key", b"create", s["team_id"].encode(), b"--name", b"n", b"--user", b"\xff")):
+            rc, out, err = self.kg(*args, actor=s["user_id"])
+            self.assertEqual((rc, out), (2, ""), args)
+            self.assertIn("not valid UTF-8", err)
+        self.assertEqual(self.c.ok("key.list", s["user_id"], team=s["team_id"]), before)
+
+    def test_an_answer_before_hang_up_beats_the_broken_pipe(self):
+        # A line over the daemon's limit is answered bad_request and closed.
+        rc, out, err = self.kg("key", "get", "k" * 70000, actor="u_x", timeout=20)
+        self.assertEqual(rc, 1, err)
+        self.assertTrue(err.startswith("error: bad_request: "), err)
 
     def test_help_exits_0(self):
         for args in (["--help"], ["help"], ["key", "--help"], ["help", "wallet"],
