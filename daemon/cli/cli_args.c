@@ -251,7 +251,8 @@ int cli_args(cli_ctx *ctx, int argc, char **argv, const cli_opt *opts,
     }
 
     if (pos->n < minpos) {
-        cli_usage_error(ctx, "missing argument%s", minpos - pos->n > 1 ? "s" : "");
+        cli_usage_error(ctx, "missing argument%s: keygate %s %s", minpos - pos->n > 1 ? "s" : "",
+                        ctx->cmd ? ctx->cmd->words : "", ctx->cmd ? ctx->cmd->synopsis : "");
         return -1;
     }
     if (maxpos >= 0 && pos->n > maxpos) {

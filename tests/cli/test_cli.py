@@ -406,6 +406,20 @@ class TestMoney(CliCase):
         led = self.js("wallet", "ledger", wid, "--limit", "1", actor=self.owner)
         self.assertEqual([e["reference"] for e in led["entries"]], ["topup-2"])
 
+    def test_ledger_shows_debits_in_the_shared_entry_format(self):
+        # A debit as libkeygate writes it (docs/redis-schema.md), put in place
+        # directly: the CLI's job is to show it.
+        wid = self.c.ok("wallet.create", self.owner, team=self.team, name="d")["wallet_id"]
+        self.c.ok("wallet.credit", self.owner, wallet=wid, amount_micros=5000, reference="r1")
+        debit = {"type": "debit", "amount_micros": 1650, "balance_micros": 3350,
+                 "at": kgtest.now_ms(), "key_id": "k_x", "user_id": "u_y",
+                 "service": "text-generation", "model": "small", "request_id": "req-7"}
+        self.env.redis("LPUSH", "kg:{t:%s}:ledger:%s" % (self.team, wid), json.dumps(debit))
+        out = self.ok("wallet", "ledger", wid, actor=self.owner)
+        line = out.splitlines()[1]
+        self.assertRegex(line, r"debit\s+-0\.001650 USD \(1650 micros\)\s+0\.003350 USD \(3350 micros\)"
+                               r"\s+key=k_x user=u_y text-generation/small request=req-7$")
+
     def test_wallet_credit_usage(self):
         wid = self.c.ok("wallet.create", self.owner, team=self.team, name="u")["wallet_id"]
         for args in (("12.5", "--reference", "r"), ("12",), ("abc", "--reference", "r")):
