@@ -25,6 +25,9 @@
 
 #include <keygate.h>
 
+#include "kgc_config.h"
+#include "kgc_price.h"
+
 
 typedef struct {
     ngx_str_t                   config_path;  /* keygate_config; "" = unset */
@@ -82,6 +85,8 @@ static ngx_int_t ngx_http_keygate_decide(ngx_http_request_t *r,
 static ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,
     ngx_http_keygate_ctx_t *ctx);
 static const char *ngx_http_keygate_strdup0(ngx_pool_t *pool, ngx_str_t *s);
+static ngx_int_t ngx_http_keygate_refused_cost(ngx_http_keygate_ctx_t *ctx,
+    int64_t *cost);
 static ngx_int_t ngx_http_keygate_find_token(ngx_http_request_t *r,
     ngx_str_t *token);
 static ngx_http_keygate_ctx_t *ngx_http_keygate_get_ctx(ngx_http_request_t *r);
@@ -194,6 +199,17 @@ static ngx_connection_t   ngx_http_keygate_timer_conn; /* fd -1, for debug logs 
 static ngx_array_t       *ngx_http_keygate_watches;   /* of ..._watch_t */
 static ngx_uint_t         ngx_http_keygate_npending;  /* requests waiting */
 static ngx_uint_t         ngx_http_keygate_exiting;   /* in exit_process */
+
+/*
+ * The service catalog, only to tell a 402's cost: libkeygate reports
+ * cost_micros 0 for a refused request (keygate.h: "charged by this
+ * call"), so the module prices the refused request itself with the shared
+ * pricing code (kgc_price), from the catalog file named by the config's
+ * `catalog` key. Re-read when the file changes.
+ */
+static kgc_catalog       *ngx_http_keygate_catalog;
+static char               ngx_http_keygate_catalog_path[KGC_PATH_MAX];
+static struct stat        ngx_http_keygate_catalog_stat;
 
 
 enum {
@@ -565,7 +581,8 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx
 {
     size_t            len;
     u_char           *p;
-    ngx_int_t         rc;
+    int64_t           cost;
+    ngx_int_t         rc, have_cost;
     ngx_buf_t        *b;
     kg_status         st;
     ngx_chain_t       out;
@@ -575,6 +592,9 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx
     st = ctx->res.status;
     code = kg_status_code(st);
     message = ctx->message ? ctx->message : kg_strerror(st);
+    cost = 0;
+    have_cost = (st == KG_INSUFFICIENT_FUNDS)
+                && ngx_http_keygate_refused_cost(ctx, &cost) == NGX_OK;
 
     if (ngx_http_discard_request_body(r) != NGX_OK) {
         r->keepalive = 0;
@@ -600,9 +620,12 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx
     *p++ = '"';
 
     if (st == KG_INSUFFICIENT_FUNDS) {
-        p = ngx_sprintf(p, ", \"balance_micros\": %L, \"cost_micros\": %L",
-                        (int64_t) ctx->res.balance_micros,
-                        (int64_t) ctx->res.cost_micros);
+        p = ngx_sprintf(p, ", \"balance_micros\": %L",
+                        (int64_t) ctx->res.balance_micros);
+
+        if (have_cost) {
+            p = ngx_sprintf(p, ", \"cost_micros\": %L", cost);
+        }
     }
 
     p = ngx_cpymem(p, "}\n", 2);
@@ -638,6 +661,75 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * The cost of a request refused for funds: what libkeygate says if it
+ * says anything, else the price from the catalog file (reloaded when it
+ * changed). A local file and CPU only: nothing waits on the network.
+ * Returns NGX_OK, or NGX_DECLINED when it cannot be known.
+ */
+static ngx_int_t
+ngx_http_keygate_refused_cost(ngx_http_keygate_ctx_t *ctx, int64_t *cost)
+{
+    char                err[256];
+    struct stat         st;
+    kgc_catalog        *cat;
+    const kgc_model    *m;
+    const kgc_service  *svc;
+
+    if (ctx->res.cost_micros > 0) {
+        *cost = ctx->res.cost_micros;
+        return NGX_OK;
+    }
+
+    if (ngx_http_keygate_catalog_path[0] == '\0') {
+        return NGX_DECLINED;
+    }
+
+    if (stat(ngx_http_keygate_catalog_path, &st) == 0
+        && (ngx_http_keygate_catalog == NULL
+            || st.st_mtim.tv_sec != ngx_http_keygate_catalog_stat.st_mtim.tv_sec
+            || st.st_mtim.tv_nsec != ngx_http_keygate_catalog_stat.st_mtim.tv_nsec
+            || st.st_size != ngx_http_keygate_catalog_stat.st_size
+            || st.st_ino != ngx_http_keygate_catalog_stat.st_ino))
+    {
+        cat = kgc_catalog_load(ngx_http_keygate_catalog_path, err, sizeof(err));
+
+        if (cat == NULL) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "keygate: catalog for 402 costs: %s", err);
+
+        } else {
+            kgc_catalog_free(ngx_http_keygate_catalog);
+            ngx_http_keygate_catalog = cat;
+            ngx_http_keygate_catalog_stat = st;
+        }
+    }
+
+    if (ngx_http_keygate_catalog == NULL) {
+        return NGX_DECLINED;
+    }
+
+    svc = kgc_catalog_service(ngx_http_keygate_catalog, ctx->req.service);
+    if (svc == NULL) {
+        return NGX_DECLINED;
+    }
+
+    m = kgc_service_model(svc, ctx->req.model);
+    if (m == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (kgc_price(m, ctx->req.params, ctx->req.nparams, cost, NULL,
+                  err, sizeof(err))
+        != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -1416,6 +1508,7 @@ ngx_http_keygate_init_process(ngx_cycle_t *cycle)
     char                          err[256];
     kg_ctx                       *kg;
     kg_loop_hooks                 hooks;
+    kgc_config                    cfg;
     ngx_http_conf_ctx_t          *hctx;
     ngx_http_keygate_main_conf_t *kmcf;
 
@@ -1455,6 +1548,15 @@ ngx_http_keygate_init_process(ngx_cycle_t *cycle)
                       "keygate_config \"%V\": %s; keygate locations of this "
                       "worker answer 503", &kmcf->config_path, err);
         return NGX_OK;
+    }
+
+    if (kgc_config_load((const char *) kmcf->config_path.data, &cfg, err,
+                        sizeof(err))
+        == 0)
+    {
+        ngx_cpystrn((u_char *) ngx_http_keygate_catalog_path,
+                    (u_char *) cfg.catalog_path,
+                    sizeof(ngx_http_keygate_catalog_path));
     }
 
     hooks.version = KG_ABI_VERSION;
@@ -1502,4 +1604,7 @@ ngx_http_keygate_exit_process(ngx_cycle_t *cycle)
     if (ngx_http_keygate_timer.timer_set) {
         ngx_del_timer(&ngx_http_keygate_timer);
     }
+
+    kgc_catalog_free(ngx_http_keygate_catalog);
+    ngx_http_keygate_catalog = NULL;
 }
