@@ -59,6 +59,27 @@ def redis_server_path():
     return shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
+def _connect_unix(path, timeout):
+    """Connects a Unix stream socket with a timeout. A socket with a timeout
+    is non-blocking inside, so a full listen backlog gives EAGAIN at once;
+    retry then, as a blocking connect would wait, until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+        except OSError:
+            sock.close()
+            raise
+
+
 # --------------------------------------------------------------------------
 # RESP client
 # --------------------------------------------------------------------------
@@ -71,9 +92,7 @@ class Redis:
     """A minimal blocking RESP2 client over a Unix socket."""
 
     def __init__(self, path, timeout=10.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        self.sock = _connect_unix(path, timeout)
         self.buf = b""
 
     def close(self):
@@ -199,9 +218,7 @@ class Client:
 
     def __init__(self, path, timeout=10.0):
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        self.sock = _connect_unix(path, timeout)
         self.buf = b""
 
     def close(self):
