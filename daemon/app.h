@@ -19,7 +19,12 @@ typedef struct app {
     store *st;
     kgc_catalog *cat;             /* current catalog (owned) */
     unsigned char *pepper;        /* sodium_malloc'ed, KGC_PEPPER_LEN */
-    job *queue_head, *queue_tail; /* mutating commands, run one at a time */
+    job *queue_head, *queue_tail; /* mutating commands waiting to start */
+    int mut_active;               /* mutating commands started, not yet decided */
+    job *active;                  /* those commands */
+    long long wseq;               /* transactions sent so far */
+    json_t *written;              /* Redis key -> wseq of its last write, while any
+                                     mutating command is active (job.c) */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

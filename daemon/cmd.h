@@ -9,10 +9,12 @@
  * the next stage, and finally queues its writes (one MULTI/EXEC) and
  * returns J_WRITE, or answers with J_DONE / J_FAIL.
  *
- * Mutating commands run one at a time, reads to writes, so a handler's
- * checks still hold when its writes commit (docs/redis-schema.md). The
- * next one starts as soon as the writes are sent: Redis runs one
- * connection's commands in order, so its reads see those writes.
+ * Mutating commands are serializable: several run at once, optimistically.
+ * Each remembers the Redis keys it read; before it decides (writes or
+ * answers), the engine checks that no transaction sent after its reads
+ * wrote one of those keys, and otherwise runs it again from the start.
+ * Redis runs one connection's commands in order, so a read sent after a
+ * transaction sees it (docs/redis-schema.md, "Atomicity").
  */
 #ifndef KG_CMD_H
 #define KG_CMD_H
@@ -80,7 +82,12 @@ struct job {
     char target[128];             /* audit target */
     int after_write;              /* run again after the writes, rr = EXEC replies */
     size_t fw_reads;              /* engine's reads at the head of round 1 */
-    int released;                 /* no longer holds the mutation queue */
+    int decided;                  /* mutating: wrote or answered (left mut_active) */
+    long long read_seq;           /* app wseq when its first reads were sent */
+    json_t *readset;              /* keys it read (object used as a set) */
+    char scope_team[KGC_ID_MAX];  /* team_id as dispatch found it (for a rerun) */
+    int reruns;
+    job *aprev, *anext;           /* in the app's list of active mutations */
     job *next;                    /* in the mutation queue */
 };
 
@@ -97,6 +104,8 @@ job_step job_fail(job *j, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Queue a read / a write: a command and its string arguments, NULL-ended. */
 void job_read(job *j, const char *cmd, ...) __attribute__((sentinel));
+/* Queue a read given as a JSON array of strings (stolen). */
+void job_read_cmd(job *j, json_t *cmd);
 void job_write(job *j, const char *cmd, ...) __attribute__((sentinel));
 /* SET key <compact JSON of doc> (borrowed). */
 void job_write_json(job *j, const char *key, json_t *doc);

@@ -120,7 +120,7 @@ job_step cmd_key_list(job *j)
         json_array_foreach(ids, i, id)
             json_array_append_new(cmd, json_string(rk(j, KGC_RK_KEY, j->team_id,
                                                        json_string_value(id))));
-        json_array_append_new(j->rq, cmd);
+        job_read_cmd(j, cmd);
         return J_READ;
     }
     docs = parse_list(job_reply(j, 0));

@@ -54,7 +54,7 @@ static void read_members(job *j)
 
     json_object_foreach(members(j), uid, role)
         json_array_append_new(cmd, json_string(rk(j, KGC_RK_USER, uid)));
-    json_array_append_new(j->rq, cmd);
+    job_read_cmd(j, cmd);
 }
 
 job_step cmd_team_get(job *j)
@@ -199,7 +199,7 @@ job_step cmd_team_member_remove(job *j)
         json_array_foreach(ids, i, id)
             json_array_append_new(cmd, json_string(rk(j, KGC_RK_KEY, j->team_id,
                                                        json_string_value(id))));
-        json_array_append_new(j->rq, cmd);
+        job_read_cmd(j, cmd);
         return J_READ;
     }
     docs = parse_list(job_reply(j, 0));

@@ -2,6 +2,10 @@
  * job.c - runs one admin command: argument check, actor and team, the
  * role rule of the command's row, then the handler's stages against the
  * store, then the answer and the audit entry.
+ *
+ * Mutating commands run optimistically, up to MUT_CONCURRENCY at once (see
+ * cmd.h): each keeps the set of Redis keys it read, and before it decides it
+ * is checked against the keys written by transactions sent after its reads.
  */
 #include "cmd.h"
 #include "log.h"
@@ -14,26 +18,13 @@
 #include <time.h>
 
 #define AUDIT_KEEP "9999"
+#define MUT_CONCURRENCY 32
 
 static void job_advance(job *j, job_step step);
 static void job_finish(job *j);
 static void job_start(job *j);
-
-/* Lets the next mutating command run. Called once the job's writes are on
- * the connection (or it ends without writing). */
-static void job_release(job *j)
-{
-    app *a = j->app;
-
-    if (!j->def->mutates || j->released)
-        return;
-    j->released = 1;
-    a->queue_head = j->next;
-    if (a->queue_head == NULL)
-        a->queue_tail = NULL;
-    if (a->queue_head != NULL)
-        job_start(a->queue_head);
-}
+static void job_rerun(job *j);
+static void mut_pump(app *a);
 
 long long now_ms(void)
 {
@@ -57,6 +48,118 @@ job_step job_fail(job *j, const char *code, const char *fmt, ...)
     return J_FAIL;
 }
 
+/* --- conflict detection for mutating commands -------------------------- */
+
+/* Records the keys a read command touches. */
+static void note_read(job *j, json_t *cmd)
+{
+    const char *name = json_string_value(json_array_get(cmd, 0));
+    size_t n = json_array_size(cmd);
+
+    if (!j->def->mutates || n < 2)
+        return;
+    if (strcmp(name, "MGET") == 0) {
+        for (size_t i = 1; i < n; i++)
+            json_object_set_new(j->readset, json_string_value(json_array_get(cmd, i)), json_true());
+    } else {
+        json_object_set_new(j->readset, json_string_value(json_array_get(cmd, 1)), json_true());
+    }
+}
+
+/* Forgets writes that every active command's reads already saw. */
+static void prune_written(app *a)
+{
+    long long min = a->wseq;
+    const char *key;
+    json_t *v;
+    void *tmp;
+
+    for (job *j = a->active; j != NULL; j = j->anext)
+        if (j->read_seq < min)
+            min = j->read_seq;
+    json_object_foreach_safe(a->written, tmp, key, v)
+        if (json_integer_value(v) <= min)
+            json_object_del(a->written, key);
+}
+
+/* Marks the keys a transaction writes with a new sequence number. */
+static void note_writes(app *a, json_t *cmds)
+{
+    size_t i;
+    json_t *c;
+
+    if (++a->wseq % 4096 == 0 && json_object_size(a->written) > 4096)
+        prune_written(a);
+    json_array_foreach(cmds, i, c) {
+        const char *name = json_string_value(json_array_get(c, 0));
+        if (strcmp(name, "PUBLISH") == 0)
+            continue;
+        if (strcmp(name, "EVAL") == 0) {
+            long nk = strtol(json_string_value(json_array_get(c, 2)), NULL, 10);
+            for (long k = 0; k < nk; k++)
+                json_object_set_new(a->written,
+                                    json_string_value(json_array_get(c, 3 + (size_t)k)),
+                                    json_integer(a->wseq));
+            continue;
+        }
+        json_object_set_new(a->written, json_string_value(json_array_get(c, 1)),
+                            json_integer(a->wseq));
+    }
+}
+
+/* 1 if a transaction sent after j's first reads wrote a key j read. */
+static int job_conflicts(job *j)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(j->readset, key, v)
+        if (json_integer_value(json_object_get(j->app->written, key)) > j->read_seq)
+            return 1;
+    return 0;
+}
+
+/* A mutating command has written or answered: it leaves the active set,
+ * and another may start. */
+static void job_decided(job *j)
+{
+    app *a = j->app;
+
+    if (!j->def->mutates || j->decided)
+        return;
+    j->decided = 1;
+    if (j->aprev)
+        j->aprev->anext = j->anext;
+    else
+        a->active = j->anext;
+    if (j->anext)
+        j->anext->aprev = j->aprev;
+    if (--a->mut_active == 0)
+        json_object_clear(a->written);   /* nobody left to check against */
+    mut_pump(a);
+}
+
+/* Starts waiting mutations while there is room. */
+static void mut_pump(app *a)
+{
+    while (a->mut_active < MUT_CONCURRENCY && a->queue_head != NULL) {
+        job *j = a->queue_head;
+        a->queue_head = j->next;
+        if (a->queue_head == NULL)
+            a->queue_tail = NULL;
+        j->next = NULL;
+        a->mut_active++;
+        j->aprev = NULL;
+        j->anext = a->active;
+        if (a->active)
+            a->active->aprev = j;
+        a->active = j;
+        job_start(j);
+    }
+}
+
+/* --- handler helpers --------------------------------------------------- */
+
 static json_t *vcmd(const char *cmd, va_list ap)
 {
     json_t *c = json_array();
@@ -68,12 +171,21 @@ static json_t *vcmd(const char *cmd, va_list ap)
     return c;
 }
 
+void job_read_cmd(job *j, json_t *cmd)
+{
+    note_read(j, cmd);
+    json_array_append_new(j->rq, cmd);
+}
+
 void job_read(job *j, const char *cmd, ...)
 {
     va_list ap;
+    json_t *c;
+
     va_start(ap, cmd);
-    json_array_append_new(j->rq, vcmd(cmd, ap));
+    c = vcmd(cmd, ap);
     va_end(ap);
+    job_read_cmd(j, c);
 }
 
 void job_write(job *j, const char *cmd, ...)
@@ -173,6 +285,11 @@ static int type_ok(arg_type t, json_t *v)
 
 /* --- store plumbing ---------------------------------------------------- */
 
+static const char *scope_noun(const job *j)
+{
+    return j->def->scope == SCOPE_TEAM ? "team" : j->def->scope == SCOPE_KEY ? "key" : "wallet";
+}
+
 static void on_reads(void *arg, int ok, json_t *replies)
 {
     job *j = arg;
@@ -192,8 +309,7 @@ static void on_reads(void *arg, int ok, json_t *replies)
             if (json_is_string(u))
                 j->actor = json_loadb(json_string_value(u), json_string_length(u), 0, NULL);
             if (j->actor == NULL) {
-                job_fail(j, "unauthenticated", "unknown actor");
-                job_finish(j);
+                job_advance(j, job_fail(j, "unauthenticated", "unknown actor"));
                 return;
             }
         }
@@ -206,16 +322,13 @@ static void on_reads(void *arg, int ok, json_t *replies)
                     json_object_get(json_object_get(j->team, "members"), j->actor_id));
             if (j->team == NULL || (j->def->role >= NEED_MEMBER && j->role == NULL)) {
                 j->team_id[0] = '\0';   /* nothing to audit in a team we hide */
-                job_fail(j, "not_found", "no such %s",
-                         j->def->scope == SCOPE_TEAM ? "team"
-                         : j->def->scope == SCOPE_KEY ? "key" : "wallet");
-                job_finish(j);
+                job_advance(j, job_fail(j, "not_found", "no such %s", scope_noun(j)));
                 return;
             }
             if ((j->def->role == NEED_ADMIN && !role_is_admin(j->role)) ||
                 (j->def->role == NEED_OWNER && strcmp(j->role, "owner") != 0)) {
-                job_fail(j, "forbidden", "role '%s' may not %s", j->role, j->def->name);
-                job_finish(j);
+                job_advance(j, job_fail(j, "forbidden", "role '%s' may not %s", j->role,
+                                        j->def->name));
                 return;
             }
         }
@@ -285,38 +398,43 @@ static void append_audit(job *j, json_t *cmds)
 
 static void job_advance(job *j, job_step step)
 {
+    if (step != J_READ && j->def->mutates && !j->decided && job_conflicts(j)) {
+        /* A transaction sent after our reads changed what we read. */
+        job_rerun(j);
+        return;
+    }
     switch (step) {
-    case J_READ:
+    case J_READ: {
+        json_t *q;
+
         if (json_array_size(j->rq) == 0) {     /* nothing to read: go on */
             j->stage++;
-            json_decref(j->rr);
-            j->rr = json_array();
+            json_array_clear(j->rr);
             job_advance(j, j->def->run(j));
             return;
         }
-        {
-            json_t *q = j->rq;
-            j->rq = json_array();
-            if (store_exec(j->app->st, q, 0, on_reads, j) != 0) {
-                json_decref(q);
-                job_fail(j, "unavailable", "the store is unreachable; nothing was changed");
-                job_finish(j);
-                return;
-            }
+        q = j->rq;
+        j->rq = json_array();
+        if (store_exec(j->app->st, q, 0, on_reads, j) != 0) {
             json_decref(q);
+            job_fail(j, "unavailable", "the store is unreachable; nothing was changed");
+            job_finish(j);
+            return;
         }
+        json_decref(q);
         return;
+    }
     case J_WRITE: {
-        json_t *q = j->wq;
+        json_t *q = j->wq, *m;
         size_t i;
-        json_t *m;
 
         j->wq = json_array();
         json_array_foreach(j->pub, i, m)
-            json_array_append_new(q, json_pack("[s,s,O]", "PUBLISH",
-                                               rk(j, KGC_RK_CHANNEL), m));
+            json_array_append_new(q, json_pack("[s,s,O]", "PUBLISH", rk(j, KGC_RK_CHANNEL), m));
         if (j->def->mutates && j->team_id[0])
             append_audit(j, q);
+        if (j->def->mutates)
+            note_writes(j->app, q);
         if (store_exec(j->app->st, q, 1, on_writes, j) != 0) {
             json_decref(q);
             json_decref(j->result);
@@ -326,7 +444,7 @@ static void job_advance(job *j, job_step step)
             return;
         }
         json_decref(q);
-        job_release(j);
+        job_decided(j);
         return;
     }
     case J_DONE:
@@ -353,12 +471,14 @@ static void job_free(job *j)
     json_decref(j->wq);
     json_decref(j->pub);
     json_decref(j->result);
+    json_decref(j->readset);
     free(j);
 }
 
 static void job_start(job *j)
 {
     j->stage = 0;
+    j->read_seq = j->app->wseq;
     if (j->def->role != NEED_NOBODY)
         job_read(j, "GET", rk(j, KGC_RK_USER, j->actor_id), NULL);
     if (j->def->scope != SCOPE_NONE)
@@ -367,13 +487,36 @@ static void job_start(job *j)
     if (j->fw_reads == 0) {
         /* No engine reads: the handler's stage 0 is its first stage. */
         j->stage = 1;
-        json_decref(j->rr);
-        j->rr = json_array();
+        json_array_clear(j->rr);
     }
     job_advance(j, j->def->run(j));
 }
 
-/* Answers, audits a refused mutation, and starts the next queued one. */
+/* Runs a mutating command again from the start, as if it had just
+ * arrived; it keeps its place among the active ones. */
+static void job_rerun(job *j)
+{
+    json_decref(j->actor);
+    json_decref(j->team);
+    json_decref(j->result);
+    j->actor = j->team = j->result = NULL;
+    j->role = NULL;
+    json_array_clear(j->rq);
+    json_array_clear(j->rr);
+    json_array_clear(j->wq);
+    json_array_clear(j->pub);
+    json_object_clear(j->readset);
+    j->code = NULL;
+    j->msg[0] = '\0';
+    j->after_write = 0;
+    snprintf(j->team_id, sizeof j->team_id, "%s", j->scope_team);
+    j->actor_id = json_string_value(json_object_get(j->req, "actor"));
+    if (++j->reruns % 100 == 0)
+        log_warn("%s re-run %d times on conflicts", j->def->name, j->reruns);
+    job_start(j);
+}
+
+/* Answers, and audits a refused mutation. */
 static void job_finish(job *j)
 {
     app *a = j->app;
@@ -392,17 +535,7 @@ static void job_finish(job *j)
         reqslot_respond(j->rs, proto_ok(id, j->result), j->def->secret);
         j->result = NULL;
     }
-    if (j->def->mutates && !j->released) {
-        /* Free first: job_release may start (and finish) the next job. */
-        j->released = 1;
-        a->queue_head = j->next;
-        if (a->queue_head == NULL)
-            a->queue_tail = NULL;
-        job_free(j);
-        if (a->queue_head != NULL)
-            job_start(a->queue_head);
-        return;
-    }
+    job_decided(j);
     job_free(j);
 }
 
@@ -420,10 +553,10 @@ void job_abort_all(app *a)
 
 /* --- dispatch ---------------------------------------------------------- */
 
+/* Finds the team a scoped command acts on. 0, 1 (not found) or -1. */
 static int scope_team(job *j, char *err, size_t errlen)
 {
-    const char *name = j->def->scope == SCOPE_TEAM ? "team"
-                     : j->def->scope == SCOPE_KEY ? "key" : "wallet";
+    const char *name = scope_noun(j);
     const char *v = arg_str(j, name);
 
     if (v == NULL) {
@@ -440,11 +573,17 @@ static int scope_team(job *j, char *err, size_t errlen)
     return kgc_id_team_of(v, j->def->scope == SCOPE_KEY ? 'k' : 'w', j->team_id) == 0 ? 0 : 1;
 }
 
+static void refuse(reqslot *rs, json_t *req, const char *code, const char *fmt, const char *a1,
+                   const char *a2)
+{
+    reqslot_respond(rs, proto_error(req ? json_object_get(req, "id") : NULL, code, fmt, a1, a2), 0);
+}
+
 void job_dispatch(void *appv, reqslot *rs, const char *line, size_t len, const peer_info *peer)
 {
     app *a = appv;
     json_error_t je;
-    json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je), *id;
+    json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
     const cmd_def *def;
     const char *cmd;
     job *j;
@@ -452,39 +591,35 @@ void job_dispatch(void *appv, reqslot *rs, const char *line, size_t len, const p
     int r;
 
     if (req == NULL) {
-        reqslot_respond(rs, proto_error(NULL, "bad_request", "malformed JSON: %s", je.text), 0);
+        refuse(rs, NULL, "bad_request", "malformed JSON: %s%s", je.text, "");
         return;
     }
-    id = json_object_get(req, "id");
     if (!json_is_object(req)) {
-        reqslot_respond(rs, proto_error(NULL, "bad_request", "a request is a JSON object"), 0);
+        refuse(rs, NULL, "bad_request", "a request is a JSON object%s%s", "", "");
         json_decref(req);
         return;
     }
     cmd = json_string_value(json_object_get(req, "cmd"));
     if (cmd == NULL) {
-        reqslot_respond(rs, proto_error(id, "bad_request", "'cmd' must be a string"), 0);
+        refuse(rs, req, "bad_request", "'cmd' must be a string%s%s", "", "");
         json_decref(req);
         return;
     }
     def = cmd_find(cmd);
     if (def == NULL) {
-        reqslot_respond(rs, proto_error(id, "unknown_command", "no command '%.64s'", cmd), 0);
+        refuse(rs, req, "unknown_command", "no command '%.64s'%s", cmd, "");
         json_decref(req);
         return;
     }
-    for (const arg_rule *r2 = def->args; r2->name != NULL; r2++) {
-        json_t *v = json_object_get(req, r2->name);
-        if ((v == NULL || json_is_null(v)) && !r2->required)
+    for (const arg_rule *ar = def->args; ar->name != NULL; ar++) {
+        json_t *v = json_object_get(req, ar->name);
+        if ((v == NULL || json_is_null(v)) && !ar->required)
             continue;
-        if (v == NULL) {
-            reqslot_respond(rs, proto_error(id, "bad_request", "'%s' is required", r2->name), 0);
-            json_decref(req);
-            return;
-        }
-        if (!type_ok(r2->type, v)) {
-            reqslot_respond(rs, proto_error(id, "bad_request", "'%s' must be %s", r2->name,
-                                            type_name(r2->type)), 0);
+        if (v == NULL || !type_ok(ar->type, v)) {
+            if (v == NULL)
+                refuse(rs, req, "bad_request", "'%s' is required%s", ar->name, "");
+            else
+                refuse(rs, req, "bad_request", "'%s' must be %s", ar->name, type_name(ar->type));
             json_decref(req);
             return;
         }
@@ -499,34 +634,34 @@ void job_dispatch(void *appv, reqslot *rs, const char *line, size_t len, const p
     j->rr = json_array();
     j->wq = json_array();
     j->pub = json_array();
+    j->readset = json_object();
     if (def->role != NEED_NOBODY) {
         j->actor_id = json_string_value(json_object_get(req, "actor"));
         if (j->actor_id == NULL || !kgc_id_plausible(j->actor_id)) {
-            j->actor_id = NULL;
-            reqslot_respond(rs, proto_error(id, "unauthenticated", "'actor' must name a user"), 0);
+            refuse(rs, req, "unauthenticated", "'actor' must name a user%s%s", "", "");
             job_free(j);
             return;
         }
     }
     if (def->scope != SCOPE_NONE && (r = scope_team(j, err, sizeof err)) != 0) {
         if (r < 0)
-            reqslot_respond(rs, proto_error(id, "bad_request", "%s", err), 0);
+            refuse(rs, req, "bad_request", "%s%s", err, "");
         else
-            reqslot_respond(rs, proto_error(id, "not_found", "no such %s",
-                                            def->scope == SCOPE_TEAM ? "team"
-                                            : def->scope == SCOPE_KEY ? "key" : "wallet"), 0);
+            refuse(rs, req, "not_found", "no such %s%s", scope_noun(j), "");
         job_free(j);
         return;
     }
+    snprintf(j->scope_team, sizeof j->scope_team, "%s", j->team_id);
     if (!def->mutates) {
         job_start(j);
         return;
     }
+    if (a->written == NULL)
+        a->written = json_object();
     if (a->queue_tail)
         a->queue_tail->next = j;
     else
         a->queue_head = j;
     a->queue_tail = j;
-    if (a->queue_head == j)
-        job_start(j);
+    mut_pump(a);
 }

@@ -104,6 +104,7 @@ out:
     a.st = NULL;
     job_abort_all(&a);
     server_free(srv);
+    json_decref(a.written);
     kgc_catalog_free(a.cat);
     sodium_free(a.pepper);
     event_base_free(a.base);
