@@ -1,0 +1,518 @@
+/*
+ * kgt.c - see kgt.h.
+ */
+#define _GNU_SOURCE
+#include "kgt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef KGT_DATA_DIR
+#error "KGT_DATA_DIR must point at tests/data"
+#endif
+#ifndef KGT_REDIS_SERVER
+#define KGT_REDIS_SERVER "redis-server"
+#endif
+
+static kgt_env *current;        /* for kgt_fail's cleanup */
+static pid_t owner;             /* only the process that set up cleans up */
+
+int64_t kgt_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t kgt_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void kgt_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+void kgt_fail(void)
+{
+    if (current != NULL && getpid() == owner)
+        kgt_teardown(current);
+    exit(1);
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "kgt: %s: %s\n", what, strerror(errno));
+    kgt_fail();
+}
+
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    size_t n = strlen(text);
+
+    if (fd < 0 || write(fd, text, n) != (ssize_t)n || fchmod(fd, mode) != 0)
+        die(path);
+    close(fd);
+}
+
+static redisContext *connect_wait(kgt_env *e, int ms)
+{
+    int64_t until = kgt_now_ms() + ms;
+
+    while (kgt_now_ms() < until) {
+        redisContext *c = redisConnectUnix(e->sock);
+        if (c != NULL && !c->err) {
+            redisReply *r = redisCommand(c, "PING");
+            int ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+            if (ok)
+                return c;
+        }
+        redisFree(c);
+        kgt_sleep_ms(10);
+    }
+    return NULL;
+}
+
+void kgt_redis_start(kgt_env *e)
+{
+    char logfile[400];
+    pid_t pid;
+
+    snprintf(logfile, sizeof logfile, "%s/redis.log", e->dir);
+    pid = fork();
+    if (pid < 0)
+        die("fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);   /* never outlive a crashed test */
+        execlp(KGT_REDIS_SERVER, KGT_REDIS_SERVER, "--port", "0",
+               "--unixsocket", e->sock, "--unixsocketperm", "700",
+               "--save", "", "--appendonly", "no", "--dir", e->dir,
+               "--daemonize", "no", "--logfile", logfile, "--loglevel", "warning",
+               (char *)NULL);
+        _exit(127);
+    }
+    e->redis_pid = pid;
+    if (e->rc != NULL)
+        redisFree(e->rc);
+    e->rc = connect_wait(e, 10000);
+    if (e->rc == NULL) {
+        fprintf(stderr, "kgt: redis-server did not come up on %s\n", e->sock);
+        kgt_fail();
+    }
+}
+
+void kgt_redis_stop(kgt_env *e)
+{
+    if (e->rc != NULL) {
+        redisFree(e->rc);
+        e->rc = NULL;
+    }
+    if (e->redis_pid > 0) {
+        kill(e->redis_pid, SIGCONT);
+        kill(e->redis_pid, SIGTERM);
+        waitpid(e->redis_pid, NULL, 0);
+        e->redis_pid = 0;
+    }
+    unlink(e->sock);
+}
+
+void kgt_redis_pause(kgt_env *e, int paused)
+{
+    kill(e->redis_pid, paused ? SIGSTOP : SIGCONT);
+}
+
+const char *kgt_write_conf(kgt_env *e, const char *name, const char *extra)
+{
+    static char path[400];
+    char text[2048];
+
+    snprintf(path, sizeof path, "%s/%s", e->dir, name);
+    snprintf(text, sizeof text,
+             "# written by the libkeygate tests\n"
+             "redis unix:%s\n"
+             "pepper_file %s\n"
+             "key_prefix " KGT_PREFIX "\n"
+             "timeout_ms 250\n"
+             "cache_ttl_ms 1000\n"
+             "%s",
+             e->sock, e->pepper_file, extra != NULL ? extra : "");
+    write_file(path, text, 0600);
+    return path;
+}
+
+void kgt_setup(kgt_env *e, const char *conf_extra)
+{
+    char hex[KGC_PEPPER_LEN * 2 + 2];
+
+    memset(e, 0, sizeof *e);
+    current = e;
+    owner = getpid();
+    signal(SIGPIPE, SIG_DFL);   /* prove the library survives a host that does not ignore it */
+    if (sodium_init() < 0)
+        die("sodium_init");
+    snprintf(e->dir, sizeof e->dir, "/tmp/kgtest.XXXXXX");
+    if (mkdtemp(e->dir) == NULL)
+        die("mkdtemp");
+    snprintf(e->sock, sizeof e->sock, "%s/redis.sock", e->dir);
+    snprintf(e->pepper_file, sizeof e->pepper_file, "%s/pepper", e->dir);
+    randombytes_buf(e->pepper, sizeof e->pepper);
+    sodium_bin2hex(hex, sizeof hex, e->pepper, sizeof e->pepper);
+    strcat(hex, "\n");
+    write_file(e->pepper_file, hex, 0600);
+    snprintf(e->conf, sizeof e->conf, "%s", kgt_write_conf(e, "keygate.conf", conf_extra));
+    kgt_redis_start(e);
+}
+
+void kgt_teardown(kgt_env *e)
+{
+    kgt_redis_stop(e);
+    if (e->dir[0] != '\0')
+        nftw(e->dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+    e->dir[0] = '\0';
+    if (current == e)
+        current = NULL;
+}
+
+static redisReply *vcmd(kgt_env *e, const char *fmt, va_list ap)
+{
+    redisReply *r = e->rc != NULL ? redisvCommand(e->rc, fmt, ap) : NULL;
+    if (r == NULL) {
+        fprintf(stderr, "kgt: redis command '%s' failed: %s\n", fmt,
+                e->rc != NULL ? e->rc->errstr : "not connected");
+        kgt_fail();
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "kgt: redis command '%s': %s\n", fmt, r->str);
+        kgt_fail();
+    }
+    return r;
+}
+
+redisReply *kgt_cmd(kgt_env *e, const char *fmt, ...)
+{
+    va_list ap;
+    redisReply *r;
+    va_start(ap, fmt);
+    r = vcmd(e, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+void kgt_do(kgt_env *e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    freeReplyObject(vcmd(e, fmt, ap));
+    va_end(ap);
+}
+
+long long kgt_int(kgt_env *e, const char *fmt, ...)
+{
+    va_list ap;
+    redisReply *r;
+    long long v = 0;
+
+    va_start(ap, fmt);
+    r = vcmd(e, fmt, ap);
+    va_end(ap);
+    if (r->type == REDIS_REPLY_INTEGER)
+        v = r->integer;
+    else if (r->type == REDIS_REPLY_STRING)
+        v = strtoll(r->str, NULL, 10);
+    else if (r->type != REDIS_REPLY_NIL) {
+        fprintf(stderr, "kgt: '%s' did not answer a number\n", fmt);
+        kgt_fail();
+    }
+    freeReplyObject(r);
+    return v;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long n;
+
+    if (f == NULL || fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0)
+        die(path);
+    rewind(f);
+    buf = calloc(1, (size_t)n + 1);
+    if (buf == NULL || fread(buf, 1, (size_t)n, f) != (size_t)n)
+        die(path);
+    fclose(f);
+    return buf;
+}
+
+void kgt_catalog(kgt_env *e, const char *json)
+{
+    char *text = json != NULL ? strdup(json) : slurp(KGT_DATA_DIR "/catalog.json");
+    kgt_do(e, "SET " KGT_PREFIX "catalog %s", text);
+    kgt_do(e, "PUBLISH " KGT_PREFIX "inval catalog");
+    free(text);
+}
+
+void kgt_team(kgt_env *e, char *team_out)
+{
+    char owner_id[KGC_ID_MAX];
+    json_t *doc;
+    char *text;
+
+    kgc_id_team(team_out);
+    kgc_id_user(owner_id);
+    doc = json_pack("{s:s,s:s,s:{s:s},s:s,s:I}", "team_id", team_out, "name", "test team",
+                    "members", owner_id, "owner", "free_key_id", "", "created_at",
+                    (json_int_t)kgt_wall_ms());
+    text = json_dumps(doc, JSON_COMPACT);
+    kgt_do(e, "SET " KGT_PREFIX "{t:%s}:team %s", team_out, text);
+    free(text);
+    json_decref(doc);
+}
+
+void kgt_wallet(kgt_env *e, const char *team, int64_t balance, char *wallet_out)
+{
+    kgc_id_wallet(team, wallet_out);
+    kgt_do(e, "HSET " KGT_PREFIX "{t:%s}:wallet:%s wallet_id %s team_id %s name %s "
+              "balance_micros %lld created_at %lld",
+           team, wallet_out, wallet_out, team, "test wallet", (long long)0,
+           (long long)kgt_wall_ms());
+    kgt_do(e, "ZADD " KGT_PREFIX "{t:%s}:wallets %lld %s", team, (long long)kgt_wall_ms(),
+           wallet_out);
+    if (balance > 0)
+        kgt_credit(e, team, wallet_out, balance);
+}
+
+/* As the daemon's credit script: balance and ledger entry together. */
+void kgt_credit(kgt_env *e, const char *team, const char *wallet, int64_t amount)
+{
+    static const char lua[] =
+        "local b = redis.call('HINCRBY', KEYS[1], 'balance_micros', ARGV[1])\n"
+        "redis.call('LPUSH', KEYS[2], '{\"type\":\"credit\",\"amount_micros\":' .. ARGV[1] ..\n"
+        "  ',\"balance_micros\":' .. string.format('%d', b) .. ',\"at\":' .. ARGV[2] ..\n"
+        "  ',\"reference\":' .. cjson.encode(ARGV[3]) .. ',\"actor\":\"u_test\"}')\n"
+        "return b\n";
+    char ref[64];
+
+    snprintf(ref, sizeof ref, "test-%lld", (long long)kgt_wall_ms());
+    kgt_do(e, "EVAL %s 2 " KGT_PREFIX "{t:%s}:wallet:%s " KGT_PREFIX "{t:%s}:ledger:%s %lld %lld %s",
+           lua, team, wallet, team, wallet, (long long)amount, (long long)kgt_wall_ms(), ref);
+}
+
+void kgt_key(kgt_env *e, const char *team, const char *kind, const char *services,
+             char *key_out)
+{
+    json_error_t je;
+    json_t *svcs = json_loads(services != NULL ? services : "{}", 0, &je), *doc;
+    int64_t now = kgt_wall_ms();
+
+    if (svcs == NULL) {
+        fprintf(stderr, "kgt: bad services JSON: %s\n", je.text);
+        kgt_fail();
+    }
+    kgc_id_key(team, key_out);
+    doc = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:[],s:o,s:{},s:I,s:I}",
+                    "key_id", key_out, "team_id", team, "name", "test key",
+                    "description", "", "kind", kind, "status", "active", "users",
+                    "services", svcs, "tokens", "created_at", (json_int_t)now,
+                    "updated_at", (json_int_t)now);
+    kgt_key_save(e, team, key_out, doc);
+    kgt_do(e, "ZADD " KGT_PREFIX "{t:%s}:keys %lld %s", team, (long long)now, key_out);
+    json_decref(doc);
+}
+
+json_t *kgt_key_doc(kgt_env *e, const char *team, const char *key)
+{
+    redisReply *r = kgt_cmd(e, "GET " KGT_PREFIX "{t:%s}:key:%s", team, key);
+    json_t *doc = r->type == REDIS_REPLY_STRING ? json_loads(r->str, 0, NULL) : NULL;
+
+    freeReplyObject(r);
+    if (doc == NULL) {
+        fprintf(stderr, "kgt: key %s has no document\n", key);
+        kgt_fail();
+    }
+    return doc;
+}
+
+void kgt_key_save(kgt_env *e, const char *team, const char *key, json_t *doc)
+{
+    char *text = json_dumps(doc, JSON_COMPACT);
+    kgt_do(e, "SET " KGT_PREFIX "{t:%s}:key:%s %s", team, key, text);
+    free(text);
+}
+
+void kgt_hash(kgt_env *e, const char *tok, char *hex_out)
+{
+    if (kgc_token_hash_hex(e->pepper, tok, strlen(tok), hex_out) != 0) {
+        fprintf(stderr, "kgt: hashing failed\n");
+        kgt_fail();
+    }
+}
+
+void kgt_token(kgt_env *e, const char *team, const char *key, const char *user,
+               int64_t expires_ms, char *tok_out)
+{
+    char hex[KGC_HASH_HEX_LEN + 1], tid[KGC_ID_MAX], hint[KGC_HINT_MAX];
+    json_t *doc = kgt_key_doc(e, team, key), *users = json_object_get(doc, "users");
+    size_t i;
+
+    kgc_token_generate(tok_out);
+    kgt_hash(e, tok_out, hex);
+    kgc_token_hint(tok_out, KGC_TOKEN_LEN, hint);
+    kgc_id_token(tid);
+    for (i = 0; i < json_array_size(users); i++)
+        if (strcmp(json_string_value(json_array_get(users, i)), user) == 0)
+            break;
+    if (i == json_array_size(users))
+        json_array_append_new(users, json_string(user));
+    json_object_set_new(json_object_get(doc, "tokens"), user,
+                        json_pack("{s:s,s:s,s:s,s:I}", "token_id", tid, "hint", hint,
+                                  "hash", hex, "created_at", (json_int_t)kgt_wall_ms()));
+    kgt_key_save(e, team, key, doc);
+    json_decref(doc);
+    kgt_do(e, "HSET " KGT_PREFIX "tok:%s key_id %s team_id %s user_id %s token_id %s expires_ms %lld",
+           hex, key, team, user, tid, (long long)expires_ms);
+}
+
+void kgt_publish_key(kgt_env *e, const char *key)
+{
+    char msg[128];
+    snprintf(msg, sizeof msg, "key %s", key);
+    kgt_do(e, "PUBLISH " KGT_PREFIX "inval %s", msg);
+}
+
+void kgt_revoke(kgt_env *e, const char *team, const char *key)
+{
+    json_t *doc = kgt_key_doc(e, team, key);
+    json_object_set_new(doc, "status", json_string("revoked"));
+    kgt_key_save(e, team, key, doc);
+    json_decref(doc);
+    kgt_publish_key(e, key);
+}
+
+void kgt_unassign(kgt_env *e, const char *team, const char *key, const char *user,
+                  const char *tok)
+{
+    json_t *doc = kgt_key_doc(e, team, key), *users = json_object_get(doc, "users");
+    char hex[KGC_HASH_HEX_LEN + 1];
+
+    for (size_t i = 0; i < json_array_size(users); i++)
+        if (strcmp(json_string_value(json_array_get(users, i)), user) == 0) {
+            json_array_remove(users, i);
+            break;
+        }
+    json_object_del(json_object_get(doc, "tokens"), user);
+    kgt_key_save(e, team, key, doc);
+    json_decref(doc);
+    kgt_hash(e, tok, hex);
+    kgt_do(e, "DEL " KGT_PREFIX "tok:%s", hex);
+    kgt_publish_key(e, key);
+}
+
+void kgt_rotate(kgt_env *e, const char *team, const char *key, const char *user,
+                const char *old_tok, int64_t grace_ms, char *new_tok)
+{
+    char hex[KGC_HASH_HEX_LEN + 1];
+
+    kgt_hash(e, old_tok, hex);
+    if (grace_ms > 0) {
+        int64_t at = kgt_wall_ms() + grace_ms;
+        kgt_do(e, "HSET " KGT_PREFIX "tok:%s expires_ms %lld", hex, (long long)at);
+        kgt_do(e, "PEXPIREAT " KGT_PREFIX "tok:%s %lld", hex, (long long)at);
+    } else {
+        kgt_do(e, "DEL " KGT_PREFIX "tok:%s", hex);
+    }
+    kgt_token(e, team, key, user, 0, new_tok);
+    kgt_publish_key(e, key);
+}
+
+void kgt_request(kgt_req *r, const char *tok, const char *service, const char *model,
+                 const char *request_id, ...)
+{
+    va_list ap;
+    const char *name;
+    size_t n = 0;
+
+    memset(r, 0, sizeof *r);
+    r->req.token = tok;
+    r->req.token_len = tok != NULL ? strlen(tok) : 0;
+    r->req.service = service;
+    r->req.model = model;
+    r->req.request_id = request_id;
+    va_start(ap, request_id);
+    while (n < 4 && (name = va_arg(ap, const char *)) != NULL) {
+        r->params[n].name = name;
+        r->params[n].value = va_arg(ap, int64_t);
+        n++;
+    }
+    va_end(ap);
+    r->req.params = n > 0 ? r->params : NULL;
+    r->req.nparams = n;
+}
+
+void kgt_world_make(kgt_env *e, kgt_world *w, int64_t balance)
+{
+    char svcs[512];
+
+    kgt_team(e, w->team);
+    kgt_wallet(e, w->team, balance, w->wallet);
+    snprintf(svcs, sizeof svcs,
+             "{\"text-generation\":{\"policy\":\"payg\",\"models\":[\"small\"],\"wallet\":\"%s\"},"
+             "\"speech-to-text\":{\"policy\":\"free\"}}", w->wallet);
+    kgt_key(e, w->team, "paid", svcs, w->key);
+    kgc_id_user(w->user);
+    kgt_token(e, w->team, w->key, w->user, 0, w->tok);
+}
+
+void kgt_catalog_quota(kgt_env *e, const char *service, int64_t n)
+{
+    char *text = slurp(KGT_DATA_DIR "/catalog.json"), *out;
+    json_t *cat = json_loads(text, 0, NULL), *svcs = json_object_get(cat, "services"), *s;
+    size_t i;
+
+    json_array_foreach(svcs, i, s) {
+        if (strcmp(json_string_value(json_object_get(s, "id")), service) != 0)
+            continue;
+        if (n > 0)
+            json_object_set_new(s, "free_quota", json_pack("{s:I}", "requests_per_day", (json_int_t)n));
+        else
+            json_object_del(s, "free_quota");
+    }
+    out = json_dumps(cat, JSON_COMPACT);
+    kgt_catalog(e, out);
+    free(out);
+    free(text);
+    json_decref(cat);
+}
+
+long long kgt_balance(kgt_env *e, const kgt_world *w)
+{
+    return kgt_int(e, "HGET " KGT_PREFIX "{t:%s}:wallet:%s balance_micros", w->team, w->wallet);
+}
+
+long long kgt_ledger_len(kgt_env *e, const kgt_world *w)
+{
+    return kgt_int(e, "LLEN " KGT_PREFIX "{t:%s}:ledger:%s", w->team, w->wallet);
+}
