@@ -52,6 +52,9 @@ CASES = [
     # the sum lands one micro under INT64_MAX: no overflow
     ("text-generation", "large", {"input_tokens": I64, "output_tokens": 307445734561825693}, I64 - 1,
      [("input_tokens", I64, 8301034833169298227), ("output_tokens", 307445734561825693, 922337203685477079)]),
+    # both at the maximum, no overflow: ceil(I64 * 0.15) + ceil(I64 * 0.6)
+    ("text-generation", "small", {"input_tokens": I64, "output_tokens": I64}, 6917529027641081857,
+     [("input_tokens", I64, 1383505805528216372), ("output_tokens", I64, 5534023222112865485)]),
     # (2^63-1) * 600 / 1000 -> 5534023222112865485 (ceil of ...484.2)
     ("text-generation", "small", {"output_tokens": I64}, 5534023222112865485,
      [("input_tokens", 0, 0), ("output_tokens", I64, 5534023222112865485)]),
@@ -62,7 +65,6 @@ BAD = [
     ("text-generation", "large", {"output_tokens": I64}),
     # overflow of the sum (each term fits)
     ("text-generation", "large", {"input_tokens": I64, "output_tokens": 10 ** 18}),
-    ("text-generation", "small", {"input_tokens": I64, "output_tokens": I64}),
     # base + term overflows
     ("text-generation", "large", {"input_tokens": I64, "output_tokens": 307445734561825694}),
     # quantity beyond int64 (JSON integer too big)
