@@ -241,14 +241,18 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
 
 static int send_one(store *s, batch *b, size_t idx, json_t *cmd)
 {
-    const char *argv[64];
-    size_t argvlen[64];
-    char nums[64][24];
     size_t n = json_array_size(cmd);
+    const char **argv;
+    size_t *argvlen;
+    char (*nums)[24];
     slot *sl;
+    int rc = -1;
 
-    if (n == 0 || n > 64)
+    if (n == 0 || n > 1u << 20)
         return -1;
+    argv = xcalloc(n, sizeof *argv);
+    argvlen = xcalloc(n, sizeof *argvlen);
+    nums = xcalloc(n, sizeof *nums);
     for (size_t i = 0; i < n; i++) {
         json_t *a = json_array_get(cmd, i);
         if (json_is_string(a)) {
@@ -259,7 +263,7 @@ static int send_one(store *s, batch *b, size_t idx, json_t *cmd)
                                           json_integer_value(a));
             argv[i] = nums[i];
         } else {
-            return -1;
+            goto out;
         }
     }
     sl = xmalloc(sizeof *sl);
@@ -267,10 +271,15 @@ static int send_one(store *s, batch *b, size_t idx, json_t *cmd)
     sl->idx = idx;
     if (redisAsyncCommandArgv(s->ac, on_reply, sl, (int)n, argv, argvlen) != REDIS_OK) {
         free(sl);
-        return -1;
+        goto out;
     }
     s->inflight++;
-    return 0;
+    rc = 0;
+out:
+    free(argv);
+    free(argvlen);
+    free(nums);
+    return rc;
 }
 
 int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void *arg)
