@@ -516,3 +516,25 @@ long long kgt_ledger_len(kgt_env *e, const kgt_world *w)
 {
     return kgt_int(e, "LLEN " KGT_PREFIX "{t:%s}:ledger:%s", w->team, w->wallet);
 }
+
+void kgt_today(char *out)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(out, 16, "%Y%m%d", &tm);
+}
+
+long long kgt_calls(kgt_env *e, const char *cmd)
+{
+    redisReply *r = kgt_cmd(e, "INFO commandstats");
+    char pat[64];
+    const char *p;
+    long long n = 0;
+
+    snprintf(pat, sizeof pat, "cmdstat_%s:calls=", cmd);
+    if (r->type == REDIS_REPLY_STRING && (p = strstr(r->str, pat)) != NULL)
+        n = strtoll(p + strlen(pat), NULL, 10);
+    freeReplyObject(r);
+    return n;
+}

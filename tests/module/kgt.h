@@ -112,6 +112,9 @@ typedef struct kgt_req {
 void kgt_request(kgt_req *r, const char *tok, const char *service, const char *model,
                  const char *request_id, ...);
 
+/* Calls of a Redis command so far (INFO commandstats), e.g. "hgetall". */
+long long kgt_calls(kgt_env *e, const char *cmd);
+void kgt_today(char *out);   /* yyyymmdd, UTC, into out[16] */
 int64_t kgt_now_ms(void);   /* monotonic */
 int64_t kgt_wall_ms(void);
 void kgt_sleep_ms(int ms);
