@@ -50,6 +50,10 @@ typedef struct arg_rule {
 
 typedef enum job_step { J_READ, J_WRITE, J_DONE, J_FAIL } job_step;
 
+/* Receives the answer envelope of a command (stolen). secret: it carries a
+ * token, wipe its serialized form after sending. */
+typedef void (*job_reply_fn)(void *ctx, json_t *response, int secret);
+
 typedef struct cmd_def {
     const char *name;
     job_step (*run)(job *j);
@@ -63,7 +67,8 @@ typedef struct cmd_def {
 struct job {
     app *app;
     const cmd_def *def;
-    reqslot *rs;
+    job_reply_fn reply;           /* where the answer goes */
+    void *reply_ctx;
     json_t *req;                  /* the request object (owned) */
     peer_info peer;
     const char *actor_id;         /* borrowed from req; NULL for NEED_NOBODY */
@@ -94,8 +99,12 @@ struct job {
 extern const cmd_def cmd_table[];
 const cmd_def *cmd_find(const char *name);
 
-/* Entry point from the server: one request line. */
+/* Entry point from the admin socket: one request line. */
 void job_dispatch(void *app, reqslot *rs, const char *line, size_t len, const peer_info *peer);
+
+/* Runs one request object (stolen) from any front end (the socket, the
+ * HTTP console). reply is called exactly once, now or later. */
+void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, void *ctx);
 /* Answers every queued job `unavailable` (shutdown). */
 void job_abort_all(app *a);
 

@@ -530,9 +530,9 @@ static void job_finish(job *j)
             store_exec(a->st, cmds, 1, ignore_reply, NULL);
             json_decref(cmds);
         }
-        reqslot_respond(j->rs, proto_error(id, j->code, "%s", j->msg), 0);
+        j->reply(j->reply_ctx, proto_error(id, j->code, "%s", j->msg), 0);
     } else {
-        reqslot_respond(j->rs, proto_ok(id, j->result), j->def->secret);
+        j->reply(j->reply_ctx, proto_ok(id, j->result), j->def->secret);
         j->result = NULL;
     }
     job_decided(j);
@@ -544,7 +544,7 @@ void job_abort_all(app *a)
     while (a->queue_head != NULL) {
         job *j = a->queue_head;
         a->queue_head = j->next;
-        reqslot_respond(j->rs, proto_error(json_object_get(j->req, "id"), "unavailable",
+        j->reply(j->reply_ctx, proto_error(json_object_get(j->req, "id"), "unavailable",
                                            "the daemon is stopping"), 0);
         job_free(j);
     }
@@ -573,41 +573,51 @@ static int scope_team(job *j, char *err, size_t errlen)
     return kgc_id_team_of(v, j->def->scope == SCOPE_KEY ? 'k' : 'w', j->team_id) == 0 ? 0 : 1;
 }
 
-static void refuse(reqslot *rs, json_t *req, const char *code, const char *fmt, const char *a1,
-                   const char *a2)
+static void refuse(job_reply_fn reply, void *ctx, json_t *req, const char *code,
+                   const char *fmt, const char *a1, const char *a2)
 {
-    reqslot_respond(rs, proto_error(req ? json_object_get(req, "id") : NULL, code, fmt, a1, a2), 0);
+    reply(ctx, proto_error(req ? json_object_get(req, "id") : NULL, code, fmt, a1, a2), 0);
+}
+
+static void slot_reply(void *ctx, json_t *response, int secret)
+{
+    reqslot_respond(ctx, response, secret);
 }
 
 void job_dispatch(void *appv, reqslot *rs, const char *line, size_t len, const peer_info *peer)
 {
-    app *a = appv;
     json_error_t je;
     json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
+
+    if (req == NULL) {
+        refuse(slot_reply, rs, NULL, "bad_request", "malformed JSON: %s%s", je.text, "");
+        return;
+    }
+    job_submit(appv, req, peer, slot_reply, rs);
+}
+
+void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, void *ctx)
+{
     const cmd_def *def;
     const char *cmd;
     job *j;
     char err[200];
     int r;
 
-    if (req == NULL) {
-        refuse(rs, NULL, "bad_request", "malformed JSON: %s%s", je.text, "");
-        return;
-    }
     if (!json_is_object(req)) {
-        refuse(rs, NULL, "bad_request", "a request is a JSON object%s%s", "", "");
+        refuse(reply, ctx, NULL, "bad_request", "a request is a JSON object%s%s", "", "");
         json_decref(req);
         return;
     }
     cmd = json_string_value(json_object_get(req, "cmd"));
     if (cmd == NULL) {
-        refuse(rs, req, "bad_request", "'cmd' must be a string%s%s", "", "");
+        refuse(reply, ctx, req, "bad_request", "'cmd' must be a string%s%s", "", "");
         json_decref(req);
         return;
     }
     def = cmd_find(cmd);
     if (def == NULL) {
-        refuse(rs, req, "unknown_command", "no command '%.64s'%s", cmd, "");
+        refuse(reply, ctx, req, "unknown_command", "no command '%.64s'%s", cmd, "");
         json_decref(req);
         return;
     }
@@ -617,9 +627,10 @@ void job_dispatch(void *appv, reqslot *rs, const char *line, size_t len, const p
             continue;
         if (v == NULL || !type_ok(ar->type, v)) {
             if (v == NULL)
-                refuse(rs, req, "bad_request", "'%s' is required%s", ar->name, "");
+                refuse(reply, ctx, req, "bad_request", "'%s' is required%s", ar->name, "");
             else
-                refuse(rs, req, "bad_request", "'%s' must be %s", ar->name, type_name(ar->type));
+                refuse(reply, ctx, req, "bad_request", "'%s' must be %s", ar->name,
+                       type_name(ar->type));
             json_decref(req);
             return;
         }
@@ -627,7 +638,8 @@ void job_dispatch(void *appv, reqslot *rs, const char *line, size_t len, const p
     j = xcalloc(1, sizeof *j);
     j->app = a;
     j->def = def;
-    j->rs = rs;
+    j->reply = reply;
+    j->reply_ctx = ctx;
     j->req = req;
     j->peer = *peer;
     j->rq = json_array();
@@ -638,16 +650,16 @@ void job_dispatch(void *appv, reqslot *rs, const char *line, size_t len, const p
     if (def->role != NEED_NOBODY) {
         j->actor_id = json_string_value(json_object_get(req, "actor"));
         if (j->actor_id == NULL || !kgc_id_plausible(j->actor_id)) {
-            refuse(rs, req, "unauthenticated", "'actor' must name a user%s%s", "", "");
+            refuse(reply, ctx, req, "unauthenticated", "'actor' must name a user%s%s", "", "");
             job_free(j);
             return;
         }
     }
     if (def->scope != SCOPE_NONE && (r = scope_team(j, err, sizeof err)) != 0) {
         if (r < 0)
-            refuse(rs, req, "bad_request", "%s%s", err, "");
+            refuse(reply, ctx, req, "bad_request", "%s%s", err, "");
         else
-            refuse(rs, req, "not_found", "no such %s%s", scope_noun(j), "");
+            refuse(reply, ctx, req, "not_found", "no such %s%s", scope_noun(j), "");
         job_free(j);
         return;
     }
