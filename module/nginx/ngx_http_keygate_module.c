@@ -3,15 +3,12 @@
  *
  * A thin glue over libkeygate's non-blocking API (include/keygate.h):
  *
- *   - one kg_ctx per worker process, opened in init_process;
- *   - libkeygate's sockets are put into nginx's own event loop: the watch
- *     hook wraps each fd in an nginx connection (ngx_get_connection) and
- *     adds/deletes its read/write events; one nginx timer follows
- *     kg_loop_next_timeout_ms();
+ *   - one kg_ctx per worker process, opened in init_process, its sockets
+ *     and timer inside nginx's own event loop (ngx_http_keygate_loop.c);
  *   - the access-phase handler starts kg_authorize_start() and returns
  *     NGX_AGAIN; when libkeygate calls back, a posted event re-runs the
  *     request's phases, and the handler then lets it through or answers
- *     the refusal as JSON.
+ *     the refusal as JSON (ngx_http_keygate_refusal.c).
  *
  * Nothing here ever waits on a socket: a worker keeps serving every other
  * request while a keygate answer is pending, whatever Redis does.
@@ -19,14 +16,7 @@
  * into a response.
  */
 
-#include <ngx_config.h>
-#include <ngx_core.h>
-#include <ngx_http.h>
-
-#include <keygate.h>
-
-#include "kgc_config.h"
-#include "kgc_price.h"
+#include "ngx_http_keygate.h"
 
 
 typedef struct {
@@ -71,35 +61,18 @@ typedef struct {
 } ngx_http_keygate_ctx_t;
 
 
-/* One watched libkeygate socket. */
-typedef struct {
-    ngx_connection_t              *conn;      /* wraps the fd; NULL = free slot */
-} ngx_http_keygate_watch_t;
-
-
 static ngx_int_t ngx_http_keygate_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_keygate_start(ngx_http_request_t *r,
     ngx_http_keygate_loc_conf_t *lcf, ngx_http_keygate_ctx_t *ctx);
 static ngx_int_t ngx_http_keygate_decide(ngx_http_request_t *r,
     ngx_http_keygate_ctx_t *ctx);
-static ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,
-    ngx_http_keygate_ctx_t *ctx);
 static const char *ngx_http_keygate_strdup0(ngx_pool_t *pool, ngx_str_t *s);
-static ngx_int_t ngx_http_keygate_refused_cost(ngx_http_keygate_ctx_t *ctx,
-    int64_t *cost);
 static ngx_int_t ngx_http_keygate_find_token(ngx_http_request_t *r,
     ngx_str_t *token);
 static ngx_http_keygate_ctx_t *ngx_http_keygate_get_ctx(ngx_http_request_t *r);
 static void ngx_http_keygate_cleanup(void *data);
 static void ngx_http_keygate_done(void *arg, kg_result *res);
 static void ngx_http_keygate_resume(ngx_event_t *ev);
-
-static void ngx_http_keygate_watch(void *host, int fd, int events);
-static void ngx_http_keygate_unwatch(ngx_connection_t *c);
-static void ngx_http_keygate_io_read(ngx_event_t *ev);
-static void ngx_http_keygate_io_write(ngx_event_t *ev);
-static void ngx_http_keygate_timer_handler(ngx_event_t *ev);
-static void ngx_http_keygate_arm_timer(void);
 
 static ngx_int_t ngx_http_keygate_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -187,29 +160,6 @@ ngx_module_t  ngx_http_keygate_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
-
-
-/*
- * Per-worker state. A worker is one thread, so plain statics are the
- * natural home of its single kg_ctx and the loop glue around it.
- */
-static kg_ctx            *ngx_http_keygate_kg;        /* NULL: unavailable */
-static ngx_event_t        ngx_http_keygate_timer;
-static ngx_connection_t   ngx_http_keygate_timer_conn; /* fd -1, for debug logs */
-static ngx_array_t       *ngx_http_keygate_watches;   /* of ..._watch_t */
-static ngx_uint_t         ngx_http_keygate_npending;  /* requests waiting */
-static ngx_uint_t         ngx_http_keygate_exiting;   /* in exit_process */
-
-/*
- * The service catalog, only to tell a 402's cost: libkeygate reports
- * cost_micros 0 for a refused request (keygate.h: "charged by this
- * call"), so the module prices the refused request itself with the shared
- * pricing code (kgc_price), from the catalog file named by the config's
- * `catalog` key. Re-read when the file changes.
- */
-static kgc_catalog       *ngx_http_keygate_catalog;
-static char               ngx_http_keygate_catalog_path[KGC_PATH_MAX];
-static struct stat        ngx_http_keygate_catalog_stat;
 
 
 enum {
@@ -477,12 +427,11 @@ ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
     rc = kg_authorize_start(ngx_http_keygate_kg, &ctx->req, &ctx->res,
                             ngx_http_keygate_done, ctx, &ctx->pending);
 
-    ngx_http_keygate_arm_timer();
+    ngx_http_keygate_loop_sync();
 
     if (rc == 1) {
         ctx->state = NGX_HTTP_KEYGATE_WAITING;
-        ngx_http_keygate_npending++;
-        ngx_http_keygate_timer.cancelable = 0;
+        ngx_http_keygate_loop_waiting(1);
 
         /* notice a client that goes away, so its cleanup cancels the call */
         r->read_event_handler = ngx_http_test_reading;
@@ -516,7 +465,7 @@ ngx_http_keygate_decide(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx)
 
     r->write_event_handler = ngx_http_request_empty_handler;
 
-    rc = ngx_http_keygate_send_refusal(r, ctx);
+    rc = ngx_http_keygate_send_refusal(r, &ctx->req, &ctx->res, ctx->message);
 
     ngx_http_finalize_request(r, rc);
 
@@ -539,199 +488,6 @@ ngx_http_keygate_strdup0(ngx_pool_t *pool, ngx_str_t *s)
 
     return (const char *) p;
 }
-
-
-/* Copies src into dst with JSON string escaping; returns the new end. */
-static u_char *
-ngx_http_keygate_json_escape(u_char *dst, const char *src)
-{
-    static const u_char  hex[] = "0123456789abcdef";
-    u_char               ch;
-
-    while ((ch = (u_char) *src++) != '\0') {
-        if (ch == '"' || ch == '\\') {
-            *dst++ = '\\';
-            *dst++ = ch;
-
-        } else if (ch < 0x20) {
-            *dst++ = '\\';
-            *dst++ = 'u';
-            *dst++ = '0';
-            *dst++ = '0';
-            *dst++ = hex[ch >> 4];
-            *dst++ = hex[ch & 0xf];
-
-        } else {
-            *dst++ = ch;
-        }
-    }
-
-    return dst;
-}
-
-
-/*
- * Sends the refusal: status from kg_http_status, body
- * {"error": "<kg_status_code>", "message": "<text>"}, for 402 also the
- * wallet's balance and the request's cost. Returns what the output chain
- * returned, for ngx_http_finalize_request.
- */
-static ngx_int_t
-ngx_http_keygate_send_refusal(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx)
-{
-    size_t            len;
-    u_char           *p;
-    int64_t           cost;
-    ngx_int_t         rc, have_cost;
-    ngx_buf_t        *b;
-    kg_status         st;
-    ngx_chain_t       out;
-    const char       *code, *message;
-    ngx_table_elt_t  *h;
-
-    st = ctx->res.status;
-    code = kg_status_code(st);
-    message = ctx->message ? ctx->message : kg_strerror(st);
-    cost = 0;
-    have_cost = (st == KG_INSUFFICIENT_FUNDS)
-                && ngx_http_keygate_refused_cost(ctx, &cost) == NGX_OK;
-
-    if (ngx_http_discard_request_body(r) != NGX_OK) {
-        r->keepalive = 0;
-    }
-
-    len = sizeof("{\"error\": \"\", \"message\": \"\"}\n") - 1
-          + ngx_strlen(code) * 6 + ngx_strlen(message) * 6;
-
-    if (st == KG_INSUFFICIENT_FUNDS) {
-        len += sizeof(", \"balance_micros\": , \"cost_micros\": ") - 1
-               + 2 * NGX_INT64_LEN;
-    }
-
-    b = ngx_create_temp_buf(r->pool, len);
-    if (b == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(b->last, "{\"error\": \"", sizeof("{\"error\": \"") - 1);
-    p = ngx_http_keygate_json_escape(p, code);
-    p = ngx_cpymem(p, "\", \"message\": \"", sizeof("\", \"message\": \"") - 1);
-    p = ngx_http_keygate_json_escape(p, message);
-    *p++ = '"';
-
-    if (st == KG_INSUFFICIENT_FUNDS) {
-        p = ngx_sprintf(p, ", \"balance_micros\": %L",
-                        (int64_t) ctx->res.balance_micros);
-
-        if (have_cost) {
-            p = ngx_sprintf(p, ", \"cost_micros\": %L", cost);
-        }
-    }
-
-    p = ngx_cpymem(p, "}\n", 2);
-    b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = kg_http_status(st);
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    if (r->headers_out.status == NGX_HTTP_UNAUTHORIZED) {
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
-            return NGX_ERROR;
-        }
-
-        h->hash = 1;
-        ngx_str_set(&h->key, "WWW-Authenticate");
-        ngx_str_set(&h->value, "Bearer realm=\"keygate\"");
-        r->headers_out.www_authenticate = h;
-    }
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
-}
-
-
-/*
- * The cost of a request refused for funds: what libkeygate says if it
- * says anything, else the price from the catalog file (reloaded when it
- * changed). A local file and CPU only: nothing waits on the network.
- * Returns NGX_OK, or NGX_DECLINED when it cannot be known.
- */
-static ngx_int_t
-ngx_http_keygate_refused_cost(ngx_http_keygate_ctx_t *ctx, int64_t *cost)
-{
-    char                err[256];
-    struct stat         st;
-    kgc_catalog        *cat;
-    const kgc_model    *m;
-    const kgc_service  *svc;
-
-    if (ctx->res.cost_micros > 0) {
-        *cost = ctx->res.cost_micros;
-        return NGX_OK;
-    }
-
-    if (ngx_http_keygate_catalog_path[0] == '\0') {
-        return NGX_DECLINED;
-    }
-
-    if (stat(ngx_http_keygate_catalog_path, &st) == 0
-        && (ngx_http_keygate_catalog == NULL
-            || st.st_mtim.tv_sec != ngx_http_keygate_catalog_stat.st_mtim.tv_sec
-            || st.st_mtim.tv_nsec != ngx_http_keygate_catalog_stat.st_mtim.tv_nsec
-            || st.st_size != ngx_http_keygate_catalog_stat.st_size
-            || st.st_ino != ngx_http_keygate_catalog_stat.st_ino))
-    {
-        cat = kgc_catalog_load(ngx_http_keygate_catalog_path, err, sizeof(err));
-
-        if (cat == NULL) {
-            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                          "keygate: catalog for 402 costs: %s", err);
-
-        } else {
-            kgc_catalog_free(ngx_http_keygate_catalog);
-            ngx_http_keygate_catalog = cat;
-            ngx_http_keygate_catalog_stat = st;
-        }
-    }
-
-    if (ngx_http_keygate_catalog == NULL) {
-        return NGX_DECLINED;
-    }
-
-    svc = kgc_catalog_service(ngx_http_keygate_catalog, ctx->req.service);
-    if (svc == NULL) {
-        return NGX_DECLINED;
-    }
-
-    m = kgc_service_model(svc, ctx->req.model);
-    if (m == NULL) {
-        return NGX_DECLINED;
-    }
-
-    if (kgc_price(m, ctx->req.params, ctx->req.nparams, cost, NULL,
-                  err, sizeof(err))
-        != 0)
-    {
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
-}
-
 
 /*
  * Finds the client's token: "Authorization: Bearer <token>" first, else
@@ -855,12 +611,8 @@ ngx_http_keygate_cleanup(void *data)
         }
 
         ctx->pending = NULL;
-
-        if (ngx_http_keygate_npending) {
-            ngx_http_keygate_npending--;
-        }
-
-        ngx_http_keygate_arm_timer();
+        ngx_http_keygate_loop_waiting(-1);
+        ngx_http_keygate_loop_sync();
     }
 
     if (ctx->resume.posted) {
@@ -884,12 +636,9 @@ ngx_http_keygate_done(void *arg, kg_result *res)
 
     ctx->pending = NULL;
     ctx->state = NGX_HTTP_KEYGATE_DONE;
+    ngx_http_keygate_loop_waiting(-1);
 
-    if (ngx_http_keygate_npending) {
-        ngx_http_keygate_npending--;
-    }
-
-    if (ngx_http_keygate_exiting) {
+    if (ngx_http_keygate_loop_exiting()) {
         return;
     }
 
@@ -915,248 +664,6 @@ ngx_http_keygate_resume(ngx_event_t *ev)
     r->write_event_handler(r);
 
     ngx_http_run_posted_requests(c);
-}
-
-
-/* ------------------------------------------------------------------ */
-/* libkeygate's sockets and timer in nginx's event loop                */
-/* ------------------------------------------------------------------ */
-
-static ngx_http_keygate_watch_t *
-ngx_http_keygate_find_watch(int fd)
-{
-    ngx_uint_t                 i;
-    ngx_http_keygate_watch_t  *w;
-
-    w = ngx_http_keygate_watches->elts;
-
-    for (i = 0; i < ngx_http_keygate_watches->nelts; i++) {
-        if (w[i].conn != NULL && w[i].conn->fd == (ngx_socket_t) fd) {
-            return &w[i];
-        }
-    }
-
-    return NULL;
-}
-
-
-/*
- * kg_loop_hooks.watch: makes nginx watch fd for exactly `events`. Events
- * are level-triggered, because libkeygate (like hiredis) may leave data
- * in the socket between two calls. 0 means libkeygate is about to close
- * fd: the events are removed and the nginx connection released without
- * closing the fd, which stays libkeygate's.
- */
-static void
-ngx_http_keygate_watch(void *host, int fd, int events)
-{
-    ngx_uint_t                 i;
-    ngx_connection_t          *c;
-    ngx_http_keygate_watch_t  *w;
-
-    (void) host;
-
-    w = ngx_http_keygate_find_watch(fd);
-
-    if (events == 0) {
-        if (w != NULL) {
-            ngx_http_keygate_unwatch(w->conn);
-            w->conn = NULL;
-        }
-
-        return;
-    }
-
-    if (w == NULL) {
-        c = ngx_get_connection(fd, ngx_cycle->log);
-        if (c == NULL) {
-            /* libkeygate's own timeout will answer the requests: 503 */
-            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
-                          "keygate: no free connection for a store socket");
-            return;
-        }
-
-        c->data = NULL;
-        c->read->handler = ngx_http_keygate_io_read;
-        c->write->handler = ngx_http_keygate_io_write;
-        c->read->log = c->log;
-        c->write->log = c->log;
-
-        w = ngx_http_keygate_watches->elts;
-
-        for (i = 0; i < ngx_http_keygate_watches->nelts; i++) {
-            if (w[i].conn == NULL) {
-                break;
-            }
-        }
-
-        if (i == ngx_http_keygate_watches->nelts) {
-            w = ngx_array_push(ngx_http_keygate_watches);
-            if (w == NULL) {
-                ngx_free_connection(c);
-                return;
-            }
-
-        } else {
-            w = &w[i];
-        }
-
-        w->conn = c;
-    }
-
-    c = w->conn;
-
-    if ((events & KG_EV_READ) && !c->read->active) {
-        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            ngx_log_error(NGX_LOG_ALERT, c->log, 0,
-                          "keygate: cannot watch a store socket for reading");
-        }
-
-    } else if (!(events & KG_EV_READ) && c->read->active) {
-        ngx_del_event(c->read, NGX_READ_EVENT, 0);
-    }
-
-    if ((events & KG_EV_WRITE) && !c->write->active) {
-        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            ngx_log_error(NGX_LOG_ALERT, c->log, 0,
-                          "keygate: cannot watch a store socket for writing");
-        }
-
-    } else if (!(events & KG_EV_WRITE) && c->write->active) {
-        ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
-    }
-}
-
-
-/*
- * Stops watching and frees the nginx connection, leaving the fd open.
- * Freeing through ngx_free_connection flips the events' instance bit on
- * the next reuse, so a stale epoll event of this fd from the same batch
- * is ignored by nginx.
- */
-static void
-ngx_http_keygate_unwatch(ngx_connection_t *c)
-{
-    if (c->read->active) {
-        ngx_del_event(c->read, NGX_READ_EVENT, 0);
-    }
-
-    if (c->write->active) {
-        ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
-    }
-
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    if (c->read->timer_set) {
-        ngx_del_timer(c->read);
-    }
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-
-    c->read->closed = 1;
-    c->write->closed = 1;
-
-    ngx_free_connection(c);
-
-    c->fd = (ngx_socket_t) -1;
-}
-
-
-static void
-ngx_http_keygate_io_read(ngx_event_t *ev)
-{
-    ngx_connection_t  *c = ev->data;
-
-    if (ngx_http_keygate_kg == NULL) {
-        return;
-    }
-
-    /* c may be freed inside: libkeygate may close the socket */
-    kg_loop_ready(ngx_http_keygate_kg, (int) c->fd, KG_EV_READ);
-    ngx_http_keygate_arm_timer();
-}
-
-
-static void
-ngx_http_keygate_io_write(ngx_event_t *ev)
-{
-    ngx_connection_t  *c = ev->data;
-
-    if (ngx_http_keygate_kg == NULL) {
-        return;
-    }
-
-    kg_loop_ready(ngx_http_keygate_kg, (int) c->fd, KG_EV_WRITE);
-    ngx_http_keygate_arm_timer();
-}
-
-
-static void
-ngx_http_keygate_timer_handler(ngx_event_t *ev)
-{
-    (void) ev;
-
-    if (ngx_http_keygate_kg == NULL) {
-        return;
-    }
-
-    kg_loop_timeout(ngx_http_keygate_kg);
-    ngx_http_keygate_arm_timer();
-}
-
-
-/*
- * Sets the one nginx timer to kg_loop_next_timeout_ms(), after every call
- * into libkeygate. The timer is exact (ngx_add_timer alone would keep an
- * old deadline up to 300 ms off), and holds a gracefully exiting worker
- * only while requests are waiting.
- */
-static void
-ngx_http_keygate_arm_timer(void)
-{
-    int          ms;
-    ngx_msec_t   key;
-    ngx_event_t *ev = &ngx_http_keygate_timer;
-
-    if (ngx_http_keygate_kg == NULL) {
-        return;
-    }
-
-    ev->cancelable = (ngx_http_keygate_npending == 0);
-
-    ms = kg_loop_next_timeout_ms(ngx_http_keygate_kg);
-
-    if (ms < 0) {
-        if (ev->timer_set) {
-            ngx_del_timer(ev);
-        }
-
-        return;
-    }
-
-    key = ngx_current_msec + (ngx_msec_t) ms;
-
-    if (ev->timer_set) {
-        if (ev->timer.key == key) {
-            return;
-        }
-
-        ngx_del_timer(ev);
-    }
-
-    ngx_add_timer(ev, (ngx_msec_t) ms);
 }
 
 
@@ -1505,10 +1012,6 @@ ngx_http_keygate_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_keygate_init_process(ngx_cycle_t *cycle)
 {
-    char                          err[256];
-    kg_ctx                       *kg;
-    kg_loop_hooks                 hooks;
-    kgc_config                    cfg;
     ngx_http_conf_ctx_t          *hctx;
     ngx_http_keygate_main_conf_t *kmcf;
 
@@ -1528,83 +1031,29 @@ ngx_http_keygate_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    ngx_http_keygate_watches = ngx_array_create(cycle->pool, 4,
-                                            sizeof(ngx_http_keygate_watch_t));
-    if (ngx_http_keygate_watches == NULL) {
+    if (ngx_http_keygate_loop_open(cycle, &kmcf->config_path) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    ngx_http_keygate_timer_conn.fd = (ngx_socket_t) -1;
-    ngx_http_keygate_timer.handler = ngx_http_keygate_timer_handler;
-    ngx_http_keygate_timer.data = &ngx_http_keygate_timer_conn;
-    ngx_http_keygate_timer.log = cycle->log;
-    ngx_http_keygate_timer.cancelable = 1;
-
-    err[0] = '\0';
-    kg = kg_open((const char *) kmcf->config_path.data, err, sizeof(err));
-
-    if (kg == NULL) {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                      "keygate_config \"%V\": %s; keygate locations of this "
-                      "worker answer 503", &kmcf->config_path, err);
-        return NGX_OK;
+    if (ngx_http_keygate_kg != NULL) {
+        ngx_http_keygate_price_init(cycle,
+                                    (const char *) kmcf->config_path.data);
     }
-
-    if (kgc_config_load((const char *) kmcf->config_path.data, &cfg, err,
-                        sizeof(err))
-        == 0)
-    {
-        ngx_cpystrn((u_char *) ngx_http_keygate_catalog_path,
-                    (u_char *) cfg.catalog_path,
-                    sizeof(ngx_http_keygate_catalog_path));
-    }
-
-    hooks.version = KG_ABI_VERSION;
-    hooks.watch = ngx_http_keygate_watch;
-
-    if (kg_loop_attach(kg, &hooks, cycle) != 0) {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                      "keygate: kg_loop_attach() failed; keygate locations "
-                      "of this worker answer 503");
-        kg_close(kg);
-        return NGX_OK;
-    }
-
-    ngx_http_keygate_kg = kg;
-    ngx_http_keygate_arm_timer();
 
     return NGX_OK;
 }
 
 
 /*
- * Closes the worker's kg_ctx. kg_close completes what is still pending
- * with KG_BACKEND_ERROR; those requests are not resumed any more (the
- * process is leaving), and their sockets are released through the watch
- * hook, so nginx finds no stray connection at exit.
+ * Closes the worker's kg_ctx. What is still pending is completed with
+ * KG_BACKEND_ERROR but not resumed any more (the process is leaving); the
+ * sockets leave nginx's loop, so nginx finds no stray connection at exit.
  */
 static void
 ngx_http_keygate_exit_process(ngx_cycle_t *cycle)
 {
-    kg_ctx  *kg;
-
     (void) cycle;
 
-    kg = ngx_http_keygate_kg;
-
-    if (kg == NULL) {
-        return;
-    }
-
-    ngx_http_keygate_exiting = 1;
-
-    kg_close(kg);
-    ngx_http_keygate_kg = NULL;
-
-    if (ngx_http_keygate_timer.timer_set) {
-        ngx_del_timer(&ngx_http_keygate_timer);
-    }
-
-    kgc_catalog_free(ngx_http_keygate_catalog);
-    ngx_http_keygate_catalog = NULL;
+    ngx_http_keygate_loop_close();
+    ngx_http_keygate_price_free();
 }

@@ -1,0 +1,75 @@
+/*
+ * ngx_http_keygate.h - private interface between the files of
+ * ngx_http_keygate_module:
+ *
+ *   ngx_http_keygate_module.c   directives, the access-phase handler,
+ *                               variables, the worker life cycle
+ *   ngx_http_keygate_loop.c     this worker's kg_ctx inside nginx's event
+ *                               loop: fds as nginx connections, one timer
+ *   ngx_http_keygate_refusal.c  the JSON refusal, and the price of a
+ *                               request refused for funds
+ *
+ * A worker is one thread: the per-worker state lives in plain statics.
+ */
+#ifndef NGX_HTTP_KEYGATE_H_INCLUDED_
+#define NGX_HTTP_KEYGATE_H_INCLUDED_
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <keygate.h>
+
+
+/* ---- ngx_http_keygate_loop.c ---- */
+
+/* This worker's context; NULL when keygate is unavailable here (no
+ * keygate_config, or kg_open failed): keygate locations then answer 503. */
+extern kg_ctx  *ngx_http_keygate_kg;
+
+/*
+ * Opens the worker's kg_ctx from config_path (NUL-terminated) and attaches
+ * nginx's event loop to it. Returns NGX_OK, also when kg_open fails (that
+ * is logged; ngx_http_keygate_kg stays NULL), or NGX_ERROR when out of
+ * memory.
+ */
+ngx_int_t ngx_http_keygate_loop_open(ngx_cycle_t *cycle, ngx_str_t *config_path);
+
+/*
+ * Closes the context. Pending requests are completed by libkeygate with
+ * KG_BACKEND_ERROR while ngx_http_keygate_loop_exiting() is true, and
+ * their sockets leave nginx's loop through the watch hook.
+ */
+void ngx_http_keygate_loop_close(void);
+
+/* To be called after every call into libkeygate: re-arms the timer to
+ * kg_loop_next_timeout_ms(). */
+void ngx_http_keygate_loop_sync(void);
+
+/* +1 when a request starts waiting, -1 when it stops (answered or
+ * cancelled). While any waits, the timer holds a gracefully exiting
+ * worker. */
+void ngx_http_keygate_loop_waiting(ngx_int_t delta);
+
+/* 1 while ngx_http_keygate_loop_close() runs. */
+ngx_uint_t ngx_http_keygate_loop_exiting(void);
+
+
+/* ---- ngx_http_keygate_refusal.c ---- */
+
+/*
+ * Sends a refusal: status kg_http_status(res->status), body
+ * {"error": "<kg_status_code>", "message": "<message or kg_strerror>"},
+ * plus "balance_micros" and "cost_micros" for 402. Returns what the output
+ * chain returned, for ngx_http_finalize_request().
+ */
+ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,
+    const kg_request *req, const kg_result *res, const char *message);
+
+/* Reads the `catalog` key of the config file and loads that catalog, for
+ * the cost of 402s. Failures only leave 402 bodies without a cost. */
+void ngx_http_keygate_price_init(ngx_cycle_t *cycle, const char *config_path);
+void ngx_http_keygate_price_free(void);
+
+
+#endif /* NGX_HTTP_KEYGATE_H_INCLUDED_ */

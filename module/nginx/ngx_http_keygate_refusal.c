@@ -1,0 +1,279 @@
+/*
+ * ngx_http_keygate_refusal.c - what a refused client reads.
+ *
+ * Status from kg_http_status(), a JSON body
+ *     {"error": "<kg_status_code>", "message": "<text>"}
+ * and, for 402, the wallet's balance and the request's cost:
+ *     {"error": "insufficient_funds", "message": "...",
+ *      "balance_micros": 100, "cost_micros": 150}
+ *
+ * libkeygate reports cost_micros 0 for a refused request (keygate.h:
+ * "charged by this call"), so the request's cost is priced here with the
+ * shared pricing code (kgc_price, the one price.estimate uses), from the
+ * catalog file named by the config's `catalog` key, re-read when the file
+ * changes. Without that key 402 bodies carry no cost_micros.
+ */
+
+#include <sys/stat.h>
+
+#include "ngx_http_keygate.h"
+
+#include "kgc_config.h"
+#include "kgc_price.h"
+
+
+static u_char *ngx_http_keygate_json_escape(u_char *dst, const char *src);
+static ngx_int_t ngx_http_keygate_refused_cost(const kg_request *req,
+    const kg_result *res, int64_t *cost);
+static void ngx_http_keygate_price_reload(ngx_log_t *log);
+
+
+static kgc_catalog  *ngx_http_keygate_catalog;      /* NULL: none loaded */
+static char          ngx_http_keygate_catalog_path[KGC_PATH_MAX]; /* "": none */
+static struct stat   ngx_http_keygate_catalog_stat; /* of the loaded file */
+
+
+void
+ngx_http_keygate_price_init(ngx_cycle_t *cycle, const char *config_path)
+{
+    char        err[256];
+    kgc_config  cfg;
+
+    if (kgc_config_load(config_path, &cfg, err, sizeof(err)) != 0) {
+        return;                 /* kg_open has said what is wrong */
+    }
+
+    ngx_cpystrn((u_char *) ngx_http_keygate_catalog_path,
+                (u_char *) cfg.catalog_path,
+                sizeof(ngx_http_keygate_catalog_path));
+
+    if (ngx_http_keygate_catalog_path[0] == '\0') {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "keygate: no \"catalog\" in keygate_config; "
+                      "402 answers will not show the request's cost");
+        return;
+    }
+
+    ngx_http_keygate_price_reload(cycle->log);
+}
+
+
+void
+ngx_http_keygate_price_free(void)
+{
+    kgc_catalog_free(ngx_http_keygate_catalog);
+    ngx_http_keygate_catalog = NULL;
+}
+
+
+/*
+ * Loads the catalog file if it changed since it was last loaded (one
+ * stat(), a local file: this does not wait on the network). A bad file
+ * keeps the previous catalog.
+ */
+static void
+ngx_http_keygate_price_reload(ngx_log_t *log)
+{
+    char          err[256];
+    struct stat   st;
+    kgc_catalog  *cat;
+
+    if (ngx_http_keygate_catalog_path[0] == '\0'
+        || stat(ngx_http_keygate_catalog_path, &st) != 0)
+    {
+        return;
+    }
+
+    if (ngx_http_keygate_catalog != NULL
+        && st.st_mtim.tv_sec == ngx_http_keygate_catalog_stat.st_mtim.tv_sec
+        && st.st_mtim.tv_nsec == ngx_http_keygate_catalog_stat.st_mtim.tv_nsec
+        && st.st_size == ngx_http_keygate_catalog_stat.st_size
+        && st.st_ino == ngx_http_keygate_catalog_stat.st_ino)
+    {
+        return;
+    }
+
+    cat = kgc_catalog_load(ngx_http_keygate_catalog_path, err, sizeof(err));
+
+    if (cat == NULL) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "keygate: catalog for the cost in 402 answers: %s", err);
+        return;
+    }
+
+    kgc_catalog_free(ngx_http_keygate_catalog);
+    ngx_http_keygate_catalog = cat;
+    ngx_http_keygate_catalog_stat = st;
+}
+
+
+/* Copies src into dst with JSON string escaping; returns the new end.
+ * dst must hold 6 bytes per byte of src. */
+static u_char *
+ngx_http_keygate_json_escape(u_char *dst, const char *src)
+{
+    static const u_char  hex[] = "0123456789abcdef";
+    u_char               ch;
+
+    while ((ch = (u_char) *src++) != '\0') {
+        if (ch == '"' || ch == '\\') {
+            *dst++ = '\\';
+            *dst++ = ch;
+
+        } else if (ch < 0x20) {
+            *dst++ = '\\';
+            *dst++ = 'u';
+            *dst++ = '0';
+            *dst++ = '0';
+            *dst++ = hex[ch >> 4];
+            *dst++ = hex[ch & 0xf];
+
+        } else {
+            *dst++ = ch;
+        }
+    }
+
+    return dst;
+}
+
+
+ngx_int_t
+ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
+    const kg_result *res, const char *message)
+{
+    size_t            len;
+    u_char           *p;
+    int64_t           cost;
+    ngx_int_t         rc, have_cost;
+    ngx_buf_t        *b;
+    kg_status         st;
+    ngx_chain_t       out;
+    const char       *code;
+    ngx_table_elt_t  *h;
+
+    st = res->status;
+    code = kg_status_code(st);
+
+    if (message == NULL) {
+        message = kg_strerror(st);
+    }
+
+    cost = 0;
+    have_cost = (st == KG_INSUFFICIENT_FUNDS)
+                && ngx_http_keygate_refused_cost(req, res, &cost) == NGX_OK;
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        r->keepalive = 0;
+    }
+
+    len = sizeof("{\"error\": \"\", \"message\": \"\"}\n") - 1
+          + ngx_strlen(code) * 6 + ngx_strlen(message) * 6;
+
+    if (st == KG_INSUFFICIENT_FUNDS) {
+        len += sizeof(", \"balance_micros\": , \"cost_micros\": ") - 1
+               + 2 * NGX_INT64_LEN;
+    }
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(b->last, "{\"error\": \"", sizeof("{\"error\": \"") - 1);
+    p = ngx_http_keygate_json_escape(p, code);
+    p = ngx_cpymem(p, "\", \"message\": \"", sizeof("\", \"message\": \"") - 1);
+    p = ngx_http_keygate_json_escape(p, message);
+    *p++ = '"';
+
+    if (st == KG_INSUFFICIENT_FUNDS) {
+        p = ngx_sprintf(p, ", \"balance_micros\": %L",
+                        (int64_t) res->balance_micros);
+
+        if (have_cost) {
+            p = ngx_sprintf(p, ", \"cost_micros\": %L", cost);
+        }
+    }
+
+    p = ngx_cpymem(p, "}\n", 2);
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = kg_http_status(st);
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    if (r->headers_out.status == NGX_HTTP_UNAUTHORIZED) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "WWW-Authenticate");
+        ngx_str_set(&h->value, "Bearer realm=\"keygate\"");
+        r->headers_out.www_authenticate = h;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * The cost of a request refused for funds: what libkeygate says if it
+ * says anything, else the price from the catalog file. Returns NGX_OK, or
+ * NGX_DECLINED when it cannot be known.
+ */
+static ngx_int_t
+ngx_http_keygate_refused_cost(const kg_request *req, const kg_result *res,
+    int64_t *cost)
+{
+    char                err[256];
+    const kgc_model    *m;
+    const kgc_service  *svc;
+
+    if (res->cost_micros > 0) {
+        *cost = res->cost_micros;
+        return NGX_OK;
+    }
+
+    if (ngx_http_keygate_catalog_path[0] == '\0') {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_keygate_price_reload(ngx_cycle->log);
+
+    if (ngx_http_keygate_catalog == NULL) {
+        return NGX_DECLINED;
+    }
+
+    svc = kgc_catalog_service(ngx_http_keygate_catalog, req->service);
+    if (svc == NULL) {
+        return NGX_DECLINED;
+    }
+
+    m = kgc_service_model(svc, req->model);
+    if (m == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (kgc_price(m, req->params, req->nparams, cost, NULL,
+                  err, sizeof(err))
+        != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
