@@ -4,6 +4,7 @@ never a token or its hash)."""
 import json
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -89,6 +90,7 @@ class Audit(kgtest.EnvCase):
     def test_entries(self):
         t = kgtest.make_team(self.c, admins=1, users=1, outsiders=0)
         O, A, U, team = t["owner"], t["admins"][0], t["users"][0], t["team"]
+        time.sleep(0.003)  # entries of make_team fall in an earlier millisecond
         t0 = now_ms()
         k = self.c.ok("key.create", O, team=team, name="audited", users=[O, U])["key_id"]
         tok = self.c.ok("token.generate", U, key=k)["token"]
