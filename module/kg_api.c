@@ -230,6 +230,7 @@ KG_EXPORT void kg_loop_timeout(kg_ctx *ctx)
 KG_EXPORT int kg_authorize_start(kg_ctx *ctx, const kg_request *req, kg_result *res,
                                  kg_done_fn done, void *arg, kg_pending **handle)
 {
+    kg_result now;
     kg_pending *p;
     int rc;
 
@@ -242,7 +243,10 @@ KG_EXPORT int kg_authorize_start(kg_ctx *ctx, const kg_request *req, kg_result *
         res->status = KG_BAD_REQUEST;
         return -1;
     }
-    rc = kg_flow_start(ctx, req, res, 0, &p);
+    /* *res is written once: now for an answer known at once, else at done. */
+    rc = kg_flow_start(ctx, req, &now, 0, &p);
+    if (rc != 1)
+        *res = now;
     if (rc == 1) {
         p->out = res;
         p->done = done;
