@@ -80,6 +80,7 @@ class StartErrors(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.env.close()
+        kgtest.check_clean_exit(cls.env)
 
     def setUp(self):
         self.env.write_config()

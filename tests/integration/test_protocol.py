@@ -379,6 +379,7 @@ class ConfiguredLimits(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.env.close()
+        kgtest.check_clean_exit(cls.env)
 
     def test_mode_0600(self):
         self.assertEqual(stat.S_IMODE(os.stat(self.env.socket_path).st_mode), 0o600)
@@ -420,6 +421,7 @@ class ConfiguredLimits(unittest.TestCase):
             self.assertEqual(env.client().ok("ping"), {})
         finally:
             env.close()
+        kgtest.check_clean_exit(env)
 
 
 if __name__ == "__main__":

@@ -368,6 +368,8 @@ class Env:
         self._rconn = None
         self._rlock = threading.Lock()
         self._clients = []
+        self.final_log = ""
+        self.last_exit = None
         try:
             self.pepper_bytes = os.urandom(32)
             self.pepper_hex = self.pepper_bytes.hex()
@@ -625,6 +627,16 @@ class Env:
         self.daemon = None
         return rc
 
+    SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                       "WARNING: AddressSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+
+    def sanitizer_report(self, log=None):
+        """Lines of the daemon log (all its runs) that report a sanitizer
+        finding: a memory error, a leak or undefined behaviour."""
+        log = self.daemon_log() if log is None else log
+        lines = log.splitlines()
+        return [l for l in lines if any(m in l for m in self.SANITIZER_MARKS)]
+
     def daemon_alive(self):
         return self.daemon is not None and self.daemon.poll() is None
 
@@ -666,7 +678,8 @@ class Env:
             c.close()
         self._clients = []
         if self.daemon is not None:
-            self.kill_daemon(signal.SIGTERM, timeout=5)
+            self.last_exit = self.kill_daemon(signal.SIGTERM, timeout=5)
+        self.final_log = self.daemon_log()
         self.stop_redis()
         if os.environ.get("KGTEST_KEEP"):
             print("kgtest: kept", self.tmp)
@@ -743,6 +756,20 @@ class EnvCase(unittest.TestCase):
             if os.environ.get("KGTEST_LOG"):
                 print("---- keygated log ----\n" + env.daemon_log()[-6000:])
             env.close()
+            check_clean_exit(env)
+
+
+def check_clean_exit(env):
+    """After env.close(): raises AssertionError if keygated's log reports a
+    sanitizer finding, or if the daemon did not exit with status 0 on the
+    final SIGTERM (a crash during the tests shows up here)."""
+    bad = env.sanitizer_report(env.final_log)
+    if bad:
+        raise AssertionError("sanitizer findings in keygated's log:\n" +
+                             "\n".join(bad[:20]) + "\n" + env.final_log[-6000:])
+    if env.last_exit not in (None, 0):
+        raise AssertionError("keygated exited with %r on SIGTERM:\n%s"
+                             % (env.last_exit, env.final_log[-6000:]))
 
 
 def token_hash(pepper_bytes, token):
