@@ -13,8 +13,8 @@
 #include <unistd.h>
 
 #define PROCS 4
-#define PER_PROC 200
-#define K 300
+#define PER_PROC 1000
+#define K 2000
 #define COST 150                      /* input_tokens 1000 on "small" */
 
 static kgt_env env;
