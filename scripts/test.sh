@@ -34,6 +34,8 @@ run_tree() {
 
 run_tree build
 run_tree build-asan -DKEYGATE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+# libFuzzer targets (clang): each runs KEYGATE_FUZZ_SECONDS from its seeds.
+CC=clang run_tree build-fuzz -DKEYGATE_FUZZ=ON -DKEYGATE_FUZZ_SECONDS=${KEYGATE_FUZZ_SECONDS:-30}
 
 echo "${total_pass} passed, ${total_fail} failed"
 exit $rc
