@@ -66,6 +66,8 @@ static ngx_int_t ngx_http_keygate_start(ngx_http_request_t *r,
     ngx_http_keygate_loc_conf_t *lcf, ngx_http_keygate_ctx_t *ctx);
 static ngx_int_t ngx_http_keygate_decide(ngx_http_request_t *r,
     ngx_http_keygate_ctx_t *ctx);
+static ngx_int_t ngx_http_keygate_same(ngx_http_request_t *r,
+    ngx_http_complex_value_t *cv, const char *s);
 static const char *ngx_http_keygate_strdup0(ngx_pool_t *pool, ngx_str_t *s);
 static ngx_int_t ngx_http_keygate_find_token(ngx_http_request_t *r,
     ngx_str_t *token);
@@ -210,7 +212,7 @@ static ngx_http_variable_t  ngx_http_keygate_vars[] = {
 static ngx_int_t
 ngx_http_keygate_handler(ngx_http_request_t *r)
 {
-    ngx_str_t                     service;
+    ngx_int_t                     rc;
     ngx_pool_cleanup_t           *cln;
     ngx_http_keygate_ctx_t       *ctx;
     ngx_http_keygate_loc_conf_t  *lcf;
@@ -232,19 +234,22 @@ ngx_http_keygate_handler(ngx_http_request_t *r)
             return ngx_http_keygate_decide(r, ctx);
         }
 
-        /* an internal redirect into another keygate location */
+        /*
+         * an internal redirect into another keygate location: the request
+         * was let through for this service and model already
+         */
 
         if (ctx->res.status == KG_OK) {
-            if (ngx_http_complex_value(r, lcf->service, &service) != NGX_OK) {
+            rc = ngx_http_keygate_same(r, lcf->service, ctx->req.service);
+            if (rc == NGX_OK) {
+                rc = ngx_http_keygate_same(r, lcf->model, ctx->req.model);
+            }
+
+            if (rc == NGX_ERROR) {
                 return NGX_ERROR;
             }
 
-            if (ctx->req.service != NULL
-                && service.len == ngx_strlen(ctx->req.service)
-                && ngx_strncmp(service.data, ctx->req.service, service.len)
-                   == 0
-                && lcf->model == ctx->lcf->model)
-            {
+            if (rc == NGX_OK) {
                 ctx->lcf = lcf;
                 return NGX_OK;
             }
@@ -470,6 +475,31 @@ ngx_http_keygate_decide(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx)
     ngx_http_finalize_request(r, rc);
 
     return NGX_DONE;
+}
+
+
+/*
+ * Whether complex value cv (NULL or empty: none) evaluates to s (NULL:
+ * none). NGX_OK: the same, NGX_DECLINED: not, NGX_ERROR.
+ */
+static ngx_int_t
+ngx_http_keygate_same(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
+    const char *s)
+{
+    ngx_str_t  v;
+
+    ngx_str_null(&v);
+
+    if (cv != NULL && ngx_http_complex_value(r, cv, &v) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (s == NULL) {
+        return v.len == 0 ? NGX_OK : NGX_DECLINED;
+    }
+
+    return (v.len == ngx_strlen(s) && ngx_strncmp(v.data, s, v.len) == 0)
+           ? NGX_OK : NGX_DECLINED;
 }
 
 

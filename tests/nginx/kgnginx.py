@@ -12,6 +12,8 @@ processes) on two free loopback ports and stops it on close():
 Gateway locations (see CONF below):
     /stt/      speech-to-text (free tier), param audio_seconds
     /gen/      text-generation (pay-as-you-go), model and tokens from headers
+    /gen-redirect/  text-generation, whose 404 from the upstream is sent
+               by error_page into /gen/ (an internal redirect)
     /tiny/     tiny-free (free tier with a small quota; see catalog())
     /free/     echo-free (free tier, no quota)
     /open/     the same upstream, no keygate
@@ -131,6 +133,9 @@ http {{
     server {{
         listen 127.0.0.1:{up_port};
         access_log off;
+        location = /missing {{
+            return 404;
+        }}
         location / {{
             default_type text/plain;
             return 200 "{echo}\n";
@@ -171,6 +176,17 @@ http {{
                 keygate_service off;
                 proxy_pass http://echo;
             }}
+        }}
+
+        # the upstream answers 404, error_page redirects into /gen/
+        location /gen-redirect/ {{
+            keygate_service text-generation;
+            keygate_model $http_x_model;
+            keygate_param input_tokens $http_x_input_tokens;
+            keygate_param output_tokens $http_x_output_tokens;
+            proxy_pass http://echo/missing;
+            proxy_intercept_errors on;
+            error_page 404 = /gen/after-redirect;
         }}
 
         location /tiny/ {{
