@@ -4,7 +4,9 @@ recovers by itself (no restart), and later writes work.
 
 Redis is stopped after a SAVE and restarted from that snapshot, so the data
 before and after the outage can be compared key by key."""
+import json
 import os
+import signal
 import sys
 import time
 import unittest
@@ -143,6 +145,74 @@ class Outage(kgtest.EnvCase):
             time.sleep(0.1)
         self.assertEqual(self.env.redis("EXISTS", "kg:catalog"), 1,
                          "kg:catalog not republished after Redis came back empty")
+
+
+class KilledMidPipeline(kgtest.EnvCase):
+    """Redis SIGKILLed while a pipeline of writes is in flight, with an
+    fsync-always AOF so every acknowledged write survives the restart:
+    every request is answered (ok or unavailable, nothing hangs), every
+    write answered ok is there after the restart, and no key is half-made
+    (the keys zset and the key documents agree; every token record's key
+    holds its hash)."""
+    env_args = {"redis_args": ["--appendonly", "yes", "--appendfsync", "always"]}
+
+    def test_kill_during_pipeline(self):
+        c = self.c
+        o = signup(c)
+        a, team = o["user_id"], o["team_id"]
+        k0 = c.ok("key.create", a, team=team, name="k0", users=[a])["key_id"]
+        n = 400
+        reqs = []
+        for i in range(n):
+            if i % 2 == 0:
+                reqs.append({"id": i, "cmd": "key.create", "actor": a, "team": team,
+                             "name": "p%d" % i, "users": [a]})
+            else:
+                reqs.append({"id": i, "cmd": "token.rotate", "actor": a, "key": k0}
+                            if i > 1 else {"id": i, "cmd": "token.generate", "actor": a, "key": k0})
+        blob = b"".join(json.dumps(r).encode() + b"\n" for r in reqs)
+        p = self.env.client(timeout=15)
+        p.send_raw(blob)
+        # let part of it through, then kill Redis
+        first = json.loads(p.read_line())
+        self.assertEqual(first["id"], 0)
+        self.env.stop_redis(sig=signal.SIGKILL)
+        answers = [first]
+        for i in range(1, n):
+            line = p.read_line()
+            self.assertIsNotNone(line, "connection closed after %d answers" % i)
+            answers.append(json.loads(line))
+        self.assertEqual([r["id"] for r in answers], list(range(n)))
+        codes = {r["error"]["code"] for r in answers if not r["ok"]}
+        self.assertLessEqual(codes, {"unavailable"}, [r for r in answers if not r["ok"]][:3])
+        created = {r["result"]["key_id"] for r in answers if r["ok"] and r["id"] % 2 == 0}
+        self.assertTrue(any(not r["ok"] for r in answers), "Redis died after the whole pipeline")
+
+        self.env.start_redis()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if c.call("key.list", a, team=team).get("ok"):
+                break
+            time.sleep(0.1)
+        keys = {k["key_id"]: k for k in c.ok("key.list", a, team=team)["keys"]}
+        self.assertLessEqual(created, set(keys), "acknowledged key.create lost")
+        zset = {x.decode() for x in self.env.redis("ZRANGE", "kg:{t:%s}:keys" % team, 0, -1)}
+        docs = {x.decode().rsplit(":", 1)[1] for x in self.env.redis_keys("kg:{t:%s}:key:*" % team)}
+        self.assertEqual(zset, docs, "keys zset and key documents disagree (half-made key)")
+        # the token of k0: the document's current hash has its record
+        doc = json.loads(self.env.redis("GET", "kg:{t:%s}:key:%s" % (team, k0)))
+        if a in doc["tokens"]:
+            h = doc["tokens"][a]["hash"]
+            rec = self.env.redis("HGET", "kg:tok:" + h, "token_id")
+            self.assertEqual(rec.decode(), doc["tokens"][a]["token_id"])
+        # the last acknowledged rotation is the current token
+        rotated = [r for r in answers if r["ok"] and r["id"] % 2 == 1]
+        if rotated:
+            self.assertEqual(doc["tokens"][a]["token_id"], rotated[-1]["result"]["token_id"])
+        # every live token record of k0 is either the current one or in grace
+        for tk in self.env.redis_keys("kg:tok:*"):
+            if self.env.redis("HGET", tk, "key_id") == k0.encode():
+                self.assertEqual(tk.decode(), "kg:tok:" + doc["tokens"][a]["hash"])
 
 
 if __name__ == "__main__":

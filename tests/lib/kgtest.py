@@ -353,7 +353,7 @@ class Env:
     """
 
     def __init__(self, catalog=None, extra_config=None, start_daemon=True,
-                 redis=True, daemon_timeout=10.0):
+                 redis=True, daemon_timeout=10.0, redis_args=None):
         self.tmp = tempfile.mkdtemp(prefix="kgt")
         self.redis_sock = os.path.join(self.tmp, "redis.sock")
         self.socket_path = os.path.join(self.tmp, "kg.sock")
@@ -363,6 +363,7 @@ class Env:
         self.log_path = os.path.join(self.tmp, "keygated.log")
         self.redis_log_path = os.path.join(self.tmp, "redis.log")
         self.daemon_timeout = daemon_timeout
+        self.redis_args = list(redis_args or [])  # extra redis-server arguments
         self.redis_proc = None
         self.daemon = None
         self._rconn = None
@@ -445,7 +446,7 @@ class Env:
         self.redis_proc = subprocess.Popen(
             [redis_server_path(), "--port", "0", "--unixsocket", self.redis_sock,
              "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--dir", self.tmp],
+             "--daemonize", "no", "--dir", self.tmp] + self.redis_args,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 
@@ -459,9 +460,11 @@ class Env:
                 r.close()
         _wait_for(up, 10, "redis-server")
 
-    def stop_redis(self, save=False):
+    def stop_redis(self, save=False, sig=signal.SIGTERM):
         """Stops redis-server. save=True first writes an RDB snapshot into
-        the temp dir, which start_redis() then loads: the data survives."""
+        the temp dir, which start_redis() then loads: the data survives.
+        sig=SIGKILL kills it (with redis_args ["--appendonly", "yes",
+        "--appendfsync", "always"] the acknowledged writes survive)."""
         if save and self.redis_proc is not None:
             self.redis("SAVE")
         elif not save:
@@ -477,7 +480,7 @@ class Env:
         if p is None:
             return
         if p.poll() is None:
-            p.terminate()
+            p.send_signal(sig)
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
