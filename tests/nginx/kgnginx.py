@@ -104,10 +104,9 @@ worker_processes {workers};
 {user}
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log {log_level};
-worker_rlimit_nofile 4096;
 
 events {{
-    worker_connections 2048;
+    worker_connections 1024;
 }}
 
 http {{
