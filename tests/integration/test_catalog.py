@@ -205,6 +205,38 @@ class Reload(kgtest.EnvCase):
         self.assertEqual(self.c.err("price.estimate", service="image-generation", model="sd",
                                     params={}), "bad_request")
 
+    def test_d_reload_storm_under_load(self):
+        """SIGHUPs while clients work: nothing is dropped, nothing crashes."""
+        import threading
+        errors = []
+        stop = threading.Event()
+
+        def load(i):
+            try:
+                c = kgtest.Client(self.env.socket_path, timeout=10)
+                s = signup(c)
+                n = 0
+                while not stop.is_set():
+                    c.ok("key.create", s["user_id"], team=s["team_id"], name="r%d" % n)
+                    c.ok("price.estimate", service="text-generation", model="small",
+                         params={"input_tokens": 1000})
+                    n += 1
+                c.close()
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for _ in range(30):
+            self.reload()
+            time.sleep(0.02)
+        stop.set()
+        for t in threads:
+            t.join(20)
+        self.assertEqual(errors, [])
+        self.assertTrue(self.env.daemon_alive())
+        self.assertEqual(self.c.ok("service.list"), GOOD)
+
     def test_c_reload_with_missing_file(self):
         start = len(self.env.daemon_log())
         os.rename(self.env.catalog_path, self.env.catalog_path + ".away")

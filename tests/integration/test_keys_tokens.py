@@ -210,6 +210,35 @@ class KeysTokens(kgtest.EnvCase):
         # the grace-period token of an unassigned user must die too
         self.assertEqual(self.env.redis("EXISTS", self.tok_key(g["token"])), 0)
 
+    def test_member_removal_kills_grace_tokens(self):
+        o, (u1,) = self.team_of(1)
+        k = self.c.ok("key.create", o["user_id"], team=o["team_id"], name="k",
+                      users=[o["user_id"], u1])["key_id"]
+        g = self.c.ok("token.generate", u1, key=k)
+        r = self.c.ok("token.rotate", u1, key=k, grace_seconds=600)
+        self.c.ok("team.member.remove", o["user_id"], team=o["team_id"], user=u1)
+        self.assertEqual(self.env.redis("EXISTS", self.tok_key(r["token"])), 0)
+        self.assertEqual(self.env.redis("EXISTS", self.tok_key(g["token"])), 0)
+
+    def test_revoke_keeps_grace_token_until_expiry(self):
+        o, _ = self.team_of(0)
+        k = self.c.ok("key.create", o["user_id"], team=o["team_id"], name="k", users=[o["user_id"]])["key_id"]
+        g = self.c.ok("token.generate", o["user_id"], key=k)
+        r = self.c.ok("token.rotate", o["user_id"], key=k, grace_seconds=600)
+        self.c.ok("key.revoke", o["user_id"], key=k)
+        # both records stay (KG_KEY_REVOKED); the grace one keeps its expiry
+        self.assertEqual(self.tok_record(r["token"])["key_id"], k)
+        self.assertEqual(self.tok_record(g["token"])["key_id"], k)
+        self.assertGreater(self.env.redis("PTTL", self.tok_key(g["token"])), 590000)
+
+    def test_member_add_by_email_any_case(self):
+        o, _ = self.team_of(0)
+        email = kgtest.unique_email("Mixed.Case")
+        s = signup(self.c, email=email)
+        m = self.c.ok("team.member.add", o["user_id"], team=o["team_id"], email=email.lower(), role="user")
+        self.assertEqual(m["user_id"], s["user_id"])
+        self.assertEqual(self.env.redis("GET", "kg:email:" + email.lower()).decode(), s["user_id"])
+
     def test_member_removal_kills_tokens(self):
         o, (u1, u2) = self.team_of(2)
         keys = [self.c.ok("key.create", o["user_id"], team=o["team_id"], name="k%d" % i,

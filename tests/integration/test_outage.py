@@ -147,6 +147,36 @@ class Outage(kgtest.EnvCase):
                          "kg:catalog not republished after Redis came back empty")
 
 
+class StartWithoutRedis(unittest.TestCase):
+    """keygated started while Redis is down: it serves (unavailable), then
+    recovers by itself when Redis appears, and publishes the catalog then."""
+
+    def test_start_without_redis(self):
+        env = kgtest.Env(start_daemon=False, redis=False)
+        try:
+            env.start_daemon()
+            c = env.client()
+            self.assertEqual(c.ok("ping"), {})
+            self.assertEqual(c.err("user.signup", email=kgtest.unique_email(), name="n"), "unavailable")
+            env.start_redis()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                r = c.call("user.signup", email=kgtest.unique_email(), name="n")
+                if r["ok"]:
+                    break
+                self.assertEqual(r["error"]["code"], "unavailable")
+                time.sleep(0.1)
+            else:
+                self.fail("no recovery once Redis started")
+            deadline = time.monotonic() + 5
+            while env.redis("EXISTS", "kg:catalog") == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(env.redis("EXISTS", "kg:catalog"), 1, "catalog never published")
+        finally:
+            env.close()
+        kgtest.check_clean_exit(env)
+
+
 class KilledMidPipeline(kgtest.EnvCase):
     """Redis SIGKILLed while a pipeline of writes is in flight, with an
     fsync-always AOF so every acknowledged write survives the restart:
@@ -171,7 +201,7 @@ class KilledMidPipeline(kgtest.EnvCase):
                 reqs.append({"id": i, "cmd": "token.rotate", "actor": a, "key": k0}
                             if i > 1 else {"id": i, "cmd": "token.generate", "actor": a, "key": k0})
         blob = b"".join(json.dumps(r).encode() + b"\n" for r in reqs)
-        p = self.env.client(timeout=15)
+        p = self.env.client(timeout=10)
         p.send_raw(blob)
         # let part of it through, then kill Redis
         first = json.loads(p.read_line())
@@ -179,7 +209,12 @@ class KilledMidPipeline(kgtest.EnvCase):
         self.env.stop_redis(sig=signal.SIGKILL)
         answers = [first]
         for i in range(1, n):
-            line = p.read_line()
+            try:
+                line = p.read_line()
+            except TimeoutError:
+                self.fail("request id %d never answered (%d answers: %d ok, %d unavailable) after "
+                          "Redis was killed mid-pipeline" % (i, len(answers), sum(r["ok"] for r in answers),
+                                                             sum(not r["ok"] for r in answers)))
             self.assertIsNotNone(line, "connection closed after %d answers" % i)
             answers.append(json.loads(line))
         self.assertEqual([r["id"] for r in answers], list(range(n)))

@@ -68,6 +68,16 @@ class Protocol(kgtest.EnvCase):
         self.assert_bad_then_usable(b"{\"cmd\": null}\n")
         self.assert_bad_then_usable(b"{\"cmd\": [\"ping\"]}\n")
 
+    def test_id_echoed_on_bad_request(self):
+        # a JSON object with an id but a bad field: the error carries the id
+        c = self.env.client()
+        c.send_raw(b'{"id": 9, "cmd": 5}\n{"id": "x", "cmd": "key.get", "actor": 5}\n')
+        r = json.loads(c.read_line())
+        self.assertEqual((r.get("id"), r["ok"], r["error"]["code"]), (9, False, "bad_request"))
+        r = json.loads(c.read_line())
+        self.assertEqual((r.get("id"), r["ok"]), ("x", False))
+        self.assertIn(r["error"]["code"], ("unauthenticated", "bad_request"))
+
     def test_unknown_command(self):
         r = self.c.call("key.explode", id="u1")
         self.assertEqual(r["id"], "u1")
