@@ -198,9 +198,25 @@ static int run(cli_ctx *ctx, int argc, char **argv)
 
 #ifdef KEYGATE_CLI_AUTHORIZE
     /* Its own options and output: the words after "authorize" go to it
-     * untouched (argv[0] is "authorize", as a program name for getopt). */
-    if (strcmp(argv[i], "authorize") == 0)
-        return cli_authorize(argc - i, argv + i);
+     * untouched (argv[0] is "authorize", as a program name for getopt),
+     * after the global options it shares, --json and --config, when they
+     * came before the word ("keygate --json authorize ..."). */
+    if (strcmp(argv[i], "authorize") == 0) {
+        char **av = cli_alloc(ctx, (size_t)argc + 4, sizeof *av);
+        int n = 0;
+
+        av[n++] = argv[i];
+        if (ctx->config_path != NULL) {
+            av[n++] = "--config";
+            av[n++] = (char *)ctx->config_path;
+        }
+        if (ctx->json)
+            av[n++] = "--json";
+        for (int j = i + 1; j < argc; j++)
+            av[n++] = argv[j];
+        av[n] = NULL;
+        return cli_authorize(n, av);
+    }
 #endif
 
     for (const cli_command *c = cli_commands; c->words; c++) {

@@ -420,6 +420,26 @@ class TestMoney(CliCase):
         self.assertRegex(line, r"debit\s+-0\.001650 USD \(1650 micros\)\s+0\.003350 USD \(3350 micros\)"
                                r"\s+key=k_x user=u_y text-generation/small request=req-7$")
 
+    def test_authorize_gets_the_global_options_given_before_it(self):
+        rc, out, _ = self.kg("help")
+        if "authorize" not in out:
+            self.skipTest("keygate built without the gateway module")
+        wid = self.c.ok("wallet.create", self.owner, team=self.team, name="a")["wallet_id"]
+        self.c.ok("wallet.credit", self.owner, wallet=wid, amount_micros=10000, reference="a1")
+        key = self.paid_key(self.owner, self.team, users=[self.owner], services={
+            "text-generation": {"policy": "payg", "models": ["small"], "wallet": wid}})["key_id"]
+        path = os.path.join(self.env.tmp, "authz-token")
+        self.ok("token", "generate", key, "--out", path, actor=self.owner)
+        args = ("authorize", "--token-file", path, "--service", "text-generation", "--model",
+                "small", "--param", "input_tokens=1000", "--param", "output_tokens=500",
+                "--request-id", "cli-r1")
+        r = self.js("--config", self.env.config_path, *args)
+        self.assertEqual((r["status"], r["cost_micros"], r["balance_micros"]), ("ok", 450, 9550))
+        rc, out, err = self.kg(*args, env={"KEYGATE_CONFIG": self.env.config_path})
+        self.assertEqual(rc, 0, err)
+        out = self.ok("wallet", "ledger", wid, "--limit", "1", actor=self.owner)
+        self.assertRegex(out, r"debit\s+-0\.000450 USD \(450 micros\)\s+0\.009550 USD .*request=cli-r1")
+
     def test_wallet_credit_usage(self):
         wid = self.c.ok("wallet.create", self.owner, team=self.team, name="u")["wallet_id"]
         for args in (("12.5", "--reference", "r"), ("12",), ("abc", "--reference", "r")):
