@@ -370,6 +370,51 @@ class ManyKeys(kgtest.EnvCase):
                          sorted("m%d" % i for i in range(150)))
         self.assertEqual(c.ok("ping"), {})
 
+    def test_answer_longer_than_max_line(self):
+        # the line limit is for requests: a 300 KB answer comes whole
+        s = signup(self.c)
+        desc = "d" * 1500
+        for i in range(200):
+            self.c.ok("key.create", s["user_id"], team=s["team_id"], name="big%d" % i, description=desc)
+        c = self.env.client()
+        c.send_raw(json.dumps({"cmd": "key.list", "actor": s["user_id"], "team": s["team_id"]}).encode() + b"\n")
+        line = c.read_line()
+        self.assertGreater(len(line), 300000)
+        r = json.loads(line)
+        self.assertEqual(len(r["result"]["keys"]), 201)
+        self.assertEqual(c.ok("ping"), {})
+
+
+class MaxClients(unittest.TestCase):
+    """max_clients 5: a 6th connection waits (accept paused) and is served
+    as soon as one of the five leaves."""
+
+    def test_max_clients(self):
+        env = kgtest.Env(extra_config=["max_clients 5"])
+        try:
+            held = [env.client() for _ in range(5)]
+            for c in held:
+                self.assertEqual(c.ok("ping"), {})
+            extra = kgtest.Client(env.socket_path, timeout=1)
+            extra.send_raw(b'{"id": 6, "cmd": "ping"}\n')
+            try:
+                line = extra.read_line()
+            except TimeoutError:
+                line = "waiting"
+            # either it waits, or it is told and closed; it must not be served
+            if line != "waiting":
+                self.assertTrue(line is None or json.loads(line)["ok"] is False, line)
+            else:
+                held[0].close()
+                extra.settimeout(5)
+                self.assertEqual(json.loads(extra.read_line()), {"id": 6, "ok": True, "result": {}})
+            for c in held[1:]:
+                self.assertEqual(c.ok("ping"), {})
+            extra.close()
+        finally:
+            env.close()
+        kgtest.check_clean_exit(env)
+
 
 class ConfiguredLimits(unittest.TestCase):
     """A small max_line, a short idle_timeout, socket_mode 0600, a stale
