@@ -64,6 +64,8 @@ typedef struct {
 static ngx_int_t ngx_http_keygate_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_keygate_start(ngx_http_request_t *r,
     ngx_http_keygate_loc_conf_t *lcf, ngx_http_keygate_ctx_t *ctx);
+static ngx_int_t ngx_http_keygate_eval_params(ngx_http_request_t *r,
+    ngx_http_keygate_loc_conf_t *lcf, ngx_http_keygate_ctx_t *ctx);
 static ngx_int_t ngx_http_keygate_decide(ngx_http_request_t *r,
     ngx_http_keygate_ctx_t *ctx);
 static ngx_int_t ngx_http_keygate_same(ngx_http_request_t *r,
@@ -290,13 +292,8 @@ static ngx_int_t
 ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
     ngx_http_keygate_ctx_t *ctx)
 {
-    u_char                    *p, *last, *msg;
-    int64_t                    value, digit;
-    ngx_int_t                  rc;
-    ngx_str_t                  token, s;
-    ngx_uint_t                 i, n, negative;
-    kg_param                  *params;
-    ngx_http_keygate_param_t  *hp;
+    ngx_int_t   rc;
+    ngx_str_t   token, s;
 
     ngx_memzero(&ctx->req, sizeof(kg_request));
     ngx_memzero(&ctx->res, sizeof(kg_result));
@@ -340,77 +337,14 @@ ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
         }
     }
 
-    if (lcf->params && lcf->params->nelts) {
-        params = ngx_pcalloc(r->pool, lcf->params->nelts * sizeof(kg_param));
-        if (params == NULL) {
-            return NGX_ERROR;
-        }
+    rc = ngx_http_keygate_eval_params(r, lcf, ctx);
 
-        hp = lcf->params->elts;
-        n = 0;
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
 
-        for (i = 0; i < lcf->params->nelts; i++) {
-
-            if (ngx_http_complex_value(r, &hp[i].value, &s) != NGX_OK) {
-                return NGX_ERROR;
-            }
-
-            if (s.len == 0) {
-                continue;          /* a missing quantity counts 0 */
-            }
-
-            /* a signed decimal int64; libkeygate refuses negatives */
-
-            p = s.data;
-            last = s.data + s.len;
-            negative = (*p == '-');
-
-            if (negative || *p == '+') {
-                p++;
-            }
-
-            value = 0;
-
-            if (p == last) {
-                goto bad_param;
-            }
-
-            for ( /* void */ ; p < last; p++) {
-                if (*p < '0' || *p > '9') {
-                    goto bad_param;
-                }
-
-                digit = *p - '0';
-
-                if (value > (INT64_MAX - digit) / 10) {
-                    goto bad_param;
-                }
-
-                value = value * 10 + digit;
-            }
-
-            params[n].name = (const char *) hp[i].name.data;
-            params[n].value = negative ? -value : value;
-            n++;
-            continue;
-
-        bad_param:
-
-            ctx->res.status = KG_BAD_REQUEST;
-
-            msg = ngx_pnalloc(r->pool, hp[i].name.len + 64);
-            if (msg == NULL) {
-                return NGX_ERROR;
-            }
-
-            ngx_sprintf(msg, "parameter %V is not an integer%Z", &hp[i].name);
-            ctx->message = (const char *) msg;
-
-            return ngx_http_keygate_decide(r, ctx);
-        }
-
-        ctx->req.params = params;
-        ctx->req.nparams = n;
+    if (rc == NGX_DECLINED) {
+        return ngx_http_keygate_decide(r, ctx);
     }
 
     if (ngx_http_keygate_find_token(r, &token) != NGX_OK) {
@@ -451,6 +385,100 @@ ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
     }
 
     return ngx_http_keygate_decide(r, ctx);
+}
+
+
+/*
+ * Evaluates the location's keygate_param values into ctx->req.params.
+ * Returns NGX_OK; NGX_DECLINED for a value that is not an integer (the
+ * refusal is then set in ctx); or NGX_ERROR.
+ */
+static ngx_int_t
+ngx_http_keygate_eval_params(ngx_http_request_t *r,
+    ngx_http_keygate_loc_conf_t *lcf, ngx_http_keygate_ctx_t *ctx)
+{
+    u_char                    *p, *last, *msg;
+    int64_t                    value, digit;
+    ngx_str_t                  s;
+    ngx_uint_t                 i, n, negative;
+    kg_param                  *params;
+    ngx_http_keygate_param_t  *hp;
+
+    if (lcf->params == NULL || lcf->params->nelts == 0) {
+        return NGX_OK;
+    }
+
+    params = ngx_pcalloc(r->pool, lcf->params->nelts * sizeof(kg_param));
+    if (params == NULL) {
+        return NGX_ERROR;
+    }
+
+    hp = lcf->params->elts;
+    n = 0;
+
+    for (i = 0; i < lcf->params->nelts; i++) {
+
+        if (ngx_http_complex_value(r, &hp[i].value, &s) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (s.len == 0) {
+            continue;              /* a missing quantity counts 0 */
+        }
+
+        /* a signed decimal int64; libkeygate refuses negatives */
+
+        p = s.data;
+        last = s.data + s.len;
+        negative = (*p == '-');
+
+        if (negative || *p == '+') {
+            p++;
+        }
+
+        value = 0;
+
+        if (p == last) {
+            goto bad_param;
+        }
+
+        for ( /* void */ ; p < last; p++) {
+            if (*p < '0' || *p > '9') {
+                goto bad_param;
+            }
+
+            digit = *p - '0';
+
+            if (value > (INT64_MAX - digit) / 10) {
+                goto bad_param;
+            }
+
+            value = value * 10 + digit;
+        }
+
+        params[n].name = (const char *) hp[i].name.data;
+        params[n].value = negative ? -value : value;
+        n++;
+    }
+
+    ctx->req.params = params;
+    ctx->req.nparams = n;
+
+    return NGX_OK;
+
+bad_param:
+
+    ctx->res.status = KG_BAD_REQUEST;
+
+    msg = ngx_pnalloc(r->pool, hp[i].name.len + 64);
+    if (msg == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(msg, "parameter %V is not an integer%Z", &hp[i].name);
+    ctx->message = (const char *) msg;
+
+    return NGX_DECLINED;
 }
 
 
