@@ -1,0 +1,265 @@
+/*
+ * bench_module.c - libkeygate's speed against the store's own round trip,
+ * measured on one private redis-server in one run:
+ *
+ *   bare GET            hiredis, synchronous, a small string
+ *   bare EVALSHA        hiredis, synchronous, "return 1"   (the baseline)
+ *   (a) warm payg       kg_authorize, token cached, one debit script
+ *   (b) cold payg       kg_authorize with cache_ttl_ms 0: HGETALL, GET, EVALSHA
+ *   (c) free service    kg_authorize, token cached, one quota script
+ *   (d) malformed       kg_authorize, bad checksum, no store
+ *
+ * For each: ops/s, p50 and p99 latency, and the p50 ratio to bare EVALSHA.
+ * Goals (issue 4): (a) p50 <= 1.3x bare EVALSHA; (d) under 1 us.
+ * Usage: bench_module [iterations]   (default 20000)
+ */
+#include "kgt.h"
+#include "kg_internal.h"   /* the debit script text, for the bare EVALSHA of it */
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static kgt_env env;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int cmp64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct stat_row {
+    const char *name;
+    double ops, p50_us, p99_us;
+} stat_row;
+
+/* lat[] holds n per-op latencies in ns; total_ns the wall time of the run. */
+static stat_row summarize(const char *name, int64_t *lat, size_t n, int64_t total_ns)
+{
+    stat_row s = {name, 0, 0, 0};
+    qsort(lat, n, sizeof *lat, cmp64);
+    s.ops = (double)n * 1e9 / (double)total_ns;
+    s.p50_us = (double)lat[n / 2] / 1000.0;
+    s.p99_us = (double)lat[n * 99 / 100] / 1000.0;
+    return s;
+}
+
+static void print_row(const stat_row *s, double base_p50)
+{
+    printf("%-34s %12.0f %10.2f %10.2f %9.2fx\n", s->name, s->ops, s->p50_us, s->p99_us,
+           s->p50_us / base_p50);
+}
+
+static __attribute__((unused)) stat_row bench_cmd(const char *name, redisContext *c, int argc, const char **argv,
+                          size_t n, int64_t *lat)
+{
+    int64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        int64_t a = now_ns();
+        redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+        lat[i] = now_ns() - a;
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+            fprintf(stderr, "bench: %s failed\n", name);
+            exit(1);
+        }
+        freeReplyObject(r);
+    }
+    return summarize(name, lat, n, now_ns() - t0);
+}
+
+static stat_row bench_kg(const char *name, kg_ctx *ctx, const kg_request *req, kg_status want,
+                         size_t n, int64_t *lat)
+{
+    kg_result res;
+    int64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        int64_t a = now_ns();
+        kg_status s = kg_authorize(ctx, req, &res);
+        lat[i] = now_ns() - a;
+        if (s != want) {
+            fprintf(stderr, "bench: %s: %s, expected %s\n", name, kg_status_code(s), kg_status_code(want));
+            exit(1);
+        }
+    }
+    return summarize(name, lat, n, now_ns() - t0);
+}
+
+/* For sub-microsecond calls: time batches of 100 and divide. */
+static __attribute__((unused)) stat_row bench_kg_batched(const char *name, kg_ctx *ctx, const kg_request *req,
+                                 kg_status want, size_t n, int64_t *lat)
+{
+    kg_result res;
+    size_t batches = n / 100;
+    int64_t t0 = now_ns();
+    for (size_t b = 0; b < batches; b++) {
+        int64_t a = now_ns();
+        for (int i = 0; i < 100; i++)
+            if (kg_authorize(ctx, req, &res) != want) {
+                fprintf(stderr, "bench: %s: unexpected %s\n", name, kg_status_code(res.status));
+                exit(1);
+            }
+        lat[b] = (now_ns() - a) / 100;
+    }
+    stat_row s = summarize(name, lat, batches, now_ns() - t0);
+    s.ops *= 100;
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    size_t n = argc > 1 ? (size_t)strtoul(argv[1], NULL, 10) : 20000;
+    int64_t *lat;
+    kgt_world w;
+    kgt_req payg, payg_rid, freereq, bad;
+    kg_ctx *warm, *cold;
+    char err[256], badtok[KGC_TOKEN_LEN + 1], sha[64];
+    stat_row rows[9];
+    redisContext *c;
+    redisReply *r;
+
+    if (n < 1000)
+        n = 1000;
+    lat = calloc(n, sizeof *lat);
+    kgt_setup(&env, NULL);
+    signal(SIGPIPE, SIG_IGN);          /* as nginx and most servers run */
+    kgt_catalog_quota(&env, "speech-to-text", 1000000000LL);
+    kgt_world_make(&env, &w, 4000000000000000LL);
+    c = redisConnectUnix(env.sock);
+    kgt_do(&env, "SET bench:small hello");
+    r = redisCommand(c, "SCRIPT LOAD %s", "return 1");
+    snprintf(sha, sizeof sha, "%s", r->str);
+    freeReplyObject(r);
+
+    warm = kg_open(env.conf, err, sizeof err);
+    cold = kg_open(kgt_write_conf(&env, "cold.conf", "cache_ttl_ms 0\n"), err, sizeof err);
+    if (warm == NULL || cold == NULL) {
+        fprintf(stderr, "bench: kg_open: %s\n", err);
+        kgt_fail();
+    }
+    kgt_request(&payg, w.tok, "text-generation", "small", NULL, KGT_P("input_tokens", 1000),
+                KGT_P("output_tokens", 200), NULL);
+    kgt_request(&freereq, w.tok, "speech-to-text", NULL, NULL, KGT_P("audio_seconds", 30), NULL);
+    snprintf(badtok, sizeof badtok, "%s", w.tok);
+    badtok[20] = badtok[20] == 'x' ? 'y' : 'x';
+    kgt_request(&bad, badtok, "text-generation", "small", NULL, NULL);
+
+    /* warm up: connections, scripts, subscription, token cache */
+    for (int i = 0; i < 2000; i++) {
+        kg_result res;
+        kg_authorize(warm, &payg.req, &res);
+        kg_authorize(warm, &freereq.req, &res);
+        kg_authorize(cold, &payg.req, &res);
+        if (i % 100 == 0)
+            kgt_sleep_ms(1);
+    }
+
+    /* The cases run round-robin in ROUNDS slices, so that load from
+     * elsewhere on the machine falls on all of them alike. */
+    enum { C_GET, C_EVAL, C_A, C_B, C_C, C_D, C_ARID, C_DEBIT, NCASES };
+    static const char *names[NCASES] = {
+        "bare GET", "bare EVALSHA (return 1)", "(a) kg_authorize warm payg",
+        "(b) kg_authorize cold payg", "(c) kg_authorize free service",
+        "(d) kg_authorize malformed token", "(a') warm payg + request_id",
+        "bare EVALSHA of the debit script"};
+    const size_t ROUNDS = 20, slice = n / ROUNDS;
+    int64_t *lats[NCASES], total[NCASES] = {0};
+    size_t cnt[NCASES] = {0};
+    char rid[48], dsha[64], kw[256], kl[256], kr[256];
+    const char *get_argv[] = {"GET", "bench:small"};
+    const char *eval_argv[] = {"EVALSHA", sha, "0"};
+
+    /* the debit script as the library sends it, straight from hiredis */
+    r = redisCommand(c, "SCRIPT LOAD %s", kg_script_text[KG_SCRIPT_DEBIT]);
+    snprintf(dsha, sizeof dsha, "%s", r->str);
+    freeReplyObject(r);
+    snprintf(kw, sizeof kw, KGT_PREFIX "{t:%s}:wallet:%s", w.team, w.wallet);
+    snprintf(kl, sizeof kl, KGT_PREFIX "{t:%s}:ledger:%s", w.team, w.wallet);
+    snprintf(kr, sizeof kr, KGT_PREFIX "{t:%s}:req:%s:", w.team, w.key);
+    const char *debit_argv[] = {"EVALSHA", dsha, "3", kw, kl, kr, "270", w.key, w.user,
+                                "text-generation", "small", "", w.wallet};
+
+    kgt_request(&payg_rid, w.tok, "text-generation", "small", rid, KGT_P("input_tokens", 1000),
+                KGT_P("output_tokens", 200), NULL);
+    for (int k = 0; k < NCASES; k++)
+        lats[k] = calloc(n, sizeof(int64_t));
+    for (size_t round = 0; round < ROUNDS; round++) {
+        for (int k = 0; k < NCASES; k++) {
+            int64_t t0 = now_ns();
+            for (size_t i = 0; i < slice; i++) {
+                kg_result res;
+                kg_status st = KG_OK, want = KG_OK;
+                redisReply *rr = NULL;
+                int64_t a = now_ns();
+                switch (k) {
+                case C_GET:   rr = redisCommandArgv(c, 2, get_argv, NULL); break;
+                case C_EVAL:  rr = redisCommandArgv(c, 3, eval_argv, NULL); break;
+                case C_DEBIT: rr = redisCommandArgv(c, 13, debit_argv, NULL); break;
+                case C_A:     st = kg_authorize(warm, &payg.req, &res); break;
+                case C_B:     st = kg_authorize(cold, &payg.req, &res); break;
+                case C_C:     st = kg_authorize(warm, &freereq.req, &res); break;
+                case C_ARID:
+                    snprintf(rid, sizeof rid, "bench-%zu-%zu", round, i);
+                    a = now_ns();
+                    st = kg_authorize(warm, &payg_rid.req, &res);
+                    break;
+                case C_D:
+                    /* sub-microsecond: time 100 calls, count their mean */
+                    for (int j = 0; j < 100; j++)
+                        st = kg_authorize(warm, &bad.req, &res);
+                    want = KG_TOKEN_MALFORMED;
+                    break;
+                }
+                int64_t d = now_ns() - a;
+                if (k == C_D)
+                    d /= 100;
+                lats[k][cnt[k]++] = d;
+                if (rr != NULL) {
+                    if (rr->type == REDIS_REPLY_ERROR) {
+                        fprintf(stderr, "bench: %s: %s\n", names[k], rr->str);
+                        kgt_fail();
+                    }
+                    freeReplyObject(rr);
+                } else if (k != C_GET && k != C_EVAL && k != C_DEBIT && st != want) {
+                    fprintf(stderr, "bench: %s: %s\n", names[k], kg_status_code(st));
+                    kgt_fail();
+                }
+            }
+            total[k] += now_ns() - t0;
+        }
+    }
+    for (int k = 0; k < NCASES; k++) {
+        rows[k] = summarize(names[k], lats[k], cnt[k], total[k]);
+        if (k == C_D)
+            rows[k].ops *= 100;
+        free(lats[k]);
+    }
+    /* a host that does not ignore SIGPIPE: the library guards each write */
+    signal(SIGPIPE, SIG_DFL);
+    kgt_sleep_ms(1100);                 /* the library looks at the disposition once a second */
+    rows[NCASES] = bench_kg("(a'') warm payg, SIGPIPE not ignored", warm, &payg.req, KG_OK, n / 4, lat);
+
+    printf("libkeygate benchmark: %zu ops per case in 20 interleaved slices, one redis-server\n"
+           "on a Unix socket, blocking kg_authorize, one context, one thread\n", n);
+    printf("%-34s %12s %10s %10s %10s\n", "case", "ops/s", "p50 us", "p99 us", "p50/EVALSHA");
+    for (int i = 0; i < 9; i++)
+        print_row(&rows[i], rows[1].p50_us);
+    printf("goal (a) p50 <= 1.3x bare EVALSHA: %.2fx  %s\n", rows[2].p50_us / rows[1].p50_us,
+           rows[2].p50_us <= 1.3 * rows[1].p50_us ? "MET" : "MISSED");
+    printf("goal (d) under 1 us:                %.3f us  %s\n", rows[5].p50_us,
+           rows[5].p99_us < 1.0 ? "MET (p99 too)" : rows[5].p50_us < 1.0 ? "MET (p50)" : "MISSED");
+
+    kg_close(warm);
+    kg_close(cold);
+    redisFree(c);
+    free(lat);
+    kgt_teardown(&env);
+    return 0;
+}
