@@ -3,10 +3,12 @@
  * price.estimate, notification.list.
  */
 #include "cmd.h"
+#include "http.h"
 #include "log.h"
 #include "model.h"
 
 #include <ctype.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +19,7 @@ job_step cmd_ping(job *j)
     return J_DONE;
 }
 
-static int email_normalize(const char *in, char *out, size_t cap)
+int email_normalize(const char *in, char *out, size_t cap)
 {
     size_t n = in ? strlen(in) : 0;
     const char *at = in ? strchr(in, '@') : NULL;
@@ -34,11 +36,15 @@ static int email_normalize(const char *in, char *out, size_t cap)
     return 0;
 }
 
-/* Stage 1: is the email free? Stage 2: create user, team and free key. */
+/* Stage 1: is the email free? Stage 2: create user, team and free key.
+ * A password (optional: for the console) is stored only as its Argon2id
+ * string, in the user document, and never returned. */
 job_step cmd_user_signup(job *j)
 {
     char email[256], uid[KGC_ID_MAX], tid[KGC_ID_MAX], kid[KGC_ID_MAX], tname[300];
+    char pwhash[crypto_pwhash_STRBYTES], err[100];
     const char *name = arg_str(j, "name"), *team_name = arg_str(j, "team_name");
+    const char *password = arg_str(j, "password");
     json_t *user, *team, *key, *services;
     long long now = now_ms();
 
@@ -49,6 +55,10 @@ job_step cmd_user_signup(job *j)
             return job_fail(j, "bad_request", "'name' must be 1-200 printable characters");
         if (team_name != NULL && !name_ok(team_name, 200))
             return job_fail(j, "bad_request", "'team_name' must be 1-200 printable characters");
+        if (password != NULL && strlen(password) < PASSWORD_MIN)
+            return job_fail(j, "bad_request", "'password' must be at least %d bytes long", PASSWORD_MIN);
+        if (password != NULL && strlen(password) > PASSWORD_MAX)
+            return job_fail(j, "bad_request", "'password' is longer than %d bytes", PASSWORD_MAX);
         job_read(j, "GET", rk(j, KGC_RK_EMAIL, email), NULL);
         return J_READ;
     }
@@ -65,6 +75,13 @@ job_step cmd_user_signup(job *j)
     }
     user = json_pack("{s:s,s:s,s:s,s:I}", "user_id", uid, "email", email, "name", name,
                      "created_at", (json_int_t)now);
+    if (password != NULL) {
+        if (password_hash(password, pwhash, err, sizeof err) != 0) {
+            json_decref(user);
+            return job_fail(j, "internal", "%s", err);
+        }
+        json_object_set_new(user, "password_hash", json_string(pwhash));
+    }
     team = json_pack("{s:s,s:s,s:{s:s},s:s,s:I}", "team_id", tid, "name", team_name,
                      "members", uid, "owner", "free_key_id", kid, "created_at", (json_int_t)now);
     services = json_object();
@@ -80,6 +97,7 @@ job_step cmd_user_signup(job *j)
     job_write_json(j, rk(j, KGC_RK_USER, uid), user);
     job_write(j, "SET", rk(j, KGC_RK_EMAIL, email), uid, NULL);
     job_write_json(j, rk(j, KGC_RK_TEAM, tid), team);
+    job_write(j, "SADD", rk(j, KG_RK_USERTEAMS, uid), tid, NULL);
     job_write_json(j, rk(j, KGC_RK_KEY, tid, kid), key);
     {
         char score[32];

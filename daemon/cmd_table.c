@@ -32,6 +32,9 @@ job_step cmd_wallet_list(job *j);
 job_step cmd_wallet_get(job *j);
 job_step cmd_wallet_credit(job *j);
 job_step cmd_wallet_ledger(job *j);
+job_step cmd_session_login(job *j);
+job_step cmd_session_whoami(job *j);
+job_step cmd_session_logout(job *j);
 
 #define REQ 1
 #define OPT 0
@@ -39,7 +42,8 @@ job_step cmd_wallet_ledger(job *j);
 const cmd_def cmd_table[] = {
     {"ping", cmd_ping, NEED_NOBODY, SCOPE_NONE, 0, 0, {{0}}},
     {"user.signup", cmd_user_signup, NEED_NOBODY, SCOPE_NONE, 1, 0,
-     {{"email", A_STR, REQ}, {"name", A_STR, REQ}, {"team_name", A_STR, OPT}}},
+     {{"email", A_STR, REQ}, {"name", A_STR, REQ}, {"team_name", A_STR, OPT},
+      {"password", A_STR, OPT}}},
     {"service.list", cmd_service_list, NEED_NOBODY, SCOPE_NONE, 0, 0, {{0}}},
     {"price.estimate", cmd_price_estimate, NEED_NOBODY, SCOPE_NONE, 0, 0,
      {{"service", A_STR, REQ}, {"model", A_STR, OPT}, {"params", A_OBJ, REQ}}},
@@ -83,6 +87,15 @@ const cmd_def cmd_table[] = {
      {{"wallet", A_STR, REQ}, {"amount_micros", A_INT, REQ}, {"reference", A_STR, REQ}}},
     {"wallet.ledger", cmd_wallet_ledger, NEED_ADMIN, SCOPE_WALLET, 0, 0,
      {{"wallet", A_STR, REQ}, {"limit", A_INT, OPT}}},
+
+    /* The console's sign-in (cmd_session.c). They write no team state, so
+     * they are not serialized with the mutating commands. */
+    {"session.login", cmd_session_login, NEED_NOBODY, SCOPE_NONE, 0, 1,
+     {{"email", A_STR, REQ}, {"password", A_STR, REQ}}},
+    {"session.whoami", cmd_session_whoami, NEED_USER, SCOPE_NONE, 0, 0,
+     {{"session", A_STR, OPT}}},
+    {"session.logout", cmd_session_logout, NEED_USER, SCOPE_NONE, 0, 0,
+     {{"session", A_STR, REQ}}},
     {NULL, NULL, 0, 0, 0, 0, {{0}}},
 };
 
