@@ -8,12 +8,18 @@
 #include "kg_internal.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define KG_CACHE_MAX 8192          /* tokens cached per context */
+
+/* kgc_crc32 fills its table on first use without a lock; run that first
+ * use once, here, so contexts on different threads never race on it. */
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+static void crc_warm(void) { (void)kgc_crc32("", 0); }
 
 KG_EXPORT kg_ctx *kg_open(const char *config_path, char *err, size_t errlen)
 {
@@ -29,6 +35,7 @@ KG_EXPORT kg_ctx *kg_open(const char *config_path, char *err, size_t errlen)
         snprintf(err, errlen, "kg_open: no config file given");
         return NULL;
     }
+    pthread_once(&crc_once, crc_warm);
     if (sodium_init() < 0) {
         snprintf(err, errlen, "kg_open: libsodium failed to initialise");
         return NULL;

@@ -62,6 +62,13 @@ int main(void)
     ctx = kg_open(env.conf, err, sizeof err);
     KGT_CHECK(ctx != NULL, "kg_open: %s", err);
 
+    /* Everything Redis receives is watched (MONITOR): the plain token must
+     * never be among it. Checked after the requests below. */
+    redisContext *mon = redisConnectUnix(env.sock);
+    redisReply *mr = mon != NULL ? redisCommand(mon, "MONITOR") : NULL;
+    KGT_CHECK(mr != NULL && mr->type == REDIS_REPLY_STATUS, "MONITOR");
+    freeReplyObject(mr);
+
     /* KG_OK, pay-as-you-go: 2000 in at 150/1000 + 500 out at 600/1000 = 600. */
     kgt_request(&r, w.tok, "text-generation", "small", NULL,
                 KGT_P("input_tokens", 2000), KGT_P("output_tokens", 500), NULL);
@@ -82,6 +89,24 @@ int main(void)
     KGT_CHECK(res.cost_micros == 0 && res.balance_micros == -1 && res.wallet_id[0] == '\0',
               "free: cost %lld balance %lld wallet '%s'", (long long)res.cost_micros,
               (long long)res.balance_micros, res.wallet_id);
+
+    /* No token in what Redis saw (the body, without its "kg_" prefix). */
+    {
+        struct timeval tv = {0, 300000};
+        void *rp;
+        int seen = 0;
+        redisSetTimeout(mon, tv);
+        while (redisGetReply(mon, &rp) == REDIS_OK) {
+            redisReply *m = rp;
+            if (m->type == REDIS_REPLY_STATUS) {
+                seen++;
+                KGT_CHECK(strstr(m->str, w.tok + 3) == NULL, "the plain token reached Redis: %s", m->str);
+            }
+            freeReplyObject(m);
+        }
+        KGT_CHECK(seen >= 3, "MONITOR saw %d commands", seen);
+        redisFree(mon);
+    }
 
     /* KG_QUOTA_EXCEEDED: the catalog allows 2 a day; one used above. */
     KGT_EQ_STATUS(run(ctx, &r, &res), KG_OK);
