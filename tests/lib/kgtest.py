@@ -335,7 +335,7 @@ def _wait_for(pred, timeout, what, interval=0.02):
             v = pred()
             if v:
                 return v
-        except (OSError, ConnectionError):
+        except (OSError, ConnectionError, RedisError):  # RedisError: -LOADING
             pass
         if time.monotonic() > deadline:
             raise TimeoutError("timed out waiting for " + what)
