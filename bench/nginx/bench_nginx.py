@@ -14,8 +14,12 @@ against the same proxied upstream:
 and prints requests/s, latency percentiles and the ratio keygate/baseline.
 Goal (issue 5): ratio >= 0.5.
 
-usage: bench_nginx.py [--connections 64] [--duration 10] [--threads 1]
-                      [--workers 1] [--free]
+usage: bench_nginx.py [--connections 64] [--duration 5] [--rounds 3]
+                      [--threads 1] [--workers 1] [--free]
+
+The variants are run in alternation, --rounds times each, and the median
+round of each is compared, so that other load on the machine during one
+run does not decide the ratio.
 Environment: KEYGATE_NGINX_MODULE, KEYGATED, NGINX, REDIS_SERVER (as in
 tests/nginx/kgnginx.py and tests/lib/kgtest.py).
 """
@@ -78,7 +82,8 @@ def line(name, r):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--duration", type=int, default=10, help="seconds per run")
+    ap.add_argument("--duration", type=int, default=5, help="seconds per run")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each variant, alternated")
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--workers", type=int, default=1, help="nginx worker processes")
     ap.add_argument("--free", action="store_true", help="also measure a free-tier service")
@@ -107,19 +112,33 @@ def main():
                     raise SystemExit("warm-up %s answered %s: %s" % (path, status, body))
         before = c.ok("wallet.get", a["user"], wallet=a["wallet"])["balance_micros"]
 
-        print("nginx %d worker(s), wrk %d thread(s), %d connections, %d s per run, loopback"
-              % (args.workers, args.threads, args.connections, args.duration))
+        print("nginx %d worker(s), wrk %d thread(s), %d connections, %d s per run, "
+              "%d round(s), loopback; load average before: %s"
+              % (args.workers, args.threads, args.connections, args.duration,
+                 args.rounds, " ".join(open("/proc/loadavg").read().split()[:3])))
         runs = [("baseline", "/open/x", {}), ("keygate", "/gen/x", gen)]
         if args.free:
             runs.append(("free", "/free/x", {"Authorization": "Bearer " + a["free_token"]}))
+        # rounds alternate the variants, so that a burst of other load on
+        # the machine hits all of them; the median round of each is reported
+        rounds = {name: [] for name, _, _ in runs}
+        for i in range(args.rounds):
+            for name, path, h in runs:
+                r = run_wrk(base + path, h, args)
+                rounds[name].append(r)
+                if args.verbose:
+                    print(r["raw"])
+                print("  round %d  %s" % (i + 1, line(name, r)))
+                time.sleep(0.5)
         res = {}
-        for name, path, h in runs:
-            r = run_wrk(base + path, h, args)
-            res[name] = r
-            if args.verbose:
-                print(r["raw"])
-            print(line(name, r))
-            time.sleep(1)
+        for name, _, _ in runs:
+            ordered = sorted(rounds[name], key=lambda r: r["rps"])
+            res[name] = ordered[len(ordered) // 2]
+            res[name]["requests"] = sum(r["requests"] for r in rounds[name])
+            res[name]["non2xx"] = sum(r["non2xx"] for r in rounds[name])
+        print("median round of each:")
+        for name, _, _ in runs:
+            print(line(name, res[name]))
 
         after = c.ok("wallet.get", a["user"], wallet=a["wallet"])["balance_micros"]
         charged = (before - after) // cost if cost else 0
@@ -127,7 +146,7 @@ def main():
         print("ratio keygate/baseline: %.2f   (goal >= 0.50)" % ratio)
         if args.free:
             print("ratio free/baseline:    %.2f" % (res["free"]["rps"] / res["baseline"]["rps"]))
-        print("wallet debits during the keygate run: %d (wrk counted %d requests, %d non-2xx)"
+        print("wallet debits during the keygate runs: %d (wrk counted %d requests, %d non-2xx)"
               % (charged, res["keygate"]["requests"], res["keygate"]["non2xx"]))
         bad = res["keygate"]["non2xx"] or res["baseline"]["non2xx"]
         return 1 if bad else 0
