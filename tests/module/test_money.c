@@ -7,6 +7,7 @@
  */
 #include "kgt.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -69,6 +70,62 @@ static void gateway(int id, const kgt_world *w, int fd)
     _exit(0);
 }
 
+/* The same in one process: one context per thread. */
+typedef struct worker {
+    const kgt_world *w;
+    int id, charged, failed;
+} worker;
+
+static void *thread_main(void *arg)
+{
+    worker *wk = arg;
+    kg_ctx *ctx = kg_open(env.conf, NULL, 0);
+    kgt_req r;
+    kg_result res;
+    char rid[64];
+
+    if (ctx == NULL) {
+        wk->failed = 1;
+        return NULL;
+    }
+    for (int i = 0; i < PER_PROC; i++) {
+        snprintf(rid, sizeof rid, "t%d-%d", wk->id, i);
+        kgt_request(&r, wk->w->tok, "text-generation", "small", (i % 2) ? rid : NULL,
+                    KGT_P("input_tokens", 1000), NULL);
+        kg_status st = kg_authorize(ctx, &r.req, &res);
+        if (st == KG_OK && !res.replayed && res.cost_micros == COST)
+            wk->charged++;
+        else if (st != KG_INSUFFICIENT_FUNDS)
+            wk->failed = 1;
+    }
+    kg_close(ctx);
+    return NULL;
+}
+
+static void threads_phase(void)
+{
+    kgt_world w;
+    pthread_t th[PROCS];
+    worker wk[PROCS];
+    int total = 0;
+
+    kgt_world_make(&env, &w, (int64_t)K * COST);
+    for (int i = 0; i < PROCS; i++) {
+        wk[i] = (worker){&w, i, 0, 0};
+        KGT_CHECK(pthread_create(&th[i], NULL, thread_main, &wk[i]) == 0, "pthread_create");
+    }
+    for (int i = 0; i < PROCS; i++) {
+        pthread_join(th[i], NULL);
+        KGT_CHECK(!wk[i].failed, "thread %d saw an unexpected answer", i);
+        total += wk[i].charged;
+    }
+    KGT_CHECK(total == K, "threads: %d charged, expected %d", total, K);
+    KGT_CHECK(kgt_balance(&env, &w) == 0, "threads: balance %lld", kgt_balance(&env, &w));
+    KGT_CHECK(kgt_ledger_len(&env, &w) == K + 1, "threads: ledger %lld (K debits + 1 credit)",
+              kgt_ledger_len(&env, &w));
+    printf("ok: %d threads (one context each) x %d requests: exactly %d charged\n", PROCS, PER_PROC, K);
+}
+
 int main(void)
 {
     kgt_world w;
@@ -115,6 +172,7 @@ int main(void)
     freeReplyObject(ledger);
     KGT_CHECK(debits == K, "%d debits in the ledger, expected %d", debits, K);
     KGT_CHECK(sum == (long long)K * COST, "debits sum to %lld", sum);
+    threads_phase();
     kgt_teardown(&env);
     printf("ok: %d processes x %d requests: exactly %d charged, balance 0, %d ledger debits\n",
            PROCS, PER_PROC + 1, K, debits);
