@@ -116,7 +116,7 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
 
-    log_format kg '$remote_addr "$request" $status kg=$keygate_status '
+    log_format kg '$remote_addr "$request" $status pid=$pid kg=$keygate_status '
                   'key=$keygate_key_id user=$keygate_user_id team=$keygate_team_id '
                   'cost=$keygate_cost_micros balance=$keygate_balance_micros';
     access_log {access_log};

@@ -262,7 +262,7 @@ class Decisions(Base):
         line = [l for l in log.splitlines() if '"GET /gen/y' in l][-1]
         self.assertIn("kg=ok key=%s user=%s team=%s cost=150" % (a["paid_key"], a["user"], a["team"]), line)
         line = [l for l in log.splitlines() if "/stt/nolog-probe" in l][-1]
-        self.assertIn(" 401 kg=", line)
+        self.assertRegex(line, r" 401 pid=\d+ kg=token_malformed key=- ")
 
     def test_zz_no_token_in_any_log(self):
         a = self.accounts()
@@ -462,6 +462,38 @@ class NotBlocked(Base):
         self.assertEqual(self.ngx.get_echo("/gen/x", h)[0], 200)
         self.assertNotIn("exited on signal", self.ngx.error_log())
         self.assertNotIn("[alert]", self.ngx.error_log())
+
+
+class TwoWorkers(Base):
+    """Each worker has its own kg_ctx; a revocation reaches all of them."""
+
+    workers = 2
+
+    def test_revocation_reaches_every_worker_within_one_second(self):
+        self.assertEqual(len(self.ngx.worker_pids()), 2)
+        a = self.accounts()
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        # new connections land on either worker: warm both
+        for _ in range(60):
+            self.assertEqual(self.ngx.get_echo("/gen/warm", h)[0], 200)
+        if len(self.pids_of("/gen/warm")) < 2:
+            self.skipTest("the kernel sent every connection to one worker")
+        self.c.ok("key.revoke", a["user"], key=a["paid_key"])
+        time.sleep(1.0)
+        statuses = [self.ngx.get_json("/gen/after", h)[0] for _ in range(60)]
+        self.assertEqual(set(statuses), {401}, "accepted more than 1 s after the revocation")
+        self.assertEqual(len(self.pids_of("/gen/after")), 2,
+                         "only one worker was asked after the revocation")
+
+    def pids_of(self, path):
+        """Worker pids that served requests for path (from the access log)."""
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            lines = [l for l in self.ngx.access_log().splitlines() if '"GET %s ' % path in l]
+            if lines:
+                return {l.split("pid=")[1].split()[0] for l in lines}
+            time.sleep(0.05)
+        return set()
 
 
 class Config(unittest.TestCase):
