@@ -17,6 +17,7 @@
 #include "kg_internal.h"   /* the debit script text, for the bare EVALSHA of it */
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -39,12 +40,21 @@ static int cmp64(const void *a, const void *b)
 typedef struct stat_row {
     const char *name;
     double ops, p50_us, p99_us;
+    double cpu_us;                /* this process' CPU (user + sys) per op */
 } stat_row;
+
+static int64_t cpu_ns(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ((int64_t)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000LL +
+           ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000LL;
+}
 
 /* lat[] holds n per-op latencies in ns; total_ns the wall time of the run. */
 static stat_row summarize(const char *name, int64_t *lat, size_t n, int64_t total_ns)
 {
-    stat_row s = {name, 0, 0, 0};
+    stat_row s = {name, 0, 0, 0, 0};
     qsort(lat, n, sizeof *lat, cmp64);
     s.ops = (double)n * 1e9 / (double)total_ns;
     s.p50_us = (double)lat[n / 2] / 1000.0;
@@ -54,8 +64,8 @@ static stat_row summarize(const char *name, int64_t *lat, size_t n, int64_t tota
 
 static void print_row(const stat_row *s, double base_p50)
 {
-    printf("%-34s %12.0f %10.2f %10.2f %9.2fx\n", s->name, s->ops, s->p50_us, s->p99_us,
-           s->p50_us / base_p50);
+    printf("%-38s %10.0f %9.2f %9.2f %9.2fx %9.2f\n", s->name, s->ops, s->p50_us, s->p99_us,
+           s->p50_us / base_p50, s->cpu_us);
 }
 
 static __attribute__((unused)) stat_row bench_cmd(const char *name, redisContext *c, int argc, const char **argv,
@@ -79,7 +89,7 @@ static stat_row bench_kg(const char *name, kg_ctx *ctx, const kg_request *req, k
                          size_t n, int64_t *lat)
 {
     kg_result res;
-    int64_t t0 = now_ns();
+    int64_t t0 = now_ns(), c0 = cpu_ns();
     for (size_t i = 0; i < n; i++) {
         int64_t a = now_ns();
         kg_status s = kg_authorize(ctx, req, &res);
@@ -89,7 +99,9 @@ static stat_row bench_kg(const char *name, kg_ctx *ctx, const kg_request *req, k
             exit(1);
         }
     }
-    return summarize(name, lat, n, now_ns() - t0);
+    stat_row row = summarize(name, lat, n, now_ns() - t0);
+    row.cpu_us = (double)(cpu_ns() - c0) / 1000.0 / (double)n;
+    return row;
 }
 
 /* For sub-microsecond calls: time batches of 100 and divide. */
@@ -170,7 +182,7 @@ int main(int argc, char **argv)
         "(d) kg_authorize malformed token", "(a') warm payg + request_id",
         "bare EVALSHA of the debit script"};
     const size_t ROUNDS = 20, slice = n / ROUNDS;
-    int64_t *lats[NCASES], total[NCASES] = {0};
+    int64_t *lats[NCASES], total[NCASES] = {0}, cpu[NCASES] = {0};
     size_t cnt[NCASES] = {0};
     char rid[48], dsha[64], kw[256], kl[256], kr[256];
     const char *get_argv[] = {"GET", "bench:small"};
@@ -192,7 +204,7 @@ int main(int argc, char **argv)
         lats[k] = calloc(n, sizeof(int64_t));
     for (size_t round = 0; round < ROUNDS; round++) {
         for (int k = 0; k < NCASES; k++) {
-            int64_t t0 = now_ns();
+            int64_t t0 = now_ns(), c0 = cpu_ns();
             for (size_t i = 0; i < slice; i++) {
                 kg_result res;
                 kg_status st = KG_OK, want = KG_OK;
@@ -233,12 +245,16 @@ int main(int argc, char **argv)
                 }
             }
             total[k] += now_ns() - t0;
+            cpu[k] += cpu_ns() - c0;
         }
     }
     for (int k = 0; k < NCASES; k++) {
         rows[k] = summarize(names[k], lats[k], cnt[k], total[k]);
-        if (k == C_D)
+        rows[k].cpu_us = (double)cpu[k] / 1000.0 / (double)cnt[k];
+        if (k == C_D) {
             rows[k].ops *= 100;
+            rows[k].cpu_us /= 100;
+        }
         free(lats[k]);
     }
     /* a host that does not ignore SIGPIPE: the library guards each write */
@@ -248,7 +264,8 @@ int main(int argc, char **argv)
 
     printf("libkeygate benchmark: %zu ops per case in 20 interleaved slices, one redis-server\n"
            "on a Unix socket, blocking kg_authorize, one context, one thread\n", n);
-    printf("%-34s %12s %10s %10s %10s\n", "case", "ops/s", "p50 us", "p99 us", "p50/EVALSHA");
+    printf("%-38s %10s %9s %9s %10s %9s\n", "case", "ops/s", "p50 us", "p99 us", "p50/EVALSHA",
+           "cpu us/op");
     for (int i = 0; i < 9; i++)
         print_row(&rows[i], rows[1].p50_us);
     printf("goal (a) p50 <= 1.3x bare EVALSHA: %.2fx  %s\n", rows[2].p50_us / rows[1].p50_us,
