@@ -369,7 +369,7 @@ server *server_new(struct event_base *base, const kgc_config *cfg, server_line_f
         free(srv);
         return NULL;
     }
-    srv->lis = evconnlistener_new(base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    srv->lis = evconnlistener_new(base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE, 0, fd); /* 0: listen() done, backlog 512 */
     srv->resume = evtimer_new(base, resume_cb, srv);
     if (srv->lis == NULL || srv->resume == NULL)
         oom("evconnlistener");

@@ -194,7 +194,10 @@ void store_free(store *s)
 
 int store_connected(const store *s)
 {
-    return s->ac != NULL && s->up;
+    /* A context hiredis is tearing down (its callbacks may be running us)
+     * accepts no more commands. */
+    return s->ac != NULL && s->up &&
+           !(s->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
 }
 
 static void batch_finish(batch *b)
@@ -282,14 +285,34 @@ out:
     return rc;
 }
 
+/* 1 if every command is a non-empty array of strings and integers. */
+static int cmds_ok(json_t *cmds)
+{
+    size_t i, k;
+    json_t *c, *a;
+
+    json_array_foreach(cmds, i, c) {
+        if (!json_is_array(c) || json_array_size(c) == 0)
+            return 0;
+        json_array_foreach(c, k, a)
+            if (!json_is_string(a) && !json_is_integer(a))
+                return 0;
+    }
+    return 1;
+}
+
 int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void *arg)
 {
-    size_t n = json_array_size(cmds), total = n + (transaction ? 2 : 0), idx = 0;
+    size_t n = json_array_size(cmds), total = n + (transaction ? 2 : 0), sent = 0;
     batch *b;
     json_t *multi = NULL, *exec = NULL;
 
     if (!store_connected(s) || n == 0)
         return -1;
+    if (!cmds_ok(cmds)) {
+        log_err("refusing a malformed command batch (a bug)");
+        return -1;
+    }
     if (s->inflight == 0)
         s->last_progress_ms = mono_ms();
     b = xcalloc(1, sizeof *b);
@@ -307,31 +330,29 @@ int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void
     if (transaction) {
         multi = json_pack("[s]", "MULTI");
         exec = json_pack("[s]", "EXEC");
-        if (send_one(s, b, idx++, multi) != 0)
-            goto broken;
     }
-    for (size_t i = 0; i < n; i++)
-        if (send_one(s, b, idx++, json_array_get(cmds, i)) != 0)
-            goto broken;
-    if (transaction && send_one(s, b, idx++, exec) != 0)
-        goto broken;
+    if (transaction && send_one(s, b, sent, multi) == 0)
+        sent++;
+    for (size_t i = 0; i < n && sent == i + (transaction ? 1 : 0); i++)
+        if (send_one(s, b, sent, json_array_get(cmds, i)) == 0)
+            sent++;
+    if (transaction && sent == total - 1 && send_one(s, b, sent, exec) == 0)
+        sent++;
     json_decref(multi);
     json_decref(exec);
-    return 0;
-broken:
-    /* A command could not be queued (bad argument shape: a bug). Commands
-     * already queued will still be answered; a transaction without its EXEC
-     * would leave the connection inside MULTI, so drop the connection. */
+    if (sent == total)
+        return 0;
+    /* hiredis refused a command (out of memory): the commands queued are
+     * still answered; a transaction left without its EXEC is discarded by
+     * Redis when the connection is dropped, which we do now. */
     log_err("could not queue a command; dropping the redis connection");
-    json_decref(multi);
-    json_decref(exec);
     b->failed = 1;
-    b->pending -= total - idx;
+    b->pending -= total - sent;
     if (b->pending == 0) {
         json_decref(b->replies);
         free(b);
         return -1;
     }
-    redisAsyncFree(s->ac);   /* fails the queued part; batch_finish reports it */
+    redisAsyncDisconnect(s->ac);
     return 0;
 }
