@@ -133,7 +133,7 @@ int main(int argc, char **argv)
     kgt_req payg, payg_rid, freereq, bad;
     kg_ctx *warm, *cold;
     char err[256], badtok[KGC_TOKEN_LEN + 1], sha[64];
-    stat_row rows[9];
+    stat_row rows[10];
     redisContext *c;
     redisReply *r;
 
@@ -257,16 +257,19 @@ int main(int argc, char **argv)
         }
         free(lats[k]);
     }
-    /* a host that does not ignore SIGPIPE: the library guards each write */
+    /* A host that does not ignore SIGPIPE: the library guards each write.
+     * The library looks at the disposition once a second, so this pair is
+     * measured back to back rather than interleaved. */
+    rows[NCASES] = bench_kg("(a) again, SIGPIPE ignored", warm, &payg.req, KG_OK, n / 2, lat);
     signal(SIGPIPE, SIG_DFL);
-    kgt_sleep_ms(1100);                 /* the library looks at the disposition once a second */
-    rows[NCASES] = bench_kg("(a'') warm payg, SIGPIPE not ignored", warm, &payg.req, KG_OK, n / 4, lat);
+    kgt_sleep_ms(1100);
+    rows[NCASES + 1] = bench_kg("(a'') warm payg, SIGPIPE not ignored", warm, &payg.req, KG_OK, n / 2, lat);
 
     printf("libkeygate benchmark: %zu ops per case in 20 interleaved slices, one redis-server\n"
            "on a Unix socket, blocking kg_authorize, one context, one thread\n", n);
     printf("%-38s %10s %9s %9s %10s %9s\n", "case", "ops/s", "p50 us", "p99 us", "p50/EVALSHA",
            "cpu us/op");
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < 10; i++)
         print_row(&rows[i], rows[1].p50_us);
     printf("goal (a) p50 <= 1.3x bare EVALSHA: %.2fx  %s\n", rows[2].p50_us / rows[1].p50_us,
            rows[2].p50_us <= 1.3 * rows[1].p50_us ? "MET" : "MISSED");
