@@ -23,6 +23,9 @@
 #define KEYGATE_VERSION "unknown"
 #endif
 
+/* `keygate fsck` (cli_cmd_fsck.c): reads Redis itself, not the daemon. */
+int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv);
+
 /* The command table: one row per command. Longer word sequences are
  * matched before their prefixes by the lookup, so order is for help only. */
 const cli_command cli_commands[] = {
@@ -71,6 +74,8 @@ const cli_command cli_commands[] = {
     {"notifications", cli_cmd_notifications, "[--limit N]", "your notifications, newest first"},
     {"audit", cli_cmd_audit, "TEAM [--limit N]", "the team's audit log, newest first"},
     {"call", cli_cmd_call, "CMD ['{JSON ARGS}']", "send any admin command as is"},
+    {"fsck", cli_cmd_fsck, "[--config FILE]",
+     "check every invariant of the data in Redis (read-only; exit 0 clean, 1 problems)"},
 #ifdef KEYGATE_CLI_AUTHORIZE
     {"authorize", NULL, "[args...]  (see keygate authorize --help)",
      "run one request through the gateway module"},
