@@ -836,7 +836,7 @@ static int check_team(fsck *f, const char *T, const char *unused)
         if (d->type == REDIS_REPLY_NIL) {
             if (json_is_true(v))
                 PROBLEM(f, kk, "lists key %s, whose document does not exist", id);
-            else if (json_is_null(v))
+            if (fk != NULL && strcmp(fk, id) == 0)
                 PROBLEM(f, kt, "free_key_id %s names no key", id);
             continue;
         }
