@@ -1,0 +1,321 @@
+// keys.js - the Key Management tab: the Free Service Key block, the Paid
+// for Service Keys block, and every action on a key.
+//
+// An action is shown only to the roles allowed to use it (SPEC §1) and is
+// disabled, with the rule as its tooltip, where the rules forbid it: the
+// free key has no revoke and no services edit; a revoked key has none.
+import { call } from './api.js';
+import { el, clear, icon, iconButton, field, openDialog, confirmDialog, toast, describe, when } from './ui.js';
+import { servicesEditor, policyText } from './services.js';
+
+export async function renderKeys(ctx, panel) {
+  const status = el('p', { class: 'muted', text: 'Loading keys…' });
+  clear(panel, status);
+  let keys;
+  try {
+    keys = (await call('key.list', { team: ctx.team.team_id })).keys;
+  } catch (e) {
+    clear(panel, el('p', { class: 'page-error', role: 'alert', text: describe(e) }));
+    return;
+  }
+  const free = keys.filter((k) => k.kind === 'free');
+  const paid = keys.filter((k) => k.kind !== 'free').sort((a, b) => b.created_at - a.created_at);
+
+  const freeBlock = el('section', { class: 'block', id: 'free-block', 'aria-labelledby': 'free-title' },
+    el('div', { class: 'block-head' }, el('h2', { id: 'free-title', text: 'Free Service Key' })),
+    el('p', { class: 'muted', text: 'Every free service of the catalog, within its daily quota. Created with the team; it cannot be revoked.' }),
+    free.length ? free.map((k) => keyCard(ctx, k)) : el('p', { class: 'empty', text: 'You are not assigned to the free key.' }));
+
+  const paidHead = el('div', { class: 'block-head' }, el('h2', { id: 'paid-title', text: 'Paid for Service Keys' }));
+  if (ctx.isAdmin) {
+    paidHead.appendChild(el('button', { type: 'button', class: 'btn primary', dataset: { action: 'create-key' },
+      onclick: () => createKeyDialog(ctx) }, icon('plus'), 'CREATE NEW KEY'));
+  }
+  const paidBlock = el('section', { class: 'block', id: 'paid-block', 'aria-labelledby': 'paid-title' },
+    paidHead,
+    el('p', { class: 'muted', text: 'Keys whose Pay-as-you-go services are charged to a wallet of the team.' }),
+    paid.length ? paid.map((k) => keyCard(ctx, k))
+      : el('p', { class: 'empty', text: ctx.isAdmin ? 'No paid keys yet: create one.' : 'You are not assigned to any paid key.' }));
+
+  clear(panel, freeBlock, paidBlock, notificationsBlock(ctx));
+}
+
+function memberName(ctx, uid) {
+  const m = ctx.memberById.get(uid);
+  return m ? m.name : uid;
+}
+
+function keyCard(ctx, key) {
+  const me = ctx.me.user_id;
+  const isFree = key.kind === 'free';
+  const revoked = key.status !== 'active';
+  const assigned = key.users.includes(me);
+  const myToken = key.tokens[me];
+  const msg = el('p', { class: 'card-error', role: 'alert', hidden: true });
+  const act = (fn) => async () => {
+    msg.hidden = true;
+    try {
+      await fn();
+    } catch (e) {
+      msg.textContent = describe(e);
+      msg.hidden = false;
+    }
+  };
+
+  const actions = el('div', { class: 'actions', role: 'toolbar', 'aria-label': `Actions on ${key.name}` });
+  if (ctx.isAdmin) {
+    actions.append(
+      iconButton('edit', { action: 'edit', label: 'Edit name and description', disabled: revoked,
+        why: 'the key is revoked', onclick: act(() => editKeyDialog(ctx, key)) }),
+      iconButton('members', { action: 'members', label: 'Edit members', disabled: revoked,
+        why: 'the key is revoked', onclick: act(() => membersDialog(ctx, key)) }),
+      iconButton('services', { action: 'services', label: 'Edit services', disabled: isFree || revoked,
+        why: isFree ? 'the free key\'s services are fixed' : 'the key is revoked',
+        onclick: act(() => editServicesDialog(ctx, key)) }));
+  }
+  if (assigned || ctx.isAdmin) {
+    actions.append(
+      iconButton('token', { action: 'generate', label: 'Generate personal token',
+        disabled: revoked || !assigned || !!myToken,
+        why: revoked ? 'the key is revoked' : !assigned ? 'assign yourself to the key first'
+          : 'you have a token already: rotate it',
+        onclick: act(() => generateToken(ctx, key)) }),
+      iconButton('rotate', { action: 'rotate', label: 'Rotate my token', disabled: revoked || !myToken,
+        why: revoked ? 'the key is revoked' : 'you have no token on this key yet',
+        onclick: act(() => rotateDialog(ctx, key, me)) }));
+  }
+  if (ctx.isAdmin) {
+    actions.append(iconButton('revoke', { action: 'revoke', label: 'Revoke key', danger: true,
+      disabled: isFree || revoked, why: isFree ? 'the free key cannot be revoked' : 'the key is revoked already',
+      onclick: act(() => revokeKey(ctx, key)) }));
+  }
+
+  const users = key.users.length
+    ? el('ul', { class: 'users' }, key.users.map((uid) => {
+      const t = key.tokens[uid];
+      return el('li', { dataset: { user: uid } },
+        el('span', { class: 'user-name', text: memberName(ctx, uid) + (uid === me ? ' (you)' : '') }),
+        t ? el('span', { class: 'hint' }, el('code', { class: 'token-hint', text: t.hint }),
+          ` since ${when(t.created_at)}`) : el('span', { class: 'muted', text: 'no token yet' }),
+        ctx.isAdmin && t && uid !== me && !revoked
+          ? iconButton('rotate', { action: 'rotate-user', label: `Rotate ${memberName(ctx, uid)}'s token`,
+            onclick: act(() => rotateDialog(ctx, key, uid)) }) : null);
+    }))
+    : el('p', { class: 'muted', text: 'Nobody is assigned.' });
+
+  const svcIds = Object.keys(key.services);
+  const services = svcIds.length
+    ? el('ul', { class: 'services' }, svcIds.map((sid) => {
+      const svc = ctx.catalog.services.find((s) => s.id === sid);
+      return el('li', { dataset: { service: sid } }, el('strong', { text: svc ? svc.name : sid }), ' — ',
+        policyText(ctx, sid, key.services[sid]));
+    }))
+    : el('p', { class: 'muted', text: 'No service enabled.' });
+
+  return el('article', { class: 'key-card' + (revoked ? ' revoked' : ''), dataset: { keyId: key.key_id, kind: key.kind } },
+    el('header', { class: 'key-head' },
+      el('h3', { class: 'key-name', text: key.name }),
+      el('span', { class: 'status status-' + key.status, text: key.status }),
+      actions),
+    key.description ? el('p', { class: 'key-desc', text: key.description }) : el('p', { class: 'key-desc muted', text: 'No description.' }),
+    msg,
+    el('div', { class: 'key-body' },
+      el('div', {}, el('h4', { text: 'Assigned users and token hints' }), users),
+      el('div', {}, el('h4', { text: 'Enabled services' }), services)),
+    el('footer', { class: 'key-foot muted' }, el('code', { text: key.key_id }), ` · created ${when(key.created_at)}`));
+}
+
+function memberChecklist(ctx, selected) {
+  return el('div', { class: 'checklist', role: 'group', 'aria-label': 'Team members', dataset: { field: 'users' } },
+    ctx.members.map((m) => el('label', { class: 'check' },
+      el('input', { type: 'checkbox', value: m.user_id, checked: selected.includes(m.user_id) }),
+      el('span', {}, el('strong', { text: m.name }), ` ${m.email} · ${m.role}`))));
+}
+
+function checked(list) {
+  return [...list.querySelectorAll('input:checked')].map((i) => i.value);
+}
+
+function createKeyDialog(ctx) {
+  const name = el('input', { type: 'text', maxlength: '200', required: true });
+  const desc = el('textarea', { rows: '2', maxlength: '2000' });
+  const users = memberChecklist(ctx, [ctx.me.user_id]);
+  const svc = servicesEditor(ctx, {});
+  openDialog({
+    title: 'Create a new key', className: 'wide',
+    body: [field('Name', name, 'name'), field('Description', desc, 'description'),
+      el('div', { class: 'field' }, el('div', { class: 'label', text: 'Assigned users' }), users,
+        el('div', { class: 'field-error', role: 'alert', hidden: true, dataset: { errorFor: 'users' } })),
+      svc.element],
+    actions: [
+      { label: 'Cancel', kind: 'secondary', action: 'cancel' },
+      { label: 'CREATE KEY', kind: 'primary', action: 'create', submit: true, run: async () => {
+        const key = await call('key.create', { team: ctx.team.team_id, name: name.value.trim(),
+          description: desc.value, users: checked(users), services: svc.value() });
+        toast(`Key "${key.name}" created.`);
+        ctx.refresh();
+      } },
+    ],
+  });
+  name.focus();
+}
+
+function editKeyDialog(ctx, key) {
+  const name = el('input', { type: 'text', maxlength: '200', value: key.name });
+  const desc = el('textarea', { rows: '3', maxlength: '2000' });
+  desc.value = key.description || '';
+  openDialog({
+    title: `Edit ${key.name}`,
+    body: [field('Name', name, 'name'), field('Description', desc, 'description')],
+    actions: [
+      { label: 'Cancel', kind: 'secondary', action: 'cancel' },
+      { label: 'SAVE', kind: 'primary', action: 'save', submit: true, run: async () => {
+        await call('key.update', { key: key.key_id, name: name.value.trim(), description: desc.value });
+        toast('Key saved.');
+        ctx.refresh();
+      } },
+    ],
+  });
+}
+
+function membersDialog(ctx, key) {
+  const users = memberChecklist(ctx, key.users);
+  const notify = el('input', { type: 'checkbox', checked: true, dataset: { field: 'notify' } });
+  openDialog({
+    title: `Members of ${key.name}`,
+    body: [
+      el('p', { class: 'muted', text: 'Unassigning someone deletes their personal token for this key at once.' }),
+      el('div', { class: 'field' }, el('div', { class: 'label', text: 'Assigned users' }), users,
+        el('div', { class: 'field-error', role: 'alert', hidden: true, dataset: { errorFor: 'users' } })),
+      el('label', { class: 'check notify' }, notify, el('span', { text: 'Notify the users of their changed keys' })),
+    ],
+    actions: [
+      { label: 'Cancel', kind: 'secondary', action: 'cancel' },
+      { label: 'SAVE', kind: 'primary', action: 'save', submit: true, errorField: 'users', run: async () => {
+        const r = await call('key.users.set', { key: key.key_id, users: checked(users), notify: notify.checked });
+        const who = (r.notified || []).map((u) => memberName(ctx, u));
+        toast(who.length ? `Members saved. Notified: ${who.join(', ')}.` : 'Members saved.');
+        ctx.refresh();
+      } },
+    ],
+  });
+}
+
+function editServicesDialog(ctx, key) {
+  const svc = servicesEditor(ctx, key.services);
+  openDialog({
+    title: `Services of ${key.name}`, className: 'wide',
+    body: [el('p', { class: 'muted', text: 'Each enabled service needs a billing policy. Saving replaces the whole set.' }), svc.element],
+    actions: [
+      { label: 'Cancel', kind: 'secondary', action: 'cancel' },
+      { label: 'SAVE', kind: 'primary', action: 'save', submit: true, errorField: 'services', run: async () => {
+        await call('key.services.set', { key: key.key_id, services: svc.value() });
+        toast('Services saved.');
+        ctx.refresh();
+      } },
+    ],
+  });
+}
+
+// Shows a new token once. After CLOSE it is gone from the page.
+export function tokenDialog(ctx, key, r) {
+  let secret = r.token;
+  const forOther = r.user_id !== ctx.me.user_id;
+  const out = el('input', { type: 'text', readonly: true, class: 'token', value: secret,
+    'aria-label': 'Personal token', spellcheck: 'false', dataset: { field: 'token' } });
+  const note = el('p', { class: 'copy-note', role: 'status' });
+  const copyBtn = el('button', { type: 'button', class: 'btn secondary', dataset: { action: 'copy' } }, icon('copy'), 'COPY');
+  const dlBtn = el('button', { type: 'button', class: 'btn secondary', dataset: { action: 'download' } }, icon('download'), 'DOWNLOAD');
+  copyBtn.addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText(secret);
+      note.textContent = 'Copied to the clipboard.';
+    } catch (e) {
+      out.select();
+      note.textContent = document.execCommand('copy') ? 'Copied to the clipboard.'
+        : 'The browser refused the clipboard: select the token and copy it by hand.';
+    }
+  });
+  dlBtn.addEventListener('click', () => {
+    const blob = new Blob([secret + '\n'], { type: 'text/plain' });
+    const a = el('a', { href: URL.createObjectURL(blob), download: `keygate-token-${key.key_id}.txt` });
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+    note.textContent = 'Saved as a text file. Keep it private.';
+  });
+  const d = openDialog({
+    title: forOther ? `New token of ${memberName(ctx, r.user_id)}` : 'Your personal token', className: 'token-dialog',
+    body: [
+      el('p', {}, el('strong', { text: 'Copy it now: it is shown only this once. ' }),
+        forOther ? 'Give it to its owner over a safe channel.' : 'keygate keeps only a hash of it.'),
+      el('div', { class: 'token-row' }, out),
+      el('div', { class: 'token-tools' }, copyBtn, dlBtn), note,
+      el('p', { class: 'muted' }, 'Hint shown from now on: ', el('code', { text: r.hint })),
+    ],
+    actions: [{ label: 'CLOSE', kind: 'primary', action: 'close', submit: true }],
+    onClose: () => {
+      out.value = '';
+      secret = null;
+      r.token = null;
+      ctx.refresh();
+    },
+  });
+  d.dlg.dataset.noEscape = '1';
+  out.select();
+}
+
+async function generateToken(ctx, key) {
+  const r = await call('token.generate', { key: key.key_id });
+  tokenDialog(ctx, key, r);
+}
+
+function rotateDialog(ctx, key, uid) {
+  const mine = uid === ctx.me.user_id;
+  const grace = el('select', {},
+    el('option', { value: '0', text: 'At once' }),
+    el('option', { value: '3600', text: 'In 1 hour' }),
+    el('option', { value: '86400', text: 'In 1 day' }),
+    el('option', { value: '604800', text: 'In 7 days' }));
+  openDialog({
+    title: mine ? `Rotate your token on ${key.name}` : `Rotate ${memberName(ctx, uid)}'s token on ${key.name}`,
+    body: [el('p', { text: 'A new token replaces the current one and is shown once.' }),
+      field('The old token stops working', grace, 'grace_seconds')],
+    actions: [
+      { label: 'Cancel', kind: 'secondary', action: 'cancel' },
+      { label: 'ROTATE', kind: 'primary', action: 'rotate', submit: true, run: async () => {
+        const args = { key: key.key_id, grace_seconds: Number(grace.value) };
+        if (!mine) args.user = uid;
+        const r = await call('token.rotate', args);
+        setTimeout(() => tokenDialog(ctx, key, r), 0);
+      } },
+    ],
+  });
+}
+
+async function revokeKey(ctx, key) {
+  const yes = await confirmDialog({
+    title: `Revoke ${key.name}?`,
+    text: 'Every token of this key stops working at once. The key stays listed as revoked, with its history. This cannot be undone.',
+    confirmLabel: 'REVOKE KEY', danger: true, action: 'confirm-revoke',
+  });
+  if (!yes) return;
+  await call('key.revoke', { key: key.key_id });
+  toast(`Key "${key.name}" revoked.`);
+  ctx.refresh();
+}
+
+function notificationsBlock(ctx) {
+  const list = el('ul', { class: 'notifications' });
+  const block = el('section', { class: 'block', id: 'notifications' },
+    el('div', { class: 'block-head' }, el('h2', { text: 'Your notifications' })), list);
+  call('notification.list', { limit: 20 }).then((r) => {
+    const mine = r.notifications.filter((n) => n.team_id === ctx.team.team_id);
+    if (!mine.length) { list.replaceWith(el('p', { class: 'empty', text: 'Nothing new.' })); return; }
+    clear(list, mine.map((n) => el('li', {},
+      el('span', { class: 'muted', text: when(n.at) + ' ' }),
+      n.type === 'key.assigned' ? 'You were assigned to key ' : 'You were removed from key ',
+      el('strong', { text: n.key_name }), ` by ${memberName(ctx, n.by)}.`)));
+  }).catch((e) => { list.replaceWith(el('p', { class: 'page-error', text: describe(e) })); });
+  return block;
+}

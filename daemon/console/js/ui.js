@@ -1,0 +1,256 @@
+// ui.js - small DOM helpers shared by the views: elements, icons, dialogs,
+// errors shown in words next to what caused them, money and times.
+
+// el('div', {class: 'x', onclick: fn, dataset: {a: 1}}, child, 'text', ...)
+export function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else if (k === 'dataset') Object.assign(e.dataset, v);
+    else if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
+    else if (k === 'value') e.value = v;
+    else if (k === 'checked' || k === 'disabled' || k === 'selected') e[k] = !!v;
+    else e.setAttribute(k, v === true ? '' : String(v));
+  }
+  append(e, children);
+  return e;
+}
+
+function append(parent, children) {
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    parent.appendChild(typeof c === 'string' || typeof c === 'number' ? document.createTextNode(String(c)) : c);
+  }
+}
+
+export function clear(node, ...children) {
+  node.replaceChildren();
+  append(node, children);
+  return node;
+}
+
+// Line icons, 24x24, drawn with the current text colour.
+const ICONS = {
+  edit: ['M4 20h4L19 9l-4-4L4 16z', 'M13.5 6.5l4 4'],
+  members: ['M9 11.5a3.5 3.5 0 1 0 0-7 3.5 3.5 0 0 0 0 7z', 'M2.5 20c0-3.6 2.9-6 6.5-6s6.5 2.4 6.5 6',
+            'M16.5 11a2.5 2.5 0 1 0 0-5', 'M18 14.2c2 .6 3.5 2.4 3.5 4.8'],
+  services: ['M4 6h9', 'M17 6h3', 'M4 12h3', 'M11 12h9', 'M4 18h11', 'M19 18h1',
+             'M15 8a2 2 0 1 0 0-4 2 2 0 0 0 0 4z', 'M9 14a2 2 0 1 0 0-4 2 2 0 0 0 0 4z',
+             'M17 20a2 2 0 1 0 0-4 2 2 0 0 0 0 4z'],
+  token: ['M8 19a4 4 0 1 0 0-8 4 4 0 0 0 0 8z', 'M10.9 12.1L20 3', 'M16 7l3 3', 'M13.5 9.5l2 2'],
+  rotate: ['M20 12a8 8 0 1 1-2.3-5.7', 'M20 4v5h-5'],
+  revoke: ['M12 21a9 9 0 1 0 0-18 9 9 0 0 0 0 18z', 'M5.6 5.6l12.8 12.8'],
+  plus: ['M12 5v14', 'M5 12h14'],
+  copy: ['M9 9h11v11H9z', 'M5 15H4V4h11v1'],
+  download: ['M12 4v11', 'M7 10l5 5 5-5', 'M5 20h14'],
+  wallet: ['M3 7h16v12H3z', 'M3 7l12-3v3', 'M15 13h2'],
+  team: ['M12 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8z', 'M4 21c0-4.4 3.6-7 8-7s8 2.6 8 7'],
+  close: ['M6 6l12 12', 'M18 6L6 18'],
+};
+
+export function icon(name) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('class', 'icon');
+  for (const d of ICONS[name] || []) {
+    const p = document.createElementNS(ns, 'path');
+    p.setAttribute('d', d);
+    svg.appendChild(p);
+  }
+  return svg;
+}
+
+// A square icon button. opts: {action, label, disabled, why, onclick}
+// `why` explains a disabled button (its tooltip) so the rule is visible.
+export function iconButton(name, opts) {
+  const b = el('button', {
+    type: 'button', class: 'icon-btn' + (opts.danger ? ' danger' : ''),
+    dataset: { action: opts.action }, 'aria-label': opts.label,
+    title: opts.disabled && opts.why ? `${opts.label}: ${opts.why}` : opts.label,
+    disabled: !!opts.disabled, onclick: opts.onclick,
+  }, icon(name));
+  return b;
+}
+
+// ---- errors -----------------------------------------------------------
+
+const CODE_WORDS = {
+  unavailable: 'The key store cannot be reached; nothing was changed. Try again in a moment.',
+  network: 'keygated cannot be reached: check that it is running, then try again.',
+  internal: 'keygated hit an internal error; nothing was changed.',
+};
+
+export function describe(err) {
+  if (!err) return '';
+  if (CODE_WORDS[err.code]) return CODE_WORDS[err.code];
+  const m = String(err.message || err);
+  return m.charAt(0).toUpperCase() + m.slice(1) + (/[.!?:]$/.test(m) ? '' : '.');
+}
+
+// The field an error message names, e.g. "'name' must be ..." -> "name".
+export function fieldOf(err) {
+  if (err && err.field) return err.field;
+  const m = /'([a-z_]+)'/.exec(String(err && err.message || ''));
+  return m ? m[1] : null;
+}
+
+// Shows err in a form: under the element with data-field=<field named by
+// the message> when the form has one, else in the form's own error line.
+export function showFormError(form, err, fallbackField) {
+  clearFormErrors(form);
+  const f = fieldOf(err) || fallbackField;
+  let holder = f ? form.querySelector(`[data-error-for="${f}"]`) : null;
+  if (!holder) holder = form.querySelector('.form-error');
+  if (holder) {
+    holder.textContent = describe(err);
+    holder.hidden = false;
+  }
+  const input = f ? form.querySelector(`[data-field="${f}"]`) : null;
+  if (input) { input.setAttribute('aria-invalid', 'true'); input.focus && input.focus(); }
+}
+
+// Shows text under the form's field `name` (its data-error-for line).
+export function fieldError(form, name, text) {
+  const h = form.querySelector(`[data-error-for="${name}"]`) || form.querySelector('.form-error');
+  if (h) { h.textContent = text; h.hidden = false; }
+  const input = form.querySelector(`[data-field="${name}"]`);
+  if (input) input.setAttribute('aria-invalid', 'true');
+}
+
+export function clearFormErrors(form) {
+  for (const e of form.querySelectorAll('.field-error, .form-error')) { e.textContent = ''; e.hidden = true; }
+  for (const e of form.querySelectorAll('[aria-invalid]')) e.removeAttribute('aria-invalid');
+}
+
+// A labelled field with its own error line. input gets data-field=name.
+export function field(label, input, name, hint) {
+  input.dataset.field = name;
+  const id = 'f-' + name + '-' + Math.random().toString(36).slice(2, 8);
+  input.id = id;
+  return el('div', { class: 'field' },
+    el('label', { for: id, text: label }),
+    input,
+    hint ? el('div', { class: 'hint', text: hint }) : null,
+    el('div', { class: 'field-error', role: 'alert', hidden: true, dataset: { errorFor: name } }));
+}
+
+// ---- dialogs ----------------------------------------------------------
+
+// Opens a modal dialog. body: nodes; actions: [{label, kind, action, run}]
+// where run(ctx) may be async: while it runs the buttons are disabled, a
+// thrown error is shown in the dialog (next to its field), and the dialog
+// closes when run returns anything but false. Returns {dlg, form, close}.
+export function openDialog({ title, body, actions, className, onClose }) {
+  const form = el('form', { class: 'dialog-form', novalidate: true });
+  const errorLine = el('p', { class: 'form-error', role: 'alert', hidden: true });
+  const bar = el('div', { class: 'dialog-actions' });
+  const dlg = el('dialog', { class: 'dialog ' + (className || '') },
+    el('h2', { class: 'dialog-title', text: title }), form);
+  append(form, [body, errorLine, bar]);
+  let closed = false;
+  const api = {
+    dlg, form,
+    close(result) {
+      if (closed) return;
+      closed = true;
+      dlg.close();
+      dlg.remove();
+      if (onClose) onClose(result);
+    },
+  };
+  const buttons = [];
+  for (const a of actions) {
+    const b = el('button', {
+      type: a.submit ? 'submit' : 'button', class: 'btn ' + (a.kind || ''),
+      dataset: { action: a.action || a.label.toLowerCase() }, text: a.label,
+    });
+    b.addEventListener('click', async (ev) => {
+      ev.preventDefault();
+      if (!a.run) { api.close(); return; }
+      buttons.forEach((x) => { x.disabled = true; });
+      clearFormErrors(form);
+      try {
+        const r = await a.run(api);
+        if (r !== false) api.close(r);
+      } catch (err) {
+        showFormError(form, err, a.errorField);
+      } finally {
+        buttons.forEach((x) => { x.disabled = false; });
+      }
+    });
+    buttons.push(b);
+    bar.appendChild(b);
+  }
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const primary = buttons.find((b) => b.type === 'submit');
+    if (primary && !primary.disabled) primary.click();
+  });
+  dlg.addEventListener('cancel', (ev) => { ev.preventDefault(); if (!dlg.dataset.noEscape) api.close(); });
+  document.body.appendChild(dlg);
+  dlg.showModal();
+  return api;
+}
+
+// Asks a yes/no question; resolves to true when confirmed.
+export function confirmDialog({ title, text, confirmLabel, danger, action }) {
+  return new Promise((resolve) => {
+    let yes = false;
+    openDialog({
+      title, body: [el('p', { text })],
+      actions: [
+        { label: 'Cancel', kind: 'secondary', action: 'cancel' },
+        { label: confirmLabel, kind: danger ? 'danger' : 'primary', action, submit: true,
+          run: () => { yes = true; } },
+      ],
+      onClose: () => resolve(yes),
+    });
+  });
+}
+
+// A short message that fades by itself (e.g. "Members saved").
+export function toast(text) {
+  for (const old of document.querySelectorAll('.toast')) old.remove();
+  const t = el('div', { class: 'toast', role: 'status', text });
+  document.body.appendChild(t);
+  setTimeout(() => t.remove(), 4000);
+}
+
+// ---- money and time ----------------------------------------------------
+
+// micros (integer) -> "12.50 USD"; at least 2 decimals, up to 6.
+export function money(micros, currency) {
+  const neg = micros < 0;
+  const v = BigInt(Math.abs(Number(micros)));
+  const units = v / 1000000n;
+  let frac = (v % 1000000n).toString().padStart(6, '0').replace(/0+$/, '');
+  if (frac.length < 2) frac = frac.padEnd(2, '0');
+  const s = units.toLocaleString('en-US') + '.' + frac;
+  return (neg ? '-' : '') + s + (currency ? ' ' + currency : '');
+}
+
+// "12.5" -> 12500000 micros; null when it is not a positive amount with at
+// most 6 decimals. Exact: no floating point.
+export function parseMoney(text) {
+  const m = /^\s*(\d{1,10})(?:\.(\d{1,6}))?\s*$/.exec(String(text));
+  if (!m) return null;
+  const micros = BigInt(m[1]) * 1000000n + BigInt((m[2] || '').padEnd(6, '0') || '0');
+  return micros > 0n ? Number(micros) : null;
+}
+
+export function when(ms) {
+  if (!ms) return '';
+  const d = new Date(Number(ms));
+  const p = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+
+export function randomRef(prefix) {
+  const b = new Uint8Array(8);
+  crypto.getRandomValues(b);
+  return prefix + '-' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
