@@ -100,7 +100,7 @@ KG_EXPORT int         kg_abi_version(void);
  * the library needs kg_loop_timeout() called (-1: no timer needed).
  *
  * kg_authorize_start() begins one request. If the answer is known at once
- * (malformed token, warm cache on a free service without quota, ...) it
+ * (malformed token, a refusal decided from a warm cache, ...) it
  * fills *res, returns 0 and never calls done. Otherwise it returns 1 and
  * calls done(arg, res) later from inside kg_loop_ready/kg_loop_timeout/
  * kg_close; *res and the strings of *req must stay valid until then, or

@@ -92,7 +92,7 @@ int main(void)
                         np++;
                     }
                 KGT_CHECK(kgc_price(mod, params, np, &want, NULL, err, sizeof err) == 0, "%s", err);
-                snprintf(rid, sizeof rid, "price-%zu-%zu-%zu", s, m, c);
+                snprintf(rid, sizeof rid, "price-%u-%u-%u", (unsigned)s, (unsigned)m, (unsigned)c);
                 kgt_request(&r, w.tok, cat->services[s].id, mod->id, c % 2 ? rid : NULL, NULL);
                 r.req.params = np ? params : NULL;
                 r.req.nparams = np;

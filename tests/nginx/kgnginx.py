@@ -50,7 +50,20 @@ def module_path():
 
 
 def nginx_path():
-    return os.environ.get("NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+    return os.environ.get("KEYGATE_NGINX_BIN") or shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx_env():
+    """nginx's environment: without NGINX (nginx reads it as inherited
+    sockets), and with the sanitizer runtimes preloaded when the module was
+    built with them (KEYGATE_NGINX_PRELOAD), since nginx itself is not."""
+    env = dict(os.environ)
+    env.pop("NGINX", None)
+    pre = os.environ.get("KEYGATE_NGINX_PRELOAD")
+    if pre:
+        env["LD_PRELOAD"] = pre
+        env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
+    return env
 
 
 def free_port():
@@ -251,14 +264,15 @@ class Nginx:
     def test_config(self):
         """Runs `nginx -t`; returns (returncode, output)."""
         p = subprocess.run([nginx_path(), "-t", "-p", self.tmp, "-c", self.conf_path],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30,
+                           env=nginx_env())
         return p.returncode, p.stdout.decode("utf-8", "replace")
 
     def start(self):
         err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [nginx_path(), "-p", self.tmp, "-c", self.conf_path, "-g", "daemon off;"],
-            stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+            stdout=err, stderr=err, stdin=subprocess.DEVNULL, env=nginx_env())
         err.close()
         deadline = time.monotonic() + 10
         while True:
