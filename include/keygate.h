@@ -84,6 +84,14 @@ KG_EXPORT int         kg_http_status(kg_status s); /* 200, 401, 402, 403, 429, 4
  * used in the JSON bodies of HTTP adapters. Static string. */
 KG_EXPORT const char *kg_status_code(kg_status s);
 
+/* Prices req with the catalog the context charges by (the same code as the
+ * daemon's price.estimate), touching no store and no wallet: KG_OK and
+ * *cost_micros; KG_BAD_REQUEST for an unknown service, model or param;
+ * KG_BACKEND_ERROR while the context holds no catalog (no request has
+ * reached the store yet). Lets a host tell a client refused with
+ * KG_INSUFFICIENT_FUNDS what the request would have cost. */
+KG_EXPORT kg_status   kg_estimate(kg_ctx *ctx, const kg_request *req, int64_t *cost_micros);
+
 /* The ABI version the library was built with (KG_ABI_VERSION). A host
  * compares it with its own KG_ABI_VERSION at load time. */
 KG_EXPORT int         kg_abi_version(void);

@@ -169,6 +169,29 @@ KG_EXPORT int kg_http_status(kg_status s)
     return 500;
 }
 
+KG_EXPORT kg_status kg_estimate(kg_ctx *ctx, const kg_request *req, int64_t *cost_micros)
+{
+    char err[160];
+    const kgc_model *m;
+
+    if (cost_micros == NULL)
+        return KG_BAD_REQUEST;
+    *cost_micros = 0;
+    if (ctx == NULL || req == NULL || req->service == NULL ||
+        (req->nparams > 0 && req->params == NULL))
+        return KG_BAD_REQUEST;
+    if (ctx->catalog == NULL)
+        return KG_BACKEND_ERROR;
+    m = kgc_service_model(kgc_catalog_service(ctx->catalog, req->service), req->model);
+    if (m == NULL)
+        return KG_BAD_REQUEST;
+    if (kgc_price(m, req->params, req->nparams, cost_micros, NULL, err, sizeof err) != 0) {
+        *cost_micros = 0;
+        return KG_BAD_REQUEST;
+    }
+    return KG_OK;
+}
+
 KG_EXPORT int kg_abi_version(void)
 {
     return KG_ABI_VERSION;

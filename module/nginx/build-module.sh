@@ -3,22 +3,21 @@
 # Debian builds its dynamic modules (so that nginx accepts it as binary
 # compatible: --with-compat comes from Debian's conf_flags, -fPIC is needed).
 #
-# usage: build-module.sh NGX_SRC BUILD_DIR ADDON_DIR INCLUDE_DIR LIB_DIR RPATH \
-#                        CORE_INCLUDE_DIR CORE_LIB OUT
+# usage: build-module.sh NGX_SRC BUILD_DIR ADDON_DIR INCLUDE_DIR LIB_DIR RPATH OUT
 #
 # conf_flags holds a bash array, hence bash. Debian's trimmed configure
 # writes only into --builddir, so NGX_SRC (owned by root) is only read.
 # configure runs again only when its inputs change.
 set -euo pipefail
 
-ngx_src=$1 build=$2 addon=$3 inc=$4 libdir=$5 rpath=$6 core_inc=$7 core_lib=$8 out=$9
+ngx_src=$1 build=$2 addon=$3 inc=$4 libdir=$5 rpath=$6 out=$7
 
 cc_opt="$(dpkg-buildflags --get CFLAGS) -fPIC $(dpkg-buildflags --get CPPFLAGS)"
 ld_opt="$(dpkg-buildflags --get LDFLAGS) -fPIC"
 
 mkdir -p "$build"
 stamp="$build/configure.args"
-args="$cc_opt|$ld_opt|$addon|$inc|$libdir|$rpath|$core_inc|$core_lib|$(cat "$ngx_src/conf_flags")"
+args="$cc_opt|$ld_opt|$addon|$inc|$libdir|$rpath|$(cat "$ngx_src/conf_flags")"
 
 if [ ! -f "$build/Makefile" ] || [ ! -f "$stamp" ] \
    || [ "$(cat "$stamp")" != "$args" ] || [ "$addon/config" -nt "$build/Makefile" ]
@@ -28,7 +27,6 @@ then
         # shellcheck disable=SC1091
         . ./conf_flags
         KEYGATE_INCLUDE_DIR=$inc KEYGATE_LIB_DIR=$libdir KEYGATE_RPATH=$rpath \
-        KEYGATE_CORE_INCLUDE_DIR=$core_inc KEYGATE_CORE_LIB=$core_lib \
         ./configure --with-cc-opt="$cc_opt" --with-ld-opt="$ld_opt" \
             "${NGX_CONF_FLAGS[@]}" \
             --add-dynamic-module="$addon" --builddir="$build"

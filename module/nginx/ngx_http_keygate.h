@@ -68,8 +68,6 @@ ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,
 
 /* Reads the `catalog` key of the config file and loads that catalog, for
  * the cost of 402s. Failures only leave 402 bodies without a cost. */
-void ngx_http_keygate_price_init(ngx_cycle_t *cycle, const char *config_path);
-void ngx_http_keygate_price_free(void);
 
 
 #endif /* NGX_HTTP_KEYGATE_H_INCLUDED_ */

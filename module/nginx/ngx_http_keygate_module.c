@@ -1093,11 +1093,6 @@ ngx_http_keygate_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    if (ngx_http_keygate_kg != NULL) {
-        ngx_http_keygate_price_init(cycle,
-                                    (const char *) kmcf->config_path.data);
-    }
-
     return NGX_OK;
 }
 
@@ -1113,5 +1108,4 @@ ngx_http_keygate_exit_process(ngx_cycle_t *cycle)
     (void) cycle;
 
     ngx_http_keygate_loop_close();
-    ngx_http_keygate_price_free();
 }

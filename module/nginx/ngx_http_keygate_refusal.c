@@ -8,107 +8,19 @@
  *      "balance_micros": 100, "cost_micros": 150}
  *
  * libkeygate reports cost_micros 0 for a refused request (keygate.h:
- * "charged by this call"), so the request's cost is priced here with the
- * shared pricing code (kgc_price, the one price.estimate uses), from the
- * catalog file named by the config's `catalog` key, re-read when the file
- * changes. Without that key 402 bodies carry no cost_micros.
+ * "charged by this call"), so the request's cost comes from kg_estimate(),
+ * which prices it with the catalog the worker's context charges by.
  */
-
-#include <sys/stat.h>
 
 #include "ngx_http_keygate.h"
 
-#include "kgc_config.h"
-#include "kgc_price.h"
 
 
 static u_char *ngx_http_keygate_json_escape(u_char *dst, const char *src);
 static ngx_int_t ngx_http_keygate_refused_cost(const kg_request *req,
     const kg_result *res, int64_t *cost);
-static void ngx_http_keygate_price_reload(ngx_log_t *log);
 
 
-static kgc_catalog  *ngx_http_keygate_catalog;      /* NULL: none loaded */
-static char          ngx_http_keygate_catalog_path[KGC_PATH_MAX]; /* "": none */
-static struct stat   ngx_http_keygate_catalog_stat; /* of the loaded file */
-
-
-void
-ngx_http_keygate_price_init(ngx_cycle_t *cycle, const char *config_path)
-{
-    char        err[256];
-    kgc_config  cfg;
-
-    if (kgc_config_load(config_path, &cfg, err, sizeof(err)) != 0) {
-        return;                 /* kg_open has said what is wrong */
-    }
-
-    ngx_cpystrn((u_char *) ngx_http_keygate_catalog_path,
-                (u_char *) cfg.catalog_path,
-                sizeof(ngx_http_keygate_catalog_path));
-
-    if (ngx_http_keygate_catalog_path[0] == '\0') {
-        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                      "keygate: no \"catalog\" in keygate_config; "
-                      "402 answers will not show the request's cost");
-        return;
-    }
-
-    ngx_http_keygate_price_reload(cycle->log);
-}
-
-
-void
-ngx_http_keygate_price_free(void)
-{
-    kgc_catalog_free(ngx_http_keygate_catalog);
-    ngx_http_keygate_catalog = NULL;
-}
-
-
-/*
- * Loads the catalog file if it changed since it was last loaded (one
- * stat(), a local file: this does not wait on the network). A bad file
- * keeps the previous catalog.
- */
-static void
-ngx_http_keygate_price_reload(ngx_log_t *log)
-{
-    char          err[256];
-    struct stat   st;
-    kgc_catalog  *cat;
-
-    if (ngx_http_keygate_catalog_path[0] == '\0'
-        || stat(ngx_http_keygate_catalog_path, &st) != 0)
-    {
-        return;
-    }
-
-    if (ngx_http_keygate_catalog != NULL
-        && st.st_mtim.tv_sec == ngx_http_keygate_catalog_stat.st_mtim.tv_sec
-        && st.st_mtim.tv_nsec == ngx_http_keygate_catalog_stat.st_mtim.tv_nsec
-        && st.st_size == ngx_http_keygate_catalog_stat.st_size
-        && st.st_ino == ngx_http_keygate_catalog_stat.st_ino)
-    {
-        return;
-    }
-
-    cat = kgc_catalog_load(ngx_http_keygate_catalog_path, err, sizeof(err));
-
-    if (cat == NULL) {
-        ngx_log_error(NGX_LOG_WARN, log, 0,
-                      "keygate: catalog for the cost in 402 answers: %s", err);
-        return;
-    }
-
-    kgc_catalog_free(ngx_http_keygate_catalog);
-    ngx_http_keygate_catalog = cat;
-    ngx_http_keygate_catalog_stat = st;
-}
-
-
-/* Copies src into dst with JSON string escaping; returns the new end.
- * dst must hold 6 bytes per byte of src. */
 static u_char *
 ngx_http_keygate_json_escape(u_char *dst, const char *src)
 {
@@ -239,38 +151,13 @@ static ngx_int_t
 ngx_http_keygate_refused_cost(const kg_request *req, const kg_result *res,
     int64_t *cost)
 {
-    char                err[256];
-    const kgc_model    *m;
-    const kgc_service  *svc;
-
     if (res->cost_micros > 0) {
         *cost = res->cost_micros;
         return NGX_OK;
     }
 
-    if (ngx_http_keygate_catalog_path[0] == '\0') {
-        return NGX_DECLINED;
-    }
-
-    ngx_http_keygate_price_reload(ngx_cycle->log);
-
-    if (ngx_http_keygate_catalog == NULL) {
-        return NGX_DECLINED;
-    }
-
-    svc = kgc_catalog_service(ngx_http_keygate_catalog, req->service);
-    if (svc == NULL) {
-        return NGX_DECLINED;
-    }
-
-    m = kgc_service_model(svc, req->model);
-    if (m == NULL) {
-        return NGX_DECLINED;
-    }
-
-    if (kgc_price(m, req->params, req->nparams, cost, NULL,
-                  err, sizeof(err))
-        != 0)
+    if (ngx_http_keygate_kg == NULL
+        || kg_estimate(ngx_http_keygate_kg, req, cost) != KG_OK)
     {
         return NGX_DECLINED;
     }
