@@ -57,6 +57,37 @@ class ConsoleApi(unittest.TestCase):
             self.assertEqual(r.status, 404, p)
         self.assertEqual(self.get("/", method="POST").status, 405)
 
+    def test_clients_that_leave_mid_call_do_not_hurt_the_daemon(self):
+        import socket
+        b, s = signup_http(self.port)
+        calls = [
+            ("session.login", '{"email": "%s", "password": "%s"}' % (s["email"], PW), ""),
+            ("key.list", '{"team": "%s"}' % s["team_id"], "X-CSRF-Token: %s\r\nCookie: %s\r\n" % (b.csrf, b.cookie)),
+            ("key.create", '{"team": "%s", "name": "gone"}' % s["team_id"],
+             "X-CSRF-Token: %s\r\nCookie: %s\r\n" % (b.csrf, b.cookie)),
+        ]
+        for _ in range(5):
+            for cmd, body, extra in calls:
+                c = socket.create_connection(("127.0.0.1", self.port))
+                c.sendall(("POST /api/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           "%sContent-Length: %d\r\n\r\n%s" % (cmd, extra, len(body), body)).encode())
+                c.close()
+        time.sleep(0.5)
+        self.assertTrue(self.env.daemon_alive())
+        self.assertTrue(b.api("key.list", team=s["team_id"]).ok)
+        self.assertEqual(self.c.ok("ping"), {})
+
+    def test_a_listen_address_that_cannot_be_bound_stops_the_daemon(self):
+        for addr, why in (("127.0.0.1:%d" % self.port, "Address already in use"),
+                          ("127.0.0.1:99999", "bad port"), ("nocolon", "not HOST:PORT")):
+            env = kgtest.Env(extra_config=["http " + addr], start_daemon=False, redis=False)
+            try:
+                rc, log = env.run_daemon_to_exit(timeout=10)
+            finally:
+                env.close()
+            self.assertNotEqual(rc, 0, addr)
+            self.assertIn(why, log, addr)
+
     # -- the API's envelope and statuses -----------------------------------
 
     def test_api_takes_json_posts_only(self):
