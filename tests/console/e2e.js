@@ -162,7 +162,7 @@ async function main() {
     await d1.locator('[data-field=name]').fill('   ');
     await d1.locator('[data-action=create]').click();
     await d1.locator('[data-error-for=name]').waitFor({ state: 'visible' });
-    assert.match(await d1.locator('[data-error-for=name]').innerText(), /'name' must be 1-200 printable characters/);
+    assert.match(await d1.locator('[data-error-for=name]').innerText(), /^Name must be 1-200 printable characters\.$/);
     await shot(page, 'create-key-error');
     await d1.locator('[data-field=name]').fill('Production backend');
     await d1.locator('[data-action=create]').click();

@@ -87,7 +87,8 @@ const CODE_WORDS = {
 export function describe(err) {
   if (!err) return '';
   if (CODE_WORDS[err.code]) return CODE_WORDS[err.code];
-  const m = String(err.message || err);
+  // "'team_name' must be ..." reads "Team name must be ..."
+  const m = String(err.message || err).replace(/^'([a-z_]+)'/, (_, f) => f.replace(/_/g, ' '));
   return m.charAt(0).toUpperCase() + m.slice(1) + (/[.!?:]$/.test(m) ? '' : '.');
 }
 
