@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-json_t *parse_list(json_t *reply);
 
 /* For key-scoped commands: stage 0 reads the key document (reply 0); at
  * stage 1 it is parsed and checked visible to the actor. Returns the doc
@@ -75,8 +74,6 @@ job_step cmd_key_create(job *j)
             services_prefetch(j, services);
         return J_READ;
     }
-    if (j->stage > 1)
-        return J_DONE;
     if (!name_ok(arg_str(j, "name"), 200))
         return job_fail(j, "bad_request", "'name' must be 1-200 printable characters");
     if (users != NULL && !json_is_null(users) && (u = users_check(j, users)) == NULL)
@@ -105,7 +102,7 @@ job_step cmd_key_create(job *j)
 
 job_step cmd_key_list(job *j)
 {
-    json_t *ids, *id, *docs, *out, *d;
+    json_t *ids, *docs, *out, *d;
     size_t i;
 
     if (j->stage == 0) {
@@ -114,13 +111,8 @@ job_step cmd_key_list(job *j)
     }
     if (j->stage == 1) {
         ids = job_reply(j, 0);
-        if (json_array_size(ids) == 0)
-            return J_READ;
-        json_t *cmd = json_pack("[s]", "MGET");
-        json_array_foreach(ids, i, id)
-            json_array_append_new(cmd, json_string(rk(j, KGC_RK_KEY, j->team_id,
-                                                       json_string_value(id))));
-        job_read_cmd(j, cmd);
+        if (json_array_size(ids) > 0)
+            read_keys(j, ids);
         return J_READ;
     }
     docs = parse_list(job_reply(j, 0));
@@ -148,67 +140,77 @@ job_step cmd_key_get(job *j)
     return J_DONE;
 }
 
-/* Common head of the mutating key commands: the key exists and is active. */
-static json_t *load_active_key(job *j)
-{
-    json_t *doc = load_key(j);
-
-    if (doc != NULL && strcmp(json_string_value(json_object_get(doc, "status")), "active") != 0) {
-        json_decref(doc);
-        job_fail(j, "invalid_state", "the key is revoked");
-        return NULL;
-    }
-    return doc;
-}
-
 static int is_free_key(const json_t *doc)
 {
     return strcmp(json_string_value(json_object_get(doc, "kind")), "free") == 0;
 }
 
-job_step cmd_key_update(job *j)
+static int is_active(const json_t *doc)
 {
-    json_t *doc;
+    return strcmp(json_string_value(json_object_get(doc, "status")), "active") == 0;
+}
+
+/* An edit of one key document: checks and changes doc, queues any extra
+ * writes, may add members to `extra` for the answer. 0, or -1 after
+ * job_fail. */
+typedef int (*key_edit_fn)(job *j, json_t *doc, json_t *extra);
+
+/* Every command that edits one key has this shape: stage 0 reads the key
+ * (and whatever prefetch queues), stage 1 checks it is visible and active,
+ * applies edit, writes the key back and answers with it. */
+static job_step edit_key(job *j, key_edit_fn edit, void (*prefetch)(job *j))
+{
+    json_t *doc, *extra;
 
     if (j->stage == 0) {
         read_key(j);
+        if (prefetch != NULL)
+            prefetch(j);
         return J_READ;
     }
-    if (j->stage > 1)
-        return J_DONE;
-    if ((doc = load_active_key(j)) == NULL)
+    if ((doc = load_key(j)) == NULL)
         return J_FAIL;
-    if (text_args(j, doc) != 0) {
+    if (!is_active(doc)) {
+        json_decref(doc);
+        return job_fail(j, "invalid_state", "the key is revoked");
+    }
+    extra = json_object();
+    if (edit(j, doc, extra) != 0) {
+        json_decref(extra);
         json_decref(doc);
         return J_FAIL;
     }
     write_key(j, doc);
     j->result = key_public(doc);
+    json_object_update(j->result, extra);
+    json_decref(extra);
     json_decref(doc);
     return J_WRITE;
 }
 
-job_step cmd_key_users_set(job *j)
+static int edit_text(job *j, json_t *doc, json_t *extra)
 {
-    json_t *doc, *want, *old, *u, *notified;
+    (void)extra;
+    return text_args(j, doc);
+}
+
+job_step cmd_key_update(job *j)
+{
+    return edit_key(j, edit_text, NULL);
+}
+
+/* Replaces the assigned users. An unassigned user's token dies at once;
+ * with notify, each user whose assignment changed gets a notification. */
+static int edit_users(job *j, json_t *doc, json_t *extra)
+{
+    json_t *want, *u, *notified;
     size_t i;
     int notify = json_is_true(arg(j, "notify")), dropped = 0;
 
-    if (j->stage == 0) {
-        read_key(j);
-        return J_READ;
-    }
-    if (j->stage > 1)
-        return J_DONE;
-    if ((doc = load_active_key(j)) == NULL)
-        return J_FAIL;
-    if ((want = users_check(j, arg(j, "users"))) == NULL) {
-        json_decref(doc);
-        return J_FAIL;
-    }
-    old = json_incref(json_object_get(doc, "users"));
+    if ((want = users_check(j, arg(j, "users"))) == NULL)
+        return -1;
     notified = json_array();
-    json_array_foreach(old, i, u) {
+    json_array_foreach(json_object_get(doc, "users"), i, u) {
         const char *uid = json_string_value(u);
         size_t k;
         json_t *w;
@@ -225,74 +227,61 @@ job_step cmd_key_users_set(job *j)
         }
     }
     json_array_foreach(want, i, u)
-        if (!key_has_user(doc, json_string_value(u)) && notify) {
+        if (notify && !key_has_user(doc, json_string_value(u))) {
             notify_user(j, json_string_value(u), "key.assigned", doc);
             json_array_append(notified, u);
         }
     json_object_set_new(doc, "users", want);
     if (dropped)
         job_publish(j, "key %s", arg_str(j, "key"));
-    write_key(j, doc);
-    j->result = key_public(doc);
-    json_object_set_new(j->result, "notified", notified);
-    json_decref(old);
-    json_decref(doc);
-    return J_WRITE;
+    json_object_set_new(extra, "notified", notified);
+    return 0;
+}
+
+job_step cmd_key_users_set(job *j)
+{
+    return edit_key(j, edit_users, NULL);
+}
+
+static void prefetch_services(job *j)
+{
+    services_prefetch(j, arg(j, "services"));
+}
+
+static int edit_services(job *j, json_t *doc, json_t *extra)
+{
+    json_t *s;
+
+    (void)extra;
+    if (is_free_key(doc)) {
+        job_fail(j, "free_key_immutable", "the free key's services cannot be edited");
+        return -1;
+    }
+    if ((s = services_check(j, arg(j, "services"), 1)) == NULL)
+        return -1;
+    json_object_set_new(doc, "services", s);
+    job_publish(j, "key %s", arg_str(j, "key"));
+    return 0;
 }
 
 job_step cmd_key_services_set(job *j)
 {
-    json_t *doc, *s;
+    return edit_key(j, edit_services, prefetch_services);
+}
 
-    if (j->stage == 0) {
-        read_key(j);
-        services_prefetch(j, arg(j, "services"));
-        return J_READ;
-    }
-    if (j->stage > 1)
-        return J_DONE;
-    if ((doc = load_active_key(j)) == NULL)
-        return J_FAIL;
+static int edit_revoke(job *j, json_t *doc, json_t *extra)
+{
+    (void)extra;
     if (is_free_key(doc)) {
-        json_decref(doc);
-        return job_fail(j, "free_key_immutable", "the free key's services cannot be edited");
+        job_fail(j, "free_key_immutable", "the free key cannot be revoked");
+        return -1;
     }
-    if ((s = services_check(j, arg(j, "services"), 1)) == NULL) {
-        json_decref(doc);
-        return J_FAIL;
-    }
-    json_object_set_new(doc, "services", s);
-    write_key(j, doc);
+    json_object_set_new(doc, "status", json_string("revoked"));
     job_publish(j, "key %s", arg_str(j, "key"));
-    j->result = key_public(doc);
-    json_decref(doc);
-    return J_WRITE;
+    return 0;
 }
 
 job_step cmd_key_revoke(job *j)
 {
-    json_t *doc;
-
-    if (j->stage == 0) {
-        read_key(j);
-        return J_READ;
-    }
-    if (j->stage > 1)
-        return J_DONE;
-    if ((doc = load_key(j)) == NULL)
-        return J_FAIL;
-    if (is_free_key(doc)) {
-        json_decref(doc);
-        return job_fail(j, "free_key_immutable", "the free key cannot be revoked");
-    }
-    if (strcmp(json_string_value(json_object_get(doc, "status")), "active") != 0) {
-        json_decref(doc);
-        return job_fail(j, "invalid_state", "the key is already revoked");
-    }
-    json_object_set_new(doc, "status", json_string("revoked"));
-    write_key(j, doc);
-    job_publish(j, "key %s", arg_str(j, "key"));
-    j->result = key_public(doc);
-    json_decref(doc);
-    return J_WRITE;
+    return edit_key(j, edit_revoke, NULL);
 }

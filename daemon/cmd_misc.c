@@ -169,48 +169,10 @@ job_step cmd_price_estimate(job *j)
     return J_DONE;
 }
 
-/* limit argument: 1..1000, default 100. Returns -1 after job_fail. */
-int arg_limit(job *j, long long *out)
-{
-    json_t *l = arg(j, "limit");
-    *out = 100;
-    if (l == NULL || json_is_null(l))
-        return 0;
-    if (json_integer_value(l) < 1 || json_integer_value(l) > 1000) {
-        job_fail(j, "bad_request", "'limit' must be 1-1000");
-        return -1;
-    }
-    *out = json_integer_value(l);
-    return 0;
-}
-
-json_t *parse_list(json_t *reply)
-{
-    json_t *out = json_array(), *e;
-    size_t i;
-
-    json_array_foreach(reply, i, e) {
-        json_t *doc = json_is_string(e)
-                          ? json_loadb(json_string_value(e), json_string_length(e), 0, NULL)
-                          : NULL;
-        if (doc != NULL)
-            json_array_append_new(out, doc);
-    }
-    return out;
-}
-
 job_step cmd_notification_list(job *j)
 {
-    long long limit;
-    char stop[24];
-
-    if (arg_limit(j, &limit) != 0)
-        return J_FAIL;
-    if (j->stage == 0) {
-        snprintf(stop, sizeof stop, "%lld", limit - 1);
-        job_read(j, "LRANGE", rk(j, KGC_RK_NOTIF, j->actor_id), "0", stop, NULL);
-        return J_READ;
-    }
+    if (j->stage == 0)
+        return read_recent(j, rk(j, KGC_RK_NOTIF, j->actor_id)) == 0 ? J_READ : J_FAIL;
     j->result = json_pack("{s:o}", "notifications", parse_list(job_reply(j, 0)));
     return J_DONE;
 }

@@ -12,8 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int arg_limit(job *j, long long *out);
-json_t *parse_list(json_t *reply);
 
 static json_t *members(job *j)
 {
@@ -193,13 +191,8 @@ job_step cmd_team_member_remove(job *j)
     }
     if (j->stage == 2) {
         ids = job_reply(j, 0);
-        if (json_array_size(ids) == 0)
-            return J_READ;        /* no keys: straight to stage 3 */
-        json_t *cmd = json_pack("[s]", "MGET");
-        json_array_foreach(ids, i, id)
-            json_array_append_new(cmd, json_string(rk(j, KGC_RK_KEY, j->team_id,
-                                                       json_string_value(id))));
-        job_read_cmd(j, cmd);
+        if (json_array_size(ids) > 0)   /* else straight to stage 3 */
+            read_keys(j, ids);
         return J_READ;
     }
     docs = parse_list(job_reply(j, 0));
@@ -258,16 +251,8 @@ job_step cmd_team_transfer_ownership(job *j)
 
 job_step cmd_audit_list(job *j)
 {
-    long long limit;
-    char stop[24];
-
-    if (arg_limit(j, &limit) != 0)
-        return J_FAIL;
-    if (j->stage == 0) {
-        snprintf(stop, sizeof stop, "%lld", limit - 1);
-        job_read(j, "LRANGE", rk(j, KGC_RK_AUDIT, j->team_id), "0", stop, NULL);
-        return J_READ;
-    }
+    if (j->stage == 0)
+        return read_recent(j, rk(j, KGC_RK_AUDIT, j->team_id)) == 0 ? J_READ : J_FAIL;
     j->result = json_pack("{s:o}", "entries", parse_list(job_reply(j, 0)));
     return J_DONE;
 }

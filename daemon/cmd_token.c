@@ -86,8 +86,6 @@ job_step cmd_token_generate(job *j)
         job_read(j, "GET", rk(j, KGC_RK_KEY, j->team_id, arg_str(j, "key")), NULL);
         return J_READ;
     }
-    if (j->stage > 1)
-        return J_DONE;
     if ((doc = token_key(j, j->actor_id)) == NULL)
         return J_FAIL;
     if (json_object_get(json_object_get(doc, "tokens"), j->actor_id) != NULL) {
@@ -113,8 +111,6 @@ job_step cmd_token_rotate(job *j)
         job_read(j, "GET", rk(j, KGC_RK_KEY, j->team_id, arg_str(j, "key")), NULL);
         return J_READ;
     }
-    if (j->stage > 1)
-        return J_DONE;
     if (strcmp(user, j->actor_id) != 0 && !role_is_admin(j->role))
         return job_fail(j, "forbidden", "only an owner or admin rotates another user's token");
     if (grace < 0 || grace > GRACE_MAX_S)

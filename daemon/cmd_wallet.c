@@ -12,8 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int arg_limit(job *j, long long *out);
-json_t *parse_list(json_t *reply);
 
 /* Largest credit, and largest balance a credit may reach: Lua numbers are
  * doubles, exact up to 2^53. */
@@ -63,8 +61,6 @@ job_step cmd_wallet_create(job *j)
 
     if (j->stage == 0)
         return J_READ;
-    if (j->stage > 1)
-        return J_DONE;
     if (!name_ok(name, 200))
         return job_fail(j, "bad_request", "'name' must be 1-200 printable characters");
     kgc_id_wallet(j->team_id, wid);
@@ -161,16 +157,10 @@ job_step cmd_wallet_credit(job *j)
 
 job_step cmd_wallet_ledger(job *j)
 {
-    long long limit;
-    char stop[24];
-
-    if (arg_limit(j, &limit) != 0)
-        return J_FAIL;
     if (j->stage == 0) {
-        snprintf(stop, sizeof stop, "%lld", limit - 1);
         job_read(j, "EXISTS", rk(j, KGC_RK_WALLET, j->team_id, arg_str(j, "wallet")), NULL);
-        job_read(j, "LRANGE", rk(j, KGC_RK_LEDGER, j->team_id, arg_str(j, "wallet")), "0", stop, NULL);
-        return J_READ;
+        return read_recent(j, rk(j, KGC_RK_LEDGER, j->team_id, arg_str(j, "wallet"))) == 0
+                   ? J_READ : J_FAIL;
     }
     if (json_integer_value(job_reply(j, 0)) != 1)
         return job_fail(j, "not_found", "no such wallet");

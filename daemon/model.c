@@ -4,6 +4,7 @@
 #include "model.h"
 #include "log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -202,4 +203,45 @@ void notify_user(job *j, const char *user_id, const char *type, const json_t *ke
     job_write(j, "LTRIM", rk(j, KGC_RK_NOTIF, user_id), "0", "999", NULL);
     free(text);
     json_decref(n);
+}
+
+int read_recent(job *j, const char *key)
+{
+    json_t *l = arg(j, "limit");
+    char stop[24];
+
+    if (l != NULL && !json_is_null(l) &&
+        (json_integer_value(l) < 1 || json_integer_value(l) > 1000)) {
+        job_fail(j, "bad_request", "'limit' must be 1-1000");
+        return -1;
+    }
+    snprintf(stop, sizeof stop, "%lld", (l && !json_is_null(l) ? json_integer_value(l) : 100) - 1);
+    job_read(j, "LRANGE", key, "0", stop, NULL);
+    return 0;
+}
+
+json_t *parse_list(json_t *reply)
+{
+    json_t *out = json_array(), *e;
+    size_t i;
+
+    json_array_foreach(reply, i, e) {
+        json_t *doc = json_is_string(e)
+                          ? json_loadb(json_string_value(e), json_string_length(e), 0, NULL)
+                          : NULL;
+        if (doc != NULL)
+            json_array_append_new(out, doc);
+    }
+    return out;
+}
+
+void read_keys(job *j, json_t *ids)
+{
+    json_t *cmd = json_pack("[s]", "MGET"), *id;
+    size_t i;
+
+    json_array_foreach(ids, i, id)
+        json_array_append_new(cmd, json_string(rk(j, KGC_RK_KEY, j->team_id,
+                                                  json_string_value(id))));
+    job_read_cmd(j, cmd);
 }

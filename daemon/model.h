@@ -38,4 +38,14 @@ int name_ok(const char *s, size_t max);
 /* Appends LPUSH+LTRIM of a notification to the writes. */
 void notify_user(job *j, const char *user_id, const char *type, const json_t *keydoc);
 
+/* Queues LRANGE key 0 limit-1 for the command's optional "limit"
+ * (1..1000, default 100). 0, or -1 after job_fail. */
+int read_recent(job *j, const char *key);
+
+/* The JSON documents of a list/MGET reply, skipping missing ones. New ref. */
+json_t *parse_list(json_t *reply);
+
+/* Queues one MGET of the key documents named in ids (a ZRANGE reply). */
+void read_keys(job *j, json_t *ids);
+
 #endif
