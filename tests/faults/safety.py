@@ -7,6 +7,8 @@
                          the owner's token in a 0600 file, for kg_hammer
     gateway_config(env)  a config file for kg_open (a longer timeout_ms)
     Hammer               kg_hammer (tests/faults/kg_hammer.c) as a process
+    Stream               an admin client pipelining mutations in its own team
+    check_present(tc, env, stream)  every command it saw answered ok is in Redis
 
 Environment (set by CTest): KEYGATE_CLI (the keygate binary), KG_HAMMER
 (kg_hammer), plus kgtest's KEYGATED and REDIS_SERVER.
@@ -15,6 +17,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
@@ -139,3 +143,171 @@ class Hammer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+WINDOW = 8          # requests a Stream pipelines per round trip
+
+
+class Stream(threading.Thread):
+    """One admin client acting in its own team: builds each window of
+    pipelined requests from what earlier answers told it, and records
+    every request answered ok."""
+
+    def __init__(self, env, cid, owner, team, wallet, stop):
+        super().__init__(daemon=True)
+        self.env, self.cid, self.a, self.team, self.w = env, cid, owner, team, wallet
+        self.stop = stop
+        self.sent = self.answered = 0
+        self.done = []                  # (op, args, result) answered ok
+        self.failed = []                # error answers: {cmd, args, code, sent}
+        self.keys, self.tokened, self.renamed, self.revoked = [], set(), set(), set()
+        self.new_users, self.added = [], set()
+        self.n = 0
+        self.last_ok = 0.0              # time.monotonic() of the last ok answer
+
+    def next_ops(self):
+        """A window of requests; no two of them act on the same key (the
+        daemon may run pipelined mutations out of order: see
+        test_pipeline_order.py)."""
+        ops, busy = [], set()
+        for _ in range(WINDOW):
+            self.n += 1
+            n, kind = self.n, self.n % 7
+            ready = [k for k in self.keys if k not in self.revoked and k not in busy]
+            if kind == 0 or not ready:
+                ops.append(("key.create", self.a, {"team": self.team, "name": "k%d-%d" % (self.cid, n),
+                                                   "users": [self.a]}))
+            elif kind == 1:
+                ops.append(("wallet.credit", self.a, {"wallet": self.w, "amount_micros": n,
+                                                      "reference": "ref-%d-%d" % (self.cid, n)}))
+            elif kind == 2 and [k for k in ready if k not in self.tokened]:
+                k = [k for k in ready if k not in self.tokened][0]
+                self.tokened.add(k)
+                busy.add(k)
+                ops.append(("token.generate", self.a, {"key": k}))
+            elif kind == 3 and [k for k in ready if k not in self.renamed]:
+                k = [k for k in ready if k not in self.renamed][0]
+                self.renamed.add(k)
+                busy.add(k)
+                ops.append(("key.update", self.a, {"key": k, "name": "renamed-%d-%d" % (self.cid, n)}))
+            elif kind == 4:
+                ops.append(("user.signup", None, {"email": kgtest.unique_email("s%d" % self.cid),
+                                                  "name": "New"}))
+            elif kind == 5 and [u for u in self.new_users if u not in self.added]:
+                u = [u for u in self.new_users if u not in self.added][0]
+                self.added.add(u)
+                ops.append(("team.member.add", self.a, {"team": self.team, "user": u, "role": "user"}))
+            elif kind == 6 and len(ready) > 2 and ready[0] in self.tokened:
+                self.revoked.add(ready[0])
+                busy.add(ready[0])
+                ops.append(("key.revoke", self.a, {"key": ready[0]}))
+            else:
+                ops.append(("wallet.credit", self.a, {"wallet": self.w, "amount_micros": n,
+                                                      "reference": "ref-%d-%d" % (self.cid, n)}))
+        return ops
+
+    def run(self):
+        try:
+            c = kgtest.Client(self.env.socket_path, timeout=10)
+        except OSError:
+            return
+        try:
+            while not self.stop.is_set():
+                ops = self.next_ops()
+                data = b"".join((json.dumps(dict(kgtest.Client.request(cmd, actor, **args),
+                                                 id=i)) + "\n").encode()
+                                for i, (cmd, actor, args) in enumerate(ops))
+                t_sent = time.monotonic()
+                c.send_raw(data)
+                self.sent += len(ops)
+                for i, (cmd, actor, args) in enumerate(ops):
+                    line = c.read_line()
+                    if line is None:
+                        return
+                    r = json.loads(line)
+                    self.answered += 1
+                    assert r.get("id") == i, r
+                    if r.get("ok"):
+                        self.last_ok = time.monotonic()
+                        self.done.append((cmd, args, r["result"]))
+                        if cmd == "key.create":
+                            self.keys.append(r["result"]["key_id"])
+                        elif cmd == "user.signup":
+                            self.new_users.append(r["result"]["user_id"])
+                    else:
+                        self.failed.append({"cmd": cmd, "args": args, "code": r["error"]["code"],
+                                            "sent": t_sent})
+                if self.failed and self.failed[-1]["sent"] == t_sent:
+                    time.sleep(0.05)       # refused (Redis away): do not spin
+        except (OSError, ConnectionError, ValueError):
+            return
+        finally:
+            c.close()
+
+
+def check_present(tc, env, s):
+    """Every command Stream s saw answered ok is in Redis (tc: the TestCase)."""
+    p = "kg:{t:%s}:" % s.team
+    ledger = [json.loads(e) for e in env.redis("LRANGE", p + "ledger:" + s.w, 0, -1)]
+    refs = [e.get("reference") for e in ledger if e["type"] == "credit"]
+    for cmd, args, res in s.done:
+        if cmd == "key.create":
+            doc = env.redis("GET", p + "key:" + res["key_id"])
+            tc.assertIsNotNone(doc, "acknowledged key.create lost: %s" % res["key_id"])
+            tc.assertIsNotNone(env.redis("ZSCORE", p + "keys", res["key_id"]))
+        elif cmd == "wallet.credit":
+            tc.assertEqual(refs.count(args["reference"]), 1,
+                           "acknowledged credit %s: %d ledger entries"
+                           % (args["reference"], refs.count(args["reference"])))
+        elif cmd == "token.generate":
+            h = kgtest.token_hash(env.pepper_bytes, res["token"])
+            rec = env.redis("HGETALL", "kg:tok:" + h)
+            tc.assertIn(res["key_id"].encode(), rec, "acknowledged token lost")
+            doc = json.loads(env.redis("GET", p + "key:" + res["key_id"]))
+            tc.assertEqual(doc["tokens"][s.a]["hash"], h)
+        elif cmd == "key.update":
+            doc = json.loads(env.redis("GET", p + "key:" + args["key"]))
+            tc.assertEqual(doc["name"], args["name"], "acknowledged rename lost")
+        elif cmd == "key.revoke":
+            doc = json.loads(env.redis("GET", p + "key:" + args["key"]))
+            tc.assertEqual(doc["status"], "revoked", "acknowledged revocation lost")
+        elif cmd == "user.signup":
+            tc.assertIsNotNone(env.redis("GET", "kg:user:" + res["user_id"]))
+            tc.assertIsNotNone(env.redis("GET", "kg:{t:%s}:team" % res["team_id"]))
+        elif cmd == "team.member.add":
+            team = json.loads(env.redis("GET", p + "team"))
+            tc.assertEqual(team["members"].get(args["user"]), "user", "acknowledged member lost")
+
+
+class Applied:
+    """Tells whether commands a Stream sent (and saw refused) took effect,
+    from one read of its team's state."""
+
+    def __init__(self, env, s):
+        p = "kg:{t:%s}:" % s.team
+        self.s = s
+        self.docs = {kid.decode(): json.loads(env.redis("GET", p + "key:" + kid.decode()))
+                     for kid in env.redis("ZRANGE", p + "keys", 0, -1)}
+        self.names = {d["name"] for d in self.docs.values()}
+        self.refs = {json.loads(e).get("reference")
+                     for e in env.redis("LRANGE", p + "ledger:" + s.w, 0, -1)}
+        self.members = json.loads(env.redis("GET", p + "team"))["members"]
+        self.env = env
+
+    def __call__(self, cmd, args):
+        if cmd == "key.create":
+            return args["name"] in self.names
+        if cmd == "wallet.credit":
+            return args["reference"] in self.refs
+        if cmd == "user.signup":
+            return self.env.redis("EXISTS", "kg:email:" + args["email"].lower()) == 1
+        if cmd == "team.member.add":
+            return args["user"] in self.members
+        doc = self.docs[args["key"]]
+        if cmd == "token.generate":
+            return self.s.a in doc["tokens"]
+        if cmd == "key.update":
+            return doc["name"] == args["name"]
+        if cmd == "key.revoke":
+            return doc["status"] == "revoked"
+        raise ValueError(cmd)
