@@ -21,6 +21,7 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sodium.h>
@@ -37,6 +38,7 @@
 #define API_PREFIX   "/api/"
 #define CMD_NAME_MAX 64
 #define HEADERS_MAX  16384
+#define ACCEPT_PAUSE_MS 100
 
 #ifndef KG_CONSOLE_INSTALL_DIR
 #define KG_CONSOLE_INSTALL_DIR "/usr/local/share/keygate/console"
@@ -492,6 +494,33 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* --- setup ------------------------------------------------------------- */
 
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    evconnlistener_enable(arg);
+}
+
+/* On EMFILE/ENFILE stop accepting for a moment instead of spinning (as
+ * the admin socket does). The callback's argument belongs to evhttp, so
+ * the pause is a one-shot timer on the listener itself; it cannot fire
+ * after http_free, which runs once the loop has stopped. */
+static void accept_error_cb(struct evconnlistener *lis, void *unused)
+{
+    int e = EVUTIL_SOCKET_ERROR();
+
+    (void)unused;
+    if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+        struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+        log_warn("accept: %s; pausing %d ms", strerror(e), ACCEPT_PAUSE_MS);
+        evconnlistener_disable(lis);
+        if (event_base_once(evconnlistener_get_base(lis), -1, EV_TIMEOUT, resume_cb, lis, &tv) != 0)
+            evconnlistener_enable(lis);
+    } else {
+        log_warn("accept: %s", strerror(e));
+    }
+}
+
 static int has_index(const char *dir)
 {
     char p[KGC_PATH_MAX + 16];
@@ -569,6 +598,7 @@ http_srv *http_new(app *a, char *err, size_t errlen)
         free(h);
         return NULL;
     }
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bs), accept_error_cb);
     if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) == 0)
         port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                               : ((struct sockaddr_in *)&ss)->sin_port);

@@ -88,6 +88,52 @@ class ConsoleApi(unittest.TestCase):
             self.assertNotEqual(rc, 0, addr)
             self.assertIn(why, log, addr)
 
+    def test_running_out_of_descriptors_pauses_accepting_without_spinning(self):
+        import resource
+        import socket
+        import subprocess
+
+        class LimitedEnv(kgtest.Env):
+            def _spawn_daemon(self, args=None):
+                log = open(self.log_path, "ab")
+                p = subprocess.Popen([kgtest.keygated_path(), "--config", self.config_path],
+                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)))
+                log.close()
+                return p
+
+        env = LimitedEnv(extra_config=["http 127.0.0.1:0"])
+        conns = []
+        try:
+            port = int(re.search(r"console on http://127\.0\.0\.1:(\d+)/",
+                                 env.wait_log("console on http://")).group(1))
+            for _ in range(60):
+                conns.append(socket.create_connection(("127.0.0.1", port)))
+            env.wait_log("pausing 100 ms", timeout=5)
+
+            def cpu():
+                with open("/proc/%d/stat" % env.daemon.pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            before = cpu()
+            time.sleep(1.0)
+            self.assertLess(cpu() - before, 0.5, "keygated spins while it cannot accept")
+            for c in conns:
+                c.close()
+            conns = []
+            deadline = time.monotonic() + 5
+            while True:
+                r = Browser(port).api("ping")
+                if r.ok or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            self.assertTrue(r.ok, r)
+        finally:
+            for c in conns:
+                c.close()
+            env.close()
+        kgtest.check_clean_exit(env)
+
     # -- the API's envelope and statuses -----------------------------------
 
     def test_api_takes_json_posts_only(self):
