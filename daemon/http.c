@@ -115,13 +115,12 @@ static void send_envelope(struct evhttp_request *req, json_t *env, int secret,
 {
     struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
     json_t *err = json_object_get(env, "error");
+    struct evbuffer *buf = evbuffer_new();
+    char *text = json_dumps(env, JSON_COMPACT);
 
     if (status == 0)
         status = json_is_true(json_object_get(env, "ok"))
                      ? 200 : http_status_of(json_string_value(json_object_get(err, "code")));
-    struct evbuffer *buf = evbuffer_new();
-    char *text = json_dumps(env, JSON_COMPACT);
-
     if (text == NULL || buf == NULL)
         oom("http answer");
     if (secret) {
