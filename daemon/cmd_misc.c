@@ -97,7 +97,7 @@ job_step cmd_user_signup(job *j)
     job_write_json(j, rk(j, KGC_RK_USER, uid), user);
     job_write(j, "SET", rk(j, KGC_RK_EMAIL, email), uid, NULL);
     job_write_json(j, rk(j, KGC_RK_TEAM, tid), team);
-    job_write(j, "SADD", rk(j, KG_RK_USERTEAMS, uid), tid, NULL);
+    job_write(j, "SADD", rk(j, KGC_RK_USERTEAMS, uid), tid, NULL);
     job_write_json(j, rk(j, KGC_RK_KEY, tid, kid), key);
     {
         char score[32];

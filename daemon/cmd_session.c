@@ -16,10 +16,9 @@
  * would buy nothing, and it keeps the daemon's loop free of work an
  * attacker can ask for without knowing a real email.
  *
- * The teams of a user: P uteams:<user> is a hint (written at sign-up and
- * rebuilt at each sign-in by scanning the team documents); session.whoami
- * keeps only the teams whose document lists the user, so a stale entry is
- * harmless.
+ * The teams of a user: P uteams:<user>, kept by user.signup,
+ * team.member.add and team.member.remove; session.whoami still keeps only
+ * the teams whose document lists the user.
  */
 #include "cmd.h"
 #include "http.h"
@@ -31,9 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-json_t *parse_list(json_t *reply);
-
-#define SCAN_COUNT "1000"
+#include "model.h"
 
 /* KEYS[1] the attempts counter, ARGV[1] the window in ms. Counts one
  * attempt; answers {count, ms left in the window}. */
@@ -72,7 +69,7 @@ int session_rkey(const app *a, const char *sid, char *out)
     crypto_generichash_update(&st, (const unsigned char *)sid, SESSION_ID_LEN);
     crypto_generichash_final(&st, h, sizeof h);
     sodium_bin2hex(hex, sizeof hex, h, sizeof h);
-    return kgc_rkey(out, a->cfg.key_prefix, KG_RK_SESSION, hex) < 0 ? -1 : 0;
+    return kgc_rkey(out, a->cfg.key_prefix, KGC_RK_SESSION, hex) < 0 ? -1 : 0;
 }
 
 int password_hash(const char *pw, char *out, char *err, size_t errlen)
@@ -107,44 +104,18 @@ static json_t *user_view(const json_t *user)
                      json_object_get(user, "email"), "name", json_object_get(user, "name"));
 }
 
-/* MATCH pattern of every team document: the prefix with its glob
- * characters escaped, then "{t:*}:team". */
-static void team_pattern(job *j, char *out, size_t cap)
-{
-    size_t o = 0;
-
-    for (const char *p = j->app->cfg.key_prefix; *p && o + 2 < cap; p++) {
-        if (strchr("*?[]\\", *p) != NULL)
-            out[o++] = '\\';
-        out[o++] = *p;
-    }
-    out[o] = '\0';
-    snprintf(out + o, cap - o, KGC_RK_TEAM, "*");
-}
-
-static void queue_scan(job *j, const char *cursor)
-{
-    char pat[200];
-
-    team_pattern(j, pat, sizeof pat);
-    job_read(j, "SCAN", cursor, "MATCH", pat, "COUNT", SCAN_COUNT, NULL);
-}
-
-/* Last stage of a good sign-in: index the user's teams, open the session,
- * clear the failure count. j->result holds the scratch state. */
+/* Last stage of a good sign-in: open the session, clear the failure
+ * count. j->result holds the scratch state. */
 static job_step login_finish(job *j)
 {
-    json_t *st = j->result, *teams = json_object_get(st, "_teams"), *t;
+    json_t *st = j->result;
     const char *uid = json_string_value(json_object_get(st, "_uid"));
     char sid[SESSION_ID_LEN + 1], csrf[SESSION_ID_LEN + 1], key[KGC_RKEY_MAX], ttl[24];
     char email[256];
     long long now = now_ms(), expires = now + SESSION_TTL_S * 1000LL;
     json_t *doc;
     char *text;
-    size_t i;
 
-    json_array_foreach(teams, i, t)
-        job_write(j, "SADD", rk(j, KG_RK_USERTEAMS, uid), json_string_value(t), NULL);
     random_id(sid);
     random_id(csrf);
     if (session_rkey(j->app, sid, key) != 0)
@@ -159,7 +130,7 @@ static job_step login_finish(job *j)
     free(text);
     json_decref(doc);
     email_normalize(arg_str(j, "email"), email, sizeof email);
-    job_write(j, "DEL", rk(j, KG_RK_LOGINFAIL, email), NULL);
+    job_write(j, "DEL", rk(j, KGC_RK_LOGINFAIL, email), NULL);
     j->result = json_pack("{s:O,s:s,s:s,s:I}", "user", json_object_get(st, "_user"), "session", sid,
                           "csrf_token", csrf, "expires_at", (json_int_t)expires);
     json_decref(st);
@@ -171,13 +142,12 @@ static job_step login_finish(job *j)
 /*
  * session.login {email, password}
  * Stage 1: count the attempt, find the email. 2: refuse over the limit,
- * read the user. 3: check the password, then scan the team documents
- * (stages 4...) for the user's teams, and finish.
+ * read the user. 3: check the password and open the session.
  */
 job_step cmd_session_login(job *j)
 {
     char email[256], ms[24];
-    json_t *pwj = arg(j, "password"), *st = j->result, *r;
+    json_t *pwj = arg(j, "password"), *r;
     const char *pw = json_string_value(pwj), *uid, *hash;
     json_t *doc;
 
@@ -187,7 +157,7 @@ job_step cmd_session_login(job *j)
         if (strlen(pw) > PASSWORD_MAX)
             return job_fail(j, "bad_request", "'password' is longer than %d bytes", PASSWORD_MAX);
         snprintf(ms, sizeof ms, "%d", LOGIN_FAIL_WINDOW_S * 1000);
-        job_read(j, "EVAL", RATE_SCRIPT, "1", rk(j, KG_RK_LOGINFAIL, email), ms, NULL);
+        job_read(j, "EVAL", RATE_SCRIPT, "1", rk(j, KGC_RK_LOGINFAIL, email), ms, NULL);
         job_read(j, "GET", rk(j, KGC_RK_EMAIL, email), NULL);
         return J_READ;
     }
@@ -220,45 +190,9 @@ job_step cmd_session_login(job *j)
             json_decref(doc);
             return job_fail(j, "unauthenticated", "wrong email or password");
         }
-        j->result = json_pack("{s:o,s:O,s:[],s:[]}", "_user", user_view(doc), "_uid",
-                              json_object_get(doc, "user_id"), "_keys", "_teams");
+        j->result = json_pack("{s:o,s:O}", "_user", user_view(doc), "_uid",
+                              json_object_get(doc, "user_id"));
         json_decref(doc);
-        queue_scan(j, "0");
-        return J_READ;
-    }
-    if (j->stage > 3 && st != NULL && json_object_get(st, "_uid") != NULL) {
-        r = job_reply(j, 0);
-        if (json_is_true(json_object_get(st, "_mget"))) {
-            /* The team documents: keep those that list the user. */
-            json_t *docs = parse_list(r), *t;
-            const char *me = json_string_value(json_object_get(st, "_uid"));
-            size_t i;
-
-            json_array_foreach(docs, i, t)
-                if (json_object_get(json_object_get(t, "members"), me) != NULL &&
-                    json_is_string(json_object_get(t, "team_id")))
-                    json_array_append(json_object_get(st, "_teams"), json_object_get(t, "team_id"));
-            json_decref(docs);
-        } else if (json_is_array(r) && json_is_string(json_array_get(r, 0)) &&
-                   json_is_array(json_array_get(r, 1))) {
-            /* A SCAN page: collect, then the next page or the documents. */
-            const char *cursor = json_string_value(json_array_get(r, 0));
-            json_array_extend(json_object_get(st, "_keys"), json_array_get(r, 1));
-            if (strcmp(cursor, "0") != 0) {
-                queue_scan(j, cursor);
-                return J_READ;
-            }
-            if (json_array_size(json_object_get(st, "_keys")) > 0) {
-                json_t *cmd = json_pack("[s]", "MGET");
-                json_array_extend(cmd, json_object_get(st, "_keys"));
-                json_object_set_new(st, "_keys", json_array());
-                json_object_set_new(st, "_mget", json_true());
-                job_read_cmd(j, cmd);
-                return J_READ;
-            }
-        } else {
-            return job_fail(j, "internal", "unexpected reply while listing teams");
-        }
         return login_finish(j);
     }
     return J_DONE;     /* after the writes */
@@ -285,7 +219,7 @@ job_step cmd_session_whoami(job *j)
     json_t **v;
 
     if (j->stage == 0) {
-        job_read(j, "SMEMBERS", rk(j, KG_RK_USERTEAMS, j->actor_id), NULL);
+        job_read(j, "SMEMBERS", rk(j, KGC_RK_USERTEAMS, j->actor_id), NULL);
         if (sid != NULL) {
             if (session_rkey(j->app, sid, key) != 0)
                 return job_fail(j, "bad_request", "'session' is not a session id");

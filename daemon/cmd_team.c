@@ -122,6 +122,7 @@ job_step cmd_team_member_add(job *j)
     snprintf(j->target, sizeof j->target, "%s", uid);
     json_object_set_new(members(j), uid, json_string(role));
     job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
+    job_write(j, "SADD", rk(j, KGC_RK_USERTEAMS, uid), j->team_id, NULL);
     j->result = member_view(doc, role);
     json_decref(doc);
     return J_WRITE;
@@ -217,6 +218,7 @@ job_step cmd_team_member_remove(job *j)
     json_decref(docs);
     json_object_del(members(j), uid);
     job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
+    job_write(j, "SREM", rk(j, KGC_RK_USERTEAMS, uid), j->team_id, NULL);
     j->result = json_object();
     return J_WRITE;
 }

@@ -31,12 +31,6 @@ int http_status_of(const char *code);
 
 /* --- sign-in (cmd_session.c), also used by user.signup and http.c ------- */
 
-/* Redis key names of the console, beside those of kgc_keys.h: */
-#define KG_RK_SESSION    "session:%s"   /* JSON {"user_id","csrf","created_at","expires_at"},
-                                           named by session_hash(id); expires */
-#define KG_RK_LOGINFAIL  "loginfail:%s" /* sign-in attempts counted per lower-cased email */
-#define KG_RK_USERTEAMS  "uteams:%s"    /* set of team ids a user is (or was) in: a hint */
-
 #define SESSION_ID_LEN     43           /* base64url of 32 random bytes, no padding */
 #define SESSION_TTL_S      (12 * 3600)
 #define LOGIN_FAIL_MAX     5            /* attempts per email per window ... */

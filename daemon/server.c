@@ -143,11 +143,14 @@ void reqslot_respond(reqslot *rs, json_t *response, int secret)
     if (text == NULL)
         oom("json_dumps");
     if (secret) {
-        /* Wipe the token inside the JSON value before it is freed. */
+        /* Wipe the secrets inside the JSON values before they are freed. */
+        static const char *const fields[] = {"token", "session"};
         json_t *res = json_object_get(response, "result");
-        json_t *tok = json_object_get(res, "token");
-        if (json_is_string(tok))
-            sodium_memzero((char *)json_string_value(tok), json_string_length(tok));
+        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+            json_t *v = json_object_get(res, fields[i]);
+            if (json_is_string(v))
+                sodium_memzero((char *)json_string_value(v), json_string_length(v));
+        }
     }
     json_decref(response);
     rs->outlen = strlen(text) + 1;

@@ -49,6 +49,9 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_USER      "user:%s"                 JSON user document
  *   KGC_RK_EMAIL     "email:%s"                user id by lower-cased email
  *   KGC_RK_NOTIF     "notif:%s"                list of JSON notifications
+ *   KGC_RK_USERTEAMS "uteams:%s"               set of the team ids a user belongs to
+ *   KGC_RK_SESSION   "session:%s"              console session (keyed hash of its id), expires
+ *   KGC_RK_LOGINFAIL "loginfail:%s"            console sign-in attempts per lower-cased email
  *   KGC_RK_CATALOG   "catalog"                 the catalog JSON the daemon loaded
  *   KGC_RK_CHANNEL   "inval"                   pub/sub channel of invalidations
  */
@@ -66,6 +69,9 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 #define KGC_RK_USER    "user:%s"
 #define KGC_RK_EMAIL   "email:%s"
 #define KGC_RK_NOTIF   "notif:%s"
+#define KGC_RK_USERTEAMS "uteams:%s"
+#define KGC_RK_SESSION   "session:%s"
+#define KGC_RK_LOGINFAIL "loginfail:%s"
 #define KGC_RK_CATALOG "catalog"
 #define KGC_RK_CHANNEL "inval"
 
