@@ -9,6 +9,7 @@
 #include "kgc_config.h"
 #include "kgc_price.h"
 #include "store.h"
+#include "worker.h"
 
 typedef struct job job;
 
@@ -17,6 +18,7 @@ typedef struct app {
     kgc_config cfg;
     char config_path[KGC_PATH_MAX];
     store *st;
+    worker *wk;                   /* background thread for CPU-heavy steps */
     kgc_catalog *cat;             /* current catalog (owned) */
     unsigned char *pepper;        /* sodium_malloc'ed, KGC_PEPPER_LEN */
     job *queue_head, *queue_tail; /* mutating commands waiting to start */

@@ -48,7 +48,7 @@ typedef struct arg_rule {
     int required;
 } arg_rule;
 
-typedef enum job_step { J_READ, J_WRITE, J_DONE, J_FAIL } job_step;
+typedef enum job_step { J_READ, J_WRITE, J_DONE, J_FAIL, J_WAIT } job_step;
 
 /* Receives the answer envelope of a command (stolen). secret: it carries a
  * token, wipe its serialized form after sending. */
@@ -93,6 +93,7 @@ struct job {
     char scope_team[KGC_ID_MAX];  /* team_id as dispatch found it (for a rerun) */
     int reruns;
     job *aprev, *anext;           /* in the app's list of active mutations */
+    void *scratch;                /* handler's own state, freed with the job */
     job *next;                    /* in the mutation queue */
 };
 
@@ -119,6 +120,15 @@ void job_write(job *j, const char *cmd, ...) __attribute__((sentinel));
 /* SET key <compact JSON of doc> (borrowed). */
 void job_write_json(job *j, const char *key, json_t *doc);
 void job_publish(job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Runs work(arg) on the worker thread (CPU-heavy steps: Argon2id) and
+ * returns J_WAIT; the handler runs again at the next stage when it is
+ * done. work must touch nothing but arg; arg stays the caller's. */
+job_step job_offload(job *j, void (*work)(void *arg), void *arg);
+
+/* Handler scratch memory: zeroed, freed (after sodium_memzero) with the
+ * job or on a re-run. Returns the same block for the same job. */
+void *job_scratch(job *j, size_t size);
+
 /* Reply i of the last read round (borrowed), or NULL. */
 json_t *job_reply(job *j, size_t i);
 /* Parses a stored JSON document of reply i (new reference) or NULL. */

@@ -39,33 +39,28 @@ int email_normalize(const char *in, char *out, size_t cap)
 /* Stage 1: is the email free? Stage 2: create user, team and free key.
  * A password (optional: for the console) is stored only as its Argon2id
  * string, in the user document, and never returned. */
-job_step cmd_user_signup(job *j)
+/* The Argon2id hash of a sign-up's password, made on the worker thread. */
+typedef struct pw_job {
+    const char *pw;               /* borrowed from the request */
+    char hash[crypto_pwhash_STRBYTES];
+    char err[100];
+    int rc;
+} pw_job;
+
+static void hash_password(void *arg)
 {
-    char email[256], uid[KGC_ID_MAX], tid[KGC_ID_MAX], kid[KGC_ID_MAX], tname[300];
-    char pwhash[crypto_pwhash_STRBYTES], err[100];
+    pw_job *w = arg;
+    w->rc = password_hash(w->pw, w->hash, w->err, sizeof w->err);
+}
+
+/* Writes the user, the team with the user as owner, and its free key. */
+static job_step signup_commit(job *j, const char *email, const char *pwhash)
+{
+    char uid[KGC_ID_MAX], tid[KGC_ID_MAX], kid[KGC_ID_MAX], tname[300], score[32];
     const char *name = arg_str(j, "name"), *team_name = arg_str(j, "team_name");
-    const char *password = arg_str(j, "password");
     json_t *user, *team, *key, *services;
     long long now = now_ms();
 
-    if (email_normalize(arg_str(j, "email"), email, sizeof email) != 0)
-        return job_fail(j, "bad_request", "'email' is not an email address");
-    if (j->stage == 1) {
-        if (!name_ok(name, 200))
-            return job_fail(j, "bad_request", "'name' must be 1-200 printable characters");
-        if (team_name != NULL && !name_ok(team_name, 200))
-            return job_fail(j, "bad_request", "'team_name' must be 1-200 printable characters");
-        if (password != NULL && strlen(password) < PASSWORD_MIN)
-            return job_fail(j, "bad_request", "'password' must be at least %d bytes long", PASSWORD_MIN);
-        if (password != NULL && strlen(password) > PASSWORD_MAX)
-            return job_fail(j, "bad_request", "'password' is longer than %d bytes", PASSWORD_MAX);
-        job_read(j, "GET", rk(j, KGC_RK_EMAIL, email), NULL);
-        return J_READ;
-    }
-    if (j->stage == 3)
-        return J_DONE;
-    if (!json_is_null(job_reply(j, 0)))
-        return job_fail(j, "conflict", "a user with this email exists");
     kgc_id_user(uid);
     kgc_id_team(tid);
     kgc_id_key(tid, kid);
@@ -75,13 +70,8 @@ job_step cmd_user_signup(job *j)
     }
     user = json_pack("{s:s,s:s,s:s,s:I}", "user_id", uid, "email", email, "name", name,
                      "created_at", (json_int_t)now);
-    if (password != NULL) {
-        if (password_hash(password, pwhash, err, sizeof err) != 0) {
-            json_decref(user);
-            return job_fail(j, "internal", "%s", err);
-        }
+    if (pwhash != NULL)
         json_object_set_new(user, "password_hash", json_string(pwhash));
-    }
     team = json_pack("{s:s,s:s,s:{s:s},s:s,s:I}", "team_id", tid, "name", team_name,
                      "members", uid, "owner", "free_key_id", kid, "created_at", (json_int_t)now);
     services = json_object();
@@ -99,11 +89,8 @@ job_step cmd_user_signup(job *j)
     job_write_json(j, rk(j, KGC_RK_TEAM, tid), team);
     job_write(j, "SADD", rk(j, KGC_RK_USERTEAMS, uid), tid, NULL);
     job_write_json(j, rk(j, KGC_RK_KEY, tid, kid), key);
-    {
-        char score[32];
-        snprintf(score, sizeof score, "%lld", now);
-        job_write(j, "ZADD", rk(j, KGC_RK_KEYS, tid), score, kid, NULL);
-    }
+    snprintf(score, sizeof score, "%lld", now);
+    job_write(j, "ZADD", rk(j, KGC_RK_KEYS, tid), score, kid, NULL);
     json_decref(user);
     json_decref(team);
     json_decref(key);
@@ -113,6 +100,44 @@ job_step cmd_user_signup(job *j)
     snprintf(j->target, sizeof j->target, "%s", tid);
     j->actor_id = json_string_value(json_object_get(j->result, "user_id"));
     return J_WRITE;
+}
+
+/* Stage 1: is the email free? 2: hash the password (on the worker
+ * thread), if any. 3: create user, team and free key. */
+job_step cmd_user_signup(job *j)
+{
+    char email[256];
+    const char *name = arg_str(j, "name"), *team_name = arg_str(j, "team_name");
+    const char *password = arg_str(j, "password");
+    pw_job *w;
+
+    if (email_normalize(arg_str(j, "email"), email, sizeof email) != 0)
+        return job_fail(j, "bad_request", "'email' is not an email address");
+    if (j->stage == 1) {
+        if (!name_ok(name, 200))
+            return job_fail(j, "bad_request", "'name' must be 1-200 printable characters");
+        if (team_name != NULL && !name_ok(team_name, 200))
+            return job_fail(j, "bad_request", "'team_name' must be 1-200 printable characters");
+        if (password != NULL && strlen(password) < PASSWORD_MIN)
+            return job_fail(j, "bad_request", "'password' must be at least %d bytes long", PASSWORD_MIN);
+        if (password != NULL && strlen(password) > PASSWORD_MAX)
+            return job_fail(j, "bad_request", "'password' is longer than %d bytes", PASSWORD_MAX);
+        job_read(j, "GET", rk(j, KGC_RK_EMAIL, email), NULL);
+        return J_READ;
+    }
+    if (j->stage == 2) {
+        if (!json_is_null(job_reply(j, 0)))
+            return job_fail(j, "conflict", "a user with this email exists");
+        if (password == NULL)
+            return signup_commit(j, email, NULL);
+        w = job_scratch(j, sizeof *w);
+        w->pw = password;
+        return job_offload(j, hash_password, w);
+    }
+    w = job_scratch(j, sizeof *w);
+    if (w->rc != 0)
+        return job_fail(j, "internal", "%s", w->err);
+    return signup_commit(j, email, w->hash);
 }
 
 job_step cmd_service_list(job *j)

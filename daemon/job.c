@@ -11,6 +11,8 @@
 #include "log.h"
 #include "proto.h"
 
+#include <sodium.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -215,6 +217,59 @@ void job_publish(job *j, const char *fmt, ...)
     json_array_append_new(j->pub, json_string(msg));
 }
 
+typedef struct scratch_hdr { size_t size; } scratch_hdr;
+
+void *job_scratch(job *j, size_t size)
+{
+    if (j->scratch == NULL) {
+        scratch_hdr *h = xcalloc(1, sizeof *h + size);
+        h->size = size;
+        j->scratch = h;
+    }
+    return (scratch_hdr *)j->scratch + 1;
+}
+
+static void scratch_free(job *j)
+{
+    scratch_hdr *h = j->scratch;
+
+    if (h != NULL) {
+        sodium_memzero(h + 1, h->size);
+        free(h);
+        j->scratch = NULL;
+    }
+}
+
+typedef struct offload { job *j; void (*work)(void *); void *arg; } offload;
+
+static void offload_work(void *p)
+{
+    offload *o = p;
+    o->work(o->arg);
+}
+
+static void offload_done(void *p)
+{
+    offload *o = p;
+    job *j = o->j;
+
+    free(o);
+    j->stage++;
+    json_array_clear(j->rr);
+    job_advance(j, j->def->run(j));
+}
+
+job_step job_offload(job *j, void (*work)(void *arg), void *arg)
+{
+    offload *o = xmalloc(sizeof *o);
+
+    o->j = j;
+    o->work = work;
+    o->arg = arg;
+    worker_submit(j->app->wk, offload_work, offload_done, o);
+    return J_WAIT;
+}
+
 json_t *job_reply(job *j, size_t i)
 {
     return json_array_get(j->rr, i);
@@ -398,7 +453,7 @@ static void append_audit(job *j, json_t *cmds)
 
 static void job_advance(job *j, job_step step)
 {
-    if (step != J_READ && j->def->mutates && !j->decided && job_conflicts(j)) {
+    if (step != J_READ && step != J_WAIT && j->def->mutates && !j->decided && job_conflicts(j)) {
         /* A transaction sent after our reads changed what we read. */
         job_rerun(j);
         return;
@@ -447,6 +502,8 @@ static void job_advance(job *j, job_step step)
         job_decided(j);
         return;
     }
+    case J_WAIT:                /* offloaded: offload_done goes on */
+        return;
     case J_DONE:
     case J_FAIL:
         job_finish(j);
@@ -472,6 +529,7 @@ static void job_free(job *j)
     json_decref(j->pub);
     json_decref(j->result);
     json_decref(j->readset);
+    scratch_free(j);
     free(j);
 }
 
@@ -506,6 +564,7 @@ static void job_rerun(job *j)
     json_array_clear(j->wq);
     json_array_clear(j->pub);
     json_object_clear(j->readset);
+    scratch_free(j);
     j->code = NULL;
     j->msg[0] = '\0';
     j->after_write = 0;

@@ -83,6 +83,7 @@ int main(int argc, char **argv)
     if (a.base == NULL)
         oom("event_base_new");
     a.st = store_new(a.base, &a.cfg);
+    a.wk = worker_new(a.base);
     store_on_connect(a.st, on_connected, &a);
     srv = server_new(a.base, &a.cfg, job_dispatch, &a, err, sizeof err);
     if (srv == NULL) {
@@ -107,6 +108,7 @@ int main(int argc, char **argv)
         event_free(sigs[i]);
 out:
     job_abort_all(&a);
+    worker_free(a.wk);      /* finishes password checks in flight */
     store_free(a.st);       /* fails commands in flight: they answer unavailable */
     a.st = NULL;
     job_abort_all(&a);
