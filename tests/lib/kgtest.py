@@ -15,6 +15,9 @@ Environment variables:
     KEYGATED       path of the keygated binary (default <repo>/build/daemon/keygated)
     REDIS_SERVER   path of redis-server (default: redis-server on PATH)
     KGTEST_KEEP    if set, the temp dir is kept on close (for post-mortems)
+    KEYGATED_WRAPPER  a command line keygated is run under, e.g.
+                   "valgrind --leak-check=full --error-exitcode=99" (split
+                   like a shell would); start and stop timeouts grow to suit
 
 Typical use:
 
@@ -34,6 +37,7 @@ Typical use:
 import itertools
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -50,6 +54,11 @@ DEFAULT_KEYGATED = os.path.join(REPO, "build", "daemon", "keygated")
 
 def keygated_path():
     return os.environ.get("KEYGATED") or DEFAULT_KEYGATED
+
+
+def keygated_wrapper():
+    """The KEYGATED_WRAPPER command as a list ([] when unset)."""
+    return shlex.split(os.environ.get("KEYGATED_WRAPPER", ""))
 
 
 def redis_server_path():
@@ -568,6 +577,7 @@ class Env:
         log = open(self.log_path, "ab")
         argv = [keygated_path(), "--config", self.config_path] if args is None \
             else [keygated_path()] + list(args)
+        argv = keygated_wrapper() + argv
         p = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         return p
@@ -590,7 +600,8 @@ class Env:
                 return r.get("ok") is True
             finally:
                 c.close()
-        _wait_for(up, timeout or self.daemon_timeout, "keygated to accept on its socket")
+        slow = 6 if keygated_wrapper() else 1
+        _wait_for(up, (timeout or self.daemon_timeout) * slow, "keygated to accept on its socket")
 
     def run_daemon_to_exit(self, timeout=10.0, args=None):
         """Starts keygated (not kept as self.daemon) and waits for it to exit.
@@ -631,7 +642,12 @@ class Env:
         return rc
 
     SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                       "WARNING: AddressSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+                       "WARNING: AddressSanitizer", "SUMMARY: UndefinedBehaviorSanitizer",
+                       # valgrind memcheck (KEYGATED_WRAPPER)
+                       "Invalid read of", "Invalid write of", "Invalid free()",
+                       "Conditional jump or move depends on uninitialised",
+                       "Use of uninitialised value", "Syscall param",
+                       "Mismatched free()", "are definitely lost in")
 
     def sanitizer_report(self, log=None):
         """Lines of the daemon log (all its runs) that report a sanitizer
@@ -681,7 +697,8 @@ class Env:
             c.close()
         self._clients = []
         if self.daemon is not None:
-            self.last_exit = self.kill_daemon(signal.SIGTERM, timeout=5)
+            self.last_exit = self.kill_daemon(signal.SIGTERM,
+                                              timeout=60 if keygated_wrapper() else 5)
         self.final_log = self.daemon_log()
         self.stop_redis()
         if os.environ.get("KGTEST_KEEP"):
