@@ -1226,11 +1226,20 @@ static void pass_model(fsck *f)
     const char *id, *team;
     json_t *v, *set;
 
-    /* Model keys of a team that has no team document. */
+    /* Model keys of a team that has no team document. SCAN may have
+     * returned a key of a team made during the scan without its team
+     * document: look again before reporting, and check such a team too. */
     json_object_foreach(f->tagged, team, v)
         if (json_object_get(f->teams, team) == NULL) {
-            problem(f, json_string_value(v), json_string_length(v),
-                    "belongs to team %s, which has no team document", team);
+            char tk[KGC_RKEY_MAX];
+            redisReply *r = rcmd2(f, "EXISTS", rk(f, tk, KGC_RK_TEAM, team));
+            if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+                json_object_set_new(f->teams, team, json_true());
+            else if (r != NULL)
+                problem(f, json_string_value(v), json_string_length(v),
+                        "belongs to team %s, which has no team document", team);
+            if (r)
+                freeReplyObject(r);
             fsck_flush(f);
         }
     json_object_foreach(f->teams, team, v)
