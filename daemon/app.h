@@ -23,7 +23,7 @@ typedef struct app {
     unsigned char *pepper;        /* sodium_malloc'ed, KGC_PEPPER_LEN */
     job *queue_head, *queue_tail; /* mutating commands waiting to start */
     int mut_active;               /* mutating commands started, not yet decided */
-    job *active;                  /* those commands */
+    job *active, *active_tail;    /* those commands, oldest first */
     long long wseq;               /* transactions sent so far */
     json_t *written;              /* Redis key -> wseq of its last write, while any
                                      mutating command is active (job.c) */

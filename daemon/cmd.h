@@ -14,7 +14,10 @@
  * answers), the engine checks that no transaction sent after its reads
  * wrote one of those keys, and otherwise runs it again from the start.
  * Redis runs one connection's commands in order, so a read sent after a
- * transaction sees it (docs/redis-schema.md, "Atomicity").
+ * transaction sees it (docs/redis-schema.md, "Atomicity"). Commands decide
+ * in the order they arrived: one ready before an older one waits (parked)
+ * and is checked again when its turn comes, so a client's pipelined
+ * commands take effect in the order it sent them.
  */
 #ifndef KG_CMD_H
 #define KG_CMD_H
@@ -94,6 +97,8 @@ struct job {
     int reruns;
     job *aprev, *anext;           /* in the app's list of active mutations */
     void *scratch;                /* handler's own state, freed with the job */
+    int parked;                   /* ready to decide, waiting for older ones */
+    job_step parked_step;
     job *next;                    /* in the mutation queue */
 };
 

@@ -136,8 +136,16 @@ static void job_decided(job *j)
         a->active = j->anext;
     if (j->anext)
         j->anext->aprev = j->aprev;
+    else
+        a->active_tail = j->aprev;
     if (--a->mut_active == 0)
         json_object_clear(a->written);   /* nobody left to check against */
+    /* The oldest one may have been waiting for its turn. */
+    if (a->active != NULL && a->active->parked) {
+        job *next = a->active;
+        next->parked = 0;
+        job_advance(next, next->parked_step);
+    }
     mut_pump(a);
 }
 
@@ -151,11 +159,13 @@ static void mut_pump(app *a)
             a->queue_tail = NULL;
         j->next = NULL;
         a->mut_active++;
-        j->aprev = NULL;
-        j->anext = a->active;
-        if (a->active)
-            a->active->aprev = j;
-        a->active = j;
+        j->anext = NULL;
+        j->aprev = a->active_tail;
+        if (a->active_tail)
+            a->active_tail->anext = j;
+        else
+            a->active = j;
+        a->active_tail = j;
         job_start(j);
     }
 }
@@ -453,10 +463,18 @@ static void append_audit(job *j, json_t *cmds)
 
 static void job_advance(job *j, job_step step)
 {
-    if (step != J_READ && step != J_WAIT && j->def->mutates && !j->decided && job_conflicts(j)) {
-        /* A transaction sent after our reads changed what we read. */
-        job_rerun(j);
-        return;
+    if (step != J_READ && step != J_WAIT && j->def->mutates && !j->decided) {
+        if (j != j->app->active) {
+            /* An older command has not decided yet: wait for it. */
+            j->parked = 1;
+            j->parked_step = step;
+            return;
+        }
+        if (job_conflicts(j)) {
+            /* A transaction sent after our reads changed what we read. */
+            job_rerun(j);
+            return;
+        }
     }
     switch (step) {
     case J_READ: {
@@ -565,6 +583,7 @@ static void job_rerun(job *j)
     json_array_clear(j->pub);
     json_object_clear(j->readset);
     scratch_free(j);
+    j->parked = 0;
     j->code = NULL;
     j->msg[0] = '\0';
     j->after_write = 0;

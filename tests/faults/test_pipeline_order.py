@@ -3,18 +3,10 @@ sent: [token.generate K, key.update K, key.revoke K] on one connection must
 rename the key and then revoke it, never refuse the rename because of the
 revocation that was sent after it.
 
-KNOWN BUG (daemon/job.c, found by tests/faults/test_daemon_kill.py): when
-the optimistic window is full (MUT_CONCURRENCY = 32 mutations active), a
-command re-run after a conflict (job_rerun -> job_start) sends its reads
-again only when its first reads come back, while a later command of the
-same connection, started from the queue by job_decided -> mut_pump as soon
-as a slot frees, has already sent its own: the later command commits
-first. With 31 credits ahead of [token.generate K, key.update K,
-key.revoke K], key.update answers `invalid_state` ("the key is revoked")
-every time. The test is marked expectedFailure until job.c keeps the
-per-connection order (e.g. a re-run keeps its place ahead of commands of
-its connection that arrived after it); it then succeeds unexpectedly and
-the marker must go."""
+Found by tests/faults/test_daemon_kill.py: with the optimistic window full
+(32 mutations active), a command re-run after a conflict used to commit
+after a later command of the same connection. The engine now lets commands
+decide in arrival order (daemon/job.c, parking)."""
 import json
 import os
 import sys
@@ -27,7 +19,6 @@ from safety import kgtest  # noqa: E402
 
 class PipelineOrder(kgtest.EnvCase):
 
-    @unittest.expectedFailure
     def test_pipelined_mutations_apply_in_order(self):
         c = self.c
         o = kgtest.signup(c)
