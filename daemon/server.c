@@ -222,7 +222,9 @@ static void read_cb(struct bufferevent *bev, void *arg)
             return;
         }
         if (eol.pos < 0) {
-            if (avail > 0) {
+            /* The clock starts when a line starts, not at each byte: a
+             * client trickling one line forever is dropped all the same. */
+            if (avail > 0 && !evtimer_pending(c->idle, NULL)) {
                 struct timeval tv = {c->srv->cfg->idle_timeout_s, 0};
                 evtimer_add(c->idle, &tv);
             }

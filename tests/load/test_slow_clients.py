@@ -72,15 +72,11 @@ class SlowClients(kgtest.EnvCase):
         s.send_raw('ng"}\n')
         self.assertEqual(s.read_json(), {"id": 7, "ok": True, "result": {}})
 
-    @unittest.expectedFailure
     def test_trickling_client_dropped(self):
-        """KNOWN BUG (daemon/server.c read_cb): the idle timer is re-armed on
-        every read, so a client that sends one byte of a line every second
-        keeps a partial line unfinished far longer than idle_timeout and is
-        never dropped (a slowloris: max_clients of them lock the daemon out).
-        docs/protocol.md: "A client that leaves a partial line unfinished for
-        idle_timeout seconds is disconnected." Fix: arm the timer when a
-        partial line starts, not on every read."""
+        """A client that sends one byte of a line every second (a slowloris:
+        max_clients of them would lock the daemon out) is dropped
+        idle_timeout after its line started (docs/protocol.md). Found as a
+        bug: the timer used to be re-armed on every read."""
         s = self.env.client()
         payload = '{"id": 1, "cmd": "ping", "pad": "' + "x" * 40
         t0 = time.monotonic()
