@@ -24,6 +24,7 @@ typedef struct app {
     job *queue_head, *queue_tail; /* mutating commands waiting to start */
     int mut_active;               /* mutating commands started, not yet decided */
     job *active, *active_tail;    /* those commands, oldest first */
+    job *limbo;                   /* commands whose commit reply was lost */
     long long wseq;               /* transactions sent so far */
     json_t *written;              /* Redis key -> wseq of its last write, while any
                                      mutating command is active (job.c) */

@@ -98,6 +98,9 @@ struct job {
     job *aprev, *anext;           /* in the app's list of active mutations */
     void *scratch;                /* handler's own state, freed with the job */
     int parked;                   /* ready to decide, waiting for older ones */
+    char txid[24];                /* its commit script's fence, "" for MULTI */
+    struct event *limbo;          /* reply lost: deadline for finding out */
+    job *lnext;                   /* in the app's limbo list */
     job_step parked_step;
     job *next;                    /* in the mutation queue */
 };
@@ -113,6 +116,9 @@ void job_dispatch(void *app, reqslot *rs, const char *line, size_t len, const pe
 void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, void *ctx);
 /* Answers every queued job `unavailable` (shutdown). */
 void job_abort_all(app *a);
+/* After a reconnect: finds out whether the commands whose reply was lost
+ * took effect, and answers them. */
+void job_limbo_resolve(app *a);
 
 /* --- for handlers ------------------------------------------------------ */
 job_step job_fail(job *j, const char *code, const char *fmt, ...)

@@ -10,6 +10,7 @@
 #include "cmd.h"
 #include "log.h"
 #include "proto.h"
+#include "kgc_token.h"
 
 #include <sodium.h>
 
@@ -21,6 +22,24 @@
 
 #define AUDIT_KEEP "9999"
 #define MUT_CONCURRENCY 32
+#define TX_FENCE_TTL "600"         /* seconds a commit's fence is kept */
+#define LIMBO_WAIT_S 5             /* how long a lost reply is looked into */
+
+/* A command's writes, all at once, behind a fence. KEYS[1] = P tx:<txid>.
+ * ARGV[1] = fence TTL, then each command as <argc> <arg>...; returns 1 when
+ * applied, 0 when the fence was taken first (job_limbo_resolve gave up on
+ * this commit, which then must not happen). Like MULTI/EXEC it runs whole
+ * or not at all; unlike it, the daemon can find out which after losing the
+ * reply, so `unavailable` always means "nothing was changed". */
+static const char commit_lua[] =
+    "if not redis.call('SET', KEYS[1], 'done', 'NX', 'EX', ARGV[1]) then return 0 end\n"
+    "local i = 2\n"
+    "while i <= #ARGV do\n"
+    "  local n = tonumber(ARGV[i])\n"
+    "  redis.call(unpack(ARGV, i + 1, i + n))\n"
+    "  i = i + n + 1\n"
+    "end\n"
+    "return 1\n";
 
 static void job_advance(job *j, job_step step);
 static void job_finish(job *j);
@@ -407,14 +426,29 @@ static void on_reads(void *arg, int ok, json_t *replies)
     job_advance(j, j->def->run(j));
 }
 
+static void limbo_add(job *j);
+
 static void on_writes(void *arg, int ok, json_t *replies)
 {
     job *j = arg;
 
+    if (!ok && j->txid[0]) {
+        limbo_add(j);           /* did the commit happen? ask after reconnecting */
+        return;
+    }
     if (!ok) {
         json_decref(j->result);
         j->result = NULL;
         job_fail(j, "unavailable", "the store is unreachable; the change may not have been made");
+        job_finish(j);
+        return;
+    }
+    if (j->txid[0] && json_integer_value(json_array_get(replies, 0)) != 1 &&
+        !store_is_error(json_array_get(replies, 0))) {
+        json_decref(replies);
+        json_decref(j->result);
+        j->result = NULL;
+        job_fail(j, "unavailable", "the store was unreachable; nothing was changed");
         job_finish(j);
         return;
     }
@@ -459,6 +493,32 @@ static void append_audit(job *j, json_t *cmds)
     json_array_append_new(cmds, json_pack("[s,s,s,s]", "LTRIM", key, "0", AUDIT_KEEP));
     free(text);
     json_decref(e);
+}
+
+/* Turns a command's writes into one fenced commit script (commit_lua).
+ * Writes that run a script of their own (EVAL cannot nest) stay a
+ * MULTI/EXEC: those are idempotent by design (wallet.credit's reference).
+ * Steals q, returns the batch to send. */
+static json_t *commit_wrap(job *j, json_t *q)
+{
+    json_t *eval, *c, *a;
+    size_t i, k;
+    char key[KGC_RKEY_MAX];
+
+    j->txid[0] = '\0';
+    json_array_foreach(q, i, c)
+        if (strcmp(json_string_value(json_array_get(c, 0)), "EVAL") == 0)
+            return q;
+    kgc_random_id("", 20, j->txid);
+    kgc_rkey(key, j->app->cfg.key_prefix, "tx:%s", j->txid);
+    eval = json_pack("[s,s,s,s,s]", "EVAL", commit_lua, "1", key, TX_FENCE_TTL);
+    json_array_foreach(q, i, c) {
+        json_array_append_new(eval, json_integer((json_int_t)json_array_size(c)));
+        json_array_foreach(c, k, a)
+            json_array_append(eval, a);
+    }
+    json_decref(q);
+    return json_pack("[o]", eval);
 }
 
 static void job_advance(job *j, job_step step)
@@ -508,7 +568,8 @@ static void job_advance(job *j, job_step step)
             append_audit(j, q);
         if (j->def->mutates)
             note_writes(j->app, q);
-        if (store_exec(j->app->st, q, 1, on_writes, j) != 0) {
+        q = commit_wrap(j, q);
+        if (store_exec(j->app->st, q, j->txid[0] == '\0', on_writes, j) != 0) {
             json_decref(q);
             json_decref(j->result);
             j->result = NULL;
@@ -617,8 +678,95 @@ static void job_finish(job *j)
     job_free(j);
 }
 
+/* --- lost replies ----------------------------------------------------- */
+
+static void limbo_remove(job *j)
+{
+    for (job **pp = &j->app->limbo; *pp; pp = &(*pp)->lnext)
+        if (*pp == j) {
+            *pp = j->lnext;
+            break;
+        }
+    if (j->limbo != NULL) {
+        event_free(j->limbo);
+        j->limbo = NULL;
+    }
+}
+
+/* Answers a command in limbo: applied (its prepared answer) or not. */
+static void limbo_answer(job *j, int applied, const char *why)
+{
+    limbo_remove(j);
+    if (!applied) {
+        json_decref(j->result);
+        j->result = NULL;
+        job_fail(j, "unavailable", "%s", why);
+    }
+    job_finish(j);
+}
+
+static void limbo_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    limbo_answer(arg, 0, "the store is unreachable and did not come back in time; "
+                         "the change may have been made");
+}
+
+static void limbo_add(job *j)
+{
+    struct timeval tv = {LIMBO_WAIT_S, 0};
+
+    j->lnext = j->app->limbo;
+    j->app->limbo = j;
+    j->limbo = evtimer_new(j->app->base, limbo_timeout, j);
+    if (j->limbo == NULL)
+        oom("evtimer_new");
+    evtimer_add(j->limbo, &tv);
+    log_warn("%s: reply lost; will find out whether it was applied", j->def->name);
+    if (store_connected(j->app->st))
+        job_limbo_resolve(j->app);
+}
+
+/* Replies of "SET fence aborted NX" + "GET fence": OK → the commit never
+ * ran and now never will; else the fence says "done" → it ran. */
+static void on_resolve(void *arg, int ok, json_t *replies)
+{
+    job *j = arg;
+    const char *set = json_string_value(json_array_get(replies, 0));
+    const char *got = json_string_value(json_array_get(replies, 1));
+
+    if (!ok) {
+        json_decref(replies);
+        return;                 /* still in limbo: the next reconnect asks again */
+    }
+    if (set != NULL && strcmp(set, "OK") == 0)
+        limbo_answer(j, 0, "the store was unreachable; nothing was changed");
+    else if (got != NULL && strcmp(got, "done") == 0)
+        limbo_answer(j, 1, NULL);
+    else
+        limbo_answer(j, 0, "the store lost track of the change; it may have been made");
+    json_decref(replies);
+}
+
+void job_limbo_resolve(app *a)
+{
+    for (job *j = a->limbo; j != NULL; j = j->lnext) {
+        char key[KGC_RKEY_MAX];
+        json_t *cmds;
+
+        kgc_rkey(key, a->cfg.key_prefix, "tx:%s", j->txid);
+        cmds = json_pack("[[s,s,s,s,s,s],[s,s]]", "SET", key, "aborted", "NX", "EX",
+                         TX_FENCE_TTL, "GET", key);
+        store_exec(a->st, cmds, 0, on_resolve, j);
+        json_decref(cmds);
+    }
+}
+
 void job_abort_all(app *a)
 {
+    while (a->limbo != NULL)
+        limbo_answer(a->limbo, 0, "the daemon is stopping; the change may have been made");
     while (a->queue_head != NULL) {
         job *j = a->queue_head;
         a->queue_head = j->next;

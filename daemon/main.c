@@ -42,6 +42,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 static void on_connected(void *arg)
 {
     catalog_publish(arg);
+    job_limbo_resolve(arg);
 }
 
 static int usage(void)
@@ -107,7 +108,7 @@ int main(int argc, char **argv)
     for (int i = 0; sigs[i]; i++)
         event_free(sigs[i]);
 out:
-    job_abort_all(&a);
+    job_abort_all(&a);       /* also answers commands still in limbo */
     worker_free(a.wk);      /* finishes password checks in flight */
     store_free(a.st);       /* fails commands in flight: they answer unavailable */
     a.st = NULL;

@@ -1,18 +1,16 @@
-"""A transaction that reached Redis but whose reply was lost on the way
-back (a network cut, or a Redis frozen past the daemon's stall watchdog
-with the transaction already in its socket buffer, as test_outage.py saw)
-cannot be known to have failed. SPEC §2 promises that `unavailable` means
-"nothing was changed"; docs/protocol.md documents this one exception: the
-message then says "the change may not have been made".
+"""A command whose commit reached Redis but whose reply was lost (a network
+cut, or a Redis frozen past the daemon's 3 s stall watchdog with the commit
+already in its socket buffer) — and one whose commit never reached Redis.
 
-The test puts a proxy between keygated and Redis that forwards everything
-until it sees the daemon send MULTI, then drops Redis' replies: the
-transaction is applied, its answer never arrives, the watchdog gives up
-after 3 s. It pins the documented behaviour: the answer is `unavailable`
-with the "may not have been made" message, never the plain "nothing was
-changed" one, and the change is there for a client that reads again.
-(Removing the exception would take a per-command marker written inside
-the MULTI and looked up after reconnecting: see the report of issue 6.)"""
+keygated writes each command in one fenced commit script (daemon/job.c,
+commit_lua): the script first sets P tx:<id> to "done", and refuses to run
+once that key exists. When a reply is lost, the daemon reconnects and sets
+the key to "aborted" only if it is absent: that tells it whether the commit
+ran, and makes sure it never runs later. So SPEC §2 holds: `unavailable`
+means nothing was changed; a command that did take effect is answered ok.
+
+A proxy between keygated and Redis either forwards a commit and eats its
+reply, or eats the commit itself, once; it then forwards everything again."""
 import os
 import select
 import socket
@@ -26,14 +24,16 @@ import safety  # noqa: E402
 from safety import kgtest  # noqa: E402
 
 
-class ReplyEater:
-    """A Unix-socket proxy to Redis that drops replies once `armed` and the
-    client has sent MULTI."""
+class Proxy:
+    """A Unix-socket proxy to Redis. Once armed, at the first commit script
+    (a request naming a P tx: key with "done") it either drops the replies
+    on that connection (mode "reply") or drops the request (mode
+    "request"); it is disarmed after that one time."""
 
-    def __init__(self, listen, upstream):
-        self.listen, self.upstream = listen, upstream
+    def __init__(self, listen, upstream, mode):
+        self.listen, self.upstream, self.mode = listen, upstream, mode
         self.armed = False
-        self.eating = False
+        self.fired = False
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(listen)
         self.srv.listen(16)
@@ -51,6 +51,7 @@ class ReplyEater:
             threading.Thread(target=self.pump, args=(c, u), daemon=True).start()
 
     def pump(self, c, u):
+        eating = False
         try:
             while True:
                 r, _, _ = select.select([c, u], [], [], 0.5)
@@ -61,10 +62,13 @@ class ReplyEater:
                     if not data:
                         return
                     if s is c:
-                        if self.armed and b"MULTI" in data:
-                            self.eating = True
+                        if self.armed and not self.fired and b"tx:" in data and b"'done'" in data:
+                            self.fired = True
+                            if self.mode == "request":
+                                continue           # the commit never reaches Redis
+                            eating = True
                         u.sendall(data)
-                    elif not self.eating:
+                    elif not eating:
                         c.sendall(data)
         except OSError:
             return
@@ -77,36 +81,53 @@ class ReplyEater:
         self.srv.close()
 
 
+def run(mode):
+    env = kgtest.Env(start_daemon=False)
+    proxy = Proxy(os.path.join(env.tmp, "proxy.sock"), env.redis_sock, mode)
+    try:
+        lines = [l if not l.startswith("redis ") else "redis unix:" + proxy.listen
+                 for l in env.config_lines()]
+        env.write_config(replace=lines)
+        env.start_daemon()
+        c = env.client(timeout=20)
+        o = kgtest.signup(c)
+        a, team = o["user_id"], o["team_id"]
+        proxy.armed = True
+        t0 = time.monotonic()
+        r = c.call("key.create", a, team=team, name="lost-" + mode)
+        waited = time.monotonic() - t0
+        names = [env.redis("GET", "kg:{t:%s}:key:%s" % (team, k.decode()))
+                 for k in env.redis("ZRANGE", "kg:{t:%s}:keys" % team, 0, -1)]
+        made = sum(("lost-" + mode).encode() in n for n in names)
+        print("%s lost: answered %s after %.1fs; keys made: %d" % (
+            mode, "ok" if r["ok"] else r["error"]["message"], waited, made), file=sys.stderr)
+        # The daemon works normally afterwards.
+        again = c.call("key.create", a, team=team, name="after")
+        return r, made, waited, proxy.fired, again
+    finally:
+        proxy.close()
+        env.close()
+
+
 class LostReply(unittest.TestCase):
 
-    def test_lost_reply_is_answered_may_not_have_been_made(self):
-        env = kgtest.Env(start_daemon=False)
-        proxy = ReplyEater(os.path.join(env.tmp, "proxy.sock"), env.redis_sock)
-        try:
-            lines = [l if not l.startswith("redis ") else "redis unix:" + proxy.listen
-                     for l in env.config_lines()]
-            env.write_config(replace=lines)
-            env.start_daemon()
-            c = env.client()
-            o = kgtest.signup(c)
-            a, team = o["user_id"], o["team_id"]
-            proxy.armed = True
-            t0 = time.monotonic()
-            r = c.call("key.create", a, team=team, name="lost-reply")
-            waited = time.monotonic() - t0
-            self.assertEqual(r.get("error", {}).get("code"), "unavailable", r)
-            names = [env.redis("GET", "kg:{t:%s}:key:%s" % (team, k.decode()))
-                     for k in env.redis("ZRANGE", "kg:{t:%s}:keys" % team, 0, -1)]
-            made = sum(b'"lost-reply"' in n for n in names)
-            print("key.create answered unavailable after %.1fs (%s); keys named lost-reply in "
-                  "Redis: %d" % (waited, r["error"]["message"], made), file=sys.stderr)
-            self.assertEqual(made, 1, "the transaction did not reach Redis: the proxy failed")
-            self.assertIn("may not have been made", r["error"]["message"],
-                          "answered as if nothing was changed, yet the key was made")
-            self.assertGreater(waited, 2.5)    # the stall watchdog (3 s) answered
-        finally:
-            proxy.close()
-            env.close()
+    def test_commit_applied_but_reply_lost_is_answered_ok(self):
+        r, made, waited, fired, again = run("reply")
+        self.assertTrue(fired, "the proxy never saw a commit")
+        self.assertEqual(made, 1)
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["result"]["name"], "lost-reply")
+        self.assertGreater(waited, 2.5)    # the stall watchdog (3 s) noticed
+        self.assertTrue(again["ok"], again)
+
+    def test_commit_lost_on_the_way_is_answered_unavailable_nothing_changed(self):
+        r, made, waited, fired, again = run("request")
+        self.assertTrue(fired, "the proxy never saw a commit")
+        self.assertEqual(made, 0)
+        self.assertFalse(r["ok"], r)
+        self.assertEqual(r["error"]["code"], "unavailable")
+        self.assertIn("nothing was changed", r["error"]["message"])
+        self.assertTrue(again["ok"], again)
 
 
 if __name__ == "__main__":
