@@ -125,13 +125,38 @@ static void finish(kg_pending *p, kg_status s)
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv);
 
 /* Puts one command on the main connection for p (connecting first if
- * needed) and starts its round-trip deadline; fails p if it cannot. */
+ * needed) and starts its round-trip deadline; fails p if it cannot.
+ *
+ * hiredis 0.14.1 does not report every allocation failure of an async
+ * command: redisAsyncCommandArgv leaks its buffer when formatting fails
+ * half-way, and __redisAsyncCommand ignores a failed allocation of the
+ * reply callback and queues the command anyway, whose reply would then
+ * trip an assert (or, with other commands in flight, be handed to the
+ * wrong request). So the command is formatted here in one checked
+ * allocation, and one queued without our callback is taken back out of
+ * the output buffer before anything is written. */
 static void issue(kg_pending *p, int step, int argc, const char **argv)
 {
     kg_ctx *ctx = p->ctx;
+    redisAsyncContext *ac;
+    char *cmd = NULL;
+    size_t queued;
+    int len, rc;
 
-    if (kg_link_main(ctx) != 0 ||
-        redisAsyncCommandArgv(ctx->main->ac, on_reply, p, argc, argv, NULL) != REDIS_OK) {
+    if (kg_link_main(ctx) != 0 || (len = redisFormatCommandArgv(&cmd, argc, argv, NULL)) < 0) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    ac = ctx->main->ac;
+    queued = sdslen((sds)ac->c.obuf);
+    rc = redisAsyncFormattedCommand(ac, on_reply, p, cmd, (size_t)len);
+    redisFreeCommand(cmd);
+    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != p)) {
+        sdssetlen((sds)ac->c.obuf, queued);
+        ac->c.obuf[queued] = '\0';
+        rc = REDIS_ERR;
+    }
+    if (rc != REDIS_OK) {
         finish(p, KG_BACKEND_ERROR);
         return;
     }
