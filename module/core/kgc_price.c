@@ -22,6 +22,24 @@ static int valid_id(const char *s)
     return 1;
 }
 
+/* strdup/calloc that report out of memory in err (the module parses the
+ * catalog inside a gateway: no abort there). */
+static char *dup_or_fail(const char *v, char *err, size_t errlen)
+{
+    char *p = strdup(v);
+    if (p == NULL)
+        snprintf(err, errlen, "out of memory while reading the catalog");
+    return p;
+}
+
+static void *zalloc_or_fail(size_t n, size_t size, char *err, size_t errlen)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (p == NULL)
+        snprintf(err, errlen, "out of memory while reading the catalog");
+    return p;
+}
+
 static int get_int(json_t *obj, const char *field, int64_t min, int required,
                    int64_t *out)
 {
@@ -43,7 +61,8 @@ static int parse_model(json_t *jm, kgc_model *m, const char *where, char *err, s
         snprintf(err, errlen, "%s: 'id' must be a string of letters, digits, '-', '_', '.'", where);
         return -1;
     }
-    m->id = strdup(json_string_value(jid));
+    if ((m->id = dup_or_fail(json_string_value(jid), err, errlen)) == NULL)
+        return -1;
     price = json_object_get(jm, "price");
     if (!json_is_object(price)) {
         snprintf(err, errlen, "%s model '%s': 'price' must be an object", where, m->id);
@@ -60,7 +79,8 @@ static int parse_model(json_t *jm, kgc_model *m, const char *where, char *err, s
         snprintf(err, errlen, "%s model '%s': 'price.per' must be an array", where, m->id);
         return -1;
     }
-    m->per = calloc(json_array_size(per) + 1, sizeof *m->per);
+    if ((m->per = zalloc_or_fail(json_array_size(per) + 1, sizeof *m->per, err, errlen)) == NULL)
+        return -1;
     for (i = 0; i < json_array_size(per); i++) {
         json_t *r = json_array_get(per, i), *p = json_object_get(r, "param");
         kgc_rate *rate = &m->per[i];
@@ -74,7 +94,8 @@ static int parse_model(json_t *jm, kgc_model *m, const char *where, char *err, s
                 snprintf(err, errlen, "%s model '%s': param '%s' priced twice", where, m->id, json_string_value(p));
                 return -1;
             }
-        rate->param = strdup(json_string_value(p));
+        if ((rate->param = dup_or_fail(json_string_value(p), err, errlen)) == NULL)
+            return -1;
         m->nper++;
         if (get_int(r, "micros", 0, 1, &rate->micros) != 0) {
             snprintf(err, errlen, "%s model '%s': 'price.per[%zu].micros' must be an integer >= 0", where, m->id, i);
@@ -102,14 +123,16 @@ static int parse_service(json_t *js, size_t idx, kgc_service *s, const char *nam
         snprintf(err, errlen, "%s: services[%zu]: 'id' must be a string of letters, digits, '-', '_', '.'", name, idx);
         return -1;
     }
-    s->id = strdup(json_string_value(jid));
+    if ((s->id = dup_or_fail(json_string_value(jid), err, errlen)) == NULL)
+        return -1;
     snprintf(where, sizeof where, "%s: service '%s'", name, s->id);
     jname = json_object_get(js, "name");
     if (!json_is_string(jname)) {
         snprintf(err, errlen, "%s: 'name' must be a string", where);
         return -1;
     }
-    s->name = strdup(json_string_value(jname));
+    if ((s->name = dup_or_fail(json_string_value(jname), err, errlen)) == NULL)
+        return -1;
     jfree = json_object_get(js, "free");
     if (!json_is_boolean(jfree)) {
         snprintf(err, errlen, "%s: 'free' must be true or false", where);
@@ -133,7 +156,8 @@ static int parse_service(json_t *js, size_t idx, kgc_service *s, const char *nam
         snprintf(err, errlen, "%s: 'models' must be a non-empty array", where);
         return -1;
     }
-    s->models = calloc(json_array_size(models), sizeof *s->models);
+    if ((s->models = zalloc_or_fail(json_array_size(models), sizeof *s->models, err, errlen)) == NULL)
+        return -1;
     for (size_t i = 0; i < json_array_size(models); i++) {
         json_t *jm = json_array_get(models, i);
         if (!json_is_object(jm)) {
@@ -177,13 +201,15 @@ kgc_catalog *kgc_catalog_parse(const char *text, size_t len, const char *name,
         snprintf(err, errlen, "%s: 'currency' must be a non-empty string", name);
         goto err;
     }
-    cat->currency = strdup(json_string_value(cur));
+    if ((cat->currency = dup_or_fail(json_string_value(cur), err, errlen)) == NULL)
+        goto err;
     svcs = json_object_get(cat->json, "services");
     if (!json_is_array(svcs) || json_array_size(svcs) == 0) {
         snprintf(err, errlen, "%s: 'services' must be a non-empty array", name);
         goto err;
     }
-    cat->services = calloc(json_array_size(svcs), sizeof *cat->services);
+    if ((cat->services = zalloc_or_fail(json_array_size(svcs), sizeof *cat->services, err, errlen)) == NULL)
+        goto err;
     for (size_t i = 0; i < json_array_size(svcs); i++) {
         cat->nservices++;
         if (parse_service(json_array_get(svcs, i), i, &cat->services[i], name, err, errlen) != 0)

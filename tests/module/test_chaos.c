@@ -33,7 +33,7 @@
  * with the ledger, entry by entry; a replay never charges.
  *
  * Some allocations cannot fail without a crash in code that is not
- * libkeygate's (hiredis 0.14.1, jansson 2.14, kgcore's catalog parser).
+ * libkeygate's (hiredis 0.14.1, jansson 2.14).
  * A run that dies of a signal is listed as known when both the failed
  * allocation's stack and the crash stack point into that code (see
  * known_site()); anything else failing fails the test.
@@ -443,9 +443,7 @@ static const char *known_site(const shared *s, int sig)
         return strncmp(cobj, "libhiredis", 10) == 0 ? why : NULL;
     if (strstr(why, "jansson") == why)
         return why;                   /* a heap overflow: it may die anywhere later */
-    /* kgcore: the parser, or kgc_price reading the damaged catalog it returned */
-    return strncmp(cfn, "kgc_", 4) == 0 || strcmp(cfn, "parse_service") == 0 ||
-           strcmp(cfn, "parse_model") == 0 ? why : NULL;
+    return NULL;
 }
 
 /* The allocation half of known_site(). */
@@ -491,15 +489,6 @@ static const char *known_alloc(char f[][96], int n, int sig)
         for (int i = 1; i < n; i++)
             if (strcmp(f[i], "json_loadb") == 0)
                 return "jansson 2.14's lexer overflows the heap after a failed token buffer growth (load.c)";
-    /* module/core/kgc_price.c, kgc_catalog_parse (parse_service,
-     * parse_model): its own strdup and calloc results are used unchecked. */
-    for (int i = 0; sig == SIGSEGV && i < n && i < 2; i++) {
-        if (strcmp(f[i], "kgc_catalog_parse") == 0 || strcmp(f[i], "parse_service") == 0 ||
-            strcmp(f[i], "parse_model") == 0)
-            return "kgcore's kgc_catalog_parse uses failed strdup/calloc results (module/core/kgc_price.c)";
-        if (strcmp(f[i], "strdup") != 0 && strcmp(f[i], "__strdup") != 0)
-            break;
-    }
     return NULL;
 }
 
