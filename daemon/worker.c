@@ -22,7 +22,7 @@ struct worker {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    item *todo, *todo_tail;       /* under mu */
+    item *waiting, *waiting_tail;       /* under mu */
     item *done, *done_tail;       /* under mu */
     int stop;                     /* under mu */
     int pipe_rd, pipe_wr;
@@ -46,14 +46,14 @@ static void *run(void *arg)
     pthread_mutex_lock(&w->mu);
     for (;;) {
         item *it;
-        while (w->todo == NULL && !w->stop)
+        while (w->waiting == NULL && !w->stop)
             pthread_cond_wait(&w->cv, &w->mu);
-        if (w->todo == NULL)
+        if (w->waiting == NULL)
             break;
-        it = w->todo;
-        w->todo = it->next;
-        if (w->todo == NULL)
-            w->todo_tail = NULL;
+        it = w->waiting;
+        w->waiting = it->next;
+        if (w->waiting == NULL)
+            w->waiting_tail = NULL;
         pthread_mutex_unlock(&w->mu);
         it->work(it->arg);
         pthread_mutex_lock(&w->mu);
@@ -118,7 +118,7 @@ void worker_submit(worker *w, void (*work)(void *), void (*done)(void *), void *
     it->done = done;
     it->arg = arg;
     pthread_mutex_lock(&w->mu);
-    push(&w->todo, &w->todo_tail, it);
+    push(&w->waiting, &w->waiting_tail, it);
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
