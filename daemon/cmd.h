@@ -65,6 +65,11 @@ typedef struct cmd_def {
     int mutates;                  /* queued; audited */
     int secret;                   /* result carries a token: wiped after sending */
     arg_rule args[8];
+    /* Optional: CPU-heavy work that needs no store (Argon2id), run on the
+     * worker thread before the command is started or queued, so that it
+     * holds up neither the loop nor other mutations. Touches only the
+     * request (read-only) and job_scratch. */
+    void (*prepare)(job *j);
 } cmd_def;
 
 struct job {
@@ -136,8 +141,9 @@ void job_publish(job *j, const char *fmt, ...) __attribute__((format(printf, 2, 
  * done. work must touch nothing but arg; arg stays the caller's. */
 job_step job_offload(job *j, void (*work)(void *arg), void *arg);
 
-/* Handler scratch memory: zeroed, freed (after sodium_memzero) with the
- * job or on a re-run. Returns the same block for the same job. */
+/* Handler scratch memory: zeroed at first, wiped (sodium_memzero) and freed
+ * with the job; it survives re-runs (a prepare step's results live there).
+ * Returns the same block for the same job. */
 void *job_scratch(job *j, size_t size);
 
 /* Reply i of the last read round (borrowed), or NULL. */

@@ -39,18 +39,23 @@ int email_normalize(const char *in, char *out, size_t cap)
 /* Stage 1: is the email free? Stage 2: create user, team and free key.
  * A password (optional: for the console) is stored only as its Argon2id
  * string, in the user document, and never returned. */
-/* The Argon2id hash of a sign-up's password, made on the worker thread. */
+/* The Argon2id hash of a sign-up's password. */
 typedef struct pw_job {
-    const char *pw;               /* borrowed from the request */
     char hash[crypto_pwhash_STRBYTES];
     char err[100];
-    int rc;
+    int rc;                       /* 1: not hashed (no or bad password) */
 } pw_job;
 
-static void hash_password(void *arg)
+/* user.signup's prepare step, on the worker thread before the command is
+ * queued: hashing (100-170 ms) holds up no other command. */
+void signup_prepare(job *j)
 {
-    pw_job *w = arg;
-    w->rc = password_hash(w->pw, w->hash, w->err, sizeof w->err);
+    const char *pw = arg_str(j, "password");
+    pw_job *w = job_scratch(j, sizeof *w);
+
+    w->rc = 1;
+    if (pw != NULL && strlen(pw) >= PASSWORD_MIN && strlen(pw) <= PASSWORD_MAX)
+        w->rc = password_hash(pw, w->hash, w->err, sizeof w->err);
 }
 
 /* Writes the user, the team with the user as owner, and its free key. */
@@ -102,8 +107,8 @@ static job_step signup_commit(job *j, const char *email, const char *pwhash)
     return J_WRITE;
 }
 
-/* Stage 1: is the email free? 2: hash the password (on the worker
- * thread), if any. 3: create user, team and free key. */
+/* Stage 1: is the email free? 2: create user, team and free key (the
+ * password was hashed by signup_prepare). */
 job_step cmd_user_signup(job *j)
 {
     char email[256];
@@ -125,15 +130,10 @@ job_step cmd_user_signup(job *j)
         job_read(j, "GET", rk(j, KGC_RK_EMAIL, email), NULL);
         return J_READ;
     }
-    if (j->stage == 2) {
-        if (!json_is_null(job_reply(j, 0)))
-            return job_fail(j, "conflict", "a user with this email exists");
-        if (password == NULL)
-            return signup_commit(j, email, NULL);
-        w = job_scratch(j, sizeof *w);
-        w->pw = password;
-        return job_offload(j, hash_password, w);
-    }
+    if (!json_is_null(job_reply(j, 0)))
+        return job_fail(j, "conflict", "a user with this email exists");
+    if (password == NULL)
+        return signup_commit(j, email, NULL);
     w = job_scratch(j, sizeof *w);
     if (w->rc != 0)
         return job_fail(j, "internal", "%s", w->err);

@@ -643,8 +643,7 @@ static void job_rerun(job *j)
     json_array_clear(j->wq);
     json_array_clear(j->pub);
     json_object_clear(j->readset);
-    scratch_free(j);
-    j->parked = 0;
+    j->parked = 0;                /* scratch stays: prepare's results live there */
     j->code = NULL;
     j->msg[0] = '\0';
     j->after_write = 0;
@@ -779,6 +778,36 @@ void job_abort_all(app *a)
 
 /* --- dispatch ---------------------------------------------------------- */
 
+/* Starts a command, or queues it behind the mutations in flight. */
+static void job_enqueue(job *j)
+{
+    app *a = j->app;
+
+    if (!j->def->mutates) {
+        job_start(j);
+        return;
+    }
+    if (a->written == NULL)
+        a->written = json_object();
+    if (a->queue_tail)
+        a->queue_tail->next = j;
+    else
+        a->queue_head = j;
+    a->queue_tail = j;
+    mut_pump(a);
+}
+
+static void prepare_work(void *arg)
+{
+    job *j = arg;
+    j->def->prepare(j);
+}
+
+static void prepare_done(void *arg)
+{
+    job_enqueue(arg);
+}
+
 /* Finds the team a scoped command acts on. 0, 1 (not found) or -1. */
 static int scope_team(job *j, char *err, size_t errlen)
 {
@@ -890,16 +919,9 @@ void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, 
         return;
     }
     snprintf(j->scope_team, sizeof j->scope_team, "%s", j->team_id);
-    if (!def->mutates) {
-        job_start(j);
+    if (def->prepare != NULL) {
+        worker_submit(a->wk, prepare_work, prepare_done, j);
         return;
     }
-    if (a->written == NULL)
-        a->written = json_object();
-    if (a->queue_tail)
-        a->queue_tail->next = j;
-    else
-        a->queue_head = j;
-    a->queue_tail = j;
-    mut_pump(a);
+    job_enqueue(j);
 }

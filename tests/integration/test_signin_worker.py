@@ -52,5 +52,39 @@ class SigninDoesNotStallTheLoop(kgtest.EnvCase):
         self.assertLess(worst, 0.5 * total, "a ping waited %.3fs of %.3fs" % (worst, total))
 
 
+    def test_password_signups_hold_up_no_mutation(self):
+        o = kgtest.signup(self.c)
+        a, team = o["user_id"], o["team_id"]
+        n = 6
+        results = []
+
+        def signup(i):
+            c = self.env.client()
+            results.append(c.call("user.signup", email="slow%d@example.com" % i, name="S",
+                                  password="correct horse %d" % i))
+
+        threads = [threading.Thread(target=signup, args=(i,)) for i in range(n)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(0.05)
+        other = self.env.client()
+        worst, made = 0.0, 0
+        while any(t.is_alive() for t in threads):
+            s = time.monotonic()
+            other.ok("key.create", a, team=team, name="k%d" % made)
+            worst = max(worst, time.monotonic() - s)
+            made += 1
+        for t in threads:
+            t.join()
+        total = time.monotonic() - t0
+        self.assertTrue(all(r["ok"] for r in results), results)
+        for i in range(n):   # each password works
+            self.assertTrue(self.c.call("session.login", email="slow%d@example.com" % i,
+                                        password="correct horse %d" % i)["ok"])
+        self.assertGreater(made, 5, "mutations made while %d sign-ups hashed for %.2fs" % (n, total))
+        self.assertLess(worst, 0.5 * total, "a key.create waited %.3fs of %.3fs" % (worst, total))
+
+
 if __name__ == "__main__":
     unittest.main()
