@@ -98,4 +98,6 @@ auth "$T/token" req-6
 
 say "What the team's audit log recorded (never a token)"
 run "$KG" audit "$TEAM" --limit 8
+say "keygate fsck: every invariant of the store holds (balance = credits - debits, no plain token)"
+run "$KG" fsck --config "$T/keygate.conf"
 say "Done: the temporary Redis, keygated and folder are removed"
