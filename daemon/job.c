@@ -22,7 +22,7 @@
 
 #define AUDIT_KEEP "9999"
 #define MUT_CONCURRENCY 32
-#define TX_FENCE_TTL "600"         /* seconds a commit's fence is kept */
+#define TX_FENCE_TTL "60"          /* seconds a commit's fence is kept: well past LIMBO_WAIT_S */
 #define LIMBO_WAIT_S 5             /* how long a lost reply is looked into */
 
 /* A command's writes, all at once, behind a fence. KEYS[1] = P tx:<txid>.
