@@ -137,6 +137,14 @@ typedef void (*cli_printer)(cli_ctx *ctx, json_t *result);
  * drops the reference. Returns CLI_EXIT_OK. */
 int cli_emit(cli_ctx *ctx, json_t *result, cli_printer printer);
 
+/* The commonest command shape: one positional id, sent as `field` of cmd
+ * with the actor, the result printed by print. Returns the exit code. */
+int cli_call_by_id(cli_ctx *ctx, int argc, char **argv, const char *cmd, const char *field,
+                   cli_printer print);
+
+/* write(2) all of p, retrying on EINTR. 0, or -1 with errno set. */
+int cli_write_all(int fd, const char *p, size_t n);
+
 /* Writes a JSON value as one compact line to stdout with write(2), wiping
  * the serialized copy: used for results that hold a secret. 0 or -1. */
 int cli_write_json_line(json_t *v);

@@ -121,7 +121,7 @@ int cli_call(cli_ctx *ctx, const char *cmd, json_t *args, int with_actor, json_t
     return rc;
 }
 
-static int write_all(int fd, const char *p, size_t n)
+int cli_write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
@@ -145,9 +145,9 @@ int cli_write_json_line(json_t *v)
         return -1;
     fflush(stdout);
     n = strlen(s);
-    rc = write_all(STDOUT_FILENO, s, n);
+    rc = cli_write_all(STDOUT_FILENO, s, n);
     if (rc == 0)
-        rc = write_all(STDOUT_FILENO, "\n", 1);
+        rc = cli_write_all(STDOUT_FILENO, "\n", 1);
     sodium_memzero(s, n);
     free(s);
     return rc;
@@ -180,4 +180,17 @@ const char *cli_currency(cli_ctx *ctx)
         ctx->currency = strdup(json_string_value(cur));
     json_decref(ans);
     return ctx->currency;
+}
+
+int cli_call_by_id(cli_ctx *ctx, int argc, char **argv, const char *cmd, const char *field,
+                   cli_printer print)
+{
+    cli_strlist pos;
+    json_t *res;
+    int rc;
+
+    if (cli_args(ctx, argc, argv, NULL, &pos, 1, 1) < 0)
+        return ctx->status;
+    rc = cli_call(ctx, cmd, json_pack("{s:s}", field, pos.v[0]), 1, &res);
+    return rc ? rc : cli_emit(ctx, res, print);
 }

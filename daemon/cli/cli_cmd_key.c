@@ -298,26 +298,12 @@ int cli_cmd_key_create(cli_ctx *ctx, int argc, char **argv)
 
 int cli_cmd_key_list(cli_ctx *ctx, int argc, char **argv)
 {
-    cli_strlist pos;
-    json_t *res;
-    int rc;
-
-    if (cli_args(ctx, argc, argv, NULL, &pos, 1, 1) < 0)
-        return ctx->status;
-    rc = cli_call(ctx, "key.list", json_pack("{s:s}", "team", pos.v[0]), 1, &res);
-    return rc ? rc : cli_emit(ctx, res, print_key_list);
+    return cli_call_by_id(ctx, argc, argv, "key.list", "team", print_key_list);
 }
 
 int cli_cmd_key_get(cli_ctx *ctx, int argc, char **argv)
 {
-    cli_strlist pos;
-    json_t *res;
-    int rc;
-
-    if (cli_args(ctx, argc, argv, NULL, &pos, 1, 1) < 0)
-        return ctx->status;
-    rc = cli_call(ctx, "key.get", json_pack("{s:s}", "key", pos.v[0]), 1, &res);
-    return rc ? rc : cli_emit(ctx, res, print_key);
+    return cli_call_by_id(ctx, argc, argv, "key.get", "key", print_key);
 }
 
 int cli_cmd_key_update(cli_ctx *ctx, int argc, char **argv)
@@ -394,12 +380,5 @@ int cli_cmd_key_services(cli_ctx *ctx, int argc, char **argv)
 
 int cli_cmd_key_revoke(cli_ctx *ctx, int argc, char **argv)
 {
-    cli_strlist pos;
-    json_t *res;
-    int rc;
-
-    if (cli_args(ctx, argc, argv, NULL, &pos, 1, 1) < 0)
-        return ctx->status;
-    rc = cli_call(ctx, "key.revoke", json_pack("{s:s}", "key", pos.v[0]), 1, &res);
-    return rc ? rc : cli_emit(ctx, res, print_key);
+    return cli_call_by_id(ctx, argc, argv, "key.revoke", "key", print_key);
 }

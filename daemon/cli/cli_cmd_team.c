@@ -113,14 +113,7 @@ static void print_team(cli_ctx *ctx, json_t *t)
 
 int cli_cmd_team_get(cli_ctx *ctx, int argc, char **argv)
 {
-    cli_strlist pos;
-    json_t *res;
-    int rc;
-
-    if (cli_args(ctx, argc, argv, NULL, &pos, 1, 1) < 0)
-        return ctx->status;
-    rc = cli_call(ctx, "team.get", json_pack("{s:s}", "team", pos.v[0]), 1, &res);
-    return rc ? rc : cli_emit(ctx, res, print_team);
+    return cli_call_by_id(ctx, argc, argv, "team.get", "team", print_team);
 }
 
 int cli_cmd_member_add(cli_ctx *ctx, int argc, char **argv)

@@ -135,20 +135,6 @@ static void wipe_token(json_t *res)
     json_object_del(res, "token");
 }
 
-static int write_fd_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static void print_token_facts(FILE *f, json_t *res)
 {
     json_t *old = json_object_get(res, "old_expires_at");
@@ -212,7 +198,7 @@ static int deliver_token(cli_ctx *ctx, json_t *res, outfile *out)
         cli_write_json_line(res);
     } else {
         fflush(stdout);
-        if (write_fd_all(STDOUT_FILENO, tok, len) < 0 || write_fd_all(STDOUT_FILENO, "\n", 1) < 0)
+        if (cli_write_all(STDOUT_FILENO, tok, len) < 0 || cli_write_all(STDOUT_FILENO, "\n", 1) < 0)
             fprintf(stderr, "error: output: %s\n", strerror(errno));
         print_token_facts(stderr, res);
     }

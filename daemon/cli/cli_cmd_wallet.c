@@ -106,26 +106,12 @@ int cli_cmd_wallet_create(cli_ctx *ctx, int argc, char **argv)
 
 int cli_cmd_wallet_list(cli_ctx *ctx, int argc, char **argv)
 {
-    cli_strlist pos;
-    json_t *res;
-    int rc;
-
-    if (cli_args(ctx, argc, argv, NULL, &pos, 1, 1) < 0)
-        return ctx->status;
-    rc = cli_call(ctx, "wallet.list", json_pack("{s:s}", "team", pos.v[0]), 1, &res);
-    return rc ? rc : cli_emit(ctx, res, print_wallet_list);
+    return cli_call_by_id(ctx, argc, argv, "wallet.list", "team", print_wallet_list);
 }
 
 int cli_cmd_wallet_get(cli_ctx *ctx, int argc, char **argv)
 {
-    cli_strlist pos;
-    json_t *res;
-    int rc;
-
-    if (cli_args(ctx, argc, argv, NULL, &pos, 1, 1) < 0)
-        return ctx->status;
-    rc = cli_call(ctx, "wallet.get", json_pack("{s:s}", "wallet", pos.v[0]), 1, &res);
-    return rc ? rc : cli_emit(ctx, res, print_wallet);
+    return cli_call_by_id(ctx, argc, argv, "wallet.get", "wallet", print_wallet);
 }
 
 int cli_cmd_wallet_credit(cli_ctx *ctx, int argc, char **argv)
