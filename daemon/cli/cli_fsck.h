@@ -1,0 +1,161 @@
+/*
+ * cli_fsck.h - private interface between the files of `keygate fsck`
+ * (what it checks, and how it stays read-only on a live system, is told
+ * at the top of cli_cmd_fsck.c):
+ *
+ *   cli_cmd_fsck.c      the command: options, setup, running the checks,
+ *                       problems and the report
+ *   cli_fsck_redis.c    the blocking hiredis calls, watched reads and the
+ *                       re-run of a check until its view was consistent
+ *   cli_fsck_scan.c     pass 1: every key with SCAN, every value read,
+ *                       the inventory of the model's keys
+ *   cli_fsck_secrets.c  plain tokens and the pepper: found in values,
+ *                       kept out of report lines
+ *   cli_fsck_checks.c   pass 2: the invariants of teams and their keys,
+ *                       token records, wallets and ledgers, users, catalog
+ *
+ * Every function takes the run's state (fsck *). Once the connection broke
+ * (f->broken), the Redis calls return NULL or -1 at once and a check
+ * gives up; the command then exits 3.
+ */
+#ifndef KG_CLI_FSCK_H
+#define KG_CLI_FSCK_H
+
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "kgc_config.h"
+#include "kgc_token.h"
+
+#define FSCK_CHUNK          1000     /* list elements per LRANGE */
+
+typedef struct fsck_secrets {
+    unsigned char *pepper;           /* KGC_PEPPER_LEN bytes, from kgc_pepper_load */
+    char hex[KGC_PEPPER_LEN * 2 + 1];
+    char HEX[KGC_PEPPER_LEN * 2 + 1];
+} fsck_secrets;
+
+typedef struct fsck {
+    redisContext *rc;
+    const char *prefix;              /* key_prefix, borrowed from cfg */
+    size_t plen;
+    fsck_secrets *sec;               /* sodium_malloc'ed */
+    int broken;                      /* Redis went away: exit 3 */
+    char broken_why[256];
+    int json;                        /* --json output */
+    json_t *pending;                 /* problems of the object being checked */
+    json_t *problems;                /* every confirmed problem: [{"key","problem"}] */
+    /* inventory of pass 1 (sets as JSON objects) */
+    json_t *teams;                   /* team_id -> true: P {t:T}:team exists */
+    json_t *tagged;                  /* team_id -> first model key of that team */
+    json_t *keydocs;                 /* team_id -> {key_id: true} */
+    json_t *wallets;                 /* team_id -> {wallet_id: true} */
+    json_t *ledgers;                 /* team_id -> {wallet_id: true} */
+    json_t *toks;                    /* hash -> true */
+    json_t *users;                   /* user_id -> true */
+    json_t *emails;                  /* email -> true */
+    int catalog_seen;
+    struct {
+        long keys, values, teams, apikeys, tokens, wallets, entries, users, retries;
+    } n;
+} fsck;
+
+/* --- problems and output (cli_cmd_fsck.c) ---------------------------------- */
+
+/* Notes a problem of key[0..keylen) in f->pending (copied, made safe to
+ * print by safe_text); fsck_flush publishes it. */
+void problem(fsck *f, const char *key, size_t keylen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#define PROBLEM(f, key, ...) problem((f), (key), strlen(key), __VA_ARGS__)
+
+/* Prints (unless --json) and keeps in f->problems every pending problem,
+ * then empties f->pending. */
+void fsck_flush(fsck *f);
+
+/* --- Redis (cli_fsck_redis.c) ---------------------------------------------- */
+
+/* Connects to the Redis of cfg, every call bounded by timeout_ms. Returns
+ * a context the caller frees with redisFree (check its err), or NULL. */
+redisContext *fsck_connect(const kgc_config *cfg, int timeout_ms);
+
+/* One command. Returns the reply (caller frees with freeReplyObject), or
+ * NULL with f->broken set. rcmd2 is `verb key`. */
+redisReply *rcmd(fsck *f, int argc, const char **argv, const size_t *lens);
+redisReply *rcmd2(fsck *f, const char *verb, const char *key);
+
+/* Pipelining: rpush queues a command, rget reads the next reply (caller
+ * frees; NULL with f->broken set). */
+void rpush(fsck *f, int argc, const char **argv, const size_t *lens);
+redisReply *rget(fsck *f);
+
+/* Watched reads: WATCH each key, then `verb key [extra]`. wread returns n
+ * replies in an array the caller frees with free_replies (which accepts
+ * NULL); wread1 returns the one reply (caller frees with freeReplyObject).
+ * NULL when the connection broke. keys are only read. */
+redisReply **wread(fsck *f, size_t n, char **keys, const char *verb, const char *extra);
+redisReply *wread1(fsck *f, const char *key, const char *verb, const char *extra);
+void free_replies(redisReply **r, size_t n);
+
+/* After an object's watched reads: 1 consistent, 0 changed, -1 broken. */
+int watch_commit(fsck *f);
+
+/* One object's check: returns what watch_commit returned (or 1 when it
+ * judged without Redis, -1 when the connection broke). */
+typedef int (*fsck_check)(fsck *f, const char *a, const char *b);
+
+/* Runs check(f, a, b) until its view is consistent, then publishes its
+ * problems (fsck_flush). */
+void run_check(fsck *f, fsck_check check, const char *a, const char *b);
+
+/* The Redis key name prefix + printf(fmt, ...) into buf[KGC_RKEY_MAX];
+ * returns buf. */
+const char *rk(const fsck *f, char *buf, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Reading replies. reply_json: the string reply as JSON (new reference,
+ * caller json_decref's it), or NULL. is_str: 1 for a string reply.
+ * hfield: the value of field name in an HGETALL reply (borrowed from r),
+ * or NULL. All accept a NULL reply. */
+json_t *reply_json(const redisReply *r);
+int is_str(const redisReply *r);
+const char *hfield(const redisReply *r, const char *name);
+
+/* --- secrets (cli_fsck_secrets.c) ------------------------------------------ */
+
+/* A printable copy of s[0..len) in out[cap] (returns out): no token and no
+ * pepper in it. f->sec may be NULL (then only tokens are hidden). */
+const char *safe_text(const fsck *f, const char *s, size_t len, char *out, size_t cap);
+
+/* Notes a problem of key for every plain token and every copy of the
+ * pepper (raw or hex) in s[0..len), resp. in every string of reply r
+ * (which may be NULL). */
+void scan_value(fsck *f, const char *key, size_t keylen, const char *s, size_t len);
+void scan_reply(fsck *f, const char *key, size_t keylen, const redisReply *r);
+
+/* --- pass 1 (cli_fsck_scan.c) ---------------------------------------------- */
+
+/* Walks every key with SCAN: scans key names and values for secrets and
+ * fills the inventory (f->teams, f->toks, ...). Stops when f->broken. */
+void pass_scan(fsck *f);
+
+/* --- pass 2 (cli_fsck_checks.c) -------------------------------------------- */
+
+/* fsck_check's, for run_check: team T (b unused), token record of hash
+ * (b unused), user uid, email record. */
+int check_team(fsck *f, const char *T, const char *unused);
+int check_token(fsck *f, const char *hash, const char *unused);
+int check_user(fsck *f, const char *uid, const char *unused);
+int check_email(fsck *f, const char *email, const char *unused);
+
+/* Wallet W of team T and its ledger; a consistent view without retries
+ * (see cli_cmd_fsck.c). Publishes its problems itself. */
+void check_wallet(fsck *f, const char *T, const char *W);
+
+/* The published catalog parses (and exists once there are teams).
+ * Publishes its problems itself. */
+void check_catalog(fsck *f);
+
+#endif

@@ -1,0 +1,670 @@
+/*
+ * cli_fsck_checks.c - pass 2 of `keygate fsck`: the invariants of
+ * docs/redis-schema.md, one object at a time, from the inventory of pass 1
+ * (what each check asks is listed at the top of cli_cmd_fsck.c). The
+ * reads of one object are watched; a check returns what watch_commit
+ * says, and run_check runs it again when the object changed meanwhile.
+ */
+#include "cli_fsck.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kgc_keys.h"
+#include "kgc_price.h"
+
+#define FSCK_CHAIN_REPORTS  5        /* ledger chain breaks reported per wallet */
+#define FSCK_REPLAY_MS      (24LL * 3600 * 1000)
+
+/* --- small helpers ------------------------------------------------------------- */
+
+static char *xstrdup(const char *s)
+{
+    char *d = strdup(s);
+    if (d == NULL) {
+        fputs("error: internal: out of memory\n", stderr);
+        abort();
+    }
+    return d;
+}
+
+/* Strict decimal integer (the whole string). 0 or -1. */
+static int parse_ll(const char *s, long long *out)
+{
+    char *end;
+    if (s == NULL || *s == '\0')
+        return -1;
+    *out = strtoll(s, &end, 10);
+    return *end == '\0' ? 0 : -1;
+}
+
+static int is_hash_hex(const char *s, size_t len)
+{
+    if (len != KGC_HASH_HEX_LEN)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+static int str_in_array(const json_t *arr, const char *s)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+        if (json_is_string(v) && strcmp(json_string_value(v), s) == 0)
+            return 1;
+    return 0;
+}
+
+/* --- pass 2: teams and their keys ------------------------------------------ */
+
+/* The checks of one key document of team T (watched reads of the token
+ * records and wallets it names). */
+static void check_keydoc(fsck *f, const char *T, const char *kid, const char *kname, json_t *doc,
+                         json_t *members, json_t *team_wallets)
+{
+    json_t *users = json_object_get(doc, "users"), *services = json_object_get(doc, "services");
+    json_t *tokens = json_object_get(doc, "tokens"), *v, *t;
+    const char *kind = json_string_value(json_object_get(doc, "kind"));
+    const char *status = json_string_value(json_object_get(doc, "status"));
+    const char *uid, *sid;
+    size_t i;
+
+    if (!json_is_string(json_object_get(doc, "key_id")) ||
+        strcmp(json_string_value(json_object_get(doc, "key_id")), kid) != 0)
+        PROBLEM(f, kname, "key_id is not %s", kid);
+    if (!json_is_string(json_object_get(doc, "team_id")) ||
+        strcmp(json_string_value(json_object_get(doc, "team_id")), T) != 0)
+        PROBLEM(f, kname, "team_id is not %s", T);
+    if (kind == NULL || (strcmp(kind, "free") != 0 && strcmp(kind, "paid") != 0))
+        PROBLEM(f, kname, "kind is neither \"free\" nor \"paid\"");
+    if (status == NULL || (strcmp(status, "active") != 0 && strcmp(status, "revoked") != 0))
+        PROBLEM(f, kname, "status is neither \"active\" nor \"revoked\"");
+    if (!json_is_array(users) || !json_is_object(services) || !json_is_object(tokens)) {
+        PROBLEM(f, kname, "users, services or tokens missing or ill-typed");
+        return;
+    }
+    json_array_foreach(users, i, v) {
+        if (!json_is_string(v))
+            PROBLEM(f, kname, "users holds a non-string");
+        else if (json_object_get(members, json_string_value(v)) == NULL)
+            PROBLEM(f, kname, "user %s is assigned but not a member of team %s",
+                    json_string_value(v), T);
+    }
+    json_object_foreach(services, sid, v) {
+        const char *policy = json_string_value(json_object_get(v, "policy"));
+        const char *w = json_string_value(json_object_get(v, "wallet"));
+        json_t *models = json_object_get(v, "models");
+        char wt[KGC_ID_MAX];
+
+        if (policy != NULL && strcmp(policy, "free") == 0)
+            continue;
+        if (policy == NULL || strcmp(policy, "payg") != 0) {
+            PROBLEM(f, kname, "service %s: policy is neither \"free\" nor \"payg\"", sid);
+            continue;
+        }
+        if (!json_is_array(models) || json_array_size(models) == 0)
+            PROBLEM(f, kname, "service %s: payg without models", sid);
+        if (w == NULL)
+            PROBLEM(f, kname, "service %s: payg without a wallet", sid);
+        else if (kgc_id_team_of(w, 'w', wt) != 0 || strcmp(wt, T) != 0)
+            PROBLEM(f, kname, "service %s: wallet %s is not a wallet of team %s", sid, w, T);
+        else if (!json_is_true(json_object_get(team_wallets, w)))
+            PROBLEM(f, kname, "service %s: payg wallet %s does not exist", sid, w);
+    }
+
+    /* Token entries: each names a live record that points back. */
+    {
+        size_t n = json_object_size(tokens), k = 0;
+        char **keys = calloc(n ? n : 1, sizeof *keys);
+        const char **who = calloc(n ? n : 1, sizeof *who);
+        redisReply **recs, **ttls;
+
+        if (keys == NULL || who == NULL)
+            abort();
+        json_object_foreach(tokens, uid, t) {
+            const char *h = json_string_value(json_object_get(t, "hash"));
+            char name[KGC_RKEY_MAX];
+
+            if (!str_in_array(users, uid))
+                PROBLEM(f, kname, "has a token entry for %s, who is not assigned", uid);
+            if (h == NULL || !is_hash_hex(h, strlen(h))) {
+                PROBLEM(f, kname, "token entry of %s has no valid hash", uid);
+                continue;
+            }
+            keys[k] = xstrdup(rk(f, name, KGC_RK_TOKEN, h));
+            who[k++] = uid;
+        }
+        recs = wread(f, k, keys, "HGETALL", NULL);
+        ttls = recs ? wread(f, k, keys, "PTTL", NULL) : NULL;
+        for (size_t q = 0; recs && ttls && q < k; q++) {
+            json_t *entry = json_object_get(tokens, who[q]);
+            const char *rk_id = hfield(recs[q], "key_id"), *ru = hfield(recs[q], "user_id");
+            const char *rt = hfield(recs[q], "team_id"), *rtid = hfield(recs[q], "token_id");
+            const char *rexp = hfield(recs[q], "expires_ms");
+
+            if (recs[q]->type != REDIS_REPLY_ARRAY || recs[q]->elements == 0) {
+                PROBLEM(f, kname, "token of %s: its record %s is missing", who[q], keys[q]);
+                continue;
+            }
+            if (rk_id == NULL || strcmp(rk_id, kid) != 0 || ru == NULL || strcmp(ru, who[q]) != 0 ||
+                rt == NULL || strcmp(rt, T) != 0)
+                PROBLEM(f, kname, "token of %s: its record names another key, user or team",
+                        who[q]);
+            if (rtid == NULL || !json_is_string(json_object_get(entry, "token_id")) ||
+                strcmp(rtid, json_string_value(json_object_get(entry, "token_id"))) != 0)
+                PROBLEM(f, kname, "token of %s: token_id differs from its record's", who[q]);
+            if (rexp == NULL || strcmp(rexp, "0") != 0 ||
+                ttls[q]->type != REDIS_REPLY_INTEGER || ttls[q]->integer != -1)
+                PROBLEM(f, kname, "token of %s: the current token's record expires", who[q]);
+        }
+        free_replies(recs, k);
+        free_replies(ttls, k);
+        for (size_t q = 0; q < k; q++)
+            free(keys[q]);
+        free(keys);
+        free(who);
+    }
+}
+
+int check_team(fsck *f, const char *T, const char *unused)
+{
+    char kt[KGC_RKEY_MAX], kk[KGC_RKEY_MAX], kw[KGC_RKEY_MAX], name[KGC_RKEY_MAX];
+    redisReply *rt, *rkeys, *rwal, **docs = NULL, **wex = NULL;
+    json_t *team, *members, *kids, *wids, *team_wallets, *v;
+    const char *fk, *uid, *id;
+    char **dkeys = NULL, **wkeys = NULL;
+    size_t nk = 0, nw = 0, i;
+    int owners = 0, frees = 0, rc;
+
+    (void)unused;
+    rk(f, kt, KGC_RK_TEAM, T);
+    rk(f, kk, KGC_RK_KEYS, T);
+    rk(f, kw, KGC_RK_WALLETS, T);
+    {
+        const char *w[4] = {"WATCH", kt, kk, kw}, *g[2] = {"GET", kt};
+        const char *z[4] = {"ZRANGE", kk, "0", "-1"}, *zw[4] = {"ZRANGE", kw, "0", "-1"};
+        redisReply *wr = rcmd(f, 4, w, NULL);
+        if (wr)
+            freeReplyObject(wr);
+        rt = rcmd(f, 2, g, NULL);
+        rkeys = rcmd(f, 4, z, NULL);
+        rwal = rcmd(f, 4, zw, NULL);
+    }
+    if (f->broken) {
+        if (rt) freeReplyObject(rt);
+        if (rkeys) freeReplyObject(rkeys);
+        if (rwal) freeReplyObject(rwal);
+        return -1;
+    }
+    team = reply_json(rt);
+    members = json_object_get(team, "members");
+    fk = json_string_value(json_object_get(team, "free_key_id"));
+    if (team == NULL || !json_is_object(members)) {
+        PROBLEM(f, kt, "not a team document (JSON with members)");
+        members = NULL;
+    } else {
+        if (!json_is_string(json_object_get(team, "team_id")) ||
+            strcmp(json_string_value(json_object_get(team, "team_id")), T) != 0)
+            PROBLEM(f, kt, "team_id is not %s", T);
+        json_object_foreach(members, uid, v) {
+            const char *role = json_string_value(v);
+            if (role != NULL && strcmp(role, "owner") == 0)
+                owners++;
+            else if (role == NULL || (strcmp(role, "admin") != 0 && strcmp(role, "user") != 0))
+                PROBLEM(f, kt, "member %s has an unknown role", uid);
+        }
+        if (owners != 1)
+            PROBLEM(f, kt, "has %d owners, not exactly one", owners);
+        if (fk == NULL)
+            PROBLEM(f, kt, "has no free_key_id");
+    }
+
+    /* Every key listed, and every key document found by SCAN. */
+    kids = json_object();
+    if (rkeys->type == REDIS_REPLY_ARRAY)
+        for (i = 0; i < rkeys->elements; i++)
+            if (is_str(rkeys->element[i]))
+                json_object_set_new(kids, rkeys->element[i]->str, json_true());
+    json_object_foreach(json_object_get(f->keydocs, T), id, v)
+        if (json_object_get(kids, id) == NULL)
+            json_object_set_new(kids, id, json_false());   /* not in the zset */
+    if (fk != NULL && json_object_get(kids, fk) == NULL)
+        json_object_set_new(kids, fk, json_null());        /* named only by the team */
+    nk = json_object_size(kids);
+    dkeys = calloc(nk ? nk : 1, sizeof *dkeys);
+    if (dkeys == NULL)
+        abort();
+    i = 0;
+    json_object_foreach(kids, id, v)
+        dkeys[i++] = xstrdup(rk(f, name, KGC_RK_KEY, T, id));
+    docs = wread(f, nk, dkeys, "GET", NULL);
+
+    /* Wallets: the zset's and the ones SCAN found. */
+    wids = json_object();
+    if (rwal->type == REDIS_REPLY_ARRAY)
+        for (i = 0; i < rwal->elements; i++)
+            if (is_str(rwal->element[i]))
+                json_object_set_new(wids, rwal->element[i]->str, json_true());
+    json_object_foreach(json_object_get(f->wallets, T), id, v)
+        if (json_object_get(wids, id) == NULL)
+            json_object_set_new(wids, id, json_false());
+    nw = json_object_size(wids);
+    wkeys = calloc(nw ? nw : 1, sizeof *wkeys);
+    if (wkeys == NULL)
+        abort();
+    i = 0;
+    json_object_foreach(wids, id, v)
+        wkeys[i++] = xstrdup(rk(f, name, KGC_RK_WALLET, T, id));
+    wex = docs ? wread(f, nw, wkeys, "EXISTS", NULL) : NULL;
+    team_wallets = json_object();
+    i = 0;
+    json_object_foreach(wids, id, v) {
+        int exists = wex && wex[i]->type == REDIS_REPLY_INTEGER && wex[i]->integer == 1;
+        if (exists && json_is_true(v))
+            json_object_set_new(team_wallets, id, json_true());
+        else if (exists)
+            PROBLEM(f, wkeys[i], "wallet is not listed in %s", kw);
+        else if (json_is_true(v))
+            PROBLEM(f, kw, "lists wallet %s, whose hash does not exist", id);
+        i++;
+    }
+
+    i = 0;
+    json_object_foreach(kids, id, v) {
+        redisReply *d = docs ? docs[i] : NULL;
+        const char *kname = dkeys[i++];
+        json_t *doc;
+
+        if (d == NULL)
+            break;
+        if (d->type == REDIS_REPLY_NIL) {
+            if (json_is_true(v))
+                PROBLEM(f, kk, "lists key %s, whose document does not exist", id);
+            if (fk != NULL && strcmp(fk, id) == 0)
+                PROBLEM(f, kt, "free_key_id %s names no key", id);
+            continue;
+        }
+        if (json_is_false(v))
+            PROBLEM(f, kname, "key is not listed in %s", kk);
+        if (json_is_null(v))
+            PROBLEM(f, kname, "the team's free key is not listed in %s", kk);
+        if ((doc = reply_json(d)) == NULL || !json_is_object(doc)) {
+            PROBLEM(f, kname, "not a key document (JSON object)");
+            json_decref(doc);
+            continue;
+        }
+        f->n.apikeys++;
+        if (json_is_string(json_object_get(doc, "kind")) &&
+            strcmp(json_string_value(json_object_get(doc, "kind")), "free") == 0) {
+            frees++;
+            if (fk != NULL && strcmp(fk, id) != 0)
+                PROBLEM(f, kname, "a free key that is not the team's free_key_id %s", fk);
+            if (!json_is_string(json_object_get(doc, "status")) ||
+                strcmp(json_string_value(json_object_get(doc, "status")), "active") != 0)
+                PROBLEM(f, kname, "the free key is not active");
+        } else if (fk != NULL && strcmp(fk, id) == 0) {
+            PROBLEM(f, kt, "free_key_id %s names a key whose kind is not free", id);
+        }
+        check_keydoc(f, T, id, kname, doc, members, team_wallets);
+        json_decref(doc);
+    }
+    if (team != NULL && frees != 1)
+        PROBLEM(f, kt, "has %d keys of kind free, not exactly one", frees);
+
+    free_replies(docs, nk);
+    free_replies(wex, nw);
+    for (i = 0; i < nk; i++)
+        free(dkeys[i]);
+    for (i = 0; i < nw; i++)
+        free(wkeys[i]);
+    free(dkeys);
+    free(wkeys);
+    json_decref(kids);
+    json_decref(wids);
+    json_decref(team_wallets);
+    json_decref(team);
+    freeReplyObject(rt);
+    freeReplyObject(rkeys);
+    freeReplyObject(rwal);
+    if (f->broken)
+        return -1;
+    rc = watch_commit(f);
+    if (rc == 1)
+        f->n.teams++;
+    return rc;
+}
+
+/* --- pass 2: token records --------------------------------------------------- */
+
+int check_token(fsck *f, const char *hash, const char *unused)
+{
+    char tk[KGC_RKEY_MAX], kk[KGC_RKEY_MAX], kt[KGC_ID_MAX];
+    redisReply *rec, *ttl, *kd;
+    const char *kid, *team, *user, *tid, *exp;
+    json_t *doc, *entry;
+    long long expires = -1;
+    int rc;
+
+    (void)unused;
+    rk(f, tk, KGC_RK_TOKEN, hash);
+    if (!is_hash_hex(hash, strlen(hash))) {
+        PROBLEM(f, tk, "the name is not tok:<64 lowercase hex>");
+        return 1;
+    }
+    rec = wread1(f, tk, "HGETALL", NULL);
+    ttl = rec ? wread1(f, tk, "PTTL", NULL) : NULL;
+    if (ttl == NULL) {
+        if (rec)
+            freeReplyObject(rec);
+        return -1;
+    }
+    if (rec->type == REDIS_REPLY_ARRAY && rec->elements == 0) {
+        freeReplyObject(rec);          /* gone since pass 1: rotated or expired */
+        freeReplyObject(ttl);
+        return watch_commit(f);
+    }
+    kid = hfield(rec, "key_id");
+    team = hfield(rec, "team_id");
+    user = hfield(rec, "user_id");
+    tid = hfield(rec, "token_id");
+    exp = hfield(rec, "expires_ms");
+    if (rec->type != REDIS_REPLY_ARRAY || kid == NULL || team == NULL || user == NULL ||
+        tid == NULL || exp == NULL || parse_ll(exp, &expires) != 0) {
+        PROBLEM(f, tk, "not a token record (hash of key_id, team_id, user_id, token_id, expires_ms)");
+        freeReplyObject(rec);
+        freeReplyObject(ttl);
+        return watch_commit(f);
+    }
+    if (kgc_id_team_of(kid, 'k', kt) != 0 || strcmp(kt, team) != 0) {
+        PROBLEM(f, tk, "key %s is not a key of its team_id %s", kid, team);
+        freeReplyObject(rec);
+        freeReplyObject(ttl);
+        return watch_commit(f);
+    }
+    rk(f, kk, KGC_RK_KEY, team, kid);
+    kd = wread1(f, kk, "GET", NULL);
+    if (kd == NULL) {
+        freeReplyObject(rec);
+        freeReplyObject(ttl);
+        return -1;
+    }
+    doc = reply_json(kd);
+    entry = json_object_get(json_object_get(doc, "tokens"), user);
+    if (kd->type == REDIS_REPLY_NIL) {
+        PROBLEM(f, tk, "points to key %s, which does not exist (a dangling token)", kid);
+    } else if (doc == NULL) {
+        PROBLEM(f, tk, "points to key %s, whose document is not JSON", kid);
+    } else if (!str_in_array(json_object_get(doc, "users"), user)) {
+        PROBLEM(f, tk, "user %s is not assigned to key %s (a dangling token)", user, kid);
+    } else if (entry == NULL) {
+        PROBLEM(f, tk, "key %s has no token entry for user %s (a dangling token)", kid, user);
+    } else {
+        const char *h = json_string_value(json_object_get(entry, "hash"));
+        const char *oh = json_string_value(json_object_get(entry, "old_hash"));
+        if (h != NULL && strcmp(h, hash) == 0) {
+            if (expires != 0 || ttl->type != REDIS_REPLY_INTEGER || ttl->integer != -1)
+                PROBLEM(f, tk, "the current token of %s on %s has an expiry", user, kid);
+        } else if (oh != NULL && strcmp(oh, hash) == 0) {
+            /* A grace-period token: dies at expires_ms, by Redis' own expiry. */
+            if (expires <= 0 || ttl->type != REDIS_REPLY_INTEGER || ttl->integer < 0)
+                PROBLEM(f, tk, "grace-period token of %s on %s never expires", user, kid);
+        } else {
+            PROBLEM(f, tk, "key %s's token entry for %s names another hash (a dangling token)",
+                    kid, user);
+        }
+    }
+    json_decref(doc);
+    freeReplyObject(kd);
+    freeReplyObject(rec);
+    freeReplyObject(ttl);
+    rc = watch_commit(f);
+    if (rc == 1)
+        f->n.tokens++;
+    return rc;
+}
+
+/* --- pass 2: wallets and their ledgers ---------------------------------------- */
+
+typedef struct chain {
+    long long sum;                   /* credits - debits */
+    long long running;               /* the chain, resynchronised after a break */
+    long long index;                 /* entries seen, oldest first */
+    int breaks;
+    json_t *rids;                    /* "key_id request_id" -> at of the last debit */
+} chain;
+
+static void ledger_entry(fsck *f, const char *lk, const char *T, chain *c, const redisReply *e)
+{
+    json_t *doc = reply_json(e), *amt, *bal, *at;
+    const char *type, *kid, *rid;
+    long long a, b;
+    char kt[KGC_ID_MAX];
+
+    c->index++;
+    f->n.entries++;
+    type = json_string_value(json_object_get(doc, "type"));
+    amt = json_object_get(doc, "amount_micros");
+    bal = json_object_get(doc, "balance_micros");
+    if (doc == NULL || type == NULL || !json_is_integer(amt) || !json_is_integer(bal) ||
+        (strcmp(type, "credit") != 0 && strcmp(type, "debit") != 0)) {
+        PROBLEM(f, lk, "entry %lld (from the oldest) is not a ledger entry", c->index);
+        json_decref(doc);
+        return;
+    }
+    a = json_integer_value(amt);
+    b = json_integer_value(bal);
+    if (a < 0 || (a == 0 && strcmp(type, "credit") == 0))
+        PROBLEM(f, lk, "entry %lld: %s of %lld micros", c->index, type, a);
+    if (type[0] == 'c') {
+        c->sum += a;
+        c->running += a;
+    } else {
+        c->sum -= a;
+        c->running -= a;
+        kid = json_string_value(json_object_get(doc, "key_id"));
+        rid = json_string_value(json_object_get(doc, "request_id"));
+        at = json_object_get(doc, "at");
+        if (kid == NULL || kgc_id_team_of(kid, 'k', kt) != 0 || strcmp(kt, T) != 0)
+            PROBLEM(f, lk, "entry %lld: debit by a key not of team %s", c->index, T);
+        else if (rid != NULL) {
+            char id[600];
+            json_t *prev;
+            snprintf(id, sizeof id, "%s %s", kid, rid);
+            prev = json_object_get(c->rids, id);
+            if (prev != NULL && json_integer_value(at) - json_integer_value(prev) < FSCK_REPLAY_MS)
+                PROBLEM(f, lk, "entry %lld: request id %s of key %s charged twice", c->index, rid,
+                        kid);
+            json_object_set_new(c->rids, id, json_integer(json_integer_value(at)));
+        }
+    }
+    if (b != c->running) {
+        if (++c->breaks <= FSCK_CHAIN_REPORTS)
+            PROBLEM(f, lk, "entry %lld: balance_micros %lld, but the entries before it give %lld",
+                    c->index, b, c->running);
+        c->running = b;
+    }
+    if (b < 0)
+        PROBLEM(f, lk, "entry %lld: the balance went below zero (%lld)", c->index, b);
+    json_decref(doc);
+}
+
+void check_wallet(fsck *f, const char *T, const char *W)
+{
+    char wk[KGC_RKEY_MAX], lk[KGC_RKEY_MAX], a[32], b[32];
+    const char *m[1] = {"MULTI"}, *e[1] = {"EXEC"};
+    const char *h[2] = {"HGETALL", wk}, *l[2] = {"LLEN", lk};
+    redisReply *r, *ex;
+    const char *bal, *wid, *tid;
+    long long balance = 0, len = 0;
+    chain c = {0, 0, 0, 0, NULL};
+
+    json_array_clear(f->pending);
+    rk(f, wk, KGC_RK_WALLET, T, W);
+    rk(f, lk, KGC_RK_LEDGER, T, W);
+    /* Balance and ledger length at one instant (one slot: one MULTI). */
+    rpush(f, 1, m, NULL);
+    rpush(f, 2, h, NULL);
+    rpush(f, 2, l, NULL);
+    rpush(f, 1, e, NULL);
+    for (int i = 0; i < 3; i++)
+        if ((r = rget(f)) != NULL)
+            freeReplyObject(r);
+    if ((ex = rget(f)) == NULL)
+        return;
+    if (ex->type != REDIS_REPLY_ARRAY || ex->elements != 2 ||
+        ex->element[0]->type != REDIS_REPLY_ARRAY) {
+        PROBLEM(f, wk, "could not read the wallet and its ledger (wrong types?)");
+        freeReplyObject(ex);
+        fsck_flush(f);
+        return;
+    }
+    if (ex->element[0]->elements == 0) {   /* deleted? wallets never are */
+        PROBLEM(f, lk, "a ledger without a wallet");
+        freeReplyObject(ex);
+        fsck_flush(f);
+        return;
+    }
+    bal = hfield(ex->element[0], "balance_micros");
+    wid = hfield(ex->element[0], "wallet_id");
+    tid = hfield(ex->element[0], "team_id");
+    if (wid == NULL || strcmp(wid, W) != 0 || tid == NULL || strcmp(tid, T) != 0)
+        PROBLEM(f, wk, "wallet_id or team_id does not match the key name");
+    if (hfield(ex->element[0], "name") == NULL)
+        PROBLEM(f, wk, "has no name");
+    if (parse_ll(bal, &balance) != 0)
+        PROBLEM(f, wk, "balance_micros is not an integer");
+    else if (balance < 0)
+        PROBLEM(f, wk, "balance_micros %lld is below zero", balance);
+    if (ex->element[1]->type == REDIS_REPLY_INTEGER)
+        len = ex->element[1]->integer;
+    freeReplyObject(ex);
+    if (json_object_get(f->teams, T) == NULL)
+        PROBLEM(f, wk, "a wallet of team %s, which has no team document", T);
+
+    /* The oldest `len` entries, oldest first, by negative index. */
+    c.rids = json_object();
+    for (long long done = 0; done < len && !f->broken;) {
+        long long n = len - done < FSCK_CHUNK ? len - done : FSCK_CHUNK;
+        const char *argv[4] = {"LRANGE", lk, a, b};
+        snprintf(a, sizeof a, "%lld", -(done + n));
+        snprintf(b, sizeof b, "%lld", -(done + 1));
+        r = rcmd(f, 4, argv, NULL);
+        if (r == NULL)
+            break;
+        if (r->type != REDIS_REPLY_ARRAY || (long long)r->elements != n) {
+            PROBLEM(f, lk, "ledger shrank while being read (it is never trimmed)");
+            freeReplyObject(r);
+            break;
+        }
+        for (size_t i = r->elements; i-- > 0;)
+            ledger_entry(f, lk, T, &c, r->element[i]);
+        freeReplyObject(r);
+        done += n;
+    }
+    json_decref(c.rids);
+    if (f->broken) {
+        json_array_clear(f->pending);
+        return;
+    }
+    if (c.breaks > FSCK_CHAIN_REPORTS)
+        PROBLEM(f, lk, "%d more entries whose balance_micros breaks the chain",
+                c.breaks - FSCK_CHAIN_REPORTS);
+    if (bal != NULL && c.sum != balance)
+        PROBLEM(f, wk, "balance_micros %lld, but credits - debits of its ledger = %lld "
+                "(%lld entries)", balance, c.sum, len);
+    f->n.wallets++;
+    fsck_flush(f);
+}
+
+/* --- pass 2: users ------------------------------------------------------------ */
+
+int check_user(fsck *f, const char *uid, const char *unused)
+{
+    char uk[KGC_RKEY_MAX], ek[KGC_RKEY_MAX];
+    redisReply *u, *em = NULL;
+    json_t *doc;
+    const char *email;
+    int rc;
+
+    (void)unused;
+    rk(f, uk, KGC_RK_USER, uid);
+    if ((u = wread1(f, uk, "GET", NULL)) == NULL)
+        return -1;
+    doc = reply_json(u);
+    email = json_string_value(json_object_get(doc, "email"));
+    if (u->type == REDIS_REPLY_NIL) {
+        /* gone since pass 1 */
+    } else if (doc == NULL || !json_is_string(json_object_get(doc, "user_id")) ||
+               strcmp(json_string_value(json_object_get(doc, "user_id")), uid) != 0 ||
+               email == NULL) {
+        PROBLEM(f, uk, "not a user document (user_id %s, email)", uid);
+    } else if ((em = wread1(f, rk(f, ek, KGC_RK_EMAIL, email), "GET", NULL)) != NULL &&
+               (!is_str(em) || strcmp(em->str, uid) != 0)) {
+        PROBLEM(f, uk, "its email's record %s does not name this user", ek);
+    }
+    json_decref(doc);
+    freeReplyObject(u);
+    if (em)
+        freeReplyObject(em);
+    if (f->broken)
+        return -1;
+    rc = watch_commit(f);
+    if (rc == 1)
+        f->n.users++;
+    return rc;
+}
+
+int check_email(fsck *f, const char *email, const char *unused)
+{
+    char ek[KGC_RKEY_MAX], uk[KGC_RKEY_MAX];
+    redisReply *e, *u = NULL;
+    json_t *doc = NULL;
+
+    (void)unused;
+    rk(f, ek, KGC_RK_EMAIL, email);
+    if ((e = wread1(f, ek, "GET", NULL)) == NULL)
+        return -1;
+    if (e->type == REDIS_REPLY_NIL) {
+        /* gone since pass 1 */
+    } else if (!is_str(e) || !kgc_id_plausible(e->str)) {
+        PROBLEM(f, ek, "does not name a user id");
+    } else if ((u = wread1(f, rk(f, uk, KGC_RK_USER, e->str), "GET", NULL)) != NULL) {
+        doc = reply_json(u);
+        if (u->type == REDIS_REPLY_NIL)
+            PROBLEM(f, ek, "names user %s, who does not exist", e->str);
+        else if (!json_is_string(json_object_get(doc, "email")) ||
+                 strcmp(json_string_value(json_object_get(doc, "email")), email) != 0)
+            PROBLEM(f, ek, "names user %s, whose email differs", e->str);
+    }
+    json_decref(doc);
+    freeReplyObject(e);
+    if (u)
+        freeReplyObject(u);
+    return f->broken ? -1 : watch_commit(f);
+}
+
+/* --- pass 2: the catalog ------------------------------------------------------- */
+
+void check_catalog(fsck *f)
+{
+    char ck[KGC_RKEY_MAX], err[256];
+    redisReply *r = rcmd2(f, "GET", rk(f, ck, KGC_RK_CATALOG));
+    kgc_catalog *cat;
+
+    if (r == NULL)
+        return;
+    if (r->type == REDIS_REPLY_NIL) {
+        if (json_object_size(f->teams) > 0)
+            PROBLEM(f, ck, "no catalog published (gateways cannot price requests)");
+    } else if (!is_str(r) || (cat = kgc_catalog_parse(r->str, r->len, ck, err, sizeof err)) == NULL) {
+        PROBLEM(f, ck, "not a valid catalog");
+    } else {
+        kgc_catalog_free(cat);
+    }
+    freeReplyObject(r);
+    fsck_flush(f);
+}
