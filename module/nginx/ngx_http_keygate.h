@@ -2,8 +2,10 @@
  * ngx_http_keygate.h - private interface between the files of
  * ngx_http_keygate_module:
  *
- *   ngx_http_keygate_module.c   directives, the access-phase handler,
- *                               variables, the worker life cycle
+ *   ngx_http_keygate_module.c   directives, configuration, the module's
+ *                               definition, the worker life cycle
+ *   ngx_http_keygate_access.c   the access-phase handler, per-request
+ *                               state, the $keygate_* variables
  *   ngx_http_keygate_loop.c     this worker's kg_ctx inside nginx's event
  *                               loop: fds as nginx connections, one timer
  *   ngx_http_keygate_refusal.c  the JSON refusal, and the price of a
@@ -19,6 +21,39 @@
 #include <ngx_http.h>
 
 #include <keygate.h>
+
+
+/* ---- ngx_http_keygate_module.c ---- */
+
+extern ngx_module_t  ngx_http_keygate_module;
+
+
+typedef struct {
+    ngx_str_t                   name;         /* NUL-terminated, from config */
+    ngx_http_complex_value_t    value;        /* an integer after expansion */
+} ngx_http_keygate_param_t;
+
+
+/* A location's keygate directives, merged; all from the config pool. */
+typedef struct {
+    ngx_http_complex_value_t   *service;      /* NULL: keygate off here */
+    ngx_http_complex_value_t   *model;        /* NULL: no model */
+    ngx_http_complex_value_t   *request_id;   /* NULL: no request id */
+    ngx_array_t                *params;       /* of ngx_http_keygate_param_t */
+} ngx_http_keygate_loc_conf_t;
+
+
+/* ---- ngx_http_keygate_access.c ---- */
+
+/*
+ * The access-phase handler, installed by postconfiguration: NGX_DECLINED
+ * where keygate is off, NGX_AGAIN while libkeygate works, NGX_OK to let
+ * the request through, NGX_DONE after sending a refusal, NGX_ERROR.
+ */
+ngx_int_t ngx_http_keygate_handler(ngx_http_request_t *r);
+
+/* preconfiguration: adds the $keygate_* variables. NGX_OK or NGX_ERROR. */
+ngx_int_t ngx_http_keygate_add_variables(ngx_conf_t *cf);
 
 
 /* ---- ngx_http_keygate_loop.c ---- */
@@ -65,9 +100,6 @@ ngx_uint_t ngx_http_keygate_loop_exiting(void);
  */
 ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,
     const kg_request *req, const kg_result *res, const char *message);
-
-/* Reads the `catalog` key of the config file and loads that catalog, for
- * the cost of 402s. Failures only leave 402 bodies without a cost. */
 
 
 #endif /* NGX_HTTP_KEYGATE_H_INCLUDED_ */
