@@ -57,7 +57,7 @@
 
 /* Notes a problem of the object being checked: kept in f->pending until
  * the object's reads are known to be consistent (fsck_flush). */
-void problem(fsck *f, const char *key, size_t keylen, const char *fmt, ...)
+void fsck_problem(fsck *f, const char *key, size_t keylen, const char *fmt, ...)
 {
     char name[FSCK_SAFE_MAX], msg[1024], safe[1400];
     va_list ap;
@@ -65,8 +65,8 @@ void problem(fsck *f, const char *key, size_t keylen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    safe_text(f, key, keylen, name, sizeof name);
-    safe_text(f, msg, strlen(msg), safe, sizeof safe);
+    fsck_safe_text(f, key, keylen, name, sizeof name);
+    fsck_safe_text(f, msg, strlen(msg), safe, sizeof safe);
     json_array_append_new(f->pending, json_pack("{s:s,s:s}", "key", name, "problem", safe));
 }
 
@@ -98,32 +98,32 @@ static void pass_model(fsck *f)
     json_object_foreach(f->tagged, team, v)
         if (json_object_get(f->teams, team) == NULL) {
             char tk[KGC_RKEY_MAX];
-            redisReply *r = rcmd2(f, "EXISTS", rk(f, tk, KGC_RK_TEAM, team));
+            redisReply *r = fsck_rcmd2(f, "EXISTS", fsck_rk(f, tk, KGC_RK_TEAM, team));
             if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1)
                 json_object_set_new(f->teams, team, json_true());
             else if (r != NULL)
-                problem(f, json_string_value(v), json_string_length(v),
+                fsck_problem(f, json_string_value(v), json_string_length(v),
                         "belongs to team %s, which has no team document", team);
             if (r)
                 freeReplyObject(r);
             fsck_flush(f);
         }
     json_object_foreach(f->teams, team, v)
-        run_check(f, check_team, team, NULL);
+        fsck_run_check(f, fsck_check_team, team, NULL);
     json_object_foreach(f->toks, id, v)
-        run_check(f, check_token, id, NULL);
+        fsck_run_check(f, fsck_check_token, id, NULL);
     json_object_foreach(f->wallets, team, set)
         json_object_foreach(set, id, v)
-            check_wallet(f, team, id);
+            fsck_check_wallet(f, team, id);
     json_object_foreach(f->ledgers, team, set)
         json_object_foreach(set, id, v)
             if (json_object_get(json_object_get(f->wallets, team), id) == NULL)
-                check_wallet(f, team, id);   /* reports the ledger without a wallet */
+                fsck_check_wallet(f, team, id);   /* reports the ledger without a wallet */
     json_object_foreach(f->users, id, v)
-        run_check(f, check_user, id, NULL);
+        fsck_run_check(f, fsck_check_user, id, NULL);
     json_object_foreach(f->emails, id, v)
-        run_check(f, check_email, id, NULL);
-    check_catalog(f);
+        fsck_run_check(f, fsck_check_email, id, NULL);
+    fsck_check_catalog(f);
 }
 
 static void fsck_free(fsck *f)
@@ -204,7 +204,7 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
         fsck_free(&f);
         return CLI_EXIT_UNREACHABLE;
     }
-    pass_scan(&f);
+    fsck_pass_scan(&f);
     if (!f.broken)
         pass_model(&f);
     if (f.broken) {

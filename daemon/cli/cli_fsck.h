@@ -66,10 +66,10 @@ typedef struct fsck {
 
 /* Notes a problem of key[0..keylen) in f->pending (copied, made safe to
  * print by safe_text); fsck_flush publishes it. */
-void problem(fsck *f, const char *key, size_t keylen, const char *fmt, ...)
+void fsck_problem(fsck *f, const char *key, size_t keylen, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-#define PROBLEM(f, key, ...) problem((f), (key), strlen(key), __VA_ARGS__)
+#define PROBLEM(f, key, ...) fsck_problem((f), (key), strlen(key), __VA_ARGS__)
 
 /* Prints (unless --json) and keeps in f->problems every pending problem,
  * then empties f->pending. */
@@ -83,24 +83,24 @@ redisContext *fsck_connect(const kgc_config *cfg, int timeout_ms);
 
 /* One command. Returns the reply (caller frees with freeReplyObject), or
  * NULL with f->broken set. rcmd2 is `verb key`. */
-redisReply *rcmd(fsck *f, int argc, const char **argv, const size_t *lens);
-redisReply *rcmd2(fsck *f, const char *verb, const char *key);
+redisReply *fsck_rcmd(fsck *f, int argc, const char **argv, const size_t *lens);
+redisReply *fsck_rcmd2(fsck *f, const char *verb, const char *key);
 
 /* Pipelining: rpush queues a command, rget reads the next reply (caller
  * frees; NULL with f->broken set). */
-void rpush(fsck *f, int argc, const char **argv, const size_t *lens);
-redisReply *rget(fsck *f);
+void fsck_rpush(fsck *f, int argc, const char **argv, const size_t *lens);
+redisReply *fsck_rget(fsck *f);
 
 /* Watched reads: WATCH each key, then `verb key [extra]`. wread returns n
- * replies in an array the caller frees with free_replies (which accepts
+ * replies in an array the caller frees with fsck_free_replies (which accepts
  * NULL); wread1 returns the one reply (caller frees with freeReplyObject).
  * NULL when the connection broke. keys are only read. */
-redisReply **wread(fsck *f, size_t n, char **keys, const char *verb, const char *extra);
-redisReply *wread1(fsck *f, const char *key, const char *verb, const char *extra);
-void free_replies(redisReply **r, size_t n);
+redisReply **fsck_wread(fsck *f, size_t n, char **keys, const char *verb, const char *extra);
+redisReply *fsck_wread1(fsck *f, const char *key, const char *verb, const char *extra);
+void fsck_free_replies(redisReply **r, size_t n);
 
 /* After an object's watched reads: 1 consistent, 0 changed, -1 broken. */
-int watch_commit(fsck *f);
+int fsck_watch_commit(fsck *f);
 
 /* One object's check: returns what watch_commit returned (or 1 when it
  * judged without Redis, -1 when the connection broke). */
@@ -108,54 +108,54 @@ typedef int (*fsck_check)(fsck *f, const char *a, const char *b);
 
 /* Runs check(f, a, b) until its view is consistent, then publishes its
  * problems (fsck_flush). */
-void run_check(fsck *f, fsck_check check, const char *a, const char *b);
+void fsck_run_check(fsck *f, fsck_check check, const char *a, const char *b);
 
 /* The Redis key name prefix + printf(fmt, ...) into buf[KGC_RKEY_MAX];
  * returns buf. */
-const char *rk(const fsck *f, char *buf, const char *fmt, ...)
+const char *fsck_rk(const fsck *f, char *buf, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Reading replies. reply_json: the string reply as JSON (new reference,
  * caller json_decref's it), or NULL. is_str: 1 for a string reply.
  * hfield: the value of field name in an HGETALL reply (borrowed from r),
  * or NULL. All accept a NULL reply. */
-json_t *reply_json(const redisReply *r);
-int is_str(const redisReply *r);
-const char *hfield(const redisReply *r, const char *name);
+json_t *fsck_reply_json(const redisReply *r);
+int fsck_is_str(const redisReply *r);
+const char *fsck_hfield(const redisReply *r, const char *name);
 
 /* --- secrets (cli_fsck_secrets.c) ------------------------------------------ */
 
 /* A printable copy of s[0..len) in out[cap] (returns out): no token and no
  * pepper in it. f->sec may be NULL (then only tokens are hidden). */
-const char *safe_text(const fsck *f, const char *s, size_t len, char *out, size_t cap);
+const char *fsck_safe_text(const fsck *f, const char *s, size_t len, char *out, size_t cap);
 
 /* Notes a problem of key for every plain token and every copy of the
  * pepper (raw or hex) in s[0..len), resp. in every string of reply r
  * (which may be NULL). */
-void scan_value(fsck *f, const char *key, size_t keylen, const char *s, size_t len);
-void scan_reply(fsck *f, const char *key, size_t keylen, const redisReply *r);
+void fsck_scan_value(fsck *f, const char *key, size_t keylen, const char *s, size_t len);
+void fsck_scan_reply(fsck *f, const char *key, size_t keylen, const redisReply *r);
 
 /* --- pass 1 (cli_fsck_scan.c) ---------------------------------------------- */
 
 /* Walks every key with SCAN: scans key names and values for secrets and
  * fills the inventory (f->teams, f->toks, ...). Stops when f->broken. */
-void pass_scan(fsck *f);
+void fsck_pass_scan(fsck *f);
 
 /* --- pass 2 (cli_fsck_checks.c) -------------------------------------------- */
 
 /* fsck_check's, for run_check: team T (b unused), token record of hash
  * (b unused), user uid, email record. */
-int check_team(fsck *f, const char *T, const char *unused);
-int check_token(fsck *f, const char *hash, const char *unused);
-int check_user(fsck *f, const char *uid, const char *unused);
-int check_email(fsck *f, const char *email, const char *unused);
+int fsck_check_team(fsck *f, const char *T, const char *unused);
+int fsck_check_token(fsck *f, const char *hash, const char *unused);
+int fsck_check_user(fsck *f, const char *uid, const char *unused);
+int fsck_check_email(fsck *f, const char *email, const char *unused);
 
 /* Wallet W of team T and its ledger; a consistent view without retries
  * (see cli_cmd_fsck.c). Publishes its problems itself. */
-void check_wallet(fsck *f, const char *T, const char *W);
+void fsck_check_wallet(fsck *f, const char *T, const char *W);
 
 /* The published catalog parses (and exists once there are teams).
  * Publishes its problems itself. */
-void check_catalog(fsck *f);
+void fsck_check_catalog(fsck *f);
 
 #endif

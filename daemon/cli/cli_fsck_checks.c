@@ -135,16 +135,16 @@ static void check_keydoc(fsck *f, const char *T, const char *kid, const char *kn
                 PROBLEM(f, kname, "token entry of %s has no valid hash", uid);
                 continue;
             }
-            keys[k] = xstrdup(rk(f, name, KGC_RK_TOKEN, h));
+            keys[k] = xstrdup(fsck_rk(f, name, KGC_RK_TOKEN, h));
             who[k++] = uid;
         }
-        recs = wread(f, k, keys, "HGETALL", NULL);
-        ttls = recs ? wread(f, k, keys, "PTTL", NULL) : NULL;
+        recs = fsck_wread(f, k, keys, "HGETALL", NULL);
+        ttls = recs ? fsck_wread(f, k, keys, "PTTL", NULL) : NULL;
         for (size_t q = 0; recs && ttls && q < k; q++) {
             json_t *entry = json_object_get(tokens, who[q]);
-            const char *rk_id = hfield(recs[q], "key_id"), *ru = hfield(recs[q], "user_id");
-            const char *rt = hfield(recs[q], "team_id"), *rtid = hfield(recs[q], "token_id");
-            const char *rexp = hfield(recs[q], "expires_ms");
+            const char *rk_id = fsck_hfield(recs[q], "key_id"), *ru = fsck_hfield(recs[q], "user_id");
+            const char *rt = fsck_hfield(recs[q], "team_id"), *rtid = fsck_hfield(recs[q], "token_id");
+            const char *rexp = fsck_hfield(recs[q], "expires_ms");
 
             if (recs[q]->type != REDIS_REPLY_ARRAY || recs[q]->elements == 0) {
                 PROBLEM(f, kname, "token of %s: its record %s is missing", who[q], keys[q]);
@@ -161,8 +161,8 @@ static void check_keydoc(fsck *f, const char *T, const char *kid, const char *kn
                 ttls[q]->type != REDIS_REPLY_INTEGER || ttls[q]->integer != -1)
                 PROBLEM(f, kname, "token of %s: the current token's record expires", who[q]);
         }
-        free_replies(recs, k);
-        free_replies(ttls, k);
+        fsck_free_replies(recs, k);
+        fsck_free_replies(ttls, k);
         for (size_t q = 0; q < k; q++)
             free(keys[q]);
         free(keys);
@@ -170,7 +170,7 @@ static void check_keydoc(fsck *f, const char *T, const char *kid, const char *kn
     }
 }
 
-int check_team(fsck *f, const char *T, const char *unused)
+int fsck_check_team(fsck *f, const char *T, const char *unused)
 {
     char kt[KGC_RKEY_MAX], kk[KGC_RKEY_MAX], kw[KGC_RKEY_MAX], name[KGC_RKEY_MAX];
     redisReply *rt, *rkeys, *rwal, **docs = NULL, **wex = NULL;
@@ -181,18 +181,18 @@ int check_team(fsck *f, const char *T, const char *unused)
     int owners = 0, frees = 0, rc;
 
     (void)unused;
-    rk(f, kt, KGC_RK_TEAM, T);
-    rk(f, kk, KGC_RK_KEYS, T);
-    rk(f, kw, KGC_RK_WALLETS, T);
+    fsck_rk(f, kt, KGC_RK_TEAM, T);
+    fsck_rk(f, kk, KGC_RK_KEYS, T);
+    fsck_rk(f, kw, KGC_RK_WALLETS, T);
     {
         const char *w[4] = {"WATCH", kt, kk, kw}, *g[2] = {"GET", kt};
         const char *z[4] = {"ZRANGE", kk, "0", "-1"}, *zw[4] = {"ZRANGE", kw, "0", "-1"};
-        redisReply *wr = rcmd(f, 4, w, NULL);
+        redisReply *wr = fsck_rcmd(f, 4, w, NULL);
         if (wr)
             freeReplyObject(wr);
-        rt = rcmd(f, 2, g, NULL);
-        rkeys = rcmd(f, 4, z, NULL);
-        rwal = rcmd(f, 4, zw, NULL);
+        rt = fsck_rcmd(f, 2, g, NULL);
+        rkeys = fsck_rcmd(f, 4, z, NULL);
+        rwal = fsck_rcmd(f, 4, zw, NULL);
     }
     if (f->broken) {
         if (rt) freeReplyObject(rt);
@@ -200,7 +200,7 @@ int check_team(fsck *f, const char *T, const char *unused)
         if (rwal) freeReplyObject(rwal);
         return -1;
     }
-    team = reply_json(rt);
+    team = fsck_reply_json(rt);
     members = json_object_get(team, "members");
     fk = json_string_value(json_object_get(team, "free_key_id"));
     if (team == NULL || !json_is_object(members)) {
@@ -227,7 +227,7 @@ int check_team(fsck *f, const char *T, const char *unused)
     kids = json_object();
     if (rkeys->type == REDIS_REPLY_ARRAY)
         for (i = 0; i < rkeys->elements; i++)
-            if (is_str(rkeys->element[i]))
+            if (fsck_is_str(rkeys->element[i]))
                 json_object_set_new(kids, rkeys->element[i]->str, json_true());
     json_object_foreach(json_object_get(f->keydocs, T), id, v)
         if (json_object_get(kids, id) == NULL)
@@ -240,14 +240,14 @@ int check_team(fsck *f, const char *T, const char *unused)
         abort();
     i = 0;
     json_object_foreach(kids, id, v)
-        dkeys[i++] = xstrdup(rk(f, name, KGC_RK_KEY, T, id));
-    docs = wread(f, nk, dkeys, "GET", NULL);
+        dkeys[i++] = xstrdup(fsck_rk(f, name, KGC_RK_KEY, T, id));
+    docs = fsck_wread(f, nk, dkeys, "GET", NULL);
 
     /* Wallets: the zset's and the ones SCAN found. */
     wids = json_object();
     if (rwal->type == REDIS_REPLY_ARRAY)
         for (i = 0; i < rwal->elements; i++)
-            if (is_str(rwal->element[i]))
+            if (fsck_is_str(rwal->element[i]))
                 json_object_set_new(wids, rwal->element[i]->str, json_true());
     json_object_foreach(json_object_get(f->wallets, T), id, v)
         if (json_object_get(wids, id) == NULL)
@@ -258,8 +258,8 @@ int check_team(fsck *f, const char *T, const char *unused)
         abort();
     i = 0;
     json_object_foreach(wids, id, v)
-        wkeys[i++] = xstrdup(rk(f, name, KGC_RK_WALLET, T, id));
-    wex = docs ? wread(f, nw, wkeys, "EXISTS", NULL) : NULL;
+        wkeys[i++] = xstrdup(fsck_rk(f, name, KGC_RK_WALLET, T, id));
+    wex = docs ? fsck_wread(f, nw, wkeys, "EXISTS", NULL) : NULL;
     team_wallets = json_object();
     i = 0;
     json_object_foreach(wids, id, v) {
@@ -292,7 +292,7 @@ int check_team(fsck *f, const char *T, const char *unused)
             PROBLEM(f, kname, "key is not listed in %s", kk);
         if (json_is_null(v))
             PROBLEM(f, kname, "the team's free key is not listed in %s", kk);
-        if ((doc = reply_json(d)) == NULL || !json_is_object(doc)) {
+        if ((doc = fsck_reply_json(d)) == NULL || !json_is_object(doc)) {
             PROBLEM(f, kname, "not a key document (JSON object)");
             json_decref(doc);
             continue;
@@ -315,8 +315,8 @@ int check_team(fsck *f, const char *T, const char *unused)
     if (team != NULL && frees != 1)
         PROBLEM(f, kt, "has %d keys of kind free, not exactly one", frees);
 
-    free_replies(docs, nk);
-    free_replies(wex, nw);
+    fsck_free_replies(docs, nk);
+    fsck_free_replies(wex, nw);
     for (i = 0; i < nk; i++)
         free(dkeys[i]);
     for (i = 0; i < nw; i++)
@@ -332,7 +332,7 @@ int check_team(fsck *f, const char *T, const char *unused)
     freeReplyObject(rwal);
     if (f->broken)
         return -1;
-    rc = watch_commit(f);
+    rc = fsck_watch_commit(f);
     if (rc == 1)
         f->n.teams++;
     return rc;
@@ -340,7 +340,7 @@ int check_team(fsck *f, const char *T, const char *unused)
 
 /* --- pass 2: token records --------------------------------------------------- */
 
-int check_token(fsck *f, const char *hash, const char *unused)
+int fsck_check_token(fsck *f, const char *hash, const char *unused)
 {
     char tk[KGC_RKEY_MAX], kk[KGC_RKEY_MAX], kt[KGC_ID_MAX];
     redisReply *rec, *ttl, *kd;
@@ -350,13 +350,13 @@ int check_token(fsck *f, const char *hash, const char *unused)
     int rc;
 
     (void)unused;
-    rk(f, tk, KGC_RK_TOKEN, hash);
+    fsck_rk(f, tk, KGC_RK_TOKEN, hash);
     if (!is_hash_hex(hash, strlen(hash))) {
         PROBLEM(f, tk, "the name is not tok:<64 lowercase hex>");
         return 1;
     }
-    rec = wread1(f, tk, "HGETALL", NULL);
-    ttl = rec ? wread1(f, tk, "PTTL", NULL) : NULL;
+    rec = fsck_wread1(f, tk, "HGETALL", NULL);
+    ttl = rec ? fsck_wread1(f, tk, "PTTL", NULL) : NULL;
     if (ttl == NULL) {
         if (rec)
             freeReplyObject(rec);
@@ -365,34 +365,34 @@ int check_token(fsck *f, const char *hash, const char *unused)
     if (rec->type == REDIS_REPLY_ARRAY && rec->elements == 0) {
         freeReplyObject(rec);          /* gone since pass 1: rotated or expired */
         freeReplyObject(ttl);
-        return watch_commit(f);
+        return fsck_watch_commit(f);
     }
-    kid = hfield(rec, "key_id");
-    team = hfield(rec, "team_id");
-    user = hfield(rec, "user_id");
-    tid = hfield(rec, "token_id");
-    exp = hfield(rec, "expires_ms");
+    kid = fsck_hfield(rec, "key_id");
+    team = fsck_hfield(rec, "team_id");
+    user = fsck_hfield(rec, "user_id");
+    tid = fsck_hfield(rec, "token_id");
+    exp = fsck_hfield(rec, "expires_ms");
     if (rec->type != REDIS_REPLY_ARRAY || kid == NULL || team == NULL || user == NULL ||
         tid == NULL || exp == NULL || parse_ll(exp, &expires) != 0) {
         PROBLEM(f, tk, "not a token record (hash of key_id, team_id, user_id, token_id, expires_ms)");
         freeReplyObject(rec);
         freeReplyObject(ttl);
-        return watch_commit(f);
+        return fsck_watch_commit(f);
     }
     if (kgc_id_team_of(kid, 'k', kt) != 0 || strcmp(kt, team) != 0) {
         PROBLEM(f, tk, "key %s is not a key of its team_id %s", kid, team);
         freeReplyObject(rec);
         freeReplyObject(ttl);
-        return watch_commit(f);
+        return fsck_watch_commit(f);
     }
-    rk(f, kk, KGC_RK_KEY, team, kid);
-    kd = wread1(f, kk, "GET", NULL);
+    fsck_rk(f, kk, KGC_RK_KEY, team, kid);
+    kd = fsck_wread1(f, kk, "GET", NULL);
     if (kd == NULL) {
         freeReplyObject(rec);
         freeReplyObject(ttl);
         return -1;
     }
-    doc = reply_json(kd);
+    doc = fsck_reply_json(kd);
     entry = json_object_get(json_object_get(doc, "tokens"), user);
     if (kd->type == REDIS_REPLY_NIL) {
         PROBLEM(f, tk, "points to key %s, which does not exist (a dangling token)", kid);
@@ -421,7 +421,7 @@ int check_token(fsck *f, const char *hash, const char *unused)
     freeReplyObject(kd);
     freeReplyObject(rec);
     freeReplyObject(ttl);
-    rc = watch_commit(f);
+    rc = fsck_watch_commit(f);
     if (rc == 1)
         f->n.tokens++;
     return rc;
@@ -439,7 +439,7 @@ typedef struct chain {
 
 static void ledger_entry(fsck *f, const char *lk, const char *T, chain *c, const redisReply *e)
 {
-    json_t *doc = reply_json(e), *amt, *bal, *at;
+    json_t *doc = fsck_reply_json(e), *amt, *bal, *at;
     const char *type, *kid, *rid;
     long long a, b;
     char kt[KGC_ID_MAX];
@@ -492,7 +492,7 @@ static void ledger_entry(fsck *f, const char *lk, const char *T, chain *c, const
     json_decref(doc);
 }
 
-void check_wallet(fsck *f, const char *T, const char *W)
+void fsck_check_wallet(fsck *f, const char *T, const char *W)
 {
     char wk[KGC_RKEY_MAX], lk[KGC_RKEY_MAX], a[32], b[32];
     const char *m[1] = {"MULTI"}, *e[1] = {"EXEC"};
@@ -503,17 +503,17 @@ void check_wallet(fsck *f, const char *T, const char *W)
     chain c = {0, 0, 0, 0, NULL};
 
     json_array_clear(f->pending);
-    rk(f, wk, KGC_RK_WALLET, T, W);
-    rk(f, lk, KGC_RK_LEDGER, T, W);
+    fsck_rk(f, wk, KGC_RK_WALLET, T, W);
+    fsck_rk(f, lk, KGC_RK_LEDGER, T, W);
     /* Balance and ledger length at one instant (one slot: one MULTI). */
-    rpush(f, 1, m, NULL);
-    rpush(f, 2, h, NULL);
-    rpush(f, 2, l, NULL);
-    rpush(f, 1, e, NULL);
+    fsck_rpush(f, 1, m, NULL);
+    fsck_rpush(f, 2, h, NULL);
+    fsck_rpush(f, 2, l, NULL);
+    fsck_rpush(f, 1, e, NULL);
     for (int i = 0; i < 3; i++)
-        if ((r = rget(f)) != NULL)
+        if ((r = fsck_rget(f)) != NULL)
             freeReplyObject(r);
-    if ((ex = rget(f)) == NULL)
+    if ((ex = fsck_rget(f)) == NULL)
         return;
     if (ex->type != REDIS_REPLY_ARRAY || ex->elements != 2 ||
         ex->element[0]->type != REDIS_REPLY_ARRAY) {
@@ -528,12 +528,12 @@ void check_wallet(fsck *f, const char *T, const char *W)
         fsck_flush(f);
         return;
     }
-    bal = hfield(ex->element[0], "balance_micros");
-    wid = hfield(ex->element[0], "wallet_id");
-    tid = hfield(ex->element[0], "team_id");
+    bal = fsck_hfield(ex->element[0], "balance_micros");
+    wid = fsck_hfield(ex->element[0], "wallet_id");
+    tid = fsck_hfield(ex->element[0], "team_id");
     if (wid == NULL || strcmp(wid, W) != 0 || tid == NULL || strcmp(tid, T) != 0)
         PROBLEM(f, wk, "wallet_id or team_id does not match the key name");
-    if (hfield(ex->element[0], "name") == NULL)
+    if (fsck_hfield(ex->element[0], "name") == NULL)
         PROBLEM(f, wk, "has no name");
     if (parse_ll(bal, &balance) != 0)
         PROBLEM(f, wk, "balance_micros is not an integer");
@@ -552,7 +552,7 @@ void check_wallet(fsck *f, const char *T, const char *W)
         const char *argv[4] = {"LRANGE", lk, a, b};
         snprintf(a, sizeof a, "%lld", -(done + n));
         snprintf(b, sizeof b, "%lld", -(done + 1));
-        r = rcmd(f, 4, argv, NULL);
+        r = fsck_rcmd(f, 4, argv, NULL);
         if (r == NULL)
             break;
         if (r->type != REDIS_REPLY_ARRAY || (long long)r->elements != n) {
@@ -582,7 +582,7 @@ void check_wallet(fsck *f, const char *T, const char *W)
 
 /* --- pass 2: users ------------------------------------------------------------ */
 
-int check_user(fsck *f, const char *uid, const char *unused)
+int fsck_check_user(fsck *f, const char *uid, const char *unused)
 {
     char uk[KGC_RKEY_MAX], ek[KGC_RKEY_MAX];
     redisReply *u, *em = NULL;
@@ -591,10 +591,10 @@ int check_user(fsck *f, const char *uid, const char *unused)
     int rc;
 
     (void)unused;
-    rk(f, uk, KGC_RK_USER, uid);
-    if ((u = wread1(f, uk, "GET", NULL)) == NULL)
+    fsck_rk(f, uk, KGC_RK_USER, uid);
+    if ((u = fsck_wread1(f, uk, "GET", NULL)) == NULL)
         return -1;
-    doc = reply_json(u);
+    doc = fsck_reply_json(u);
     email = json_string_value(json_object_get(doc, "email"));
     if (u->type == REDIS_REPLY_NIL) {
         /* gone since pass 1 */
@@ -602,8 +602,8 @@ int check_user(fsck *f, const char *uid, const char *unused)
                strcmp(json_string_value(json_object_get(doc, "user_id")), uid) != 0 ||
                email == NULL) {
         PROBLEM(f, uk, "not a user document (user_id %s, email)", uid);
-    } else if ((em = wread1(f, rk(f, ek, KGC_RK_EMAIL, email), "GET", NULL)) != NULL &&
-               (!is_str(em) || strcmp(em->str, uid) != 0)) {
+    } else if ((em = fsck_wread1(f, fsck_rk(f, ek, KGC_RK_EMAIL, email), "GET", NULL)) != NULL &&
+               (!fsck_is_str(em) || strcmp(em->str, uid) != 0)) {
         PROBLEM(f, uk, "its email's record %s does not name this user", ek);
     }
     json_decref(doc);
@@ -612,28 +612,28 @@ int check_user(fsck *f, const char *uid, const char *unused)
         freeReplyObject(em);
     if (f->broken)
         return -1;
-    rc = watch_commit(f);
+    rc = fsck_watch_commit(f);
     if (rc == 1)
         f->n.users++;
     return rc;
 }
 
-int check_email(fsck *f, const char *email, const char *unused)
+int fsck_check_email(fsck *f, const char *email, const char *unused)
 {
     char ek[KGC_RKEY_MAX], uk[KGC_RKEY_MAX];
     redisReply *e, *u = NULL;
     json_t *doc = NULL;
 
     (void)unused;
-    rk(f, ek, KGC_RK_EMAIL, email);
-    if ((e = wread1(f, ek, "GET", NULL)) == NULL)
+    fsck_rk(f, ek, KGC_RK_EMAIL, email);
+    if ((e = fsck_wread1(f, ek, "GET", NULL)) == NULL)
         return -1;
     if (e->type == REDIS_REPLY_NIL) {
         /* gone since pass 1 */
-    } else if (!is_str(e) || !kgc_id_plausible(e->str)) {
+    } else if (!fsck_is_str(e) || !kgc_id_plausible(e->str)) {
         PROBLEM(f, ek, "does not name a user id");
-    } else if ((u = wread1(f, rk(f, uk, KGC_RK_USER, e->str), "GET", NULL)) != NULL) {
-        doc = reply_json(u);
+    } else if ((u = fsck_wread1(f, fsck_rk(f, uk, KGC_RK_USER, e->str), "GET", NULL)) != NULL) {
+        doc = fsck_reply_json(u);
         if (u->type == REDIS_REPLY_NIL)
             PROBLEM(f, ek, "names user %s, who does not exist", e->str);
         else if (!json_is_string(json_object_get(doc, "email")) ||
@@ -644,15 +644,15 @@ int check_email(fsck *f, const char *email, const char *unused)
     freeReplyObject(e);
     if (u)
         freeReplyObject(u);
-    return f->broken ? -1 : watch_commit(f);
+    return f->broken ? -1 : fsck_watch_commit(f);
 }
 
 /* --- pass 2: the catalog ------------------------------------------------------- */
 
-void check_catalog(fsck *f)
+void fsck_check_catalog(fsck *f)
 {
     char ck[KGC_RKEY_MAX], err[256];
-    redisReply *r = rcmd2(f, "GET", rk(f, ck, KGC_RK_CATALOG));
+    redisReply *r = fsck_rcmd2(f, "GET", fsck_rk(f, ck, KGC_RK_CATALOG));
     kgc_catalog *cat;
 
     if (r == NULL)
@@ -660,7 +660,7 @@ void check_catalog(fsck *f)
     if (r->type == REDIS_REPLY_NIL) {
         if (json_object_size(f->teams) > 0)
             PROBLEM(f, ck, "no catalog published (gateways cannot price requests)");
-    } else if (!is_str(r) || (cat = kgc_catalog_parse(r->str, r->len, ck, err, sizeof err)) == NULL) {
+    } else if (!fsck_is_str(r) || (cat = kgc_catalog_parse(r->str, r->len, ck, err, sizeof err)) == NULL) {
         PROBLEM(f, ck, "not a valid catalog");
     } else {
         kgc_catalog_free(cat);

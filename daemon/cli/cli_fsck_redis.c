@@ -28,7 +28,7 @@ static void fsck_broken(fsck *f)
 }
 
 /* One command; NULL (and f->broken set) when the connection failed. */
-redisReply *rcmd(fsck *f, int argc, const char **argv, const size_t *lens)
+redisReply *fsck_rcmd(fsck *f, int argc, const char **argv, const size_t *lens)
 {
     redisReply *r;
 
@@ -40,20 +40,20 @@ redisReply *rcmd(fsck *f, int argc, const char **argv, const size_t *lens)
     return r;
 }
 
-redisReply *rcmd2(fsck *f, const char *verb, const char *key)
+redisReply *fsck_rcmd2(fsck *f, const char *verb, const char *key)
 {
     const char *argv[2] = {verb, key};
-    return rcmd(f, 2, argv, NULL);
+    return fsck_rcmd(f, 2, argv, NULL);
 }
 
 /* Queues argc/argv (pipelined); the reply is read by rget. */
-void rpush(fsck *f, int argc, const char **argv, const size_t *lens)
+void fsck_rpush(fsck *f, int argc, const char **argv, const size_t *lens)
 {
     if (!f->broken && redisAppendCommandArgv(f->rc, argc, argv, lens) != REDIS_OK)
         fsck_broken(f);
 }
 
-redisReply *rget(fsck *f)
+redisReply *fsck_rget(fsck *f)
 {
     void *r = NULL;
 
@@ -69,7 +69,7 @@ redisReply *rget(fsck *f)
 /* For each of keys[0..n): WATCH it, then `verb key [extra]`; returns the
  * n replies of the verbs (malloc'ed array, free with free_replies), or
  * NULL when the connection broke. */
-redisReply **wread(fsck *f, size_t n, char **keys, const char *verb, const char *extra)
+redisReply **fsck_wread(fsck *f, size_t n, char **keys, const char *verb, const char *extra)
 {
     redisReply **out;
 
@@ -83,14 +83,14 @@ redisReply **wread(fsck *f, size_t n, char **keys, const char *verb, const char 
     for (size_t i = 0; i < n; i++) {
         const char *w[2] = {"WATCH", keys[i]};
         const char *c[3] = {verb, keys[i], extra};
-        rpush(f, 2, w, NULL);
-        rpush(f, extra ? 3 : 2, c, NULL);
+        fsck_rpush(f, 2, w, NULL);
+        fsck_rpush(f, extra ? 3 : 2, c, NULL);
     }
     for (size_t i = 0; i < n; i++) {
-        redisReply *w = rget(f);
+        redisReply *w = fsck_rget(f);
         if (w)
             freeReplyObject(w);
-        out[i] = rget(f);
+        out[i] = fsck_rget(f);
     }
     if (f->broken) {
         for (size_t i = 0; i < n; i++)
@@ -102,7 +102,7 @@ redisReply **wread(fsck *f, size_t n, char **keys, const char *verb, const char 
     return out;
 }
 
-void free_replies(redisReply **r, size_t n)
+void fsck_free_replies(redisReply **r, size_t n)
 {
     if (r == NULL)
         return;
@@ -112,10 +112,10 @@ void free_replies(redisReply **r, size_t n)
     free(r);
 }
 
-redisReply *wread1(fsck *f, const char *key, const char *verb, const char *extra)
+redisReply *fsck_wread1(fsck *f, const char *key, const char *verb, const char *extra)
 {
     char *k = (char *)key;        /* wread only reads it */
-    redisReply **r = wread(f, 1, &k, verb, extra), *one;
+    redisReply **r = fsck_wread(f, 1, &k, verb, extra), *one;
 
     if (r == NULL)
         return NULL;
@@ -127,19 +127,19 @@ redisReply *wread1(fsck *f, const char *key, const char *verb, const char *extra
 /* After the reads of one object: 1 if no watched key changed since it was
  * watched (the view was consistent), 0 if one did (check again), -1 if the
  * connection broke. Writes nothing: the transaction holds only a PING. */
-int watch_commit(fsck *f)
+int fsck_watch_commit(fsck *f)
 {
     const char *m[1] = {"MULTI"}, *p[1] = {"PING"}, *e[1] = {"EXEC"};
     redisReply *r;
     int ok;
 
-    rpush(f, 1, m, NULL);
-    rpush(f, 1, p, NULL);
-    rpush(f, 1, e, NULL);
+    fsck_rpush(f, 1, m, NULL);
+    fsck_rpush(f, 1, p, NULL);
+    fsck_rpush(f, 1, e, NULL);
     for (int i = 0; i < 2; i++)
-        if ((r = rget(f)) != NULL)
+        if ((r = fsck_rget(f)) != NULL)
             freeReplyObject(r);
-    if ((r = rget(f)) == NULL)
+    if ((r = fsck_rget(f)) == NULL)
         return -1;
     ok = r->type == REDIS_REPLY_ARRAY;
     freeReplyObject(r);
@@ -149,14 +149,14 @@ int watch_commit(fsck *f)
 static void unwatch(fsck *f)
 {
     const char *u[1] = {"UNWATCH"};
-    redisReply *r = rcmd(f, 1, u, NULL);
+    redisReply *r = fsck_rcmd(f, 1, u, NULL);
     if (r)
         freeReplyObject(r);
 }
 
 /* Runs check(f, a, b) until its view is consistent; then its problems are
  * published. A check returns what watch_commit returned. */
-void run_check(fsck *f, fsck_check check, const char *a, const char *b)
+void fsck_run_check(fsck *f, fsck_check check, const char *a, const char *b)
 {
     for (int i = 0; i < FSCK_RETRIES && !f->broken; i++) {
         int r;
@@ -176,7 +176,7 @@ void run_check(fsck *f, fsck_check check, const char *a, const char *b)
 
 /* --- key names and replies --------------------------------------------------- */
 
-const char *rk(const fsck *f, char *buf, const char *fmt, ...)
+const char *fsck_rk(const fsck *f, char *buf, const char *fmt, ...)
 {
     va_list ap;
     int p = snprintf(buf, KGC_RKEY_MAX, "%s", f->prefix);
@@ -188,20 +188,20 @@ const char *rk(const fsck *f, char *buf, const char *fmt, ...)
 }
 
 /* A JSON document from a string reply, or NULL. */
-json_t *reply_json(const redisReply *r)
+json_t *fsck_reply_json(const redisReply *r)
 {
     if (r == NULL || r->type != REDIS_REPLY_STRING)
         return NULL;
     return json_loadb(r->str, r->len, 0, NULL);
 }
 
-int is_str(const redisReply *r)
+int fsck_is_str(const redisReply *r)
 {
     return r != NULL && r->type == REDIS_REPLY_STRING;
 }
 
 /* The field of an HGETALL reply, or NULL. */
-const char *hfield(const redisReply *r, const char *name)
+const char *fsck_hfield(const redisReply *r, const char *name)
 {
     if (r == NULL || r->type != REDIS_REPLY_ARRAY)
         return NULL;

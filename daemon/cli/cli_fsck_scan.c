@@ -90,8 +90,8 @@ static void scan_key(fsck *f, const char *key, size_t keylen, const char *type)
     if (strcmp(type, "string") == 0 || strcmp(type, "hash") == 0 || strcmp(type, "set") == 0) {
         argv[0] = type[0] == 's' && type[1] == 't' ? "GET" : type[0] == 'h' ? "HGETALL" : "SMEMBERS";
         lens[0] = strlen(argv[0]);
-        r = rcmd(f, 2, argv, lens);
-        scan_reply(f, key, keylen, r);
+        r = fsck_rcmd(f, 2, argv, lens);
+        fsck_scan_reply(f, key, keylen, r);
         if (r)
             freeReplyObject(r);
         return;
@@ -108,10 +108,10 @@ static void scan_key(fsck *f, const char *key, size_t keylen, const char *type)
             for (int i = 0; i < 4; i++)
                 if (i != 1)
                     lens[i] = strlen(argv[i]);
-            r = rcmd(f, 4, argv, lens);
+            r = fsck_rcmd(f, 4, argv, lens);
             if (r == NULL)
                 return;
-            scan_reply(f, key, keylen, r);
+            fsck_scan_reply(f, key, keylen, r);
             if (r->type != REDIS_REPLY_ARRAY || r->elements < FSCK_CHUNK) {
                 freeReplyObject(r);
                 return;
@@ -126,20 +126,20 @@ static void scan_key(fsck *f, const char *key, size_t keylen, const char *type)
         for (int i = 0; i < 4; i++)
             if (i != 1)
                 lens[i] = strlen(argv[i]);
-        r = rcmd(f, 4, argv, lens);
-        scan_reply(f, key, keylen, r);
+        r = fsck_rcmd(f, 4, argv, lens);
+        fsck_scan_reply(f, key, keylen, r);
         if (r)
             freeReplyObject(r);
     }
 }
 
-void pass_scan(fsck *f)
+void fsck_pass_scan(fsck *f)
 {
     char cursor[64] = "0";
 
     do {
         const char *argv[6] = {"SCAN", cursor, "MATCH", "*", "COUNT", FSCK_SCAN_COUNT};
-        redisReply *r = rcmd(f, 6, argv, NULL), *keys, **types;
+        redisReply *r = fsck_rcmd(f, 6, argv, NULL), *keys, **types;
 
         if (r == NULL)
             return;
@@ -160,10 +160,10 @@ void pass_scan(fsck *f)
         for (size_t i = 0; i < keys->elements; i++) {
             const char *t[2] = {"TYPE", keys->element[i]->str};
             size_t tl[2] = {4, keys->element[i]->len};
-            rpush(f, 2, t, tl);
+            fsck_rpush(f, 2, t, tl);
         }
         for (size_t i = 0; i < keys->elements; i++)
-            types[i] = rget(f);
+            types[i] = fsck_rget(f);
         for (size_t i = 0; i < keys->elements && !f->broken; i++) {
             const redisReply *k = keys->element[i];
             const char *type = types[i] && types[i]->type == REDIS_REPLY_STATUS ? types[i]->str : "none";
@@ -171,13 +171,13 @@ void pass_scan(fsck *f)
             if (strcmp(type, "none") == 0)
                 continue;           /* expired or deleted since SCAN saw it */
             f->n.keys++;
-            scan_value(f, k->str, k->len, k->str, k->len);
+            fsck_scan_value(f, k->str, k->len, k->str, k->len);
             scan_key(f, k->str, k->len, type);
             if (k->len > f->plen && memcmp(k->str, f->prefix, f->plen) == 0 &&
                 strlen(k->str) == k->len)
                 inventory(f, k->str + f->plen, type);
         }
-        free_replies(types, keys->elements);
+        fsck_free_replies(types, keys->elements);
         freeReplyObject(r);
         fsck_flush(f);
     } while (!f->broken && strcmp(cursor, "0") != 0);

@@ -22,7 +22,7 @@ static const char *hint_ascii(const char *tok, char *out)
 /* A printable copy of s[0..len) into out[cap]: bytes outside printable
  * ASCII as \xNN, every well-formed token replaced by its hint and the
  * pepper (hex) by <pepper>, so that no report line carries a secret. */
-const char *safe_text(const fsck *f, const char *s, size_t len, char *out, size_t cap)
+const char *fsck_safe_text(const fsck *f, const char *s, size_t len, char *out, size_t cap)
 {
     size_t o = 0;
     const size_t hexlen = KGC_PEPPER_LEN * 2;
@@ -53,33 +53,33 @@ const char *safe_text(const fsck *f, const char *s, size_t len, char *out, size_
     return out;
 }
 
-void scan_value(fsck *f, const char *key, size_t keylen, const char *s, size_t len)
+void fsck_scan_value(fsck *f, const char *key, size_t keylen, const char *s, size_t len)
 {
     const size_t hexlen = KGC_PEPPER_LEN * 2;
 
     f->n.values++;
     for (size_t i = 0; i + KGC_PEPPER_LEN <= len; i++) {
         if (memcmp(s + i, f->sec->pepper, KGC_PEPPER_LEN) == 0)
-            problem(f, key, keylen, "holds the pepper (raw bytes)");
+            fsck_problem(f, key, keylen, "holds the pepper (raw bytes)");
         if (len - i >= KGC_TOKEN_LEN && s[i] == 'k' &&
             memcmp(s + i, KGC_TOKEN_PREFIX, KGC_TOKEN_PREFIX_LEN) == 0 &&
             kgc_token_wellformed(s + i, KGC_TOKEN_LEN)) {
             char hint[KGC_HINT_MAX];
-            problem(f, key, keylen, "holds a plain token (%s)", hint_ascii(s + i, hint));
+            fsck_problem(f, key, keylen, "holds a plain token (%s)", hint_ascii(s + i, hint));
         }
         if (len - i >= hexlen && (memcmp(s + i, f->sec->hex, hexlen) == 0 ||
                                   memcmp(s + i, f->sec->HEX, hexlen) == 0))
-            problem(f, key, keylen, "holds the pepper (hex)");
+            fsck_problem(f, key, keylen, "holds the pepper (hex)");
     }
 }
 
-void scan_reply(fsck *f, const char *key, size_t keylen, const redisReply *r)
+void fsck_scan_reply(fsck *f, const char *key, size_t keylen, const redisReply *r)
 {
     if (r == NULL)
         return;
     if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
-        scan_value(f, key, keylen, r->str, r->len);
+        fsck_scan_value(f, key, keylen, r->str, r->len);
     else if (r->type == REDIS_REPLY_ARRAY)
         for (size_t i = 0; i < r->elements; i++)
-            scan_reply(f, key, keylen, r->element[i]);
+            fsck_scan_reply(f, key, keylen, r->element[i]);
 }
