@@ -5,6 +5,7 @@
 #include "kgc_token.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -72,62 +73,68 @@ static int set_redis(kgc_config *cfg, const char *v)
     return 0;
 }
 
+/* Every key of the file, one row each: where it goes and what it accepts. */
+typedef enum { K_STR, K_LONG, K_REDIS } key_kind;
+
+typedef struct key_rule {
+    const char *name;
+    key_kind kind;
+    size_t off, size;             /* field in kgc_config and its size */
+    int base;                     /* K_LONG: 8 for a file mode, else 10 */
+    long min, max;                /* K_LONG: the accepted range */
+} key_rule;
+
+#define STR(n, f)  {n, K_STR, offsetof(kgc_config, f), sizeof((kgc_config *)0)->f, 0, 0, 0}
+#define NUM(n, f, b, lo, hi) {n, K_LONG, offsetof(kgc_config, f), sizeof((kgc_config *)0)->f, b, lo, hi}
+
+static const key_rule keys[] = {
+    STR("socket", socket_path),
+    NUM("socket_mode", socket_mode, 8, 0, 0777),
+    STR("catalog", catalog_path),
+    {"redis", K_REDIS, 0, 0, 0, 0, 0},
+    STR("pepper_file", pepper_file),
+    STR("key_prefix", key_prefix),
+    NUM("timeout_ms", timeout_ms, 10, 1, 60000),
+    NUM("cache_ttl_ms", cache_ttl_ms, 10, 0, 1000),   /* the 1 s refusal promise */
+    NUM("max_line", max_line, 10, 256, 16L * 1024 * 1024),
+    NUM("idle_timeout", idle_timeout_s, 10, 1, 86400),
+    NUM("max_clients", max_clients, 10, 1, 1000000),
+    STR("http", http_listen),
+    STR("http_root", http_root),
+};
+
+/* Stores x into an integer field of the size the row says. */
+static void put_long(void *field, size_t size, long x)
+{
+    if (size == sizeof(int))
+        *(int *)field = (int)x;   /* int and unsigned alike */
+    else
+        *(size_t *)field = (size_t)x;
+}
+
 /* Applies one "key value" pair. Returns 0, -1 for a bad value, -2 for an
  * unknown key. */
 static int apply(kgc_config *cfg, const char *k, const char *v)
 {
-    long x;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const key_rule *r = &keys[i];
+        char *field = (char *)cfg + r->off;
+        long x;
 
-    if (strcmp(k, "socket") == 0)
-        return set_str(cfg->socket_path, sizeof cfg->socket_path, v);
-    if (strcmp(k, "socket_mode") == 0) {
-        if (set_long(&x, v, 8, 0, 0777) != 0)
-            return -1;
-        cfg->socket_mode = (unsigned)x;
-        return 0;
+        if (strcmp(k, r->name) != 0)
+            continue;
+        switch (r->kind) {
+        case K_STR:
+            return set_str(field, r->size, v);
+        case K_LONG:
+            if (set_long(&x, v, r->base, r->min, r->max) != 0)
+                return -1;
+            put_long(field, r->size, x);
+            return 0;
+        case K_REDIS:
+            return set_redis(cfg, v);
+        }
     }
-    if (strcmp(k, "catalog") == 0)
-        return set_str(cfg->catalog_path, sizeof cfg->catalog_path, v);
-    if (strcmp(k, "redis") == 0)
-        return set_redis(cfg, v);
-    if (strcmp(k, "pepper_file") == 0)
-        return set_str(cfg->pepper_file, sizeof cfg->pepper_file, v);
-    if (strcmp(k, "key_prefix") == 0)
-        return set_str(cfg->key_prefix, sizeof cfg->key_prefix, v);
-    if (strcmp(k, "timeout_ms") == 0) {
-        if (set_long(&x, v, 10, 1, 60000) != 0)
-            return -1;
-        cfg->timeout_ms = (int)x;
-        return 0;
-    }
-    if (strcmp(k, "cache_ttl_ms") == 0) {
-        if (set_long(&x, v, 10, 0, 1000) != 0) /* the 1 s refusal promise */
-            return -1;
-        cfg->cache_ttl_ms = (int)x;
-        return 0;
-    }
-    if (strcmp(k, "max_line") == 0) {
-        if (set_long(&x, v, 10, 256, 16L * 1024 * 1024) != 0)
-            return -1;
-        cfg->max_line = (size_t)x;
-        return 0;
-    }
-    if (strcmp(k, "idle_timeout") == 0) {
-        if (set_long(&x, v, 10, 1, 86400) != 0)
-            return -1;
-        cfg->idle_timeout_s = (int)x;
-        return 0;
-    }
-    if (strcmp(k, "max_clients") == 0) {
-        if (set_long(&x, v, 10, 1, 1000000) != 0)
-            return -1;
-        cfg->max_clients = (int)x;
-        return 0;
-    }
-    if (strcmp(k, "http") == 0)
-        return set_str(cfg->http_listen, sizeof cfg->http_listen, v);
-    if (strcmp(k, "http_root") == 0)
-        return set_str(cfg->http_root, sizeof cfg->http_root, v);
     return -2;
 }
 
