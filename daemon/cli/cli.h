@@ -138,7 +138,8 @@ typedef void (*cli_printer)(cli_ctx *ctx, json_t *result);
 int cli_emit(cli_ctx *ctx, json_t *result, cli_printer printer);
 
 /* The commonest command shape: one positional id, sent as `field` of cmd
- * with the actor, the result printed by print. Returns the exit code. */
+ * with the actor, the result printed by print. A NULL field: no positional
+ * argument and no actor (ping, service list). Returns the exit code. */
 int cli_call_by_id(cli_ctx *ctx, int argc, char **argv, const char *cmd, const char *field,
                    cli_printer print);
 

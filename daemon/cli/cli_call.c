@@ -189,8 +189,10 @@ int cli_call_by_id(cli_ctx *ctx, int argc, char **argv, const char *cmd, const c
     json_t *res;
     int rc;
 
-    if (cli_args(ctx, argc, argv, NULL, &pos, 1, 1) < 0)
+    int n = field != NULL;
+
+    if (cli_args(ctx, argc, argv, NULL, &pos, n, n) < 0)
         return ctx->status;
-    rc = cli_call(ctx, cmd, json_pack("{s:s}", field, pos.v[0]), 1, &res);
+    rc = cli_call(ctx, cmd, n ? json_pack("{s:s}", field, pos.v[0]) : json_object(), n, &res);
     return rc ? rc : cli_emit(ctx, res, print);
 }

@@ -60,14 +60,7 @@ static void print_services(cli_ctx *ctx, json_t *cat)
 
 int cli_cmd_service_list(cli_ctx *ctx, int argc, char **argv)
 {
-    cli_strlist pos;
-    json_t *res;
-    int rc;
-
-    if (cli_args(ctx, argc, argv, NULL, &pos, 0, 0) < 0)
-        return ctx->status;
-    rc = cli_call(ctx, "service.list", json_object(), 0, &res);
-    return rc ? rc : cli_emit(ctx, res, print_services);
+    return cli_call_by_id(ctx, argc, argv, "service.list", NULL, print_services);
 }
 
 /* The request being estimated, for the printer (the result does not

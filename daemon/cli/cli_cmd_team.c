@@ -37,14 +37,7 @@ static void print_pong(cli_ctx *ctx, json_t *result)
 
 int cli_cmd_ping(cli_ctx *ctx, int argc, char **argv)
 {
-    cli_strlist pos;
-    json_t *res;
-    int rc;
-
-    if (cli_args(ctx, argc, argv, NULL, &pos, 0, 0) < 0)
-        return ctx->status;
-    rc = cli_call(ctx, "ping", json_object(), 0, &res);
-    return rc ? rc : cli_emit(ctx, res, print_pong);
+    return cli_call_by_id(ctx, argc, argv, "ping", NULL, print_pong);
 }
 
 static void print_signup(cli_ctx *ctx, json_t *r)

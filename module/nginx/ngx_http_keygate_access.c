@@ -43,7 +43,8 @@ static ngx_int_t ngx_http_keygate_decide(ngx_http_request_t *r,
     ngx_http_keygate_ctx_t *ctx);
 static ngx_int_t ngx_http_keygate_same(ngx_http_request_t *r,
     ngx_http_complex_value_t *cv, const char *s);
-static const char *ngx_http_keygate_strdup0(ngx_pool_t *pool, ngx_str_t *s);
+static ngx_int_t ngx_http_keygate_eval_str(ngx_http_request_t *r,
+    ngx_http_complex_value_t *cv, ngx_uint_t keep_empty, const char **out);
 static ngx_int_t ngx_http_keygate_find_token(ngx_http_request_t *r,
     ngx_str_t *token);
 static ngx_http_keygate_ctx_t *ngx_http_keygate_get_ctx(ngx_http_request_t *r);
@@ -182,7 +183,7 @@ ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
     ngx_http_keygate_ctx_t *ctx)
 {
     ngx_int_t   rc;
-    ngx_str_t   token, s;
+    ngx_str_t   token;
 
     ngx_memzero(&ctx->req, sizeof(kg_request));
     ngx_memzero(&ctx->res, sizeof(kg_result));
@@ -191,39 +192,15 @@ ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
     ctx->state = NGX_HTTP_KEYGATE_DONE;
     ctx->message = NULL;
 
-    if (ngx_http_complex_value(r, lcf->service, &s) != NGX_OK) {
+    if (ngx_http_keygate_eval_str(r, lcf->service, 1, &ctx->req.service)
+            != NGX_OK
+        || ngx_http_keygate_eval_str(r, lcf->model, 0, &ctx->req.model)
+            != NGX_OK
+        || ngx_http_keygate_eval_str(r, lcf->request_id, 0,
+                                     &ctx->req.request_id)
+            != NGX_OK)
+    {
         return NGX_ERROR;
-    }
-
-    ctx->req.service = ngx_http_keygate_strdup0(r->pool, &s);
-    if (ctx->req.service == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (lcf->model) {
-        if (ngx_http_complex_value(r, lcf->model, &s) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-        if (s.len) {
-            ctx->req.model = ngx_http_keygate_strdup0(r->pool, &s);
-            if (ctx->req.model == NULL) {
-                return NGX_ERROR;
-            }
-        }
-    }
-
-    if (lcf->request_id) {
-        if (ngx_http_complex_value(r, lcf->request_id, &s) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-        if (s.len) {
-            ctx->req.request_id = ngx_http_keygate_strdup0(r->pool, &s);
-            if (ctx->req.request_id == NULL) {
-                return NGX_ERROR;
-            }
-        }
     }
 
     rc = ngx_http_keygate_eval_params(r, lcf, ctx);
@@ -420,20 +397,41 @@ ngx_http_keygate_same(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
 }
 
 
-/* A NUL-terminated copy of s from pool, or NULL. */
-static const char *
-ngx_http_keygate_strdup0(ngx_pool_t *pool, ngx_str_t *s)
+/*
+ * Evaluates a directive's value (cv may be NULL: not configured) into a
+ * NUL-terminated string from the request pool. An empty value leaves *out
+ * NULL, unless keep_empty. NGX_OK, or NGX_ERROR.
+ */
+static ngx_int_t
+ngx_http_keygate_eval_str(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
+    ngx_uint_t keep_empty, const char **out)
 {
-    u_char  *p;
+    u_char     *p;
+    ngx_str_t   v;
 
-    p = ngx_pnalloc(pool, s->len + 1);
-    if (p == NULL) {
-        return NULL;
+    *out = NULL;
+
+    if (cv == NULL) {
+        return NGX_OK;
     }
 
-    *ngx_cpymem(p, s->data, s->len) = '\0';
+    if (ngx_http_complex_value(r, cv, &v) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
-    return (const char *) p;
+    if (v.len == 0 && !keep_empty) {
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, v.len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ngx_cpymem(p, v.data, v.len) = '\0';
+    *out = (const char *) p;
+
+    return NGX_OK;
 }
 
 /*

@@ -181,6 +181,27 @@ ngx_http_keygate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 }
 
 
+/* Compiles a directive's value (it may hold variables) into cv. */
+static char *
+ngx_http_keygate_compile(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_http_complex_value_t *cv)
+{
+    ngx_http_compile_complex_value_t   ccv;
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = value;
+    ccv.complex_value = cv;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 /* keygate_service NAME | off; */
 static char *
 ngx_http_keygate_service(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -188,7 +209,6 @@ ngx_http_keygate_service(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_keygate_loc_conf_t *klcf = conf;
 
     ngx_str_t                         *value;
-    ngx_http_compile_complex_value_t   ccv;
 
     if (klcf->service != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
@@ -210,17 +230,7 @@ ngx_http_keygate_service(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
-
-    ccv.cf = cf;
-    ccv.value = &value[1];
-    ccv.complex_value = klcf->service;
-
-    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
+    return ngx_http_keygate_compile(cf, &value[1], klcf->service);
 }
 
 
@@ -233,7 +243,6 @@ ngx_http_keygate_param(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t                         *value;
     ngx_uint_t                         i;
     ngx_http_keygate_param_t          *p;
-    ngx_http_compile_complex_value_t   ccv;
 
     value = cf->args->elts;
 
@@ -274,17 +283,7 @@ ngx_http_keygate_param(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     p->name = value[1];         /* the config parser NUL-terminates args */
 
-    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
-
-    ccv.cf = cf;
-    ccv.value = &value[2];
-    ccv.complex_value = &p->value;
-
-    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
+    return ngx_http_keygate_compile(cf, &value[2], &p->value);
 }
 
 
