@@ -434,6 +434,23 @@ ngx_http_keygate_eval_str(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
     return NGX_OK;
 }
 
+/* out = [p, last) without leading and trailing spaces. */
+static void
+ngx_http_keygate_trim(u_char *p, u_char *last, ngx_str_t *out)
+{
+    while (p < last && *p == ' ') {
+        p++;
+    }
+
+    while (last > p && last[-1] == ' ') {
+        last--;
+    }
+
+    out->data = p;
+    out->len = last - p;
+}
+
+
 /*
  * Finds the client's token: "Authorization: Bearer <token>" first, else
  * "X-API-Key: <token>". token points into the request's header memory.
@@ -457,16 +474,7 @@ ngx_http_keygate_find_token(ngx_http_request_t *r, ngx_str_t *token)
         p = h->value.data + sizeof("Bearer ") - 1;
         last = h->value.data + h->value.len;
 
-        while (p < last && *p == ' ') {
-            p++;
-        }
-
-        while (last > p && last[-1] == ' ') {
-            last--;
-        }
-
-        token->data = p;
-        token->len = last - p;
+        ngx_http_keygate_trim(p, last, token);
         return NGX_OK;
     }
 
@@ -492,16 +500,7 @@ ngx_http_keygate_find_token(ngx_http_request_t *r, ngx_str_t *token)
             p = h[i].value.data;
             last = p + h[i].value.len;
 
-            while (p < last && *p == ' ') {
-                p++;
-            }
-
-            while (last > p && last[-1] == ' ') {
-                last--;
-            }
-
-            token->data = p;
-            token->len = last - p;
+            ngx_http_keygate_trim(p, last, token);
             return NGX_OK;
         }
     }
