@@ -70,6 +70,14 @@ typedef struct cmd_def {
      * holds up neither the loop nor other mutations. Touches only the
      * request (read-only) and job_scratch. */
     void (*prepare)(job *j);
+    /* Optional, with prepare: reads that tell whether prepare is needed at
+     * all. gate_reads appends commands to cmds; gate_needs sees their
+     * replies (array) and returns 1 to run prepare, 0 to queue the command
+     * without it (sign-up: an email taken is refused before any hashing),
+     * -1 after job_fail to answer that at once (a rate limit).
+     * The handler must not rely on prepare having run. */
+    void (*gate_reads)(job *j, json_t *cmds);
+    int (*gate_needs)(job *j, json_t *replies);
 } cmd_def;
 
 struct job {
@@ -119,6 +127,10 @@ void job_dispatch(void *app, reqslot *rs, const char *line, size_t len, const pe
 /* Runs one request object (stolen) from any front end (the socket, the
  * HTTP console). reply is called exactly once, now or later. */
 void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, void *ctx);
+/* One request line (not NUL-terminated) as job_submit runs it, or its
+ * parse error answered. */
+void job_line(app *a, const char *line, size_t len, const peer_info *peer, job_reply_fn reply,
+              void *ctx);
 /* Answers every queued job `unavailable` (shutdown). */
 void job_abort_all(app *a);
 /* After a reconnect: finds out whether the commands whose reply was lost

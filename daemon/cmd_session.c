@@ -25,6 +25,7 @@
 #include "kgc_token.h"
 #include "log.h"
 
+#include <ctype.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,7 @@
 
 /* KEYS[1] the attempts counter, ARGV[1] the window in ms. Counts one
  * attempt; answers {count, ms left in the window}. */
-static const char RATE_SCRIPT[] =
+const char RATE_SCRIPT[] =
     "local n = redis.call('INCR', KEYS[1]) "
     "local t = redis.call('PTTL', KEYS[1]) "
     "if t < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) t = tonumber(ARGV[1]) end "
@@ -72,12 +73,28 @@ int session_rkey(const app *a, const char *sid, char *out)
     return kgc_rkey(out, a->cfg.key_prefix, KGC_RK_SESSION, hex) < 0 ? -1 : 0;
 }
 
+int password_rule_ok(const char *pw)
+{
+    size_t bytes = strlen(pw), chars = 0;
+    int only_space = 1;
+
+    if (bytes > PASSWORD_MAX)
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)pw; *p; p++) {
+        if ((*p & 0xC0) != 0x80)
+            chars++;                      /* a character starts here (jansson checked UTF-8) */
+        if (!isspace(*p))
+            only_space = 0;
+    }
+    return chars >= PASSWORD_MIN && !only_space;
+}
+
 int password_hash(const char *pw, char *out, char *err, size_t errlen)
 {
     size_t n = strlen(pw);
 
-    if (n < PASSWORD_MIN || n > PASSWORD_MAX) {
-        snprintf(err, errlen, "'password' must be %d to %d bytes long", PASSWORD_MIN, PASSWORD_MAX);
+    if (!password_rule_ok(pw)) {
+        snprintf(err, errlen, "%s", PASSWORD_RULE);
         return -1;
     }
     if (crypto_pwhash_str(out, pw, n, crypto_pwhash_OPSLIMIT_INTERACTIVE,

@@ -253,8 +253,22 @@ job_step cmd_team_transfer_ownership(job *j)
 
 job_step cmd_audit_list(job *j)
 {
-    if (j->stage == 0)
-        return read_recent(j, rk(j, KGC_RK_AUDIT, j->team_id)) == 0 ? J_READ : J_FAIL;
-    j->result = json_pack("{s:o}", "entries", parse_list(job_reply(j, 0)));
+    const char *only = arg_str(j, "only");
+    int accepted = only == NULL || strcmp(only, "accepted") == 0;
+    int refused = only == NULL || strcmp(only, "refused") == 0;
+
+    if (j->stage == 0) {
+        if (!accepted && !refused)
+            return job_fail(j, "bad_request", "'only' must be \"accepted\" or \"refused\"");
+        if (read_limit(j) < 0)
+            return J_FAIL;
+        /* Reads both streams either way: replies 0 and 1 stay in place. */
+        read_stream_recent(j, rk(j, KGC_RK_AUDIT, j->team_id));
+        read_stream_recent(j, rk(j, KGC_RK_AUDIT_REFUSED, j->team_id));
+        return J_READ;
+    }
+    j->result = json_pack("{s:o}", "entries",
+                          merge_streams(accepted ? job_reply(j, 0) : NULL,
+                                        refused ? job_reply(j, 1) : NULL, (size_t)read_limit(j)));
     return J_DONE;
 }

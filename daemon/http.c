@@ -11,6 +11,16 @@
  * its client went away meanwhile (it is then freed by the answer), so an
  * api_call may outlive its connection. The listener must outlive every
  * job: main frees it last.
+ *
+ * Connections: evhttp makes each connection's bufferevent through our
+ * bevcb (make_bev), which wraps a socket bufferevent in a pass-through
+ * filter whose free callback tells us when evhttp is done with it. So we
+ * count connections (at http_max_clients, or half the fd limit, the
+ * listener is disabled and new ones wait in the kernel's backlog: the
+ * admin socket keeps its descriptors), and each has a deadline: a whole
+ * request, headers and body, must arrive within http_deadline seconds of
+ * the connection or of the previous request, however slowly it trickles
+ * (evhttp's own timeout restarts on every byte).
  */
 #include "http.h"
 #include "cmd.h"
@@ -29,6 +39,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <event2/bufferevent.h>
+#include <sys/queue.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -47,12 +60,27 @@
 #define KG_CONSOLE_SOURCE_DIR ""
 #endif
 
+typedef struct http_conn {
+    struct http_srv *h;
+    struct bufferevent *bev;      /* the filter evhttp owns */
+    struct event *deadline;
+    TAILQ_ENTRY(http_conn) link;
+} http_conn;
+
 struct http_srv {
     app *a;
     struct evhttp *http;
+    struct evconnlistener *lis;
     char root[KGC_PATH_MAX];      /* folder of the static files, "" = none */
     int inflight;                 /* API calls not answered yet */
+    int nconns, max_conns;        /* connections open, and the cap */
+    int paused;                   /* 1: listener off for an accept error */
+    TAILQ_HEAD(, http_conn) conns;
 };
+
+/* The one listener of the process: accept_error_cb's argument is
+ * evhttp's, so the pause finds the server here. */
+static http_srv *the_srv;
 
 typedef struct api_call {
     http_srv *h;
@@ -99,6 +127,22 @@ static void common_headers(struct evhttp_request *req)
     evhttp_add_header(oh, "Referrer-Policy", "no-referrer");
 }
 
+/* evhttp_send_reply, then a push of the answer through the connection's
+ * filter (make_bev): libevent 2.1's filter does not move what was queued
+ * while writing was off when evhttp turns it on, so the answer would sit
+ * there until the deadline. The bufferevent is read before the call,
+ * while the request surely holds its connection; evhttp frees neither
+ * within the call (the write completes later). */
+static void send_reply(struct evhttp_request *req, int status, struct evbuffer *buf)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+
+    evhttp_send_reply(req, status, NULL, buf);
+    if (bev != NULL)
+        bufferevent_flush(bev, EV_WRITE, BEV_NORMAL);
+}
+
 /* evbuffer cleanup of an answer's text: it may hold a token. */
 static void wipe_free(const void *data, size_t len, void *extra)
 {
@@ -137,7 +181,7 @@ static void send_envelope(struct evhttp_request *req, json_t *env, int secret,
     if (status == 405)
         evhttp_add_header(oh, "Allow", "POST");
     evbuffer_add_reference(buf, text, strlen(text), wipe_free, NULL);
-    evhttp_send_reply(req, status, NULL, buf);
+    send_reply(req, status, buf);
     evbuffer_free(buf);
 }
 
@@ -186,9 +230,17 @@ static void api_reply(void *ctx, json_t *env, int secret)
 
 static void submit(api_call *c)
 {
-    peer_info peer = {-1, -1};     /* not a Unix peer: the audit shows -1 */
+    peer_info peer = {-1, -1, ""};  /* not a Unix peer: the audit shows -1 */
     json_t *body = c->body;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
+    char *host = NULL;
+    ev_uint16_t port = 0;
 
+    if (evcon != NULL) {
+        evhttp_connection_get_peer(evcon, &host, &port);
+        if (host != NULL)
+            snprintf(peer.addr, sizeof peer.addr, "%s", host);
+    }
     c->body = NULL;
     job_submit(c->h->a, body, &peer, api_reply, c);
 }
@@ -426,7 +478,7 @@ static void send_text(struct evhttp_request *req, int status, const char *text)
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; charset=utf-8");
     evbuffer_add_printf(buf, "%s\n", text);
-    evhttp_send_reply(req, status, NULL, buf);
+    send_reply(req, status, buf);
     evbuffer_free(buf);
 }
 
@@ -476,8 +528,86 @@ static void static_request(http_srv *h, struct evhttp_request *req, const char *
     common_headers(req);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", content_type(full));
     evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-cache");
-    evhttp_send_reply(req, 200, NULL, buf);
+    send_reply(req, 200, buf);
     evbuffer_free(buf);
+}
+
+/* --- connections: count, cap, deadline --------------------------------- */
+
+/* The listener accepts while under the cap and not paused. */
+static void listener_update(http_srv *h)
+{
+    if (h->lis == NULL)
+        return;
+    if (h->nconns < h->max_conns && !h->paused)
+        evconnlistener_enable(h->lis);
+    else
+        evconnlistener_disable(h->lis);
+}
+
+static void deadline_arm(http_conn *c)
+{
+    struct timeval tv = {c->h->a->cfg.http_deadline_s, 0};
+    evtimer_add(c->deadline, &tv);
+}
+
+/* A request did not arrive whole in time: shut the socket down; evhttp
+ * sees the end of the stream and frees the connection (conn_gone). */
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    http_conn *c = arg;
+    evutil_socket_t s = bufferevent_getfd(c->bev);
+
+    (void)fd;
+    (void)what;
+    if (s >= 0)
+        shutdown(s, SHUT_RDWR);
+}
+
+static void conn_gone(void *arg)
+{
+    http_conn *c = arg;
+    http_srv *h = c->h;
+
+    TAILQ_REMOVE(&h->conns, c, link);
+    h->nconns--;
+    event_free(c->deadline);
+    free(c);
+    listener_update(h);
+}
+
+static struct bufferevent *make_bev(struct event_base *base, void *arg)
+{
+    http_srv *h = arg;
+    http_conn *c = xcalloc(1, sizeof *c);
+    struct bufferevent *sock = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+
+    c->h = h;
+    c->deadline = evtimer_new(base, deadline_cb, c);
+    if (sock == NULL || c->deadline == NULL)
+        oom("http connection");
+    c->bev = bufferevent_filter_new(sock, NULL, NULL, BEV_OPT_CLOSE_ON_FREE, conn_gone, c);
+    if (c->bev == NULL)
+        oom("http connection");
+    TAILQ_INSERT_TAIL(&h->conns, c, link);
+    h->nconns++;
+    deadline_arm(c);
+    listener_update(h);
+    return c->bev;
+}
+
+/* A whole request arrived: the clock starts again for the next one. */
+static void conn_request_in(http_srv *h, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    http_conn *c;
+
+    TAILQ_FOREACH(c, &h->conns, link)
+        if (c->bev == bev) {
+            deadline_arm(c);
+            return;
+        }
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -485,6 +615,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     http_srv *h = arg;
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
 
+    conn_request_in(h, req);
     if (path != NULL && strncmp(path, API_PREFIX, strlen(API_PREFIX)) == 0)
         api_request(h, req, path + strlen(API_PREFIX));
     else
@@ -497,7 +628,11 @@ static void resume_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    evconnlistener_enable(arg);
+    (void)arg;
+    if (the_srv != NULL) {
+        the_srv->paused = 0;
+        listener_update(the_srv);
+    }
 }
 
 /* On EMFILE/ENFILE stop accepting for a moment instead of spinning (as
@@ -513,8 +648,10 @@ static void accept_error_cb(struct evconnlistener *lis, void *unused)
         struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
         log_warn("accept: %s; pausing %d ms", strerror(e), ACCEPT_PAUSE_MS);
         evconnlistener_disable(lis);
-        if (event_base_once(evconnlistener_get_base(lis), -1, EV_TIMEOUT, resume_cb, lis, &tv) != 0)
-            evconnlistener_enable(lis);
+        if (the_srv != NULL)
+            the_srv->paused = 1;
+        if (event_base_once(evconnlistener_get_base(lis), -1, EV_TIMEOUT, resume_cb, NULL, &tv) != 0)
+            resume_cb(-1, 0, NULL);
     } else {
         log_warn("accept: %s", strerror(e));
     }
@@ -581,6 +718,14 @@ http_srv *http_new(app *a, char *err, size_t errlen)
     }
     h = xcalloc(1, sizeof *h);
     h->a = a;
+    TAILQ_INIT(&h->conns);
+    h->max_conns = a->cfg.http_max_clients;
+    {
+        struct rlimit rl;       /* keep half the descriptors for the admin socket and Redis */
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+            (rlim_t)h->max_conns > rl.rlim_cur / 2)
+            h->max_conns = rl.rlim_cur / 2 > 1 ? (int)(rl.rlim_cur / 2) : 1;
+    }
     h->http = evhttp_new(a->base);
     if (h->http == NULL)
         oom("evhttp_new");
@@ -589,6 +734,7 @@ http_srv *http_new(app *a, char *err, size_t errlen)
     evhttp_set_max_headers_size(h->http, HEADERS_MAX);
     evhttp_set_timeout(h->http, a->cfg.idle_timeout_s);
     evhttp_set_gencb(h->http, on_request, h);
+    evhttp_set_bevcb(h->http, make_bev, h);
     bs = evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)port);
     if (bs == NULL) {
         snprintf(err, errlen, "http: cannot listen on %s: %s", a->cfg.http_listen,
@@ -597,7 +743,9 @@ http_srv *http_new(app *a, char *err, size_t errlen)
         free(h);
         return NULL;
     }
-    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bs), accept_error_cb);
+    h->lis = evhttp_bound_socket_get_listener(bs);
+    evconnlistener_set_error_cb(h->lis, accept_error_cb);
+    the_srv = h;
     if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) == 0)
         port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                               : ((struct sockaddr_in *)&ss)->sin_port);
@@ -613,6 +761,7 @@ void http_free(http_srv *h)
         return;
     if (h->inflight != 0)
         log_warn("%d console calls unanswered at shutdown", h->inflight);
-    evhttp_free(h->http);
+    evhttp_free(h->http);     /* frees every connection: conn_gone runs for each */
+    the_srv = NULL;
     free(h);
 }

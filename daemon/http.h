@@ -36,7 +36,17 @@ int http_status_of(const char *code);
 #define LOGIN_FAIL_MAX     5            /* attempts per email per window ... */
 #define LOGIN_FAIL_WINDOW_S (15 * 60)   /* ... counted from the first failure */
 #define PASSWORD_MIN       8
-#define PASSWORD_MAX       1024
+#define PASSWORD_MAX       1024         /* bytes: what is hashed */
+#define PASSWORD_RULE      "'password' must be at least 8 characters and not only spaces (at most 1024 bytes)"
+
+/* A counter with a window: INCR KEYS[1], PEXPIRE ARGV[1] ms when new.
+ * Returns {count, ms left}. */
+extern const char RATE_SCRIPT[];
+
+/* The one password rule, for sign-up and console alike: at least
+ * PASSWORD_MIN characters (code points, not bytes), not only white space,
+ * at most PASSWORD_MAX bytes. */
+int password_rule_ok(const char *pw);
 
 /* 1 if s has the shape of a session id (never looked up otherwise). */
 int session_id_ok(const char *s);

@@ -20,7 +20,7 @@
 #include <string.h>
 #include <time.h>
 
-#define AUDIT_KEEP "9999"
+#define AUDIT_REFUSED_KEEP "1000"  /* refusals kept (approximately): they never touch the accepted stream */
 #define MUT_CONCURRENCY 32
 #define TX_FENCE_TTL "60"          /* seconds a commit's fence is kept: well past LIMBO_WAIT_S */
 #define LIMBO_WAIT_S 5             /* how long a lost reply is looked into */
@@ -295,7 +295,10 @@ job_step job_offload(job *j, void (*work)(void *arg), void *arg)
     o->j = j;
     o->work = work;
     o->arg = arg;
-    worker_submit(j->app->wk, offload_work, offload_done, o);
+    if (worker_submit(j->app->wk, offload_work, offload_done, o) != 0) {
+        free(o);
+        return job_fail(j, "rate_limited", "too many password checks waiting: try again shortly");
+    }
     return J_WAIT;
 }
 
@@ -475,22 +478,41 @@ static void on_writes(void *arg, int ok, json_t *replies)
     job_finish(j);
 }
 
-static json_t *audit_entry(job *j)
+static json_t *audit_entry(job *j, long long at)
 {
-    return json_pack("{s:I,s:s?,s:I,s:I,s:s,s:s,s:s}", "at", (json_int_t)now_ms(),
+    char target[sizeof j->target];
+
+    proto_utf8_clean(j->target, target, sizeof target);   /* cut from what the caller sent */
+    return json_pack("{s:I,s:s?,s:I,s:I,s:s,s:s,s:s}", "at", (json_int_t)at,
                      "actor", j->actor_id, "peer_uid", (json_int_t)j->peer.uid,
                      "peer_pid", (json_int_t)j->peer.pid, "cmd", j->def->name,
-                     "target", j->target, "outcome", j->code ? j->code : "ok");
+                     "target", target, "outcome", j->code ? j->code : "ok");
 }
 
+/* Accepted changes go to the team's audit stream, trimmed by age only
+ * (audit_retention_days): what other members send cannot evict them.
+ * Refusals go to a second stream capped by count, so a flood of refused
+ * commands only ever pushes out older refusals. */
 static void append_audit(job *j, json_t *cmds)
 {
-    json_t *e = audit_entry(j);
-    char *text = json_dumps(e, JSON_COMPACT);
-    const char *key = rk(j, KGC_RK_AUDIT, j->team_id);
+    long long at = now_ms();
+    json_t *e = audit_entry(j, at);
+    char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    char minid[32];
 
-    json_array_append_new(cmds, json_pack("[s,s,s]", "LPUSH", key, text));
-    json_array_append_new(cmds, json_pack("[s,s,s,s]", "LTRIM", key, "0", AUDIT_KEEP));
+    if (text == NULL)
+        oom("json_dumps");
+    if (j->code == NULL) {
+        long long keep = (long long)j->app->cfg.audit_retention_days * 86400000LL;
+        snprintf(minid, sizeof minid, "%lld", at > keep ? at - keep : 0);
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s]", "XADD",
+                                              rk(j, KGC_RK_AUDIT, j->team_id), "MINID", "~",
+                                              minid, "*", "e", text));
+    } else {
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s]", "XADD",
+                                              rk(j, KGC_RK_AUDIT_REFUSED, j->team_id), "MAXLEN",
+                                              "~", AUDIT_REFUSED_KEEP, "*", "e", text));
+    }
     free(text);
     json_decref(e);
 }
@@ -797,6 +819,9 @@ static void job_enqueue(job *j)
     mut_pump(a);
 }
 
+static void refuse(job_reply_fn reply, void *ctx, json_t *req, const char *code,
+                   const char *fmt, const char *a1, const char *a2);
+
 static void prepare_work(void *arg)
 {
     job *j = arg;
@@ -806,6 +831,32 @@ static void prepare_work(void *arg)
 static void prepare_done(void *arg)
 {
     job_enqueue(arg);
+}
+
+/* Runs the prepare step on the worker, or refuses when its queue is full. */
+static void prepare_start(job *j)
+{
+    if (worker_submit(j->app->wk, prepare_work, prepare_done, j) != 0) {
+        refuse(j->reply, j->reply_ctx, j->req, "rate_limited",
+               "the daemon is busy%s%s: try again shortly", "", "");
+        job_free(j);
+    }
+}
+
+/* The gate's replies: the prepare step runs only if the command needs it. */
+static void gate_done(void *arg, int ok, json_t *replies)
+{
+    job *j = arg;
+    int need = ok ? j->def->gate_needs(j, replies) : 1;
+
+    if (need < 0) {
+        refuse(j->reply, j->reply_ctx, j->req, j->code, "%s%s", j->msg, "");
+        job_free(j);
+    } else if (need == 0) {
+        job_enqueue(j);         /* decided without it (its handler re-reads) */
+    } else {
+        prepare_start(j);
+    }
 }
 
 /* Finds the team a scoped command acts on. 0, 1 (not found) or -1. */
@@ -841,14 +892,20 @@ static void slot_reply(void *ctx, json_t *response, int secret)
 
 void job_dispatch(void *appv, reqslot *rs, const char *line, size_t len, const peer_info *peer)
 {
+    job_line(appv, line, len, peer, slot_reply, rs);
+}
+
+void job_line(app *a, const char *line, size_t len, const peer_info *peer, job_reply_fn reply,
+              void *ctx)
+{
     json_error_t je;
     json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
 
     if (req == NULL) {
-        refuse(slot_reply, rs, NULL, "bad_request", "malformed JSON: %s%s", je.text, "");
+        refuse(reply, ctx, NULL, "bad_request", "malformed JSON: %s%s", je.text, "");
         return;
     }
-    job_submit(appv, req, peer, slot_reply, rs);
+    job_submit(a, req, peer, reply, ctx);
 }
 
 void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, void *ctx)
@@ -919,8 +976,18 @@ void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, 
         return;
     }
     snprintf(j->scope_team, sizeof j->scope_team, "%s", j->team_id);
+    if (def->prepare != NULL && def->gate_reads != NULL) {
+        json_t *cmds = json_array();
+
+        def->gate_reads(j, cmds);
+        r = store_exec(a->st, cmds, 0, gate_done, j);
+        json_decref(cmds);
+        if (r != 0)
+            job_enqueue(j);     /* the store is away: the handler answers unavailable */
+        return;
+    }
     if (def->prepare != NULL) {
-        worker_submit(a->wk, prepare_work, prepare_done, j);
+        prepare_start(j);
         return;
     }
     job_enqueue(j);

@@ -35,13 +35,17 @@ int key_has_user(const json_t *doc, const char *user_id)
 
 int name_ok(const char *s, size_t max)
 {
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > max)
+    size_t n = s ? strlen(s) : 0, chars = 0;
+
+    if (n == 0)
         return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
             return 0;
-    return 1;
+        chars += (c & 0xC0) != 0x80;      /* characters, not bytes (jansson checked UTF-8) */
+    }
+    return chars <= max;
 }
 
 json_t *users_check(job *j, json_t *users)
@@ -68,25 +72,35 @@ json_t *users_check(job *j, json_t *users)
     return out;
 }
 
-static const char *payg_wallet(json_t *policy)
+/* The wallet of a payg entry whose existence services_check reads, or
+ * NULL: one rule for both sides, so each prefetched reply is consumed by
+ * the entry that queued it (a free entry may carry a "wallet" too). */
+static const char *payg_wallet(job *j, json_t *policy)
 {
-    return json_string_value(json_object_get(policy, "wallet"));
+    const char *w = json_string_value(json_object_get(policy, "wallet"));
+    const char *kind = json_string_value(json_object_get(policy, "policy"));
+    char team[KGC_ID_MAX];
+
+    if (w == NULL || kind == NULL || strcmp(kind, "payg") != 0)
+        return NULL;
+    if (kgc_id_team_of(w, 'w', team) != 0 || strcmp(team, j->team_id) != 0)
+        return NULL;
+    return w;
 }
 
 size_t services_prefetch(job *j, json_t *services)
 {
-    const char *sid;
+    const char *sid, *w;
     json_t *p;
     size_t n = 0;
-    char team[KGC_ID_MAX];
 
-    json_object_foreach(services, sid, p) {
-        const char *w = payg_wallet(p);
-        if (w != NULL && kgc_id_team_of(w, 'w', team) == 0 && strcmp(team, j->team_id) == 0) {
+    if (!json_is_object(services))
+        return 0;
+    json_object_foreach(services, sid, p)
+        if ((w = payg_wallet(j, p)) != NULL) {
             job_read(j, "EXISTS", rk(j, KGC_RK_WALLET, j->team_id, w), NULL);
             n++;
         }
-    }
     return n;
 }
 
@@ -96,7 +110,6 @@ json_t *services_check(job *j, json_t *services, size_t first)
     json_t *out = json_object(), *p;
     const char *sid;
     size_t reply = first;
-    char team[KGC_ID_MAX];
 
     if (!json_is_object(services)) {
         json_decref(out);
@@ -153,16 +166,15 @@ json_t *services_check(job *j, json_t *services, size_t first)
             if (!dup)
                 json_array_append(norm, m);
         }
-        w = payg_wallet(p);
+        w = json_string_value(json_object_get(p, "wallet"));
         if (w == NULL) {
             json_decref(norm);
             job_fail(j, "bad_request", "service '%s': payg needs a 'wallet'", sid);
             goto fail;
         }
-        if (kgc_id_team_of(w, 'w', team) != 0 || strcmp(team, j->team_id) != 0 ||
-            json_integer_value(job_reply(j, reply++)) != 1) {
+        if (payg_wallet(j, p) == NULL || json_integer_value(job_reply(j, reply++)) != 1) {
             json_decref(norm);
-            job_fail(j, "bad_request", "service '%s': no wallet '%.40s' in the key's team", sid, w);
+            job_fail(j, "not_found", "service '%s': no wallet '%.40s' in the key's team", sid, w);
             goto fail;
         }
         json_object_set_new(out, sid, json_pack("{s:s,s:o,s:s}", "policy", "payg",
@@ -205,19 +217,105 @@ void notify_user(job *j, const char *user_id, const char *type, const json_t *ke
     json_decref(n);
 }
 
-int read_recent(job *j, const char *key)
+long long read_limit(job *j)
 {
     json_t *l = arg(j, "limit");
-    char stop[24];
 
-    if (l != NULL && !json_is_null(l) &&
-        (json_integer_value(l) < 1 || json_integer_value(l) > 1000)) {
+    if (l == NULL || json_is_null(l))
+        return 100;
+    if (json_integer_value(l) < 1 || json_integer_value(l) > 1000) {
         job_fail(j, "bad_request", "'limit' must be 1-1000");
         return -1;
     }
-    snprintf(stop, sizeof stop, "%lld", (l && !json_is_null(l) ? json_integer_value(l) : 100) - 1);
+    return json_integer_value(l);
+}
+
+int read_recent(job *j, const char *key)
+{
+    long long n = read_limit(j);
+    char stop[24];
+
+    if (n < 0)
+        return -1;
+    snprintf(stop, sizeof stop, "%lld", n - 1);
     job_read(j, "LRANGE", key, "0", stop, NULL);
     return 0;
+}
+
+int read_stream_recent(job *j, const char *key)
+{
+    long long n = read_limit(j);
+    char count[24];
+
+    if (n < 0)
+        return -1;
+    snprintf(count, sizeof count, "%lld", n);
+    job_read(j, "XREVRANGE", key, "+", "-", "COUNT", count, NULL);
+    return 0;
+}
+
+/* "ms-seq" of a stream id as one ordered pair: 0, or -1 for anything else. */
+static int stream_id(const char *s, unsigned long long *ms, unsigned long long *seq)
+{
+    char *end;
+
+    if (s == NULL)
+        return -1;
+    *ms = strtoull(s, &end, 10);
+    if (*end != '-')
+        return -1;
+    *seq = strtoull(end + 1, &end, 10);
+    return *end == '\0' ? 0 : -1;
+}
+
+/* 1 if stream entry a is newer than b. */
+static int stream_newer(json_t *a, json_t *b)
+{
+    unsigned long long am = 0, as = 0, bm = 0, bs = 0;
+
+    stream_id(json_string_value(json_array_get(a, 0)), &am, &as);
+    stream_id(json_string_value(json_array_get(b, 0)), &bm, &bs);
+    return am > bm || (am == bm && as > bs);
+}
+
+/* The JSON document in field "e" of one XRANGE entry [id, [f, v, ...]]. */
+static json_t *stream_doc(json_t *entry)
+{
+    json_t *fv = json_array_get(entry, 1);
+
+    for (size_t i = 0; i + 1 < json_array_size(fv); i += 2) {
+        json_t *f = json_array_get(fv, i), *v = json_array_get(fv, i + 1);
+        if (json_is_string(f) && strcmp(json_string_value(f), "e") == 0 && json_is_string(v))
+            return json_loadb(json_string_value(v), json_string_length(v), 0, NULL);
+    }
+    return NULL;
+}
+
+json_t *merge_streams(json_t *a, json_t *b, size_t limit)
+{
+    json_t *out = json_array();
+    size_t i = 0, k = 0;
+
+    if (!json_is_array(a))
+        a = NULL;
+    if (!json_is_array(b))
+        b = NULL;
+    while (json_array_size(out) < limit) {
+        json_t *x = json_array_get(a, i), *y = json_array_get(b, k), *pick, *doc;
+
+        if (x == NULL && y == NULL)
+            break;
+        if (y == NULL || (x != NULL && stream_newer(x, y))) {
+            pick = x;
+            i++;
+        } else {
+            pick = y;
+            k++;
+        }
+        if ((doc = stream_doc(pick)) != NULL)
+            json_array_append_new(out, doc);
+    }
+    return out;
 }
 
 json_t *parse_list(json_t *reply)

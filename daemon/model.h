@@ -32,7 +32,7 @@ json_t *services_check(job *j, json_t *services, size_t first);
  * there was any. */
 int key_drop_tokens(job *j, json_t *doc, const char *user_id);
 
-/* A name: non-empty, at most max bytes, no control characters. */
+/* A name: non-empty, at most max characters (code points), no control characters. */
 int name_ok(const char *s, size_t max);
 
 /* Appends LPUSH+LTRIM of a notification to the writes. */
@@ -41,6 +41,16 @@ void notify_user(job *j, const char *user_id, const char *type, const json_t *ke
 /* Queues LRANGE key 0 limit-1 for the command's optional "limit"
  * (1..1000, default 100). 0, or -1 after job_fail. */
 int read_recent(job *j, const char *key);
+
+/* The 'limit' argument (1-1000, default 100), or -1 after job_fail. */
+long long read_limit(job *j);
+
+/* Queues XREVRANGE key + - COUNT limit. 0, or -1 after job_fail. */
+int read_stream_recent(job *j, const char *key);
+
+/* The documents (field "e") of two XREVRANGE replies merged newest first,
+ * at most limit of them. A new array; a and b are borrowed. */
+json_t *merge_streams(json_t *a, json_t *b, size_t limit);
 
 /* The JSON documents of a list/MGET reply, skipping missing ones. New ref. */
 json_t *parse_list(json_t *reply);

@@ -11,6 +11,11 @@
 json_t *proto_error(json_t *id, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Copies in to out (cap bytes with the NUL) as valid UTF-8: every byte
+ * that does not begin a well-formed sequence becomes U+FFFD, and the copy
+ * stops before a character that would not fit whole. Returns its length. */
+size_t proto_utf8_clean(const char *in, char *out, size_t cap);
+
 /* {"id": id, "ok": true, "result": result}; steals result. */
 json_t *proto_ok(json_t *id, json_t *result);
 

@@ -16,6 +16,7 @@ typedef struct reqslot reqslot;
 
 typedef struct peer_info {
     long uid, pid;                /* from SO_PEERCRED; -1 when unknown */
+    char addr[48];                /* console: the client's address; "" on the socket */
 } peer_info;
 
 /* Called for each complete line (without its '\n'). The callee must answer

@@ -24,6 +24,7 @@ struct worker {
     pthread_cond_t cv;
     item *waiting, *waiting_tail;       /* under mu */
     item *done, *done_tail;       /* under mu */
+    int nwaiting;                 /* under mu: items in waiting */
     int stop;                     /* under mu */
     int pipe_rd, pipe_wr;
     struct event *wake;
@@ -52,6 +53,7 @@ static void *run(void *arg)
             break;
         it = w->waiting;
         w->waiting = it->next;
+        w->nwaiting--;
         if (w->waiting == NULL)
             w->waiting_tail = NULL;
         pthread_mutex_unlock(&w->mu);
@@ -110,7 +112,7 @@ worker *worker_new(struct event_base *base)
     return w;
 }
 
-void worker_submit(worker *w, void (*work)(void *), void (*done)(void *), void *arg)
+int worker_submit(worker *w, void (*work)(void *), void (*done)(void *), void *arg)
 {
     item *it = xmalloc(sizeof *it);
 
@@ -118,9 +120,16 @@ void worker_submit(worker *w, void (*work)(void *), void (*done)(void *), void *
     it->done = done;
     it->arg = arg;
     pthread_mutex_lock(&w->mu);
+    if (w->nwaiting >= WORKER_QUEUE_MAX) {
+        pthread_mutex_unlock(&w->mu);
+        free(it);
+        return -1;
+    }
+    w->nwaiting++;
     push(&w->waiting, &w->waiting_tail, it);
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
+    return 0;
 }
 
 void worker_free(worker *w)

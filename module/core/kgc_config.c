@@ -28,6 +28,10 @@ void kgc_config_defaults(kgc_config *cfg)
     cfg->max_line = 65536;
     cfg->idle_timeout_s = 30;
     cfg->max_clients = 4096;
+    cfg->http_max_clients = 256;
+    cfg->http_deadline_s = 10;
+    cfg->signup_per_minute = 10;
+    cfg->audit_retention_days = 400;
 }
 
 static int set_str(char *dst, size_t cap, const char *v)
@@ -101,6 +105,10 @@ static const key_rule keys[] = {
     NUM("max_clients", max_clients, 10, 1, 1000000),
     STR("http", http_listen),
     STR("http_root", http_root),
+    NUM("http_max_clients", http_max_clients, 10, 1, 100000),
+    NUM("http_deadline", http_deadline_s, 10, 1, 3600),
+    NUM("signup_per_minute", signup_per_minute, 10, 1, 1000000),
+    NUM("audit_retention_days", audit_retention_days, 10, 1, 36500),
 };
 
 /* Stores x into an integer field of the size the row says. */

@@ -44,7 +44,8 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_CREDIT    "{t:%s}:credit:%s:%s"     credit idempotency (wallet, ref hash)
  *   KGC_RK_REQ       "{t:%s}:req:%s:%s"        debit idempotency (key, request id)
  *   KGC_RK_QUOTA     "{t:%s}:quota:%s:%s:%s"   free requests (key, service, yyyymmdd)
- *   KGC_RK_AUDIT     "{t:%s}:audit"            list of JSON audit entries
+ *   KGC_RK_AUDIT     "{t:%s}:audit"            stream of accepted changes (field e: JSON), kept by time
+ *   KGC_RK_AUDIT_REFUSED "{t:%s}:refused:audit" stream of refused mutations, kept by count
  *   KGC_RK_TOKEN     "tok:%s"                  hash: key_id team_id user_id token_id expires_ms
  *   KGC_RK_USER      "user:%s"                 JSON user document
  *   KGC_RK_EMAIL     "email:%s"                user id by lower-cased email
@@ -52,6 +53,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_USERTEAMS "uteams:%s"               set of the team ids a user belongs to
  *   KGC_RK_SESSION   "session:%s"              console session (keyed hash of its id), expires
  *   KGC_RK_LOGINFAIL "loginfail:%s"            console sign-in attempts per lower-cased email
+ *   KGC_RK_SIGNUPRATE "signuprate:%s"          console sign-ups per client address, a minute
  *   KGC_RK_CATALOG   "catalog"                 the catalog JSON the daemon loaded
  *   KGC_RK_CHANNEL   "inval"                   pub/sub channel of invalidations
  */
@@ -65,6 +67,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 #define KGC_RK_REQ     "{t:%s}:req:%s:%s"
 #define KGC_RK_QUOTA   "{t:%s}:quota:%s:%s:%s"
 #define KGC_RK_AUDIT   "{t:%s}:audit"
+#define KGC_RK_AUDIT_REFUSED "{t:%s}:refused:audit"
 #define KGC_RK_TOKEN   "tok:%s"
 #define KGC_RK_USER    "user:%s"
 #define KGC_RK_EMAIL   "email:%s"
@@ -72,6 +75,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 #define KGC_RK_USERTEAMS "uteams:%s"
 #define KGC_RK_SESSION   "session:%s"
 #define KGC_RK_LOGINFAIL "loginfail:%s"
+#define KGC_RK_SIGNUPRATE "signuprate:%s"
 #define KGC_RK_CATALOG "catalog"
 #define KGC_RK_CHANNEL "inval"
 

@@ -44,7 +44,7 @@ static void setup(void)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int ready;
-    peer_info peer = {1000, 4242};
+    peer_info peer = {1000, 4242, ""};
     json_t *req;
 
     if (!ready) {

@@ -95,7 +95,7 @@ worker *worker_new(struct event_base *base)
     return NULL;
 }
 
-void worker_submit(worker *w, void (*work)(void *), void (*done)(void *), void *arg)
+int worker_submit(worker *w, void (*work)(void *), void (*done)(void *), void *arg)
 {
     witem *it = calloc(1, sizeof *it), **pp = &whead;
 
@@ -106,6 +106,7 @@ void worker_submit(worker *w, void (*work)(void *), void (*done)(void *), void *
     while (*pp)
         pp = &(*pp)->next;
     *pp = it;
+    return 0;
 }
 
 void worker_free(worker *w) { (void)w; }

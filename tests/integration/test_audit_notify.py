@@ -131,8 +131,9 @@ class Audit(kgtest.EnvCase):
         ats = [e["at"] for e in es]
         self.assertEqual(ats, sorted(ats, reverse=True))
         self.assertEqual(self.entries(A, team, limit=3), es[:3])
-        blob = json.dumps(es) + json.dumps(self.env.redis("LRANGE", "kg:{t:%s}:audit" % team, 0, -1),
-                                           default=lambda b: b.decode())
+        stored = [self.env.redis("XRANGE", "kg:{t:%s}:%s" % (team, k), "-", "+")
+                  for k in ("audit", "refused:audit")]
+        blob = json.dumps(es) + json.dumps(stored, default=lambda b: b.decode())
         for secret in (tok, tok2):
             self.assertNotIn(secret, blob)
             self.assertNotIn(secret[3:], blob)
