@@ -849,6 +849,7 @@ static void gate_done(void *arg, int ok, json_t *replies)
     job *j = arg;
     int need = ok ? j->def->gate_needs(j, replies) : 1;
 
+    json_decref(replies);         /* ours (store.h) */
     if (need < 0) {
         refuse(j->reply, j->reply_ctx, j->req, j->code, "%s%s", j->msg, "");
         job_free(j);
