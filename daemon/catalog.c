@@ -2,6 +2,7 @@
  * catalog.c - the service catalog: loaded at start, reloaded on SIGHUP,
  * published to Redis for the gateway module.
  */
+#include "metrics.h"
 #include "app.h"
 #include "kgc_keys.h"
 #include "log.h"
@@ -44,8 +45,11 @@ int catalog_reload(app *a, char *err, size_t errlen)
         return -1;
     }
     cat = kgc_catalog_load(a->cfg.catalog_path, err, errlen);
-    if (cat == NULL)
+    if (cat == NULL) {
+        metrics_count(MX_CATALOG_RELOAD_FAILURES);
         return -1;
+    }
+    metrics_count(MX_CATALOG_RELOADS);
     kgc_catalog_free(a->cat);
     a->cat = cat;
     catalog_publish(a);

@@ -105,6 +105,7 @@ struct job {
     size_t fw_reads;              /* engine's reads at the head of round 1 */
     int decided;                  /* mutating: wrote or answered (left mut_active) */
     long long read_seq;           /* app wseq when its first reads were sent */
+    double t_in;                  /* metrics_now() at arrival */
     json_t *readset;              /* keys it read (object used as a set) */
     char scope_team[KGC_ID_MAX];  /* team_id as dispatch found it (for a rerun) */
     int reruns;

@@ -13,18 +13,19 @@
  * job: main frees it last.
  *
  * Connections: evhttp makes each connection's bufferevent through our
- * bevcb (make_bev), which wraps a socket bufferevent in a pass-through
- * filter whose free callback tells us when evhttp is done with it. So we
- * count connections (at http_max_clients, or half the fd limit, the
- * listener is disabled and new ones wait in the kernel's backlog: the
- * admin socket keeps its descriptors), and each has a deadline: a whole
- * request, headers and body, must arrive within http_deadline seconds of
- * the connection or of the previous request, however slowly it trickles
- * (evhttp's own timeout restarts on every byte).
+ * bevcb (make_bev), which keeps a reference to it; a sweep every SWEEP_MS
+ * finds those evhttp has freed. So we count connections (at
+ * http_max_clients, or half the fd limit, the listener is disabled and
+ * new ones wait in the kernel's backlog: the admin socket keeps its
+ * descriptors), and each has a deadline: a whole request, headers and
+ * body, must arrive within http_deadline seconds of the connection or of
+ * the previous request, however slowly it trickles (evhttp's own timeout
+ * restarts on every byte).
  */
 #include "http.h"
 #include "cmd.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 
 #include <errno.h>
@@ -52,6 +53,7 @@
 #define CMD_NAME_MAX 64
 #define HEADERS_MAX  16384
 #define ACCEPT_PAUSE_MS 100
+#define SWEEP_MS 100
 
 #ifndef KG_CONSOLE_INSTALL_DIR
 #define KG_CONSOLE_INSTALL_DIR "/usr/local/share/keygate/console"
@@ -62,7 +64,7 @@
 
 typedef struct http_conn {
     struct http_srv *h;
-    struct bufferevent *bev;      /* the filter evhttp owns */
+    struct bufferevent *bev;      /* evhttp's, plus our reference (make_bev) */
     struct event *deadline;
     TAILQ_ENTRY(http_conn) link;
 } http_conn;
@@ -74,8 +76,11 @@ struct http_srv {
     char root[KGC_PATH_MAX];      /* folder of the static files, "" = none */
     int inflight;                 /* API calls not answered yet */
     int nconns, max_conns;        /* connections open, and the cap */
+    int capped;                   /* nconns reached max_conns (logged once) */
     int paused;                   /* 1: listener off for an accept error */
+    int metrics_only;             /* the `metrics` listener: /metrics and nothing else */
     TAILQ_HEAD(, http_conn) conns;
+    struct event *sweeper;        /* finds closed connections while any is open */
 };
 
 /* The one listener of the process: accept_error_cb's argument is
@@ -127,20 +132,9 @@ static void common_headers(struct evhttp_request *req)
     evhttp_add_header(oh, "Referrer-Policy", "no-referrer");
 }
 
-/* evhttp_send_reply, then a push of the answer through the connection's
- * filter (make_bev): libevent 2.1's filter does not move what was queued
- * while writing was off when evhttp turns it on, so the answer would sit
- * there until the deadline. The bufferevent is read before the call,
- * while the request surely holds its connection; evhttp frees neither
- * within the call (the write completes later). */
 static void send_reply(struct evhttp_request *req, int status, struct evbuffer *buf)
 {
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
-
     evhttp_send_reply(req, status, NULL, buf);
-    if (bev != NULL)
-        bufferevent_flush(bev, EV_WRITE, BEV_NORMAL);
 }
 
 /* evbuffer cleanup of an answer's text: it may hold a token. */
@@ -539,7 +533,11 @@ static void listener_update(http_srv *h)
 {
     if (h->lis == NULL)
         return;
-    if (h->nconns < h->max_conns && !h->paused)
+    if (h->nconns >= h->max_conns && !h->capped)
+        log_warn("console: %d connections open, the cap: not accepting until one closes",
+                 h->nconns);
+    h->capped = h->nconns >= h->max_conns;
+    if (!h->capped && !h->paused)
         evconnlistener_enable(h->lis);
     else
         evconnlistener_disable(h->lis);
@@ -552,7 +550,7 @@ static void deadline_arm(http_conn *c)
 }
 
 /* A request did not arrive whole in time: shut the socket down; evhttp
- * sees the end of the stream and frees the connection (conn_gone). */
+ * sees the end of the stream and frees the connection (sweep_cb). */
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     http_conn *c = arg;
@@ -564,36 +562,90 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
         shutdown(s, SHUT_RDWR);
 }
 
-static void conn_gone(void *arg)
+static void conn_drop(http_conn *c)
 {
-    http_conn *c = arg;
     http_srv *h = c->h;
 
     TAILQ_REMOVE(&h->conns, c, link);
     h->nconns--;
     event_free(c->deadline);
+    bufferevent_decref(c->bev);   /* the last reference: the socket closes now */
     free(c);
-    listener_update(h);
 }
 
+/* Finds the connections evhttp is done with: bufferevent_free clears a
+ * bufferevent's callbacks, and evhttp keeps its error callback set on a
+ * live one. Our reference kept the memory (and the descriptor: evhttp has
+ * already shut it down for writing) until now. */
+static void sweep(http_srv *h)
+{
+    http_conn *c, *next;
+
+    for (c = TAILQ_FIRST(&h->conns); c != NULL; c = next) {
+        bufferevent_event_cb ecb = NULL;
+
+        next = TAILQ_NEXT(c, link);
+        bufferevent_getcb(c->bev, NULL, NULL, &ecb, NULL);
+        if (ecb == NULL)
+            conn_drop(c);
+    }
+    listener_update(h);
+    if (h->nconns > 0) {
+        struct timeval tv = {0, SWEEP_MS * 1000};
+        evtimer_add(h->sweeper, &tv);
+    }
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sweep(arg);
+}
+
+/* evhttp's bevcb: each connection's bufferevent, made here so that we can
+ * count it, time it and learn when it is gone (sweep). */
 static struct bufferevent *make_bev(struct event_base *base, void *arg)
 {
     http_srv *h = arg;
     http_conn *c = xcalloc(1, sizeof *c);
-    struct bufferevent *sock = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 
     c->h = h;
     c->deadline = evtimer_new(base, deadline_cb, c);
-    if (sock == NULL || c->deadline == NULL)
+    c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL || c->deadline == NULL)
         oom("http connection");
-    c->bev = bufferevent_filter_new(sock, NULL, NULL, BEV_OPT_CLOSE_ON_FREE, conn_gone, c);
-    if (c->bev == NULL)
-        oom("http connection");
+    bufferevent_incref(c->bev);
     TAILQ_INSERT_TAIL(&h->conns, c, link);
     h->nconns++;
     deadline_arm(c);
+    if (!evtimer_pending(h->sweeper, NULL)) {
+        struct timeval tv = {0, SWEEP_MS * 1000};
+        evtimer_add(h->sweeper, &tv);
+    }
     listener_update(h);
     return c->bev;
+}
+
+/* GET /metrics: every counter, in Prometheus' text format. */
+static void metrics_request(struct evhttp_request *req)
+{
+    struct evbuffer *buf = evbuffer_new();
+
+    if (buf == NULL)
+        oom("evbuffer_new");
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET &&
+        evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
+        evhttp_send_error(req, 405, NULL);
+        evbuffer_free(buf);
+        return;
+    }
+    metrics_render(buf);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4; charset=utf-8");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
+    send_reply(req, 200, buf);
+    evbuffer_free(buf);
 }
 
 /* A whole request arrived: the clock starts again for the next one. */
@@ -616,6 +668,15 @@ static void on_request(struct evhttp_request *req, void *arg)
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
 
     conn_request_in(h, req);
+    metrics_count(MX_HTTP_REQUESTS);
+    if (path != NULL && strcmp(path, "/metrics") == 0) {
+        metrics_request(req);
+        return;
+    }
+    if (h->metrics_only) {
+        evhttp_send_error(req, HTTP_NOTFOUND, NULL);
+        return;
+    }
     if (path != NULL && strncmp(path, API_PREFIX, strlen(API_PREFIX)) == 0)
         api_request(h, req, path + strlen(API_PREFIX));
     else
@@ -689,9 +750,12 @@ static void pick_root(http_srv *h)
              KG_CONSOLE_INSTALL_DIR, KG_CONSOLE_SOURCE_DIR);
 }
 
-http_srv *http_new(app *a, char *err, size_t errlen)
+/* The listener on addr ("HOST:PORT"), serving everything, or only
+ * /metrics when metrics_only. */
+static http_srv *listen_on(app *a, const char *addr, int metrics_only, char *err, size_t errlen)
 {
     char host[sizeof a->cfg.http_listen];
+    const char *what = metrics_only ? "metrics" : "http";
     char *colon, *end;
     long port;
     http_srv *h;
@@ -699,17 +763,17 @@ http_srv *http_new(app *a, char *err, size_t errlen)
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
 
-    snprintf(host, sizeof host, "%s", a->cfg.http_listen);
+    snprintf(host, sizeof host, "%s", addr);
     colon = strrchr(host, ':');
     if (colon == NULL || colon == host) {
-        snprintf(err, errlen, "http: '%s' is not HOST:PORT", a->cfg.http_listen);
+        snprintf(err, errlen, "%s: '%s' is not HOST:PORT", what, addr);
         return NULL;
     }
     *colon = '\0';
     errno = 0;
     port = strtol(colon + 1, &end, 10);
     if (errno != 0 || *end != '\0' || end == colon + 1 || port < 0 || port > 65535) {
-        snprintf(err, errlen, "http: bad port in '%s'", a->cfg.http_listen);
+        snprintf(err, errlen, "%s: bad port in '%s'", what, addr);
         return NULL;
     }
     if (host[0] == '[' && colon[-1] == ']') {     /* [::1]:8080 */
@@ -718,6 +782,10 @@ http_srv *http_new(app *a, char *err, size_t errlen)
     }
     h = xcalloc(1, sizeof *h);
     h->a = a;
+    h->metrics_only = metrics_only;
+    h->sweeper = evtimer_new(a->base, sweep_cb, h);
+    if (h->sweeper == NULL)
+        oom("evtimer_new");
     TAILQ_INIT(&h->conns);
     h->max_conns = a->cfg.http_max_clients;
     {
@@ -737,23 +805,40 @@ http_srv *http_new(app *a, char *err, size_t errlen)
     evhttp_set_bevcb(h->http, make_bev, h);
     bs = evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)port);
     if (bs == NULL) {
-        snprintf(err, errlen, "http: cannot listen on %s: %s", a->cfg.http_listen,
+        snprintf(err, errlen, "%s: cannot listen on %s: %s", what, addr,
                  errno ? strerror(errno) : "bad address");
         evhttp_free(h->http);
+        event_free(h->sweeper);
         free(h);
         return NULL;
     }
     h->lis = evhttp_bound_socket_get_listener(bs);
     evconnlistener_set_error_cb(h->lis, accept_error_cb);
-    the_srv = h;
+    if (!metrics_only)
+        the_srv = h;
     if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) == 0)
         port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                               : ((struct sockaddr_in *)&ss)->sin_port);
+    if (metrics_only) {
+        log_info("metrics on http://%s:%ld/metrics", host, port);
+        return h;
+    }
     pick_root(h);
     log_info("console on http://%s:%ld/ (files from %s)", host, port,
              h->root[0] ? h->root : "nowhere");
     return h;
 }
+
+http_srv *http_new(app *a, char *err, size_t errlen)
+{
+    return listen_on(a, a->cfg.http_listen, 0, err, errlen);
+}
+
+http_srv *http_metrics_new(app *a, char *err, size_t errlen)
+{
+    return listen_on(a, a->cfg.metrics_listen, 1, err, errlen);
+}
+
 
 void http_free(http_srv *h)
 {
@@ -761,7 +846,11 @@ void http_free(http_srv *h)
         return;
     if (h->inflight != 0)
         log_warn("%d console calls unanswered at shutdown", h->inflight);
-    evhttp_free(h->http);     /* frees every connection: conn_gone runs for each */
-    the_srv = NULL;
+    evhttp_free(h->http);     /* frees every connection ... */
+    while (!TAILQ_EMPTY(&h->conns))
+        conn_drop(TAILQ_FIRST(&h->conns));   /* ... whose last reference is ours */
+    event_free(h->sweeper);
+    if (the_srv == h)
+        the_srv = NULL;
     free(h);
 }

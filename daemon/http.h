@@ -26,6 +26,11 @@ typedef struct http_srv http_srv;
 http_srv *http_new(app *a, char *err, size_t errlen);
 void http_free(http_srv *h);   /* accepts NULL */
 
+/* The same for cfg.metrics_listen: a listener that serves GET /metrics
+ * (Prometheus' text format, daemon/metrics.h) and nothing else. The
+ * console listener serves /metrics too. */
+http_srv *http_metrics_new(app *a, char *err, size_t errlen);
+
 /* HTTP status of an answer: 200 for success, else by error code. */
 int http_status_of(const char *code);
 

@@ -9,6 +9,7 @@
  */
 #include "cmd.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "kgc_token.h"
 
@@ -377,12 +378,50 @@ static const char *scope_noun(const job *j)
     return j->def->scope == SCOPE_TEAM ? "team" : j->def->scope == SCOPE_KEY ? "key" : "wallet";
 }
 
+/* The first error reply among a round's replies, or NULL. */
+static const char *first_error(const json_t *replies)
+{
+    size_t i;
+    json_t *r;
+
+    json_array_foreach(replies, i, r)
+        if (store_is_error(r))
+            return json_string_value(json_object_get(r, "$err"));
+    return NULL;
+}
+
+/* Errors a Redis answers while it cannot serve for a while (loading its
+ * data, running a long script, failing over): the caller may retry. */
+static int error_is_transient(const char *e)
+{
+    static const char *const kinds[] = {"LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN",
+                                        "TRYAGAIN", "READONLY", "NOREPLICAS"};
+
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (strncmp(e, kinds[i], strlen(kinds[i])) == 0)
+            return 1;
+    return 0;
+}
+
 static void on_reads(void *arg, int ok, json_t *replies)
 {
     job *j = arg;
+    const char *e;
 
     if (!ok) {
         job_fail(j, "unavailable", "the store is unreachable; nothing was changed");
+        job_finish(j);
+        return;
+    }
+    /* A read the store refused is not data: never decide on it. */
+    if ((e = first_error(replies)) != NULL) {
+        if (error_is_transient(e)) {
+            job_fail(j, "unavailable", "the store cannot answer now; nothing was changed");
+        } else {
+            log_err("%s: redis refused a read: %.200s", j->def->name, e);
+            job_fail(j, "internal", "the store refused a read; nothing was changed");
+        }
+        json_decref(replies);
         job_finish(j);
         return;
     }
@@ -682,6 +721,7 @@ static void job_finish(job *j)
     app *a = j->app;
     json_t *id = json_object_get(j->req, "id");
 
+    metrics_command(j->def->name, j->code, metrics_now() - j->t_in);
     if (j->code != NULL) {
         if (j->def->mutates && j->team_id[0] && store_connected(a->st) &&
             strcmp(j->code, "unavailable") != 0) {
@@ -791,6 +831,7 @@ void job_abort_all(app *a)
     while (a->queue_head != NULL) {
         job *j = a->queue_head;
         a->queue_head = j->next;
+        metrics_command(j->def->name, "unavailable", metrics_now() - j->t_in);
         j->reply(j->reply_ctx, proto_error(json_object_get(j->req, "id"), "unavailable",
                                            "the daemon is stopping"), 0);
         job_free(j);
@@ -883,6 +924,7 @@ static int scope_team(job *j, char *err, size_t errlen)
 static void refuse(job_reply_fn reply, void *ctx, json_t *req, const char *code,
                    const char *fmt, const char *a1, const char *a2)
 {
+    metrics_command(json_string_value(json_object_get(req, "cmd")), code, 0);
     reply(ctx, proto_error(req ? json_object_get(req, "id") : NULL, code, fmt, a1, a2), 0);
 }
 
@@ -949,6 +991,7 @@ void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, 
         }
     }
     j = xcalloc(1, sizeof *j);
+    j->t_in = metrics_now();
     j->app = a;
     j->def = def;
     j->reply = reply;

@@ -56,7 +56,7 @@ int main(int argc, char **argv)
     app a;
     char err[512];
     server *srv;
-    http_srv *web = NULL;
+    http_srv *web = NULL, *mx = NULL;
     struct event *sigs[4];
     int rc = 0;
 
@@ -97,6 +97,11 @@ int main(int argc, char **argv)
         rc = 1;
         goto out;
     }
+    if (a.cfg.metrics_listen[0] != '\0' && (mx = http_metrics_new(&a, err, sizeof err)) == NULL) {
+        fprintf(stderr, "keygated: %s\n", err);
+        rc = 1;
+        goto out;
+    }
     sigs[0] = evsignal_new(a.base, SIGTERM, on_stop, &a);
     sigs[1] = evsignal_new(a.base, SIGINT, on_stop, &a);
     sigs[2] = evsignal_new(a.base, SIGHUP, on_hup, &a);
@@ -114,6 +119,7 @@ out:
     a.st = NULL;
     job_abort_all(&a);
     server_free(srv);
+    http_free(mx);
     http_free(web);         /* last: the jobs above answered to its requests */
     json_decref(a.written);
     kgc_catalog_free(a.cat);

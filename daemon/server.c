@@ -6,6 +6,7 @@
  * connection whose client went away stays allocated (closed) until its last
  * slot is answered, so commands in flight never touch freed memory.
  */
+#include "metrics.h"
 #include "server.h"
 #include "log.h"
 #include "proto.h"
@@ -68,6 +69,7 @@ static void conn_close(conn *c)
         bufferevent_free(c->bev);
         c->bev = NULL;
         c->srv->nconns--;
+        metrics_clients(-1);
         if (c->srv->lis != NULL && c->srv->nconns < c->srv->cfg->max_clients)
             evconnlistener_enable(c->srv->lis);
     }
@@ -279,6 +281,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
     if (srv->conns)
         srv->conns->prev = c;
     srv->conns = c;
+    metrics_clients(1);
     if (++srv->nconns >= srv->cfg->max_clients) {
         log_warn("%d clients connected: pausing accept", srv->nconns);
         evconnlistener_disable(srv->lis);

@@ -1,6 +1,7 @@
 /*
  * store.c - async Redis for the daemon (hiredis + its libevent adapter).
  */
+#include "metrics.h"
 #include "store.h"
 #include "log.h"
 
@@ -65,6 +66,7 @@ static json_t *reply_to_json(const redisReply *r)
             json_array_append_new(a, reply_to_json(r->element[i]));
         return a;
     case REDIS_REPLY_ERROR:
+        metrics_count(MX_REDIS_ERROR_REPLIES);
         return json_pack("{s:s%}", "$err", r->str, r->len);
     default:
         return json_null();
@@ -82,6 +84,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     store *s = ac->data;
 
     if (status != REDIS_OK) {
+        metrics_count(MX_REDIS_CONNECT_FAILURES);
         log_warn("redis connect failed: %s", ac->errstr);
         s->ac = NULL;              /* hiredis frees the context */
         s->up = 0;
@@ -107,6 +110,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
     if (s == NULL)
         return;
+    metrics_count(MX_REDIS_DISCONNECTS);
     if (status != REDIS_OK)
         log_warn("redis connection lost: %s", ac->errstr);
     s->ac = NULL;
@@ -126,6 +130,7 @@ static void connect_now(store *s)
     if (ac == NULL)
         oom("redisAsyncConnect");
     if (ac->err) {
+        metrics_count(MX_REDIS_CONNECT_FAILURES);
         log_warn("redis connect failed: %s", ac->errstr);
         redisAsyncFree(ac);
         schedule_retry(s);
@@ -340,6 +345,7 @@ int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void
         sent++;
     json_decref(multi);
     json_decref(exec);
+    metrics_count(MX_REDIS_BATCHES);
     if (sent == total)
         return 0;
     /* hiredis refused a command (out of memory): the commands queued are

@@ -105,6 +105,7 @@ static const key_rule keys[] = {
     NUM("max_clients", max_clients, 10, 1, 1000000),
     STR("http", http_listen),
     STR("http_root", http_root),
+    STR("metrics", metrics_listen),
     NUM("http_max_clients", http_max_clients, 10, 1, 100000),
     NUM("http_deadline", http_deadline_s, 10, 1, 3600),
     NUM("signup_per_minute", signup_per_minute, 10, 1, 1000000),

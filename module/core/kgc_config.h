@@ -28,6 +28,7 @@ typedef struct kgc_config {
     int max_clients;              /* daemon: admin connections at once, 4096 */
     char http_listen[128];        /* daemon: "HOST:PORT" of the console, "" = off */
     char http_root[KGC_PATH_MAX]; /* daemon: console static files */
+    char metrics_listen[128];     /* daemon: "HOST:PORT" serving only /metrics, "" = off */
     int http_max_clients;         /* daemon: console connections at once, 256 */
     int http_deadline_s;          /* daemon: whole request (headers + body) must arrive in, 10 */
     int signup_per_minute;        /* daemon: sign-ups per source (uid or address) a minute, 10 */

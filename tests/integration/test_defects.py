@@ -13,6 +13,7 @@ reproduces the attack as reported and fails on the code before the fix.
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -286,6 +287,33 @@ class PaygWalletMustExist(kgtest.EnvCase):
         services["text-generation"]["wallet"] = w
         got = self.c.ok("key.services.set", owner, key=k, services=services)
         self.assertEqual(got["services"]["text-generation"]["wallet"], w)
+
+
+class StoreRefusals(kgtest.EnvCase):
+    """A read Redis refuses (BUSY in a long script, LOADING after a restart)
+    is not data: the caller gets `unavailable` and may retry, never a wrong
+    answer such as "unknown actor" or not_found (issue 17, found under load)."""
+
+    def test_busy_store_answers_unavailable_then_recovers(self):
+        t = kgtest.make_team(self.c, admins=0, users=0, outsiders=0)
+        owner = t["owner"]
+        key = self.c.ok("key.create", owner, team=t["team"], name="busy")["key_id"]
+        self.env.redis("CONFIG", "SET", "busy-reply-threshold", "50")
+        blocker = subprocess.Popen(
+            ["redis-cli", "-s", self.env.redis_sock, "EVAL",
+             "local t = redis.call('TIME') while true do local n = redis.call('TIME') "
+             "if n[1] - t[1] > 3 then break end end return 1", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.3)
+            self.assertEqual(self.c.err("key.get", owner, key=key), "unavailable")
+        finally:
+            try:
+                self.env.redis("SCRIPT", "KILL")
+            except Exception:
+                pass
+            blocker.wait(10)
+        self.assertEqual(self.c.ok("key.get", owner, key=key)["key_id"], key)
 
 
 if __name__ == "__main__":
