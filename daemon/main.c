@@ -5,12 +5,14 @@
  *
  * Runs in the foreground, logs to stderr, stops cleanly on SIGTERM/SIGINT,
  * reloads the catalog on SIGHUP (a bad catalog is refused, the old one keeps
- * serving).
+ * serving). Under systemd (Type=notify) it reports READY/RELOADING/STOPPING
+ * (sdnotify.h).
  */
 #include "app.h"
 #include "cmd.h"
 #include "http.h"
 #include "log.h"
+#include "sdnotify.h"
 #include "server.h"
 
 #include <signal.h>
@@ -24,6 +26,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     app *a = arg;
     (void)what;
     log_info("signal %d: stopping", (int)sig);
+    sdnotify("STOPPING=1");
     event_base_loopbreak(a->base);
 }
 
@@ -33,10 +36,12 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     char err[512];
     (void)sig;
     (void)what;
+    sdnotify_reloading();
     if (catalog_reload(a, err, sizeof err) != 0)
         log_err("catalog reload refused, keeping the old catalog: %s", err);
     else
         log_info("catalog reloaded from %s", a->cfg.catalog_path);
+    sdnotify("READY=1");        /* taken or refused, the daemon serves */
 }
 
 static void on_connected(void *arg)
@@ -109,6 +114,7 @@ int main(int argc, char **argv)
     for (int i = 0; sigs[i]; i++)
         evsignal_add(sigs[i], NULL);
     log_info("listening on %s", a.cfg.socket_path);
+    sdnotify("READY=1");        /* the admin socket accepts from here on */
     event_base_dispatch(a.base);
     for (int i = 0; sigs[i]; i++)
         event_free(sigs[i]);
