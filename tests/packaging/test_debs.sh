@@ -109,6 +109,8 @@ for page in keygated.8 keygate.1 keygate.conf.5 libkeygate.3 kg_open.3 kg_author
 done
 check "pkg-config keygate: -lkeygate only" test "$(pkg-config --libs keygate | xargs)" = -lkeygate
 check "CLI uses the installed libkeygate" grep -qE "libkeygate.so.1 => (/usr)?/lib/$MA/libkeygate.so.1" <<<"$(ldd /usr/bin/keygate)"
+check "unit enabled" test -L /etc/systemd/system/multi-user.target.wants/keygated.service
+check "keygated names no build-tree path" sh -c "! strings /usr/sbin/keygated | grep -q '$out'"
 check "keygated needs no libsystemd" sh -c '! ldd /usr/sbin/keygated | grep -q libsystemd'
 
 step "the libkeygate(3) example, built against libkeygate-dev"
@@ -122,8 +124,12 @@ mkdir -p "$T/run" && chown keygate:keygate "$T/run" && chmod 0750 "$T/run"
 redis-server --port 0 --unixsocket "$T/redis.sock" --unixsocketperm 777 --save '' \
     --appendonly no --dir "$T" --daemonize no >"$T/redis.log" 2>&1 &
 REDIS_PID=$!
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+hport=$(freeport)
 sed -e "s#^socket .*#socket $T/run/keygated.sock#" \
-    -e "s#^redis .*#redis unix:$T/redis.sock#" /etc/keygate/keygate.conf >"$T/keygate.conf"
+    -e "s#^redis .*#redis unix:$T/redis.sock#" \
+    -e "s|^#http .*|http 127.0.0.1:$hport|" /etc/keygate/keygate.conf >"$T/keygate.conf"
+grep -q "^http 127.0.0.1:$hport" "$T/keygate.conf" || fail "no commented http line in the packaged config"
 chmod 0644 "$T/keygate.conf"
 grep -q "^pepper_file */etc/keygate/pepper" "$T/keygate.conf" || fail "config does not use the installed pepper"
 for _ in $(seq 100); do [ -S "$T/redis.sock" ] && break; sleep 0.05; done
@@ -169,7 +175,7 @@ check "example again: replayed, $(cat "$T/example.out")" grep -q '^200 ok cost 0
 
 useradd --system --no-create-home --shell /usr/sbin/nologin kgtest-gw
 usermod -aG keygate-pepper kgtest-gw    # the operator's step for a gateway's user
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(freeport)
 mkdir -p "$T/www/v1" && echo generated >"$T/www/v1/generate"
 cat >"$T/nginx.conf" <<NGX
 include /etc/nginx/modules-enabled/*.conf;
@@ -212,6 +218,14 @@ check "nginx serves and charges (got $code)" test "$code" = 200
 bal=$($KG --json wallet get "$W" | json 'd["balance_micros"]')
 check "balance after the nginx debit (got $bal)" test "$bal" = $(( 200 + 10000 - 360 ))
 kill "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true; NGX_PID=
+
+step "the console (from /usr/share/keygate/console) and /metrics of the installed daemon"
+code=$(curl -s -o "$T/index.html" -w '%{http_code}' "http://127.0.0.1:$hport/")
+check "console page served (got $code)" test "$code" = 200
+check "console page is the packaged one" cmp -s "$T/index.html" /usr/share/keygate/console/index.html
+curl -s "http://127.0.0.1:$hport/metrics" >"$T/metrics"
+check "metrics: the sign-up counted" grep -qx 'keygated_commands_total{command="user.signup",outcome="ok"} 1' "$T/metrics"
+check "metrics: admin clients gauge" grep -q '^keygated_admin_clients ' "$T/metrics"
 
 check "fsck clean" $KG fsck --config "$T/keygate.conf" >/dev/null
 check "keygated logged no token" sh -c "! grep -q \"$(cat "$T/token")\" '$T/keygated.log'"
