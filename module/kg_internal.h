@@ -45,7 +45,8 @@ typedef struct kg_svcpol {
 enum kg_entry_state {
     KG_ENT_ACTIVE = 0,            /* usable: decide by policy */
     KG_ENT_REVOKED,               /* key status "revoked" */
-    KG_ENT_UNASSIGNED             /* user no longer among the key's users */
+    KG_ENT_UNASSIGNED             /* user no longer among the key's users, or the
+                                     token is not the user's current one */
 };
 
 /* What one token resolves to: the tok record joined with its key document.
