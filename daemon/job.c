@@ -8,6 +8,7 @@
  * is checked against the keys written by transactions sent after its reads.
  */
 #include "cmd.h"
+#include "lease.h"
 #include "log.h"
 #include "metrics.h"
 #include "proto.h"
@@ -172,7 +173,8 @@ static void job_decided(job *j)
 /* Starts waiting mutations while there is room. */
 static void mut_pump(app *a)
 {
-    while (a->mut_active < MUT_CONCURRENCY && a->queue_head != NULL) {
+    while (a->mut_active < MUT_CONCURRENCY && a->queue_head != NULL &&
+           a->writer != WRITER_PENDING) {
         job *j = a->queue_head;
         a->queue_head = j->next;
         if (a->queue_head == NULL)
@@ -622,6 +624,15 @@ static void job_advance(job *j, job_step step)
         json_t *q = j->wq, *m;
         size_t i;
 
+        if (!lease_may_write(j->app)) {
+            json_decref(j->result);
+            j->result = NULL;
+            job_fail(j, "unavailable",
+                     "this keygated does not hold the store's writer lease; nothing was changed");
+            job_finish(j);
+            return;
+        }
+
         j->wq = json_array();
         json_array_foreach(j->pub, i, m)
             json_array_append_new(q, json_pack("[s,s,O]", "PUBLISH", rk(j, KGC_RK_CHANNEL), m));
@@ -822,6 +833,11 @@ void job_limbo_resolve(app *a)
         store_exec(a->st, cmds, 0, on_resolve, j);
         json_decref(cmds);
     }
+}
+
+void job_pump(app *a)
+{
+    mut_pump(a);
 }
 
 void job_abort_all(app *a)

@@ -10,6 +10,7 @@
 #include "app.h"
 #include "cmd.h"
 #include "http.h"
+#include "lease.h"
 #include "log.h"
 #include "server.h"
 
@@ -41,6 +42,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 
 static void on_connected(void *arg)
 {
+    lease_renew(arg);
     catalog_publish(arg);
     job_limbo_resolve(arg);
 }
@@ -108,11 +110,13 @@ int main(int argc, char **argv)
     sigs[3] = NULL;
     for (int i = 0; sigs[i]; i++)
         evsignal_add(sigs[i], NULL);
+    lease_start(&a, &rc);
     log_info("listening on %s", a.cfg.socket_path);
     event_base_dispatch(a.base);
     for (int i = 0; sigs[i]; i++)
         event_free(sigs[i]);
 out:
+    lease_stop(&a);
     job_abort_all(&a);       /* also answers commands still in limbo */
     worker_free(a.wk);      /* finishes password checks in flight */
     store_free(a.st);       /* fails commands in flight: they answer unavailable */
