@@ -66,7 +66,9 @@ async function shot(page, name) {
   shotNo += 1;
   const w = page.viewportSize().width;
   const file = path.join(SHOTS, `${String(shotNo).padStart(2, '0')}-${w}-${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
+  // a modal is seen in the viewport, as people see it; a page whole
+  const modal = await page.locator('dialog[open]').count() > 0;
+  await page.screenshot({ path: file, fullPage: !modal });
 }
 
 function step(name) {
