@@ -77,7 +77,7 @@ function authView(notice, mode = 'signin') {
       el('p', { class: 'muted', text: 'You get a team of your own, with its free service key ready at once.' }),
       field('Your name', name, 'name', null, CHECK.name), field('Email', email, 'email', null, CHECK.email),
       field('Password', pw, 'password', PASSWORD_HINT, CHECK.password),
-      field('Team name', team, 'team_name', 'Optional: your name is used when empty.', CHECK.teamName),
+      field('Team name', team, 'team_name', 'Optional: when empty, the team is called "<your name>\'s team".', CHECK.teamName),
       el('p', { class: 'form-error', role: 'alert', hidden: true }),
       el('button', { type: 'submit', class: 'btn primary wide', dataset: { action: 'signup' }, text: 'SIGN UP' }),
       el('p', { class: 'switch' }, 'Have an account? ',

@@ -69,8 +69,11 @@ function ledgerTable(ctx, entries, cur) {
 
 // A table cell that names its column: narrow screens stack each row as a
 // card and print the name beside the value (console.css).
+// An empty cell is left out there.
 function cell(label, attrs, ...children) {
-  return el('td', { ...attrs, dataset: { label } }, ...children);
+  const blank = !attrs.text && children.every((c) => !c);
+  return el('td', { ...attrs, class: [attrs.class, blank ? 'blank' : ''].join(' ').trim() || null, dataset: { label } },
+    ...children);
 }
 
 function createWalletDialog(ctx) {
