@@ -88,6 +88,44 @@ static const char *payg_wallet(job *j, json_t *policy)
     return w;
 }
 
+size_t key_wallet_names_read(job *j, json_t *keys)
+{
+    json_t *k, *p;
+    const char *sid, *w;
+    size_t i, n = 0;
+
+    json_array_foreach(keys, i, k)
+        json_object_foreach(json_object_get(k, "services"), sid, p)
+            if ((w = payg_wallet(j, p)) != NULL) {
+                job_read(j, "HGET", rk(j, KGC_RK_WALLET, j->team_id, w), "name", NULL);
+                n++;
+            }
+    return n;
+}
+
+void key_wallet_names_fill(job *j, json_t *keys)
+{
+    json_t *k, *p, *names, *name;
+    const char *sid, *w;
+    size_t i, reply = 0;
+
+    json_array_foreach(keys, i, k) {
+        names = NULL;
+        json_object_foreach(json_object_get(k, "services"), sid, p) {
+            if ((w = payg_wallet(j, p)) == NULL)
+                continue;
+            name = job_reply(j, reply++);
+            if (!json_is_string(name))
+                continue;                 /* wallet gone: the id alone */
+            if (names == NULL)
+                names = json_object();
+            json_object_set(names, w, name);
+        }
+        if (names != NULL)
+            json_object_set_new(k, "wallet_names", names);
+    }
+}
+
 size_t services_prefetch(job *j, json_t *services)
 {
     const char *sid, *w;
