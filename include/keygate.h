@@ -39,7 +39,14 @@ typedef enum kg_status {
     KG_QUOTA_EXCEEDED,     /* 429 free-tier quota used up                  */
     KG_INSUFFICIENT_FUNDS, /* 402 wallet balance below the request's cost  */
     KG_BAD_REQUEST,        /* 400 unknown service/model/param, bad args    */
-    KG_BACKEND_ERROR       /* 503 store unreachable or timed out           */
+    KG_BACKEND_ERROR,      /* 503 store unreachable or timed out           */
+    /* Appended in ABI version 1 (values above never change). A host built
+     * against an older header may see values it has no name for: it must
+     * treat any status other than KG_OK as a refusal, and can still ask
+     * kg_http_status/kg_status_code/kg_strerror about it. */
+    KG_REQUEST_ID_CONFLICT /* 409 request_id already used by a different
+                              request (other user, service, model or
+                              params) of the same key: refused, never served */
 } kg_status;
 
 typedef struct kg_param { const char *name; int64_t value; } kg_param;
@@ -57,7 +64,9 @@ typedef struct kg_result {
     char key_id[64], team_id[64], user_id[64], wallet_id[64];
     int64_t cost_micros;          /* charged by this call; 0 when free, denied or replayed */
     int64_t balance_micros;       /* wallet balance after the call; -1 when no wallet      */
-    int replayed;                 /* 1: request_id seen before, nothing charged again      */
+    int replayed;                 /* 1: the same request_id with the same request seen
+                                     before: nothing charged again (KG_OK). The same id
+                                     with a different request is KG_REQUEST_ID_CONFLICT */
 } kg_result;
 
 /* Opens a context from a config file (SPEC §7 format). On failure returns
@@ -74,7 +83,7 @@ KG_EXPORT kg_status   kg_authorize(kg_ctx *ctx, const kg_request *req, kg_result
 KG_EXPORT void        kg_close(kg_ctx *ctx);
 
 KG_EXPORT const char *kg_strerror(kg_status s);    /* static string, never NULL */
-KG_EXPORT int         kg_http_status(kg_status s); /* 200, 401, 402, 403, 429, 400, 503 */
+KG_EXPORT int         kg_http_status(kg_status s); /* 200, 401, 402, 403, 429, 400, 503, 409 */
 
 /* ---------------------------------------------------------------------
  * Additions (ABI version 1).

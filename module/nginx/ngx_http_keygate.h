@@ -40,6 +40,7 @@ typedef struct {
     ngx_http_complex_value_t   *model;        /* NULL: no model */
     ngx_http_complex_value_t   *request_id;   /* NULL: no request id */
     ngx_array_t                *params;       /* of ngx_http_keygate_param_t */
+    ngx_flag_t                  refusal_balance; /* 402 body tells the balance */
 } ngx_http_keygate_loc_conf_t;
 
 
@@ -95,7 +96,8 @@ ngx_uint_t ngx_http_keygate_loop_exiting(void);
 /*
  * Sends a refusal: status kg_http_status(res->status), body
  * {"error": "<kg_status_code>", "message": "<message or kg_strerror>"},
- * plus "balance_micros" and "cost_micros" for 402. Returns what the output
+ * plus "cost_micros" for 402, and "balance_micros" where the location says
+ * keygate_refusal_balance on. Returns what the output
  * chain returned, for ngx_http_finalize_request().
  */
 ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,

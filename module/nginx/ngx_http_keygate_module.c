@@ -79,6 +79,13 @@ static ngx_command_t  ngx_http_keygate_commands[] = {
       0,
       NULL },
 
+    { ngx_string("keygate_refusal_balance"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_keygate_loc_conf_t, refusal_balance),
+      NULL },
+
       ngx_null_command
 };
 
@@ -148,6 +155,7 @@ ngx_http_keygate_create_loc_conf(ngx_conf_t *cf)
     conf->model = NGX_CONF_UNSET_PTR;
     conf->request_id = NGX_CONF_UNSET_PTR;
     conf->params = NGX_CONF_UNSET_PTR;
+    conf->refusal_balance = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -165,6 +173,8 @@ ngx_http_keygate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->model, prev->model, NULL);
     ngx_conf_merge_ptr_value(conf->request_id, prev->request_id, NULL);
     ngx_conf_merge_ptr_value(conf->params, prev->params, NULL);
+    /* off: any holder of a key's token could read its wallet's balance */
+    ngx_conf_merge_value(conf->refusal_balance, prev->refusal_balance, 0);
 
     if (conf->service != NULL) {
         kmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_keygate_module);

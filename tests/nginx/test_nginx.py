@@ -163,15 +163,61 @@ class Decisions(Base):
         self.assertNotEqual(doc["error"], self.ngx.get_json(
             "/gen/x", gen_headers(a["free_token"]))[1]["error"])
 
-    def test_insufficient_funds_is_402_with_balance_and_cost(self):
+    def test_insufficient_funds_is_402_with_cost_and_no_balance_by_default(self):
         a = self.accounts(credit_micros=100)
         cost = self.estimate("text-generation", "small", input_tokens=1000, output_tokens=0)
         self.assertEqual(cost, 150)
         status, doc, _ = self.ngx.get_json("/gen/x", gen_headers(a["paid_token"], inp=1000, out=0))
-        self.assertRefusal(status, doc, 402)
-        self.assertEqual(doc.get("balance_micros"), 100, doc)
+        self.assertRefusal(status, doc, 402, "insufficient_funds")
+        self.assertNotIn("balance_micros", doc)      # keygate_refusal_balance off
         self.assertEqual(doc.get("cost_micros"), cost, doc)
         self.assertEqual(self.balance(a), 100)
+
+    def test_insufficient_funds_tells_balance_where_switched_on(self):
+        a = self.accounts(credit_micros=100)
+        status, doc, _ = self.ngx.get_json("/gen-bal/x", gen_headers(a["paid_token"], inp=1000, out=0))
+        self.assertRefusal(status, doc, 402, "insufficient_funds")
+        self.assertEqual(doc.get("balance_micros"), 100, doc)
+        self.assertEqual(doc.get("cost_micros"), 150, doc)
+
+    def test_request_id_reused_for_another_request_is_409_and_not_proxied(self):
+        """Issue 10: an id first used on a 1-micro request served any
+        request free. Now only the same request replays."""
+        a = self.accounts(credit_micros=10)
+        rid = "cheap-%s" % os.urandom(4).hex()
+        status, seen = self.ngx.get_echo("/gen/x", gen_headers(a["paid_token"], inp=1, out=0,
+                                                                request_id=rid))
+        self.assertEqual(status, 200, seen)
+        self.assertEqual(int(seen["cost"]), 1)
+        for _ in range(5):
+            status, doc, _ = self.ngx.get_json(
+                "/gen/x", gen_headers(a["paid_token"], inp=10_000_000, out=10_000_000,
+                                      request_id=rid))
+            self.assertRefusal(status, doc, 409, "request_id_conflict")
+            self.assertNotIn("key", doc)             # the JSON refusal, not the upstream's echo
+        self.assertEqual(self.balance(a), 9)
+        # the true replay still reaches the upstream, charged nothing
+        status, seen = self.ngx.get_echo("/gen/x", gen_headers(a["paid_token"], inp=1, out=0,
+                                                                request_id=rid))
+        self.assertEqual(status, 200, seen)
+        self.assertEqual((seen["cost"], seen["status"], seen["key"]), ("0", "ok", a["paid_key"]))
+        self.assertEqual(self.balance(a), 9)
+
+    def test_missing_required_param_is_400_and_zero_price_is_not_free(self):
+        """Issue 10: leaving out X-Input-Tokens made a paid model cost 0,
+        served from a wallet at 0 with a 0-micro ledger entry each time."""
+        a = self.accounts(credit_micros=0)
+        h = bearer(a["paid_token"])
+        h["X-Model"] = "small"
+        status, doc, _ = self.ngx.get_json("/gen/x", h)    # no X-Input-Tokens
+        self.assertRefusal(status, doc, 400, "bad_request")
+        # given as 0: priced at the paid model's floor (1 micro), not 0
+        status, doc, _ = self.ngx.get_json("/gen/x", gen_headers(a["paid_token"], inp=0, out=0))
+        self.assertRefusal(status, doc, 402, "insufficient_funds")
+        self.assertEqual(doc.get("cost_micros"), 1, doc)
+        self.assertEqual(self.balance(a), 0)
+        entries = self.c.ok("wallet.ledger", a["user"], wallet=a["wallet"])["entries"]
+        self.assertEqual([e for e in entries if e["type"] == "debit"], [], entries)
 
     def test_free_quota_used_up_is_429(self):
         a = self.accounts()
@@ -533,6 +579,15 @@ class Config(unittest.TestCase):
                              "location /p/ { keygate_service s; keygate_param $x 1; }")
         self.assertNotEqual(rc, 0)
         self.assertIn("keygate_param", out)
+
+    def test_refusal_balance_takes_on_or_off(self):
+        rc, out = self.check(self.env.config_path,
+                             "location /p/ { keygate_service s; keygate_refusal_balance on; }")
+        self.assertEqual(rc, 0, out)
+        rc, out = self.check(self.env.config_path,
+                             "location /p/ { keygate_service s; keygate_refusal_balance yes; }")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("keygate_refusal_balance", out)
 
     def test_duplicate_param_fails(self):
         rc, out = self.check(self.env.config_path,
