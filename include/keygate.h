@@ -105,6 +105,22 @@ KG_EXPORT kg_status   kg_estimate(kg_ctx *ctx, const kg_request *req, int64_t *c
  * compares it with its own KG_ABI_VERSION at load time. */
 KG_EXPORT int         kg_abi_version(void);
 
+/* Counters of one context since kg_open, never reset, for a host's metrics
+ * (the nginx module adds every worker's into one shared zone). */
+typedef struct kg_stats {
+    uint64_t cache_hits;          /* tokens resolved from the in-process cache */
+    uint64_t cache_misses;        /* tokens resolved by reading Redis */
+    uint64_t invalidations;       /* invalidation messages received */
+    uint64_t backend_errors;      /* requests answered KG_BACKEND_ERROR by the
+                                     store's fault: unreachable, too slow,
+                                     damaged records */
+} kg_stats;
+
+/* Copies the context's counters into *st. size is sizeof(kg_stats) as the
+ * host knows it: fields added later are left out for an older host, and a
+ * newer host's extra fields are zeroed. Accepts ctx NULL (all zero). */
+KG_EXPORT void        kg_stats_get(kg_ctx *ctx, kg_stats *st, size_t size);
+
 /* ---------------------------------------------------------------------
  * Non-blocking form, for hosts with an event loop (nginx).
  *

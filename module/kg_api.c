@@ -200,6 +200,17 @@ KG_EXPORT int kg_abi_version(void)
     return KG_ABI_VERSION;
 }
 
+KG_EXPORT void kg_stats_get(kg_ctx *ctx, kg_stats *st, size_t size)
+{
+    kg_stats zero;
+
+    if (st == NULL)
+        return;
+    memset(&zero, 0, sizeof zero);
+    memset(st, 0, size);
+    memcpy(st, ctx != NULL ? &ctx->stats : &zero, size < sizeof zero ? size : sizeof zero);
+}
+
 /* ---- non-blocking form ---------------------------------------------- */
 
 KG_EXPORT int kg_loop_attach(kg_ctx *ctx, const kg_loop_hooks *hooks, void *host)

@@ -109,6 +109,8 @@ void kg_pending_free(kg_pending *p)
 
 static void finish(kg_pending *p, kg_status s)
 {
+    if (s == KG_BACKEND_ERROR)
+        p->ctx->stats.backend_errors++;
     p->r.status = s;
     if (s != KG_OK)
         p->r.cost_micros = 0;
@@ -647,6 +649,10 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     }
     if (ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok)
         p->ent = kg_cache_get(&ctx->cache, p->hash, now);
+    if (p->ent != NULL)
+        ctx->stats.cache_hits++;
+    else
+        ctx->stats.cache_misses++;
     advance(p);
     if (p->finished) {
         *out = p->r;
@@ -704,6 +710,7 @@ void kg_flow_inval(kg_ctx *ctx, const char *msg, size_t len)
 {
     char id[KG_ID_LEN];
 
+    ctx->stats.invalidations++;
     if (len == 7 && memcmp(msg, "catalog", 7) == 0) {
         ctx->catalog_gen++;
         kgc_catalog_free(ctx->catalog);

@@ -188,6 +188,8 @@ struct kg_ctx {
     struct kg_pending *doneq, *doneq_tail; /* answers not yet handed to done */
     int closing;
 
+    kg_stats stats;               /* kg_stats_get */
+
     int64_t pipe_checked;         /* monotonic ms of the last SIGPIPE look */
     int pipe_ignored;             /* the process ignores SIGPIPE already */
 };
