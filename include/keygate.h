@@ -95,7 +95,8 @@ KG_EXPORT const char *kg_status_code(kg_status s);
 
 /* Prices req with the catalog the context charges by (the same code as the
  * daemon's price.estimate), touching no store and no wallet: KG_OK and
- * *cost_micros; KG_BAD_REQUEST for an unknown service, model or param;
+ * *cost_micros; KG_BAD_REQUEST for an unknown service, model or param,
+ * or a param the catalog marks required left out;
  * KG_BACKEND_ERROR while the context holds no catalog (no request has
  * reached the store yet). Lets a host tell a client refused with
  * KG_INSUFFICIENT_FUNDS what the request would have cost. */
