@@ -539,20 +539,22 @@ static void append_audit(job *j, json_t *cmds)
     long long at = now_ms();
     json_t *e = audit_entry(j, at);
     char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
-    char minid[32];
+    char minid[32], seq[32];
 
     if (text == NULL)
         oom("json_dumps");
+    /* Orders entries of the two streams that share a millisecond (model.c). */
+    snprintf(seq, sizeof seq, "%lld", ++j->app->audit_seq);
     if (j->code == NULL) {
         long long keep = (long long)j->app->cfg.audit_retention_days * 86400000LL;
         snprintf(minid, sizeof minid, "%lld", at > keep ? at - keep : 0);
-        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s]", "XADD",
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s,s]", "XADD",
                                               rk(j, KGC_RK_AUDIT, j->team_id), "MINID", "~",
-                                              minid, "*", "e", text));
+                                              minid, "*", "e", text, "n", seq));
     } else {
-        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s]", "XADD",
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s,s]", "XADD",
                                               rk(j, KGC_RK_AUDIT_REFUSED, j->team_id), "MAXLEN",
-                                              "~", AUDIT_REFUSED_KEEP, "*", "e", text));
+                                              "~", AUDIT_REFUSED_KEEP, "*", "e", text, "n", seq));
     }
     free(text);
     json_decref(e);

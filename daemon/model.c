@@ -307,13 +307,37 @@ static int stream_id(const char *s, unsigned long long *ms, unsigned long long *
 }
 
 /* 1 if stream entry a is newer than b. */
+/* Field "n" of one XRANGE entry: the daemon's audit sequence, or -1. */
+static long long stream_seq(json_t *entry)
+{
+    json_t *fv = json_array_get(entry, 1);
+
+    for (size_t i = 0; i + 1 < json_array_size(fv); i += 2) {
+        json_t *f = json_array_get(fv, i), *v = json_array_get(fv, i + 1);
+        if (json_is_string(f) && strcmp(json_string_value(f), "n") == 0 && json_is_string(v))
+            return strtoll(json_string_value(v), NULL, 10);
+    }
+    return -1;
+}
+
+/* Entries of two streams in the order they were committed: by the
+ * millisecond Redis gave them, then (same millisecond, so the same daemon
+ * run) by the sequence the daemon wrote beside them; the sequence numbers
+ * inside one stream only order that stream. */
 static int stream_newer(json_t *a, json_t *b)
 {
     unsigned long long am = 0, as = 0, bm = 0, bs = 0;
+    long long an, bn;
 
     stream_id(json_string_value(json_array_get(a, 0)), &am, &as);
     stream_id(json_string_value(json_array_get(b, 0)), &bm, &bs);
-    return am > bm || (am == bm && as > bs);
+    if (am != bm)
+        return am > bm;
+    an = stream_seq(a);
+    bn = stream_seq(b);
+    if (an >= 0 && bn >= 0 && an != bn)
+        return an > bn;
+    return as > bs;
 }
 
 /* The JSON document in field "e" of one XRANGE entry [id, [f, v, ...]]. */
