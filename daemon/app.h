@@ -28,6 +28,10 @@ typedef struct app {
     long long wseq;               /* transactions sent so far */
     json_t *written;              /* Redis key -> wseq of its last write, while any
                                      mutating command is active (job.c) */
+    long long audit_seq;          /* audit entries written by this run (job.c) */
+    int writer;                   /* WRITER_* (lease.h) */
+    long long writer_until_ms;    /* monotonic: the lease is ours until then */
+    struct lease *lease;          /* lease.c's state */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

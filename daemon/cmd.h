@@ -134,6 +134,8 @@ void job_line(app *a, const char *line, size_t len, const peer_info *peer, job_r
               void *ctx);
 /* Answers every queued job `unavailable` (shutdown). */
 void job_abort_all(app *a);
+/* Starts mutations that wait for their turn (after the writer lease's first answer). */
+void job_pump(app *a);
 /* After a reconnect: finds out whether the commands whose reply was lost
  * took effect, and answers them. */
 void job_limbo_resolve(app *a);

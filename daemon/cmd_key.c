@@ -115,6 +115,10 @@ job_step cmd_key_list(job *j)
             read_keys(j, ids);
         return J_READ;
     }
+    if (j->stage == 3) {
+        key_wallet_names_fill(j, json_object_get(j->result, "keys"));
+        return J_DONE;
+    }
     docs = parse_list(job_reply(j, 0));
     out = json_array();
     json_array_foreach(docs, i, d)
@@ -122,22 +126,34 @@ job_step cmd_key_list(job *j)
             json_array_append_new(out, key_public(d));
     json_decref(docs);
     j->result = json_pack("{s:o}", "keys", out);
-    return J_DONE;
+    /* The answer waits in j->result while the names are read (stage 3). */
+    return key_wallet_names_read(j, out) > 0 ? J_READ : J_DONE;
 }
 
+/* Stage 1 checks the key and keeps the answer in j->result while the
+ * names of its payg wallets are read; stage 2 adds them. */
 job_step cmd_key_get(job *j)
 {
-    json_t *doc;
+    json_t *doc, *one;
+    size_t n = 0;
 
     if (j->stage == 0) {
         read_key(j);
         return J_READ;
     }
-    if ((doc = load_key(j)) == NULL)
-        return J_FAIL;
-    j->result = key_public(doc);
-    json_decref(doc);
-    return J_DONE;
+    if (j->stage == 1) {
+        if ((doc = load_key(j)) == NULL)
+            return J_FAIL;
+        j->result = key_public(doc);
+        json_decref(doc);
+    }
+    one = json_pack("[O]", j->result);
+    if (j->stage == 1)
+        n = key_wallet_names_read(j, one);
+    else
+        key_wallet_names_fill(j, one);
+    json_decref(one);
+    return n > 0 ? J_READ : J_DONE;
 }
 
 static int is_free_key(const json_t *doc)

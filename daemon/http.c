@@ -648,18 +648,38 @@ static void metrics_request(struct evhttp_request *req)
     evbuffer_free(buf);
 }
 
-/* A whole request arrived: the clock starts again for the next one. */
-static void conn_request_in(http_srv *h, struct evhttp_request *req)
+static http_conn *conn_of(http_srv *h, struct evhttp_request *req)
 {
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
     struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
     http_conn *c;
 
     TAILQ_FOREACH(c, &h->conns, link)
-        if (c->bev == bev) {
-            deadline_arm(c);
-            return;
-        }
+        if (c->bev == bev)
+            return c;
+    return NULL;
+}
+
+/* The answer went out: the clock starts again for the next request. */
+static void conn_request_done(struct evhttp_request *req, void *arg)
+{
+    http_conn *c = conn_of(arg, req);
+
+    if (c != NULL)
+        deadline_arm(c);
+}
+
+/* A whole request arrived: the deadline covers receiving a request, not
+ * the work it asks for (a sign-up waits for its password hash, longer on a
+ * busy machine), so it stops until the answer is sent. */
+static void conn_request_in(http_srv *h, struct evhttp_request *req)
+{
+    http_conn *c = conn_of(h, req);
+
+    if (c != NULL) {
+        evtimer_del(c->deadline);
+        evhttp_request_set_on_complete_cb(req, conn_request_done, h);
+    }
 }
 
 static void on_request(struct evhttp_request *req, void *arg)

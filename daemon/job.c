@@ -8,6 +8,7 @@
  * is checked against the keys written by transactions sent after its reads.
  */
 #include "cmd.h"
+#include "lease.h"
 #include "log.h"
 #include "metrics.h"
 #include "proto.h"
@@ -172,7 +173,8 @@ static void job_decided(job *j)
 /* Starts waiting mutations while there is room. */
 static void mut_pump(app *a)
 {
-    while (a->mut_active < MUT_CONCURRENCY && a->queue_head != NULL) {
+    while (a->mut_active < MUT_CONCURRENCY && a->queue_head != NULL &&
+           a->writer != WRITER_PENDING) {
         job *j = a->queue_head;
         a->queue_head = j->next;
         if (a->queue_head == NULL)
@@ -537,20 +539,22 @@ static void append_audit(job *j, json_t *cmds)
     long long at = now_ms();
     json_t *e = audit_entry(j, at);
     char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
-    char minid[32];
+    char minid[32], seq[32];
 
     if (text == NULL)
         oom("json_dumps");
+    /* Orders entries of the two streams that share a millisecond (model.c). */
+    snprintf(seq, sizeof seq, "%lld", ++j->app->audit_seq);
     if (j->code == NULL) {
         long long keep = (long long)j->app->cfg.audit_retention_days * 86400000LL;
         snprintf(minid, sizeof minid, "%lld", at > keep ? at - keep : 0);
-        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s]", "XADD",
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s,s]", "XADD",
                                               rk(j, KGC_RK_AUDIT, j->team_id), "MINID", "~",
-                                              minid, "*", "e", text));
+                                              minid, "*", "e", text, "n", seq));
     } else {
-        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s]", "XADD",
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s,s]", "XADD",
                                               rk(j, KGC_RK_AUDIT_REFUSED, j->team_id), "MAXLEN",
-                                              "~", AUDIT_REFUSED_KEEP, "*", "e", text));
+                                              "~", AUDIT_REFUSED_KEEP, "*", "e", text, "n", seq));
     }
     free(text);
     json_decref(e);
@@ -621,6 +625,15 @@ static void job_advance(job *j, job_step step)
     case J_WRITE: {
         json_t *q = j->wq, *m;
         size_t i;
+
+        if (!lease_may_write(j->app)) {
+            json_decref(j->result);
+            j->result = NULL;
+            job_fail(j, "unavailable",
+                     "this keygated does not hold the store's writer lease; nothing was changed");
+            job_finish(j);
+            return;
+        }
 
         j->wq = json_array();
         json_array_foreach(j->pub, i, m)
@@ -822,6 +835,11 @@ void job_limbo_resolve(app *a)
         store_exec(a->st, cmds, 0, on_resolve, j);
         json_decref(cmds);
     }
+}
+
+void job_pump(app *a)
+{
+    mut_pump(a);
 }
 
 void job_abort_all(app *a)

@@ -11,6 +11,7 @@
 #include "app.h"
 #include "cmd.h"
 #include "http.h"
+#include "lease.h"
 #include "log.h"
 #include "sdnotify.h"
 #include "server.h"
@@ -46,6 +47,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 
 static void on_connected(void *arg)
 {
+    lease_renew(arg);
     catalog_publish(arg);
     job_limbo_resolve(arg);
 }
@@ -113,12 +115,14 @@ int main(int argc, char **argv)
     sigs[3] = NULL;
     for (int i = 0; sigs[i]; i++)
         evsignal_add(sigs[i], NULL);
+    lease_start(&a, &rc);
     log_info("listening on %s", a.cfg.socket_path);
     sdnotify("READY=1");        /* the admin socket accepts from here on */
     event_base_dispatch(a.base);
     for (int i = 0; sigs[i]; i++)
         event_free(sigs[i]);
 out:
+    lease_stop(&a);
     job_abort_all(&a);       /* also answers commands still in limbo */
     worker_free(a.wk);      /* finishes password checks in flight */
     store_free(a.st);       /* fails commands in flight: they answer unavailable */

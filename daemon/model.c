@@ -88,6 +88,44 @@ static const char *payg_wallet(job *j, json_t *policy)
     return w;
 }
 
+size_t key_wallet_names_read(job *j, json_t *keys)
+{
+    json_t *k, *p;
+    const char *sid, *w;
+    size_t i, n = 0;
+
+    json_array_foreach(keys, i, k)
+        json_object_foreach(json_object_get(k, "services"), sid, p)
+            if ((w = payg_wallet(j, p)) != NULL) {
+                job_read(j, "HGET", rk(j, KGC_RK_WALLET, j->team_id, w), "name", NULL);
+                n++;
+            }
+    return n;
+}
+
+void key_wallet_names_fill(job *j, json_t *keys)
+{
+    json_t *k, *p, *names, *name;
+    const char *sid, *w;
+    size_t i, reply = 0;
+
+    json_array_foreach(keys, i, k) {
+        names = NULL;
+        json_object_foreach(json_object_get(k, "services"), sid, p) {
+            if ((w = payg_wallet(j, p)) == NULL)
+                continue;
+            name = job_reply(j, reply++);
+            if (!json_is_string(name))
+                continue;                 /* wallet gone: the id alone */
+            if (names == NULL)
+                names = json_object();
+            json_object_set(names, w, name);
+        }
+        if (names != NULL)
+            json_object_set_new(k, "wallet_names", names);
+    }
+}
+
 size_t services_prefetch(job *j, json_t *services)
 {
     const char *sid, *w;
@@ -269,13 +307,37 @@ static int stream_id(const char *s, unsigned long long *ms, unsigned long long *
 }
 
 /* 1 if stream entry a is newer than b. */
+/* Field "n" of one XRANGE entry: the daemon's audit sequence, or -1. */
+static long long stream_seq(json_t *entry)
+{
+    json_t *fv = json_array_get(entry, 1);
+
+    for (size_t i = 0; i + 1 < json_array_size(fv); i += 2) {
+        json_t *f = json_array_get(fv, i), *v = json_array_get(fv, i + 1);
+        if (json_is_string(f) && strcmp(json_string_value(f), "n") == 0 && json_is_string(v))
+            return strtoll(json_string_value(v), NULL, 10);
+    }
+    return -1;
+}
+
+/* Entries of two streams in the order they were committed: by the
+ * millisecond Redis gave them, then (same millisecond, so the same daemon
+ * run) by the sequence the daemon wrote beside them; the sequence numbers
+ * inside one stream only order that stream. */
 static int stream_newer(json_t *a, json_t *b)
 {
     unsigned long long am = 0, as = 0, bm = 0, bs = 0;
+    long long an, bn;
 
     stream_id(json_string_value(json_array_get(a, 0)), &am, &as);
     stream_id(json_string_value(json_array_get(b, 0)), &bm, &bs);
-    return am > bm || (am == bm && as > bs);
+    if (am != bm)
+        return am > bm;
+    an = stream_seq(a);
+    bn = stream_seq(b);
+    if (an >= 0 && bn >= 0 && an != bn)
+        return an > bn;
+    return as > bs;
 }
 
 /* The JSON document in field "e" of one XRANGE entry [id, [f, v, ...]]. */

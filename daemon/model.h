@@ -55,6 +55,16 @@ json_t *merge_streams(json_t *a, json_t *b, size_t limit);
 /* The JSON documents of a list/MGET reply, skipping missing ones. New ref. */
 json_t *parse_list(json_t *reply);
 
+/* Names of the wallets that pay for keys' payg services, for the key
+ * replies of key.get and key.list (a user-role member may not list
+ * wallets, yet should see which one pays). Two steps over the same array
+ * of key_public objects, unchanged in between: _read queues one HGET of
+ * the name per payg service (in the keys' order) and returns how many;
+ * at the next stage _fill adds "wallet_names" {wallet_id: name} to each
+ * key that has a payg service. The services objects stay as set. */
+size_t key_wallet_names_read(job *j, json_t *keys);
+void key_wallet_names_fill(job *j, json_t *keys);
+
 /* Queues one MGET of the key documents named in ids (a ZRANGE reply). */
 void read_keys(job *j, json_t *ids);
 

@@ -39,7 +39,14 @@ typedef enum kg_status {
     KG_QUOTA_EXCEEDED,     /* 429 free-tier quota used up                  */
     KG_INSUFFICIENT_FUNDS, /* 402 wallet balance below the request's cost  */
     KG_BAD_REQUEST,        /* 400 unknown service/model/param, bad args    */
-    KG_BACKEND_ERROR       /* 503 store unreachable or timed out           */
+    KG_BACKEND_ERROR,      /* 503 store unreachable or timed out           */
+    /* Appended in ABI version 1 (values above never change). A host built
+     * against an older header may see values it has no name for: it must
+     * treat any status other than KG_OK as a refusal, and can still ask
+     * kg_http_status/kg_status_code/kg_strerror about it. */
+    KG_REQUEST_ID_CONFLICT /* 409 request_id already used by a different
+                              request (other user, service, model or
+                              params) of the same key: refused, never served */
 } kg_status;
 
 typedef struct kg_param { const char *name; int64_t value; } kg_param;
@@ -57,7 +64,9 @@ typedef struct kg_result {
     char key_id[64], team_id[64], user_id[64], wallet_id[64];
     int64_t cost_micros;          /* charged by this call; 0 when free, denied or replayed */
     int64_t balance_micros;       /* wallet balance after the call; -1 when no wallet      */
-    int replayed;                 /* 1: request_id seen before, nothing charged again      */
+    int replayed;                 /* 1: the same request_id with the same request seen
+                                     before: nothing charged again (KG_OK). The same id
+                                     with a different request is KG_REQUEST_ID_CONFLICT */
 } kg_result;
 
 /* Opens a context from a config file (SPEC §7 format). On failure returns
@@ -74,7 +83,7 @@ KG_EXPORT kg_status   kg_authorize(kg_ctx *ctx, const kg_request *req, kg_result
 KG_EXPORT void        kg_close(kg_ctx *ctx);
 
 KG_EXPORT const char *kg_strerror(kg_status s);    /* static string, never NULL */
-KG_EXPORT int         kg_http_status(kg_status s); /* 200, 401, 402, 403, 429, 400, 503 */
+KG_EXPORT int         kg_http_status(kg_status s); /* 200, 401, 402, 403, 429, 400, 503, 409 */
 
 /* ---------------------------------------------------------------------
  * Additions (ABI version 1).
@@ -86,7 +95,8 @@ KG_EXPORT const char *kg_status_code(kg_status s);
 
 /* Prices req with the catalog the context charges by (the same code as the
  * daemon's price.estimate), touching no store and no wallet: KG_OK and
- * *cost_micros; KG_BAD_REQUEST for an unknown service, model or param;
+ * *cost_micros; KG_BAD_REQUEST for an unknown service, model or param,
+ * or a param the catalog marks required left out;
  * KG_BACKEND_ERROR while the context holds no catalog (no request has
  * reached the store yet). Lets a host tell a client refused with
  * KG_INSUFFICIENT_FUNDS what the request would have cost. */
@@ -95,6 +105,22 @@ KG_EXPORT kg_status   kg_estimate(kg_ctx *ctx, const kg_request *req, int64_t *c
 /* The ABI version the library was built with (KG_ABI_VERSION). A host
  * compares it with its own KG_ABI_VERSION at load time. */
 KG_EXPORT int         kg_abi_version(void);
+
+/* Counters of one context since kg_open, never reset, for a host's metrics
+ * (the nginx module adds every worker's into one shared zone). */
+typedef struct kg_stats {
+    uint64_t cache_hits;          /* tokens resolved from the in-process cache */
+    uint64_t cache_misses;        /* tokens resolved by reading Redis */
+    uint64_t invalidations;       /* invalidation messages received */
+    uint64_t backend_errors;      /* requests answered KG_BACKEND_ERROR by the
+                                     store's fault: unreachable, too slow,
+                                     damaged records */
+} kg_stats;
+
+/* Copies the context's counters into *st. size is sizeof(kg_stats) as the
+ * host knows it: fields added later are left out for an older host, and a
+ * newer host's extra fields are zeroed. Accepts ctx NULL (all zero). */
+KG_EXPORT void        kg_stats_get(kg_ctx *ctx, kg_stats *st, size_t size);
 
 /* ---------------------------------------------------------------------
  * Non-blocking form, for hosts with an event loop (nginx).

@@ -131,6 +131,7 @@ KG_EXPORT const char *kg_strerror(kg_status s)
     case KG_INSUFFICIENT_FUNDS: return "wallet balance below the request's cost";
     case KG_BAD_REQUEST:        return "bad request (unknown service, model or parameter, or bad arguments)";
     case KG_BACKEND_ERROR:      return "key store unreachable or too slow";
+    case KG_REQUEST_ID_CONFLICT: return "request id already used for a different request";
     }
     return "unknown status";
 }
@@ -148,6 +149,7 @@ KG_EXPORT const char *kg_status_code(kg_status s)
     case KG_INSUFFICIENT_FUNDS: return "insufficient_funds";
     case KG_BAD_REQUEST:        return "bad_request";
     case KG_BACKEND_ERROR:      return "backend_error";
+    case KG_REQUEST_ID_CONFLICT: return "request_id_conflict";
     }
     return "unknown";
 }
@@ -165,6 +167,7 @@ KG_EXPORT int kg_http_status(kg_status s)
     case KG_INSUFFICIENT_FUNDS: return 402;
     case KG_BAD_REQUEST:        return 400;
     case KG_BACKEND_ERROR:      return 503;
+    case KG_REQUEST_ID_CONFLICT: return 409;
     }
     return 500;
 }
@@ -195,6 +198,17 @@ KG_EXPORT kg_status kg_estimate(kg_ctx *ctx, const kg_request *req, int64_t *cos
 KG_EXPORT int kg_abi_version(void)
 {
     return KG_ABI_VERSION;
+}
+
+KG_EXPORT void kg_stats_get(kg_ctx *ctx, kg_stats *st, size_t size)
+{
+    kg_stats zero;
+
+    if (st == NULL)
+        return;
+    memset(&zero, 0, sizeof zero);
+    memset(st, 0, size);
+    memcpy(st, ctx != NULL ? &ctx->stats : &zero, size < sizeof zero ? size : sizeof zero);
 }
 
 /* ---- non-blocking form ---------------------------------------------- */

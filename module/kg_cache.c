@@ -268,6 +268,16 @@ kg_entry *kg_entry_build(const char *hash, const char *key_id, const char *team_
         if (i == n)
             e->state = KG_ENT_UNASSIGNED;
     }
+    if (e->state == KG_ENT_ACTIVE && expires_ms == 0) {
+        /* Only the user's current token counts; a record whose hash the key
+         * no longer names (one left behind by a lost race between two
+         * writers) is not a token. A rotated token in its grace period
+         * carries expires_ms and is let through until then. */
+        json_t *cur = json_object_get(json_object_get(json_object_get(root, "tokens"), user_id),
+                                      "hash");
+        if (!json_is_string(cur) || strcmp(json_string_value(cur), hash) != 0)
+            e->state = KG_ENT_UNASSIGNED;
+    }
     svcs = json_object_get(root, "services");
     if (svcs != NULL && !json_is_object(svcs)) {
         snprintf(err, errlen, "key document: 'services' is not an object");

@@ -24,6 +24,7 @@
  */
 #include "kg_internal.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +109,8 @@ void kg_pending_free(kg_pending *p)
 
 static void finish(kg_pending *p, kg_status s)
 {
+    if (s == KG_BACKEND_ERROR)
+        p->ctx->stats.backend_errors++;
     p->r.status = s;
     if (s != KG_OK)
         p->r.cost_micros = 0;
@@ -185,10 +188,10 @@ static void issue_script(kg_pending *p)
             return;
         }
         snprintf(num, sizeof num, "%lld", (long long)p->cost);
-        const char *argv[13] = {"EVALSHA", ctx->sha[p->script], "3", k1, k2, k3, num,
+        const char *argv[14] = {"EVALSHA", ctx->sha[p->script], "3", k1, k2, k3, num,
                                 p->r.key_id, p->r.user_id, p->service, p->model,
-                                p->request_id, p->r.wallet_id};
-        issue(p, KG_ST_EVAL, 13, argv);
+                                p->request_id, p->r.wallet_id, p->fp};
+        issue(p, KG_ST_EVAL, 14, argv);
     } else {
         char day[16];
         time_t now = time(NULL);
@@ -202,13 +205,51 @@ static void issue_script(kg_pending *p)
             return;
         }
         snprintf(num, sizeof num, "%lld", (long long)p->quota_limit);
-        const char *argv[7] = {"EVALSHA", ctx->sha[p->script], "2", k1, k2, num,
-                               p->request_id};
-        issue(p, KG_ST_EVAL, 7, argv);
+        const char *argv[11] = {"EVALSHA", ctx->sha[p->script], "2", k1, k2, num,
+                                p->request_id, p->r.user_id, p->service, p->model, p->fp};
+        issue(p, KG_ST_EVAL, 11, argv);
     }
 }
 
 /* ---- deciding ------------------------------------------------------- */
+
+/* The fingerprint a request id's record keeps (issue 10): what was asked,
+ * so that the same id with another request is refused, not replayed.
+ * BLAKE2b-128 over "keygate-req-1", the user, service, resolved model and
+ * the params sorted by name, each field NUL-terminated (names are plain
+ * catalog ids, so NUL cannot occur in them). A param of 0 is left out: it
+ * prices like a missing one, so {} and {x: 0} are the same request. The
+ * key is not in it: the record's name holds the key already. */
+static void fingerprint(kg_pending *p)
+{
+    crypto_generichash_state st;
+    unsigned char out[KG_FP_HEX / 2];
+    size_t order[KG_MAX_PARAMS], n = 0;
+    char num[24];
+
+    for (size_t i = 0; i < p->nparams; i++) {
+        size_t j;
+        if (p->params[i].value == 0)
+            continue;
+        for (j = n; j > 0 && strcmp(p->params[order[j - 1]].name, p->params[i].name) > 0; j--)
+            order[j] = order[j - 1];
+        order[j] = i;
+        n++;
+    }
+    crypto_generichash_init(&st, NULL, 0, sizeof out);
+    crypto_generichash_update(&st, (const unsigned char *)"keygate-req-1", 14);
+    crypto_generichash_update(&st, (const unsigned char *)p->r.user_id, strlen(p->r.user_id) + 1);
+    crypto_generichash_update(&st, (const unsigned char *)p->service, strlen(p->service) + 1);
+    crypto_generichash_update(&st, (const unsigned char *)p->model, strlen(p->model) + 1);
+    for (size_t i = 0; i < n; i++) {
+        const kg_param *q = &p->params[order[i]];
+        int len = snprintf(num, sizeof num, "%lld", (long long)q->value);
+        crypto_generichash_update(&st, (const unsigned char *)q->name, strlen(q->name) + 1);
+        crypto_generichash_update(&st, (const unsigned char *)num, (size_t)len + 1);
+    }
+    crypto_generichash_final(&st, out, sizeof out);
+    sodium_bin2hex(p->fp, sizeof p->fp, out, sizeof out);
+}
 
 /* The token-level verdict of a resolved entry: KG_OK to go on. */
 static kg_status token_verdict(kg_pending *p)
@@ -261,6 +302,7 @@ static void decide(kg_pending *p)
         copy_id(p->r.wallet_id, pol->wallet);
     if (st == KG_OK) {
         copy_id(p->model, m->id);
+        fingerprint(p);
         p->cost = pol->payg ? cost : 0;
         p->script = pol->payg ? KG_SCRIPT_DEBIT : KG_SCRIPT_QUOTA;
         p->quota_limit = svc->requests_per_day;
@@ -496,6 +538,8 @@ static void on_eval(kg_pending *p, redisReply *r)
         finish(p, KG_INSUFFICIENT_FUNDS);
     } else if (strcmp(tag, "quota") == 0) {
         finish(p, KG_QUOTA_EXCEEDED);
+    } else if (strcmp(tag, "conflict") == 0) {
+        finish(p, KG_REQUEST_ID_CONFLICT);  /* the id names another request */
     } else {                            /* "nowallet": a data error, fail closed */
         p->r.balance_micros = -1;
         finish(p, KG_BACKEND_ERROR);
@@ -605,6 +649,10 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     }
     if (ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok)
         p->ent = kg_cache_get(&ctx->cache, p->hash, now);
+    if (p->ent != NULL)
+        ctx->stats.cache_hits++;
+    else
+        ctx->stats.cache_misses++;
     advance(p);
     if (p->finished) {
         *out = p->r;
@@ -662,6 +710,7 @@ void kg_flow_inval(kg_ctx *ctx, const char *msg, size_t len)
 {
     char id[KG_ID_LEN];
 
+    ctx->stats.invalidations++;
     if (len == 7 && memcmp(msg, "catalog", 7) == 0) {
         ctx->catalog_gen++;
         kgc_catalog_free(ctx->catalog);

@@ -27,6 +27,7 @@
 #define KG_ID_LEN      64      /* sizeof kg_result.key_id and friends */
 #define KG_RID_MAX     128     /* request_id: 1..128 printable, no space */
 #define KG_MAX_PARAMS  64      /* more params than this is a bad request */
+#define KG_FP_HEX      32      /* request fingerprint: BLAKE2b-128, in hex */
 #define KG_SUB_RETRY_MS 100    /* reconnect the subscriber at most this often */
 #define KG_SUB_GRACE_MS 1000   /* a subscription not confirmed by then is dropped */
 #define KG_POLL_EVERY_MS 2     /* blocking mode: read invalidations this often */
@@ -45,7 +46,8 @@ typedef struct kg_svcpol {
 enum kg_entry_state {
     KG_ENT_ACTIVE = 0,            /* usable: decide by policy */
     KG_ENT_REVOKED,               /* key status "revoked" */
-    KG_ENT_UNASSIGNED             /* user no longer among the key's users */
+    KG_ENT_UNASSIGNED             /* user no longer among the key's users, or the
+                                     token is not the user's current one */
 };
 
 /* What one token resolves to: the tok record joined with its key document.
@@ -145,6 +147,7 @@ struct kg_pending {
     int script;                   /* enum kg_script once decided */
     int64_t cost;
     int64_t quota_limit;
+    char fp[KG_FP_HEX + 1];       /* the request's fingerprint, for its record */
     int loads;                    /* NOSCRIPT retries (loop guard) */
     int catalog_fetches;          /* guard against a catalog reload storm */
     int catalog_gen_at;           /* ctx->catalog_gen when GET catalog was sent */
@@ -185,6 +188,8 @@ struct kg_ctx {
     struct kg_pending *inflight;  /* requests with a command on the wire */
     struct kg_pending *doneq, *doneq_tail; /* answers not yet handed to done */
     int closing;
+
+    kg_stats stats;               /* kg_stats_get */
 
     int64_t pipe_checked;         /* monotonic ms of the last SIGPIPE look */
     int pipe_ignored;             /* the process ignores SIGPIPE already */

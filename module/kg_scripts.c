@@ -11,20 +11,32 @@
  */
 #include "kg_internal.h"
 
+/* A request id's record (both scripts write and read the same one):
+ *   cost_micros, balance_micros, wallet_id, at   the first outcome
+ *   user_id, service, model, fp                  what was asked (fp: the
+ *                                                request's fingerprint,
+ *                                                kg_flow.c fingerprint())
+ * A later request with that id is a replay only if its fp is the same;
+ * otherwise, or when the record has no fp (written before fp existed), it
+ * is a conflict: refused, nothing served, nothing changed (issue 10). */
+
 /* Debit.
  *   KEYS[1] P {t:T}:wallet:<wid>      hash, field balance_micros
  *   KEYS[2] P {t:T}:ledger:<wid>      list of JSON entries, newest first
  *   KEYS[3] P {t:T}:req:<kid>:<rid>   first outcome of a request id
  *   ARGV    cost, key_id, user_id, service, model, request_id ('' = none),
- *           wallet_id
+ *           wallet_id, fp
  * Returns {'ok', balance} | {'replay', cost, balance, wallet_id} |
- *         {'funds', balance} | {'nowallet'}.
- * A refusal writes nothing, so a retry after a top-up can succeed. */
+ *         {'conflict'} | {'funds', balance} | {'nowallet'}.
+ * A refusal writes nothing, so a retry after a top-up can succeed. A cost
+ * of 0 (a catalog that allows it: price.min_micros 0) moves no money and
+ * writes no ledger entry; the request record is still written. */
 static const char debit_lua[] =
     "local rid = ARGV[6]\n"
     "if rid ~= '' then\n"
-    "  local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id')\n"
+    "  local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id', 'fp')\n"
     "  if r[1] then\n"
+    "    if r[4] ~= ARGV[8] then return {'conflict'} end\n"
     "    return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or ''}\n"
     "  end\n"
     "end\n"
@@ -37,23 +49,24 @@ static const char debit_lua[] =
     "end\n"
     "if bal < cost then return {'funds', bal} end\n"
     "local nb = bal\n"
-    "if cost > 0 then\n"
-    "  nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', '-' .. ARGV[1])\n"
-    "end\n"
     "local t = redis.call('TIME')\n"
     "local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
-    "local e = '{\"type\":\"debit\",\"amount_micros\":' .. ARGV[1] ..\n"
-    "  ',\"balance_micros\":' .. string.format('%d', nb) ..\n"
-    "  ',\"at\":' .. at ..\n"
-    "  ',\"key_id\":' .. cjson.encode(ARGV[2]) ..\n"
-    "  ',\"user_id\":' .. cjson.encode(ARGV[3]) ..\n"
-    "  ',\"service\":' .. cjson.encode(ARGV[4]) ..\n"
-    "  ',\"model\":' .. cjson.encode(ARGV[5]) ..\n"
-    "  ',\"request_id\":' .. (rid ~= '' and cjson.encode(rid) or 'null') .. '}'\n"
-    "redis.call('LPUSH', KEYS[2], e)\n"
+    "if cost > 0 then\n"
+    "  nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', '-' .. ARGV[1])\n"
+    "  local e = '{\"type\":\"debit\",\"amount_micros\":' .. ARGV[1] ..\n"
+    "    ',\"balance_micros\":' .. string.format('%d', nb) ..\n"
+    "    ',\"at\":' .. at ..\n"
+    "    ',\"key_id\":' .. cjson.encode(ARGV[2]) ..\n"
+    "    ',\"user_id\":' .. cjson.encode(ARGV[3]) ..\n"
+    "    ',\"service\":' .. cjson.encode(ARGV[4]) ..\n"
+    "    ',\"model\":' .. cjson.encode(ARGV[5]) ..\n"
+    "    ',\"request_id\":' .. (rid ~= '' and cjson.encode(rid) or 'null') .. '}'\n"
+    "  redis.call('LPUSH', KEYS[2], e)\n"
+    "end\n"
     "if rid ~= '' then\n"
     "  redis.call('HSET', KEYS[3], 'cost_micros', ARGV[1], 'balance_micros',\n"
-    "             string.format('%d', nb), 'wallet_id', ARGV[7], 'at', at)\n"
+    "             string.format('%d', nb), 'wallet_id', ARGV[7], 'at', at,\n"
+    "             'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5], 'fp', ARGV[8])\n"
     "  redis.call('EXPIRE', KEYS[3], 86400)\n"
     "end\n"
     "return {'ok', nb}\n";
@@ -61,12 +74,19 @@ static const char debit_lua[] =
 /* Free-tier count.
  *   KEYS[1] P {t:T}:quota:<kid>:<svc>:<yyyymmdd>   requests that UTC day
  *   KEYS[2] P {t:T}:req:<kid>:<rid>
- *   ARGV    limit (0 = unlimited, still counted), request_id ('' = none)
- * Returns {'ok', count} | {'quota', count} | {'replay'}.
+ *   ARGV    limit (0 = unlimited, still counted), request_id ('' = none),
+ *           user_id, service, model, fp
+ * Returns {'ok', count} | {'quota', count} | {'replay'} | {'conflict'}.
  * A refused request is not counted. */
 static const char quota_lua[] =
     "local rid = ARGV[2]\n"
-    "if rid ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return {'replay'} end\n"
+    "if rid ~= '' then\n"
+    "  local r = redis.call('HMGET', KEYS[2], 'cost_micros', 'fp')\n"
+    "  if r[1] then\n"
+    "    if r[2] ~= ARGV[6] then return {'conflict'} end\n"
+    "    return {'replay'}\n"
+    "  end\n"
+    "end\n"
     "local lim = tonumber(ARGV[1]) or 0\n"
     "local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0\n"
     "if lim > 0 and n >= lim then return {'quota', n} end\n"
@@ -76,7 +96,8 @@ static const char quota_lua[] =
     "  local t = redis.call('TIME')\n"
     "  local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
     "  redis.call('HSET', KEYS[2], 'cost_micros', '0', 'balance_micros', '-1',\n"
-    "             'wallet_id', '', 'at', at)\n"
+    "             'wallet_id', '', 'at', at,\n"
+    "             'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5], 'fp', ARGV[6])\n"
     "  redis.call('EXPIRE', KEYS[2], 86400)\n"
     "end\n"
     "return {'ok', n}\n";

@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config
       libhiredis-dev libsodium-dev libevent-dev libjansson-dev
-      redis-server nginx nginx-dev python3 wrk clang libclang-rt-14-dev valgrind
+      redis-server nginx nginx-dev haproxy python3 wrk clang libclang-rt-14-dev valgrind
       chromium fonts-dejavu-core)
 # The console's browser test runs node + npm (playwright-core). The machine
 # image may bring its own node; only without one, take Debian's.

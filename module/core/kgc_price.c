@@ -52,7 +52,8 @@ static int get_int(json_t *obj, const char *field, int64_t min, int required,
     return 0;
 }
 
-static int parse_model(json_t *jm, kgc_model *m, const char *where, char *err, size_t errlen)
+static int parse_model(json_t *jm, kgc_model *m, int free, const char *where,
+                       char *err, size_t errlen)
 {
     json_t *jid = json_object_get(jm, "id"), *price, *per;
     size_t i;
@@ -72,6 +73,13 @@ static int parse_model(json_t *jm, kgc_model *m, const char *where, char *err, s
         snprintf(err, errlen, "%s model '%s': 'price.base_micros' must be an integer >= 0", where, m->id);
         return -1;
     }
+    /* A paid model never prices a request at 0 unless the catalog says so
+     * (issue 10): a 0-micro debit would serve a wallet at 0 without end. */
+    m->min_micros = free ? 0 : 1;
+    if (get_int(price, "min_micros", 0, 0, &m->min_micros) != 0) {
+        snprintf(err, errlen, "%s model '%s': 'price.min_micros' must be an integer >= 0", where, m->id);
+        return -1;
+    }
     per = json_object_get(price, "per");
     if (per == NULL)
         return 0;
@@ -82,7 +90,7 @@ static int parse_model(json_t *jm, kgc_model *m, const char *where, char *err, s
     if ((m->per = zalloc_or_fail(json_array_size(per) + 1, sizeof *m->per, err, errlen)) == NULL)
         return -1;
     for (i = 0; i < json_array_size(per); i++) {
-        json_t *r = json_array_get(per, i), *p = json_object_get(r, "param");
+        json_t *r = json_array_get(per, i), *p = json_object_get(r, "param"), *jreq;
         kgc_rate *rate = &m->per[i];
 
         if (!json_is_string(p) || !valid_id(json_string_value(p))) {
@@ -105,6 +113,12 @@ static int parse_model(json_t *jm, kgc_model *m, const char *where, char *err, s
             snprintf(err, errlen, "%s model '%s': 'price.per[%zu].units' must be an integer > 0", where, m->id, i);
             return -1;
         }
+        jreq = json_object_get(r, "required");
+        if (jreq != NULL && !json_is_boolean(jreq)) {
+            snprintf(err, errlen, "%s model '%s': 'price.per[%zu].required' must be true or false", where, m->id, i);
+            return -1;
+        }
+        rate->required = json_is_true(jreq);
     }
     return 0;
 }
@@ -165,7 +179,7 @@ static int parse_service(json_t *js, size_t idx, kgc_service *s, const char *nam
             return -1;
         }
         s->nmodels++;
-        if (parse_model(jm, &s->models[i], where, err, errlen) != 0)
+        if (parse_model(jm, &s->models[i], s->free, where, err, errlen) != 0)
             return -1;
         for (size_t j = 0; j < i; j++)
             if (strcmp(s->models[j].id, s->models[i].id) == 0) {
@@ -333,11 +347,18 @@ int kgc_price(const kgc_model *m, const kg_param *params, size_t nparams,
     for (size_t k = 0; k < m->nper; k++) {
         const kgc_rate *r = &m->per[k];
         int64_t q = 0, sub;
+        int given = 0;
         __int128 x;
 
         for (size_t i = 0; i < nparams; i++)
-            if (strcmp(params[i].name, r->param) == 0)
+            if (strcmp(params[i].name, r->param) == 0) {
                 q = params[i].value;
+                given = 1;
+            }
+        if (r->required && !given) {
+            snprintf(err, errlen, "model '%s' requires param '%s'", m->id, r->param);
+            return -1;
+        }
         /* ceil(q * micros / units) in 128 bits: q and micros are < 2^63. */
         x = ((__int128)q * r->micros + r->units - 1) / r->units;
         if (x > INT64_MAX || __builtin_add_overflow(total, (int64_t)x, &total)) {
@@ -351,6 +372,6 @@ int kgc_price(const kgc_model *m, const kg_param *params, size_t nparams,
             lines[k].subtotal_micros = sub;
         }
     }
-    *cost = total;
+    *cost = total > m->min_micros ? total : m->min_micros;
     return 0;
 }

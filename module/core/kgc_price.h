@@ -1,8 +1,12 @@
 /*
  * kgc_price.h - the service catalog and the one pricing function.
  *
- * Cost of a request = base_micros + sum over the model's "per" entries of
- * ceil(quantity * micros / units), a missing param counting 0 (SPEC §7).
+ * Cost of a request = max(min_micros, base_micros + sum over the model's
+ * "per" entries of ceil(quantity * micros / units)), a missing optional
+ * param counting 0 and a missing required one refused (SPEC §7). min_micros
+ * ("price.min_micros") defaults to 1 for a service the catalog does not mark
+ * free, so a paid model never prices a request at 0 unless the catalog says
+ * "min_micros": 0 explicitly; it defaults to 0 for a free service.
  * price.estimate in the daemon and the charge in libkeygate both call
  * kgc_price(), so the two agree to the micro.
  */
@@ -19,11 +23,13 @@ typedef struct kgc_rate {
     char *param;                  /* owned */
     int64_t micros;               /* price of `units` units, >= 0 */
     int64_t units;                /* > 0 */
+    int required;                 /* a request must name this param */
 } kgc_rate;
 
 typedef struct kgc_model {
     char *id;                     /* owned */
     int64_t base_micros;          /* >= 0 */
+    int64_t min_micros;           /* floor of the cost, >= 0 (see above) */
     kgc_rate *per;                /* owned, nper entries */
     size_t nper;
 } kgc_model;
@@ -63,8 +69,10 @@ const kgc_service *kgc_catalog_service(const kgc_catalog *cat, const char *id);
 const kgc_model *kgc_service_model(const kgc_service *svc, const char *id);
 
 /* Prices one request. lines, when not NULL, receives m->nper entries (one per
- * priced param, in catalog order). Returns 0, or -1 with a reason in err for
- * an unpriced or repeated param, a negative quantity or an overflow. */
+ * priced param, in catalog order; their subtotals plus base_micros may be
+ * below *cost when min_micros lifts it). Returns 0, or -1 with a reason in
+ * err for an unpriced or repeated param, a missing required param, a
+ * negative quantity or an overflow. */
 int kgc_price(const kgc_model *m, const kg_param *params, size_t nparams,
               int64_t *cost, kgc_line *lines, char *err, size_t errlen);
 

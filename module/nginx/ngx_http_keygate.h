@@ -10,6 +10,8 @@
  *                               loop: fds as nginx connections, one timer
  *   ngx_http_keygate_refusal.c  the JSON refusal, and the price of a
  *                               request refused for funds
+ *   ngx_http_keygate_status.c   counters in a shared zone across workers,
+ *                               and the keygate_status; handler
  *
  * A worker is one thread: the per-worker state lives in plain statics.
  */
@@ -40,6 +42,7 @@ typedef struct {
     ngx_http_complex_value_t   *model;        /* NULL: no model */
     ngx_http_complex_value_t   *request_id;   /* NULL: no request id */
     ngx_array_t                *params;       /* of ngx_http_keygate_param_t */
+    ngx_flag_t                  refusal_balance; /* 402 body tells the balance */
 } ngx_http_keygate_loc_conf_t;
 
 
@@ -95,11 +98,37 @@ ngx_uint_t ngx_http_keygate_loop_exiting(void);
 /*
  * Sends a refusal: status kg_http_status(res->status), body
  * {"error": "<kg_status_code>", "message": "<message or kg_strerror>"},
- * plus "balance_micros" and "cost_micros" for 402. Returns what the output
+ * plus "cost_micros" for 402, and "balance_micros" where the location says
+ * keygate_refusal_balance on. Returns what the output
  * chain returned, for ngx_http_finalize_request().
  */
 ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,
     const kg_request *req, const kg_result *res, const char *message);
+
+
+/* ---- ngx_http_keygate_status.c ---- */
+
+/* postconfiguration: adds the shared zone "keygate_metrics" (kept across
+ * reloads). Returns NULL when out of memory. */
+ngx_shm_zone_t *ngx_http_keygate_metrics_zone(ngx_conf_t *cf);
+
+/* init_process: this worker counts into zone (NULL: does not count). */
+void ngx_http_keygate_metrics_attach(ngx_shm_zone_t *zone);
+
+/* A monotonic clock in microseconds, for the latency histogram. */
+uint64_t ngx_http_keygate_now_us(void);
+
+/* One decision of the access handler (once per authorization), started
+ * at started_us: its status, latency, replay and the micros it charged. */
+void ngx_http_keygate_metrics_decision(const kg_result *res,
+    uint64_t started_us);
+
+/* Adds libkeygate's counters (kg_stats_get) counted since the last call;
+ * called by ngx_http_keygate_loop_sync(), after every call into it. */
+void ngx_http_keygate_metrics_sync(void);
+
+/* The content handler of a keygate_status location. */
+ngx_int_t ngx_http_keygate_status_handler(ngx_http_request_t *r);
 
 
 #endif /* NGX_HTTP_KEYGATE_H_INCLUDED_ */

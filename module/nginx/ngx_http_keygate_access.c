@@ -31,6 +31,8 @@ typedef struct {
     kg_request                     req;       /* strings live in r->pool */
     kg_result                      res;       /* written by libkeygate */
     const char                    *message;   /* refusal text; NULL = kg_strerror */
+    uint64_t                       started_us; /* for the latency histogram */
+    ngx_uint_t                     counted;   /* this decision is in the metrics */
     ngx_event_t                    resume;    /* posted when libkeygate answers */
 } ngx_http_keygate_ctx_t;
 
@@ -191,6 +193,8 @@ ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
     ctx->lcf = lcf;
     ctx->state = NGX_HTTP_KEYGATE_DONE;
     ctx->message = NULL;
+    ctx->started_us = ngx_http_keygate_now_us();
+    ctx->counted = 0;
 
     if (ngx_http_keygate_eval_str(r, lcf->service, 1, &ctx->req.service)
             != NGX_OK
@@ -357,6 +361,13 @@ static ngx_int_t
 ngx_http_keygate_decide(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx)
 {
     ngx_int_t  rc;
+
+    /* decide() runs again when an internal redirect comes back to the same
+     * location: one authorization, counted once */
+    if (!ctx->counted) {
+        ctx->counted = 1;
+        ngx_http_keygate_metrics_decision(&ctx->res, ctx->started_us);
+    }
 
     if (ctx->res.status == KG_OK) {
         return NGX_OK;

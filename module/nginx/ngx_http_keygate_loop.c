@@ -98,6 +98,7 @@ ngx_http_keygate_loop_close(void)
 
     ngx_http_keygate_closing = 1;
 
+    ngx_http_keygate_metrics_sync();
     kg_close(kg);
     ngx_http_keygate_kg = NULL;
 
@@ -340,6 +341,8 @@ ngx_http_keygate_loop_sync(void)
     if (ngx_http_keygate_kg == NULL) {
         return;
     }
+
+    ngx_http_keygate_metrics_sync();
 
     ms = kg_loop_next_timeout_ms(ngx_http_keygate_kg);
 

@@ -26,6 +26,8 @@
 
 typedef struct {
     ngx_str_t                   config_path;  /* keygate_config; "" = unset */
+    ngx_shm_zone_t             *metrics;      /* the counters' zone, or NULL */
+    ngx_uint_t                  status_used;  /* a keygate_status location */
 } ngx_http_keygate_main_conf_t;
 
 
@@ -37,6 +39,8 @@ static char *ngx_http_keygate_merge_loc_conf(ngx_conf_t *cf, void *parent,
 static char *ngx_http_keygate_service(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_keygate_param(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_keygate_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_keygate_init_process(ngx_cycle_t *cycle);
 static void ngx_http_keygate_exit_process(ngx_cycle_t *cycle);
@@ -77,6 +81,20 @@ static ngx_command_t  ngx_http_keygate_commands[] = {
       ngx_http_keygate_param,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("keygate_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_keygate_status,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("keygate_refusal_balance"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_keygate_loc_conf_t, refusal_balance),
       NULL },
 
       ngx_null_command
@@ -148,6 +166,7 @@ ngx_http_keygate_create_loc_conf(ngx_conf_t *cf)
     conf->model = NGX_CONF_UNSET_PTR;
     conf->request_id = NGX_CONF_UNSET_PTR;
     conf->params = NGX_CONF_UNSET_PTR;
+    conf->refusal_balance = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -165,6 +184,8 @@ ngx_http_keygate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->model, prev->model, NULL);
     ngx_conf_merge_ptr_value(conf->request_id, prev->request_id, NULL);
     ngx_conf_merge_ptr_value(conf->params, prev->params, NULL);
+    /* off: any holder of a key's token could read its wallet's balance */
+    ngx_conf_merge_value(conf->refusal_balance, prev->refusal_balance, 0);
 
     if (conf->service != NULL) {
         kmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_keygate_module);
@@ -287,6 +308,23 @@ ngx_http_keygate_param(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* keygate_status; the location answers with keygate's counters */
+static char *
+ngx_http_keygate_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t      *clcf;
+    ngx_http_keygate_main_conf_t  *kmcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_keygate_status_handler;
+
+    kmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_keygate_module);
+    kmcf->status_used = 1;
+
+    return NGX_CONF_OK;
+}
+
+
 /*
  * postconfiguration: checks the ABI and the config file (in the master, so
  * that "nginx -t" reports a bad file), and installs the access handler
@@ -308,6 +346,13 @@ ngx_http_keygate_init(ngx_conf_t *cf)
     kmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_keygate_module);
 
     if (kmcf->config_path.data == NULL) {
+        if (kmcf->status_used) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"keygate_status\" needs \"keygate_config\" "
+                          "in the http block");
+            return NGX_ERROR;
+        }
+
         return NGX_OK;
     }
 
@@ -332,6 +377,11 @@ ngx_http_keygate_init(ngx_conf_t *cf)
     }
 
     kg_close(kg);
+
+    kmcf->metrics = ngx_http_keygate_metrics_zone(cf);
+    if (kmcf->metrics == NULL) {
+        return NGX_ERROR;
+    }
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
     a = &cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers;
@@ -380,6 +430,8 @@ ngx_http_keygate_init_process(ngx_cycle_t *cycle)
     if (kmcf == NULL || kmcf->config_path.data == NULL) {
         return NGX_OK;
     }
+
+    ngx_http_keygate_metrics_attach(kmcf->metrics);
 
     if (ngx_http_keygate_loop_open(cycle, &kmcf->config_path) != NGX_OK) {
         return NGX_ERROR;

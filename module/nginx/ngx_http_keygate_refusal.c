@@ -3,9 +3,11 @@
  *
  * Status from kg_http_status(), a JSON body
  *     {"error": "<kg_status_code>", "message": "<text>"}
- * and, for 402, the wallet's balance and the request's cost:
+ * and, for 402, the request's cost, plus the wallet's balance only where
+ * keygate_refusal_balance is on (any holder of a token of the key reads
+ * the body, and the balance is the team's business):
  *     {"error": "insufficient_funds", "message": "...",
- *      "balance_micros": 100, "cost_micros": 150}
+ *      "cost_micros": 150, "balance_micros": 100}
  *
  * libkeygate reports cost_micros 0 for a refused request (keygate.h:
  * "charged by this call"), so the request's cost comes from kg_estimate(),
@@ -63,6 +65,10 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
     const char       *code;
     ngx_table_elt_t  *h;
 
+    ngx_http_keygate_loc_conf_t  *klcf;
+
+    klcf = ngx_http_get_module_loc_conf(r, ngx_http_keygate_module);
+
     st = res->status;
     code = kg_status_code(st);
 
@@ -97,13 +103,13 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
     p = ngx_http_keygate_json_escape(p, message);
     *p++ = '"';
 
-    if (st == KG_INSUFFICIENT_FUNDS) {
+    if (have_cost) {
+        p = ngx_sprintf(p, ", \"cost_micros\": %L", cost);
+    }
+
+    if (st == KG_INSUFFICIENT_FUNDS && klcf->refusal_balance) {
         p = ngx_sprintf(p, ", \"balance_micros\": %L",
                         (int64_t) res->balance_micros);
-
-        if (have_cost) {
-            p = ngx_sprintf(p, ", \"cost_micros\": %L", cost);
-        }
     }
 
     p = ngx_cpymem(p, "}\n", 2);

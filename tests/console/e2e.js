@@ -64,8 +64,11 @@ class Admin {
 let shotNo = 0;
 async function shot(page, name) {
   shotNo += 1;
-  const file = path.join(SHOTS, `${String(shotNo).padStart(2, '0')}-${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
+  const w = page.viewportSize().width;
+  const file = path.join(SHOTS, `${String(shotNo).padStart(2, '0')}-${w}-${name}.png`);
+  // a modal is seen in the viewport, as people see it; a page whole
+  const modal = await page.locator('dialog[open]').count() > 0;
+  await page.screenshot({ path: file, fullPage: !modal });
 }
 
 function step(name) {
@@ -73,6 +76,53 @@ function step(name) {
 }
 
 const card = (page, keyId) => page.locator(`.key-card[data-key-id="${keyId}"]`);
+const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+
+// No sideways scroll, and no element sticking out of the viewport (the
+// offenders are named in the failure).
+async function fits(page, what) {
+  const r = await page.evaluate(() => {
+    const w = window.innerWidth;
+    const out = [];
+    for (const e of document.querySelectorAll('body *')) {
+      const b = e.getBoundingClientRect();
+      if (b.width === 0 || b.height === 0) continue;
+      if (b.right > w + 0.5 || b.left < -0.5) {
+        out.push(`${e.tagName.toLowerCase()}.${e.className && e.className.baseVal === undefined ? e.className : ''}` +
+          ` [${Math.round(b.left)}..${Math.round(b.right)}]`);
+      }
+    }
+    return { scroll: document.documentElement.scrollWidth, w, out: out.slice(0, 8) };
+  });
+  assert.ok(r.scroll <= r.w, `${what}: page is ${r.scroll} px wide in a ${r.w} px viewport`);
+  assert.deepEqual(r.out, [], `${what}: elements wider than the ${r.w} px viewport`);
+}
+
+// axe-core in the page: no serious or critical accessibility violation.
+// Injected through the debugging protocol, so the page's strict CSP stays.
+let axeRuns = 0;
+async function axe(page, what) {
+  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(AXE);
+  const bad = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ['violations'] });
+    return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => `${v.impact} ${v.id}: ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(' | ')}`);
+  });
+  axeRuns += 1;
+  assert.deepEqual(bad, [], `${what}: axe-core found serious/critical violations`);
+}
+
+// Both checks, and a screenshot.
+async function look(page, name) {
+  await fits(page, name);
+  await axe(page, name);
+  await shot(page, name);
+}
+
+async function rgbOf(loc, prop) {
+  const c = await loc.evaluate((e, p) => getComputedStyle(e)[p], prop);
+  return c.match(/\d+/g).slice(0, 3).map(Number);
+}
 const dialog = (page) => page.locator('dialog[open]').last();
 
 async function whoami(page) {
@@ -89,6 +139,117 @@ async function signIn(page, email, password) {
 }
 
 const t0 = Date.now();
+
+// The owner's whole console at a phone's width: sign-in, sign-up errors,
+// the keys, every dialog, wallets and team. Each view must fit (no
+// sideways scroll) and pass axe-core; Escape closes each dialog.
+async function narrow(browser, width, admin, s) {
+  const context = await browser.newContext({ viewport: { width, height: 760 }, hasTouch: true });
+  context.setDefaultTimeout(10000);
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  const escape = async () => {
+    const n = await page.locator('dialog[open]').count();
+    await page.keyboard.press('Escape');
+    await page.waitForFunction((k) => document.querySelectorAll('dialog[open]').length === k - 1, n);
+  };
+  try {
+    step(`${width} px`);
+    await page.goto(BASE + '/');
+    await page.waitForSelector('#signin-form');
+    await look(page, 'sign-in');
+    await page.click('[data-action=to-signup]');
+    await page.click('[data-action=signup]');
+    await page.locator('#signup-form [data-error-for=password]').waitFor({ state: 'visible' });
+    await look(page, 'sign-up-errors');
+    await page.click('[data-action=to-signin]');
+    await signIn(page, s.ownerEmail, PW);
+    await card(page, s.longKey).waitFor();
+    await look(page, 'keys');
+    const lc = card(page, s.longKey);
+    const box = await lc.locator('.actions').boundingBox();
+    assert.ok(box.height > 40, 'the actions wrap onto more rows on a phone');
+
+    await page.click('[data-action=create-key]');
+    await dialog(page).locator('[data-field=name]').waitFor();
+    await look(page, 'create-key-dialog');
+    await dialog(page).locator('select[data-service="text-generation"]').selectOption('payg');
+    await page.locator('dialog.payg[open]').waitFor();
+    await page.locator('dialog.payg[open] input[type=checkbox][value=small]').check();
+    await page.locator('dialog.payg[open] .cost-value').waitFor();
+    await look(page, 'payg-dialog');
+    await escape();
+    await escape();
+    for (const a of ['edit', 'members', 'services']) {
+      await lc.locator(`[data-action=${a}]`).click();
+      await dialog(page).waitFor();
+      await look(page, `${a}-dialog`);
+      await escape();
+    }
+    const gen = lc.locator('[data-action=generate]');
+    if (await gen.isDisabled()) {
+      await lc.locator('[data-action=rotate]').click();
+      await dialog(page).locator('[data-action=rotate]').waitFor();
+      await look(page, 'rotate-dialog');
+      await dialog(page).locator('[data-action=rotate]').click();
+    } else {
+      await gen.click();
+    }
+    const td = page.locator('dialog.token-dialog[open]');
+    await td.waitFor();
+    const secret = await td.locator('input.token').inputValue();
+    await look(page, 'token-dialog');
+    await page.keyboard.press('Escape');
+    await td.waitFor({ state: 'detached' });
+    assert.equal((await page.content()).includes(secret), false, 'Escape wipes the token like CLOSE');
+    await lc.locator('[data-action=revoke]').click();
+    await dialog(page).locator('[data-action=confirm-revoke]').waitFor();
+    await look(page, 'revoke-confirm');
+    await escape();
+    assert.equal((await admin.ok('key.get', s.owner, { key: s.longKey })).status, 'active');
+
+    await page.click('[data-tab=wallets]');
+    const wc = page.locator(`.wallet-card[data-wallet-id="${s.W}"]`);
+    await wc.locator('[data-action=ledger]').click();
+    await wc.locator('tr.entry-credit').first().waitFor();
+    await look(page, 'wallets');
+    await wc.locator('[data-action=topup]').click();
+    await dialog(page).locator('[data-field=amount_micros]').waitFor();
+    await look(page, 'topup-dialog');
+    await escape();
+
+    await page.click('[data-tab=team]');
+    await page.waitForSelector(`tr[data-user="${s.uma}"]`);
+    await look(page, 'team');
+    await page.click('[data-action=add-member]');
+    await dialog(page).locator('[data-field=email]').waitFor();
+    await look(page, 'add-member-dialog');
+    await escape();
+
+    if (s.max) {
+      // a member whose keys are in another team lands there
+      step(`${width} px: a member of two teams`);
+      await page.click('[data-action=signout]');
+      await signIn(page, s.max.email, PW);
+      await card(page, s.max.key).waitFor();
+      assert.equal(await page.locator('select[data-action=team]').inputValue(), s.team);
+      await look(page, 'member-lands-on-keys');
+      await page.locator('select[data-action=team]').selectOption(s.max.ownTeam);
+      await page.locator(`.elsewhere p[data-team="${s.team}"]`).waitFor();
+      assert.match(await page.locator('.elsewhere').innerText(), /You have 1 key in the team Acme Robotics\. Open Acme Robotics/);
+      await look(page, 'member-pointer');
+      await page.locator('.elsewhere [data-action=switch-team]').click();
+      await card(page, s.max.key).waitFor();
+    }
+    assert.deepEqual(errors, [], 'the page threw');
+  } catch (e) {
+    try { await shot(page, 'FAILED'); } catch (_) { /* the page is gone */ }
+    throw e;
+  } finally {
+    await context.close();
+  }
+}
 
 async function main() {
   fs.mkdirSync(SHOTS, { recursive: true });
@@ -111,8 +272,30 @@ async function main() {
     step('sign-up');
     await page.goto(BASE + '/');
     await page.waitForSelector('#signin-form');
-    await shot(page, 'sign-in');
+    await look(page, 'sign-in');
     await page.click('[data-action=to-signup]');
+    // every bad field at once; the hint and the error say keygated's rule
+    const su = (f) => page.locator(`#signup-form [data-error-for=${f}]`);
+    assert.equal(await page.locator('#signup-form .hint').first().innerText(), 'At least 8 characters, not only spaces.');
+    await page.click('[data-action=signup]');
+    for (const f of ['name', 'email', 'password']) await su(f).waitFor({ state: 'visible' });
+    assert.equal(await su('team_name').isVisible(), false);
+    await page.fill('#signup-form [data-field=password]', '        ');
+    await page.click('[data-action=signup]');
+    const spaces = await admin.call('user.signup', undefined, { email: `spaces-${run}@example.test`, name: 'S', password: '        ' });
+    assert.equal(spaces.error.code, 'bad_request');
+    const daemonRule = spaces.error.message.replace(/^'password'/, 'Password') + '.';
+    assert.equal(await su('password').innerText(), daemonRule);
+    const eight = await admin.call('user.signup', undefined, { email: `eight-${run}@example.test`, name: 'E', password: 'ééééééé ' });
+    assert.equal(eight.ok, true, 'eight characters in more bytes are a good password');
+    await look(page, 'sign-up-errors');
+    // an error goes as soon as its field is right; the others stay
+    await page.fill('#signup-form [data-field=name]', 'Olivia Owner');
+    await su('name').waitFor({ state: 'hidden' });
+    assert.equal(await su('email').isVisible(), true);
+    assert.equal(await page.locator('#signup-form [data-field=name]').getAttribute('aria-invalid'), null);
+    await page.fill('#signup-form [data-field=password]', 'short');
+    assert.equal(await su('password').isVisible(), true);
     const ownerEmail = `olivia-${run}@example.test`;
     await page.fill('#signup-form [data-field=name]', 'Olivia Owner');
     await page.fill('#signup-form [data-field=email]', ownerEmail);
@@ -129,11 +312,46 @@ async function main() {
     let keys = (await admin.ok('key.list', owner, { team })).keys;
     assert.deepEqual(keys.map((k) => [k.key_id, k.kind, k.users]), [[freeKey, 'free', [owner]]]);
     await card(page, freeKey).waitFor();
-    // the free key: no revoke, no services edit (disabled, with the rule)
-    assert.equal(await card(page, freeKey).locator('[data-action=revoke]').isDisabled(), true);
-    assert.equal(await card(page, freeKey).locator('[data-action=services]').isDisabled(), true);
-    assert.match(await card(page, freeKey).locator('[data-action=revoke]').getAttribute('title'), /cannot be revoked/);
-    await shot(page, 'free-key');
+    // the free key: no revoke, no services edit (disabled, the rule in words)
+    const fc = card(page, freeKey);
+    assert.equal(await fc.locator('[data-action=revoke]').isDisabled(), true);
+    assert.equal(await fc.locator('[data-action=services]').isDisabled(), true);
+    assert.equal(await fc.locator('.why li[data-why=services]').innerText(), 'Services: the free key\'s services are fixed.');
+    assert.equal(await fc.locator('.why li[data-why=revoke]').innerText(), 'Revoke: the free key cannot be revoked.');
+    assert.equal(await fc.locator('.why').isVisible(), true);
+    // labelled actions; Generate personal token is green
+    assert.deepEqual(await fc.locator('.actions button').allInnerTexts(),
+      ['Edit', 'Members', 'Services', 'Generate token', 'Rotate', 'Revoke']);
+    const [r, g, b] = await rgbOf(fc.locator('[data-action=generate]'), 'backgroundColor');
+    assert.ok(g > r + 60 && g > b + 30, `Generate personal token is green, not rgb(${r},${g},${b})`);
+    assert.equal(await fc.locator('[data-action=generate]').getAttribute('title'), 'Generate personal token');
+    await look(page, 'free-key');
+
+    // keyboard: every action is reachable with Tab, and the focus is visible
+    await page.locator('body').click({ position: { x: 1, y: 1 } });
+    const reached = [];
+    for (let i = 0; i < 40; i++) {
+      await page.keyboard.press('Tab');
+      const f = await page.evaluate(() => {
+        const e = document.activeElement;
+        const cs = getComputedStyle(e);
+        return { a: e.dataset.action || e.dataset.tab || e.tagName, outline: cs.outlineStyle, width: cs.outlineWidth };
+      });
+      reached.push(f.a);
+      if (f.a !== 'BODY') assert.notEqual(f.outline, 'none', `focus on ${f.a} is not visible`);
+    }
+    for (const a of ['signout', 'keys', 'team', 'edit', 'members', 'generate']) assert.ok(reached.includes(a), `${a} not reachable by Tab: ${reached}`);
+    // a dialog opened from the keyboard keeps the focus, and Escape closes it
+    await fc.locator('[data-action=edit]').focus();
+    await page.keyboard.press('Enter');
+    await dialog(page).waitFor();
+    for (const key of ['Tab', 'Tab', 'Tab', 'Tab', 'Tab', 'Tab', 'Shift+Tab', 'Shift+Tab', 'Shift+Tab', 'Shift+Tab']) {
+      await page.keyboard.press(key);
+      assert.equal(await page.evaluate(() => !!document.activeElement.closest('dialog[open]')), true, `${key} left the dialog`);
+    }
+    await page.keyboard.press('Escape');
+    await dialog(page).waitFor({ state: 'detached' });
+    assert.equal(await page.evaluate(() => document.activeElement.dataset.action), 'edit', 'the focus goes back to the opener');
 
     // 2. a member with role user, added from the Team view
     step('add a member');
@@ -147,7 +365,7 @@ async function main() {
     await page.waitForSelector(`tr[data-user="${uma}"]`);
     const teamDoc = await admin.ok('team.get', owner, { team });
     assert.equal(teamDoc.members.find((m) => m.user_id === uma).role, 'user');
-    await shot(page, 'team');
+    await look(page, 'team');
 
     // 3. CREATE NEW KEY
     step('create a key');
@@ -157,14 +375,16 @@ async function main() {
     await d1.locator('[data-field=name]').fill('Production backend');
     await d1.locator('[data-field=description]').fill('Servers in eu-west');
     await d1.locator('select[data-service="speech-to-text"]').selectOption('free');
-    await shot(page, 'create-key-dialog');
+    await look(page, 'create-key-dialog');
     // an error from the server is shown next to its field
     await d1.locator('[data-field=name]').fill('   ');
     await d1.locator('[data-action=create]').click();
     await d1.locator('[data-error-for=name]').waitFor({ state: 'visible' });
     assert.match(await d1.locator('[data-error-for=name]').innerText(), /^Name must be 1-200 printable characters\.$/);
-    await shot(page, 'create-key-error');
+    await look(page, 'create-key-error');
     await d1.locator('[data-field=name]').fill('Production backend');
+    await d1.locator('[data-error-for=name]').waitFor({ state: 'hidden' });
+    assert.equal(await d1.locator('[data-field=name]').getAttribute('aria-invalid'), null);
     await d1.locator('[data-action=create]').click();
     await page.waitForSelector('#paid-block .key-card');
     keys = (await admin.ok('key.list', owner, { team })).keys;
@@ -180,10 +400,20 @@ async function main() {
     step('edit members');
     await card(page, K).locator('[data-action=members]').click();
     const d2 = dialog(page);
-    await d2.locator(`input[value="${uma}"]`).check();
+    const order = await d2.locator('.picker-list input[type=checkbox]').evaluateAll((l) => l.map((i) => i.value));
+    assert.equal(order[0], owner, 'the owner comes first');
+    assert.deepEqual(order.slice().sort(), [owner, uma].sort());
+    await d2.locator('.picker-search').fill('UMA');
+    assert.equal(await d2.locator('.picker-list .check:visible').count(), 1);
+    await d2.locator('.picker-search').press('Enter');
+    await d2.locator(`.chip[data-user="${uma}"]`).waitFor();
+    assert.equal(await d2.locator(`input[value="${uma}"]`).isChecked(), true);
+    await d2.locator('.picker-search').fill('nobody-like-this');
+    await d2.locator('.picker-none').waitFor({ state: 'visible' });
+    await d2.locator('.picker-search').fill('');
     assert.equal(await d2.locator('[data-field=notify]').isChecked(), true);
     assert.match(await d2.innerText(), /Notify the users of their changed keys/);
-    await shot(page, 'members-dialog');
+    await look(page, 'members-dialog');
     await d2.locator('[data-action=save]').click();
     await page.waitForSelector(`.key-card[data-key-id="${K}"] li[data-user="${uma}"]`);
     assert.deepEqual((await admin.ok('key.get', owner, { key: K })).users.sort(), [owner, uma].sort());
@@ -199,16 +429,29 @@ async function main() {
     await d3.locator('select[data-service="text-generation"]').selectOption('payg');
     const pg = page.locator('dialog.payg[open]');
     await pg.waitFor();
+    const estSel = pg.locator('select[aria-label="Model to estimate"]');
+    const offered = () => estSel.locator('option').evaluateAll((l) => l.map((o) => o.value));
+    assert.equal(await estSel.isDisabled(), true, 'no model ticked: nothing to estimate');
+    await pg.locator('[data-action=ok]').click();
+    await pg.locator('[data-error-for=models]').waitFor({ state: 'visible' });
+    await pg.locator('input[type=checkbox][value=small]').check();
+    await pg.locator('[data-error-for=models]').waitFor({ state: 'hidden' });
+    assert.deepEqual(await offered(), ['small']);
+    await pg.locator('[data-action=ok]').click();
+    await pg.locator('[data-error-for=wallet]').waitFor({ state: 'visible' });
+    assert.equal(await pg.locator('[data-error-for=wallet]').innerText(), 'Choose the wallet that pays, or create one.');
+    await look(page, 'payg-errors');
     await pg.locator('input[placeholder="New wallet name"]').fill('Main wallet');
     await pg.locator('[data-action=create-wallet]').click();
     await pg.locator('[data-field=wallet] option', { hasText: 'Main wallet' }).waitFor({ state: 'attached' });
+    await pg.locator('[data-error-for=wallet]').waitFor({ state: 'hidden' });
     const wallets = (await admin.ok('wallet.list', owner, { team })).wallets;
     assert.equal(wallets.length, 1);
     const W = wallets[0].wallet_id;
     assert.equal(await pg.locator('[data-field=wallet]').inputValue(), W);
-    await pg.locator('input[type=checkbox][value=small]').check();
     await pg.locator('input[type=checkbox][value=large]').check();
-    await pg.locator('select[aria-label="Model to estimate"]').selectOption('large');
+    assert.deepEqual(await offered(), ['small', 'large']);
+    await estSel.selectOption('large');
     await pg.locator('input[data-param=input_tokens]').fill('2000');
     await pg.locator('input[data-param=output_tokens]').fill('500');
     const est = await admin.ok('price.estimate', undefined,
@@ -219,6 +462,22 @@ async function main() {
       return e && e.dataset.micros === m;
     }, String(est.cost_micros));
     assert.equal(await pg.locator('.cost-value').innerText(), '0.0038 USD');
+    // another model keeps the typed values, and prices them for that model
+    await estSel.selectOption('small');
+    assert.equal(await pg.locator('input[data-param=input_tokens]').inputValue(), '2000');
+    assert.equal(await pg.locator('input[data-param=output_tokens]').inputValue(), '500');
+    const estSmall = await admin.ok('price.estimate', undefined,
+      { service: 'text-generation', model: 'small', params: { input_tokens: 2000, output_tokens: 500 } });
+    await page.waitForFunction((m) => {
+      const e = document.querySelector('dialog.payg .cost-value');
+      return e && e.dataset.model === 'small' && e.dataset.micros === m;
+    }, String(estSmall.cost_micros));
+    // unticking the estimated model moves the estimate to a ticked one
+    await estSel.selectOption('large');
+    await pg.locator('input[type=checkbox][value=large]').uncheck();
+    assert.deepEqual(await offered(), ['small']);
+    await pg.locator('input[type=checkbox][value=large]').check();
+    await estSel.selectOption('large');
     // a bad parameter is explained next to the inputs
     await pg.locator('input[data-param=output_tokens]').fill('-5');
     await pg.locator('[data-error-for=params]').waitFor({ state: 'visible' });
@@ -228,11 +487,11 @@ async function main() {
       const e = document.querySelector('dialog.payg .cost-value');
       return e && e.dataset.micros === m;
     }, String(est.cost_micros));
-    await shot(page, 'payg-estimate');
+    await look(page, 'payg-estimate');
     await pg.locator('[data-action=ok]').click();
     await pg.waitFor({ state: 'detached' });
     assert.match(await d3.locator('.svc-row[data-service="text-generation"] .svc-summary').innerText(), /Pay-as-you-go · models small, large · wallet Main wallet/);
-    await shot(page, 'services-dialog');
+    await look(page, 'services-dialog');
     await d3.locator('[data-action=save]').click();
     await d3.waitFor({ state: 'detached' });
     const afterSvc = await admin.ok('key.get', owner, { key: K });
@@ -258,7 +517,7 @@ async function main() {
     await download.saveAs(dlPath);
     assert.equal(fs.readFileSync(dlPath, 'utf8'), token + '\n');
     fs.unlinkSync(dlPath);
-    await shot(page, 'token-dialog');
+    await look(page, 'token-dialog');
     await td.locator('[data-action=close]').click();
     await td.waitFor({ state: 'detached' });
     await page.evaluate(() => navigator.clipboard.writeText(''));
@@ -267,6 +526,8 @@ async function main() {
     assert.equal(await card(page, K).locator(`li[data-user="${owner}"] .token-hint`).innerText(), hint);
     assert.equal((await page.content()).includes(token), false, 'the token is still in the page after CLOSE');
     assert.equal(await card(page, K).locator('[data-action=generate]').isDisabled(), true);
+    assert.equal(await card(page, K).locator('.why li[data-why=generate]').innerText(),
+      'Generate token: you have a token already; Rotate replaces it.');
     let kdoc = await admin.ok('key.get', owner, { key: K });
     assert.equal(kdoc.tokens[owner].hint, hint);
     const firstTokenId = kdoc.tokens[owner].token_id;
@@ -275,7 +536,7 @@ async function main() {
     // 7. rotate it
     step('rotate the token');
     await card(page, K).locator('[data-action=rotate]').click();
-    await shot(page, 'rotate-dialog');
+    await look(page, 'rotate-dialog');
     await dialog(page).locator('[data-action=rotate]').click();
     await td.waitFor();
     const token2 = await td.locator('input.token').inputValue();
@@ -299,7 +560,7 @@ async function main() {
     assert.equal((await admin.ok('wallet.get', owner, { wallet: W })).balance_micros, 25500000);
     await page.locator(`.wallet-card[data-wallet-id="${W}"] [data-action=ledger]`).click();
     await page.waitForSelector(`.wallet-card[data-wallet-id="${W}"] tr.entry-credit`);
-    await shot(page, 'wallets');
+    await look(page, 'wallets');
 
     // 9. revoke, with a confirmation
     step('revoke');
@@ -307,14 +568,16 @@ async function main() {
     await card(page, K).locator('[data-action=revoke]').click();
     await dialog(page).waitFor();
     assert.match(await dialog(page).innerText(), /Every token of this key stops working at once/);
-    await shot(page, 'revoke-confirm');
+    await look(page, 'revoke-confirm');
     await dialog(page).locator('[data-action=confirm-revoke]').click();
     await page.waitForSelector(`.key-card.revoked[data-key-id="${K}"]`);
     assert.equal((await admin.ok('key.get', owner, { key: K })).status, 'revoked');
     for (const a of ['edit', 'members', 'services', 'generate', 'rotate', 'revoke']) {
       assert.equal(await card(page, K).locator(`[data-action=${a}]`).isDisabled(), true, a);
     }
-    await shot(page, 'revoked');
+    assert.match(await card(page, K).locator('.why').innerText(),
+      /^Edit, Members, Services, Generate token, Rotate, Revoke: the key is revoked\.$/);
+    await look(page, 'revoked');
 
     // 10. a user-role login: no create, no revoke, her own token only
     step('user-role login');
@@ -335,6 +598,10 @@ async function main() {
     }
     assert.equal(await page.locator('[data-tab=wallets]').count(), 0);
     assert.equal(await page.locator(`.key-card[data-key-id="${freeKey}"]`).count(), 0);
+    // the wallet is named for her too (key.list's wallet_names)
+    const umaPaid = card(page, K).locator('li[data-service="text-generation"]');
+    assert.match(await umaPaid.innerText(), /wallet Main wallet$/);
+    assert.equal((await umaPaid.innerText()).includes(W), false);
     const notesShown = await page.locator('#notifications').innerText();
     assert.match(notesShown, /You were assigned to key Production backend by Olivia Owner/);
     const sc = card(page, staging.key_id);
@@ -359,9 +626,25 @@ async function main() {
     await td.waitFor({ state: 'detached' });
     const sdoc = await admin.ok('key.get', owner, { key: staging.key_id });
     assert.equal(sdoc.tokens[uma].hint, `${umaToken2.slice(0, 7)}…${umaToken2.slice(-4)}`);
-    await shot(page, 'user-view');
+    await look(page, 'user-view');
 
     assert.deepEqual(pageErrors, [], 'the page threw');
+
+    // 11. phones: 375 and 320 px
+    const longKey = (await admin.ok('key.create', owner, {
+      team, name: 'Customer-facing production backend for the EU region (primary)',
+      description: 'Serves every customer request of the EU region; rotate monthly, never share outside ops@example.test',
+      users: [owner, uma], services: { 'text-generation': { policy: 'payg', models: ['small'], wallet: W },
+        'speech-to-text': { policy: 'free' } },
+    })).key_id;
+    const maxEmail = `max-${run}@example.test`;
+    const mx = await admin.ok('user.signup', undefined, { email: maxEmail, name: 'Max Member', password: PW, team_name: 'Max home' });
+    await admin.ok('team.member.add', owner, { team, user: mx.user_id, role: 'user' });
+    const maxKey = (await admin.ok('key.create', owner, { team, name: 'Max key', users: [mx.user_id] })).key_id;
+    const s = { ownerEmail, owner, team, W, uma, longKey };
+    await narrow(browser, 375, admin, { ...s, max: { email: maxEmail, key: maxKey, ownTeam: mx.team_id } });
+    await narrow(browser, 320, admin, s);
+    console.log(`axe-core ran ${axeRuns} times`);
     step('done');
   } catch (e) {
     try { await shot(page, 'FAILED'); } catch (_) { /* the page is gone */ }

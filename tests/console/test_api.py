@@ -438,6 +438,36 @@ class ConsoleApi(unittest.TestCase):
         self.assertTrue(owner.ok("key.revoke", key=paid["key_id"]))
         self.assertTrue(owner.ok("audit.list", team=team)["entries"])
 
+    def test_a_user_sees_the_names_of_the_wallets_paying_for_her_keys(self):
+        owner, so = signup_http(self.port, name="Owner")
+        team = so["team_id"]
+        email = kgtest.unique_email("user")
+        s = Browser(self.port).ok("user.signup", email=email, name="User", password=PW)
+        owner.ok("team.member.add", team=team, email=email, role="user")
+        user = Browser(self.port)
+        self.assertTrue(user.login(email, PW).ok)
+        w1 = owner.ok("wallet.create", team=team, name="Research budget")["wallet_id"]
+        w2 = owner.ok("wallet.create", team=team, name="Ops")["wallet_id"]
+        svc = {"text-generation": {"policy": "payg", "models": ["small"], "wallet": w1},
+               "speech-to-text": {"policy": "payg", "models": ["fast"], "wallet": w2}}
+        paid = owner.ok("key.create", team=team, name="paid", users=[s["user_id"]], services=svc)
+        plain = owner.ok("key.create", team=team, name="plain", users=[s["user_id"]],
+                         services={"speech-to-text": {"policy": "free"}})
+        names = {w1: "Research budget", w2: "Ops"}
+        got = user.ok("key.get", key=paid["key_id"])
+        self.assertEqual(got["services"], svc)          # as set: the names sit beside them
+        self.assertEqual(got["wallet_names"], names)
+        listed = {k["key_id"]: k for k in user.ok("key.list", team=team)["keys"]}
+        self.assertEqual(listed[paid["key_id"]]["wallet_names"], names)
+        self.assertNotIn("wallet_names", listed[plain["key_id"]])
+        self.assertNotIn("wallet_names", user.ok("key.get", key=plain["key_id"]))
+        self.assertEqual(self.c.ok("key.get", so["user_id"], key=paid["key_id"])["wallet_names"], names)
+        # the names only: the wallets themselves stay the admins'
+        self.assertEqual(user.api("wallet.get", wallet=w1).code, "forbidden")
+        # a reply with the names can be sent back as it is (they are ignored)
+        owner.ok("key.services.set", key=paid["key_id"], services=got["services"])
+        self.assertEqual(owner.ok("key.get", key=paid["key_id"])["services"], svc)
+
 
 def s_free(s):
     return s["free_key_id"]

@@ -51,7 +51,8 @@ class Proxy:
             threading.Thread(target=self.pump, args=(c, u), daemon=True).start()
 
     def pump(self, c, u):
-        eating = False
+        eating = False      # replies no longer reach keygated
+        dropping = False    # requests no longer reach Redis
         try:
             while True:
                 r, _, _ = select.select([c, u], [], [], 0.5)
@@ -65,9 +66,14 @@ class Proxy:
                         if self.armed and not self.fired and b"tx:" in data and b"'done'" in data:
                             self.fired = True
                             if self.mode == "request":
-                                continue           # the commit never reaches Redis
-                            eating = True
-                        u.sendall(data)
+                                # The commit never reaches Redis, nor does
+                                # anything after it on this connection (a
+                                # stream cannot lose a piece in the middle).
+                                dropping = True
+                            else:
+                                eating = True
+                        if not dropping:
+                            u.sendall(data)
                     elif not eating:
                         c.sendall(data)
         except OSError:

@@ -1,6 +1,7 @@
 """price.estimate over the socket against hand-computed values (SPEC §7):
-cost = base_micros + sum of ceil(quantity * micros / units), missing params
-count 0; an unpriced or negative param, an overflow, an unknown service or
+cost = max(min_micros, base_micros + sum of ceil(quantity * micros / units)),
+missing optional params count 0, min_micros 1 by default on a paid service
+(issue 10: a paid model never prices at 0 by accident); an unpriced or negative param, an overflow, an unknown service or
 model is bad_request. Also a seeded random sweep against an independent
 Python implementation of the same formula, on a catalog with odd prices."""
 import os
@@ -19,8 +20,9 @@ CASES = [
     ("speech-to-text", "fast", {"audio_seconds": 0}, 100, [("audio_seconds", 0, 0)]),
     ("speech-to-text", "fast", {"audio_seconds": 1}, 140, [("audio_seconds", 1, 40)]),
     ("speech-to-text", "fast", {"audio_seconds": 10}, 500, [("audio_seconds", 10, 400)]),
-    ("text-generation", "small", {}, 0, [("input_tokens", 0, 0), ("output_tokens", 0, 0)]),
-    ("text-generation", "small", {"input_tokens": 0, "output_tokens": 0}, 0,
+    # a paid model's floor: min_micros defaults to 1 (docs/module.md)
+    ("text-generation", "small", {}, 1, [("input_tokens", 0, 0), ("output_tokens", 0, 0)]),
+    ("text-generation", "small", {"input_tokens": 0, "output_tokens": 0}, 1,
      [("input_tokens", 0, 0), ("output_tokens", 0, 0)]),
     # rounding up: 1 * 150 / 1000 = 0.15 -> 1; 1 * 600 / 1000 -> 1
     ("text-generation", "small", {"input_tokens": 1, "output_tokens": 1}, 2,
@@ -96,7 +98,7 @@ def ceil_div(a, b):
     return -((-a) // b)
 
 
-def py_price(model, params):
+def py_price(model, params, free):
     total = model["price"]["base_micros"]
     lines = []
     for r in model["price"]["per"]:
@@ -104,7 +106,7 @@ def py_price(model, params):
         sub = ceil_div(q * r["micros"], r["units"])
         total += sub
         lines.append({"param": r["param"], "quantity": q, "subtotal_micros": sub})
-    return total, lines
+    return max(total, model["price"].get("min_micros", 0 if free else 1)), lines
 
 
 ODD_CATALOG = {
@@ -135,9 +137,9 @@ class Pricing(kgtest.EnvCase):
             base = {"fast": 100, "small": 0, "large": 500}[model]
             self.assertEqual(r["base_micros"], base)
             # the hand values agree with the formula
-            m = [x for s in self.env.catalog()["services"] if s["id"] == svc
-                 for x in s["models"] if x["id"] == model][0]
-            self.assertEqual(py_price(m, params)[0], cost)
+            s = [s for s in self.env.catalog()["services"] if s["id"] == svc][0]
+            m = [x for x in s["models"] if x["id"] == model][0]
+            self.assertEqual(py_price(m, params, s["free"])[0], cost)
 
     def test_bad(self):
         for svc, model, params in BAD:
@@ -160,16 +162,16 @@ class PricingOddCatalog(kgtest.EnvCase):
 
     def test_random_sweep(self):
         rnd = random.Random(20240601)
-        models = [(s["id"], m) for s in ODD_CATALOG["services"] for m in s["models"]]
+        models = [(s["id"], s["free"], m) for s in ODD_CATALOG["services"] for m in s["models"]]
         for i in range(400):
-            svc, m = rnd.choice(models)
+            svc, free, m = rnd.choice(models)
             params = {}
             for r in m["price"]["per"]:
                 if rnd.random() < 0.8:
                     params[r["param"]] = rnd.choice([0, 1, 2, 3, 6, 7, 8, 999, 1000003, 10 ** 12,
                                                      rnd.randrange(0, 10 ** 6),
                                                      rnd.randrange(0, 2 ** 40)])
-            cost, lines = py_price(m, params)
+            cost, lines = py_price(m, params, free)
             r = self.c.ok("price.estimate", service=svc, model=m["id"], params=params)
             self.assertEqual(r["cost_micros"], cost, (svc, m["id"], params))
             self.assertEqual(r["breakdown"], lines, (svc, m["id"], params))

@@ -13,7 +13,7 @@ static kgt_env env;
 static void seed(kgt_world *w, const kgt_world *same_ids)
 {
     /* Redis runs without persistence: write the same world again. */
-    char svcs[512], hex[KGC_HASH_HEX_LEN + 1];
+    char svcs[1024], hex[KGC_HASH_HEX_LEN + 1];
 
     kgt_catalog(&env, NULL);
     if (same_ids == NULL) {
@@ -23,13 +23,14 @@ static void seed(kgt_world *w, const kgt_world *same_ids)
     *w = *same_ids;
     kgt_do(&env, "HSET " KGT_PREFIX "{t:%s}:wallet:%s wallet_id %s team_id %s balance_micros 1000000",
            w->team, w->wallet, w->wallet, w->team);
+    kgt_hash(&env, w->tok, hex);
     snprintf(svcs, sizeof svcs,
              "{\"key_id\":\"%s\",\"team_id\":\"%s\",\"kind\":\"paid\",\"status\":\"active\","
              "\"users\":[\"%s\"],\"services\":{\"text-generation\":{\"policy\":\"payg\","
-             "\"models\":[\"small\"],\"wallet\":\"%s\"}},\"tokens\":{}}",
-             w->key, w->team, w->user, w->wallet);
+             "\"models\":[\"small\"],\"wallet\":\"%s\"}},"
+             "\"tokens\":{\"%s\":{\"token_id\":\"tk_x\",\"hash\":\"%s\"}}}",
+             w->key, w->team, w->user, w->wallet, w->user, hex);
     kgt_do(&env, "SET " KGT_PREFIX "{t:%s}:key:%s %s", w->team, w->key, svcs);
-    kgt_hash(&env, w->tok, hex);
     kgt_do(&env, "HSET " KGT_PREFIX "tok:%s key_id %s team_id %s user_id %s token_id tk_x expires_ms 0",
            hex, w->key, w->team, w->user);
 }

@@ -75,6 +75,30 @@ int main(void)
     KGT_EQ_STATUS(ask(newtok, "text-generation"), KG_OK);
     printf("rotated: old token refused after %lld ms\n", ms);
 
+    /* A token record the key no longer names (left behind when two writers
+     * raced on token.generate / token.rotate) is refused, even though its
+     * key is active and its user assigned: only the current token counts. */
+    {
+        redisReply *rec;
+        char oldhex[KGC_HASH_HEX_LEN + 1];
+
+        kgt_world_make(&env, &w, 1000000000);
+        kgt_hash(&env, w.tok, oldhex);
+        rec = kgt_cmd(&env, "HGET " KGT_PREFIX "tok:%s token_id", oldhex);
+        KGT_CHECK(rec->type == REDIS_REPLY_STRING, "token record");
+        char tid[64];
+        snprintf(tid, sizeof tid, "%s", rec->str);
+        freeReplyObject(rec);
+        kgt_rotate(&env, w.team, w.key, w.user, w.tok, 0, newtok);
+        kgt_do(&env, "HSET " KGT_PREFIX "tok:%s key_id %s team_id %s user_id %s token_id %s expires_ms 0",
+               oldhex, w.key, w.team, w.user, tid);
+        kgt_publish_key(&env, w.key);
+        ms = until(w.tok, "text-generation", KG_TOKEN_UNKNOWN, 1000);
+        KGT_CHECK(ms < 200, "orphaned token still accepted after %lld ms", ms);
+        KGT_EQ_STATUS(ask(newtok, "text-generation"), KG_OK);
+        printf("orphaned token record: refused\n");
+    }
+
     /* Rotation with a 1.5 s grace: the old token works until then (even
      * from the cache), and is refused within 1 s after. */
     kgt_world_make(&env, &w, 1000000000);

@@ -12,6 +12,8 @@ processes) on two free loopback ports and stops it on close():
 Gateway locations (see CONF below):
     /stt/      speech-to-text (free tier), param audio_seconds
     /gen/      text-generation (pay-as-you-go), model and tokens from headers
+    /gen-bal/  as /gen/, with keygate_refusal_balance on (a 402 tells
+               the wallet's balance)
     /gen-redirect/  text-generation, whose 404 from the upstream is sent
                by error_page into /gen/ (an internal redirect)
     /tiny/     tiny-free (free tier with a small quota; see catalog())
@@ -75,11 +77,18 @@ def free_port():
 
 
 def catalog():
-    """tests/data/catalog.json plus `tiny-free`, a free service with a
+    """tests/data/catalog.json with text-generation's `input_tokens`
+    marked required, plus `tiny-free`, a free service with a
     quota of 3 requests per key per day (the 429 test), and `echo-free`, a
     free service without quota (the bench)."""
     with open(os.path.join(REPO, "tests", "data", "catalog.json")) as f:
         cat = json.load(f)
+    for svc in cat["services"]:
+        if svc["id"] == "text-generation":
+            for m in svc["models"]:
+                for rate in m["price"]["per"]:
+                    if rate["param"] == "input_tokens":
+                        rate["required"] = True
     cat["services"].append({
         "id": "tiny-free", "name": "Tiny free", "free": True,
         "free_quota": {"requests_per_day": 3},
@@ -188,6 +197,16 @@ http {{
                 keygate_service off;
                 proxy_pass http://echo;
             }}
+        }}
+
+        location /gen-bal/ {{
+            keygate_service text-generation;
+            keygate_model $http_x_model;
+            keygate_param input_tokens $http_x_input_tokens;
+            keygate_param output_tokens $http_x_output_tokens;
+            keygate_request_id $http_x_request_id;
+            keygate_refusal_balance on;
+            proxy_pass http://echo;
         }}
 
         # the upstream answers 404, error_page redirects into /gen/

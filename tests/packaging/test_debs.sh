@@ -14,7 +14,9 @@
 #    sign-up, wallet, paid key and token; debits through the installed
 #    libkeygate (keygate authorize, the libkeygate(3) example compiled
 #    against libkeygate-dev, and Debian's nginx with the installed module,
-#    enabled the Debian way); a reinstall keeps the pepper;
+#    enabled the Debian way, and its keygate_status counters); the
+#    console and /metrics of the installed daemon; keygate-spoa installed
+#    (no RPATH anywhere); a reinstall keeps the pepper;
 # 4. `apt-get purge`: checks what is removed and what is kept (the pepper,
 #    the keygate user and groups: docs/operations.md), then removes what
 #    the test itself left, unless it was there before.
@@ -102,13 +104,18 @@ check "nginx module enabled the Debian way" \
 check "module load line" grep -qx 'load_module modules/ngx_http_keygate_module.so;' /usr/share/nginx/modules-available/mod-http-keygate.conf
 out_verify=$(systemd-analyze verify /lib/systemd/system/keygated.service 2>&1) || true
 [ -z "$out_verify" ] || fail "systemd-analyze verify of the installed unit: $out_verify"
-for page in keygated.8 keygate.1 keygate.conf.5 libkeygate.3 kg_open.3 kg_authorize_start.3; do
+for page in keygated.8 keygate.1 keygate.conf.5 libkeygate.3 kg_open.3 kg_authorize_start.3 keygate-spoa.8; do
     check "man page $page" grep -q "^/usr/share/man/" <<<"$(man -w "${page##*.}" "${page%.*}" 2>/dev/null)"
     warn=$(man --warnings -l "$(man -w "${page##*.}" "${page%.*}")" 2>&1 >/dev/null) || true
     [ -z "$warn" ] || fail "man $page warns: $warn"
 done
 check "pkg-config keygate: -lkeygate only" test "$(pkg-config --libs keygate | xargs)" = -lkeygate
 check "CLI uses the installed libkeygate" grep -qE "libkeygate.so.1 => (/usr)?/lib/$MA/libkeygate.so.1" <<<"$(ldd /usr/bin/keygate)"
+check "keygate-spoa --help" /usr/sbin/keygate-spoa --help >/dev/null
+check "keygate-spoa uses the installed libkeygate" grep -qE "libkeygate.so.1 => (/usr)?/lib/$MA/libkeygate.so.1" <<<"$(ldd /usr/sbin/keygate-spoa)"
+for b in /usr/sbin/keygated /usr/sbin/keygate-spoa /usr/bin/keygate /usr/lib/nginx/modules/ngx_http_keygate_module.so; do
+    check "$b has no RPATH/RUNPATH" sh -c "! readelf -d '$b' | grep -qE 'RPATH|RUNPATH'"
+done
 check "unit enabled" test -L /etc/systemd/system/multi-user.target.wants/keygated.service
 check "keygated names no build-tree path" sh -c "! strings /usr/sbin/keygated | grep -q '$out'"
 check "keygated needs no libsystemd" sh -c '! ldd /usr/sbin/keygated | grep -q libsystemd'
@@ -192,6 +199,7 @@ http {
     server {
         listen 127.0.0.1:$port;
         root $T/www;
+        location = /keygate-metrics { keygate_status; }
         location /v1/ {
             keygate_service text-generation;
             keygate_model small;
@@ -217,6 +225,9 @@ code=$(curl -s -o "$T/body.out" -w '%{http_code}' -H "Authorization: Bearer $(ca
 check "nginx serves and charges (got $code)" test "$code" = 200
 bal=$($KG --json wallet get "$W" | json 'd["balance_micros"]')
 check "balance after the nginx debit (got $bal)" test "$bal" = $(( 200 + 10000 - 360 ))
+curl -s "http://127.0.0.1:$port/keygate-metrics" >"$T/ngx-metrics"
+check "nginx metrics: one refusal for funds" grep -qx 'keygate_authorizations_total{status="insufficient_funds"} 1' "$T/ngx-metrics"
+check "nginx metrics: 360 micros charged" grep -qx 'keygate_charged_micros_total 360' "$T/ngx-metrics"
 kill "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true; NGX_PID=
 
 step "the console (from /usr/share/keygate/console) and /metrics of the installed daemon"
@@ -242,7 +253,7 @@ for p in $PKGS; do
     st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
     case "$st" in ""|*not-installed*) ;; *) fail "$p still known to dpkg: $st" ;; esac
 done
-for f in /usr/sbin/keygated /usr/bin/keygate /usr/share/keygate /lib/systemd/system/keygated.service \
+for f in /usr/sbin/keygated /usr/sbin/keygate-spoa /usr/bin/keygate /usr/share/keygate /lib/systemd/system/keygated.service \
          /etc/keygate/keygate.conf /etc/keygate/catalog.json /usr/include/keygate.h \
          "/usr/lib/$MA/libkeygate.so" "/usr/lib/$MA/libkeygate.so.1" "/usr/lib/$MA/pkgconfig/keygate.pc" \
          /usr/lib/nginx/modules/ngx_http_keygate_module.so \

@@ -74,6 +74,18 @@ class ManPages(unittest.TestCase):
         links = set(re.findall(r"man3/(kg_[a-z_]+)\.3$", read("debian", "libkeygate-dev.links"), re.M))
         self.assertEqual(sorted(funcs - links), [], "missing from debian/libkeygate-dev.links")
 
+    def test_every_status_documented(self):
+        header = read("include", "keygate.h")
+        enum = header[header.index("typedef enum kg_status"):]
+        enum = enum[:enum.index("} kg_status;")]
+        statuses = set(re.findall(r"^\s*(KG_[A-Z_]+)", enum, re.M))
+        self.assertIn("KG_REQUEST_ID_CONFLICT", statuses)
+        page = read("docs", "man", "libkeygate.3")
+        rv = page[page.index(".Sh RETURN VALUES"):]
+        rv = rv[:rv.index(".Sh ", 5)]
+        documented = set(re.findall(r"^\.It Dv (KG_[A-Z_]+)", rv, re.M))
+        self.assertEqual(sorted(statuses - documented), [], "missing from RETURN VALUES")
+
     def test_packaged_pages_exist(self):
         for f in glob.glob(os.path.join(REPO, "debian", "*.manpages")):
             with open(f) as fh:

@@ -1,11 +1,13 @@
 // keys.js - the Key Management tab: the Free Service Key block, the Paid
 // for Service Keys block, and every action on a key.
 //
-// An action is shown only to the roles allowed to use it (SPEC §1) and is
-// disabled, with the rule as its tooltip, where the rules forbid it: the
+// An action is a labelled button (icon + word) shown only to the roles
+// allowed to use it (SPEC §1), and disabled where the rules forbid it: the
 // free key has no revoke and no services edit; a revoked key has none.
+// The rule is written under the buttons, not only in a tooltip.
 import { call } from './api.js';
-import { el, clear, icon, iconButton, field, openDialog, confirmDialog, toast, describe, when } from './ui.js';
+import { el, clear, icon, actionButton, whyNotes, field, openDialog, confirmDialog, toast, describe, when, CHECK }
+  from './ui.js';
 import { servicesEditor, policyText } from './services.js';
 
 export async function renderKeys(ctx, panel) {
@@ -62,33 +64,35 @@ function keyCard(ctx, key) {
     }
   };
 
-  const actions = el('div', { class: 'actions', role: 'toolbar', 'aria-label': `Actions on ${key.name}` });
+  const items = [];
+  const add = (iconName, opts) => { opts.button = actionButton(iconName, opts); items.push(opts); };
   if (ctx.isAdmin) {
-    actions.append(
-      iconButton('edit', { action: 'edit', label: 'Edit name and description', disabled: revoked,
-        why: 'the key is revoked', onclick: act(() => editKeyDialog(ctx, key)) }),
-      iconButton('members', { action: 'members', label: 'Edit members', disabled: revoked,
-        why: 'the key is revoked', onclick: act(() => membersDialog(ctx, key)) }),
-      iconButton('services', { action: 'services', label: 'Edit services', disabled: isFree || revoked,
-        why: isFree ? 'the free key\'s services are fixed' : 'the key is revoked',
-        onclick: act(() => editServicesDialog(ctx, key)) }));
+    add('edit', { action: 'edit', word: 'Edit', label: 'Edit name and description', disabled: revoked,
+      why: 'the key is revoked', onclick: act(() => editKeyDialog(ctx, key)) });
+    add('members', { action: 'members', word: 'Members', label: 'Edit members', disabled: revoked,
+      why: 'the key is revoked', onclick: act(() => membersDialog(ctx, key)) });
+    add('services', { action: 'services', word: 'Services', label: 'Edit services', disabled: isFree || revoked,
+      why: revoked ? 'the key is revoked' : 'the free key\'s services are fixed',
+      onclick: act(() => editServicesDialog(ctx, key)) });
   }
   if (assigned || ctx.isAdmin) {
-    actions.append(
-      iconButton('token', { action: 'generate', label: 'Generate personal token',
-        disabled: revoked || !assigned || !!myToken,
-        why: revoked ? 'the key is revoked' : !assigned ? 'assign yourself to the key first'
-          : 'you have a token already: rotate it',
-        onclick: act(() => generateToken(ctx, key)) }),
-      iconButton('rotate', { action: 'rotate', label: 'Rotate my token', disabled: revoked || !myToken,
-        why: revoked ? 'the key is revoked' : 'you have no token on this key yet',
-        onclick: act(() => rotateDialog(ctx, key, me)) }));
+    add('newtoken', { action: 'generate', word: 'Generate token', label: 'Generate personal token', kind: 'go',
+      disabled: revoked || !assigned || !!myToken,
+      why: revoked ? 'the key is revoked' : !assigned ? 'assign yourself to the key first (Members)'
+        : 'you have a token already; Rotate replaces it',
+      onclick: act(() => generateToken(ctx, key)) });
+    add('rotate', { action: 'rotate', word: 'Rotate', label: 'Rotate my token', disabled: revoked || !myToken,
+      why: revoked ? 'the key is revoked' : 'you have no token on this key yet',
+      onclick: act(() => rotateDialog(ctx, key, me)) });
   }
   if (ctx.isAdmin) {
-    actions.append(iconButton('revoke', { action: 'revoke', label: 'Revoke key', danger: true,
-      disabled: isFree || revoked, why: isFree ? 'the free key cannot be revoked' : 'the key is revoked already',
-      onclick: act(() => revokeKey(ctx, key)) }));
+    add('revoke', { action: 'revoke', word: 'Revoke', label: 'Revoke key', kind: 'danger',
+      disabled: isFree || revoked, why: revoked ? 'the key is revoked' : 'the free key cannot be revoked',
+      onclick: act(() => revokeKey(ctx, key)) });
   }
+  const actions = items.length ? el('div', { class: 'actions', role: 'toolbar', 'aria-label': `Actions on ${key.name}` },
+    items.map((i) => i.button)) : null;
+  const why = whyNotes(items);
 
   const users = key.users.length
     ? el('ul', { class: 'users' }, key.users.map((uid) => {
@@ -98,8 +102,8 @@ function keyCard(ctx, key) {
         t ? el('span', { class: 'hint' }, el('code', { class: 'token-hint', text: t.hint }),
           ` since ${when(t.created_at)}`) : el('span', { class: 'muted', text: 'no token yet' }),
         ctx.isAdmin && t && uid !== me && !revoked
-          ? iconButton('rotate', { action: 'rotate-user', label: `Rotate ${memberName(ctx, uid)}'s token`,
-            onclick: act(() => rotateDialog(ctx, key, uid)) }) : null);
+          ? actionButton('rotate', { action: 'rotate-user', word: 'Rotate', extra: ` ${memberName(ctx, uid)}'s token`,
+            label: `Rotate ${memberName(ctx, uid)}'s token`, onclick: act(() => rotateDialog(ctx, key, uid)) }) : null);
     }))
     : el('p', { class: 'muted', text: 'Nobody is assigned.' });
 
@@ -108,15 +112,15 @@ function keyCard(ctx, key) {
     ? el('ul', { class: 'services' }, svcIds.map((sid) => {
       const svc = ctx.catalog.services.find((s) => s.id === sid);
       return el('li', { dataset: { service: sid } }, el('strong', { text: svc ? svc.name : sid }), ' — ',
-        policyText(ctx, sid, key.services[sid]));
+        policyText(ctx, sid, key.services[sid], key));
     }))
     : el('p', { class: 'muted', text: 'No service enabled.' });
 
   return el('article', { class: 'key-card' + (revoked ? ' revoked' : ''), dataset: { keyId: key.key_id, kind: key.kind } },
     el('header', { class: 'key-head' },
       el('h3', { class: 'key-name', text: key.name }),
-      el('span', { class: 'status status-' + key.status, text: key.status }),
-      actions),
+      el('span', { class: 'status status-' + key.status, text: key.status })),
+    actions, why,
     key.description ? el('p', { class: 'key-desc', text: key.description }) : el('p', { class: 'key-desc muted', text: 'No description.' }),
     msg,
     el('div', { class: 'key-body' },
@@ -125,25 +129,73 @@ function keyCard(ctx, key) {
     el('footer', { class: 'key-foot muted' }, el('code', { text: key.key_id }), ` · created ${when(key.created_at)}`));
 }
 
-function memberChecklist(ctx, selected) {
-  return el('div', { class: 'checklist', role: 'group', 'aria-label': 'Team members', dataset: { field: 'users' } },
-    ctx.members.map((m) => el('label', { class: 'check' },
-      el('input', { type: 'checkbox', value: m.user_id, checked: selected.includes(m.user_id) }),
-      el('span', {}, el('strong', { text: m.name }), ` ${m.email} · ${m.role}`))));
+// The members of a key: a searchable multi-select (the dropdown list of
+// the Key Management document). The chosen people show as chips above a
+// search box that filters the list by name or email; the list keeps the
+// team's order (owner first). data-field=users, for errors.
+function memberPicker(ctx, selected) {
+  const listId = 'pick-' + Math.random().toString(36).slice(2, 8);
+  const chips = el('ul', { class: 'chips', 'aria-label': 'Chosen members' });
+  const search = el('input', { type: 'search', class: 'picker-search', placeholder: 'Search by name or email',
+    'aria-label': 'Search members', 'aria-controls': listId, autocomplete: 'off' });
+  const none = el('p', { class: 'muted picker-none', hidden: true, text: 'No member matches.' });
+  const boxes = ctx.members.map((m) => el('input', { type: 'checkbox', value: m.user_id, checked: selected.includes(m.user_id) }));
+  const options = ctx.members.map((m, i) => el('label', { class: 'check', dataset: { find: `${m.name} ${m.email}`.toLowerCase() } },
+    boxes[i], el('span', {}, el('strong', { text: m.name + (m.user_id === ctx.me.user_id ? ' (you)' : '') }),
+      el('span', { class: 'muted', text: ` ${m.email} · ${m.role}` }))));
+  const list = el('div', { class: 'checklist picker-list', id: listId, role: 'group', 'aria-label': 'Team members' }, options);
+  const picker = el('div', { class: 'picker', dataset: { field: 'users' } }, chips, search, list, none);
+
+  function paintChips() {
+    const on = ctx.members.filter((m, i) => boxes[i].checked);
+    clear(chips, on.length ? on.map((m) => el('li', { class: 'chip', dataset: { user: m.user_id } },
+      el('span', { text: m.name }),
+      el('button', { type: 'button', class: 'chip-x', 'aria-label': `Remove ${m.name}`, text: '×',
+        onclick: () => {
+          const b = boxes[ctx.members.indexOf(m)];
+          b.checked = false;
+          b.dispatchEvent(new Event('change', { bubbles: true }));
+          search.focus();
+        } }))) : el('li', { class: 'muted chip-none', text: 'Nobody chosen yet.' }));
+  }
+  function filter() {
+    const q = search.value.trim().toLowerCase();
+    let shown = 0;
+    for (const o of options) {
+      o.hidden = q !== '' && !o.dataset.find.includes(q);
+      if (!o.hidden) shown++;
+    }
+    none.hidden = shown > 0;
+  }
+  search.addEventListener('input', filter);
+  // Enter in the search box picks the only match instead of submitting.
+  search.addEventListener('keydown', (ev) => {
+    if (ev.key !== 'Enter') return;
+    ev.preventDefault();
+    const vis = options.filter((o) => !o.hidden);
+    if (vis.length === 1) {
+      const b = vis[0].querySelector('input');
+      b.checked = !b.checked;
+      b.dispatchEvent(new Event('change', { bubbles: true }));
+    }
+  });
+  list.addEventListener('change', paintChips);
+  paintChips();
+  return picker;
 }
 
 function checked(list) {
-  return [...list.querySelectorAll('input:checked')].map((i) => i.value);
+  return [...list.querySelectorAll('input[type=checkbox]:checked')].map((i) => i.value);
 }
 
 function createKeyDialog(ctx) {
   const name = el('input', { type: 'text', maxlength: '200', required: true });
   const desc = el('textarea', { rows: '2', maxlength: '2000' });
-  const users = memberChecklist(ctx, [ctx.me.user_id]);
+  const users = memberPicker(ctx, [ctx.me.user_id]);
   const svc = servicesEditor(ctx, {});
   openDialog({
     title: 'Create a new key', className: 'wide',
-    body: [field('Name', name, 'name'), field('Description', desc, 'description'),
+    body: [field('Name', name, 'name', null, CHECK.name), field('Description', desc, 'description'),
       el('div', { class: 'field' }, el('div', { class: 'label', text: 'Assigned users' }), users,
         el('div', { class: 'field-error', role: 'alert', hidden: true, dataset: { errorFor: 'users' } })),
       svc.element],
@@ -166,7 +218,7 @@ function editKeyDialog(ctx, key) {
   desc.value = key.description || '';
   openDialog({
     title: `Edit ${key.name}`,
-    body: [field('Name', name, 'name'), field('Description', desc, 'description')],
+    body: [field('Name', name, 'name', null, CHECK.name), field('Description', desc, 'description')],
     actions: [
       { label: 'Cancel', kind: 'secondary', action: 'cancel' },
       { label: 'SAVE', kind: 'primary', action: 'save', submit: true, run: async () => {
@@ -179,7 +231,7 @@ function editKeyDialog(ctx, key) {
 }
 
 function membersDialog(ctx, key) {
-  const users = memberChecklist(ctx, key.users);
+  const users = memberPicker(ctx, key.users);
   const notify = el('input', { type: 'checkbox', checked: true, dataset: { field: 'notify' } });
   openDialog({
     title: `Members of ${key.name}`,
@@ -244,7 +296,7 @@ export function tokenDialog(ctx, key, r) {
     setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
     note.textContent = 'Saved as a text file. Keep it private.';
   });
-  const d = openDialog({
+  openDialog({
     title: forOther ? `New token of ${memberName(ctx, r.user_id)}` : 'Your personal token', className: 'token-dialog',
     body: [
       el('p', {}, el('strong', { text: 'Copy it now: it is shown only this once. ' }),
@@ -261,7 +313,6 @@ export function tokenDialog(ctx, key, r) {
       ctx.refresh();
     },
   });
-  d.dlg.dataset.noEscape = '1';
   out.select();
 }
 

@@ -18,15 +18,23 @@ export function priceText(model, currency) {
   return parts.join(' + ') || 'no charge';
 }
 
+// A wallet's name: from the team's wallets (owners and admins), else from
+// the key's read-only wallet_names (key.get/key.list), for the user role.
+export function walletName(ctx, walletId, key) {
+  const w = (ctx.wallets || []).find((x) => x.wallet_id === walletId);
+  if (w) return w.name;
+  const n = key && key.wallet_names && key.wallet_names[walletId];
+  return n || 'a wallet that no longer exists';
+}
+
 // One line about a policy, for the key cards.
-export function policyText(ctx, serviceId, policy) {
+export function policyText(ctx, serviceId, policy, key) {
   const svc = ctx.catalog.services.find((s) => s.id === serviceId);
   if (policy.policy === 'free') {
     const q = svc && svc.free_quota && svc.free_quota.requests_per_day;
     return 'Free tier' + (q ? ` (${q} requests a day)` : '');
   }
-  const w = (ctx.wallets || []).find((x) => x.wallet_id === policy.wallet);
-  return `Pay-as-you-go · models ${policy.models.join(', ')} · wallet ${w ? w.name : policy.wallet}`;
+  return `Pay-as-you-go · models ${policy.models.join(', ')} · wallet ${walletName(ctx, policy.wallet, key)}`;
 }
 
 // The editor of a whole services set, for the create and edit dialogs.
@@ -96,7 +104,7 @@ export function paygDialog(ctx, svc, current) {
         el('span', {}, el('strong', { text: m.id }), ' — ', priceText(m, currency)))));
     const walletSel = el('select', {});
     const walletBox = el('div', {});
-    const newWalletName = el('input', { type: 'text', placeholder: 'New wallet name', 'aria-label': 'New wallet name' });
+    const newWalletName = el('input', { type: 'text', placeholder: 'New wallet name', 'aria-label': 'New wallet name', maxlength: '200' });
     const newWalletErr = el('div', { class: 'field-error', role: 'alert', hidden: true });
 
     function paintWallets() {
@@ -117,33 +125,60 @@ export function paygDialog(ctx, svc, current) {
         newWalletName.value = '';
         paintWallets();
         walletSel.value = w.wallet_id;
+        walletSel.dispatchEvent(new Event('change', { bubbles: true }));
       } catch (e) {
         newWalletErr.textContent = describe(e);
         newWalletErr.hidden = false;
       }
     });
+    newWalletName.addEventListener('input', () => { newWalletErr.hidden = true; });
     walletBox.append(field('Wallet that pays for every request', walletSel, 'wallet'),
       el('div', { class: 'inline-form' }, newWalletName, createWallet), newWalletErr);
 
-    // Expected cost per request, for one model and its parameters.
-    const estModel = el('select', { 'aria-label': 'Model to estimate' },
-      svc.models.map((m) => el('option', { value: m.id, text: m.id })));
+    // Expected cost per request, for one of the ticked models and its
+    // parameters. Typed values are kept per parameter name across a change
+    // of model (models of a service mostly share their parameters).
+    const estModel = el('select', { 'aria-label': 'Model to estimate' });
     const paramBox = el('div', { class: 'params' });
     const costOut = el('div', { class: 'cost', role: 'status', 'aria-live': 'polite', dataset: { field: 'cost' } });
     const costErr = el('div', { class: 'field-error', role: 'alert', hidden: true, dataset: { errorFor: 'params' } });
+    const typed = {};                      // param name -> text typed
     let seq = 0;
     let timer = null;
 
+    function ticked() { return [...models.querySelectorAll('input:checked')].map((i) => i.value); }
+    function paintModels() {
+      const allowed = ticked();
+      const keep = estModel.value;
+      if (!allowed.length) {
+        clear(estModel, el('option', { value: '', text: '— tick an allowed model —' }));
+        estModel.disabled = true;
+      } else {
+        clear(estModel, allowed.map((id) => el('option', { value: id, text: id })));
+        estModel.disabled = false;
+        estModel.value = allowed.includes(keep) ? keep : allowed[0];
+      }
+      if (estModel.value !== keep || !allowed.length) paintParams();
+    }
     function paintParams() {
       const m = svc.models.find((x) => x.id === estModel.value);
+      if (!m) {
+        seq++;
+        clear(paramBox);
+        costErr.hidden = true;
+        clear(costOut, 'Tick an allowed model above to see what a request costs.');
+        return;
+      }
       clear(paramBox, ((m.price && m.price.per) || []).map((per) => el('label', { class: 'param' },
         el('span', { text: per.param }),
-        el('input', { type: 'number', min: '0', step: '1', inputmode: 'numeric', value: '0',
-          dataset: { param: per.param }, oninput: schedule }))));
+        el('input', { type: 'number', min: '0', step: '1', inputmode: 'numeric',
+          value: per.param in typed ? typed[per.param] : '0', dataset: { param: per.param },
+          oninput: (ev) => { typed[per.param] = ev.target.value; schedule(); } }))));
       estimate();
     }
     function schedule() { clearTimeout(timer); timer = setTimeout(estimate, 120); }
     async function estimate() {
+      if (!estModel.value) return;
       const params = {};
       for (const input of paramBox.querySelectorAll('input')) {
         const v = input.value.trim();
@@ -162,7 +197,8 @@ export function paygDialog(ctx, svc, current) {
         if (mine !== seq) return;
         costErr.hidden = true;
         clear(costOut, el('span', { text: 'Expected cost per request: ' }),
-          el('strong', { class: 'cost-value', dataset: { micros: String(r.cost_micros) }, text: money(r.cost_micros, r.currency) }),
+          el('strong', { class: 'cost-value', dataset: { micros: String(r.cost_micros), model: estModel.value },
+            text: money(r.cost_micros, r.currency) }),
           el('ul', { class: 'breakdown' },
             r.base_micros ? el('li', { text: `base ${money(r.base_micros, r.currency)}` }) : null,
             r.breakdown.map((b) => el('li', { text: `${b.param} ${b.quantity} → ${money(b.subtotal_micros, r.currency)}` }))));
@@ -174,6 +210,9 @@ export function paygDialog(ctx, svc, current) {
       }
     }
     estModel.addEventListener('change', paintParams);
+    models.addEventListener('change', paintModels);
+    models.check = () => (ticked().length ? '' : 'Pick at least one model.');
+    walletSel.check = () => (walletSel.value ? '' : 'Choose the wallet that pays, or create one.');
 
     const body = [
       el('p', { class: 'muted', text: `Requests to ${svc.name} are charged to the wallet, per request, at the model's price.` }),
@@ -204,6 +243,6 @@ export function paygDialog(ctx, svc, current) {
       onClose: () => resolve(result),
     });
     d.dlg.dataset.service = svc.id;
-    paintParams();
+    paintModels();
   });
 }

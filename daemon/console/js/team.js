@@ -2,16 +2,16 @@
 // but themselves; admins add and remove members with role "user"; users
 // only see the list (SPEC §1, "Roles").
 import { call } from './api.js';
-import { el, clear, field, openDialog, confirmDialog, toast, describe } from './ui.js';
+import { el, clear, field, openDialog, confirmDialog, toast, describe, CHECK } from './ui.js';
 
 export async function renderTeam(ctx, panel) {
   const t = ctx.teamDoc;
-  const rows = t.members.map((m) => memberRow(ctx, m));
+  const rows = ctx.members.map((m) => memberRow(ctx, m));      // owner first, then by name
   const blocks = [el('section', { class: 'block' },
     el('div', { class: 'block-head' }, el('h2', { text: `Team ${t.name}` })),
     el('p', { class: 'muted' }, 'Your role here: ', el('strong', { text: ctx.team.role }), '. Team id ', el('code', { text: t.team_id })),
     el('table', { class: 'table members' },
-      el('thead', {}, el('tr', {}, ['Name', 'Email', 'Role', ''].map((h) => el('th', { text: h })))),
+      el('thead', {}, el('tr', {}, ['Name', 'Email', 'Role', 'Actions'].map((h) => el('th', { text: h })))),
       el('tbody', {}, rows)))];
   if (ctx.isAdmin) blocks.push(addMemberBlock(ctx));
   clear(panel, ...blocks);
@@ -60,12 +60,14 @@ function memberRow(ctx, m) {
       }) }));
   }
   return el('tr', { dataset: { user: m.user_id } },
-    el('td', { text: m.name + (m.user_id === me ? ' (you)' : '') }), el('td', { text: m.email }),
-    el('td', {}, role), el('td', {}, tools, msg));
+    el('td', { dataset: { label: 'Name' }, text: m.name + (m.user_id === me ? ' (you)' : '') }),
+    el('td', { dataset: { label: 'Email' }, text: m.email }),
+    el('td', { dataset: { label: 'Role' } }, role), el('td', { class: 'tools-cell' }, tools, msg));
 }
 
 function addMemberBlock(ctx) {
   const email = el('input', { type: 'email', placeholder: 'name@example.com', autocomplete: 'off' });
+  email.check = (i) => CHECK.email(i.value);
   const role = el('select', {}, el('option', { value: 'user', text: 'user' }),
     ctx.team.role === 'owner' ? el('option', { value: 'admin', text: 'admin' }) : null);
   const btn = el('button', { type: 'button', class: 'btn primary', dataset: { action: 'add-member' }, text: 'ADD MEMBER' });

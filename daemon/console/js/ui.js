@@ -40,6 +40,8 @@ const ICONS = {
              'M15 8a2 2 0 1 0 0-4 2 2 0 0 0 0 4z', 'M9 14a2 2 0 1 0 0-4 2 2 0 0 0 0 4z',
              'M17 20a2 2 0 1 0 0-4 2 2 0 0 0 0 4z'],
   token: ['M8 19a4 4 0 1 0 0-8 4 4 0 0 0 0 8z', 'M10.9 12.1L20 3', 'M16 7l3 3', 'M13.5 9.5l2 2'],
+  newtoken: ['M7 20a4 4 0 1 0 0-8 4 4 0 0 0 0 8z', 'M9.9 13.1L16 7', 'M13 10l2 2', 'M18 2v6', 'M15 5h6'],
+  logo: ['M12 3l8 3v6c0 4.5-3.4 8-8 9-4.6-1-8-4.5-8-9V6z', 'M12 9v6', 'M9 12h6'],
   rotate: ['M20 12a8 8 0 1 1-2.3-5.7', 'M20 4v5h-5'],
   revoke: ['M12 21a9 9 0 1 0 0-18 9 9 0 0 0 0 18z', 'M5.6 5.6l12.8 12.8'],
   plus: ['M12 5v14', 'M5 12h14'],
@@ -76,6 +78,43 @@ export function iconButton(name, opts) {
   return b;
 }
 
+// A labelled action: icon + a short word, readable without a tooltip
+// (phones have none). opts: {action, word, label, kind, disabled, why,
+// onclick, extra}. kind: 'go' (green), 'danger'. `extra` is text for
+// screen readers only, after the word ("Rotate" + " Uma's token"). A
+// disabled action's rule is not left to its tooltip: the caller shows
+// `why` as text (see whyNotes).
+export function actionButton(name, opts) {
+  return el('button', {
+    type: 'button', class: 'act' + (opts.kind ? ' act-' + opts.kind : ''),
+    dataset: { action: opts.action }, title: opts.label || opts.word,
+    disabled: !!opts.disabled, onclick: opts.onclick,
+  }, icon(name), el('span', { class: 'act-word', text: opts.word }),
+  opts.extra ? el('span', { class: 'sr-only', text: opts.extra }) : null);
+}
+
+// The visible reasons of an actions row's disabled buttons, one line per
+// reason ("Services, Revoke: the free key ..."); each button points to its
+// line (aria-describedby). Returns the list, or null when none is off.
+let whyIds = 0;
+export function whyNotes(items) {
+  const byWhy = new Map();
+  for (const it of items) {
+    if (!it.disabled || !it.why) continue;
+    if (!byWhy.has(it.why)) byWhy.set(it.why, []);
+    byWhy.get(it.why).push(it);
+  }
+  if (!byWhy.size) return null;
+  const list = el('ul', { class: 'why' });
+  for (const [why, its] of byWhy) {
+    const id = 'why-' + (++whyIds);
+    list.appendChild(el('li', { id, dataset: { why: its.map((i) => i.action).join(' ') } },
+      el('strong', { text: its.map((i) => i.word).join(', ') }), `: ${why}.`));
+    for (const it of its) if (it.button) it.button.setAttribute('aria-describedby', id);
+  }
+  return list;
+}
+
 // ---- errors -----------------------------------------------------------
 
 const CODE_WORDS = {
@@ -99,10 +138,57 @@ export function fieldOf(err) {
   return m ? m[1] : null;
 }
 
+// Field checks: the same rules as keygated, so that an error shown under a
+// field goes away as soon as the field is right (and sign-up can report
+// every bad field at once). Each returns '' when the value is fine.
+export const CHECK = {
+  name: (v) => (/^[^\u0000-\u001f\u007f]{1,200}$/u.test(v.trim()) && [...v.trim()].length <= 200
+    ? '' : 'Name must be 1-200 printable characters.'),
+  teamName: (v) => (v.trim() === '' || CHECK.name(v) === '' ? '' : 'Team name must be 1-200 printable characters.'),
+  // keygated's email_normalize: 3-254 bytes, one '@' neither first nor
+  // last, no spaces or control characters.
+  email: (v) => {
+    const t = v.trim();
+    const at = t.indexOf('@');
+    const ok = t.length >= 3 && new TextEncoder().encode(t).length <= 254 && at > 0 && at < t.length - 1 &&
+      t.indexOf('@', at + 1) < 0 && !/[\u0000-\u0020\u007f]/.test(t);
+    return ok ? '' : 'Email is not an email address.';
+  },
+  // keygated's PASSWORD_RULE (daemon/http.h): characters, not bytes; not
+  // only white space (C isspace: space, \t \n \v \f \r).
+  password: (v) => ([...v].length >= 8 && /[^ \t\n\v\f\r]/.test(v) && new TextEncoder().encode(v).length <= 1024
+    ? '' : PASSWORD_RULE_TEXT),
+};
+export const PASSWORD_HINT = 'At least 8 characters, not only spaces.';
+export const PASSWORD_RULE_TEXT = 'Password must be at least 8 characters and not only spaces (at most 1024 bytes).';
+
+// Once a form shows an error, editing a field with an error clears it when
+// the field is right: by its check (input.check, set by field()), else as
+// soon as its value changed (a server-side rule the page cannot test).
+function liveClear(form) {
+  if (form.dataset.liveClear) return;
+  form.dataset.liveClear = '1';
+  const onEdit = (ev) => {
+    const f = ev.target.closest('[data-field]');
+    if (!f || !form.contains(f)) return;
+    const name = f.dataset.field;
+    const holder = form.querySelector(`[data-error-for="${name}"]`);
+    const shown = (holder && !holder.hidden) || f.getAttribute('aria-invalid') === 'true';
+    if (!shown) return;
+    const ok = f.check ? f.check(f) === '' : true;
+    if (!ok) return;
+    if (holder) { holder.textContent = ''; holder.hidden = true; }
+    f.removeAttribute('aria-invalid');
+  };
+  form.addEventListener('input', onEdit);
+  form.addEventListener('change', onEdit);
+}
+
 // Shows err in a form: under the element with data-field=<field named by
 // the message> when the form has one, else in the form's own error line.
 export function showFormError(form, err, fallbackField) {
   clearFormErrors(form);
+  liveClear(form);
   const f = fieldOf(err) || fallbackField;
   let holder = f ? form.querySelector(`[data-error-for="${f}"]`) : null;
   if (!holder) holder = form.querySelector('.form-error');
@@ -116,6 +202,7 @@ export function showFormError(form, err, fallbackField) {
 
 // Shows text under the form's field `name` (its data-error-for line).
 export function fieldError(form, name, text) {
+  liveClear(form);
   const h = form.querySelector(`[data-error-for="${name}"]`) || form.querySelector('.form-error');
   if (h) { h.textContent = text; h.hidden = false; }
   const input = form.querySelector(`[data-field="${name}"]`);
@@ -127,16 +214,19 @@ export function clearFormErrors(form) {
   for (const e of form.querySelectorAll('[aria-invalid]')) e.removeAttribute('aria-invalid');
 }
 
-// A labelled field with its own error line. input gets data-field=name.
-export function field(label, input, name, hint) {
+// A labelled field with its own error line. input gets data-field=name;
+// check(value) -> '' or the error (CHECK above) lets its error clear live.
+export function field(label, input, name, hint, check) {
   input.dataset.field = name;
+  if (check) input.check = (i) => check(i.value);
   const id = 'f-' + name + '-' + Math.random().toString(36).slice(2, 8);
   input.id = id;
+  const hintEl = hint ? el('div', { class: 'hint', id: id + '-hint', text: hint }) : null;
+  const errEl = el('div', { class: 'field-error', id: id + '-err', role: 'alert', hidden: true, dataset: { errorFor: name } });
+  input.setAttribute('aria-describedby', (hintEl ? id + '-hint ' : '') + id + '-err');
   return el('div', { class: 'field' },
     el('label', { for: id, text: label }),
-    input,
-    hint ? el('div', { class: 'hint', text: hint }) : null,
-    el('div', { class: 'field-error', role: 'alert', hidden: true, dataset: { errorFor: name } }));
+    input, hintEl, errEl);
 }
 
 // ---- dialogs ----------------------------------------------------------
@@ -191,10 +281,29 @@ export function openDialog({ title, body, actions, className, onClose }) {
     const primary = buttons.find((b) => b.type === 'submit');
     if (primary && !primary.disabled) primary.click();
   });
-  dlg.addEventListener('cancel', (ev) => { ev.preventDefault(); if (!dlg.dataset.noEscape) api.close(); });
+  // Escape closes any dialog (the token dialog too: closing wipes it).
+  dlg.addEventListener('cancel', (ev) => { ev.preventDefault(); api.close(); });
+  dlg.addEventListener('keydown', (ev) => trapTab(dlg, ev));
+  const opener = document.activeElement;
+  dlg.addEventListener('close', () => {
+    if (opener && opener.isConnected && typeof opener.focus === 'function') opener.focus();
+  });
   document.body.appendChild(dlg);
   dlg.showModal();
   return api;
+}
+
+// Tab and Shift+Tab go round the dialog's own controls: a modal keeps
+// the focus (the page behind is inert, but the browser's own UI is not).
+function trapTab(dlg, ev) {
+  if (ev.key !== 'Tab') return;
+  const all = [...dlg.querySelectorAll('button, input, select, textarea, a[href], [tabindex]:not([tabindex="-1"])')]
+    .filter((e) => !e.disabled && e.getClientRects().length > 0 && e.closest('dialog') === dlg);
+  if (!all.length) return;
+  const first = all[0];
+  const last = all[all.length - 1];
+  if (ev.shiftKey && document.activeElement === first) { ev.preventDefault(); last.focus(); }
+  else if (!ev.shiftKey && document.activeElement === last) { ev.preventDefault(); first.focus(); }
 }
 
 // Asks a yes/no question; resolves to true when confirmed.

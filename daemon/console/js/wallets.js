@@ -56,15 +56,24 @@ function ledgerTable(ctx, entries, cur) {
     el('thead', {}, el('tr', {}, ['When', 'Type', 'Amount', 'Balance after', 'Key', 'User', 'Service', 'Model', 'Request / reference']
       .map((h) => el('th', { text: h })))),
     el('tbody', {}, entries.map((e) => el('tr', { class: 'entry-' + e.type },
-      el('td', { text: when(e.at) }),
-      el('td', { text: e.type }),
-      el('td', { class: 'num', text: (e.type === 'debit' ? '−' : '+') + money(e.amount_micros, cur) }),
-      el('td', { class: 'num', text: money(e.balance_micros, cur) }),
-      el('td', {}, e.key_id ? el('code', { text: e.key_id }) : ''),
-      el('td', { text: e.type === 'credit' ? name(e.actor) : name(e.user_id) }),
-      el('td', { text: e.service || '' }),
-      el('td', { text: e.model || '' }),
-      el('td', { text: e.request_id || e.reference || '' })))));
+      cell('When', { text: when(e.at) }),
+      cell('Type', { text: e.type }),
+      cell('Amount', { class: 'num', text: (e.type === 'debit' ? '−' : '+') + money(e.amount_micros, cur) }),
+      cell('Balance after', { class: 'num', text: money(e.balance_micros, cur) }),
+      cell('Key', {}, e.key_id ? el('code', { text: e.key_id }) : ''),
+      cell('User', { text: e.type === 'credit' ? name(e.actor) : name(e.user_id) }),
+      cell('Service', { text: e.service || '' }),
+      cell('Model', { text: e.model || '' }),
+      cell('Request / reference', { text: e.request_id || e.reference || '' })))));
+}
+
+// A table cell that names its column: narrow screens stack each row as a
+// card and print the name beside the value (console.css).
+// An empty cell is left out there.
+function cell(label, attrs, ...children) {
+  const blank = !attrs.text && children.every((c) => !c);
+  return el('td', { ...attrs, class: [attrs.class, blank ? 'blank' : ''].join(' ').trim() || null, dataset: { label } },
+    ...children);
 }
 
 function createWalletDialog(ctx) {

@@ -1,0 +1,173 @@
+/*
+ * lease.c - the store's writer lease (see lease.h).
+ *
+ * One script, run on connect and every LEASE_RENEW_MS: take or renew the
+ * lease when it is free, ours, or left by an earlier run on this host and
+ * socket; otherwise answer who holds it. Commits may go while the last
+ * renewal that succeeded was sent less than LEASE_TTL_MS - LEASE_MARGIN_MS
+ * ago, so a daemon cut off from Redis stops writing before its lease can
+ * pass to another.
+ */
+#include "lease.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "kgc_keys.h"
+#include "log.h"
+
+#define LEASE_TTL_MS 10000
+#define LEASE_RENEW_MS 2000
+#define LEASE_MARGIN_MS 3000
+#define LEASE_FIRST_WAIT_MS 2000   /* mutations wait this long for the first answer */
+
+static const char LEASE_SCRIPT[] =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == false or v == ARGV[1] or string.sub(v, 1, #ARGV[2]) == ARGV[2] then "
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end "
+    "return v";
+
+struct lease {
+    app *a;
+    int *exit_rc;
+    struct event *tick, *first;
+    char key[KGC_RKEY_MAX];
+    char me[540];                 /* "host socket pid N" */
+    char mine[512];               /* "host socket pid ": any run of ours */
+    int inflight;
+    long long sent_ms;
+};
+
+static long long mono_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void set_state(app *a, int st)
+{
+    int was = a->writer;
+
+    a->writer = st;
+    if (was == WRITER_PENDING && st != WRITER_PENDING)
+        job_pump(a);            /* mutations held back for the first answer */
+}
+
+static void on_reply(void *arg, int ok, json_t *replies)
+{
+    struct lease *l = arg;
+    app *a = l->a;
+    json_t *r = json_array_get(replies, 0);
+
+    l->inflight = 0;
+    if (!ok || r == NULL || store_is_error(r)) {
+        if (ok && r != NULL)
+            log_warn("writer lease: redis refused: %s",
+                     json_string_value(json_object_get(r, "$err")));
+        json_decref(replies);
+        return;                 /* the timers decide when it runs out */
+    }
+    if (json_is_integer(r) && json_integer_value(r) == 1) {
+        if (a->writer != WRITER_HELD)
+            log_info("writer lease taken: this keygated commits to the store");
+        a->writer_until_ms = l->sent_ms + LEASE_TTL_MS - LEASE_MARGIN_MS;
+        set_state(a, WRITER_HELD);
+    } else {
+        log_err("another keygated writes to this store (%s, lease %s): stopping, since two "
+                "daemons on one store lose updates; stop the other one, or give this one its "
+                "own key_prefix", json_is_string(r) ? json_string_value(r) : "?", l->key);
+        *l->exit_rc = 1;
+        a->writer = WRITER_UNKNOWN;
+        event_base_loopbreak(a->base);
+    }
+    json_decref(replies);
+}
+
+void lease_renew(app *a)
+{
+    struct lease *l = a->lease;
+    char ttl[16];
+    json_t *cmds;
+
+    if (l == NULL || l->inflight)
+        return;
+    if (a->writer == WRITER_HELD && mono_now() >= a->writer_until_ms) {
+        log_warn("writer lease not renewed in time: commits refused until it is");
+        a->writer = WRITER_UNKNOWN;
+    }
+    snprintf(ttl, sizeof ttl, "%d", LEASE_TTL_MS);
+    cmds = json_pack("[[s,s,s,s,s,s,s]]", "EVAL", LEASE_SCRIPT, "1", l->key, l->me, l->mine, ttl);
+    l->sent_ms = mono_now();
+    if (store_exec(a->st, cmds, 0, on_reply, l) == 0)
+        l->inflight = 1;
+    json_decref(cmds);
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    lease_renew(arg);
+}
+
+static void first_cb(evutil_socket_t fd, short what, void *arg)
+{
+    app *a = arg;
+
+    (void)fd;
+    (void)what;
+    if (a->writer == WRITER_PENDING) {
+        log_warn("writer lease: no answer from the store yet; commits refused until there is one");
+        set_state(a, WRITER_UNKNOWN);
+    }
+}
+
+void lease_start(app *a, int *exit_rc)
+{
+    struct lease *l = xcalloc(1, sizeof *l);
+    struct timeval every = {LEASE_RENEW_MS / 1000, (LEASE_RENEW_MS % 1000) * 1000};
+    struct timeval first = {LEASE_FIRST_WAIT_MS / 1000, (LEASE_FIRST_WAIT_MS % 1000) * 1000};
+    char host[256] = "?";
+
+    l->a = a;
+    l->exit_rc = exit_rc;
+    gethostname(host, sizeof host - 1);
+    snprintf(l->mine, sizeof l->mine, "%.200s %.250s pid ", host, a->cfg.socket_path);
+    snprintf(l->me, sizeof l->me, "%s%ld", l->mine, (long)getpid());
+    kgc_rkey(l->key, a->cfg.key_prefix, "writer");
+    l->tick = event_new(a->base, -1, EV_PERSIST, tick_cb, a);
+    l->first = evtimer_new(a->base, first_cb, a);
+    if (l->tick == NULL || l->first == NULL)
+        oom("lease timers");
+    event_add(l->tick, &every);
+    evtimer_add(l->first, &first);
+    a->lease = l;
+    a->writer = WRITER_PENDING;
+    lease_renew(a);
+}
+
+int lease_may_write(const app *a)
+{
+    return a->writer == WRITER_UNCHECKED ||
+           (a->writer == WRITER_HELD && mono_now() < a->writer_until_ms);
+}
+
+void lease_stop(app *a)
+{
+    struct lease *l = a->lease;
+
+    /* Not released: a restart here takes it over at once, another daemon
+     * after the TTL. */
+    if (l == NULL)
+        return;
+    event_free(l->tick);
+    event_free(l->first);
+    free(l);
+    a->lease = NULL;
+}
