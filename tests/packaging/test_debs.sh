@@ -52,6 +52,7 @@ had_etc=0; [ -e /etc/keygate ] && had_etc=1
 cleanup() {
     set +e
     [ -n "${NGX_PID:-}" ] && kill "$NGX_PID" 2>/dev/null && wait "$NGX_PID" 2>/dev/null
+    [ -n "${SPOA_PID:-}" ] && kill "$SPOA_PID" 2>/dev/null && wait "$SPOA_PID" 2>/dev/null
     [ -n "${KGD_PID:-}" ] && kill "$KGD_PID" 2>/dev/null && wait "$KGD_PID" 2>/dev/null
     [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
     # packages still installed after a failure: purge them
@@ -102,8 +103,11 @@ pepper_sum=$(sha256sum $P | cut -d' ' -f1)
 check "nginx module enabled the Debian way" \
     test "$(readlink /etc/nginx/modules-enabled/50-mod-http-keygate.conf)" = /usr/share/nginx/modules-available/mod-http-keygate.conf
 check "module load line" grep -qx 'load_module modules/ngx_http_keygate_module.so;' /usr/share/nginx/modules-available/mod-http-keygate.conf
-out_verify=$(systemd-analyze verify /lib/systemd/system/keygated.service 2>&1) || true
-[ -z "$out_verify" ] || fail "systemd-analyze verify of the installed unit: $out_verify"
+for u in keygated keygate-spoa; do
+    out_verify=$(systemd-analyze verify "/lib/systemd/system/$u.service" 2>&1) || true
+    [ -z "$out_verify" ] || fail "systemd-analyze verify of the installed $u.service: $out_verify"
+done
+check "keygate-spoa.service not enabled" test ! -e /etc/systemd/system/multi-user.target.wants/keygate-spoa.service
 for page in keygated.8 keygate.1 keygate.conf.5 libkeygate.3 kg_open.3 kg_authorize_start.3 keygate-spoa.8; do
     check "man page $page" grep -q "^/usr/share/man/" <<<"$(man -w "${page##*.}" "${page%.*}" 2>/dev/null)"
     warn=$(man --warnings -l "$(man -w "${page##*.}" "${page%.*}")" 2>&1 >/dev/null) || true
@@ -230,6 +234,20 @@ check "nginx metrics: one refusal for funds" grep -qx 'keygate_authorizations_to
 check "nginx metrics: 360 micros charged" grep -qx 'keygate_charged_micros_total 360' "$T/ngx-metrics"
 kill "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true; NGX_PID=
 
+# keygate-spoa from /usr/sbin, as a gateway user in keygate-pepper (as its unit runs it)
+sport=$(freeport)
+setpriv --reuid=kgtest-gw --regid=nogroup --init-groups \
+    /usr/sbin/keygate-spoa --config "$T/keygate.conf" --listen "127.0.0.1:$sport" 2>"$T/spoa.log" &
+SPOA_PID=$!
+up=0
+for _ in $(seq 100); do
+    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$sport" 2>/dev/null && { up=1; break; }
+    sleep 0.05
+done
+[ "$up" = 1 ] || { cat "$T/spoa.log"; fail "keygate-spoa did not listen"; }
+kill -TERM "$SPOA_PID"; rc=0; wait "$SPOA_PID" || rc=$?; SPOA_PID=
+check "keygate-spoa stopped cleanly (exit $rc)" test "$rc" = 0
+
 step "the console (from /usr/share/keygate/console) and /metrics of the installed daemon"
 code=$(curl -s -o "$T/index.html" -w '%{http_code}' "http://127.0.0.1:$hport/")
 check "console page served (got $code)" test "$code" = 200
@@ -261,7 +279,8 @@ for f in /usr/sbin/keygated /usr/sbin/keygate-spoa /usr/bin/keygate /usr/share/k
          /etc/nginx/modules-enabled/50-mod-http-keygate.conf \
          /etc/nginx/modules-enabled/50-mod-http-keygate.conf.removed \
          /usr/share/man/man8/keygated.8.gz /usr/share/man/man3/kg_open.3.gz /usr/share/doc/keygated \
-         /etc/systemd/system/multi-user.target.wants/keygated.service; do
+         /etc/systemd/system/multi-user.target.wants/keygated.service \
+         /lib/systemd/system/keygate-spoa.service; do
     [ ! -e "$f" ] && [ ! -L "$f" ] || fail "left after purge: $f"
 done
 check "kept: the pepper, unchanged" test "$(sha256sum $P | cut -d' ' -f1)" = "$pepper_sum"

@@ -73,6 +73,7 @@ class SdNotify(unittest.TestCase):
             self.proc.kill()
             self.proc.wait(5)
         self.env.close()
+        self.assertEqual(self.env.sanitizer_report(self.env.final_log), [])
 
     def spawn(self, notify_socket):
         env = dict(os.environ, NOTIFY_SOCKET=notify_socket)

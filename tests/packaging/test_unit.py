@@ -22,6 +22,9 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 UNIT = os.path.join(REPO, "debian", "keygated.service")
+SPOA_UNIT = os.path.join(REPO, "debian", "keygated.keygate-spoa.service")
+KEYGATE_SPOA = os.environ.get("KEYGATE_SPOA") or os.path.join(REPO, "build", "module", "haproxy",
+                                                               "keygate-spoa")
 CONF = os.path.join(REPO, "debian", "config", "keygate.conf")
 INSTALL = os.path.join(REPO, "debian", "keygated.install")
 KEYGATED = os.environ.get("KEYGATED") or os.path.join(REPO, "build", "daemon", "keygated")
@@ -60,7 +63,8 @@ class Unit(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="kgunit")
         cls.unit = parse_unit(UNIT)
-        for sec, page in (("man8", "keygated.8"), ("man5", "keygate.conf.5")):
+        for sec, page in (("man8", "keygated.8"), ("man5", "keygate.conf.5"),
+                          ("man8", "keygate-spoa.8")):
             os.makedirs(os.path.join(cls.tmp, "man", sec), exist_ok=True)
             shutil.copy(os.path.join(REPO, "docs", "man", page), os.path.join(cls.tmp, "man", sec))
 
@@ -79,17 +83,27 @@ class Unit(unittest.TestCase):
                            timeout=60)
         return (p.stdout + p.stderr).strip(), p.returncode
 
-    def shipped_text(self):
-        with open(UNIT) as f:
+    def shipped_text(self, unit=UNIT, old="ExecStart=/usr/sbin/keygated ", binary=KEYGATED):
+        with open(unit) as f:
             text = f.read()
-        old = "ExecStart=/usr/sbin/keygated "
         self.assertEqual(text.count(old), 1)
-        return text.replace(old, "ExecStart=%s " % os.path.abspath(KEYGATED))
+        return text.replace(old, "ExecStart=%s " % os.path.abspath(binary))
 
     def test_verify_clean(self):
         self.assertTrue(os.access(KEYGATED, os.X_OK), KEYGATED)
         out, rc = self.verify(self.shipped_text())
         self.assertEqual((out, rc), ("", 0))
+
+    def test_verify_spoa_unit_clean(self):
+        if not os.access(KEYGATE_SPOA, os.X_OK):
+            self.skipTest("keygate-spoa not built")
+        out, rc = self.verify(self.shipped_text(SPOA_UNIT, "ExecStart=/usr/sbin/keygate-spoa ",
+                                                KEYGATE_SPOA), "keygate-spoa.service")
+        self.assertEqual((out, rc), ("", 0))
+        spoa = parse_unit(SPOA_UNIT)["Service"]
+        self.assertEqual(spoa["SupplementaryGroups"], ["keygate-pepper"])
+        self.assertEqual(spoa["NoNewPrivileges"], ["yes"])
+        self.assertEqual(spoa["ProtectSystem"], ["strict"])
 
     def test_verify_sees_a_typo(self):
         text = self.shipped_text().replace("ProtectSystem=strict", "ProtectSytem=strict")
