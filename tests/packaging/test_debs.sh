@@ -108,7 +108,7 @@ for u in keygated keygate-spoa; do
     [ -z "$out_verify" ] || fail "systemd-analyze verify of the installed $u.service: $out_verify"
 done
 check "keygate-spoa.service not enabled" test ! -e /etc/systemd/system/multi-user.target.wants/keygate-spoa.service
-for page in keygated.8 keygate.1 keygate.conf.5 libkeygate.3 kg_open.3 kg_authorize_start.3 keygate-spoa.8; do
+for page in keygated.8 keygate.1 keygate.conf.5 libkeygate.3 kg_open.3 kg_authorize_start.3 keygate-spoa.8 ngx_http_keygate_module.8; do
     check "man page $page" grep -q "^/usr/share/man/" <<<"$(man -w "${page##*.}" "${page%.*}" 2>/dev/null)"
     warn=$(man --warnings -l "$(man -w "${page##*.}" "${page%.*}")" 2>&1 >/dev/null) || true
     [ -z "$warn" ] || fail "man $page warns: $warn"
@@ -278,7 +278,7 @@ for f in /usr/sbin/keygated /usr/sbin/keygate-spoa /usr/bin/keygate /usr/share/k
          /usr/share/nginx/modules-available/mod-http-keygate.conf \
          /etc/nginx/modules-enabled/50-mod-http-keygate.conf \
          /etc/nginx/modules-enabled/50-mod-http-keygate.conf.removed \
-         /usr/share/man/man8/keygated.8.gz /usr/share/man/man3/kg_open.3.gz /usr/share/doc/keygated \
+         /usr/share/man/man8/keygated.8.gz /usr/share/man/man3/kg_open.3.gz /usr/share/man/man8/ngx_http_keygate_module.8.gz /usr/share/doc/keygated \
          /etc/systemd/system/multi-user.target.wants/keygated.service \
          /lib/systemd/system/keygate-spoa.service; do
     [ ! -e "$f" ] && [ ! -L "$f" ] || fail "left after purge: $f"

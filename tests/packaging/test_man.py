@@ -6,7 +6,8 @@ what they promise.
 - keygate.conf(5) documents every key of the config table
   (module/core/kgc_config.c);
 - libkeygate(3) names every exported kg_* function of include/keygate.h, and
-  debian/libkeygate-dev.links gives each its man3 link;
+  debian/libkeygate-dev.links gives each its man3 link, and every status;
+- ngx_http_keygate_module(8) every directive and variable of module/nginx;
 - the pages the packages install (debian/*.manpages) exist.
 """
 
@@ -31,7 +32,8 @@ def read(*parts):
 class ManPages(unittest.TestCase):
     def test_pages_exist(self):
         names = {os.path.basename(p) for p in PAGES}
-        for want in ("keygated.8", "keygate.1", "keygate.conf.5", "libkeygate.3"):
+        for want in ("keygated.8", "keygate.1", "keygate.conf.5", "libkeygate.3",
+                     "ngx_http_keygate_module.8"):
             self.assertIn(want, names)
 
     def test_render_without_warnings(self):
@@ -73,6 +75,18 @@ class ManPages(unittest.TestCase):
         self.assertEqual(sorted(funcs - synopsis), [], "missing from SYNOPSIS")
         links = set(re.findall(r"man3/(kg_[a-z_]+)\.3$", read("debian", "libkeygate-dev.links"), re.M))
         self.assertEqual(sorted(funcs - links), [], "missing from debian/libkeygate-dev.links")
+
+    def test_every_nginx_directive_and_variable_documented(self):
+        names = set()
+        for f in glob.glob(os.path.join(REPO, "module", "nginx", "*.c")):
+            with open(f) as fh:
+                names |= set(re.findall(r'ngx_string\("(keygate_[a-z_]+)"\)', fh.read()))
+        self.assertIn("keygate_service", names)
+        page = read("docs", "man", "ngx_http_keygate_module.8")
+        documented = set(re.findall(r"^\.It Ic (keygate_[a-z_]+)", page, re.M))
+        documented |= set(re.findall(r"\$(keygate_[a-z_]+)", page))
+        documented |= set(re.findall(r"^\.Ql (keygate_[a-z_]+)", page, re.M))  # the zone
+        self.assertEqual(sorted(names - documented), [])
 
     def test_every_status_documented(self):
         header = read("include", "keygate.h")
