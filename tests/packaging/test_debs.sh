@@ -27,16 +27,16 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${1:-$root/build-deb/test}
-mkdir -p "$out"; out=$(cd "$out" && pwd)
 PKGS="keygated libkeygate1 libkeygate-dev libnginx-mod-http-keygate"
 MA=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
 
 skip() { echo "SKIP: $*"; exit 77; }
 [ "$(id -u)" = 0 ] || skip "needs root (apt-get install)"
-for t in dpkg-buildpackage apt-get redis-server nginx setpriv curl; do
+for t in dpkg-buildpackage apt-get redis-server nginx setpriv curl python3 cc pkg-config readelf strings man systemd-analyze; do
     command -v "$t" >/dev/null || skip "$t is missing"
 done
 
+mkdir -p "$out"; out=$(cd "$out" && pwd)
 T=$(mktemp -d /tmp/kgdebs.XXXXXX)
 chmod 0755 "$T"
 t0=$(date +%s)
