@@ -19,6 +19,7 @@
 #include "cmd.h"
 #include "kgc_keys.h"
 #include "log.h"
+#include "sdnotify.h"
 
 #define LEASE_TTL_MS 10000
 #define LEASE_RENEW_MS 2000
@@ -55,8 +56,13 @@ static void set_state(app *a, int st)
     int was = a->writer;
 
     a->writer = st;
-    if (was == WRITER_PENDING && st != WRITER_PENDING)
+    if (was == WRITER_PENDING && st != WRITER_PENDING) {
         job_pump(a);            /* mutations held back for the first answer */
+        /* Ready for systemd once we know whether we may write (or after
+         * LEASE_FIRST_WAIT_MS without a store: reads and `unavailable`
+         * answers are service too); never when another daemon holds it. */
+        sdnotify("READY=1");
+    }
 }
 
 static void on_reply(void *arg, int ok, json_t *replies)

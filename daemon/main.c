@@ -117,7 +117,7 @@ int main(int argc, char **argv)
         evsignal_add(sigs[i], NULL);
     lease_start(&a, &rc);
     log_info("listening on %s", a.cfg.socket_path);
-    sdnotify("READY=1");        /* the admin socket accepts from here on */
+    /* READY=1 comes from lease.c: once this daemon knows it may write. */
     event_base_dispatch(a.base);
     for (int i = 0; sigs[i]; i++)
         event_free(sigs[i]);

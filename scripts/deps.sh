@@ -6,7 +6,10 @@ set -euo pipefail
 PKGS=(build-essential cmake pkg-config
       libhiredis-dev libsodium-dev libevent-dev libjansson-dev
       redis-server nginx nginx-dev haproxy python3 wrk clang libclang-rt-14-dev valgrind
-      chromium fonts-dejavu-core)
+      chromium fonts-dejavu-core
+      # Debian packages and their checks (tests/packaging): build, lint,
+      # verify the systemd units, render the man pages, fetch /metrics.
+      debhelper dpkg-dev fakeroot lintian systemd man-db groff-base curl)
 # The console's browser test runs node + npm (playwright-core). The machine
 # image may bring its own node; only without one, take Debian's.
 command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
