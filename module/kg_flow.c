@@ -199,7 +199,7 @@ static void issue_script(kg_pending *p)
 
         gmtime_r(&now, &tm);
         strftime(day, sizeof day, "%Y%m%d", &tm);
-        if (kgc_rkey(k1, P, KGC_RK_QUOTA, p->r.team_id, p->r.key_id, p->service, day) < 0 ||
+        if (kgc_rkey(k1, P, KGC_RK_QUOTA, p->r.team_id, p->service, day) < 0 ||
             kgc_rkey(k2, P, KGC_RK_REQ, p->r.team_id, p->r.key_id, p->request_id) < 0) {
             finish(p, KG_BACKEND_ERROR);
             return;

@@ -72,7 +72,8 @@ static const char debit_lua[] =
     "return {'ok', nb}\n";
 
 /* Free-tier count.
- *   KEYS[1] P {t:T}:quota:<kid>:<svc>:<yyyymmdd>   requests that UTC day
+ *   KEYS[1] P {t:T}:quota:<svc>:<yyyymmdd>   the team's requests that UTC day,
+ *                                            whichever key they came through
  *   KEYS[2] P {t:T}:req:<kid>:<rid>
  *   ARGV    limit (0 = unlimited, still counted), request_id ('' = none),
  *           user_id, service, model, fp

@@ -37,7 +37,7 @@ typedef struct kgc_model {
 typedef struct kgc_service {
     char *id, *name;              /* owned */
     int free;                     /* part of the free tier */
-    int64_t requests_per_day;     /* free quota per key per UTC day; 0 = none */
+    int64_t requests_per_day;     /* free quota per team per UTC day; 0 = none */
     kgc_model *models;            /* owned */
     size_t nmodels;
 } kgc_service;

@@ -79,7 +79,7 @@ def free_port():
 def catalog():
     """tests/data/catalog.json with text-generation's `input_tokens`
     marked required, plus `tiny-free`, a free service with a
-    quota of 3 requests per key per day (the 429 test), and `echo-free`, a
+    quota of 3 requests per team per day (the 429 test), and `echo-free`, a
     free service without quota (the bench)."""
     with open(os.path.join(REPO, "tests", "data", "catalog.json")) as f:
         cat = json.load(f)
