@@ -15,6 +15,7 @@
  */
 #include "kgt.h"
 
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -212,6 +213,93 @@ static void basics(kg_ctx *ctx)
     KGT_CHECK(res.cost_micros == BASE && wfield(&f, "balance_micros") == Hf + 100 - 75 - BASE &&
               wfield(&f, "held_micros") == 0, "funds world");
     printf("ok: hold, exact settle, capped settle, retried settle, refusals, availability\n");
+}
+
+/* ---- the non-blocking forms, driven by a small poll() host ---------- */
+
+static struct { int fd, events; } nbw[8];
+static int nnbw;
+
+static void nb_watch(void *host, int fd, int events)
+{
+    int i;
+    (void)host;
+    for (i = 0; i < nnbw && nbw[i].fd != fd; i++)
+        ;
+    if (events == 0) {
+        if (i < nnbw)
+            nbw[i] = nbw[--nnbw];
+        return;
+    }
+    if (i == nnbw && nnbw < 8)
+        nbw[nnbw++].fd = fd;
+    if (i < nnbw)
+        nbw[i].events = events;
+}
+
+static const kg_loop_hooks nb_hooks = {KG_ABI_VERSION, nb_watch};
+
+static void nb_done(void *arg, kg_result *res)
+{
+    (void)res;
+    *(int *)arg = 1;
+}
+
+static void nb_run(kg_ctx *ctx, const int *flag)
+{
+    int64_t end = kgt_now_ms() + 3000;
+    while (!*flag) {
+        struct pollfd pf[8];
+        int n = nnbw, t = kg_loop_next_timeout_ms(ctx);
+        KGT_CHECK(kgt_now_ms() < end, "non-blocking request never answered");
+        for (int i = 0; i < n; i++)
+            pf[i] = (struct pollfd){nbw[i].fd, (short)((nbw[i].events & KG_EV_READ ? POLLIN : 0) |
+                                                       (nbw[i].events & KG_EV_WRITE ? POLLOUT : 0)), 0};
+        poll(pf, (nfds_t)n, t < 0 || t > 50 ? 50 : t);
+        for (int i = 0; i < n; i++)
+            if (pf[i].revents != 0)
+                kg_loop_ready(ctx, pf[i].fd, (pf[i].revents & (POLLIN | POLLHUP | POLLERR) ? KG_EV_READ : 0) |
+                                             (pf[i].revents & POLLOUT ? KG_EV_WRITE : 0));
+        kg_loop_timeout(ctx);
+    }
+}
+
+static void nonblocking(void)
+{
+    world w;
+    kg_ctx *ctx = kg_open(env.conf, NULL, 0);
+    kgt_req r;
+    kg_result res;
+    kg_hold h;
+    kg_pending *pend;
+    int done = 0;
+    const int64_t B = 100000, H = price(10, OUTMAX), A = price(10, 77);
+
+    KGT_CHECK(ctx != NULL && kg_loop_attach(ctx, &nb_hooks, NULL) == 0, "attach");
+    world_make(&w, B);
+    kgt_request(&r, w.tok, "llm", "m1", "nb1", KGT_P("input_tokens", 10), NULL);
+    KGT_CHECK(kg_authorize_hold_start(ctx, &r.req, &res, &h, sizeof h, nb_done, &done, &pend) == 1,
+              "hold start");
+    nb_run(ctx, &done);
+    KGT_EQ_STATUS(res.status, KG_OK);
+    KGT_CHECK(h.hold_micros == H && h.available_micros == B - H, "nb hold %lld", (long long)h.hold_micros);
+    done = 0;
+    kgt_request(&r, w.tok, "llm", "m1", "nb1", KGT_P("input_tokens", 10), KGT_P("output_tokens", 77), NULL);
+    KGT_CHECK(kg_settle_start(ctx, &r.req, &res, &h, sizeof h, nb_done, &done, &pend) == 1, "settle start");
+    nb_run(ctx, &done);
+    KGT_EQ_STATUS(res.status, KG_OK);
+    KGT_CHECK(res.cost_micros == A && res.balance_micros == B - A && h.hold_micros == H, "nb settle");
+    /* A host that knows an older, shorter kg_hold gets only its part. */
+    done = 0;
+    kg_hold small;
+    memset(&small, 0x5a, sizeof small);
+    kgt_request(&r, w.tok, "llm", "m1", "nb2", KGT_P("input_tokens", 10), NULL);
+    KGT_CHECK(kg_authorize_hold_start(ctx, &r.req, &res, &small, sizeof(int64_t), nb_done, &done, &pend) == 1,
+              "short hold start");
+    nb_run(ctx, &done);
+    KGT_CHECK(small.hold_micros == H && small.available_micros == 0x5a5a5a5a5a5a5a5aLL, "short kg_hold");
+    kg_close(ctx);
+    printf("ok: kg_authorize_hold_start and kg_settle_start\n");
 }
 
 /* Waits on fd until the parent writes a byte: all racers start together. */
@@ -425,6 +513,7 @@ int main(void)
     KGT_CHECK(ctx != NULL, "%s", err);
     basics(ctx);
     kg_close(ctx);
+    nonblocking();
     expiry(conf);
     invariant();
     kgt_teardown(&env);
