@@ -301,8 +301,25 @@ static int model_allowed(const kg_svcpol *pol, const char *model)
     return 0;
 }
 
+/* 1 if the model has a measured param that params leave out. */
+static int measured_missing(const kgc_model *m, const kg_param *params, size_t n)
+{
+    for (size_t k = 0; k < m->nper; k++) {
+        size_t i;
+        if (!m->per[k].measured)
+            continue;
+        for (i = 0; i < n && strcmp(params[i].name, m->per[k].param) != 0; i++)
+            ;
+        if (i == n)
+            return 1;
+    }
+    return 0;
+}
+
 /* kg_settle's checks: a settle service, a model, the actual params priced
- * (the same kgc_price as every charge). The wallet is the one the key's
+ * (the same kgc_price as every charge). A measured param the settle
+ * leaves out (the upstream reported no usage) counts at its catalog max;
+ * without one the cost is -1: the script then charges the whole hold. The wallet is the one the key's
  * policy names now; the script answers "wallet" when the hold sits on
  * another (the policy changed since), and the settle is sent again there.
  * A request under the free policy holds nothing: KG_OK, nothing to do. */
@@ -323,6 +340,9 @@ static void decide_settle(kg_pending *p)
         st = KG_BAD_REQUEST;
     else if (kgc_price(m, p->params, p->nparams, &cost, NULL, err, sizeof err) != 0)
         st = KG_BAD_REQUEST;
+    else if (measured_missing(m, p->params, p->nparams) &&
+             kgc_price_hold(m, p->params, p->nparams, &cost, err, sizeof err) != 0)
+        cost = -1;                      /* a measured param with no max: the hold */
     if (st == KG_OK) {
         copy_id(p->model, m->id);
         p->cost = cost;

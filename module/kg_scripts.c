@@ -164,7 +164,7 @@ static const char hold_lua[] =
 /* Settle: charges the measured cost of a held request, releases the rest.
  *   KEYS    as above (KEYS[1], [2], [4], [5] of the wallet the caller
  *           believes holds it: the record says which one)
- *   ARGV    actual cost, key_id, request_id, wallet_id
+ *   ARGV    actual cost (-1: the whole hold), key_id, request_id, wallet_id
  * Returns {'ok', charged, balance, hold} | {'replay', charged, balance, hold} |
  *         {'captured', hold, balance} | {'wallet', wallet_id} | {'nohold'}.
  * The charge is min(actual cost, hold): the hold is the most the request
@@ -195,10 +195,10 @@ static const char settle_lua[] =
     "local h, uid, svc, mdl = string.match(v, '^(%d+) (%S+) (%S+) (%S+)$')\n"
     "h = tonumber(h)\n"
     "local cost = tonumber(ARGV[1])\n"
-    "if h == nil or cost == nil or cost < 0 then\n"
+    "if h == nil or cost == nil or cost < -1 then\n"
     "  return redis.error_reply('ERR keygate: hold or cost is not an integer')\n"
     "end\n"
-    "local charge = cost < h and cost or h\n"
+    "local charge = (cost >= 0 and cost < h) and cost or h\n"
     "redis.call('HDEL', KEYS[4], id)\n"
     "redis.call('ZREM', KEYS[5], id)\n"
     "redis.call('HINCRBY', KEYS[1], 'held_micros', string.format('%d', -h))\n"

@@ -198,6 +198,21 @@ static void basics(kg_ctx *ctx)
     KGT_EQ_STATUS(kg_settle(ctx, &r.req, &res, NULL, 0), KG_OK);
     KGT_CHECK(res.cost_micros == 3, "nomax settle %lld", (long long)res.cost_micros);
 
+    /* No usage reported (the measured param left out of the settle): it
+     * counts at the catalog's max, capped at the hold; without a max the
+     * whole hold is charged. */
+    kgt_request(&r, w.tok, "llm", "nomax", "r4", KGT_P("output_tokens", 10), NULL);
+    KGT_EQ_STATUS(kg_authorize(ctx, &r.req, &res), KG_OK);
+    kgt_request(&r, w.tok, "llm", "nomax", "r4", NULL);
+    KGT_EQ_STATUS(kg_settle(ctx, &r.req, &res, &h, sizeof h), KG_OK);
+    KGT_CHECK(res.cost_micros == 6 && h.hold_micros == 6, "no usage, no max: %lld",
+              (long long)res.cost_micros);
+    KGT_EQ_STATUS(hold(ctx, &w, "r5", 0, 50, &res, &h), KG_OK);
+    kgt_request(&r, w.tok, "llm", "m1", "r5", KGT_P("input_tokens", 0), NULL);
+    KGT_EQ_STATUS(kg_settle(ctx, &r.req, &res, &h, sizeof h), KG_OK);
+    KGT_CHECK(res.cost_micros == price(0, 50) && h.hold_micros == price(0, 50), "no usage: %lld",
+              (long long)res.cost_micros);
+
     /* Held money is not available: to another hold, nor to a plain debit. */
     world f;
     int64_t Hf = price(0, OUTMAX);
