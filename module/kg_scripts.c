@@ -74,6 +74,14 @@
     "    return redis.error_reply('ERR keygate: wallet amounts are not integers')\n" \
     "  end\n"                                                                      \
     "  return bal, held\n"                                                         \
+    "end\n"                                                                        \
+    "local function open_wallet()\n"                                               \
+    "  if not redis.call('HGET', KEYS[1], 'balance_micros') then return nil end\n" \
+    "  local now = now_ms()\n"                                                     \
+    "  sweep(now)\n"                                                               \
+    "  local bal, held = wallet_state()\n"                                         \
+    "  if type(bal) == 'table' then return bal end\n"                              \
+    "  return now, bal, held\n"                                                    \
     "end\n"
 
 /* Debit (payg, services without settle).
@@ -97,11 +105,9 @@ static const char debit_lua[] =
     "    return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or ''}\n"
     "  end\n"
     "end\n"
-    "if not redis.call('HGET', KEYS[1], 'balance_micros') then return {'nowallet'} end\n"
-    "local now = now_ms()\n"
-    "sweep(now)\n"
-    "local bal, held = wallet_state()\n"
-    "if type(bal) == 'table' then return bal end\n"
+    "local now, bal, held = open_wallet()\n"
+    "if now == nil then return {'nowallet'} end\n"
+    "if type(now) == 'table' then return now end\n"
     "local cost = tonumber(ARGV[1])\n"
     "if cost == nil or cost < 0 then\n"
     "  return redis.error_reply('ERR keygate: cost is not an integer')\n"
@@ -138,11 +144,9 @@ static const char hold_lua[] =
     "  if r[4] ~= ARGV[8] then return {'conflict'} end\n"
     "  return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or '', tonumber(r[5]) or 0}\n"
     "end\n"
-    "if not redis.call('HGET', KEYS[1], 'balance_micros') then return {'nowallet'} end\n"
-    "local now = now_ms()\n"
-    "sweep(now)\n"
-    "local bal, held = wallet_state()\n"
-    "if type(bal) == 'table' then return bal end\n"
+    "local now, bal, held = open_wallet()\n"
+    "if now == nil then return {'nowallet'} end\n"
+    "if type(now) == 'table' then return now end\n"
     "local h, ttl = tonumber(ARGV[1]), tonumber(ARGV[9])\n"
     "if h == nil or h < 0 or ttl == nil or ttl < 1 then\n"
     "  return redis.error_reply('ERR keygate: hold or ttl is not an integer')\n"
@@ -181,15 +185,13 @@ static const char settle_lua[] =
     "if r[1] == 'settled' then\n"
     "  return {'replay', tonumber(r[4]) or 0, tonumber(r[5]) or -1, tonumber(r[3]) or 0}\n"
     "end\n"
-    "if not redis.call('HGET', KEYS[1], 'balance_micros') then return {'nowallet'} end\n"
-    "local now = now_ms()\n"
-    "sweep(now)\n"
+    "local now, bal = open_wallet()\n"
+    "if now == nil then return {'nowallet'} end\n"
+    "if type(now) == 'table' then return now end\n"
     "local id = ARGV[2] .. ' ' .. ARGV[3]\n"
     "local v = redis.call('HGET', KEYS[4], id)\n"
     "if not v then\n"
     "  redis.call('HSET', KEYS[3], 'state', 'captured')\n"
-    "  local bal = wallet_state()\n"
-    "  if type(bal) == 'table' then return bal end\n"
     "  return {'captured', tonumber(r[3]) or 0, bal}\n"
     "end\n"
     "local h, uid, svc, mdl = string.match(v, '^(%d+) (%S+) (%S+) (%S+)$')\n"
