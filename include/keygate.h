@@ -162,6 +162,67 @@ KG_EXPORT int  kg_authorize_start(kg_ctx *ctx, const kg_request *req, kg_result 
                                   kg_done_fn done, void *arg, kg_pending **handle);
 KG_EXPORT void kg_authorize_cancel(kg_ctx *ctx, kg_pending *handle);
 
+/* ---------------------------------------------------------------------
+ * Reserve and settle (additions, ABI version 1; docs/module.md).
+ *
+ * A service the catalog marks "settle": true is charged after the
+ * response, for what it measured (output tokens, audio seconds). Its
+ * payg requests must carry a request_id (KG_BAD_REQUEST without one):
+ * it names the hold. kg_authorize then places a hold for the worst-case
+ * price instead of a debit: every measured param counts at the value the
+ * request gives (the most it may use, e.g. max output tokens) or else at
+ * the catalog's "max". Held money is not available to other requests
+ * (available = balance − holds, never below zero) but has not left the
+ * wallet: kg_result.cost_micros is 0 and balance_micros unchanged.
+ *
+ * kg_settle then names the same token, service, model and request_id,
+ * with params holding the actual quantities (all of them: the request is
+ * priced again by the same code): the actual cost, capped at the hold, is
+ * debited, the rest released, one ledger entry written;
+ * kg_result.cost_micros is the amount charged. A retried settle changes
+ * nothing and answers KG_OK with replayed = 1 (cost 0). A hold not
+ * settled within hold_ttl_ms (config, default 600000) is captured at its
+ * full amount by the next script that touches the wallet; a settle that
+ * comes later also answers replayed = 1, cost 0 (kg_hold.captured says
+ * why). A settle whose request_id names no hold of the key is
+ * KG_BAD_REQUEST. Services without "settle" keep the one-step debit;
+ * kg_settle refuses them (KG_BAD_REQUEST).
+ *
+ * kg_result cannot grow (hosts allocate it, and it has no size field), so
+ * what a hold is comes in a separate struct of the host's size, as with
+ * kg_stats_get: fields added later are left out for an older host. The
+ * _hold forms take it (NULL / 0: not wanted); kg_authorize and
+ * kg_authorize_start are these with hold NULL.
+ * ------------------------------------------------------------------- */
+typedef struct kg_hold {
+    int64_t hold_micros;      /* authorize: reserved by this call (0: none, or a
+                                 replay of a hold already placed: its amount);
+                                 settle: the hold that was settled or captured */
+    int64_t available_micros; /* authorize: balance − holds after the call;
+                                 -1 when unknown (no hold placed) */
+    int64_t expires_ms;       /* authorize: wall-clock ms (the store's clock) at
+                                 which the hold is captured unless settled; 0 none */
+    int captured;             /* settle: 1 when the hold had expired and was
+                                 captured at its full amount (nothing charged now) */
+} kg_hold;
+
+KG_EXPORT kg_status kg_authorize_hold(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                                      kg_hold *hold, size_t hold_size);
+KG_EXPORT int  kg_authorize_hold_start(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                                       kg_hold *hold, size_t hold_size,
+                                       kg_done_fn done, void *arg, kg_pending **handle);
+
+/* Blocking settle; fills *res (and *hold, when given) as above. */
+KG_EXPORT kg_status kg_settle(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                              kg_hold *hold, size_t hold_size);
+/* Non-blocking settle: the rules of kg_authorize_start (returns 0, 1 or -1;
+ * done called later from the loop; *res, *hold and *req's strings valid
+ * until then); cancel with kg_authorize_cancel. A cancelled settle may
+ * still happen in the store: retry it with the same request_id. */
+KG_EXPORT int  kg_settle_start(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                               kg_hold *hold, size_t hold_size,
+                               kg_done_fn done, void *arg, kg_pending **handle);
+
 #ifdef __cplusplus
 }
 #endif

@@ -81,12 +81,17 @@ KG_EXPORT void kg_close(kg_ctx *ctx)
 }
 
 /* Blocking form: the request's state machine, driven by poll() on the
- * connections until it answers or a round trip overruns timeout_ms. */
-KG_EXPORT kg_status kg_authorize(kg_ctx *ctx, const kg_request *req, kg_result *res)
+ * connections until it answers or a round trip overruns timeout_ms.
+ * settle: kg_settle rather than an authorization. */
+static kg_status run_blocking(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                              kg_hold *hold, size_t hold_size, int settle)
 {
     kg_result scratch;
+    kg_hold none;
     kg_pending *p;
 
+    kg_hold_init(&none);
+    kg_hold_out(hold, hold_size, &none);
     if (res == NULL)
         res = &scratch;
     if (ctx == NULL) {
@@ -94,7 +99,7 @@ KG_EXPORT kg_status kg_authorize(kg_ctx *ctx, const kg_request *req, kg_result *
         res->status = KG_BAD_REQUEST;
         return res->status;
     }
-    if (kg_flow_start(ctx, req, res, 1, &p) != 1)
+    if (kg_flow_start(ctx, req, res, 1, settle, &p) != 1)
         return res->status;
     while (!p->finished) {
         int64_t now = kg_mono_ms();
@@ -114,8 +119,26 @@ KG_EXPORT kg_status kg_authorize(kg_ctx *ctx, const kg_request *req, kg_result *
         return res->status;
     }
     *res = p->r;
+    kg_hold_out(hold, hold_size, &p->h);
     kg_pending_free(p);
     return res->status;
+}
+
+KG_EXPORT kg_status kg_authorize(kg_ctx *ctx, const kg_request *req, kg_result *res)
+{
+    return run_blocking(ctx, req, res, NULL, 0, 0);
+}
+
+KG_EXPORT kg_status kg_authorize_hold(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                                      kg_hold *hold, size_t hold_size)
+{
+    return run_blocking(ctx, req, res, hold, hold_size, 0);
+}
+
+KG_EXPORT kg_status kg_settle(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                              kg_hold *hold, size_t hold_size)
+{
+    return run_blocking(ctx, req, res, hold, hold_size, 1);
 }
 
 KG_EXPORT const char *kg_strerror(kg_status s)
@@ -271,13 +294,15 @@ KG_EXPORT void kg_loop_timeout(kg_ctx *ctx)
     kg_flow_deliver(ctx);
 }
 
-KG_EXPORT int kg_authorize_start(kg_ctx *ctx, const kg_request *req, kg_result *res,
-                                 kg_done_fn done, void *arg, kg_pending **handle)
+static int start(kg_ctx *ctx, const kg_request *req, kg_result *res, kg_hold *hold,
+                 size_t hold_size, int settle, kg_done_fn done, void *arg, kg_pending **handle)
 {
     kg_result now;
+    kg_hold none;
     kg_pending *p;
     int rc;
 
+    kg_hold_init(&none);
     if (handle != NULL)
         *handle = NULL;
     if (res == NULL)
@@ -285,20 +310,46 @@ KG_EXPORT int kg_authorize_start(kg_ctx *ctx, const kg_request *req, kg_result *
     if (ctx == NULL || done == NULL) {
         kg_result_init(res);
         res->status = KG_BAD_REQUEST;
+        kg_hold_out(hold, hold_size, &none);
         return -1;
     }
-    /* *res is written once: now for an answer known at once, else at done. */
-    rc = kg_flow_start(ctx, req, &now, 0, &p);
-    if (rc != 1)
+    /* *res and *hold are written once: now for an answer known at once,
+     * else at done. */
+    rc = kg_flow_start(ctx, req, &now, 0, settle, &p);
+    if (rc != 1) {
         *res = now;
+        kg_hold_out(hold, hold_size, &none);
+    }
     if (rc == 1) {
         p->out = res;
+        p->hout = hold;
+        p->hsize = hold != NULL ? hold_size : 0;
         p->done = done;
         p->arg = arg;
         if (handle != NULL)
             *handle = p;
     }
     return rc;
+}
+
+KG_EXPORT int kg_authorize_start(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                                 kg_done_fn done, void *arg, kg_pending **handle)
+{
+    return start(ctx, req, res, NULL, 0, 0, done, arg, handle);
+}
+
+KG_EXPORT int kg_authorize_hold_start(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                                      kg_hold *hold, size_t hold_size,
+                                      kg_done_fn done, void *arg, kg_pending **handle)
+{
+    return start(ctx, req, res, hold, hold_size, 0, done, arg, handle);
+}
+
+KG_EXPORT int kg_settle_start(kg_ctx *ctx, const kg_request *req, kg_result *res,
+                              kg_hold *hold, size_t hold_size,
+                              kg_done_fn done, void *arg, kg_pending **handle)
+{
+    return start(ctx, req, res, hold, hold_size, 1, done, arg, handle);
 }
 
 KG_EXPORT void kg_authorize_cancel(kg_ctx *ctx, kg_pending *handle)

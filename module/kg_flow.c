@@ -37,6 +37,20 @@ void kg_result_init(kg_result *r)
     r->balance_micros = -1;
 }
 
+void kg_hold_init(kg_hold *h)
+{
+    memset(h, 0, sizeof *h);
+    h->available_micros = -1;
+}
+
+void kg_hold_out(kg_hold *dst, size_t hsize, const kg_hold *src)
+{
+    if (dst == NULL || hsize == 0)
+        return;
+    memset(dst, 0, hsize);
+    memcpy(dst, src, hsize < sizeof *src ? hsize : sizeof *src);
+}
+
 static void copy_id(char *dst, const char *src)
 {
     snprintf(dst, KG_ID_LEN, "%s", src);
@@ -180,18 +194,29 @@ static void issue_script(kg_pending *p)
         issue(p, KG_ST_LOAD, 3, argv);
         return;
     }
-    if (p->script == KG_SCRIPT_DEBIT) {
-        if (kgc_rkey(k1, P, KGC_RK_WALLET, p->r.team_id, p->r.wallet_id) < 0 ||
-            kgc_rkey(k2, P, KGC_RK_LEDGER, p->r.team_id, p->r.wallet_id) < 0 ||
-            kgc_rkey(k3, P, KGC_RK_REQ, p->r.team_id, p->r.key_id, p->request_id) < 0) {
+    if (p->script != KG_SCRIPT_QUOTA) {
+        /* The wallet's five keys (kg_scripts.c "Holds"): every money
+         * script may capture the wallet's expired holds. */
+        char k4[KGC_RKEY_MAX], k5[KGC_RKEY_MAX], ttl[24];
+        const char *T = p->r.team_id, *W = p->r.wallet_id;
+        if (kgc_rkey(k1, P, KGC_RK_WALLET, T, W) < 0 || kgc_rkey(k2, P, KGC_RK_LEDGER, T, W) < 0 ||
+            kgc_rkey(k3, P, KGC_RK_REQ, T, p->r.key_id, p->request_id) < 0 ||
+            kgc_rkey(k4, P, KGC_RK_HOLDS, T, W) < 0 || kgc_rkey(k5, P, KGC_RK_HOLDEXP, T, W) < 0) {
             finish(p, KG_BACKEND_ERROR);
             return;
         }
         snprintf(num, sizeof num, "%lld", (long long)p->cost);
-        const char *argv[14] = {"EVALSHA", ctx->sha[p->script], "3", k1, k2, k3, num,
+        snprintf(ttl, sizeof ttl, "%d", ctx->cfg.hold_ttl_ms);
+        if (p->script == KG_SCRIPT_SETTLE) {
+            const char *argv[12] = {"EVALSHA", ctx->sha[p->script], "5", k1, k2, k3, k4, k5,
+                                    num, p->r.key_id, p->request_id, W};
+            issue(p, KG_ST_EVAL, 12, argv);
+            return;
+        }
+        const char *argv[17] = {"EVALSHA", ctx->sha[p->script], "5", k1, k2, k3, k4, k5, num,
                                 p->r.key_id, p->r.user_id, p->service, p->model,
-                                p->request_id, p->r.wallet_id, p->fp};
-        issue(p, KG_ST_EVAL, 14, argv);
+                                p->request_id, W, p->fp, ttl};
+        issue(p, KG_ST_EVAL, p->script == KG_SCRIPT_HOLD ? 17 : 16, argv);
     } else {
         char day[16];
         time_t now = time(NULL);
@@ -199,7 +224,7 @@ static void issue_script(kg_pending *p)
 
         gmtime_r(&now, &tm);
         strftime(day, sizeof day, "%Y%m%d", &tm);
-        if (kgc_rkey(k1, P, KGC_RK_QUOTA, p->r.team_id, p->r.key_id, p->service, day) < 0 ||
+        if (kgc_rkey(k1, P, KGC_RK_QUOTA, p->r.team_id, p->service, day) < 0 ||
             kgc_rkey(k2, P, KGC_RK_REQ, p->r.team_id, p->r.key_id, p->request_id) < 0) {
             finish(p, KG_BACKEND_ERROR);
             return;
@@ -276,6 +301,66 @@ static int model_allowed(const kg_svcpol *pol, const char *model)
     return 0;
 }
 
+/* 1 if the model has a measured param that params leave out. */
+static int measured_missing(const kgc_model *m, const kg_param *params, size_t n)
+{
+    for (size_t k = 0; k < m->nper; k++) {
+        size_t i;
+        if (!m->per[k].measured)
+            continue;
+        for (i = 0; i < n && strcmp(params[i].name, m->per[k].param) != 0; i++)
+            ;
+        if (i == n)
+            return 1;
+    }
+    return 0;
+}
+
+/* kg_settle's checks: a settle service, a model, the actual params priced
+ * (the same kgc_price as every charge). A measured param the settle
+ * leaves out (the upstream reported no usage) counts at its catalog max;
+ * without one the cost is -1: the script then charges the whole hold. The wallet is the one the key's
+ * policy names now; the script answers "wallet" when the hold sits on
+ * another (the policy changed since), and the settle is sent again there.
+ * A request under the free policy holds nothing: KG_OK, nothing to do. */
+static void decide_settle(kg_pending *p)
+{
+    kg_ctx *ctx = p->ctx;
+    const kgc_service *svc = kgc_catalog_service(ctx->catalog, p->service);
+    const kgc_model *m = NULL;
+    const kg_svcpol *pol = kg_entry_policy(p->ent, p->service);
+    char err[160];
+    int64_t cost = 0;
+    kg_status st = KG_OK;
+    int free_pol = pol != NULL && !pol->payg;
+
+    if (svc == NULL || !svc->settle || p->request_id[0] == '\0')
+        st = KG_BAD_REQUEST;
+    else if ((m = kgc_service_model(svc, p->has_model ? p->model : NULL)) == NULL)
+        st = KG_BAD_REQUEST;
+    else if (kgc_price(m, p->params, p->nparams, &cost, NULL, err, sizeof err) != 0)
+        st = KG_BAD_REQUEST;
+    else if (measured_missing(m, p->params, p->nparams) &&
+             kgc_price_hold(m, p->params, p->nparams, &cost, err, sizeof err) != 0)
+        cost = -1;                      /* a measured param with no max: the hold */
+    if (st == KG_OK) {
+        copy_id(p->model, m->id);
+        p->cost = cost;
+        p->script = KG_SCRIPT_SETTLE;
+        if (pol != NULL && pol->payg)
+            copy_id(p->r.wallet_id, pol->wallet);
+    }
+    if (!ctx->catalog_trusted) {
+        kgc_catalog_free(ctx->catalog);
+        ctx->catalog = NULL;
+    }
+    if (st != KG_OK || free_pol) {
+        finish(p, st);
+        return;
+    }
+    issue_script(p);
+}
+
 /* Catalog and policy checks, all local. Either finishes p or sends its
  * script. The catalog is not used after this returns. */
 static void decide(kg_pending *p)
@@ -285,14 +370,22 @@ static void decide(kg_pending *p)
     const kgc_model *m = NULL;
     const kg_svcpol *pol = NULL;
     char err[160], team[KGC_ID_MAX];
-    int64_t cost = 0;
+    int64_t cost = 0, plain = 0;
     kg_status st = KG_OK;
 
+    if (p->settle) {
+        decide_settle(p);
+        return;
+    }
     if (svc == NULL)
         st = KG_BAD_REQUEST;                          /* unknown service */
     else if ((m = kgc_service_model(svc, p->has_model ? p->model : NULL)) == NULL)
         st = KG_BAD_REQUEST;                          /* unknown or missing model */
-    else if (kgc_price(m, p->params, p->nparams, &cost, NULL, err, sizeof err) != 0)
+    else if (svc->settle && (pol = kg_entry_policy(p->ent, p->service)) != NULL && pol->payg &&
+             (p->request_id[0] == '\0' ||            /* a hold is named by its request id */
+              kgc_price_hold(m, p->params, p->nparams, &cost, err, sizeof err) != 0))
+        st = KG_BAD_REQUEST;                          /* no id; a measured param without maximum */
+    else if (kgc_price(m, p->params, p->nparams, svc->settle ? &plain : &cost, NULL, err, sizeof err) != 0)
         st = KG_BAD_REQUEST;                          /* unknown param, negative, overflow */
     else if ((pol = kg_entry_policy(p->ent, p->service)) == NULL || (!pol->payg && !svc->free))
         st = KG_SERVICE_DISABLED;
@@ -304,7 +397,7 @@ static void decide(kg_pending *p)
         copy_id(p->model, m->id);
         fingerprint(p);
         p->cost = pol->payg ? cost : 0;
-        p->script = pol->payg ? KG_SCRIPT_DEBIT : KG_SCRIPT_QUOTA;
+        p->script = !pol->payg ? KG_SCRIPT_QUOTA : svc->settle ? KG_SCRIPT_HOLD : KG_SCRIPT_DEBIT;
         p->quota_limit = svc->requests_per_day;
         /* A wallet of another team would put the script on two slots. */
         if (pol->payg && (kgc_id_team_of(pol->wallet, 'w', team) != 0 ||
@@ -340,7 +433,9 @@ static void advance(kg_pending *p)
         issue(p, KG_ST_TOKEN, 2, argv);
         return;
     }
-    if ((st = token_verdict(p)) != KG_OK) {
+    /* A settle bills a request already served: a key revoked or a user
+     * unassigned since does not cancel it (the token must still resolve). */
+    if ((st = token_verdict(p)) != KG_OK && !p->settle) {
         finish(p, st);
         return;
     }
@@ -489,6 +584,52 @@ static void on_load(kg_pending *p, redisReply *r)
     issue_script(p);
 }
 
+/* The settle script's answer (kg_scripts.c). */
+static void on_settle(kg_pending *p, redisReply *r, const char *tag)
+{
+    long long a = 0, b = 0, h = 0;
+    char team[KGC_ID_MAX];
+
+    if (strcmp(tag, "ok") == 0 || strcmp(tag, "replay") == 0) {
+        if (r->elements < 4 || reply_int(r->element[1], &a) != 0 ||
+            reply_int(r->element[2], &b) != 0 || reply_int(r->element[3], &h) != 0) {
+            finish(p, KG_BACKEND_ERROR);
+            return;
+        }
+        p->r.replayed = tag[0] == 'r';
+        p->r.cost_micros = p->r.replayed ? 0 : a;
+        p->r.balance_micros = b;
+        p->h.hold_micros = h;
+        finish(p, KG_OK);
+    } else if (strcmp(tag, "captured") == 0) {
+        if (r->elements >= 3 && reply_int(r->element[1], &h) == 0 &&
+            reply_int(r->element[2], &b) == 0) {
+            p->h.hold_micros = h;
+            p->r.balance_micros = b;
+        }
+        p->h.captured = 1;
+        p->r.replayed = 1;
+        finish(p, KG_OK);
+    } else if (strcmp(tag, "wallet") == 0) {
+        /* The hold is on another wallet of the team (the policy changed
+         * since): settle there. Checked like any wallet id we put in a key. */
+        if (r->elements < 2 || r->element[1]->type != REDIS_REPLY_STRING ||
+            kgc_id_team_of(r->element[1]->str, 'w', team) != 0 ||
+            strcmp(team, p->r.team_id) != 0 || strcmp(r->element[1]->str, p->r.wallet_id) == 0 ||
+            ++p->wallet_moves > 1) {
+            finish(p, KG_BACKEND_ERROR);
+            return;
+        }
+        copy_id(p->r.wallet_id, r->element[1]->str);
+        issue_script(p);
+    } else if (strcmp(tag, "nohold") == 0) {
+        p->r.wallet_id[0] = '\0';
+        finish(p, KG_BAD_REQUEST);      /* no hold of this key under that id */
+    } else {                            /* "nowallet": a data error, fail closed */
+        finish(p, KG_BACKEND_ERROR);
+    }
+}
+
 static void on_eval(kg_pending *p, redisReply *r)
 {
     kg_ctx *ctx = p->ctx;
@@ -512,6 +653,24 @@ static void on_eval(kg_pending *p, redisReply *r)
         return;
     }
     tag = r->element[0]->str;
+    if (p->script == KG_SCRIPT_SETTLE) {
+        on_settle(p, r, tag);
+        return;
+    }
+    if (strcmp(tag, "held") == 0) {
+        long long avail = 0, exp = 0;
+        if (r->elements < 4 || reply_int(r->element[1], &a) != 0 ||
+            reply_int(r->element[2], &avail) != 0 || reply_int(r->element[3], &exp) != 0) {
+            finish(p, KG_BACKEND_ERROR);
+            return;
+        }
+        p->r.balance_micros = a;
+        p->h.hold_micros = p->cost;
+        p->h.available_micros = avail;
+        p->h.expires_ms = exp;
+        finish(p, KG_OK);
+        return;
+    }
     if (strcmp(tag, "ok") == 0) {
         if (p->script == KG_SCRIPT_DEBIT) {
             if (r->elements < 2 || reply_int(r->element[1], &a) != 0) {
@@ -531,6 +690,8 @@ static void on_eval(kg_pending *p, redisReply *r)
             if (r->element[3]->type == REDIS_REPLY_STRING && r->element[3]->len > 0)
                 copy_id(p->r.wallet_id, r->element[3]->str);
         }
+        if (p->script == KG_SCRIPT_HOLD && r->elements >= 5 && reply_int(r->element[4], &b) == 0)
+            p->h.hold_micros = b;       /* the hold the first call placed */
         finish(p, KG_OK);
     } else if (strcmp(tag, "funds") == 0) {
         if (r->elements >= 2 && reply_int(r->element[1], &a) == 0)
@@ -591,7 +752,7 @@ static int name_ok(const char *s)
 }
 
 int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
-                  int blocking, kg_pending **pp)
+                  int blocking, int settle, kg_pending **pp)
 {
     kg_pending *p;
     int64_t now;
@@ -627,7 +788,9 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
         return -1;
     p->ctx = ctx;
     p->blocking = blocking;
+    p->settle = settle;
     kg_result_init(&p->r);
+    kg_hold_init(&p->h);
     if (kgc_token_hash_hex(ctx->pepper, req->token, req->token_len, p->hash) != 0) {
         free(p);
         return -1;
@@ -685,6 +848,7 @@ void kg_flow_deliver(kg_ctx *ctx)
         if (!p->cancelled && p->done != NULL) {
             p->delivering = 1;
             *p->out = p->r;
+            kg_hold_out(p->hout, p->hsize, &p->h);
             p->done(p->arg, p->out);
         }
         kg_pending_free(p);

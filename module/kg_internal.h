@@ -90,7 +90,8 @@ const kg_svcpol *kg_entry_policy(const kg_entry *e, const char *service);
 /* ------------------------------------------------------------------ */
 /* Scripts (kg_scripts.c)                                               */
 
-enum kg_script { KG_SCRIPT_DEBIT = 0, KG_SCRIPT_QUOTA, KG_NSCRIPTS };
+enum kg_script { KG_SCRIPT_DEBIT = 0, KG_SCRIPT_QUOTA, KG_SCRIPT_HOLD, KG_SCRIPT_SETTLE,
+                 KG_NSCRIPTS };
 extern const char *const kg_script_text[KG_NSCRIPTS];
 
 /* ------------------------------------------------------------------ */
@@ -128,6 +129,7 @@ struct kg_pending {
     int finished;                 /* r holds the answer */
     int cancelled;                /* the host gave up: never call done */
     int blocking;                 /* driven by kg_authorize, not the host */
+    int settle;                   /* kg_settle: charge a hold, not authorize */
     int64_t deadline;             /* monotonic ms: end of the current round trip */
 
     /* the request, copied (the token itself is never kept: only its hash) */
@@ -153,6 +155,11 @@ struct kg_pending {
     int catalog_gen_at;           /* ctx->catalog_gen when GET catalog was sent */
     int catalog_sub_ok;           /* the subscription was live then */
     int delivering;               /* inside its done(): cancel must not free */
+    int wallet_moves;             /* settle: "wallet" redirects followed (guard) */
+
+    kg_hold h;                    /* the hold's side of the answer */
+    kg_hold *hout;                /* host's kg_hold or NULL, touched only at delivery */
+    size_t hsize;                 /* its size as the host knows it */
 
     kg_result r;                  /* our answer; copied to *out when delivered */
     kg_result *out;               /* host's result, touched only at delivery */
@@ -211,7 +218,10 @@ void kg_link_notify_all(kg_ctx *ctx);           /* re-tell the host every fd */
 /* Starts one request. Returns 0 (answered now, *r filled), 1 (in flight:
  * *pp set), or -1 (not started, *r says why). */
 int  kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *r,
-                   int blocking, struct kg_pending **pp);
+                   int blocking, int settle, struct kg_pending **pp);
+/* Copies a kg_hold into a host's struct of hsize bytes (NULL: nothing). */
+void kg_hold_out(kg_hold *dst, size_t hsize, const kg_hold *src);
+void kg_hold_init(kg_hold *h);
 void kg_flow_timeouts(kg_ctx *ctx, int64_t now);
 void kg_flow_deliver(kg_ctx *ctx);
 void kg_flow_cancel(kg_ctx *ctx, struct kg_pending *p);

@@ -1,6 +1,6 @@
 /*
- * kg_scripts.c - the two Lua scripts through which libkeygate moves money
- * and counts free requests. Each runs atomically in Redis (EVALSHA, loaded
+ * kg_scripts.c - the Lua scripts through which libkeygate moves money
+ * (debit; hold and settle) and counts free requests. Each runs atomically in Redis (EVALSHA, loaded
  * with SCRIPT LOAD and reloaded on NOSCRIPT) and touches keys of one team
  * only, all named in KEYS, so it runs on one Redis Cluster slot.
  *
@@ -20,18 +20,83 @@
  * otherwise, or when the record has no fp (written before fp existed), it
  * is a conflict: refused, nothing served, nothing changed (issue 10). */
 
-/* Debit.
- *   KEYS[1] P {t:T}:wallet:<wid>      hash, field balance_micros
+/* Holds (settle services, docs/module.md "Reserve and settle"). Every
+ * money script of a wallet names its five keys:
+ *   KEYS[1] P {t:T}:wallet:<wid>      hash: balance_micros (credits − debits),
+ *                                     held_micros (Σ open holds, ≤ balance)
  *   KEYS[2] P {t:T}:ledger:<wid>      list of JSON entries, newest first
- *   KEYS[3] P {t:T}:req:<kid>:<rid>   first outcome of a request id
+ *   KEYS[3] P {t:T}:req:<kid>:<rid>   the request id's record
+ *   KEYS[4] P {t:T}:holds:<wid>       hash: "<kid> <rid>" -> "amount user service model"
+ *   KEYS[5] P {t:T}:holdexp:<wid>     zset: "<kid> <rid>" by expiry (Redis ms)
+ * and first captures up to 16 holds whose expiry has passed, each at its
+ * reserved amount with one ledger debit marked "settle":"expired": the
+ * first script to run after the expiry does it, in the same atomic step,
+ * so a hold is captured exactly once whoever races for it. A capture
+ * lowers balance and held_micros alike, so the available amount
+ * (balance − held) it leaves is what it was. */
+#define KG_LUA_COMMON                                                              \
+    "local function now_ms()\n"                                                    \
+    "  local t = redis.call('TIME')\n"                                             \
+    "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"         \
+    "end\n"                                                                        \
+    "local function entry(amt, nb, at, kid, uid, svc, mdl, rid, extra)\n"          \
+    "  return '{\"type\":\"debit\",\"amount_micros\":' .. string.format('%d', amt) ..\n" \
+    "    ',\"balance_micros\":' .. string.format('%d', nb) ..\n"                   \
+    "    ',\"at\":' .. string.format('%d', at) ..\n"                               \
+    "    ',\"key_id\":' .. cjson.encode(kid) ..\n"                                 \
+    "    ',\"user_id\":' .. cjson.encode(uid) ..\n"                                \
+    "    ',\"service\":' .. cjson.encode(svc) ..\n"                                \
+    "    ',\"model\":' .. cjson.encode(mdl) ..\n"                                  \
+    "    ',\"request_id\":' .. (rid ~= '' and cjson.encode(rid) or 'null') .. extra .. '}'\n" \
+    "end\n"                                                                        \
+    "local function sweep(now)\n"                                                 \
+    "  local ids = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 16)\n" \
+    "  for _, id in ipairs(ids) do\n"                                              \
+    "    local v = redis.call('HGET', KEYS[4], id)\n"                              \
+    "    redis.call('ZREM', KEYS[5], id)\n"                                        \
+    "    if v then\n"                                                              \
+    "      redis.call('HDEL', KEYS[4], id)\n"                                      \
+    "      local amt, uid, svc, mdl = string.match(v, '^(%d+) (%S+) (%S+) (%S+)$')\n" \
+    "      local kid, rid = string.match(id, '^(%S+) (.+)$')\n"                    \
+    "      amt = tonumber(amt) or 0\n"                                             \
+    "      redis.call('HINCRBY', KEYS[1], 'held_micros', string.format('%d', -amt))\n" \
+    "      local nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', string.format('%d', -amt))\n" \
+    "      redis.call('LPUSH', KEYS[2], entry(amt, nb, now, kid or '', uid or '', svc or '',\n" \
+    "        mdl or '', rid or '', ',\"settle\":\"expired\",\"hold_micros\":' .. string.format('%d', amt)))\n" \
+    "    end\n"                                                                    \
+    "  end\n"                                                                      \
+    "end\n"                                                                        \
+    "local function wallet_state()\n"                                              \
+    "  local w = redis.call('HMGET', KEYS[1], 'balance_micros', 'held_micros')\n"  \
+    "  if not w[1] then return nil end\n"                                          \
+    "  local bal, held = tonumber(w[1]), tonumber(w[2] or '0')\n"                  \
+    "  if bal == nil or held == nil then\n"                                        \
+    "    return redis.error_reply('ERR keygate: wallet amounts are not integers')\n" \
+    "  end\n"                                                                      \
+    "  return bal, held\n"                                                         \
+    "end\n"                                                                        \
+    "local function open_wallet()\n"                                               \
+    "  if not redis.call('HGET', KEYS[1], 'balance_micros') then return nil end\n" \
+    "  local now = now_ms()\n"                                                     \
+    "  sweep(now)\n"                                                               \
+    "  local bal, held = wallet_state()\n"                                         \
+    "  if type(bal) == 'table' then return bal end\n"                              \
+    "  return now, bal, held\n"                                                    \
+    "end\n"
+
+/* Debit (payg, services without settle).
+ *   KEYS    as above
  *   ARGV    cost, key_id, user_id, service, model, request_id ('' = none),
  *           wallet_id, fp
  * Returns {'ok', balance} | {'replay', cost, balance, wallet_id} |
  *         {'conflict'} | {'funds', balance} | {'nowallet'}.
- * A refusal writes nothing, so a retry after a top-up can succeed. A cost
- * of 0 (a catalog that allows it: price.min_micros 0) moves no money and
+ * Money held for other requests is not available: balance − held ≥ cost
+ * is the check. A refusal writes nothing for the request (expired holds
+ * are still captured), so a retry after a top-up can succeed. A cost of 0
+ * (a catalog that allows it: price.min_micros 0) moves no money and
  * writes no ledger entry; the request record is still written. */
 static const char debit_lua[] =
+    KG_LUA_COMMON
     "local rid = ARGV[6]\n"
     "if rid ~= '' then\n"
     "  local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id', 'fp')\n"
@@ -40,39 +105,116 @@ static const char debit_lua[] =
     "    return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or ''}\n"
     "  end\n"
     "end\n"
-    "local bal = redis.call('HGET', KEYS[1], 'balance_micros')\n"
-    "if not bal then return {'nowallet'} end\n"
-    "bal = tonumber(bal)\n"
+    "local now, bal, held = open_wallet()\n"
+    "if now == nil then return {'nowallet'} end\n"
+    "if type(now) == 'table' then return now end\n"
     "local cost = tonumber(ARGV[1])\n"
-    "if bal == nil or cost == nil or cost < 0 then\n"
-    "  return redis.error_reply('ERR keygate: wallet or cost is not an integer')\n"
+    "if cost == nil or cost < 0 then\n"
+    "  return redis.error_reply('ERR keygate: cost is not an integer')\n"
     "end\n"
-    "if bal < cost then return {'funds', bal} end\n"
+    "if bal - held < cost then return {'funds', bal} end\n"
     "local nb = bal\n"
-    "local t = redis.call('TIME')\n"
-    "local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
     "if cost > 0 then\n"
     "  nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', '-' .. ARGV[1])\n"
-    "  local e = '{\"type\":\"debit\",\"amount_micros\":' .. ARGV[1] ..\n"
-    "    ',\"balance_micros\":' .. string.format('%d', nb) ..\n"
-    "    ',\"at\":' .. at ..\n"
-    "    ',\"key_id\":' .. cjson.encode(ARGV[2]) ..\n"
-    "    ',\"user_id\":' .. cjson.encode(ARGV[3]) ..\n"
-    "    ',\"service\":' .. cjson.encode(ARGV[4]) ..\n"
-    "    ',\"model\":' .. cjson.encode(ARGV[5]) ..\n"
-    "    ',\"request_id\":' .. (rid ~= '' and cjson.encode(rid) or 'null') .. '}'\n"
-    "  redis.call('LPUSH', KEYS[2], e)\n"
+    "  redis.call('LPUSH', KEYS[2], entry(cost, nb, now, ARGV[2], ARGV[3], ARGV[4], ARGV[5], rid, ''))\n"
     "end\n"
     "if rid ~= '' then\n"
     "  redis.call('HSET', KEYS[3], 'cost_micros', ARGV[1], 'balance_micros',\n"
-    "             string.format('%d', nb), 'wallet_id', ARGV[7], 'at', at,\n"
+    "             string.format('%d', nb), 'wallet_id', ARGV[7], 'at', string.format('%d', now),\n"
     "             'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5], 'fp', ARGV[8])\n"
     "  redis.call('EXPIRE', KEYS[3], 86400)\n"
     "end\n"
     "return {'ok', nb}\n";
 
+/* Hold (authorize on a settle service): reserves the worst-case price.
+ *   KEYS    as above
+ *   ARGV    hold, key_id, user_id, service, model, request_id (never ''),
+ *           wallet_id, fp, hold_ttl_ms
+ * Returns {'held', balance, available, expires_ms} |
+ *         {'replay', 0, balance, wallet_id, hold} | {'conflict'} |
+ *         {'funds', balance} | {'nowallet'}.
+ * No ledger entry: no money moved yet (kg_settle writes the one entry).
+ * The record (state "held") lives the hold's life plus a day, so a late
+ * settle still finds it and answers that the hold was captured. */
+static const char hold_lua[] =
+    KG_LUA_COMMON
+    "local rid = ARGV[6]\n"
+    "local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id', 'fp', 'hold_micros')\n"
+    "if r[1] then\n"
+    "  if r[4] ~= ARGV[8] then return {'conflict'} end\n"
+    "  return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or '', tonumber(r[5]) or 0}\n"
+    "end\n"
+    "local now, bal, held = open_wallet()\n"
+    "if now == nil then return {'nowallet'} end\n"
+    "if type(now) == 'table' then return now end\n"
+    "local h, ttl = tonumber(ARGV[1]), tonumber(ARGV[9])\n"
+    "if h == nil or h < 0 or ttl == nil or ttl < 1 then\n"
+    "  return redis.error_reply('ERR keygate: hold or ttl is not an integer')\n"
+    "end\n"
+    "if bal - held < h then return {'funds', bal} end\n"
+    "local id = ARGV[2] .. ' ' .. rid\n"
+    "local exp = now + ttl\n"
+    "redis.call('HSET', KEYS[4], id, ARGV[1] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])\n"
+    "redis.call('ZADD', KEYS[5], exp, id)\n"
+    "redis.call('HINCRBY', KEYS[1], 'held_micros', ARGV[1])\n"
+    "redis.call('HSET', KEYS[3], 'cost_micros', '0', 'hold_micros', ARGV[1],\n"
+    "           'balance_micros', string.format('%d', bal), 'wallet_id', ARGV[7],\n"
+    "           'at', string.format('%d', now), 'expires_ms', string.format('%d', exp),\n"
+    "           'state', 'held', 'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5],\n"
+    "           'fp', ARGV[8])\n"
+    "redis.call('EXPIRE', KEYS[3], math.floor(ttl / 1000) + 86400)\n"
+    "return {'held', bal, bal - held - h, exp}\n";
+
+/* Settle: charges the measured cost of a held request, releases the rest.
+ *   KEYS    as above (KEYS[1], [2], [4], [5] of the wallet the caller
+ *           believes holds it: the record says which one)
+ *   ARGV    actual cost (-1: the whole hold), key_id, request_id, wallet_id
+ * Returns {'ok', charged, balance, hold} | {'replay', charged, balance, hold} |
+ *         {'captured', hold, balance} | {'wallet', wallet_id} | {'nohold'}.
+ * The charge is min(actual cost, hold): the hold is the most the request
+ * was allowed to cost (a measured use above the declared maximum is
+ * capped; the entry keeps the computed "actual_micros"). One ledger debit
+ * (kept even at 0, to show the release); the record becomes "settled" and
+ * a retry replays it. A hold that expired before its settle was or is
+ * captured at its full amount; the settle then changes nothing. */
+static const char settle_lua[] =
+    KG_LUA_COMMON
+    "local r = redis.call('HMGET', KEYS[3], 'state', 'wallet_id', 'hold_micros', 'settled_micros', 'balance_micros')\n"
+    "if not r[1] then return {'nohold'} end\n"
+    "if r[2] ~= ARGV[4] then return {'wallet', r[2] or ''} end\n"
+    "if r[1] == 'settled' then\n"
+    "  return {'replay', tonumber(r[4]) or 0, tonumber(r[5]) or -1, tonumber(r[3]) or 0}\n"
+    "end\n"
+    "local now, bal = open_wallet()\n"
+    "if now == nil then return {'nowallet'} end\n"
+    "if type(now) == 'table' then return now end\n"
+    "local id = ARGV[2] .. ' ' .. ARGV[3]\n"
+    "local v = redis.call('HGET', KEYS[4], id)\n"
+    "if not v then\n"
+    "  redis.call('HSET', KEYS[3], 'state', 'captured')\n"
+    "  return {'captured', tonumber(r[3]) or 0, bal}\n"
+    "end\n"
+    "local h, uid, svc, mdl = string.match(v, '^(%d+) (%S+) (%S+) (%S+)$')\n"
+    "h = tonumber(h)\n"
+    "local cost = tonumber(ARGV[1])\n"
+    "if h == nil or cost == nil or cost < -1 then\n"
+    "  return redis.error_reply('ERR keygate: hold or cost is not an integer')\n"
+    "end\n"
+    "local charge = (cost >= 0 and cost < h) and cost or h\n"
+    "redis.call('HDEL', KEYS[4], id)\n"
+    "redis.call('ZREM', KEYS[5], id)\n"
+    "redis.call('HINCRBY', KEYS[1], 'held_micros', string.format('%d', -h))\n"
+    "local nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', string.format('%d', -charge))\n"
+    "local extra = ',\"settle\":\"settled\",\"hold_micros\":' .. string.format('%d', h)\n"
+    "if cost > h then extra = extra .. ',\"actual_micros\":' .. ARGV[1] end\n"
+    "redis.call('LPUSH', KEYS[2], entry(charge, nb, now, ARGV[2], uid, svc, mdl, ARGV[3], extra))\n"
+    "redis.call('HSET', KEYS[3], 'state', 'settled', 'settled_micros', string.format('%d', charge),\n"
+    "           'balance_micros', string.format('%d', nb), 'settled_at', string.format('%d', now))\n"
+    "return {'ok', charge, nb, h}\n";
+
 /* Free-tier count.
- *   KEYS[1] P {t:T}:quota:<kid>:<svc>:<yyyymmdd>   requests that UTC day
+ *   KEYS[1] P {t:T}:quota:<svc>:<yyyymmdd>   the team's requests that UTC day,
+ *                                            whichever key they came through
  *   KEYS[2] P {t:T}:req:<kid>:<rid>
  *   ARGV    limit (0 = unlimited, still counted), request_id ('' = none),
  *           user_id, service, model, fp
@@ -102,4 +244,4 @@ static const char quota_lua[] =
     "end\n"
     "return {'ok', n}\n";
 
-const char *const kg_script_text[KG_NSCRIPTS] = {debit_lua, quota_lua};
+const char *const kg_script_text[KG_NSCRIPTS] = {debit_lua, quota_lua, hold_lua, settle_lua};

@@ -22,19 +22,28 @@ enum { AUTH_OK = 0, AUTH_REFUSED = 1, AUTH_USAGE = 2, AUTH_UNREACHABLE = 3 };
 static const char usage_text[] =
     "usage: keygate authorize [--config FILE] (--token-file FILE | --token TOKEN)\n"
     "                         --service SERVICE [--model MODEL]\n"
-    "                         [--param NAME=VALUE ...] [--request-id ID] [--json]\n"
+    "                         [--param NAME=VALUE ...] [--request-id ID]\n"
+    "                         [--settle NAME=VALUE ...] [--json]\n"
     "\n"
     "Runs one request through the gateway module (libkeygate) and prints the\n"
     "decision, the cost charged and the wallet balance. Pay-as-you-go requests\n"
     "are really charged. --config defaults to $KEYGATE_CONFIG; --token-file -\n"
     "reads the token from stdin. Exit status: 0 authorized, 1 refused,\n"
-    "2 bad usage, 3 key store unreachable.\n";
+    "2 bad usage, 3 key store unreachable.\n"
+    "\n"
+    "--settle (services the catalog marks \"settle\": true): after the\n"
+    "authorization, which holds the worst-case price, settles the request with\n"
+    "the actual quantities: the --param values with these replacing or adding\n"
+    "to them. Without --request-id one is made up (the hold is named by it).\n";
 
 typedef struct auth_opts {
     const char *config, *token, *token_file, *service, *model, *request_id;
     kg_param params[AUTH_MAX_PARAMS];
     char names[AUTH_MAX_PARAMS][64];  /* copies: argv is left as it was */
     size_t nparams;
+    kg_param settle[AUTH_MAX_PARAMS]; /* --settle, the same way */
+    char snames[AUTH_MAX_PARAMS][64];
+    size_t nsettle;
     int json, help;
 } auth_opts;
 
@@ -69,24 +78,34 @@ static const char *opt_value(int argc, char **argv, int *i, const char *name, in
     return argv[++*i];
 }
 
-static int parse_param(auth_opts *o, const char *spec)
+static int parse_kv(kg_param *params, char names[][64], size_t *np, const char *spec)
 {
     const char *eq = strchr(spec, '=');
     char *end;
     long long v;
 
-    if (eq == NULL || eq == spec || eq[1] == '\0' || (size_t)(eq - spec) >= sizeof o->names[0])
+    if (eq == NULL || eq == spec || eq[1] == '\0' || (size_t)(eq - spec) >= sizeof names[0])
         return -1;
     errno = 0;
     v = strtoll(eq + 1, &end, 10);
-    if (errno != 0 || *end != '\0' || o->nparams >= AUTH_MAX_PARAMS)
+    if (errno != 0 || *end != '\0' || *np >= AUTH_MAX_PARAMS)
         return -1;
-    memcpy(o->names[o->nparams], spec, (size_t)(eq - spec));
-    o->names[o->nparams][eq - spec] = '\0';
-    o->params[o->nparams].name = o->names[o->nparams];
-    o->params[o->nparams].value = v;
-    o->nparams++;
+    memcpy(names[*np], spec, (size_t)(eq - spec));
+    names[*np][eq - spec] = '\0';
+    params[*np].name = names[*np];
+    params[*np].value = v;
+    (*np)++;
     return 0;
+}
+
+static int parse_param(auth_opts *o, const char *spec)
+{
+    return parse_kv(o->params, o->names, &o->nparams, spec);
+}
+
+static int parse_settle(auth_opts *o, const char *spec)
+{
+    return parse_kv(o->settle, o->snames, &o->nsettle, spec);
 }
 
 static int parse(auth_opts *o, int argc, char **argv)
@@ -124,6 +143,13 @@ static int parse(auth_opts *o, int argc, char **argv)
         }
         if (missing)
             return usage("option needs a value", "--param");
+        if ((v = opt_value(argc, argv, &i, "--settle", &missing)) != NULL) {
+            if (parse_settle(o, v) != 0)
+                return usage("--settle wants NAME=INTEGER", v);
+            continue;
+        }
+        if (missing)
+            return usage("option needs a value", "--settle");
         return usage("unknown argument", argv[i]);
     }
     if (o->config == NULL)
@@ -219,7 +245,19 @@ static void json_str(const char *s)
     putchar('"');
 }
 
-static void print_json(const kg_result *r)
+static void print_settle_text(const kg_hold *h, const kg_result *s)
+{
+    print_money("held:", h->hold_micros);
+    printf("%-9s %s (HTTP %d): %s\n", "settle:", kg_status_code(s->status),
+           kg_http_status(s->status), kg_strerror(s->status));
+    print_money("charged:", s->cost_micros);
+    if (s->balance_micros >= 0)
+        print_money("balance:", s->balance_micros);
+    if (s->replayed)
+        printf("%-9s %s\n", "replayed:", "yes (settled earlier, or the hold expired and was captured)");
+}
+
+static void print_json(const kg_result *r, const kg_hold *h, const kg_result *s)
 {
     fputs("{\"status\":", stdout);
     json_str(kg_status_code(r->status));
@@ -238,7 +276,55 @@ static void print_json(const kg_result *r)
         printf("%lld", (long long)r->balance_micros);
     else
         fputs("null", stdout);
-    printf(",\"replayed\":%s}\n", r->replayed ? "true" : "false");
+    printf(",\"replayed\":%s", r->replayed ? "true" : "false");
+    if (s != NULL) {
+        printf(",\"hold_micros\":%lld,\"settle\":{\"status\":", (long long)h->hold_micros);
+        json_str(kg_status_code(s->status));
+        printf(",\"http\":%d,\"cost_micros\":%lld,\"balance_micros\":", kg_http_status(s->status),
+               (long long)s->cost_micros);
+        if (s->balance_micros >= 0)
+            printf("%lld", (long long)s->balance_micros);
+        else
+            fputs("null", stdout);
+        printf(",\"replayed\":%s,\"captured\":%s}", s->replayed ? "true" : "false",
+               h->captured ? "true" : "false");
+    }
+    fputs("}\n", stdout);
+}
+
+/* A request id for a --settle run without one: 16 hex of /dev/urandom. */
+static int make_request_id(char *out, size_t cap)
+{
+    unsigned char b[8];
+    FILE *f = fopen("/dev/urandom", "rb");
+    size_t n = f != NULL ? fread(b, 1, sizeof b, f) : 0;
+
+    if (f != NULL)
+        fclose(f);
+    if (n != sizeof b)
+        return -1;
+    snprintf(out, cap, "cli-%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5],
+             b[6], b[7]);
+    return 0;
+}
+
+/* The settle's params: the request's, each --settle replacing one of the
+ * same name or added. */
+static size_t settle_params(const auth_opts *o, kg_param *out)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < o->nparams; i++) {
+        size_t j;
+        for (j = 0; j < o->nsettle; j++)
+            if (strcmp(o->settle[j].name, o->params[i].name) == 0)
+                break;
+        if (j == o->nsettle)
+            out[n++] = o->params[i];
+    }
+    for (size_t j = 0; j < o->nsettle && n < 2 * AUTH_MAX_PARAMS; j++)
+        out[n++] = o->settle[j];
+    return n;
 }
 
 int cli_authorize(int argc, char **argv)
@@ -247,7 +333,10 @@ int cli_authorize(int argc, char **argv)
     char token[AUTH_TOKEN_MAX], err[512];
     size_t toklen;
     kg_request req;
-    kg_result res;
+    kg_result res, sres;
+    kg_hold hold, shold;
+    kg_param sparams[2 * AUTH_MAX_PARAMS];
+    char rid[40];
     kg_ctx *ctx;
     int rc;
 
@@ -284,15 +373,36 @@ int cli_authorize(int argc, char **argv)
     req.params = o.nparams > 0 ? o.params : NULL;
     req.nparams = o.nparams;
     req.request_id = o.request_id;
-    kg_authorize(ctx, &req, &res);
+    if (o.nsettle > 0 && req.request_id == NULL) {
+        if (make_request_id(rid, sizeof rid) != 0) {
+            wipe(token, sizeof token);
+            kg_close(ctx);
+            fprintf(stderr, "error: cannot read /dev/urandom for a request id\n");
+            return AUTH_USAGE;
+        }
+        req.request_id = rid;
+    }
+    kg_authorize_hold(ctx, &req, &res, &hold, sizeof hold);
+    if (o.nsettle > 0 && res.status == KG_OK) {
+        req.params = sparams;
+        req.nparams = settle_params(&o, sparams);
+        kg_settle(ctx, &req, &sres, &shold, sizeof shold);
+    }
     wipe(token, sizeof token);
     kg_close(ctx);
 
     if (o.json)
-        print_json(&res);
-    else
+        print_json(&res, &shold, o.nsettle > 0 && res.status == KG_OK ? &sres : NULL);
+    else {
         print_text(&res);
-    if (res.status == KG_OK)
-        return AUTH_OK;
-    return res.status == KG_BACKEND_ERROR ? AUTH_UNREACHABLE : AUTH_REFUSED;
+        if (hold.hold_micros > 0 && o.nsettle == 0)
+            print_money("held:", hold.hold_micros);
+        if (o.nsettle > 0 && res.status == KG_OK)
+            print_settle_text(&shold, &sres);
+    }
+    if (res.status != KG_OK)
+        return res.status == KG_BACKEND_ERROR ? AUTH_UNREACHABLE : AUTH_REFUSED;
+    if (o.nsettle > 0 && sres.status != KG_OK)
+        return sres.status == KG_BACKEND_ERROR ? AUTH_UNREACHABLE : AUTH_REFUSED;
+    return AUTH_OK;
 }

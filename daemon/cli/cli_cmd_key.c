@@ -42,7 +42,7 @@ static void print_services(cli_ctx *ctx, json_t *cat)
         if (!json_is_true(json_object_get(s, "free")))
             snprintf(tier, sizeof tier, "paid: payg only");
         else if (json_is_integer(quota))
-            snprintf(tier, sizeof tier, "free tier, %" JSON_INTEGER_FORMAT " requests/day per key",
+            snprintf(tier, sizeof tier, "free tier, %" JSON_INTEGER_FORMAT " requests/day per team",
                      json_integer_value(quota));
         else
             snprintf(tier, sizeof tier, "free tier");

@@ -492,11 +492,54 @@ static void ledger_entry(fsck *f, const char *lk, const char *T, chain *c, const
     json_decref(doc);
 }
 
+/* The holds of a wallet (settle services, docs/module.md): held_micros
+ * is the sum of the open holds, never below 0 nor above the balance (so
+ * the available amount, balance − held, is never negative), and the
+ * holds hash and the expiry zset name the same holds. hs is HGETALL of
+ * the holds hash, hx ZRANGE 0 -1 of the expiry zset. */
+static void check_holds(fsck *f, const char *wk, const char *xk, const char *held,
+                        long long balance, const redisReply *hs, const redisReply *hx)
+{
+    long long h = 0, sum = 0, amt;
+    size_t nh = 0;
+
+    if (held != NULL && (parse_ll(held, &h) != 0 || h < 0)) {
+        PROBLEM(f, wk, "held_micros is not an integer >= 0");
+        return;
+    }
+    if (h > balance)
+        PROBLEM(f, wk, "held_micros %lld is above balance_micros %lld (available below zero)", h,
+                balance);
+    if (hs->type != REDIS_REPLY_ARRAY || hx->type != REDIS_REPLY_ARRAY) {
+        PROBLEM(f, xk, "the holds or their expiries have the wrong type");
+        return;
+    }
+    for (size_t i = 0; i + 1 < hs->elements; i += 2) {
+        const char *v = hs->element[i + 1]->str;
+        int found = 0;
+        if (v == NULL || sscanf(v, "%lld", &amt) != 1 || amt < 0) {
+            PROBLEM(f, xk, "hold %s: no amount", hs->element[i]->str);
+            continue;
+        }
+        sum += amt;
+        nh++;
+        for (size_t j = 0; j < hx->elements && !found; j++)
+            found = hx->element[j]->str != NULL && strcmp(hx->element[j]->str, hs->element[i]->str) == 0;
+        if (!found)
+            PROBLEM(f, xk, "hold %s has no expiry: it would never be captured", hs->element[i]->str);
+    }
+    if (hx->elements != nh)
+        PROBLEM(f, xk, "%zu expiries for %zu holds", hx->elements, nh);
+    if (sum != h)
+        PROBLEM(f, wk, "held_micros %lld, but its open holds sum to %lld (%zu holds)", h, sum, nh);
+}
+
 void fsck_check_wallet(fsck *f, const char *T, const char *W)
 {
-    char wk[KGC_RKEY_MAX], lk[KGC_RKEY_MAX], a[32], b[32];
+    char wk[KGC_RKEY_MAX], lk[KGC_RKEY_MAX], hk[KGC_RKEY_MAX], xk[KGC_RKEY_MAX], a[32], b[32];
     const char *m[1] = {"MULTI"}, *e[1] = {"EXEC"};
     const char *h[2] = {"HGETALL", wk}, *l[2] = {"LLEN", lk};
+    const char *hh[2] = {"HGETALL", hk}, *hx[4] = {"ZRANGE", xk, "0", "-1"};
     redisReply *r, *ex;
     const char *bal, *wid, *tid;
     long long balance = 0, len = 0;
@@ -505,17 +548,21 @@ void fsck_check_wallet(fsck *f, const char *T, const char *W)
     json_array_clear(f->pending);
     fsck_rk(f, wk, KGC_RK_WALLET, T, W);
     fsck_rk(f, lk, KGC_RK_LEDGER, T, W);
-    /* Balance and ledger length at one instant (one slot: one MULTI). */
+    fsck_rk(f, hk, KGC_RK_HOLDS, T, W);
+    fsck_rk(f, xk, KGC_RK_HOLDEXP, T, W);
+    /* Balance, holds and ledger length at one instant (one slot: one MULTI). */
     fsck_rpush(f, 1, m, NULL);
     fsck_rpush(f, 2, h, NULL);
     fsck_rpush(f, 2, l, NULL);
+    fsck_rpush(f, 2, hh, NULL);
+    fsck_rpush(f, 4, hx, NULL);
     fsck_rpush(f, 1, e, NULL);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 5; i++)
         if ((r = fsck_rget(f)) != NULL)
             freeReplyObject(r);
     if ((ex = fsck_rget(f)) == NULL)
         return;
-    if (ex->type != REDIS_REPLY_ARRAY || ex->elements != 2 ||
+    if (ex->type != REDIS_REPLY_ARRAY || ex->elements != 4 ||
         ex->element[0]->type != REDIS_REPLY_ARRAY) {
         PROBLEM(f, wk, "could not read the wallet and its ledger (wrong types?)");
         freeReplyObject(ex);
@@ -539,6 +586,9 @@ void fsck_check_wallet(fsck *f, const char *T, const char *W)
         PROBLEM(f, wk, "balance_micros is not an integer");
     else if (balance < 0)
         PROBLEM(f, wk, "balance_micros %lld is below zero", balance);
+    else
+        check_holds(f, wk, xk, fsck_hfield(ex->element[0], "held_micros"), balance,
+                    ex->element[2], ex->element[3]);
     if (ex->element[1]->type == REDIS_REPLY_INTEGER)
         len = ex->element[1]->integer;
     freeReplyObject(ex);

@@ -25,6 +25,7 @@ void kgc_config_defaults(kgc_config *cfg)
     cfg->redis_port = 6379;
     cfg->timeout_ms = 50;
     cfg->cache_ttl_ms = 1000;
+    cfg->hold_ttl_ms = 600000;
     cfg->max_line = 65536;
     cfg->idle_timeout_s = 30;
     cfg->max_clients = 4096;
@@ -100,6 +101,7 @@ static const key_rule keys[] = {
     STR("key_prefix", key_prefix),
     NUM("timeout_ms", timeout_ms, 10, 1, 60000),
     NUM("cache_ttl_ms", cache_ttl_ms, 10, 0, 1000),   /* the 1 s refusal promise */
+    NUM("hold_ttl_ms", hold_ttl_ms, 10, 1, 86400000), /* < the request record's life */
     NUM("max_line", max_line, 10, 256, 16L * 1024 * 1024),
     NUM("idle_timeout", idle_timeout_s, 10, 1, 86400),
     NUM("max_clients", max_clients, 10, 1, 1000000),

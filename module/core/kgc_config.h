@@ -23,6 +23,8 @@ typedef struct kgc_config {
     char key_prefix[64];          /* both: prefix of every Redis key, "kg:" */
     int timeout_ms;               /* module: per-request store timeout, 50 */
     int cache_ttl_ms;             /* module: token cache backstop TTL, 1000 */
+    int hold_ttl_ms;              /* module: a hold not settled by then is captured
+                                     at its reserved amount, 600000 (10 min) */
     size_t max_line;              /* daemon: admin line limit, 65536 */
     int idle_timeout_s;           /* daemon: drop a silent client with a partial line, 30 */
     int max_clients;              /* daemon: admin connections at once, 4096 */

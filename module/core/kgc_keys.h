@@ -43,7 +43,9 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_LEDGER    "{t:%s}:ledger:%s"        list of JSON entries, newest first
  *   KGC_RK_CREDIT    "{t:%s}:credit:%s:%s"     credit idempotency (wallet, ref hash)
  *   KGC_RK_REQ       "{t:%s}:req:%s:%s"        debit idempotency (key, request id)
- *   KGC_RK_QUOTA     "{t:%s}:quota:%s:%s:%s"   free requests (key, service, yyyymmdd)
+ *   KGC_RK_HOLDS     "{t:%s}:holds:%s"         hash: open holds of a wallet ("<kid> <rid>" -> amount user service model)
+ *   KGC_RK_HOLDEXP   "{t:%s}:holdexp:%s"       zset: the same holds by expiry (ms)
+ *   KGC_RK_QUOTA     "{t:%s}:quota:%s:%s"      free requests of the team (service, yyyymmdd)
  *   KGC_RK_AUDIT     "{t:%s}:audit"            stream of accepted changes (field e: JSON), kept by time
  *   KGC_RK_AUDIT_REFUSED "{t:%s}:refused:audit" stream of refused mutations, kept by count
  *   KGC_RK_TOKEN     "tok:%s"                  hash: key_id team_id user_id token_id expires_ms
@@ -65,7 +67,9 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 #define KGC_RK_LEDGER  "{t:%s}:ledger:%s"
 #define KGC_RK_CREDIT  "{t:%s}:credit:%s:%s"
 #define KGC_RK_REQ     "{t:%s}:req:%s:%s"
-#define KGC_RK_QUOTA   "{t:%s}:quota:%s:%s:%s"
+#define KGC_RK_HOLDS   "{t:%s}:holds:%s"
+#define KGC_RK_HOLDEXP "{t:%s}:holdexp:%s"
+#define KGC_RK_QUOTA   "{t:%s}:quota:%s:%s"
 #define KGC_RK_AUDIT   "{t:%s}:audit"
 #define KGC_RK_AUDIT_REFUSED "{t:%s}:refused:audit"
 #define KGC_RK_TOKEN   "tok:%s"

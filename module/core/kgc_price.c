@@ -52,7 +52,7 @@ static int get_int(json_t *obj, const char *field, int64_t min, int required,
     return 0;
 }
 
-static int parse_model(json_t *jm, kgc_model *m, int free, const char *where,
+static int parse_model(json_t *jm, kgc_model *m, int free, int settle, const char *where,
                        char *err, size_t errlen)
 {
     json_t *jid = json_object_get(jm, "id"), *price, *per;
@@ -119,6 +119,20 @@ static int parse_model(json_t *jm, kgc_model *m, int free, const char *where,
             return -1;
         }
         rate->required = json_is_true(jreq);
+        jreq = json_object_get(r, "measured");
+        if (jreq != NULL && (!json_is_boolean(jreq) || (json_is_true(jreq) && !settle))) {
+            snprintf(err, errlen, "%s model '%s': 'price.per[%zu].measured' must be true or false, "
+                     "and true only in a service with \"settle\": true", where, m->id, i);
+            return -1;
+        }
+        rate->measured = json_is_true(jreq);
+        rate->max = -1;
+        if (json_object_get(r, "max") != NULL &&
+            (!rate->measured || get_int(r, "max", 0, 1, &rate->max) != 0)) {
+            snprintf(err, errlen, "%s model '%s': 'price.per[%zu].max' must be an integer >= 0, "
+                     "on a measured param", where, m->id, i);
+            return -1;
+        }
     }
     return 0;
 }
@@ -153,6 +167,12 @@ static int parse_service(json_t *js, size_t idx, kgc_service *s, const char *nam
         return -1;
     }
     s->free = json_is_true(jfree);
+    jfree = json_object_get(js, "settle");
+    if (jfree != NULL && !json_is_boolean(jfree)) {
+        snprintf(err, errlen, "%s: 'settle' must be true or false", where);
+        return -1;
+    }
+    s->settle = json_is_true(jfree);
     quota = json_object_get(js, "free_quota");
     if (quota != NULL) {
         if (!s->free) {
@@ -179,7 +199,7 @@ static int parse_service(json_t *js, size_t idx, kgc_service *s, const char *nam
             return -1;
         }
         s->nmodels++;
-        if (parse_model(jm, &s->models[i], s->free, where, err, errlen) != 0)
+        if (parse_model(jm, &s->models[i], s->free, s->settle, where, err, errlen) != 0)
             return -1;
         for (size_t j = 0; j < i; j++)
             if (strcmp(s->models[j].id, s->models[i].id) == 0) {
@@ -374,4 +394,39 @@ int kgc_price(const kgc_model *m, const kg_param *params, size_t nparams,
     }
     *cost = total > m->min_micros ? total : m->min_micros;
     return 0;
+}
+
+int kgc_price_hold(const kgc_model *m, const kg_param *params, size_t nparams,
+                   int64_t *cost, char *err, size_t errlen)
+{
+    kg_param all[128];
+    size_t n = 0;
+
+    /* kgc_price refuses repeats and unpriced names; only the measured
+     * params the request leaves out are added, so nothing is lost here. */
+    if (nparams + m->nper > sizeof all / sizeof all[0]) {
+        snprintf(err, errlen, "too many params");
+        return -1;
+    }
+    for (size_t i = 0; i < nparams; i++)
+        all[n++] = params[i];
+    for (size_t k = 0; k < m->nper; k++) {
+        const kgc_rate *r = &m->per[k];
+        size_t i;
+        if (!r->measured)
+            continue;
+        for (i = 0; i < nparams; i++)
+            if (params[i].name != NULL && strcmp(params[i].name, r->param) == 0)
+                break;
+        if (i < nparams)
+            continue;                       /* the request's own maximum */
+        if (r->max < 0) {
+            snprintf(err, errlen, "model '%s': measured param '%s' has no declared maximum: "
+                     "the request must give the most it may use", m->id, r->param);
+            return -1;
+        }
+        all[n].name = r->param;
+        all[n++].value = r->max;
+    }
+    return kgc_price(m, all, n, cost, NULL, err, errlen);
 }

@@ -24,6 +24,11 @@ typedef struct kgc_rate {
     int64_t micros;               /* price of `units` units, >= 0 */
     int64_t units;                /* > 0 */
     int required;                 /* a request must name this param */
+    int measured;                 /* settle services: known only after the
+                                     response, given again to kg_settle */
+    int64_t max;                  /* measured: the quantity held when the
+                                     request names none; -1 = none declared
+                                     (the request must then name it) */
 } kgc_rate;
 
 typedef struct kgc_model {
@@ -37,7 +42,10 @@ typedef struct kgc_model {
 typedef struct kgc_service {
     char *id, *name;              /* owned */
     int free;                     /* part of the free tier */
-    int64_t requests_per_day;     /* free quota per key per UTC day; 0 = none */
+    int settle;                   /* "settle": true: payg requests hold the
+                                     worst-case price, kg_settle charges the
+                                     measured one (docs/module.md) */
+    int64_t requests_per_day;     /* free quota per team per UTC day; 0 = none */
     kgc_model *models;            /* owned */
     size_t nmodels;
 } kgc_service;
@@ -75,5 +83,14 @@ const kgc_model *kgc_service_model(const kgc_service *svc, const char *id);
  * negative quantity or an overflow. */
 int kgc_price(const kgc_model *m, const kg_param *params, size_t nparams,
               int64_t *cost, kgc_line *lines, char *err, size_t errlen);
+
+/* The worst-case price a settle service holds for a request: kgc_price()
+ * over the request's params where every measured param the request leaves
+ * out counts at its catalog "max" (a measured param with neither is
+ * refused, as a missing required one is). The same code prices the hold
+ * and the settle, so an actual use within the declared maximum never
+ * costs more than the hold. Returns 0 or -1 with a reason in err. */
+int kgc_price_hold(const kgc_model *m, const kg_param *params, size_t nparams,
+                   int64_t *cost, char *err, size_t errlen);
 
 #endif

@@ -12,6 +12,8 @@
  *                               request refused for funds
  *   ngx_http_keygate_status.c   counters in a shared zone across workers,
  *                               and the keygate_status; handler
+ *   ngx_http_keygate_settle.c   the log-phase settle of a held request
+ *                               (services the catalog marks "settle")
  *
  * A worker is one thread: the per-worker state lives in plain statics.
  */
@@ -42,6 +44,7 @@ typedef struct {
     ngx_http_complex_value_t   *model;        /* NULL: no model */
     ngx_http_complex_value_t   *request_id;   /* NULL: no request id */
     ngx_array_t                *params;       /* of ngx_http_keygate_param_t */
+    ngx_array_t                *settle_params; /* keygate_settle_param, the same */
     ngx_flag_t                  refusal_balance; /* 402 body tells the balance */
 } ngx_http_keygate_loc_conf_t;
 
@@ -57,6 +60,31 @@ ngx_int_t ngx_http_keygate_handler(ngx_http_request_t *r);
 
 /* preconfiguration: adds the $keygate_* variables. NGX_OK or NGX_ERROR. */
 ngx_int_t ngx_http_keygate_add_variables(ngx_conf_t *cf);
+
+
+/*
+ * What the log phase needs of a request that passed keygate: NULL when it
+ * did not come through a keygate location or placed no hold. The
+ * strings and params live in r->pool.
+ */
+typedef struct {
+    ngx_http_keygate_loc_conf_t  *lcf;
+    const kg_request             *req;
+    const kg_hold                *hold;
+    ngx_uint_t                    maybe;      /* the client left while the
+                                                 authorization was pending:
+                                                 a hold may have been placed */
+} ngx_http_keygate_held_t;
+
+ngx_int_t ngx_http_keygate_get_held(ngx_http_request_t *r,
+    ngx_http_keygate_held_t *out);
+
+
+/* ---- ngx_http_keygate_settle.c ---- */
+
+/* The log-phase handler: settles the request's hold, without holding the
+ * request (the settle outlives it). Always NGX_OK. */
+ngx_int_t ngx_http_keygate_settle_handler(ngx_http_request_t *r);
 
 
 /* ---- ngx_http_keygate_loop.c ---- */

@@ -30,6 +30,8 @@ typedef struct {
     kg_pending                    *pending;   /* non-NULL while WAITING */
     kg_request                     req;       /* strings live in r->pool */
     kg_result                      res;       /* written by libkeygate */
+    kg_hold                        hold;      /* written by libkeygate: a settle
+                                                 service's hold */
     const char                    *message;   /* refusal text; NULL = kg_strerror */
     uint64_t                       started_us; /* for the latency histogram */
     ngx_uint_t                     counted;   /* this decision is in the metrics */
@@ -189,6 +191,7 @@ ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
 
     ngx_memzero(&ctx->req, sizeof(kg_request));
     ngx_memzero(&ctx->res, sizeof(kg_result));
+    ngx_memzero(&ctx->hold, sizeof(kg_hold));
     ctx->res.balance_micros = -1;
     ctx->lcf = lcf;
     ctx->state = NGX_HTTP_KEYGATE_DONE;
@@ -233,8 +236,9 @@ ngx_http_keygate_start(ngx_http_request_t *r, ngx_http_keygate_loc_conf_t *lcf,
     ctx->req.token = (const char *) token.data;
     ctx->req.token_len = token.len;
 
-    rc = kg_authorize_start(ngx_http_keygate_kg, &ctx->req, &ctx->res,
-                            ngx_http_keygate_done, ctx, &ctx->pending);
+    rc = kg_authorize_hold_start(ngx_http_keygate_kg, &ctx->req, &ctx->res,
+                                 &ctx->hold, sizeof(kg_hold),
+                                 ngx_http_keygate_done, ctx, &ctx->pending);
 
     ngx_http_keygate_loop_sync();
 
@@ -713,6 +717,47 @@ ngx_http_keygate_add_variables(ngx_conf_t *cf)
         var->get_handler = v->get_handler;
         var->data = v->data;
     }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_keygate_get_held(ngx_http_request_t *r, ngx_http_keygate_held_t *out)
+{
+    ngx_http_keygate_ctx_t  *ctx;
+
+    ctx = ngx_http_keygate_get_ctx(r);
+
+    /*
+     * The client went away while the authorization was in flight (the
+     * pool cleanup cancels it after the log phase): its hold script may
+     * have run. A settle sent now follows it on the same connection, so
+     * it either settles that hold or finds none.
+     */
+    if (ctx != NULL && ctx->state == NGX_HTTP_KEYGATE_WAITING
+        && ctx->lcf->settle_params != NULL && ctx->req.request_id != NULL)
+    {
+        out->lcf = ctx->lcf;
+        out->req = &ctx->req;
+        out->hold = &ctx->hold;
+        out->maybe = 1;
+        return NGX_OK;
+    }
+
+    /* a replayed authorization holds nothing of its own: the first one's
+     * request settles it */
+    if (ctx == NULL || ctx->state != NGX_HTTP_KEYGATE_DONE
+        || ctx->res.status != KG_OK || ctx->res.replayed
+        || ctx->hold.hold_micros <= 0 || ctx->req.request_id == NULL)
+    {
+        return NGX_DECLINED;
+    }
+
+    out->lcf = ctx->lcf;
+    out->req = &ctx->req;
+    out->hold = &ctx->hold;
+    out->maybe = 0;
 
     return NGX_OK;
 }

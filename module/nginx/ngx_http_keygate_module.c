@@ -36,6 +36,8 @@ static void *ngx_http_keygate_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_keygate_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_keygate_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static char *ngx_http_keygate_compile(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_http_complex_value_t *cv);
 static char *ngx_http_keygate_service(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_keygate_param(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -80,7 +82,15 @@ static ngx_command_t  ngx_http_keygate_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
       ngx_http_keygate_param,
       NGX_HTTP_LOC_CONF_OFFSET,
-      0,
+      offsetof(ngx_http_keygate_loc_conf_t, params),
+      NULL },
+
+    /* the measured quantity of a settle service, read in the log phase */
+    { ngx_string("keygate_settle_param"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_keygate_param,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_keygate_loc_conf_t, settle_params),
       NULL },
 
     { ngx_string("keygate_status"),
@@ -166,6 +176,7 @@ ngx_http_keygate_create_loc_conf(ngx_conf_t *cf)
     conf->model = NGX_CONF_UNSET_PTR;
     conf->request_id = NGX_CONF_UNSET_PTR;
     conf->params = NGX_CONF_UNSET_PTR;
+    conf->settle_params = NGX_CONF_UNSET_PTR;
     conf->refusal_balance = NGX_CONF_UNSET;
 
     return conf;
@@ -184,6 +195,23 @@ ngx_http_keygate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->model, prev->model, NULL);
     ngx_conf_merge_ptr_value(conf->request_id, prev->request_id, NULL);
     ngx_conf_merge_ptr_value(conf->params, prev->params, NULL);
+    ngx_conf_merge_ptr_value(conf->settle_params, prev->settle_params, NULL);
+
+    /* a hold is named by its request id: nginx's own when none is set */
+    if (conf->service != NULL && conf->settle_params != NULL
+        && conf->request_id == NULL)
+    {
+        ngx_str_t  rid = ngx_string("$request_id");
+
+        conf->request_id = ngx_palloc(cf->pool,
+                                      sizeof(ngx_http_complex_value_t));
+        if (conf->request_id == NULL
+            || ngx_http_keygate_compile(cf, &rid, conf->request_id)
+               != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
     /* off: any holder of a key's token could read its wallet's balance */
     ngx_conf_merge_value(conf->refusal_balance, prev->refusal_balance, 0);
 
@@ -255,11 +283,12 @@ ngx_http_keygate_service(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* keygate_param NAME VALUE; repeatable */
+/* keygate_param NAME VALUE; and keygate_settle_param NAME VALUE;
+ * repeatable; cmd->offset names the array */
 static char *
 ngx_http_keygate_param(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_keygate_loc_conf_t *klcf = conf;
+    ngx_array_t **params = (ngx_array_t **) ((char *) conf + cmd->offset);
 
     ngx_str_t                         *value;
     ngx_uint_t                         i;
@@ -277,27 +306,27 @@ ngx_http_keygate_param(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
-    if (klcf->params == NGX_CONF_UNSET_PTR) {
-        klcf->params = ngx_array_create(cf->pool, 4,
-                                        sizeof(ngx_http_keygate_param_t));
-        if (klcf->params == NULL) {
+    if (*params == NGX_CONF_UNSET_PTR) {
+        *params = ngx_array_create(cf->pool, 4,
+                                   sizeof(ngx_http_keygate_param_t));
+        if (*params == NULL) {
             return NGX_CONF_ERROR;
         }
     }
 
-    p = klcf->params->elts;
+    p = (*params)->elts;
 
-    for (i = 0; i < klcf->params->nelts; i++) {
+    for (i = 0; i < (*params)->nelts; i++) {
         if (p[i].name.len == value[1].len
             && ngx_strncmp(p[i].name.data, value[1].data, value[1].len) == 0)
         {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "duplicate keygate_param \"%V\"", &value[1]);
+                               "duplicate %V \"%V\"", &cmd->name, &value[1]);
             return NGX_CONF_ERROR;
         }
     }
 
-    p = ngx_array_push(klcf->params);
+    p = ngx_array_push(*params);
     if (p == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -394,6 +423,13 @@ ngx_http_keygate_init(ngx_conf_t *cf)
     h = a->elts;
     ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
     h[0] = ngx_http_keygate_handler;
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_keygate_settle_handler;
 
     return NGX_OK;
 }

@@ -375,7 +375,7 @@ class TestMoney(CliCase):
     def test_service_list(self):
         out = self.ok("service", "list")
         self.assertRegex(out, r"(?m)^currency\s+USD$")
-        self.assertIn("speech-to-text  \"Speech to text\"  (free tier, 1000 requests/day per key)", out)
+        self.assertIn("speech-to-text  \"Speech to text\"  (free tier, 1000 requests/day per team)", out)
         self.assertRegex(out, r"(?m)^\s+small\s+0 micros \+ 150 micros per 1000 input_tokens")
         self.assertEqual(self.js("service", "list"), self.c.ok("service.list"))
 

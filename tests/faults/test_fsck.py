@@ -123,6 +123,30 @@ class Fsck(kgtest.EnvCase):
                                                                   self.wallet) + 0, self.key))
             self.assert_found("below zero", key=wk)
 
+    def test_holds(self):
+        """Holds (settle services): held_micros is the sum of the open
+        holds, each with an expiry, and never above the balance."""
+        wk = self.prefix() + "wallet:" + self.wallet
+        hk = self.prefix() + "holds:" + self.wallet
+        xk = self.prefix() + "holdexp:" + self.wallet
+        hid = "%s r-held" % self.key
+        bal = safety.balance(self.env, self.t["team"], self.wallet)
+        with self.corrupt(wk, hk, xk):
+            # a consistent open hold: clean
+            self.env.redis("HSET", hk, hid, "700 u_x text-generation small")
+            self.env.redis("ZADD", xk, 1, hid)
+            self.env.redis("HSET", wk, "held_micros", 700)
+            safety.assert_clean(self, self.env)
+            self.env.redis("HSET", wk, "held_micros", 900)
+            self.assert_found("open holds sum to 700", key=wk)
+            self.env.redis("HSET", wk, "held_micros", 700)
+            self.env.redis("ZREM", xk, hid)
+            self.assert_found("has no expiry", key=xk)
+            self.env.redis("ZADD", xk, 1, hid)
+            self.env.redis("HSET", hk, hid, "%d u_x text-generation small" % (bal + 1))
+            self.env.redis("HSET", wk, "held_micros", bal + 1)
+            self.assert_found("above balance_micros", key=wk)
+
     def test_ledger_chain_broken(self):
         lk = self.prefix() + "ledger:" + self.wallet
         with self.corrupt(lk):

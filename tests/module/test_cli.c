@@ -117,6 +117,61 @@ int main(void)
     const char *u5[] = {"authorize", "--help", NULL};
     KGT_CHECK(run(2, u5) == 0 && strstr(out, "usage: keygate authorize") != NULL, "help");
 
+    /* --settle: text-generation becomes a settle service (output_tokens
+     * measured, at most 1000): hold 150 + 600, settle 150 + 300. */
+    {
+        FILE *cf = fopen(KGT_DATA_DIR "/catalog.json", "r");
+        json_t *cat = json_loadf(cf, 0, NULL), *s, *m, *r;
+        size_t i, k;
+        char *text;
+        fclose(cf);
+        json_array_foreach(json_object_get(cat, "services"), i, s) {
+            if (strcmp(json_string_value(json_object_get(s, "id")), "text-generation") != 0)
+                continue;
+            json_object_set_new(s, "settle", json_true());
+            m = json_array_get(json_object_get(s, "models"), 0);
+            json_array_foreach(json_object_get(json_object_get(m, "price"), "per"), k, r)
+                if (strcmp(json_string_value(json_object_get(r, "param")), "output_tokens") == 0) {
+                    json_object_set_new(r, "measured", json_true());
+                    json_object_set_new(r, "max", json_integer(1000));
+                }
+        }
+        text = json_dumps(cat, JSON_COMPACT);
+        kgt_catalog(&env, text);
+        free(text);
+        json_decref(cat);
+    }
+    const char *s1[] = {"authorize", "--config", env.conf, "--token-file", tokfile,
+                        "--service", "text-generation", "--model", "small",
+                        "--param", "input_tokens=1000", "--settle", "output_tokens=500",
+                        "--request-id", "cli-s1", "--json", NULL};
+    for (int i = 0; i < 2; i++) {
+        rc = run(16, s1);
+        j = json_loads(out, 0, NULL);
+        KGT_CHECK(rc == 0 && j != NULL, "settle rc %d: %s", rc, out);
+        json_t *st = json_object_get(j, "settle");
+        KGT_CHECK(json_integer_value(json_object_get(j, "hold_micros")) == 750 &&
+                  json_integer_value(json_object_get(j, "cost_micros")) == 0 &&
+                  strcmp(json_string_value(json_object_get(st, "status")), "ok") == 0 &&
+                  json_integer_value(json_object_get(st, "cost_micros")) == (i == 0 ? 450 : 0) &&
+                  json_integer_value(json_object_get(st, "balance_micros")) == 999250 - 450 &&
+                  json_is_true(json_object_get(st, "replayed")) == (i == 1), "settle %d: %s", i, out);
+        json_decref(j);
+    }
+    KGT_CHECK(kgt_int(&env, "HGET " KGT_PREFIX "{t:%s}:wallet:%s held_micros", w.team, w.wallet) == 0,
+              "held after settle");
+    /* Text, no request id: one is made up. */
+    const char *s2[] = {"authorize", "--config", env.conf, "--token-file", tokfile,
+                        "--service", "text-generation", "--model", "small", "--param",
+                        "input_tokens=0", "--settle", "output_tokens=2000", NULL};
+    rc = run(13, s2);
+    KGT_CHECK(rc == 0 && strstr(out, "held:     0.000600") != NULL &&
+              strstr(out, "settle:   ok (HTTP 200)") != NULL &&
+              strstr(out, "charged:  0.000600 (600 micros)") != NULL, "capped text: rc %d %s", rc, out);
+    const char *u6[] = {"authorize", "--config", env.conf, "--token-file", tokfile,
+                        "--service", "x", "--settle", "output_tokens", NULL};
+    KGT_CHECK(run(9, u6) == 2, "bad --settle");
+
     /* Store down: exit 3. */
     kgt_redis_stop(&env);
     rc = run(12, a1);

@@ -20,7 +20,8 @@ static const char *const abi[] = {
     "kg_open", "kg_authorize", "kg_close", "kg_strerror", "kg_http_status",
     "kg_status_code", "kg_abi_version", "kg_loop_attach", "kg_loop_ready",
     "kg_loop_next_timeout_ms", "kg_loop_timeout", "kg_authorize_start",
-    "kg_authorize_cancel", "kg_estimate", "kg_stats_get"};
+    "kg_authorize_cancel", "kg_estimate", "kg_stats_get", "kg_authorize_hold",
+    "kg_authorize_hold_start", "kg_settle", "kg_settle_start"};
 
 /* Internal names that must stay hidden (core, module internals). */
 static const char *const hidden[] = {

@@ -79,7 +79,7 @@ int main(void)
     }
     char day[16];
     kgt_today(day);
-    KGT_CHECK(kgt_int(&env, "GET " KGT_PREFIX "{t:%s}:quota:%s:speech-to-text:%s", w.team, w.key, day) == 1,
+    KGT_CHECK(kgt_int(&env, "GET " KGT_PREFIX "{t:%s}:quota:speech-to-text:%s", w.team, day) == 1,
               "free replays counted");
     kg_close(ctx);
     kgt_teardown(&env);

@@ -79,7 +79,7 @@ def free_port():
 def catalog():
     """tests/data/catalog.json with text-generation's `input_tokens`
     marked required, plus `tiny-free`, a free service with a
-    quota of 3 requests per key per day (the 429 test), and `echo-free`, a
+    quota of 3 requests per team per day (the 429 test), and `echo-free`, a
     free service without quota (the bench)."""
     with open(os.path.join(REPO, "tests", "data", "catalog.json")) as f:
         cat = json.load(f)
@@ -96,6 +96,13 @@ def catalog():
     cat["services"].append({
         "id": "echo-free", "name": "Echo (free, no quota)", "free": True,
         "models": [{"id": "m", "price": {"base_micros": 0, "per": []}}]})
+    # reserve then settle: output_tokens measured after the response
+    cat["services"].append({
+        "id": "llm", "name": "LLM (settled)", "free": False, "settle": True,
+        "models": [{"id": "m1", "price": {"base_micros": 100, "per": [
+            {"param": "input_tokens", "micros": 150, "units": 1000},
+            {"param": "output_tokens", "micros": 600, "units": 1000,
+             "measured": True, "max": 4096}]}}]})
     return cat
 
 
@@ -156,6 +163,12 @@ http {{
         access_log off;
         location = /missing {{
             return 404;
+        }}
+        # an LLM-like upstream: reports the usage it was told (X-Use)
+        location /usage {{
+            add_header X-Usage-Output-Tokens $http_x_use;
+            default_type text/plain;
+            return 200 "used\n";
         }}
         location / {{
             default_type text/plain;

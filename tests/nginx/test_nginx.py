@@ -709,6 +709,101 @@ class Metrics(Base):
         self.assertEqual(self.delta(before, after, "keygate_backend_errors_total"), 6)
 
 
+class Settle(Base):
+    """keygate_settle_param: a settle service holds the worst-case price in
+    the access phase and is settled in the log phase with the usage the
+    upstream reported (docs/nginx.md)."""
+
+    @classmethod
+    def setUpClass(cls):
+        # an upstream that accepts and never answers (the kernel's backlog)
+        cls.hang = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        cls.hang.bind(("127.0.0.1", 0))
+        cls.hang.listen(16)
+        loc = """
+        location %s {
+            keygate_service llm;
+            keygate_model m1;
+            keygate_param input_tokens $http_x_input_tokens;
+            keygate_param output_tokens $http_x_max_tokens;
+            keygate_settle_param output_tokens $upstream_http_x_usage_output_tokens;
+            proxy_pass %s;
+        }
+"""
+        cls.extra_nginx = (loc % ("/llm/", "http://echo/usage") +
+                           loc % ("/llm-hang/", "http://127.0.0.1:%d" % cls.hang.getsockname()[1]))
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.hang.close()
+
+    @staticmethod
+    def price(inp, out):
+        return 100 + -(-inp * 150 // 1000) + -(-out * 600 // 1000)
+
+    def llm_account(self):
+        a = self.accounts()
+        key = self.c.ok("key.create", a["user"], team=a["team"], name="llm", users=[a["user"]],
+                        services={"llm": {"policy": "payg", "models": ["m1"],
+                                          "wallet": a["wallet"]}})["key_id"]
+        a["llm_token"] = self.c.ok("token.generate", a["user"], key=key)["token"]
+        return a
+
+    def wait_balance(self, a, want):
+        deadline = time.monotonic() + 5
+        while True:
+            got = self.balance(a)
+            held = self.env.redis("HGET", "kg:{t:%s}:wallet:%s" % (a["team"], a["wallet"]),
+                                  "held_micros")
+            if got == want and int(held or 0) == 0:
+                return
+            if time.monotonic() > deadline:
+                self.fail("balance %s held %s, expected %s held 0" % (got, held, want))
+            time.sleep(0.02)
+
+    def last_entry(self, a):
+        return self.c.ok("wallet.ledger", a["user"], wallet=a["wallet"], limit=1)["entries"][0]
+
+    def test_charged_the_reported_usage(self):
+        a = self.llm_account()
+        h = dict(bearer(a["llm_token"]), **{"X-Input-Tokens": "1000", "X-Use": "500"})
+        status, _, body = self.ngx.request("/llm/x", h)
+        self.assertEqual(status, 200, body)
+        self.wait_balance(a, 1_000_000 - self.price(1000, 500))
+        e = self.last_entry(a)
+        self.assertEqual((e["type"], e["amount_micros"], e.get("settle"), e.get("hold_micros")),
+                         ("debit", self.price(1000, 500), "settled", self.price(1000, 4096)), e)
+
+    def test_own_maximum_and_no_usage_charges_the_hold(self):
+        a = self.llm_account()
+        h = dict(bearer(a["llm_token"]), **{"X-Input-Tokens": "2000", "X-Max-Tokens": "300"})
+        status, _, body = self.ngx.request("/llm/x", h)        # no X-Use: no usage header
+        self.assertEqual(status, 200, body)
+        self.wait_balance(a, 1_000_000 - self.price(2000, 300))
+        self.assertEqual(self.last_entry(a).get("settle"), "settled")
+
+    def test_client_abort_releases_the_measured_part(self):
+        a = self.llm_account()
+        s = socket.create_connection(("127.0.0.1", self.ngx.port), timeout=5)
+        s.sendall(("GET /llm-hang/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                   "X-Input-Tokens: 1000\r\n\r\n" % a["llm_token"]).encode())
+        deadline = time.monotonic() + 5
+        key = "kg:{t:%s}:wallet:%s" % (a["team"], a["wallet"])
+        while int(self.env.redis("HGET", key, "held_micros") or 0) == 0:
+            self.assertLess(time.monotonic(), deadline, "no hold placed")
+            time.sleep(0.02)
+        s.close()                                               # before any answer
+        self.wait_balance(a, 1_000_000 - self.price(1000, 0))
+
+    def test_free_and_plain_services_unchanged(self):
+        a = self.accounts()
+        status, seen = self.ngx.get_echo("/gen/x", gen_headers(a["paid_token"], inp=1000, out=0))
+        self.assertEqual(status, 200, seen)
+        self.assertEqual(self.balance(a), 1_000_000 - 150)
+
+
 class Config(unittest.TestCase):
     """`nginx -t` catches configuration mistakes before they serve."""
 
