@@ -46,11 +46,15 @@ static json_t *wallet_view(json_t *flat)
         const char *v = json_string_value(json_array_get(flat, i + 1));
         if (f == NULL || v == NULL)
             continue;
-        if (strcmp(f, "balance_micros") == 0 || strcmp(f, "created_at") == 0)
+        if (strcmp(f, "balance_micros") == 0 || strcmp(f, "created_at") == 0 ||
+            strcmp(f, "held_micros") == 0)
             json_object_set_new(out, f, json_integer(strtoll(v, NULL, 10)));
         else
             json_object_set_new(out, f, json_string(v));
     }
+    /* Funds held by gateways for requests not yet settled (docs/module.md). */
+    if (json_object_get(out, "held_micros") == NULL)
+        json_object_set_new(out, "held_micros", json_integer(0));
     return out;
 }
 
@@ -69,8 +73,8 @@ job_step cmd_wallet_create(job *j)
     job_write(j, "HSET", rk(j, KGC_RK_WALLET, j->team_id, wid), "wallet_id", wid, "team_id",
               j->team_id, "name", name, "balance_micros", "0", "created_at", now, NULL);
     job_write(j, "ZADD", rk(j, KGC_RK_WALLETS, j->team_id), now, wid, NULL);
-    j->result = json_pack("{s:s,s:s,s:s,s:i,s:I}", "wallet_id", wid, "team_id", j->team_id,
-                          "name", name, "balance_micros", 0, "created_at",
+    j->result = json_pack("{s:s,s:s,s:s,s:i,s:i,s:I}", "wallet_id", wid, "team_id", j->team_id,
+                          "name", name, "balance_micros", 0, "held_micros", 0, "created_at",
                           (json_int_t)strtoll(now, NULL, 10));
     return J_WRITE;
 }

@@ -204,7 +204,7 @@ class Commands(kgtest.EnvCase):
         o = signup(self.c)
         t0 = now_ms()
         w = self.c.ok("wallet.create", o["user_id"], team=o["team_id"], name="main")
-        self.assertEqual(set(w), {"wallet_id", "team_id", "name", "balance_micros", "created_at"})
+        self.assertEqual(set(w), {"wallet_id", "team_id", "name", "balance_micros", "held_micros", "created_at"})
         self.assertTrue(w["wallet_id"].startswith("w_"))
         self.assertEqual(w["wallet_id"][2:14], o["team_id"][2:14])
         self.assertEqual(w["team_id"], o["team_id"])
