@@ -7,6 +7,7 @@
 #include "cmd.h"
 #include "log.h"
 #include "model.h"
+#include "paging.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -251,24 +252,117 @@ job_step cmd_team_transfer_ownership(job *j)
     return J_DONE;
 }
 
+/* Reads of one audit stream for a page: without a cursor, its newest
+ * limit+1 entries; with one, every entry of the cursor's millisecond (a
+ * handful: sorted out by page_audit_cmp) and then limit+1 entries older
+ * than that millisecond. The +1 tells whether anything is left. */
+static void audit_reads(job *j, const char *key, const page_audit_pos *c, long long limit)
+{
+    char count[24], ms[32], before[40];
+
+    snprintf(count, sizeof count, "%lld", limit + 1);
+    if (c == NULL) {
+        job_read(j, "XREVRANGE", key, "+", "-", "COUNT", count, NULL);
+        return;
+    }
+    snprintf(ms, sizeof ms, "%llu", c->ms);
+    job_read(j, "XREVRANGE", key, ms, ms, NULL);
+    if (c->ms > 0) {
+        snprintf(before, sizeof before, "(%llu-0", c->ms);
+        job_read(j, "XREVRANGE", key, before, "-", "COUNT", count, NULL);
+    } else {
+        job_read(j, "ECHO", "", NULL);   /* keeps the replies in place */
+    }
+}
+
+/* The entries of one stream after the cursor, newest first (new array). */
+static json_t *audit_after(json_t *same_ms, json_t *older, int stream, const page_audit_pos *c)
+{
+    json_t *out = json_array(), *e;
+    size_t i;
+    page_audit_pos p;
+
+    json_array_foreach(same_ms, i, e)
+        if (page_audit_of(e, stream, &p) == 0 && page_audit_cmp(&p, c) < 0)
+            json_array_append(out, e);
+    if (json_is_array(older))
+        json_array_extend(out, older);
+    return out;
+}
+
+/* The JSON document in field "e" of one XRANGE entry [id, [f, v, ...]]. */
+static json_t *audit_doc(json_t *entry)
+{
+    json_t *fv = json_array_get(entry, 1);
+
+    for (size_t i = 0; i + 1 < json_array_size(fv); i += 2) {
+        json_t *f = json_array_get(fv, i), *v = json_array_get(fv, i + 1);
+        if (json_is_string(f) && strcmp(json_string_value(f), "e") == 0 && json_is_string(v))
+            return json_loadb(json_string_value(v), json_string_length(v), 0, NULL);
+    }
+    return NULL;
+}
+
 job_step cmd_audit_list(job *j)
 {
-    const char *only = arg_str(j, "only");
+    const char *only = arg_str(j, "only"), *cur = arg_str(j, "cursor");
     int accepted = only == NULL || strcmp(only, "accepted") == 0;
     int refused = only == NULL || strcmp(only, "refused") == 0;
+    long long limit = read_limit(j);
+    page_audit_pos c, pa, pb, last = {0, 0, -1, 0};
+    json_t *s[2], *out, *jc = arg(j, "cursor");
+    size_t i[2] = {0, 0};
+    char next[PAGE_CURSOR_MAX];
 
+    if (limit < 0)
+        return J_FAIL;
+    if (jc != NULL && !json_is_null(jc) && (cur == NULL || page_audit_parse(cur, &c) != 0))
+        return job_fail(j, "bad_request", "'cursor' is not an audit.list cursor");
     if (j->stage == 0) {
         if (!accepted && !refused)
             return job_fail(j, "bad_request", "'only' must be \"accepted\" or \"refused\"");
-        if (read_limit(j) < 0)
-            return J_FAIL;
-        /* Reads both streams either way: replies 0 and 1 stay in place. */
-        read_stream_recent(j, rk(j, KGC_RK_AUDIT, j->team_id));
-        read_stream_recent(j, rk(j, KGC_RK_AUDIT_REFUSED, j->team_id));
+        /* Reads both streams either way: the replies stay in place. */
+        audit_reads(j, rk(j, KGC_RK_AUDIT, j->team_id), cur ? &c : NULL, limit);
+        audit_reads(j, rk(j, KGC_RK_AUDIT_REFUSED, j->team_id), cur ? &c : NULL, limit);
         return J_READ;
     }
-    j->result = json_pack("{s:o}", "entries",
-                          merge_streams(accepted ? job_reply(j, 0) : NULL,
-                                        refused ? job_reply(j, 1) : NULL, (size_t)read_limit(j)));
+    for (int k = 0; k < 2; k++) {
+        if (!(k == 0 ? accepted : refused))
+            s[k] = json_array();
+        else if (cur == NULL)
+            s[k] = json_incref(job_reply(j, (size_t)k));
+        else
+            s[k] = audit_after(job_reply(j, (size_t)k * 2), job_reply(j, (size_t)k * 2 + 1), k, &c);
+    }
+    out = json_array();
+    j->result = json_pack("{s:o}", "entries", out);
+    while ((long long)json_array_size(out) < limit) {
+        json_t *x = json_array_get(s[0], i[0]), *y = json_array_get(s[1], i[1]), *doc;
+        int pick;
+
+        if (x == NULL && y == NULL)
+            break;
+        if (x != NULL && page_audit_of(x, 0, &pa) != 0) {
+            i[0]++;
+            continue;
+        }
+        if (y != NULL && page_audit_of(y, 1, &pb) != 0) {
+            i[1]++;
+            continue;
+        }
+        pick = y == NULL || (x != NULL && page_audit_cmp(&pa, &pb) > 0) ? 0 : 1;
+        doc = audit_doc(pick == 0 ? x : y);
+        last = pick == 0 ? pa : pb;
+        i[pick]++;
+        if (doc != NULL)
+            json_array_append_new(out, doc);
+    }
+    if ((long long)json_array_size(out) == limit &&
+        (i[0] < json_array_size(s[0]) || i[1] < json_array_size(s[1]))) {
+        page_audit_cursor(next, &last);
+        json_object_set_new(j->result, "next_cursor", json_string(next));
+    }
+    json_decref(s[0]);
+    json_decref(s[1]);
     return J_DONE;
 }
