@@ -109,6 +109,9 @@ job_step cmd_key_create(job *j)
  * member, who sees only the keys assigned to them, up to KEY_SCAN_MAX per
  * call, then the page may come back short with a next_cursor. */
 #define KEY_SCAN_MAX 5000
+/* Without a limit, a page as large as allowed: callers from before paging
+ * still get every key of a team of up to 1000 keys in one answer. */
+#define KEY_LIST_DEFAULT 1000
 
 typedef struct key_scan {
     long long score;              /* last key examined, when have */
@@ -183,7 +186,7 @@ static job_step key_list_finish(job *j, key_scan *sc)
 job_step cmd_key_list(job *j)
 {
     key_scan *sc = job_scratch(j, sizeof *sc);
-    long long limit = read_limit(j), batch;
+    long long limit = read_limit(j, KEY_LIST_DEFAULT), batch;
     const char *cur = arg_str(j, "cursor");
     json_t *jc = arg(j, "cursor"), *ids, *docs, *keys, *pair;
     size_t i;

@@ -256,7 +256,7 @@ job_step cmd_price_estimate(job *j)
  * again wherever it moved; gone (trimmed) means everything older is gone. */
 job_step cmd_notification_list(job *j)
 {
-    long long limit = read_limit(j), at = 0, k = 0, seen = 0;
+    long long limit = read_limit(j, 100), at = 0, k = 0, seen = 0;
     uint64_t hash = 0;
     const char *cur = arg_str(j, "cursor");
     json_t *c = arg(j, "cursor"), *list, *e, *out;

@@ -44,16 +44,39 @@ static json_t *team_view(job *j, json_t *user_docs)
     return out;
 }
 
-/* Reads every member's user document (one MGET). */
+/* Reads every member's user document: MGETs of PAGE_BATCH_MAX keys at
+ * most, whose replies read_members_docs joins. */
 static void read_members(job *j)
 {
-    json_t *cmd = json_pack("[s]", "MGET");
+    json_t *cmd = NULL;
     const char *uid;
     json_t *role;
 
-    json_object_foreach(members(j), uid, role)
+    json_object_foreach(members(j), uid, role) {
+        if (cmd == NULL)
+            cmd = json_pack("[s]", "MGET");
         json_array_append_new(cmd, json_string(rk(j, KGC_RK_USER, uid)));
-    job_read_cmd(j, cmd);
+        if (json_array_size(cmd) > PAGE_BATCH_MAX) {
+            job_read_cmd(j, cmd);
+            cmd = NULL;
+        }
+    }
+    if (cmd != NULL)
+        job_read_cmd(j, cmd);
+}
+
+/* The user documents of every reply of the round (new array). */
+static json_t *read_members_docs(job *j)
+{
+    json_t *out = json_array(), *r;
+    size_t i;
+
+    json_array_foreach(j->rr, i, r) {
+        json_t *docs = parse_list(r);
+        json_array_extend(out, docs);
+        json_decref(docs);
+    }
+    return out;
 }
 
 job_step cmd_team_get(job *j)
@@ -66,7 +89,7 @@ job_step cmd_team_get(job *j)
         read_members(j);
         return J_READ;
     }
-    docs = parse_list(job_reply(j, 0));
+    docs = read_members_docs(j);
     j->result = team_view(j, docs);
     json_decref(docs);
     return J_DONE;
@@ -175,29 +198,44 @@ job_step cmd_team_member_set_role(job *j)
     return J_WRITE;
 }
 
-/* Stage 1: list the team's keys; 2: read them; 3: unassign the member and
- * delete their tokens everywhere, drop them from the team. */
-job_step cmd_team_member_remove(job *j)
-{
-    const char *uid = arg_str(j, "user");
-    json_t *ids, *id, *docs;
-    size_t i;
+/* team.member.remove walks the team's keys MEMBER_BATCH at a time: list
+ * (ZRANGE by rank), read (MGET), unassign the member and delete their
+ * tokens. A batch that changed something is committed before the next one
+ * is read (cmd.h, more_commits): one commit writes at most 3 keys per key
+ * read (the document, the token and one in its grace period), so at most
+ * PAGE_BATCH_MAX keys. The last commit drops the member from the team.
+ * In between, the member is still a member, with fewer keys: a valid
+ * state, and running the command again finishes it. The keys zset does
+ * not change meanwhile: key.create cannot commit before this command. */
+#define MEMBER_BATCH (PAGE_BATCH_MAX / 3)
 
-    if (j->stage == 0)
-        return J_READ;
-    if (target_member(j, uid, 1) == NULL)
-        return J_FAIL;
-    if (j->stage == 1) {
-        job_read(j, "ZRANGE", rk(j, KGC_RK_KEYS, j->team_id), "0", "-1", NULL);
-        return J_READ;
-    }
-    if (j->stage == 2) {
-        ids = job_reply(j, 0);
-        if (json_array_size(ids) > 0)   /* else straight to stage 3 */
-            read_keys(j, ids);
-        return J_READ;
-    }
-    docs = parse_list(job_reply(j, 0));
+typedef struct member_walk {
+    long long pos;                /* rank of the next key to list */
+    int phase;                    /* MW_IDS, MW_DOCS, MW_COMMITTED */
+    long long n;                  /* keys in the batch being read */
+} member_walk;
+
+enum { MW_IDS = 1, MW_DOCS, MW_COMMITTED };
+
+static job_step member_list_keys(job *j, member_walk *w)
+{
+    char from[24], to[24];
+
+    snprintf(from, sizeof from, "%lld", w->pos);
+    snprintf(to, sizeof to, "%lld", w->pos + MEMBER_BATCH - 1);
+    job_read(j, "ZRANGE", rk(j, KGC_RK_KEYS, j->team_id), from, to, NULL);
+    w->phase = MW_IDS;
+    return J_READ;
+}
+
+/* Queues the unassignment of uid from the key documents of reply 0;
+ * returns how many changed. */
+static int member_unassign(job *j, const char *uid)
+{
+    json_t *docs = parse_list(job_reply(j, 0)), *id;
+    size_t i;
+    int n = 0;
+
     json_array_foreach(docs, i, id) {
         json_t *users = json_object_get(id, "users"), *u;
         size_t k;
@@ -214,9 +252,49 @@ job_step cmd_team_member_remove(job *j)
             job_write_json(j, rk(j, KGC_RK_KEY, j->team_id,
                                  json_string_value(json_object_get(id, "key_id"))), id);
             job_publish(j, "key %s", json_string_value(json_object_get(id, "key_id")));
+            n++;
         }
     }
     json_decref(docs);
+    return n;
+}
+
+job_step cmd_team_member_remove(job *j)
+{
+    const char *uid = arg_str(j, "user");
+    member_walk *w = job_scratch(j, sizeof *w);
+    json_t *ids;
+
+    if (j->stage == 0)
+        return J_READ;
+    if (j->stage == 1) {
+        memset(w, 0, sizeof *w);            /* a re-run starts over */
+        if (target_member(j, uid, 1) == NULL)
+            return J_FAIL;
+        return member_list_keys(j, w);
+    }
+    if (w->phase == MW_COMMITTED) {
+        w->pos += MEMBER_BATCH;
+        return member_list_keys(j, w);
+    }
+    if (w->phase == MW_IDS) {
+        ids = job_reply(j, 0);
+        w->n = (long long)json_array_size(ids);
+        if (w->n > 0) {
+            read_keys(j, ids);
+            w->phase = MW_DOCS;
+            return J_READ;
+        }
+    } else if (member_unassign(j, uid) > 0 && w->n == MEMBER_BATCH) {
+        j->more_commits = 1;
+        j->after_write = 1;
+        w->phase = MW_COMMITTED;
+        return J_WRITE;
+    } else if (w->n == MEMBER_BATCH) {
+        w->pos += MEMBER_BATCH;             /* nothing to change here: next batch */
+        return member_list_keys(j, w);
+    }
+    /* The last batch (its writes, if any, are queued): leave the team. */
     json_object_del(members(j), uid);
     job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
     job_write(j, "SREM", rk(j, KGC_RK_USERTEAMS, uid), j->team_id, NULL);
@@ -244,7 +322,7 @@ job_step cmd_team_transfer_ownership(job *j)
     }
     if (j->stage == 2) {
         job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
-        docs = parse_list(job_reply(j, 0));
+        docs = read_members_docs(j);
         j->result = team_view(j, docs);
         json_decref(docs);
         return J_WRITE;
@@ -308,7 +386,7 @@ job_step cmd_audit_list(job *j)
     const char *only = arg_str(j, "only"), *cur = arg_str(j, "cursor");
     int accepted = only == NULL || strcmp(only, "accepted") == 0;
     int refused = only == NULL || strcmp(only, "refused") == 0;
-    long long limit = read_limit(j);
+    long long limit = read_limit(j, 100);
     page_audit_pos c, pa, pb, last = {0, 0, -1, 0};
     json_t *s[2], *out, *jc = arg(j, "cursor");
     size_t i[2] = {0, 0};

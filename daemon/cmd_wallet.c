@@ -245,7 +245,7 @@ static int ledger_args(job *j, ledger_scan *sc)
 job_step cmd_wallet_ledger(job *j)
 {
     ledger_scan *sc = job_scratch(j, sizeof *sc);
-    long long limit = read_limit(j), len, first;
+    long long limit = read_limit(j, 100), len, first;
     json_t *r, *list, *e, *from = arg(j, "from");
     size_t i, base = j->stage == 1;     /* stage 1: reply 0 is EXISTS */
     char cur[PAGE_CURSOR_MAX];

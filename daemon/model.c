@@ -255,12 +255,12 @@ void notify_user(job *j, const char *user_id, const char *type, const json_t *ke
     json_decref(n);
 }
 
-long long read_limit(job *j)
+long long read_limit(job *j, long long dflt)
 {
     json_t *l = arg(j, "limit");
 
     if (l == NULL || json_is_null(l))
-        return 100;
+        return dflt;
     if (json_integer_value(l) < 1 || json_integer_value(l) > 1000) {
         job_fail(j, "bad_request", "'limit' must be 1-1000");
         return -1;

@@ -38,8 +38,8 @@ int name_ok(const char *s, size_t max);
 /* Appends LPUSH+LTRIM of a notification to the writes. */
 void notify_user(job *j, const char *user_id, const char *type, const json_t *keydoc);
 
-/* The 'limit' argument (1-1000, default 100), or -1 after job_fail. */
-long long read_limit(job *j);
+/* The 'limit' argument (1-1000, default dflt), or -1 after job_fail. */
+long long read_limit(job *j, long long dflt);
 
 /* The JSON documents of a list/MGET reply, skipping missing ones. New ref. */
 json_t *parse_list(json_t *reply);

@@ -276,6 +276,70 @@ class Paging(kgtest.EnvCase):
             r = self.c.ok("notification.list", user, limit=4, cursor=r["next_cursor"])
         self.assertEqual(got, whole)
 
+    # -- bounded Redis calls ------------------------------------------------
+
+    def test_member_removal_over_5001_keys_is_batched(self):
+        t = kgtest.make_team(self.c, admins=0, users=2, outsiders=0)
+        owner, user, other = t["owner"], t["users"][0], t["users"][1]
+        c = self.env.client(timeout=60)
+        n = 5001
+        for i in range(n):
+            c.send(c.request("key.create", owner, team=t["team"], name="k%d" % i,
+                             users=[user, other] if i % 2 else [user]))
+        kids = []
+        for i in range(n):
+            r = c.read_json()
+            self.assertTrue(r["ok"], r)
+            kids.append(r["result"]["key_id"])
+        for k in kids:
+            c.send(c.request("token.generate", user, key=k))
+        for k in kids:
+            self.assertTrue(c.read_json()["ok"])
+        c.send(c.request("token.generate", other, key=kids[1]))
+        self.assertTrue(c.read_json()["ok"])
+        self.assertEqual(len(self.env.redis_keys("kg:tok:*")), n + 1)
+        self.env.redis("CONFIG", "SET", "slowlog-log-slower-than", "0")
+        self.env.redis("CONFIG", "SET", "slowlog-max-len", "200000")
+        self.env.redis("SLOWLOG", "RESET")
+        try:
+            self.c.ok("team.member.remove", owner, team=t["team"], user=user)
+            log = self.env.redis("SLOWLOG", "GET", "-1")
+        finally:
+            self.env.redis("CONFIG", "SET", "slowlog-log-slower-than", "10000")
+        # Done: the member is gone, with every token; the other keeps theirs.
+        self.assertEqual(len(self.env.redis_keys("kg:tok:*")), 1)
+        members = [m["user_id"] for m in self.c.ok("team.get", owner, team=t["team"])["members"]]
+        self.assertNotIn(user, members)
+        self.assertIn(other, members)
+        self.assertEqual(self.env.redis("SISMEMBER", "kg:uteams:%s" % user, t["team"]), 0)
+        for k in (kids[0], kids[1], kids[2500], kids[-1]):
+            doc = json.loads(self.env.redis("GET", "kg:{t:%s}:key:%s" % (t["team"], k)))
+            self.assertNotIn(user, doc["users"])
+            self.assertNotIn(user, doc["tokens"])
+        raw = self.env.redis("MGET", *["kg:{t:%s}:key:%s" % (t["team"], k) for k in kids[:1000]])
+        self.assertFalse(any(user in json.loads(d)["users"] for d in raw))
+        # Batched: many commits, each one and each MGET small.
+        def argc(args):
+            last = args[-1].decode(errors="replace") if isinstance(args[-1], bytes) else str(args[-1])
+            if last.startswith("... (") and last.endswith(" more arguments)"):
+                return len(args) - 1 + int(last[5:].split()[0])
+            return len(args)
+        top = [(e[3][0].decode().upper(), argc(e[3])) for e in log]
+        commits = [a for name, a in top if name == "EVAL"]
+        mgets = [a for name, a in top if name == "MGET"]
+        self.assertGreaterEqual(len(commits), n // 1000 + 1, "one commit for every key?")
+        # A commit writes a key document, deletes a token and publishes per key: 11 args each.
+        self.assertLessEqual(max(commits), 11 * 1000 // 3 + 100)
+        self.assertLessEqual(max(mgets), 1001)
+        self.assertGreaterEqual(len(mgets), n // 1000 + 1)
+        self.assertEqual(len(self.c.ok("audit.list", owner, team=t["team"], limit=1,
+                                       only="accepted")["entries"]), 1)
+        self.assertEqual(self.c.ok("audit.list", owner, team=t["team"], limit=1)["entries"][0]["cmd"],
+                         "team.member.remove")
+        # Again: nothing left to do, and still an answer.
+        self.assertEqual(self.c.err("team.member.remove", owner, team=t["team"], user=user),
+                         "not_found")
+
 
 if __name__ == "__main__":
     unittest.main()
