@@ -6,6 +6,7 @@ filter of the raw ledger, and a cursor that the daemon did not give is
 refused."""
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -339,6 +340,46 @@ class Paging(kgtest.EnvCase):
         # Again: nothing left to do, and still an answer.
         self.assertEqual(self.c.err("team.member.remove", owner, team=t["team"], user=user),
                          "not_found")
+
+    # -- keygate fsck reads ledgers in pages -----------------------------------
+
+    def fsck(self):
+        cli = os.environ.get("KEYGATE_CLI") or os.path.join(kgtest.REPO, "build", "daemon", "cli",
+                                                            "keygate")
+        p = subprocess.run([cli, "--json", "fsck", "--config", self.env.config_path],
+                           capture_output=True, text=True, timeout=120)
+        return p.returncode, json.loads(p.stdout), p.stderr
+
+    def test_fsck_pages_a_ledger_and_finds_what_spans_pages(self):
+        a, team, w, keys = self.wallet(credit=10 ** 9)
+        k = self.c.ok("key.create", a, team=team, name="f")["key_id"]
+        self.debits(keys, 2500, 0, key_id=k)
+        rc, out, err = self.fsck()
+        mine = [p for p in out["problems"] if w in p["key"]]
+        self.assertEqual(mine, [], err)
+        # The same request id charged again 1,500 entries later (another page),
+        # and one balance off by 3: entry 1502 from the oldest, the first of
+        # the second page read from the newest (2502 entries, 1000 a page), so
+        # its pair with entry 1503 spans two pages.
+        raw = self.env.redis("LINDEX", keys[1], 2500 - 1 - 17)   # entry 18: request r17
+        e = json.loads(raw)
+        e["at"] += 1
+        self.assertEqual(e["request_id"], "r17")
+        nb = self.env.redis("HINCRBY", keys[0], "balance_micros", -1)
+        e["balance_micros"] = nb
+        self.env.redis("LPUSH", keys[1], json.dumps(e))
+        b = json.loads(self.env.redis("LINDEX", keys[1], 2502 - 1502))
+        b["balance_micros"] += 3
+        self.env.redis("LSET", keys[1], 2502 - 1502, json.dumps(b))
+        rc, out, err = self.fsck()
+        self.assertEqual(rc, 1, err)
+        texts = [p["problem"] for p in out["problems"] if w in p["key"]]
+        self.assertTrue(any("request id r17" in t and "charged twice" in t for t in texts), texts)
+        self.assertIn("entry 1502: balance_micros %d, but the entries before it give %d"
+                      % (b["balance_micros"], b["balance_micros"] - 3), texts)
+        self.assertTrue(any(t.startswith("entry 1503: ") for t in texts), texts)
+        self.assertTrue(any(t.startswith("entry 19: request id r17 ") for t in texts), texts)
+        self.assertEqual(len(texts), 3, texts)
 
 
 if __name__ == "__main__":
