@@ -169,19 +169,6 @@ job_step cmd_wallet_credit(job *j)
  * entry older than from by this much: the clocks may disagree a little. */
 #define LEDGER_SKEW_MS 60000
 
-/* KEYS[1] = ledger. ARGV[1] = position of the first entry wanted (-1: the
- * newest), ARGV[2] = how many. Returns {length, position of the first entry
- * returned (-1: none; -2: ARGV[1] is past the newest), entries newest
- * first}. Reads only; LLEN and LRANGE see the same list. */
-static const char ledger_page_lua[] =
-    "local n = redis.call('LLEN', KEYS[1])\n"
-    "local p = tonumber(ARGV[1])\n"
-    "if p >= n then return {n, -2, {}} end\n"
-    "if p < 0 then p = n - 1 end\n"
-    "if p < 0 then return {n, -1, {}} end\n"
-    "local i = n - 1 - p\n"
-    "return {n, p, redis.call('LRANGE', KEYS[1], i, i + tonumber(ARGV[2]) - 1)}\n";
-
 typedef struct ledger_scan {
     long long next;               /* position of the next entry to read, -1 the newest */
     long long want;               /* how many the read in flight asked */
@@ -189,18 +176,30 @@ typedef struct ledger_scan {
     int filtered;
 } ledger_scan;
 
+/* Queues LLEN, and LRANGE of the entries from position sc->next down by
+ * negative index (position p is index -(p+1)): debits pushed meanwhile do
+ * not move it, and no script is needed (a script would pass every entry
+ * through Lua). Before the first position is known (no cursor), queues
+ * LLEN alone: the newest entry then is at length - 1. */
 static void ledger_read(job *j, ledger_scan *sc, long long limit)
 {
-    char pos[24], cnt[24];
+    char start[24], stop[24], key[KGC_RKEY_MAX];
     long long n = sc->filtered ? PAGE_BATCH_MAX : limit;
 
+    snprintf(key, sizeof key, "%s", rk(j, KGC_RK_LEDGER, j->team_id, arg_str(j, "wallet")));
+    job_read(j, "LLEN", key, NULL);
+    if (sc->next < 0) {
+        sc->want = 0;
+        return;
+    }
     if (sc->filtered && n > LEDGER_SCAN_MAX - sc->scanned)
         n = LEDGER_SCAN_MAX - sc->scanned;
+    if (n > sc->next + 1)
+        n = sc->next + 1;
     sc->want = n;
-    snprintf(pos, sizeof pos, "%lld", sc->next);
-    snprintf(cnt, sizeof cnt, "%lld", n);
-    job_read(j, "EVAL", ledger_page_lua, "1",
-             rk(j, KGC_RK_LEDGER, j->team_id, arg_str(j, "wallet")), pos, cnt, NULL);
+    snprintf(start, sizeof start, "%lld", -(sc->next + 1));
+    snprintf(stop, sizeof stop, "%lld", -(sc->next - n + 2));
+    job_read(j, "LRANGE", key, start, stop, NULL);
 }
 
 /* 1 if entry e passes the request's filters. */
@@ -253,7 +252,7 @@ job_step cmd_wallet_ledger(job *j)
     if (limit < 0)
         return J_FAIL;
     if (j->stage == 0) {
-        sc->next = -1;
+        sc->next = -1;                  /* the newest, once the length is known */
         if (ledger_args(j, sc) != 0)
             return J_FAIL;
         job_read(j, "EXISTS", rk(j, KGC_RK_WALLET, j->team_id, arg_str(j, "wallet")), NULL);
@@ -263,13 +262,20 @@ job_step cmd_wallet_ledger(job *j)
     }
     if (j->stage == 1 && json_integer_value(job_reply(j, 0)) != 1)
         return job_fail(j, "not_found", "no such wallet");
-    r = job_reply(j, base);
-    len = json_integer_value(json_array_get(r, 0));
-    first = json_integer_value(json_array_get(r, 1));
-    if (first == -2)
+    len = json_integer_value(job_reply(j, base));
+    if (sc->want == 0) {                /* first round without a cursor: the length */
+        if (len == 0)
+            return J_DONE;
+        sc->next = len - 1;
+        ledger_read(j, sc, limit);
+        return J_READ;
+    }
+    if (sc->next >= len)
         return job_fail(j, "bad_request", "'cursor' is past the newest entry of this ledger");
+    r = job_reply(j, base + 1);
+    first = sc->next;
     list = json_object_get(j->result, "entries");
-    json_array_foreach(json_array_get(r, 2), i, e) {
+    json_array_foreach(r, i, e) {
         long long pos = first - (long long)i;
         json_t *doc = json_is_string(e) ? json_loadb(json_string_value(e), json_string_length(e),
                                                      0, NULL) : NULL;
@@ -292,10 +298,9 @@ job_step cmd_wallet_ledger(job *j)
             return J_DONE;
         }
     }
-    (void)len;
-    sc->scanned += (long long)json_array_size(json_array_get(r, 2));
-    sc->next = first - (long long)json_array_size(json_array_get(r, 2));
-    if (first < 0 || sc->next < 0)
+    sc->scanned += (long long)json_array_size(r);
+    sc->next = first - (long long)json_array_size(r);
+    if (sc->next < 0 || (long long)json_array_size(r) < sc->want)
         return J_DONE;              /* read the oldest entry */
     if (sc->scanned >= LEDGER_SCAN_MAX || !sc->filtered) {
         page_ledger_cursor(cur, sc->next);
