@@ -102,6 +102,16 @@ struct job {
     char msg[300];
     char target[128];             /* audit target */
     int after_write;              /* run again after the writes, rr = EXEC replies */
+    /* A command whose writes are too many for one commit (over
+     * PAGE_BATCH_MAX keys) sends them as several, in order: the handler
+     * sets more_commits with after_write before each J_WRITE but the last.
+     * It stays undecided (the oldest active one: no other mutation decides
+     * meanwhile), its reads are checked for conflicts before the first
+     * commit only, and it is audited with the last one. Every state in
+     * between must be valid on its own, and running the command again must
+     * finish the job: after a commit, "unavailable" says part was done. */
+    int more_commits;
+    int commits_sent, commits_done;
     size_t fw_reads;              /* engine's reads at the head of round 1 */
     int decided;                  /* mutating: wrote or answered (left mut_active) */
     long long read_seq;           /* app wseq when its first reads were sent */

@@ -5,6 +5,7 @@
 #include "cmd.h"
 #include "log.h"
 #include "model.h"
+#include "paging.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,34 +101,157 @@ job_step cmd_key_create(job *j)
     return J_WRITE;
 }
 
+/* key.list pages (docs/protocol.md, "Paging"): keys in the order of the
+ * team's keys zset, (created_at, key_id) ascending; keys are never removed
+ * from it (a revoked key stays listed), so a cursor naming the last key
+ * examined stays valid, and keys created meanwhile come after it. Key
+ * documents are read PAGE_BATCH_MAX at most per MGET; for a user-role
+ * member, who sees only the keys assigned to them, up to KEY_SCAN_MAX per
+ * call, then the page may come back short with a next_cursor. */
+#define KEY_SCAN_MAX 5000
+/* Without a limit, a page as large as allowed: callers from before paging
+ * still get every key of a team of up to 1000 keys in one answer. */
+#define KEY_LIST_DEFAULT 1000
+
+typedef struct key_scan {
+    long long score;              /* last key examined, when have */
+    char id[KGC_ID_MAX];
+    int have;
+    int phase;                    /* what the replies are: KS_IDS, KS_DOCS, KS_NAMES */
+    int more;                     /* keys after the batch being read */
+    long long scanned;
+} key_scan;
+
+enum { KS_IDS = 1, KS_DOCS, KS_NAMES };
+
+static long long key_batch(job *j, long long limit)
+{
+    return role_is_admin(j->role) ? limit : PAGE_BATCH_MAX;
+}
+
+static void key_ids_read(job *j, key_scan *sc, long long batch)
+{
+    char stop[24], sc_s[32], after[34], cnt[24];
+    const char *zk = rk(j, KGC_RK_KEYS, j->team_id);
+    char key[KGC_RKEY_MAX];
+
+    snprintf(key, sizeof key, "%s", zk);
+    if (!sc->have) {
+        snprintf(stop, sizeof stop, "%lld", batch);          /* batch + 1 ids */
+        job_read(j, "ZRANGE", key, "0", stop, "WITHSCORES", NULL);
+    } else {
+        snprintf(sc_s, sizeof sc_s, "%lld", sc->score);
+        snprintf(after, sizeof after, "(%lld", sc->score);
+        snprintf(cnt, sizeof cnt, "%lld", batch + 1);
+        /* The keys created in the cursor's millisecond (a handful), then
+         * the ones after it. */
+        job_read(j, "ZRANGEBYSCORE", key, sc_s, sc_s, NULL);
+        job_read(j, "ZRANGEBYSCORE", key, after, "+inf", "WITHSCORES", "LIMIT", "0", cnt, NULL);
+    }
+    sc->phase = KS_IDS;
+}
+
+/* The [id, score] pairs of the next batch, in order (new array). */
+static json_t *key_ids_next(job *j, key_scan *sc, long long batch)
+{
+    json_t *out = json_array(), *flat, *m;
+    size_t i, r = 0;
+
+    if (sc->have) {
+        json_array_foreach(job_reply(j, 0), i, m)
+            if (json_is_string(m) && strcmp(json_string_value(m), sc->id) > 0)
+                json_array_append_new(out, json_pack("[O,I]", m, (json_int_t)sc->score));
+        r = 1;
+    }
+    flat = job_reply(j, r);
+    for (i = 0; i + 1 < json_array_size(flat); i += 2) {
+        const char *score = json_string_value(json_array_get(flat, i + 1));
+        json_array_append_new(out, json_pack("[O,I]", json_array_get(flat, i),
+                                             (json_int_t)(score ? strtoll(score, NULL, 10) : 0)));
+    }
+    sc->more = (long long)json_array_size(out) > batch;
+    while ((long long)json_array_size(out) > batch)
+        json_array_remove(out, json_array_size(out) - 1);
+    return out;
+}
+
+static job_step key_list_finish(job *j, key_scan *sc)
+{
+    json_object_del(j->result, "_ids");
+    sc->phase = KS_NAMES;
+    /* The answer waits in j->result while the wallets' names are read. */
+    return key_wallet_names_read(j, json_object_get(j->result, "keys")) > 0 ? J_READ : J_DONE;
+}
+
 job_step cmd_key_list(job *j)
 {
-    json_t *ids, *docs, *out, *d;
+    key_scan *sc = job_scratch(j, sizeof *sc);
+    long long limit = read_limit(j, KEY_LIST_DEFAULT), batch;
+    const char *cur = arg_str(j, "cursor");
+    json_t *jc = arg(j, "cursor"), *ids, *docs, *keys, *pair;
     size_t i;
+    char next[PAGE_CURSOR_MAX];
 
+    if (limit < 0)
+        return J_FAIL;
+    batch = key_batch(j, limit);
     if (j->stage == 0) {
-        job_read(j, "ZRANGE", rk(j, KGC_RK_KEYS, j->team_id), "0", "-1", NULL);
-        return J_READ;
+        if (jc != NULL && !json_is_null(jc) &&
+            (cur == NULL || page_key_parse(cur, &sc->score, sc->id) != 0))
+            return job_fail(j, "bad_request", "'cursor' is not a key.list cursor");
+        sc->have = cur != NULL;
+        return J_READ;                  /* the engine reads the team: the role decides the batch */
     }
     if (j->stage == 1) {
-        ids = job_reply(j, 0);
-        if (json_array_size(ids) > 0)
-            read_keys(j, ids);
+        j->result = json_pack("{s:[]}", "keys");
+        key_ids_read(j, sc, batch);
         return J_READ;
     }
-    if (j->stage == 3) {
+    if (sc->phase == KS_NAMES) {
         key_wallet_names_fill(j, json_object_get(j->result, "keys"));
         return J_DONE;
     }
-    docs = parse_list(job_reply(j, 0));
-    out = json_array();
-    json_array_foreach(docs, i, d)
-        if (role_is_admin(j->role) || key_has_user(d, j->actor_id))
-            json_array_append_new(out, key_public(d));
-    json_decref(docs);
-    j->result = json_pack("{s:o}", "keys", out);
-    /* The answer waits in j->result while the names are read (stage 3). */
-    return key_wallet_names_read(j, out) > 0 ? J_READ : J_DONE;
+    if (sc->phase == KS_IDS) {
+        ids = key_ids_next(j, sc, batch);
+        json_object_set_new(j->result, "_ids", ids);
+        if (json_array_size(ids) == 0)
+            return key_list_finish(j, sc);
+        read_keys_pairs(j, ids);
+        sc->phase = KS_DOCS;
+        return J_READ;
+    }
+    /* KS_DOCS: one reply per id, in order (missing documents are null). */
+    ids = json_object_get(j->result, "_ids");
+    keys = json_object_get(j->result, "keys");
+    docs = job_reply(j, 0);
+    json_array_foreach(ids, i, pair) {
+        json_t *raw = json_array_get(docs, i), *d;
+
+        if ((long long)json_array_size(keys) == limit) {
+            /* Full, with this key unexamined: the cursor is the last one examined. */
+            page_key_cursor(next, sc->score, sc->id);
+            json_object_set_new(j->result, "next_cursor", json_string(next));
+            return key_list_finish(j, sc);
+        }
+        sc->have = 1;
+        sc->score = json_integer_value(json_array_get(pair, 1));
+        snprintf(sc->id, sizeof sc->id, "%s", json_string_value(json_array_get(pair, 0)));
+        sc->scanned++;
+        d = json_is_string(raw) ? json_loadb(json_string_value(raw), json_string_length(raw), 0,
+                                             NULL) : NULL;
+        if (d != NULL && (role_is_admin(j->role) || key_has_user(d, j->actor_id)))
+            json_array_append_new(keys, key_public(d));
+        json_decref(d);
+    }
+    if (!sc->more)
+        return key_list_finish(j, sc);
+    if ((long long)json_array_size(keys) == limit || sc->scanned >= KEY_SCAN_MAX) {
+        page_key_cursor(next, sc->score, sc->id);
+        json_object_set_new(j->result, "next_cursor", json_string(next));
+        return key_list_finish(j, sc);
+    }
+    key_ids_read(j, sc, batch);
+    return J_READ;
 }
 
 /* Stage 1 checks the key and keeps the answer in j->result while the

@@ -6,6 +6,7 @@
 #include "http.h"
 #include "log.h"
 #include "model.h"
+#include "paging.h"
 
 #include <ctype.h>
 #include <sodium.h>
@@ -248,10 +249,69 @@ job_step cmd_price_estimate(job *j)
     return J_DONE;
 }
 
+/* notification.list pages (docs/protocol.md, "Paging"). The list is short
+ * (trimmed to 1000: one LRANGE reads it whole) but moves at both ends: new
+ * entries at the head, LTRIM at the tail. So the cursor names the last
+ * entry returned by its content (time, hash, k-th identical one), found
+ * again wherever it moved; gone (trimmed) means everything older is gone. */
 job_step cmd_notification_list(job *j)
 {
-    if (j->stage == 0)
-        return read_recent(j, rk(j, KGC_RK_NOTIF, j->actor_id)) == 0 ? J_READ : J_FAIL;
-    j->result = json_pack("{s:o}", "notifications", parse_list(job_reply(j, 0)));
+    long long limit = read_limit(j, 100), at = 0, k = 0, seen = 0;
+    uint64_t hash = 0;
+    const char *cur = arg_str(j, "cursor");
+    json_t *c = arg(j, "cursor"), *list, *e, *out;
+    size_t i, start = 0, last = 0;
+    char next[PAGE_CURSOR_MAX];
+
+    if (limit < 0)
+        return J_FAIL;
+    if (c != NULL && !json_is_null(c) && (cur == NULL || page_notif_parse(cur, &at, &hash, &k) != 0))
+        return job_fail(j, "bad_request", "'cursor' is not a notification.list cursor");
+    if (j->stage == 0) {
+        job_read(j, "LRANGE", rk(j, KGC_RK_NOTIF, j->actor_id), "0", "999", NULL);
+        return J_READ;
+    }
+    list = job_reply(j, 0);
+    if (cur != NULL) {
+        start = json_array_size(list);     /* not found: trimmed, nothing older is left */
+        json_array_foreach(list, i, e) {
+            if (!json_is_string(e) ||
+                page_hash(json_string_value(e), json_string_length(e)) != hash)
+                continue;
+            if (seen++ == k) {
+                start = i + 1;
+                break;
+            }
+        }
+    }
+    (void)at;
+    out = json_array();
+    j->result = json_pack("{s:o}", "notifications", out);
+    for (i = start; i < json_array_size(list); i++) {
+        json_t *raw = json_array_get(list, i), *doc;
+        long long kk = 0;
+
+        if ((long long)json_array_size(out) == limit) {
+            /* More remain: the cursor names the last one returned. */
+            raw = json_array_get(list, last);
+            for (size_t m = 0; m < last; m++) {
+                json_t *x = json_array_get(list, m);
+                kk += json_string_length(x) == json_string_length(raw) &&
+                      memcmp(json_string_value(x), json_string_value(raw), json_string_length(raw)) == 0;
+            }
+            page_notif_cursor(next, json_integer_value(json_object_get(
+                                        json_array_get(out, json_array_size(out) - 1), "at")),
+                              page_hash(json_string_value(raw), json_string_length(raw)), kk);
+            json_object_set_new(j->result, "next_cursor", json_string(next));
+            break;
+        }
+        if (!json_is_string(raw))
+            continue;
+        doc = json_loadb(json_string_value(raw), json_string_length(raw), 0, NULL);
+        if (doc != NULL) {
+            json_array_append_new(out, doc);
+            last = i;
+        }
+    }
     return J_DONE;
 }

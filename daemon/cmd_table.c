@@ -51,7 +51,7 @@ const cmd_def cmd_table[] = {
     {"price.estimate", cmd_price_estimate, NEED_NOBODY, SCOPE_NONE, 0, 0,
      {{"service", A_STR, REQ}, {"model", A_STR, OPT}, {"params", A_OBJ, REQ}}, NULL, NULL, NULL},
     {"notification.list", cmd_notification_list, NEED_USER, SCOPE_NONE, 0, 0,
-     {{"limit", A_INT, OPT}}, NULL, NULL, NULL},
+     {{"limit", A_INT, OPT}, {"cursor", A_STR, OPT}}, NULL, NULL, NULL},
 
     {"team.get", cmd_team_get, NEED_MEMBER, SCOPE_TEAM, 0, 0, {{"team", A_STR, REQ}}, NULL, NULL, NULL},
     {"team.member.add", cmd_team_member_add, NEED_ADMIN, SCOPE_TEAM, 1, 0,
@@ -63,12 +63,14 @@ const cmd_def cmd_table[] = {
     {"team.transfer_ownership", cmd_team_transfer_ownership, NEED_OWNER, SCOPE_TEAM, 1, 0,
      {{"team", A_STR, REQ}, {"user", A_STR, REQ}}, NULL, NULL, NULL},
     {"audit.list", cmd_audit_list, NEED_ADMIN, SCOPE_TEAM, 0, 0,
-     {{"team", A_STR, REQ}, {"limit", A_INT, OPT}, {"only", A_STR, OPT}}, NULL, NULL, NULL},
+     {{"team", A_STR, REQ}, {"limit", A_INT, OPT}, {"only", A_STR, OPT}, {"cursor", A_STR, OPT}},
+     NULL, NULL, NULL},
 
     {"key.create", cmd_key_create, NEED_ADMIN, SCOPE_TEAM, 1, 0,
      {{"team", A_STR, REQ}, {"name", A_STR, REQ}, {"description", A_STR, OPT},
       {"users", A_STRS, OPT}, {"services", A_OBJ, OPT}}, NULL, NULL, NULL},
-    {"key.list", cmd_key_list, NEED_MEMBER, SCOPE_TEAM, 0, 0, {{"team", A_STR, REQ}}, NULL, NULL, NULL},
+    {"key.list", cmd_key_list, NEED_MEMBER, SCOPE_TEAM, 0, 0,
+     {{"team", A_STR, REQ}, {"limit", A_INT, OPT}, {"cursor", A_STR, OPT}}, NULL, NULL, NULL},
     {"key.get", cmd_key_get, NEED_MEMBER, SCOPE_KEY, 0, 0, {{"key", A_STR, REQ}}, NULL, NULL, NULL},
     {"key.update", cmd_key_update, NEED_ADMIN, SCOPE_KEY, 1, 0,
      {{"key", A_STR, REQ}, {"name", A_STR, OPT}, {"description", A_STR, OPT}}, NULL, NULL, NULL},
@@ -89,7 +91,8 @@ const cmd_def cmd_table[] = {
     {"wallet.credit", cmd_wallet_credit, NEED_ADMIN, SCOPE_WALLET, 1, 0,
      {{"wallet", A_STR, REQ}, {"amount_micros", A_INT, REQ}, {"reference", A_STR, REQ}}, NULL, NULL, NULL},
     {"wallet.ledger", cmd_wallet_ledger, NEED_ADMIN, SCOPE_WALLET, 0, 0,
-     {{"wallet", A_STR, REQ}, {"limit", A_INT, OPT}}, NULL, NULL, NULL},
+     {{"wallet", A_STR, REQ}, {"limit", A_INT, OPT}, {"cursor", A_STR, OPT}, {"key", A_STR, OPT},
+      {"service", A_STR, OPT}, {"from", A_INT, OPT}, {"to", A_INT, OPT}}, NULL, NULL, NULL},
 
     /* The console's sign-in (cmd_session.c). They write no team state, so
      * they are not serialized with the mutating commands. */

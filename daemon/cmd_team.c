@@ -7,6 +7,7 @@
 #include "cmd.h"
 #include "log.h"
 #include "model.h"
+#include "paging.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,16 +44,39 @@ static json_t *team_view(job *j, json_t *user_docs)
     return out;
 }
 
-/* Reads every member's user document (one MGET). */
+/* Reads every member's user document: MGETs of PAGE_BATCH_MAX keys at
+ * most, whose replies read_members_docs joins. */
 static void read_members(job *j)
 {
-    json_t *cmd = json_pack("[s]", "MGET");
+    json_t *cmd = NULL;
     const char *uid;
     json_t *role;
 
-    json_object_foreach(members(j), uid, role)
+    json_object_foreach(members(j), uid, role) {
+        if (cmd == NULL)
+            cmd = json_pack("[s]", "MGET");
         json_array_append_new(cmd, json_string(rk(j, KGC_RK_USER, uid)));
-    job_read_cmd(j, cmd);
+        if (json_array_size(cmd) > PAGE_BATCH_MAX) {
+            job_read_cmd(j, cmd);
+            cmd = NULL;
+        }
+    }
+    if (cmd != NULL)
+        job_read_cmd(j, cmd);
+}
+
+/* The user documents of every reply of the round (new array). */
+static json_t *read_members_docs(job *j)
+{
+    json_t *out = json_array(), *r;
+    size_t i;
+
+    json_array_foreach(j->rr, i, r) {
+        json_t *docs = parse_list(r);
+        json_array_extend(out, docs);
+        json_decref(docs);
+    }
+    return out;
 }
 
 job_step cmd_team_get(job *j)
@@ -65,7 +89,7 @@ job_step cmd_team_get(job *j)
         read_members(j);
         return J_READ;
     }
-    docs = parse_list(job_reply(j, 0));
+    docs = read_members_docs(j);
     j->result = team_view(j, docs);
     json_decref(docs);
     return J_DONE;
@@ -174,29 +198,44 @@ job_step cmd_team_member_set_role(job *j)
     return J_WRITE;
 }
 
-/* Stage 1: list the team's keys; 2: read them; 3: unassign the member and
- * delete their tokens everywhere, drop them from the team. */
-job_step cmd_team_member_remove(job *j)
-{
-    const char *uid = arg_str(j, "user");
-    json_t *ids, *id, *docs;
-    size_t i;
+/* team.member.remove walks the team's keys MEMBER_BATCH at a time: list
+ * (ZRANGE by rank), read (MGET), unassign the member and delete their
+ * tokens. A batch that changed something is committed before the next one
+ * is read (cmd.h, more_commits): one commit writes at most 3 keys per key
+ * read (the document, the token and one in its grace period), so at most
+ * PAGE_BATCH_MAX keys. The last commit drops the member from the team.
+ * In between, the member is still a member, with fewer keys: a valid
+ * state, and running the command again finishes it. The keys zset does
+ * not change meanwhile: key.create cannot commit before this command. */
+#define MEMBER_BATCH (PAGE_BATCH_MAX / 3)
 
-    if (j->stage == 0)
-        return J_READ;
-    if (target_member(j, uid, 1) == NULL)
-        return J_FAIL;
-    if (j->stage == 1) {
-        job_read(j, "ZRANGE", rk(j, KGC_RK_KEYS, j->team_id), "0", "-1", NULL);
-        return J_READ;
-    }
-    if (j->stage == 2) {
-        ids = job_reply(j, 0);
-        if (json_array_size(ids) > 0)   /* else straight to stage 3 */
-            read_keys(j, ids);
-        return J_READ;
-    }
-    docs = parse_list(job_reply(j, 0));
+typedef struct member_walk {
+    long long pos;                /* rank of the next key to list */
+    int phase;                    /* MW_IDS, MW_DOCS, MW_COMMITTED */
+    long long n;                  /* keys in the batch being read */
+} member_walk;
+
+enum { MW_IDS = 1, MW_DOCS, MW_COMMITTED };
+
+static job_step member_list_keys(job *j, member_walk *w)
+{
+    char from[24], to[24];
+
+    snprintf(from, sizeof from, "%lld", w->pos);
+    snprintf(to, sizeof to, "%lld", w->pos + MEMBER_BATCH - 1);
+    job_read(j, "ZRANGE", rk(j, KGC_RK_KEYS, j->team_id), from, to, NULL);
+    w->phase = MW_IDS;
+    return J_READ;
+}
+
+/* Queues the unassignment of uid from the key documents of reply 0;
+ * returns how many changed. */
+static int member_unassign(job *j, const char *uid)
+{
+    json_t *docs = parse_list(job_reply(j, 0)), *id;
+    size_t i;
+    int n = 0;
+
     json_array_foreach(docs, i, id) {
         json_t *users = json_object_get(id, "users"), *u;
         size_t k;
@@ -213,9 +252,49 @@ job_step cmd_team_member_remove(job *j)
             job_write_json(j, rk(j, KGC_RK_KEY, j->team_id,
                                  json_string_value(json_object_get(id, "key_id"))), id);
             job_publish(j, "key %s", json_string_value(json_object_get(id, "key_id")));
+            n++;
         }
     }
     json_decref(docs);
+    return n;
+}
+
+job_step cmd_team_member_remove(job *j)
+{
+    const char *uid = arg_str(j, "user");
+    member_walk *w = job_scratch(j, sizeof *w);
+    json_t *ids;
+
+    if (j->stage == 0)
+        return J_READ;
+    if (j->stage == 1) {
+        memset(w, 0, sizeof *w);            /* a re-run starts over */
+        if (target_member(j, uid, 1) == NULL)
+            return J_FAIL;
+        return member_list_keys(j, w);
+    }
+    if (w->phase == MW_COMMITTED) {
+        w->pos += MEMBER_BATCH;
+        return member_list_keys(j, w);
+    }
+    if (w->phase == MW_IDS) {
+        ids = job_reply(j, 0);
+        w->n = (long long)json_array_size(ids);
+        if (w->n > 0) {
+            read_keys(j, ids);
+            w->phase = MW_DOCS;
+            return J_READ;
+        }
+    } else if (member_unassign(j, uid) > 0 && w->n == MEMBER_BATCH) {
+        j->more_commits = 1;
+        j->after_write = 1;
+        w->phase = MW_COMMITTED;
+        return J_WRITE;
+    } else if (w->n == MEMBER_BATCH) {
+        w->pos += MEMBER_BATCH;             /* nothing to change here: next batch */
+        return member_list_keys(j, w);
+    }
+    /* The last batch (its writes, if any, are queued): leave the team. */
     json_object_del(members(j), uid);
     job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
     job_write(j, "SREM", rk(j, KGC_RK_USERTEAMS, uid), j->team_id, NULL);
@@ -243,7 +322,7 @@ job_step cmd_team_transfer_ownership(job *j)
     }
     if (j->stage == 2) {
         job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
-        docs = parse_list(job_reply(j, 0));
+        docs = read_members_docs(j);
         j->result = team_view(j, docs);
         json_decref(docs);
         return J_WRITE;
@@ -251,24 +330,117 @@ job_step cmd_team_transfer_ownership(job *j)
     return J_DONE;
 }
 
+/* Reads of one audit stream for a page: without a cursor, its newest
+ * limit+1 entries; with one, every entry of the cursor's millisecond (a
+ * handful: sorted out by page_audit_cmp) and then limit+1 entries older
+ * than that millisecond. The +1 tells whether anything is left. */
+static void audit_reads(job *j, const char *key, const page_audit_pos *c, long long limit)
+{
+    char count[24], ms[32], before[40];
+
+    snprintf(count, sizeof count, "%lld", limit + 1);
+    if (c == NULL) {
+        job_read(j, "XREVRANGE", key, "+", "-", "COUNT", count, NULL);
+        return;
+    }
+    snprintf(ms, sizeof ms, "%llu", c->ms);
+    job_read(j, "XREVRANGE", key, ms, ms, NULL);
+    if (c->ms > 0) {
+        snprintf(before, sizeof before, "(%llu-0", c->ms);
+        job_read(j, "XREVRANGE", key, before, "-", "COUNT", count, NULL);
+    } else {
+        job_read(j, "ECHO", "", NULL);   /* keeps the replies in place */
+    }
+}
+
+/* The entries of one stream after the cursor, newest first (new array). */
+static json_t *audit_after(json_t *same_ms, json_t *older, int stream, const page_audit_pos *c)
+{
+    json_t *out = json_array(), *e;
+    size_t i;
+    page_audit_pos p;
+
+    json_array_foreach(same_ms, i, e)
+        if (page_audit_of(e, stream, &p) == 0 && page_audit_cmp(&p, c) < 0)
+            json_array_append(out, e);
+    if (json_is_array(older))
+        json_array_extend(out, older);
+    return out;
+}
+
+/* The JSON document in field "e" of one XRANGE entry [id, [f, v, ...]]. */
+static json_t *audit_doc(json_t *entry)
+{
+    json_t *fv = json_array_get(entry, 1);
+
+    for (size_t i = 0; i + 1 < json_array_size(fv); i += 2) {
+        json_t *f = json_array_get(fv, i), *v = json_array_get(fv, i + 1);
+        if (json_is_string(f) && strcmp(json_string_value(f), "e") == 0 && json_is_string(v))
+            return json_loadb(json_string_value(v), json_string_length(v), 0, NULL);
+    }
+    return NULL;
+}
+
 job_step cmd_audit_list(job *j)
 {
-    const char *only = arg_str(j, "only");
+    const char *only = arg_str(j, "only"), *cur = arg_str(j, "cursor");
     int accepted = only == NULL || strcmp(only, "accepted") == 0;
     int refused = only == NULL || strcmp(only, "refused") == 0;
+    long long limit = read_limit(j, 100);
+    page_audit_pos c, pa, pb, last = {0, 0, -1, 0};
+    json_t *s[2], *out, *jc = arg(j, "cursor");
+    size_t i[2] = {0, 0};
+    char next[PAGE_CURSOR_MAX];
 
+    if (limit < 0)
+        return J_FAIL;
+    if (jc != NULL && !json_is_null(jc) && (cur == NULL || page_audit_parse(cur, &c) != 0))
+        return job_fail(j, "bad_request", "'cursor' is not an audit.list cursor");
     if (j->stage == 0) {
         if (!accepted && !refused)
             return job_fail(j, "bad_request", "'only' must be \"accepted\" or \"refused\"");
-        if (read_limit(j) < 0)
-            return J_FAIL;
-        /* Reads both streams either way: replies 0 and 1 stay in place. */
-        read_stream_recent(j, rk(j, KGC_RK_AUDIT, j->team_id));
-        read_stream_recent(j, rk(j, KGC_RK_AUDIT_REFUSED, j->team_id));
+        /* Reads both streams either way: the replies stay in place. */
+        audit_reads(j, rk(j, KGC_RK_AUDIT, j->team_id), cur ? &c : NULL, limit);
+        audit_reads(j, rk(j, KGC_RK_AUDIT_REFUSED, j->team_id), cur ? &c : NULL, limit);
         return J_READ;
     }
-    j->result = json_pack("{s:o}", "entries",
-                          merge_streams(accepted ? job_reply(j, 0) : NULL,
-                                        refused ? job_reply(j, 1) : NULL, (size_t)read_limit(j)));
+    for (int k = 0; k < 2; k++) {
+        if (!(k == 0 ? accepted : refused))
+            s[k] = json_array();
+        else if (cur == NULL)
+            s[k] = json_incref(job_reply(j, (size_t)k));
+        else
+            s[k] = audit_after(job_reply(j, (size_t)k * 2), job_reply(j, (size_t)k * 2 + 1), k, &c);
+    }
+    out = json_array();
+    j->result = json_pack("{s:o}", "entries", out);
+    while ((long long)json_array_size(out) < limit) {
+        json_t *x = json_array_get(s[0], i[0]), *y = json_array_get(s[1], i[1]), *doc;
+        int pick;
+
+        if (x == NULL && y == NULL)
+            break;
+        if (x != NULL && page_audit_of(x, 0, &pa) != 0) {
+            i[0]++;
+            continue;
+        }
+        if (y != NULL && page_audit_of(y, 1, &pb) != 0) {
+            i[1]++;
+            continue;
+        }
+        pick = y == NULL || (x != NULL && page_audit_cmp(&pa, &pb) > 0) ? 0 : 1;
+        doc = audit_doc(pick == 0 ? x : y);
+        last = pick == 0 ? pa : pb;
+        i[pick]++;
+        if (doc != NULL)
+            json_array_append_new(out, doc);
+    }
+    if ((long long)json_array_size(out) == limit &&
+        (i[0] < json_array_size(s[0]) || i[1] < json_array_size(s[1]))) {
+        page_audit_cursor(next, &last);
+        json_object_set_new(j->result, "next_cursor", json_string(next));
+    }
+    json_decref(s[0]);
+    json_decref(s[1]);
     return J_DONE;
 }

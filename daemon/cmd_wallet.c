@@ -6,6 +6,7 @@
 #include "cmd.h"
 #include "log.h"
 #include "model.h"
+#include "paging.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -159,15 +160,157 @@ job_step cmd_wallet_credit(job *j)
     return J_DONE;
 }
 
+/* wallet.ledger pages (docs/protocol.md, "Paging"): newest first; an
+ * entry's position counts from the oldest entry (0), so it stays put while
+ * debits are pushed at the head, and a cursor names the position of the
+ * next entry to look at. Filters are applied here, over at most
+ * LEDGER_SCAN_MAX entries per call, read PAGE_BATCH_MAX at a time: a page
+ * may come back short (even empty) with a next_cursor when the filters
+ * match few entries. */
+#define LEDGER_SCAN_MAX 10000
+/* Entries are in commit order; their "at" comes from the Redis clock
+ * (debits) or the daemon's (credits). A scan with "from" stops at the first
+ * entry older than from by this much: the clocks may disagree a little. */
+#define LEDGER_SKEW_MS 60000
+
+typedef struct ledger_scan {
+    long long next;               /* position of the next entry to read, -1 the newest */
+    long long want;               /* how many the read in flight asked */
+    long long scanned;
+    int filtered;
+} ledger_scan;
+
+/* Queues LLEN, and LRANGE of the entries from position sc->next down by
+ * negative index (position p is index -(p+1)): debits pushed meanwhile do
+ * not move it, and no script is needed (a script would pass every entry
+ * through Lua). Before the first position is known (no cursor), queues
+ * LLEN alone: the newest entry then is at length - 1. */
+static void ledger_read(job *j, ledger_scan *sc, long long limit)
+{
+    char start[24], stop[24], key[KGC_RKEY_MAX];
+    long long n = sc->filtered ? PAGE_BATCH_MAX : limit;
+
+    snprintf(key, sizeof key, "%s", rk(j, KGC_RK_LEDGER, j->team_id, arg_str(j, "wallet")));
+    job_read(j, "LLEN", key, NULL);
+    if (sc->next < 0) {
+        sc->want = 0;
+        return;
+    }
+    if (sc->filtered && n > LEDGER_SCAN_MAX - sc->scanned)
+        n = LEDGER_SCAN_MAX - sc->scanned;
+    if (n > sc->next + 1)
+        n = sc->next + 1;
+    sc->want = n;
+    snprintf(start, sizeof start, "%lld", -(sc->next + 1));
+    snprintf(stop, sizeof stop, "%lld", -(sc->next - n + 2));
+    job_read(j, "LRANGE", key, start, stop, NULL);
+}
+
+/* 1 if entry e passes the request's filters. */
+static int ledger_match(job *j, json_t *e)
+{
+    const char *key = arg_str(j, "key"), *svc = arg_str(j, "service");
+    json_t *from = arg(j, "from"), *to = arg(j, "to");
+    long long at = json_integer_value(json_object_get(e, "at"));
+
+    if (key != NULL && !json_equal(json_object_get(e, "key_id"), arg(j, "key")))
+        return 0;
+    if (svc != NULL && !json_equal(json_object_get(e, "service"), arg(j, "service")))
+        return 0;
+    if (json_is_integer(from) && at < json_integer_value(from))
+        return 0;
+    if (json_is_integer(to) && at > json_integer_value(to))
+        return 0;
+    return 1;
+}
+
+static int ledger_args(job *j, ledger_scan *sc)
+{
+    const char *cur = arg_str(j, "cursor");
+    json_t *from = arg(j, "from"), *to = arg(j, "to"), *c = arg(j, "cursor");
+
+    if (c != NULL && !json_is_null(c) && (cur == NULL || page_ledger_parse(cur, &sc->next) != 0)) {
+        job_fail(j, "bad_request", "'cursor' is not a wallet.ledger cursor");
+        return -1;
+    }
+    if ((json_is_integer(from) && json_integer_value(from) < 0) ||
+        (json_is_integer(to) && json_integer_value(to) < 0) ||
+        (json_is_integer(from) && json_is_integer(to) &&
+         json_integer_value(from) > json_integer_value(to))) {
+        job_fail(j, "bad_request", "'from' and 'to' are milliseconds since the epoch, from <= to");
+        return -1;
+    }
+    sc->filtered = arg_str(j, "key") != NULL || arg_str(j, "service") != NULL ||
+                   json_is_integer(from) || json_is_integer(to);
+    return 0;
+}
+
 job_step cmd_wallet_ledger(job *j)
 {
+    ledger_scan *sc = job_scratch(j, sizeof *sc);
+    long long limit = read_limit(j, 100), len, first;
+    json_t *r, *list, *e, *from = arg(j, "from");
+    size_t i, base = j->stage == 1;     /* stage 1: reply 0 is EXISTS */
+    char cur[PAGE_CURSOR_MAX];
+
+    if (limit < 0)
+        return J_FAIL;
     if (j->stage == 0) {
+        sc->next = -1;                  /* the newest, once the length is known */
+        if (ledger_args(j, sc) != 0)
+            return J_FAIL;
         job_read(j, "EXISTS", rk(j, KGC_RK_WALLET, j->team_id, arg_str(j, "wallet")), NULL);
-        return read_recent(j, rk(j, KGC_RK_LEDGER, j->team_id, arg_str(j, "wallet"))) == 0
-                   ? J_READ : J_FAIL;
+        ledger_read(j, sc, limit);
+        j->result = json_pack("{s:[]}", "entries");
+        return J_READ;
     }
-    if (json_integer_value(job_reply(j, 0)) != 1)
+    if (j->stage == 1 && json_integer_value(job_reply(j, 0)) != 1)
         return job_fail(j, "not_found", "no such wallet");
-    j->result = json_pack("{s:o}", "entries", parse_list(job_reply(j, 1)));
-    return J_DONE;
+    len = json_integer_value(job_reply(j, base));
+    if (sc->want == 0) {                /* first round without a cursor: the length */
+        if (len == 0)
+            return J_DONE;
+        sc->next = len - 1;
+        ledger_read(j, sc, limit);
+        return J_READ;
+    }
+    if (sc->next >= len)
+        return job_fail(j, "bad_request", "'cursor' is past the newest entry of this ledger");
+    r = job_reply(j, base + 1);
+    first = sc->next;
+    list = json_object_get(j->result, "entries");
+    json_array_foreach(r, i, e) {
+        long long pos = first - (long long)i;
+        json_t *doc = json_is_string(e) ? json_loadb(json_string_value(e), json_string_length(e),
+                                                     0, NULL) : NULL;
+        if (doc == NULL)
+            continue;               /* fsck reports it */
+        if (json_is_integer(from) &&
+            json_integer_value(json_object_get(doc, "at")) < json_integer_value(from) - LEDGER_SKEW_MS) {
+            json_decref(doc);
+            return J_DONE;          /* older than the range: the end */
+        }
+        if (ledger_match(j, doc))
+            json_array_append_new(list, doc);
+        else
+            json_decref(doc);
+        if ((long long)json_array_size(list) == limit) {
+            if (pos > 0) {
+                page_ledger_cursor(cur, pos - 1);
+                json_object_set_new(j->result, "next_cursor", json_string(cur));
+            }
+            return J_DONE;
+        }
+    }
+    sc->scanned += (long long)json_array_size(r);
+    sc->next = first - (long long)json_array_size(r);
+    if (sc->next < 0 || (long long)json_array_size(r) < sc->want)
+        return J_DONE;              /* read the oldest entry */
+    if (sc->scanned >= LEDGER_SCAN_MAX || !sc->filtered) {
+        page_ledger_cursor(cur, sc->next);
+        json_object_set_new(j->result, "next_cursor", json_string(cur));
+        return J_DONE;
+    }
+    ledger_read(j, sc, limit);
+    return J_READ;
 }

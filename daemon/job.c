@@ -507,8 +507,10 @@ static void on_writes(void *arg, int ok, json_t *replies)
             job_finish(j);
             return;
         }
+    j->commits_done++;
     if (j->after_write) {
         j->after_write = 0;
+        j->more_commits = 0;      /* the handler says again if another follows */
         json_decref(j->rr);
         j->rr = replies;
         j->stage++;
@@ -588,7 +590,8 @@ static json_t *commit_wrap(job *j, json_t *q)
 
 static void job_advance(job *j, job_step step)
 {
-    if (step != J_READ && step != J_WAIT && j->def->mutates && !j->decided) {
+    if (step != J_READ && step != J_WAIT && j->def->mutates && !j->decided &&
+        j->commits_sent == 0) {
         if (j != j->app->active) {
             /* An older command has not decided yet: wait for it. */
             j->parked = 1;
@@ -638,11 +641,13 @@ static void job_advance(job *j, job_step step)
         j->wq = json_array();
         json_array_foreach(j->pub, i, m)
             json_array_append_new(q, json_pack("[s,s,O]", "PUBLISH", rk(j, KGC_RK_CHANNEL), m));
-        if (j->def->mutates && j->team_id[0])
+        json_array_clear(j->pub);       /* sent: a next commit has its own */
+        if (j->def->mutates && j->team_id[0] && !j->more_commits)
             append_audit(j, q);
         if (j->def->mutates)
             note_writes(j->app, q);
         q = commit_wrap(j, q);
+        j->commits_sent++;
         if (store_exec(j->app->st, q, j->txid[0] == '\0', on_writes, j) != 0) {
             json_decref(q);
             json_decref(j->result);
@@ -652,7 +657,8 @@ static void job_advance(job *j, job_step step)
             return;
         }
         json_decref(q);
-        job_decided(j);
+        if (!j->more_commits)
+            job_decided(j);
         return;
     }
     case J_WAIT:                /* offloaded: offload_done goes on */
@@ -721,6 +727,7 @@ static void job_rerun(job *j)
     j->code = NULL;
     j->msg[0] = '\0';
     j->after_write = 0;
+    j->more_commits = 0;
     snprintf(j->team_id, sizeof j->team_id, "%s", j->scope_team);
     j->actor_id = json_string_value(json_object_get(j->req, "actor"));
     if (++j->reruns % 100 == 0)
@@ -735,6 +742,11 @@ static void job_finish(job *j)
     json_t *id = json_object_get(j->req, "id");
 
     metrics_command(j->def->name, j->code, metrics_now() - j->t_in);
+    if (j->code != NULL && j->commits_done > 0 &&
+        (strcmp(j->code, "unavailable") == 0 || strcmp(j->code, "internal") == 0))
+        snprintf(j->msg, sizeof j->msg, "the store was lost after %d of this command's commits: "
+                 "part of the change is made; run the command again to finish it",
+                 j->commits_done);
     if (j->code != NULL) {
         if (j->def->mutates && j->team_id[0] && store_connected(a->st) &&
             strcmp(j->code, "unavailable") != 0) {
@@ -771,6 +783,12 @@ static void limbo_remove(job *j)
 static void limbo_answer(job *j, int applied, const char *why)
 {
     limbo_remove(j);
+    if (applied && j->more_commits) {
+        /* One commit of several made: the rest were not. */
+        j->commits_done++;
+        applied = 0;
+        why = "the store was lost";
+    }
     if (!applied) {
         json_decref(j->result);
         j->result = NULL;

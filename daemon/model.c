@@ -255,129 +255,17 @@ void notify_user(job *j, const char *user_id, const char *type, const json_t *ke
     json_decref(n);
 }
 
-long long read_limit(job *j)
+long long read_limit(job *j, long long dflt)
 {
     json_t *l = arg(j, "limit");
 
     if (l == NULL || json_is_null(l))
-        return 100;
+        return dflt;
     if (json_integer_value(l) < 1 || json_integer_value(l) > 1000) {
         job_fail(j, "bad_request", "'limit' must be 1-1000");
         return -1;
     }
     return json_integer_value(l);
-}
-
-int read_recent(job *j, const char *key)
-{
-    long long n = read_limit(j);
-    char stop[24];
-
-    if (n < 0)
-        return -1;
-    snprintf(stop, sizeof stop, "%lld", n - 1);
-    job_read(j, "LRANGE", key, "0", stop, NULL);
-    return 0;
-}
-
-int read_stream_recent(job *j, const char *key)
-{
-    long long n = read_limit(j);
-    char count[24];
-
-    if (n < 0)
-        return -1;
-    snprintf(count, sizeof count, "%lld", n);
-    job_read(j, "XREVRANGE", key, "+", "-", "COUNT", count, NULL);
-    return 0;
-}
-
-/* "ms-seq" of a stream id as one ordered pair: 0, or -1 for anything else. */
-static int stream_id(const char *s, unsigned long long *ms, unsigned long long *seq)
-{
-    char *end;
-
-    if (s == NULL)
-        return -1;
-    *ms = strtoull(s, &end, 10);
-    if (*end != '-')
-        return -1;
-    *seq = strtoull(end + 1, &end, 10);
-    return *end == '\0' ? 0 : -1;
-}
-
-/* 1 if stream entry a is newer than b. */
-/* Field "n" of one XRANGE entry: the daemon's audit sequence, or -1. */
-static long long stream_seq(json_t *entry)
-{
-    json_t *fv = json_array_get(entry, 1);
-
-    for (size_t i = 0; i + 1 < json_array_size(fv); i += 2) {
-        json_t *f = json_array_get(fv, i), *v = json_array_get(fv, i + 1);
-        if (json_is_string(f) && strcmp(json_string_value(f), "n") == 0 && json_is_string(v))
-            return strtoll(json_string_value(v), NULL, 10);
-    }
-    return -1;
-}
-
-/* Entries of two streams in the order they were committed: by the
- * millisecond Redis gave them, then (same millisecond, so the same daemon
- * run) by the sequence the daemon wrote beside them; the sequence numbers
- * inside one stream only order that stream. */
-static int stream_newer(json_t *a, json_t *b)
-{
-    unsigned long long am = 0, as = 0, bm = 0, bs = 0;
-    long long an, bn;
-
-    stream_id(json_string_value(json_array_get(a, 0)), &am, &as);
-    stream_id(json_string_value(json_array_get(b, 0)), &bm, &bs);
-    if (am != bm)
-        return am > bm;
-    an = stream_seq(a);
-    bn = stream_seq(b);
-    if (an >= 0 && bn >= 0 && an != bn)
-        return an > bn;
-    return as > bs;
-}
-
-/* The JSON document in field "e" of one XRANGE entry [id, [f, v, ...]]. */
-static json_t *stream_doc(json_t *entry)
-{
-    json_t *fv = json_array_get(entry, 1);
-
-    for (size_t i = 0; i + 1 < json_array_size(fv); i += 2) {
-        json_t *f = json_array_get(fv, i), *v = json_array_get(fv, i + 1);
-        if (json_is_string(f) && strcmp(json_string_value(f), "e") == 0 && json_is_string(v))
-            return json_loadb(json_string_value(v), json_string_length(v), 0, NULL);
-    }
-    return NULL;
-}
-
-json_t *merge_streams(json_t *a, json_t *b, size_t limit)
-{
-    json_t *out = json_array();
-    size_t i = 0, k = 0;
-
-    if (!json_is_array(a))
-        a = NULL;
-    if (!json_is_array(b))
-        b = NULL;
-    while (json_array_size(out) < limit) {
-        json_t *x = json_array_get(a, i), *y = json_array_get(b, k), *pick, *doc;
-
-        if (x == NULL && y == NULL)
-            break;
-        if (y == NULL || (x != NULL && stream_newer(x, y))) {
-            pick = x;
-            i++;
-        } else {
-            pick = y;
-            k++;
-        }
-        if ((doc = stream_doc(pick)) != NULL)
-            json_array_append_new(out, doc);
-    }
-    return out;
 }
 
 json_t *parse_list(json_t *reply)
@@ -403,5 +291,16 @@ void read_keys(job *j, json_t *ids)
     json_array_foreach(ids, i, id)
         json_array_append_new(cmd, json_string(rk(j, KGC_RK_KEY, j->team_id,
                                                   json_string_value(id))));
+    job_read_cmd(j, cmd);
+}
+
+void read_keys_pairs(job *j, json_t *pairs)
+{
+    json_t *cmd = json_pack("[s]", "MGET"), *p;
+    size_t i;
+
+    json_array_foreach(pairs, i, p)
+        json_array_append_new(cmd, json_string(rk(j, KGC_RK_KEY, j->team_id,
+                                                  json_string_value(json_array_get(p, 0)))));
     job_read_cmd(j, cmd);
 }

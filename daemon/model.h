@@ -38,19 +38,8 @@ int name_ok(const char *s, size_t max);
 /* Appends LPUSH+LTRIM of a notification to the writes. */
 void notify_user(job *j, const char *user_id, const char *type, const json_t *keydoc);
 
-/* Queues LRANGE key 0 limit-1 for the command's optional "limit"
- * (1..1000, default 100). 0, or -1 after job_fail. */
-int read_recent(job *j, const char *key);
-
-/* The 'limit' argument (1-1000, default 100), or -1 after job_fail. */
-long long read_limit(job *j);
-
-/* Queues XREVRANGE key + - COUNT limit. 0, or -1 after job_fail. */
-int read_stream_recent(job *j, const char *key);
-
-/* The documents (field "e") of two XREVRANGE replies merged newest first,
- * at most limit of them. A new array; a and b are borrowed. */
-json_t *merge_streams(json_t *a, json_t *b, size_t limit);
+/* The 'limit' argument (1-1000, default dflt), or -1 after job_fail. */
+long long read_limit(job *j, long long dflt);
 
 /* The JSON documents of a list/MGET reply, skipping missing ones. New ref. */
 json_t *parse_list(json_t *reply);
@@ -67,5 +56,7 @@ void key_wallet_names_fill(job *j, json_t *keys);
 
 /* Queues one MGET of the key documents named in ids (a ZRANGE reply). */
 void read_keys(job *j, json_t *ids);
+/* The same for ids given as [key_id, score] pairs (at most PAGE_BATCH_MAX). */
+void read_keys_pairs(job *j, json_t *pairs);
 
 #endif

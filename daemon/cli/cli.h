@@ -133,6 +133,17 @@ int cli_call_quiet(cli_ctx *ctx, const char *cmd, json_t *args, int with_actor,
 
 typedef void (*cli_printer)(cli_ctx *ctx, json_t *result);
 
+/* A paged listing command (docs/protocol.md, "Paging"): args (stolen) may
+ * carry "cursor". all = 0: one page, as cli_call. all = 1: follows
+ * next_cursor to the end; *result is the last page's result with `field`
+ * holding the items of every page, and no next_cursor. */
+int cli_call_pages(cli_ctx *ctx, const char *cmd, json_t *args, const char *field, int all,
+                   json_t **result);
+
+/* cli_emit for a page: also tells, on stderr (human output only), how to
+ * get the next page when there is one. */
+int cli_emit_page(cli_ctx *ctx, json_t *result, cli_printer printer);
+
 /* Prints result (--json: compact JSON on one line; else printer) and
  * drops the reference. Returns CLI_EXIT_OK. */
 int cli_emit(cli_ctx *ctx, json_t *result, cli_printer printer);

@@ -121,6 +121,51 @@ int cli_call(cli_ctx *ctx, const char *cmd, json_t *args, int with_actor, json_t
     return rc;
 }
 
+int cli_call_pages(cli_ctx *ctx, const char *cmd, json_t *args, const char *field, int all,
+                   json_t **result)
+{
+    json_t *items = NULL, *page;
+    int rc;
+
+    if (args == NULL)
+        return cli_call(ctx, cmd, NULL, 1, result);
+    for (;;) {
+        const char *next;
+
+        rc = cli_call(ctx, cmd, json_deep_copy(args), 1, &page);
+        if (rc != CLI_EXIT_OK) {
+            json_decref(items);
+            json_decref(args);
+            return rc;
+        }
+        if (items != NULL) {
+            json_array_extend(items, json_object_get(page, field));
+            json_object_set(page, field, items);
+            json_decref(items);
+        }
+        next = json_string_value(json_object_get(page, "next_cursor"));
+        if (!all || next == NULL)
+            break;
+        json_object_set_new(args, "cursor", json_string(next));
+        items = json_incref(json_object_get(page, field));
+        json_decref(page);
+    }
+    if (all)
+        json_object_del(page, "next_cursor");
+    json_decref(args);
+    *result = page;
+    return CLI_EXIT_OK;
+}
+
+int cli_emit_page(cli_ctx *ctx, json_t *result, cli_printer printer)
+{
+    const char *next = json_string_value(json_object_get(result, "next_cursor"));
+
+    if (next != NULL && !ctx->json)
+        fprintf(stderr, "more: add --cursor %s (or --all)\n", next);
+    return cli_emit(ctx, result, printer);
+}
+
 int cli_write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {

@@ -22,7 +22,8 @@
  *   wallet  balance_micros = sum of credits - sum of debits of its ledger,
  *           never below zero, each entry's balance_micros the running
  *           balance, no request id charged twice within the 24 h replay
- *           window;
+ *           window among the last 524,288 debits with a request id read
+ *           (a fixed-size window: memory does not grow with the ledger);
  *   user    user and email records agree.
  *
  * The daemon writes each admin command in one MULTI/EXEC and the gateway
@@ -31,8 +32,9 @@
  * WATCH of each key read, and an empty MULTI/EXEC then tells whether any
  * of them changed meanwhile (the check is then run again). A wallet's
  * balance and ledger length are read in one MULTI; its ledger entries are
- * then read oldest first by negative index, which later debits (LPUSHed
- * at the head) do not move.
+ * then read newest first, a page at a time from the head, each page by
+ * its position counted from the oldest entry in one script (LLEN and
+ * LRANGE together), so later debits (LPUSHed at the head) move nothing.
  *
  * Nothing is ever written. A plain token found is shown by its hint only.
  *
@@ -128,6 +130,7 @@ static void pass_model(fsck *f)
 
 static void fsck_free(fsck *f)
 {
+    fsck_checks_cleanup();
     if (f->rc)
         redisFree(f->rc);
     if (f->sec) {

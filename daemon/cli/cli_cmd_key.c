@@ -289,9 +289,18 @@ int cli_cmd_key_create(cli_ctx *ctx, int argc, char **argv)
     return rc ? rc : cli_emit(ctx, res, print_key);
 }
 
+/* Every key, as before paging: follows the pages (1000 keys each). */
 int cli_cmd_key_list(cli_ctx *ctx, int argc, char **argv)
 {
-    return cli_call_by_id(ctx, argc, argv, "key.list", "team", print_key_list);
+    cli_strlist pos;
+    json_t *res;
+    int rc;
+
+    if (cli_args(ctx, argc, argv, NULL, &pos, 1, 1) < 0)
+        return ctx->status;
+    rc = cli_call_pages(ctx, "key.list", json_pack("{s:s,s:i}", "team", pos.v[0], "limit", 1000),
+                        "keys", 1, &res);
+    return rc ? rc : cli_emit(ctx, res, print_key_list);
 }
 
 int cli_cmd_key_get(cli_ctx *ctx, int argc, char **argv)

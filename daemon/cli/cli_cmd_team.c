@@ -208,21 +208,23 @@ static void print_notifications(cli_ctx *ctx, json_t *r)
 
 int cli_cmd_notifications(cli_ctx *ctx, int argc, char **argv)
 {
-    const char *limit = NULL;
-    const cli_opt opts[] = {{"--limit", CLI_OPT_VALUE, &limit}, {NULL, 0, NULL}};
+    const char *limit = NULL, *cursor = NULL;
+    int all = 0;
+    const cli_opt opts[] = {{"--limit", CLI_OPT_VALUE, &limit}, {"--cursor", CLI_OPT_VALUE, &cursor},
+                            {"--all", CLI_OPT_FLAG, &all}, {NULL, 0, NULL}};
     cli_strlist pos;
     json_t *args, *res;
     int rc;
 
     if (cli_args(ctx, argc, argv, opts, &pos, 0, 0) < 0)
         return ctx->status;
-    args = json_object();
-    if (add_limit(ctx, args, limit) < 0) {
+    args = json_pack("{s:s*}", "cursor", cursor);
+    if (args && add_limit(ctx, args, limit) < 0) {
         json_decref(args);
         return ctx->status;
     }
-    rc = cli_call(ctx, "notification.list", args, 1, &res);
-    return rc ? rc : cli_emit(ctx, res, print_notifications);
+    rc = cli_call_pages(ctx, "notification.list", args, "notifications", all, &res);
+    return rc ? rc : cli_emit_page(ctx, res, print_notifications);
 }
 
 static void print_audit(cli_ctx *ctx, json_t *r)
@@ -251,21 +253,23 @@ static void print_audit(cli_ctx *ctx, json_t *r)
 
 int cli_cmd_audit(cli_ctx *ctx, int argc, char **argv)
 {
-    const char *limit = NULL;
-    const cli_opt opts[] = {{"--limit", CLI_OPT_VALUE, &limit}, {NULL, 0, NULL}};
+    const char *limit = NULL, *cursor = NULL;
+    int all = 0;
+    const cli_opt opts[] = {{"--limit", CLI_OPT_VALUE, &limit}, {"--cursor", CLI_OPT_VALUE, &cursor},
+                            {"--all", CLI_OPT_FLAG, &all}, {NULL, 0, NULL}};
     cli_strlist pos;
     json_t *args, *res;
     int rc;
 
     if (cli_args(ctx, argc, argv, opts, &pos, 1, 1) < 0)
         return ctx->status;
-    args = json_pack("{s:s}", "team", pos.v[0]);
+    args = json_pack("{s:s,s:s*}", "team", pos.v[0], "cursor", cursor);
     if (args && add_limit(ctx, args, limit) < 0) {
         json_decref(args);
         return ctx->status;
     }
-    rc = cli_call(ctx, "audit.list", args, 1, &res);
-    return rc ? rc : cli_emit(ctx, res, print_audit);
+    rc = cli_call_pages(ctx, "audit.list", args, "entries", all, &res);
+    return rc ? rc : cli_emit_page(ctx, res, print_audit);
 }
 
 /* --- call: any command, raw ------------------------------------------------ */

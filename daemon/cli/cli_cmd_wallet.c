@@ -136,22 +136,44 @@ int cli_cmd_wallet_credit(cli_ctx *ctx, int argc, char **argv)
     return rc ? rc : cli_emit(ctx, res, print_wallet);
 }
 
+/* Adds an integer option's value to args; -1 (usage printed) if it is not one. */
+static int add_int(cli_ctx *ctx, json_t *args, const char *opt, const char *field, const char *v)
+{
+    int64_t n;
+
+    if (v == NULL)
+        return 0;
+    if (cli_parse_i64(v, &n) < 0) {
+        cli_usage_error(ctx, "%s wants an integer, not '%s'", opt, v);
+        return -1;
+    }
+    json_object_set_new(args, field, json_integer(n));
+    return 0;
+}
+
 int cli_cmd_wallet_ledger(cli_ctx *ctx, int argc, char **argv)
 {
-    const char *limit = NULL;
-    const cli_opt opts[] = {{"--limit", CLI_OPT_VALUE, &limit}, {NULL, 0, NULL}};
+    const char *limit = NULL, *cursor = NULL, *key = NULL, *service = NULL, *from = NULL,
+               *to = NULL;
+    int all = 0;
+    const cli_opt opts[] = {{"--limit", CLI_OPT_VALUE, &limit}, {"--cursor", CLI_OPT_VALUE, &cursor},
+                            {"--key", CLI_OPT_VALUE, &key}, {"--service", CLI_OPT_VALUE, &service},
+                            {"--from", CLI_OPT_VALUE, &from}, {"--to", CLI_OPT_VALUE, &to},
+                            {"--all", CLI_OPT_FLAG, &all}, {NULL, 0, NULL}};
     cli_strlist pos;
     json_t *args, *res;
-    int64_t n;
     int rc;
 
     if (cli_args(ctx, argc, argv, opts, &pos, 1, 1) < 0)
         return ctx->status;
-    if (limit != NULL && cli_parse_i64(limit, &n) < 0)
-        return cli_usage_error(ctx, "--limit wants an integer, not '%s'", limit);
-    args = json_pack("{s:s}", "wallet", pos.v[0]);
-    if (args && limit != NULL)
-        json_object_set_new(args, "limit", json_integer(n));
-    rc = cli_call(ctx, "wallet.ledger", args, 1, &res);
-    return rc ? rc : cli_emit(ctx, res, print_ledger);
+    args = json_pack("{s:s,s:s*,s:s*,s:s*}", "wallet", pos.v[0], "cursor", cursor, "key", key,
+                     "service", service);
+    if (args && (add_int(ctx, args, "--limit", "limit", limit) < 0 ||
+                 add_int(ctx, args, "--from", "from", from) < 0 ||
+                 add_int(ctx, args, "--to", "to", to) < 0)) {
+        json_decref(args);
+        return ctx->status;
+    }
+    rc = cli_call_pages(ctx, "wallet.ledger", args, "entries", all, &res);
+    return rc ? rc : cli_emit_page(ctx, res, print_ledger);
 }

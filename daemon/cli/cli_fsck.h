@@ -154,6 +154,10 @@ int fsck_check_email(fsck *f, const char *email, const char *unused);
  * (see cli_cmd_fsck.c). Publishes its problems itself. */
 void fsck_check_wallet(fsck *f, const char *T, const char *W);
 
+/* Frees what the wallet checks keep for the whole run (accepts a run
+ * that checked none). */
+void fsck_checks_cleanup(void);
+
 /* The published catalog parses (and exists once there are teams).
  * Publishes its problems itself. */
 void fsck_check_catalog(fsck *f);

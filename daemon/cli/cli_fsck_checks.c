@@ -7,6 +7,7 @@
  */
 #include "cli_fsck.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -429,66 +430,188 @@ int fsck_check_token(fsck *f, const char *hash, const char *unused)
 
 /* --- pass 2: wallets and their ledgers ---------------------------------------- */
 
+/* Request ids of one wallet's debits, for "charged twice": a window of
+ * the last FSCK_RID_WINDOW debits with a request id (a ring, in reading
+ * order) and an open-addressing table of their 64-bit hashes. Memory is
+ * fixed (about 28 MB, allocated once per run) whatever the ledger's size;
+ * the price is that two charges of one id more than FSCK_RID_WINDOW
+ * debits apart are not compared (docs/redis-schema.md says so), and that
+ * a 64-bit hash collision could report a false "charged twice" (odds
+ * about n^2 / 2^65). */
+#define FSCK_RID_WINDOW (1u << 19)
+#define FSCK_RID_SLOTS  (FSCK_RID_WINDOW * 2u)
+
+typedef struct rid_slot { uint64_t h; long long at; uint32_t refs; } rid_slot;
+
+typedef struct rid_window {
+    rid_slot *slot;                  /* FSCK_RID_SLOTS; refs == 0: empty */
+    uint64_t *ring;                  /* FSCK_RID_WINDOW hashes, oldest read first */
+    size_t head, n;
+} rid_window;
+
+static rid_window rids;
+
+static void rid_init(void)
+{
+    if (rids.slot != NULL)
+        return;
+    rids.slot = calloc(FSCK_RID_SLOTS, sizeof *rids.slot);
+    rids.ring = calloc(FSCK_RID_WINDOW, sizeof *rids.ring);
+    if (rids.slot == NULL || rids.ring == NULL) {
+        fputs("error: internal: out of memory\n", stderr);
+        abort();
+    }
+}
+
+static size_t rid_find(uint64_t h)
+{
+    size_t i = (size_t)(h ^ (h >> 29)) & (FSCK_RID_SLOTS - 1);
+
+    while (rids.slot[i].refs != 0 && rids.slot[i].h != h)
+        i = (i + 1) & (FSCK_RID_SLOTS - 1);
+    return i;
+}
+
+/* Drops one reference of h; an emptied slot is filled again by shifting
+ * back the entries after it that probed past it (no tombstones). */
+static void rid_release(uint64_t h)
+{
+    size_t i = rid_find(h), j = i;
+
+    if (rids.slot[i].refs == 0 || --rids.slot[i].refs > 0)
+        return;
+    for (;;) {
+        size_t home;
+        j = (j + 1) & (FSCK_RID_SLOTS - 1);
+        if (rids.slot[j].refs == 0)
+            break;
+        home = (size_t)(rids.slot[j].h ^ (rids.slot[j].h >> 29)) & (FSCK_RID_SLOTS - 1);
+        /* Move j to i unless its home lies cyclically in (i, j]. */
+        if ((i < j) ? (home <= i || home > j) : (home <= i && home > j)) {
+            rids.slot[i] = rids.slot[j];
+            rids.slot[j].refs = 0;
+            i = j;
+        }
+    }
+    rids.slot[i].refs = 0;
+}
+
+void fsck_checks_cleanup(void)
+{
+    free(rids.slot);
+    free(rids.ring);
+    memset(&rids, 0, sizeof rids);
+}
+
+static void rid_reset(void)
+{
+    while (rids.n > 0) {
+        rid_release(rids.ring[rids.head]);
+        rids.head = (rids.head + 1) % FSCK_RID_WINDOW;
+        rids.n--;
+    }
+    rids.head = 0;
+}
+
+/* Notes debit (key id + request id hash h) at time at; returns the time of
+ * another debit of the same id in the window, or -1. */
+static long long rid_note(uint64_t h, long long at)
+{
+    size_t i;
+    long long prev = -1;
+
+    if (rids.n == FSCK_RID_WINDOW) {        /* full: forget the first read */
+        rid_release(rids.ring[rids.head]);
+        rids.head = (rids.head + 1) % FSCK_RID_WINDOW;
+        rids.n--;
+    }
+    i = rid_find(h);
+    if (rids.slot[i].refs > 0)
+        prev = rids.slot[i].at;
+    rids.slot[i].h = h;
+    rids.slot[i].at = at;
+    rids.slot[i].refs++;
+    rids.ring[(rids.head + rids.n) % FSCK_RID_WINDOW] = h;
+    rids.n++;
+    return prev;
+}
+
+static uint64_t rid_hash(const char *kid, const char *rid)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (const char *p = kid; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    h = (h ^ 0xffu) * 1099511628211ULL;     /* a separator no id holds */
+    for (const char *p = rid; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h;
+}
+
+/* The ledger is read newest first (below); the chain is checked pair by
+ * pair, as it would be oldest first: entry n's balance_micros must be the
+ * balance after the entry before it (the next one read) plus n's amount. */
 typedef struct chain {
     long long sum;                   /* credits - debits */
-    long long running;               /* the chain, resynchronised after a break */
-    long long index;                 /* entries seen, oldest first */
     int breaks;
-    json_t *rids;                    /* "key_id request_id" -> at of the last debit */
+    int have_newer;                  /* the entry read before (newer) is waiting */
+    long long newer_index, newer_bal, newer_effect;
 } chain;
 
-static void ledger_entry(fsck *f, const char *lk, const char *T, chain *c, const redisReply *e)
+/* Compares the waiting newer entry with the balance before it (b). */
+static void chain_pair(fsck *f, const char *lk, chain *c, long long b)
+{
+    if (c->have_newer && c->newer_bal != b + c->newer_effect &&
+        ++c->breaks <= FSCK_CHAIN_REPORTS)
+        PROBLEM(f, lk, "entry %lld: balance_micros %lld, but the entries before it give %lld",
+                c->newer_index, c->newer_bal, b + c->newer_effect);
+}
+
+/* One entry; index counts from the oldest (1). */
+static void ledger_entry(fsck *f, const char *lk, const char *T, chain *c, const redisReply *e,
+                         long long index)
 {
     json_t *doc = fsck_reply_json(e), *amt, *bal, *at;
     const char *type, *kid, *rid;
     long long a, b;
     char kt[KGC_ID_MAX];
 
-    c->index++;
     f->n.entries++;
     type = json_string_value(json_object_get(doc, "type"));
     amt = json_object_get(doc, "amount_micros");
     bal = json_object_get(doc, "balance_micros");
     if (doc == NULL || type == NULL || !json_is_integer(amt) || !json_is_integer(bal) ||
         (strcmp(type, "credit") != 0 && strcmp(type, "debit") != 0)) {
-        PROBLEM(f, lk, "entry %lld (from the oldest) is not a ledger entry", c->index);
+        PROBLEM(f, lk, "entry %lld (from the oldest) is not a ledger entry", index);
+        c->have_newer = 0;
         json_decref(doc);
         return;
     }
     a = json_integer_value(amt);
     b = json_integer_value(bal);
     if (a < 0 || (a == 0 && strcmp(type, "credit") == 0))
-        PROBLEM(f, lk, "entry %lld: %s of %lld micros", c->index, type, a);
-    if (type[0] == 'c') {
-        c->sum += a;
-        c->running += a;
-    } else {
-        c->sum -= a;
-        c->running -= a;
+        PROBLEM(f, lk, "entry %lld: %s of %lld micros", index, type, a);
+    chain_pair(f, lk, c, b);
+    c->have_newer = 1;
+    c->newer_index = index;
+    c->newer_bal = b;
+    c->newer_effect = type[0] == 'c' ? a : -a;
+    c->sum += c->newer_effect;
+    if (type[0] == 'd') {
         kid = json_string_value(json_object_get(doc, "key_id"));
         rid = json_string_value(json_object_get(doc, "request_id"));
         at = json_object_get(doc, "at");
-        if (kid == NULL || kgc_id_team_of(kid, 'k', kt) != 0 || strcmp(kt, T) != 0)
-            PROBLEM(f, lk, "entry %lld: debit by a key not of team %s", c->index, T);
-        else if (rid != NULL) {
-            char id[600];
-            json_t *prev;
-            snprintf(id, sizeof id, "%s %s", kid, rid);
-            prev = json_object_get(c->rids, id);
-            if (prev != NULL && json_integer_value(at) - json_integer_value(prev) < FSCK_REPLAY_MS)
-                PROBLEM(f, lk, "entry %lld: request id %s of key %s charged twice", c->index, rid,
+        if (kid == NULL || kgc_id_team_of(kid, 'k', kt) != 0 || strcmp(kt, T) != 0) {
+            PROBLEM(f, lk, "entry %lld: debit by a key not of team %s", index, T);
+        } else if (rid != NULL) {
+            long long prev = rid_note(rid_hash(kid, rid), json_integer_value(at));
+            if (prev >= 0 && llabs(prev - json_integer_value(at)) < FSCK_REPLAY_MS)
+                PROBLEM(f, lk, "entry %lld: request id %s of key %s charged twice", index, rid,
                         kid);
-            json_object_set_new(c->rids, id, json_integer(json_integer_value(at)));
         }
     }
-    if (b != c->running) {
-        if (++c->breaks <= FSCK_CHAIN_REPORTS)
-            PROBLEM(f, lk, "entry %lld: balance_micros %lld, but the entries before it give %lld",
-                    c->index, b, c->running);
-        c->running = b;
-    }
     if (b < 0)
-        PROBLEM(f, lk, "entry %lld: the balance went below zero (%lld)", c->index, b);
+        PROBLEM(f, lk, "entry %lld: the balance went below zero (%lld)", index, b);
     json_decref(doc);
 }
 
@@ -543,7 +666,7 @@ void fsck_check_wallet(fsck *f, const char *T, const char *W)
     redisReply *r, *ex;
     const char *bal, *wid, *tid;
     long long balance = 0, len = 0;
-    chain c = {0, 0, 0, 0, NULL};
+    chain c = {0, 0, 0, 0, 0, 0};
 
     json_array_clear(f->pending);
     fsck_rk(f, wk, KGC_RK_WALLET, T, W);
@@ -595,13 +718,21 @@ void fsck_check_wallet(fsck *f, const char *T, const char *W)
     if (json_object_get(f->teams, T) == NULL)
         PROBLEM(f, wk, "a wallet of team %s, which has no team document", T);
 
-    /* The oldest `len` entries, oldest first, by negative index. */
-    c.rids = json_object();
-    for (long long done = 0; done < len && !f->broken;) {
-        long long n = len - done < FSCK_CHUNK ? len - done : FSCK_CHUNK;
+    /* The `len` entries of that instant, newest first, a page at a time
+     * from the head. An entry is named by its position counted from the
+     * oldest, i.e. by a negative index (position p is index -(p+1)): debits
+     * LPUSHed meanwhile move nothing, and no LLEN is needed with it. Redis
+     * finds an index from the nearer end of the list, so a page costs its
+     * distance from the nearer end, at most half the list. (A script doing
+     * LLEN + LRANGE by head index cost 3-6 times more per page: the entries
+     * pass through Lua.) Memory: one page and the request id window. */
+    rid_init();
+    rid_reset();
+    for (long long next = len - 1; next >= 0 && !f->broken;) {
+        long long n = next + 1 < FSCK_CHUNK ? next + 1 : FSCK_CHUNK;
         const char *argv[4] = {"LRANGE", lk, a, b};
-        snprintf(a, sizeof a, "%lld", -(done + n));
-        snprintf(b, sizeof b, "%lld", -(done + 1));
+        snprintf(a, sizeof a, "%lld", -(next + 1));
+        snprintf(b, sizeof b, "%lld", -(next - n + 2));
         r = fsck_rcmd(f, 4, argv, NULL);
         if (r == NULL)
             break;
@@ -610,12 +741,12 @@ void fsck_check_wallet(fsck *f, const char *T, const char *W)
             freeReplyObject(r);
             break;
         }
-        for (size_t i = r->elements; i-- > 0;)
-            ledger_entry(f, lk, T, &c, r->element[i]);
+        for (size_t i = 0; i < r->elements; i++)
+            ledger_entry(f, lk, T, &c, r->element[i], next - (long long)i + 1);
         freeReplyObject(r);
-        done += n;
+        next -= n;
     }
-    json_decref(c.rids);
+    chain_pair(f, lk, &c, 0);                /* the oldest entry starts from 0 */
     if (f->broken) {
         json_array_clear(f->pending);
         return;

@@ -420,6 +420,48 @@ class TestMoney(CliCase):
         self.assertRegex(line, r"debit\s+-0\.001650 USD \(1650 micros\)\s+0\.003350 USD \(3350 micros\)"
                                r"\s+key=k_x user=u_y text-generation/small request=req-7$")
 
+    def test_ledger_pages_cursor_all_and_filters(self):
+        wid = self.c.ok("wallet.create", self.owner, team=self.team, name="p")["wallet_id"]
+        for i in range(5):
+            self.c.ok("wallet.credit", self.owner, wallet=wid, amount_micros=1 + i, reference="p%d" % i)
+        debit = {"type": "debit", "amount_micros": 1, "balance_micros": 14, "at": kgtest.now_ms(),
+                 "key_id": "k_f", "user_id": "u_y", "service": "speech-to-text", "model": "fast",
+                 "request_id": "req-f"}
+        self.env.redis("LPUSH", "kg:{t:%s}:ledger:%s" % (self.team, wid), json.dumps(debit))
+        rc, out, err = self.kg("wallet", "ledger", wid, "--limit", "2", actor=self.owner)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(out.splitlines()), 3, out)
+        cursor = re.search(r"more: add --cursor (\S+)", err).group(1)
+        out = self.ok("wallet", "ledger", wid, "--limit", "2", "--cursor", cursor, actor=self.owner)
+        self.assertRegex(out, r"reference=p3 ")
+        led = self.js("wallet", "ledger", wid, "--limit", "2", "--cursor", cursor, actor=self.owner)
+        self.assertEqual([e["reference"] for e in led["entries"]], ["p3", "p2"])
+        self.assertIsInstance(led["next_cursor"], str)
+        led = self.js("wallet", "ledger", wid, "--limit", "2", "--all", actor=self.owner)
+        self.assertEqual(len(led["entries"]), 6)
+        self.assertNotIn("next_cursor", led)
+        rc, out, err = self.kg("wallet", "ledger", wid, "--all", actor=self.owner)
+        self.assertEqual((rc, len(out.splitlines()), err), (0, 7, ""))
+        led = self.js("wallet", "ledger", wid, "--key", "k_f", "--service", "speech-to-text",
+                      actor=self.owner)
+        self.assertEqual([e["request_id"] for e in led["entries"]], ["req-f"])
+        led = self.js("wallet", "ledger", wid, "--from", "0", "--to", "1", actor=self.owner)
+        self.assertEqual(led["entries"], [])
+        rc, _, err = self.kg("wallet", "ledger", wid, "--cursor", "nonsense", actor=self.owner)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("bad_request", err)
+        rc, _, err = self.kg("wallet", "ledger", wid, "--from", "yesterday", actor=self.owner)
+        self.assertEqual(rc, 2, err)
+
+    def test_key_list_shows_every_key_past_one_page(self):
+        team = self.c.ok("user.signup", email=kgtest.unique_email("big"), name="B")
+        for i in range(1003):
+            self.c.ok("key.create", team["user_id"], team=team["team_id"], name="k%d" % i)
+        out = self.ok("key", "list", team["team_id"], actor=team["user_id"])
+        self.assertEqual(len(out.splitlines()), 1 + 1004, out[-300:])
+        ids = self.js("key", "list", team["team_id"], actor=team["user_id"])["keys"]
+        self.assertEqual(len({k["key_id"] for k in ids}), 1004)
+
     def test_authorize_gets_the_global_options_given_before_it(self):
         rc, out, _ = self.kg("help")
         if "authorize" not in out:

@@ -47,3 +47,16 @@ export async function call(cmd, args = {}) {
   if (err.code === 'unauthenticated' && !signInCall && signedOutHandler) signedOutHandler(err);
   throw err;
 }
+
+// Runs a paged listing command (docs/protocol.md, "Paging") to its end,
+// following next_cursor, and resolves to the result with `field` holding
+// every page's items. `max` bounds the pages fetched (a runaway guard).
+export async function callAll(cmd, args, field, max = 1000) {
+  let r = await call(cmd, { ...args, limit: 1000 });
+  const items = r[field];
+  for (let pages = 1; r.next_cursor && pages < max; pages++) {
+    r = await call(cmd, { ...args, limit: 1000, cursor: r.next_cursor });
+    items.push(...r[field]);
+  }
+  return { ...r, [field]: items, next_cursor: undefined };
+}

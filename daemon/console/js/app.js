@@ -1,7 +1,7 @@
 // app.js - the console's shell: sign-in and sign-up, the header with the
 // team and the user, the tabs (Key Management, Wallets, Team), and the
 // shared context every view reads.
-import { call, setCsrf, onSignedOut } from './api.js';
+import { call, callAll, setCsrf, onSignedOut } from './api.js';
 import { el, clear, icon, field, describe, showFormError, clearFormErrors, fieldError, CHECK, PASSWORD_HINT }
   from './ui.js';
 import { renderKeys } from './keys.js';
@@ -157,7 +157,7 @@ async function keysByTeam() {
   if (ctx.teams.length < 2) return out;
   await Promise.all(ctx.teams.slice(0, 20).map(async (t) => {
     try {
-      const keys = (await call('key.list', { team: t.team_id })).keys;
+      const keys = (await callAll('key.list', { team: t.team_id }, 'keys')).keys;
       out.set(t.team_id, keys.filter((k) => k.kind !== 'free' && k.status === 'active' &&
         k.users.includes(ctx.me.user_id)).length);
     } catch (e) {

@@ -5,7 +5,7 @@
 // allowed to use it (SPEC §1), and disabled where the rules forbid it: the
 // free key has no revoke and no services edit; a revoked key has none.
 // The rule is written under the buttons, not only in a tooltip.
-import { call } from './api.js';
+import { call, callAll } from './api.js';
 import { el, clear, icon, actionButton, whyNotes, field, openDialog, confirmDialog, toast, describe, when, CHECK }
   from './ui.js';
 import { servicesEditor, policyText } from './services.js';
@@ -15,7 +15,7 @@ export async function renderKeys(ctx, panel) {
   clear(panel, status);
   let keys;
   try {
-    keys = (await call('key.list', { team: ctx.team.team_id })).keys;
+    keys = (await callAll('key.list', { team: ctx.team.team_id }, 'keys')).keys;
   } catch (e) {
     clear(panel, el('p', { class: 'page-error', role: 'alert', text: describe(e) }));
     return;

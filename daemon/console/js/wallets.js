@@ -31,7 +31,7 @@ function walletCard(ctx, w) {
     msg.hidden = true;
     try {
       const r = await call('wallet.ledger', { wallet: w.wallet_id, limit: 100 });
-      clear(ledger, ledgerTable(ctx, r.entries, cur));
+      showLedger(ctx, w, ledger, msg, r.entries, r.next_cursor, cur);
       ledger.hidden = false;
     } catch (e) {
       msg.textContent = describe(e);
@@ -47,6 +47,26 @@ function walletCard(ctx, w) {
     msg,
     el('footer', { class: 'key-foot muted' }, el('code', { text: w.wallet_id }), ` · created ${when(w.created_at)}`),
     ledger);
+}
+
+// The ledger's table, newest first, and while older entries remain a
+// button that fetches the next page (the cursor of docs/protocol.md).
+function showLedger(ctx, w, ledger, msg, entries, cursor, cur) {
+  const parts = [ledgerTable(ctx, entries, cur)];
+  if (cursor) {
+    parts.push(el('button', { type: 'button', class: 'btn secondary', dataset: { action: 'ledger-older' },
+      text: 'Older entries', onclick: async () => {
+        msg.hidden = true;
+        try {
+          const r = await call('wallet.ledger', { wallet: w.wallet_id, limit: 100, cursor });
+          showLedger(ctx, w, ledger, msg, entries.concat(r.entries), r.next_cursor, cur);
+        } catch (e) {
+          msg.textContent = describe(e);
+          msg.hidden = false;
+        }
+      } }));
+  }
+  clear(ledger, ...parts);
 }
 
 function ledgerTable(ctx, entries, cur) {
