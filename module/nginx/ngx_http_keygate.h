@@ -130,6 +130,9 @@ ngx_uint_t ngx_http_keygate_loop_exiting(void);
  * keygate_refusal_balance on. Returns what the output
  * chain returned, for ngx_http_finalize_request().
  */
+/* Sends b, whole, as the answer with this status and content type. */
+ngx_int_t ngx_http_keygate_send_buf(ngx_http_request_t *r, ngx_buf_t *b,
+    ngx_uint_t status, const char *type);
 ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,
     const kg_request *req, const kg_result *res, const char *message);
 

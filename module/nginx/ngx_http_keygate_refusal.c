@@ -58,10 +58,9 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
     size_t            len;
     u_char           *p;
     int64_t           cost;
-    ngx_int_t         rc, have_cost;
+    ngx_int_t         have_cost;
     ngx_buf_t        *b;
     kg_status         st;
-    ngx_chain_t       out;
     const char       *code;
     ngx_table_elt_t  *h;
 
@@ -114,16 +113,8 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
 
     p = ngx_cpymem(p, "}\n", 2);
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = kg_http_status(st);
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    if (r->headers_out.status == NGX_HTTP_UNAUTHORIZED) {
+    if (kg_http_status(st) == NGX_HTTP_UNAUTHORIZED) {
         h = ngx_list_push(&r->headers_out.headers);
         if (h == NULL) {
             return NGX_ERROR;
@@ -134,6 +125,28 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
         ngx_str_set(&h->value, "Bearer realm=\"keygate\"");
         r->headers_out.www_authenticate = h;
     }
+
+    return ngx_http_keygate_send_buf(r, b, kg_http_status(st), "application/json");
+}
+
+
+/* Sends b, whole, as the answer with this status and content type. */
+ngx_int_t
+ngx_http_keygate_send_buf(ngx_http_request_t *r, ngx_buf_t *b,
+    ngx_uint_t status, const char *type)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    r->headers_out.content_type.data = (u_char *) type;
+    r->headers_out.content_type.len = ngx_strlen(type);
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
 
     rc = ngx_http_send_header(r);
 

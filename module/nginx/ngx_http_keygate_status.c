@@ -224,7 +224,6 @@ ngx_http_keygate_status_handler(ngx_http_request_t *r)
     ngx_int_t                    rc;
     ngx_buf_t                   *b;
     ngx_uint_t                   i;
-    ngx_chain_t                  out;
     ngx_atomic_uint_t            auth[NGX_HTTP_KEYGATE_NSTATUS + 1];
     ngx_atomic_uint_t            bucket[NGX_HTTP_KEYGATE_NBOUNDS + 1];
     ngx_atomic_uint_t            sum_us, replays, charged, hits, misses;
@@ -344,25 +343,8 @@ ngx_http_keygate_status_handler(ngx_http_request_t *r)
     p = ngx_sprintf(p, "keygate_backend_errors_total %uA\n", backend);
 
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_keygate_send_buf(r, b, NGX_HTTP_OK, "text/plain; version=0.0.4");
 }
 
 
