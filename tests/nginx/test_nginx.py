@@ -599,34 +599,32 @@ class Config(unittest.TestCase):
 
 
 class NoConfig(unittest.TestCase):
-    def test_status_without_keygate_config_fails(self):
-        n = kgnginx.Nginx("/dev/null", extra="location = /s { keygate_status; }", start=False)
+    def check_without_config(self, extra, drop=()):
+        """`nginx -t` on the test nginx.conf without its keygate_config line
+        and without the strings of drop: (returncode, output)."""
+        n = kgnginx.Nginx("/dev/null", extra=extra, start=False)
         try:
             with open(n.conf_path) as f:
                 text = f.read()
-            text = text.replace("keygate_config /dev/null;", "")
-            # no keygate_service anywhere: only keygate_status lacks the config
-            for svc in ("text-generation", "speech-to-text", "tiny-free", "echo-free"):
-                text = text.replace("keygate_service %s;" % svc, "")
+            for gone in ("keygate_config /dev/null;",) + tuple(drop):
+                text = text.replace(gone, "")
             with open(n.conf_path, "w") as f:
                 f.write(text)
-            rc, out = n.test_config()
+            return n.test_config()
         finally:
             n.close()
+
+    def test_status_without_keygate_config_fails(self):
+        # no keygate_service anywhere: only keygate_status lacks the config
+        rc, out = self.check_without_config(
+            "location = /s { keygate_status; }",
+            ["keygate_service %s;" % svc
+             for svc in ("text-generation", "speech-to-text", "tiny-free", "echo-free")])
         self.assertNotEqual(rc, 0)
         self.assertIn("keygate_status", out)
 
     def test_service_without_keygate_config_fails(self):
-        n = kgnginx.Nginx("/dev/null", extra="", start=False)
-        try:
-            with open(n.conf_path) as f:
-                text = f.read()
-            text = text.replace("keygate_config /dev/null;", "")
-            with open(n.conf_path, "w") as f:
-                f.write(text)
-            rc, out = n.test_config()
-        finally:
-            n.close()
+        rc, out = self.check_without_config("")
         self.assertNotEqual(rc, 0)
         self.assertIn("keygate_config", out)
 
