@@ -79,16 +79,81 @@ def line(name, r):
         (", %d non-2xx!" % r["non2xx"]) if r["non2xx"] else "")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_wrk_args(ap):
+    """The options every gateway bench takes (wrk's load, the rounds)."""
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--duration", type=int, default=5, help="seconds per run")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each variant, alternated")
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
-    ap.add_argument("--workers", type=int, default=1, help="nginx worker processes")
     ap.add_argument("--free", action="store_true", help="also measure a free-tier service")
     ap.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
     ap.add_argument("--verbose", action="store_true", help="print wrk's own output")
+
+
+def compare(gw, c, a, args, what):
+    """Runs wrk against gateway gw (kggateway.Gateway): baseline /open/x,
+    keygate /gen/x with a's paid token, and with args.free /free/x. Prints
+    each round, the median round of each variant, the ratio keygate/baseline
+    and the wallet debits against what wrk counted. what describes the
+    set-up for the header line. Returns the exit status (1 on non-2xx)."""
+    base = "http://127.0.0.1:%d" % gw.port
+    gen = {"Authorization": "Bearer " + a["paid_token"], "X-Model": "small",
+           "X-Input-Tokens": "10", "X-Output-Tokens": "10"}
+    cost = c.ok("price.estimate", service="text-generation", model="small",
+                params={"input_tokens": 10, "output_tokens": 10})["cost_micros"]
+
+    # warm: token cache, scripts loaded, upstream keepalive pool
+    for path, h in (("/open/x", {}), ("/gen/x", gen)):
+        for _ in range(20):
+            status, body = gw.get_echo(path, h)
+            if status != 200:
+                raise SystemExit("warm-up %s answered %s: %s" % (path, status, body))
+    before = c.ok("wallet.get", a["user"], wallet=a["wallet"])["balance_micros"]
+
+    print("%s, wrk %d thread(s), %d connections, %d s per run, "
+          "%d round(s), loopback; load average before: %s"
+          % (what, args.threads, args.connections, args.duration,
+             args.rounds, " ".join(open("/proc/loadavg").read().split()[:3])))
+    runs = [("baseline", "/open/x", {}), ("keygate", "/gen/x", gen)]
+    if args.free:
+        runs.append(("free", "/free/x", {"Authorization": "Bearer " + a["free_token"]}))
+    # rounds alternate the variants, so that a burst of other load on
+    # the machine hits all of them; the median round of each is reported
+    rounds = {name: [] for name, _, _ in runs}
+    for i in range(args.rounds):
+        for name, path, h in runs:
+            r = run_wrk(base + path, h, args)
+            rounds[name].append(r)
+            if args.verbose:
+                print(r["raw"])
+            print("  round %d  %s" % (i + 1, line(name, r)))
+            time.sleep(0.5)
+    res = {}
+    for name, _, _ in runs:
+        ordered = sorted(rounds[name], key=lambda r: r["rps"])
+        res[name] = ordered[len(ordered) // 2]
+        res[name]["requests"] = sum(r["requests"] for r in rounds[name])
+        res[name]["non2xx"] = sum(r["non2xx"] for r in rounds[name])
+    print("median round of each:")
+    for name, _, _ in runs:
+        print(line(name, res[name]))
+
+    after = c.ok("wallet.get", a["user"], wallet=a["wallet"])["balance_micros"]
+    charged = (before - after) // cost if cost else 0
+    ratio = res["keygate"]["rps"] / res["baseline"]["rps"]
+    print("ratio keygate/baseline: %.2f   (goal >= 0.50)" % ratio)
+    if args.free:
+        print("ratio free/baseline:    %.2f" % (res["free"]["rps"] / res["baseline"]["rps"]))
+    print("wallet debits during the keygate runs: %d (wrk counted %d requests, %d non-2xx)"
+          % (charged, res["keygate"]["requests"], res["keygate"]["non2xx"]))
+    bad = res["keygate"]["non2xx"] or res["baseline"]["non2xx"]
+    return 1 if bad else 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_wrk_args(ap)
+    ap.add_argument("--workers", type=int, default=1, help="nginx worker processes")
     args = ap.parse_args()
 
     env = kgtest.Env(catalog=kgnginx.catalog(), extra_config=["timeout_ms 1000"])
@@ -98,58 +163,7 @@ def main():
         a = kgnginx.setup_accounts(c, credit_micros=10 ** 12)
         ngx = kgnginx.Nginx(env.config_path, workers=args.workers, access_log=False,
                             log_level="warn")
-        base = "http://127.0.0.1:%d" % ngx.port
-        gen = {"Authorization": "Bearer " + a["paid_token"], "X-Model": "small",
-               "X-Input-Tokens": "10", "X-Output-Tokens": "10"}
-        cost = c.ok("price.estimate", service="text-generation", model="small",
-                    params={"input_tokens": 10, "output_tokens": 10})["cost_micros"]
-
-        # warm: token cache, scripts loaded, upstream keepalive pool
-        for path, h in (("/open/x", {}), ("/gen/x", gen)):
-            for _ in range(20):
-                status, body = ngx.get_echo(path, h)
-                if status != 200:
-                    raise SystemExit("warm-up %s answered %s: %s" % (path, status, body))
-        before = c.ok("wallet.get", a["user"], wallet=a["wallet"])["balance_micros"]
-
-        print("nginx %d worker(s), wrk %d thread(s), %d connections, %d s per run, "
-              "%d round(s), loopback; load average before: %s"
-              % (args.workers, args.threads, args.connections, args.duration,
-                 args.rounds, " ".join(open("/proc/loadavg").read().split()[:3])))
-        runs = [("baseline", "/open/x", {}), ("keygate", "/gen/x", gen)]
-        if args.free:
-            runs.append(("free", "/free/x", {"Authorization": "Bearer " + a["free_token"]}))
-        # rounds alternate the variants, so that a burst of other load on
-        # the machine hits all of them; the median round of each is reported
-        rounds = {name: [] for name, _, _ in runs}
-        for i in range(args.rounds):
-            for name, path, h in runs:
-                r = run_wrk(base + path, h, args)
-                rounds[name].append(r)
-                if args.verbose:
-                    print(r["raw"])
-                print("  round %d  %s" % (i + 1, line(name, r)))
-                time.sleep(0.5)
-        res = {}
-        for name, _, _ in runs:
-            ordered = sorted(rounds[name], key=lambda r: r["rps"])
-            res[name] = ordered[len(ordered) // 2]
-            res[name]["requests"] = sum(r["requests"] for r in rounds[name])
-            res[name]["non2xx"] = sum(r["non2xx"] for r in rounds[name])
-        print("median round of each:")
-        for name, _, _ in runs:
-            print(line(name, res[name]))
-
-        after = c.ok("wallet.get", a["user"], wallet=a["wallet"])["balance_micros"]
-        charged = (before - after) // cost if cost else 0
-        ratio = res["keygate"]["rps"] / res["baseline"]["rps"]
-        print("ratio keygate/baseline: %.2f   (goal >= 0.50)" % ratio)
-        if args.free:
-            print("ratio free/baseline:    %.2f" % (res["free"]["rps"] / res["baseline"]["rps"]))
-        print("wallet debits during the keygate runs: %d (wrk counted %d requests, %d non-2xx)"
-              % (charged, res["keygate"]["requests"], res["keygate"]["non2xx"]))
-        bad = res["keygate"]["non2xx"] or res["baseline"]["non2xx"]
-        return 1 if bad else 0
+        return compare(ngx, c, a, args, "nginx %d worker(s)" % args.workers)
     finally:
         if ngx is not None:
             ngx.close()

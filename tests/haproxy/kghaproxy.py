@@ -13,7 +13,7 @@ agent's address and free loopback ports filled in), starts
 Gateway paths:
     /stt/      speech-to-text (free tier), param audio_seconds
     /gen/      text-generation (pay-as-you-go), model and tokens from headers
-    /tiny/     tiny-free (free tier, quota 3/day; kgnginx.catalog())
+    /tiny/     tiny-free (free tier, quota 3/day; kggateway.catalog())
     /free/     echo-free (free tier, no quota)
     /open/     the same upstream, no keygate
 
@@ -23,19 +23,23 @@ Environment:
     KEYGATE_SPOA_WRAPPER  a command line the agent runs under (e.g. valgrind ...)
 """
 
-import http.client
-import json
 import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
+
+import kggateway  # noqa: E402
+from kggateway import free_port  # noqa: E402
+
+_tail = kggateway.tail
 
 
 def agent_path():
@@ -45,22 +49,6 @@ def agent_path():
 
 def haproxy_path():
     return os.environ.get("KEYGATE_HAPROXY_BIN") or shutil.which("haproxy") or "/usr/sbin/haproxy"
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def _tail(path, n=4000):
-    try:
-        with open(path, "rb") as f:
-            return f.read()[-n:].decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 class Agent:
@@ -107,17 +95,9 @@ class Agent:
         p = self.proc
         if p is None:
             return None
-        if p.poll() is None:
-            p.send_signal(sig)
-            try:
-                p.wait(timeout * (4 if self.wrapper else 1))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-                self.proc = None
-                return "killed after timeout"
+        rc, killed = kggateway.stop_process(p, sig, timeout * (4 if self.wrapper else 1))
         self.proc = None
-        return p.returncode
+        return "killed after timeout" if killed else rc
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -152,8 +132,7 @@ spoe-group keygate-check
     messages keygate
 """
 
-ECHO = "\\n".join("%s=%%[req.hdr(x-kg-%s)]" % (n, n) for n in
-                  ("key", "user", "team", "cost", "balance", "status"))
+ECHO = "\\n".join("%s=%%[req.hdr(x-kg-%s)]" % (n, n) for n in kggateway.ECHO_FIELDS)
 
 HAPROXY_CFG = r"""
 global
@@ -234,8 +213,10 @@ frontend upstream
 """
 
 
-class Haproxy:
+class Haproxy(kggateway.Gateway):
     """haproxy with the keygate SPOE filter, serving on 127.0.0.1:port."""
+
+    name = "kghaproxy"
 
     def __init__(self, agent_address, processing="5s", threads=1, log=False, start=True):
         self.tmp = tempfile.mkdtemp(prefix="kghap")
@@ -254,11 +235,7 @@ class Haproxy:
                 global_extra="    log stderr format raw local0 info" if log else "",
                 log="log global\n    option httplog" if log else "no log"))
         if start:
-            try:
-                self.start()
-            except BaseException:
-                self.close()
-                raise
+            self.start_or_close()
 
     def check_config(self):
         p = subprocess.run([haproxy_path(), "-c", "-f", self.cfg_path],
@@ -270,76 +247,13 @@ class Haproxy:
         self.proc = subprocess.Popen([haproxy_path(), "-db", "-f", self.cfg_path],
                                      stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("haproxy exited with %s:\n%s"
-                                   % (self.proc.returncode, _tail(self.log_path)))
-            try:
-                if self.request("/open/x", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("haproxy did not answer on port %d" % self.port)
-            time.sleep(0.02)
+        self.wait_ready()
+
+    def startup_log(self):
+        return _tail(self.log_path)
 
     def stop(self, timeout=10):
-        p = self.proc
-        if p is None:
-            return None
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        self.proc = None
-        return p.returncode
-
-    def close(self):
-        self.stop()
-        if os.environ.get("KGTEST_KEEP"):
-            print("kghaproxy: kept", self.tmp)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.stop_proc(signal.SIGTERM, timeout)
 
     def log(self):
         return _tail(self.log_path, 10 ** 7)
-
-    # -- requests --------------------------------------------------------
-
-    def request(self, path, headers=None, method="GET", body=None, timeout=10):
-        """One request on a fresh connection: (status, headers, body bytes)."""
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            c.request(method, path, body=body, headers=headers or {})
-            r = c.getresponse()
-            data = r.read()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-        finally:
-            c.close()
-
-    def get_json(self, path, headers=None, **kw):
-        status, h, body = self.request(path, headers, **kw)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = {"_raw": body.decode("utf-8", "replace")}
-        return status, doc, h
-
-    def get_echo(self, path, headers=None, **kw):
-        """(status, {name: value} as the upstream saw the X-Kg-* headers),
-        or (status, the refusal JSON)."""
-        status, h, body = self.request(path, headers, **kw)
-        if status != 200:
-            try:
-                return status, json.loads(body)
-            except ValueError:
-                return status, {"_raw": body.decode("utf-8", "replace")}
-        seen = {}
-        for line in body.decode().splitlines():
-            k, _, v = line.partition("=")
-            seen[k] = v
-        return status, seen

@@ -31,19 +31,21 @@ Environment:
     NGINX                 the nginx binary (default /usr/sbin/nginx)
 """
 
-import http.client
-import json
 import os
-import shutil
 import signal
-import socket
+import shutil
 import subprocess
+import sys
 import tempfile
-import time
-import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
+
+import kggateway  # noqa: E402
+# the shared harness, re-exported for the tests and the bench
+from kggateway import (bearer, catalog, fake_token, free_port,  # noqa: E402,F401
+                       gen_headers, setup_accounts)
 
 
 def module_path():
@@ -68,64 +70,7 @@ def nginx_env():
     return env
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def catalog():
-    """tests/data/catalog.json with text-generation's `input_tokens`
-    marked required, plus `tiny-free`, a free service with a
-    quota of 3 requests per team per day (the 429 test), and `echo-free`, a
-    free service without quota (the bench)."""
-    with open(os.path.join(REPO, "tests", "data", "catalog.json")) as f:
-        cat = json.load(f)
-    for svc in cat["services"]:
-        if svc["id"] == "text-generation":
-            for m in svc["models"]:
-                for rate in m["price"]["per"]:
-                    if rate["param"] == "input_tokens":
-                        rate["required"] = True
-    cat["services"].append({
-        "id": "tiny-free", "name": "Tiny free", "free": True,
-        "free_quota": {"requests_per_day": 3},
-        "models": [{"id": "m", "price": {"base_micros": 0, "per": []}}]})
-    cat["services"].append({
-        "id": "echo-free", "name": "Echo (free, no quota)", "free": True,
-        "models": [{"id": "m", "price": {"base_micros": 0, "per": []}}]})
-    # reserve then settle: output_tokens measured after the response
-    cat["services"].append({
-        "id": "llm", "name": "LLM (settled)", "free": False, "settle": True,
-        "models": [{"id": "m1", "price": {"base_micros": 100, "per": [
-            {"param": "input_tokens", "micros": 150, "units": 1000},
-            {"param": "output_tokens", "micros": 600, "units": 1000,
-             "measured": True, "max": 4096}]}}]})
-    return cat
-
-
-_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-def _b62(n, width):
-    out = []
-    for _ in range(width):
-        n, r = divmod(n, 62)
-        out.append(_B62[r])
-    return "".join(reversed(out))
-
-
-def fake_token():
-    """A well-formed token (SPEC §3: right shape, right checksum) that was
-    never issued."""
-    head = "kg_" + _b62(int.from_bytes(os.urandom(32), "big"), 43)
-    return head + _b62(zlib.crc32(head.encode()) & 0xFFFFFFFF, 6)
-
-
-ECHO = "\\n".join("%s=$http_x_kg_%s" % (n, n) for n in
-                  ("key", "user", "team", "cost", "balance", "status"))
+ECHO = "\\n".join("%s=$http_x_kg_%s" % (n, n) for n in kggateway.ECHO_FIELDS)
 
 CONF = r"""
 load_module {module};
@@ -256,8 +201,12 @@ http {{
 """
 
 
-class Nginx:
+class Nginx(kggateway.Gateway):
     """nginx with the keygate module, serving on 127.0.0.1:port."""
+
+    name = "kgnginx"
+    ready_path = "/static"
+    tail = staticmethod(kggateway.tail)
 
     def __init__(self, kg_config, workers=1, extra="", access_log=True,
                  log_level="info", start=True):
@@ -274,11 +223,7 @@ class Nginx:
             f.write("static ok\n")
         self.write_conf(kg_config, workers, extra, access_log, log_level)
         if start:
-            try:
-                self.start()
-            except BaseException:
-                self.close()
-                raise
+            self.start_or_close()
 
     def write_conf(self, kg_config, workers=1, extra="", access_log=True,
                    log_level="info"):
@@ -306,48 +251,13 @@ class Nginx:
             [nginx_path(), "-p", self.tmp, "-c", self.conf_path, "-g", "daemon off;"],
             stdout=err, stderr=err, stdin=subprocess.DEVNULL, env=nginx_env())
         err.close()
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("nginx exited with %s:\n%s%s" % (
-                    self.proc.returncode, self.tail(self.stderr_path),
-                    self.tail(self.error_log_path)))
-            try:
-                status, _, _ = self.request("/static", timeout=2)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("nginx did not answer on port %d" % self.port)
-            time.sleep(0.02)
+        self.wait_ready()
+
+    def startup_log(self):
+        return self.tail(self.stderr_path) + self.tail(self.error_log_path)
 
     def stop(self, sig=signal.SIGQUIT, timeout=10):
-        p = self.proc
-        if p is None:
-            return None
-        if p.poll() is None:
-            p.send_signal(sig)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        self.proc = None
-        return p.returncode
-
-    def close(self):
-        self.stop()
-        if os.environ.get("KGTEST_KEEP"):
-            print("kgnginx: kept", self.tmp)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        return self.stop_proc(sig, timeout)
 
     def worker_pids(self):
         """Pids of the worker processes (children of the master)."""
@@ -355,52 +265,7 @@ class Nginx:
                              stdout=subprocess.PIPE).stdout.decode()
         return [int(x) for x in out.split()]
 
-    # -- requests --------------------------------------------------------
-
-    def request(self, path, headers=None, method="GET", body=None, timeout=10):
-        """One request on a fresh connection: (status, headers, body bytes)."""
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            c.request(method, path, body=body, headers=headers or {})
-            r = c.getresponse()
-            data = r.read()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-        finally:
-            c.close()
-
-    def get_json(self, path, headers=None, **kw):
-        """A request whose answer is JSON (a refusal): (status, dict, headers)."""
-        status, h, body = self.request(path, headers, **kw)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = {"_raw": body.decode("utf-8", "replace")}
-        return status, doc, h
-
-    def get_echo(self, path, headers=None, **kw):
-        """A request expected to reach the upstream: (status, {name: value}
-        as the upstream saw the X-Kg-* headers, or the refusal JSON)."""
-        status, h, body = self.request(path, headers, **kw)
-        if status != 200:
-            try:
-                return status, json.loads(body)
-            except ValueError:
-                return status, {"_raw": body.decode("utf-8", "replace")}
-        seen = {}
-        for line in body.decode().splitlines():
-            k, _, v = line.partition("=")
-            seen[k] = v
-        return status, seen
-
     # -- logs --------------------------------------------------------------
-
-    @staticmethod
-    def tail(path, n=4000):
-        try:
-            with open(path, "rb") as f:
-                return f.read()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return ""
 
     def error_log(self):
         return self.tail(self.error_log_path, 10 ** 7)
@@ -410,27 +275,3 @@ class Nginx:
 
     def all_logs(self):
         return self.error_log() + self.access_log() + self.tail(self.stderr_path, 10 ** 7)
-
-
-def bearer(token):
-    return {"Authorization": "Bearer " + token}
-
-
-def setup_accounts(client, credit_micros=1_000_000):
-    """Signs up an owner (free key with speech-to-text and tiny-free) and
-    makes a paid key with text-generation pay-as-you-go (model small) on a
-    wallet credited with credit_micros. Returns a dict of ids and tokens."""
-    import kgtest
-    o = kgtest.signup(client, name="Owner")
-    uid, team, free_key = o["user_id"], o["team_id"], o["free_key_id"]
-    wallet = client.ok("wallet.create", uid, team=team, name="main")["wallet_id"]
-    if credit_micros:
-        client.ok("wallet.credit", uid, wallet=wallet, amount_micros=credit_micros,
-                  reference="initial-%s" % wallet)
-    paid = client.ok("key.create", uid, team=team, name="paid", users=[uid],
-                     services={"text-generation": {"policy": "payg", "models": ["small"],
-                                                   "wallet": wallet}})["key_id"]
-    free_tok = client.ok("token.generate", uid, key=free_key)["token"]
-    paid_tok = client.ok("token.generate", uid, key=paid)["token"]
-    return {"user": uid, "team": team, "free_key": free_key, "paid_key": paid,
-            "wallet": wallet, "free_token": free_tok, "paid_token": paid_tok}
