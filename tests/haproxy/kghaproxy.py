@@ -177,6 +177,7 @@ frontend gateway
     http-request return status 403 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 403 }}
     http-request return status 429 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 429 }}
     http-request return status 400 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 400 }}
+    http-request return status 409 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 409 }}
     http-request return status 503 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on !{{ var(txn.keygate.http_status) -m int 200 }}
 
     # what the upstream gets to know; the token itself stays here

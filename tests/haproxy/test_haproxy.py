@@ -65,23 +65,6 @@ class Decisions(gateway_cases.DecisionCases, Base):
     def gateway_logs(self):
         return self.agent.log() + self.hap.log()
 
-    # Known bug (module/haproxy/spoa_req.c, on_done): statuses above
-    # KG_BACKEND_ERROR are clamped to it, but KG_REQUEST_ID_CONFLICT was
-    # appended after it (ABI 1), so a reused request id is answered 503
-    # backend_error instead of 409; the SPOE config (docs/haproxy.md,
-    # kghaproxy.HAPROXY_CFG) has no 409 rule either. When both are fixed
-    # this turns into an unexpected success, which fails the suite: then
-    # drop the marker.
-    @unittest.expectedFailure
-    def test_request_id_reused_for_another_request_is_409_and_not_proxied(self):
-        super().test_request_id_reused_for_another_request_is_409_and_not_proxied()
-
-    def test_request_id_reused_for_another_request_is_refused_and_not_charged(self):
-        """What holds despite the bug above: the conflicting request is
-        refused (fail closed), never proxied nor charged; the true replay
-        still passes free."""
-        self.check_request_id_reused((409, 503))
-
 
 class RedisOutage(Base):
     """Fail closed when Redis is gone, charge nothing, recover on its own."""
