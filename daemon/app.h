@@ -32,6 +32,8 @@ typedef struct app {
     int writer;                   /* WRITER_* (lease.h) */
     long long writer_until_ms;    /* monotonic: the lease is ours until then */
     struct lease *lease;          /* lease.c's state */
+    struct alerts *alerts;        /* alert.c's state (webhook.h) */
+    struct webhook *wh;           /* webhook.c's state */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

@@ -35,6 +35,11 @@ job_step cmd_wallet_list(job *j);
 job_step cmd_wallet_get(job *j);
 job_step cmd_wallet_credit(job *j);
 job_step cmd_wallet_ledger(job *j);
+job_step cmd_wallet_alert_set(job *j);
+job_step cmd_webhook_set(job *j);
+job_step cmd_webhook_get(job *j);
+job_step cmd_webhook_delete(job *j);
+job_step cmd_webhook_deliveries(job *j);
 job_step cmd_session_login(job *j);
 job_step cmd_session_whoami(job *j);
 job_step cmd_session_logout(job *j);
@@ -93,6 +98,16 @@ const cmd_def cmd_table[] = {
     {"wallet.ledger", cmd_wallet_ledger, NEED_ADMIN, SCOPE_WALLET, 0, 0,
      {{"wallet", A_STR, REQ}, {"limit", A_INT, OPT}, {"cursor", A_STR, OPT}, {"key", A_STR, OPT},
       {"service", A_STR, OPT}, {"from", A_INT, OPT}, {"to", A_INT, OPT}}, NULL, NULL, NULL},
+    {"wallet.alert.set", cmd_wallet_alert_set, NEED_ADMIN, SCOPE_WALLET, 1, 0,
+     {{"wallet", A_STR, REQ}, {"threshold_micros", A_INT, REQ}}, NULL, NULL, NULL},
+
+    /* Webhooks (cmd_webhook.c): the owner sets the URL and gets the secret. */
+    {"webhook.set", cmd_webhook_set, NEED_OWNER, SCOPE_TEAM, 1, 1,
+     {{"team", A_STR, REQ}, {"url", A_STR, REQ}, {"rotate_secret", A_BOOL, OPT}}, NULL, NULL, NULL},
+    {"webhook.get", cmd_webhook_get, NEED_ADMIN, SCOPE_TEAM, 0, 0, {{"team", A_STR, REQ}}, NULL, NULL, NULL},
+    {"webhook.delete", cmd_webhook_delete, NEED_OWNER, SCOPE_TEAM, 1, 0, {{"team", A_STR, REQ}}, NULL, NULL, NULL},
+    {"webhook.deliveries", cmd_webhook_deliveries, NEED_ADMIN, SCOPE_TEAM, 0, 0,
+     {{"team", A_STR, REQ}, {"limit", A_INT, OPT}}, NULL, NULL, NULL},
 
     /* The console's sign-in (cmd_session.c). They write no team state, so
      * they are not serialized with the mutating commands. */

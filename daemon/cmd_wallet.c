@@ -7,6 +7,7 @@
 #include "log.h"
 #include "model.h"
 #include "paging.h"
+#include "webhook.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -48,8 +49,12 @@ static json_t *wallet_view(json_t *flat)
         if (f == NULL || v == NULL)
             continue;
         if (strcmp(f, "balance_micros") == 0 || strcmp(f, "created_at") == 0 ||
-            strcmp(f, "held_micros") == 0)
+            strcmp(f, "held_micros") == 0 || strcmp(f, "alert_threshold_micros") == 0)
             json_object_set_new(out, f, json_integer(strtoll(v, NULL, 10)));
+        else if (strcmp(f, "alert_below") == 0)
+            json_object_set_new(out, "alert_below", json_boolean(strcmp(v, "1") == 0));
+        else if (strcmp(f, "alert_event") == 0)
+            continue;               /* alert.c's outbox, not part of the wallet */
         else
             json_object_set_new(out, f, json_string(v));
     }
@@ -112,6 +117,49 @@ job_step cmd_wallet_get(job *j)
         return job_fail(j, "not_found", "no such wallet");
     j->result = wallet_view(job_reply(j, 0));
     return J_DONE;
+}
+
+/* wallet.alert.set: the low-balance threshold (webhook.h). 0 removes it.
+ * alert_below starts from the available balance now, so setting a
+ * threshold above it raises no alert; the next crossing downwards does. */
+job_step cmd_wallet_alert_set(job *j)
+{
+    const char *wid = arg_str(j, "wallet");
+    long long th = json_integer_value(arg(j, "threshold_micros"));
+    char kw[KGC_RKEY_MAX], ki[KGC_RKEY_MAX], v[32];
+    json_t *w;
+    long long avail;
+
+    if (j->stage == 0) {
+        job_read(j, "HGETALL", rk(j, KGC_RK_WALLET, j->team_id, wid), NULL);
+        return J_READ;
+    }
+    w = job_reply(j, 0);
+    if (json_array_size(w) == 0)
+        return job_fail(j, "not_found", "no such wallet");
+    if (th < 0 || th > BALANCE_MAX_MICROS)
+        return job_fail(j, "bad_request", "'threshold_micros' must be 0 (no alert) to %lld",
+                        BALANCE_MAX_MICROS);
+    snprintf(kw, sizeof kw, "%s", rk(j, KGC_RK_WALLET, j->team_id, wid));
+    snprintf(ki, sizeof ki, "%s", rk(j, WH_RK_ALERTWALLETS));
+    snprintf(j->target, sizeof j->target, "%s", wid);
+    j->result = wallet_view(w);
+    json_object_del(j->result, "alert_threshold_micros");
+    json_object_del(j->result, "alert_below");
+    if (th == 0) {
+        job_write(j, "HDEL", kw, "alert_threshold_micros", "alert_below", NULL);
+        job_write(j, "SREM", ki, wid, NULL);
+        return J_WRITE;
+    }
+    avail = json_integer_value(json_object_get(j->result, "balance_micros")) -
+            json_integer_value(json_object_get(j->result, "held_micros"));
+    snprintf(v, sizeof v, "%lld", th);
+    job_write(j, "HSET", kw, "alert_threshold_micros", v, "alert_below", avail < th ? "1" : "0",
+              NULL);
+    job_write(j, "SADD", ki, wid, NULL);
+    json_object_set_new(j->result, "alert_threshold_micros", json_integer(th));
+    json_object_set_new(j->result, "alert_below", json_boolean(avail < th));
+    return J_WRITE;
 }
 
 job_step cmd_wallet_credit(job *j)

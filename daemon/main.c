@@ -15,6 +15,7 @@
 #include "log.h"
 #include "sdnotify.h"
 #include "server.h"
+#include "webhook.h"
 
 #include <signal.h>
 #include <sodium.h>
@@ -116,6 +117,7 @@ int main(int argc, char **argv)
     for (int i = 0; sigs[i]; i++)
         evsignal_add(sigs[i], NULL);
     lease_start(&a, &rc);
+    webhook_start(&a);      /* low-balance alerts and webhooks: only while the lease is ours */
     log_info("listening on %s", a.cfg.socket_path);
     /* READY=1 comes from lease.c: once this daemon knows it may write. */
     event_base_dispatch(a.base);
@@ -127,6 +129,7 @@ out:
     worker_free(a.wk);      /* finishes password checks in flight */
     store_free(a.st);       /* fails commands in flight: they answer unavailable */
     a.st = NULL;
+    webhook_stop(&a);       /* after store_free: its failed batches call back into it */
     job_abort_all(&a);
     server_free(srv);
     http_free(mx);

@@ -1,0 +1,324 @@
+/*
+ * alert.c - low-balance detection (map in webhook.h).
+ *
+ * A pass walks P alertwallets with SSCAN, ALERT_BATCH ids per round trip,
+ * and runs ALERT_LUA on each wallet in its team's slot. The script alone
+ * decides a crossing (it reads and flips alert_below in one step), so an
+ * alert is raised once per crossing whatever the timing of passes; the
+ * fan-out of an event the script returns is one MULTI that also removes
+ * the event from the wallet, so it happens exactly once. One pass step is
+ * in flight at a time: a pass never overlaps the next.
+ */
+#include "webhook.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kgc_keys.h"
+#include "kgc_token.h"
+#include "lease.h"
+#include "log.h"
+
+long long now_ms(void);           /* job.c: realtime ms */
+
+/* KEYS: wallet hash, team document, the team's webhook hash.
+ * ARGV: a fresh event id, now (ms).
+ * Returns {0} no wallet or no threshold; {1} nothing to do; {2, event JSON,
+ * team document, webhook exists 0/1, wallet name}: an event to fan out,
+ * raised now or left by an earlier pass whose fan-out did not happen. */
+static const char ALERT_LUA[] =
+    "local w = redis.call('HMGET', KEYS[1], 'balance_micros', 'held_micros',\n"
+    "  'alert_threshold_micros', 'alert_below', 'alert_event', 'wallet_id', 'team_id', 'name')\n"
+    "if not w[1] or not w[3] then return {0} end\n"
+    "local function out(e)\n"
+    "  return {2, e, redis.call('GET', KEYS[2]) or '', redis.call('EXISTS', KEYS[3]), w[8] or ''}\n"
+    "end\n"
+    "if w[5] then return out(w[5]) end\n"
+    "local bal = tonumber(w[1])\n"
+    "local held = tonumber(w[2] or '0')\n"
+    "local th = tonumber(w[3])\n"
+    "local avail = bal - held\n"
+    "if avail >= th then\n"
+    "  if w[4] == '1' then redis.call('HSET', KEYS[1], 'alert_below', '0') end\n"
+    "  return {1}\n"
+    "end\n"
+    "if w[4] == '1' then return {1} end\n"
+    "local e = '{\"id\":' .. cjson.encode(ARGV[1]) .. ',\"type\":\"wallet.low_balance\"' ..\n"
+    "  ',\"team_id\":' .. cjson.encode(w[7]) .. ',\"wallet_id\":' .. cjson.encode(w[6]) ..\n"
+    "  ',\"balance_micros\":' .. string.format('%d', bal) ..\n"
+    "  ',\"held_micros\":' .. string.format('%d', held) ..\n"
+    "  ',\"available_micros\":' .. string.format('%d', avail) ..\n"
+    "  ',\"threshold_micros\":' .. string.format('%d', th) ..\n"
+    "  ',\"at\":' .. ARGV[2] .. '}'\n"
+    "redis.call('HSET', KEYS[1], 'alert_below', '1', 'alert_event', e)\n"
+    "return out(e)\n";
+
+struct alerts {
+    char sha[48];                 /* ALERT_LUA loaded, "" until then */
+    char cursor[32];              /* SSCAN cursor of the pass, "0" between passes */
+    int busy;                     /* a step in flight */
+    json_t *ids;                  /* wallet ids of the step checked now */
+};
+
+static void step(app *a);
+
+static struct alerts *state(app *a)
+{
+    if (a->alerts == NULL) {
+        a->alerts = xcalloc(1, sizeof *a->alerts);
+        snprintf(a->alerts->cursor, sizeof a->alerts->cursor, "0");
+    }
+    return a->alerts;
+}
+
+static void rkey(app *a, char *out, const char *fmt, const char *x, const char *y)
+{
+    kgc_rkey(out, a->cfg.key_prefix, fmt, x, y);
+}
+
+static void done_step(app *a)
+{
+    struct alerts *s = a->alerts;
+
+    json_decref(s->ids);
+    s->ids = NULL;
+    if (strcmp(s->cursor, "0") != 0 && lease_may_write(a))
+        step(a);                  /* the pass goes on at once */
+    else
+        s->busy = 0;
+}
+
+static void on_fanout(void *arg, int ok, json_t *replies)
+{
+    app *a = arg;
+
+    if (!ok) {
+        a->alerts->busy = 0;      /* events stay on their wallets for the next pass */
+        return;
+    }
+    if (!json_is_array(replies))
+        log_err("alert fan-out refused by redis; retried at the next pass");
+    json_decref(replies);
+    webhook_kick(a);
+    done_step(a);
+}
+
+/* Appends to cmds the fan-out of one event (reply r of ALERT_LUA). */
+static void fanout(app *a, json_t *cmds, const char *wallet_key, json_t *r)
+{
+    const char *ev = json_string_value(json_array_get(r, 1));
+    const char *teamdoc = json_string_value(json_array_get(r, 2));
+    int hook = json_integer_value(json_array_get(r, 3)) == 1;
+    json_t *e = ev ? json_loads(ev, 0, NULL) : NULL, *team = NULL, *members, *role;
+    const char *id, *tid, *uid, *wid;
+    char key[KGC_RKEY_MAX], member[2 * KGC_ID_MAX + 64], at[32];
+    char *text;
+
+    if (e == NULL || (id = json_string_value(json_object_get(e, "id"))) == NULL ||
+        (tid = json_string_value(json_object_get(e, "team_id"))) == NULL) {
+        log_err("wallet %s: unreadable alert event; dropped", wallet_key);
+        json_array_append_new(cmds, json_pack("[s,s,s]", "HDEL", wallet_key, "alert_event"));
+        json_decref(e);
+        return;
+    }
+    wid = json_string_value(json_object_get(e, "wallet_id"));
+    if (wid == NULL)
+        wid = "";
+    snprintf(at, sizeof at, "%lld", (long long)json_integer_value(json_object_get(e, "at")));
+    if (teamdoc != NULL && teamdoc[0] != '\0')
+        team = json_loads(teamdoc, 0, NULL);
+    members = json_object_get(team, "members");
+    const char *wname = json_string_value(json_array_get(r, 4));
+    json_t *n = json_pack("{s:O,s:s,s:O,s:O,s:s,s:O,s:O,s:O,s:O,s:O}", "at", json_object_get(e, "at"),
+                          "type", "wallet.low_balance", "team_id", json_object_get(e, "team_id"),
+                          "wallet_id", json_object_get(e, "wallet_id"), "wallet_name",
+                          wname ? wname : "", "balance_micros", json_object_get(e, "balance_micros"),
+                          "available_micros", json_object_get(e, "available_micros"),
+                          "threshold_micros", json_object_get(e, "threshold_micros"),
+                          "alert_id", json_object_get(e, "id"),
+                          "held_micros", json_object_get(e, "held_micros"));
+    if (n == NULL) {              /* our script wrote it: a field is missing */
+        log_err("wallet %s: alert event %s lacks a field; dropped", wallet_key, id);
+        json_array_append_new(cmds, json_pack("[s,s,s]", "HDEL", wallet_key, "alert_event"));
+        json_decref(team);
+        json_decref(e);
+        return;
+    }
+    text = json_dumps(n, JSON_COMPACT);
+    json_object_foreach(members, uid, role) {
+        const char *rl = json_string_value(role);
+        if (rl == NULL || (strcmp(rl, "owner") != 0 && strcmp(rl, "admin") != 0))
+            continue;
+        rkey(a, key, KGC_RK_NOTIF, uid, NULL);
+        json_array_append_new(cmds, json_pack("[s,s,s]", "LPUSH", key, text));
+        json_array_append_new(cmds, json_pack("[s,s,s,s]", "LTRIM", key, "0", "999"));
+    }
+    free(text);
+    json_decref(n);
+    if (hook) {
+        rkey(a, key, WH_RK_DELIVERY, tid, id);
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]", "HSET", key,
+                                              "id", id, "team_id", tid, "type", "wallet.low_balance",
+                                              "wallet_id", wid,
+                                              "body", ev, "status", "pending", "attempts", "0",
+                                              "next_at", at, "created_at", at));
+        json_array_append_new(cmds, json_pack("[s,s,s]", "PEXPIRE", key, WEBHOOK_RECORD_TTL_MS));
+        rkey(a, key, WH_RK_DELIVERIES, tid, NULL);
+        json_array_append_new(cmds, json_pack("[s,s,s,s]", "ZADD", key, at, id));
+        json_array_append_new(cmds, json_pack("[s,s,s,s]", "ZREMRANGEBYRANK", key, "0",
+                                              "-" "1001"));
+        kgc_rkey(key, a->cfg.key_prefix, WH_RK_PENDING);
+        snprintf(member, sizeof member, "%s %s", tid, id);
+        json_array_append_new(cmds, json_pack("[s,s,s,s]", "ZADD", key, at, member));
+    }
+    json_array_append_new(cmds, json_pack("[s,s,s]", "HDEL", wallet_key, "alert_event"));
+    log_info("wallet %s: available %lld below its threshold %lld: alert %s%s", wid,
+             (long long)json_integer_value(json_object_get(e, "available_micros")),
+             (long long)json_integer_value(json_object_get(e, "threshold_micros")), id,
+             hook ? ", webhook queued" : "");
+    json_decref(team);
+    json_decref(e);
+}
+
+static void on_checks(void *arg, int ok, json_t *replies)
+{
+    app *a = arg;
+    struct alerts *s = a->alerts;
+    json_t *fan, *r;
+    size_t i;
+    char team[KGC_ID_MAX], key[KGC_RKEY_MAX];
+
+    if (!ok) {
+        s->busy = 0;
+        return;
+    }
+    fan = json_array();
+    json_array_foreach(replies, i, r) {
+        const char *wid = json_string_value(json_array_get(s->ids, i));
+        if (store_is_error(r)) {
+            const char *m = json_string_value(json_object_get(r, "$err"));
+            if (m != NULL && strncmp(m, "NOSCRIPT", 8) == 0)
+                s->sha[0] = '\0';     /* Redis restarted: loaded again next pass */
+            else
+                log_err("alert check of %s refused: %.200s", wid, m ? m : "?");
+            continue;
+        }
+        if (json_integer_value(json_array_get(r, 0)) != 2 || wid == NULL ||
+            kgc_id_team_of(wid, 'w', team) != 0)
+            continue;
+        rkey(a, key, KGC_RK_WALLET, team, wid);
+        fanout(a, fan, key, r);
+    }
+    json_decref(replies);
+    if (json_array_size(fan) > 0 && lease_may_write(a) &&
+        store_exec(a->st, fan, 1, on_fanout, a) == 0) {
+        json_decref(fan);
+        return;
+    }
+    json_decref(fan);
+    done_step(a);
+}
+
+static void on_scan(void *arg, int ok, json_t *replies)
+{
+    app *a = arg;
+    struct alerts *s = a->alerts;
+    json_t *r = json_array_get(replies, 0), *id, *cmds;
+    size_t i;
+    char team[KGC_ID_MAX], kw[KGC_RKEY_MAX], kt[KGC_RKEY_MAX], kh[KGC_RKEY_MAX];
+    char evid[40], now[32];
+
+    if (!ok) {
+        s->busy = 0;
+        return;
+    }
+    if (!json_is_array(r) || !json_is_string(json_array_get(r, 0))) {
+        log_err("alert scan refused by redis: %.200s",
+                json_string_value(json_object_get(r, "$err")) ?: "?");
+        json_decref(replies);
+        snprintf(s->cursor, sizeof s->cursor, "0");
+        s->busy = 0;
+        return;
+    }
+    snprintf(s->cursor, sizeof s->cursor, "%s", json_string_value(json_array_get(r, 0)));
+    s->ids = json_array();
+    cmds = json_array();
+    snprintf(now, sizeof now, "%lld", now_ms());
+    json_array_foreach(json_array_get(r, 1), i, id) {
+        const char *wid = json_string_value(id);
+        if (wid == NULL || kgc_id_team_of(wid, 'w', team) != 0)
+            continue;
+        rkey(a, kw, KGC_RK_WALLET, team, wid);
+        rkey(a, kt, KGC_RK_TEAM, team, NULL);
+        rkey(a, kh, WH_RK_HOOK, team, NULL);
+        kgc_random_id("alrt_", 20, evid);
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s]", "EVALSHA", s->sha, "3", kw, kt,
+                                              kh, evid, now));
+        json_array_append(s->ids, id);
+    }
+    json_decref(replies);
+    if (json_array_size(cmds) > 0 && store_exec(a->st, cmds, 0, on_checks, a) == 0) {
+        json_decref(cmds);
+        return;
+    }
+    json_decref(cmds);
+    done_step(a);
+}
+
+static void on_load(void *arg, int ok, json_t *replies)
+{
+    app *a = arg;
+    struct alerts *s = a->alerts;
+    json_t *r = json_array_get(replies, 0);
+
+    s->busy = 0;
+    if (!ok)
+        return;
+    if (json_is_string(r))
+        snprintf(s->sha, sizeof s->sha, "%s", json_string_value(r));
+    else
+        log_err("alert script refused by redis: %.200s",
+                json_string_value(json_object_get(r, "$err")) ?: "?");
+    json_decref(replies);
+    if (s->sha[0] != '\0')
+        alert_tick(a);
+}
+
+static void step(app *a)
+{
+    struct alerts *s = a->alerts;
+    char key[KGC_RKEY_MAX], count[16];
+    json_t *cmds;
+
+    kgc_rkey(key, a->cfg.key_prefix, WH_RK_ALERTWALLETS);
+    snprintf(count, sizeof count, "%d", ALERT_BATCH);
+    cmds = json_pack("[[s,s,s,s,s]]", "SSCAN", key, s->cursor, "COUNT", count);
+    s->busy = store_exec(a->st, cmds, 0, on_scan, a) == 0;
+    json_decref(cmds);
+}
+
+void alert_tick(app *a)
+{
+    struct alerts *s = state(a);
+    json_t *cmds;
+
+    if (s->busy || a->st == NULL || !store_connected(a->st) || !lease_may_write(a))
+        return;
+    if (s->sha[0] == '\0') {
+        cmds = json_pack("[[s,s,s]]", "SCRIPT", "LOAD", ALERT_LUA);
+        s->busy = store_exec(a->st, cmds, 0, on_load, a) == 0;
+        json_decref(cmds);
+        return;
+    }
+    step(a);
+}
+
+void alert_free(app *a)
+{
+    if (a->alerts == NULL)
+        return;
+    json_decref(a->alerts->ids);
+    free(a->alerts);
+    a->alerts = NULL;
+}
