@@ -8,6 +8,8 @@
 enum { LOG_ERR_ = 0, LOG_WARN_ = 1, LOG_INFO_ = 2, LOG_DEBUG_ = 3 };
 
 void log_set_level(int level);
+/* 1: one JSON object a line {"ts","level","func","msg"}; 0: text. */
+void log_set_json(int json);
 void log_at(int level, const char *func, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

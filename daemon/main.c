@@ -87,6 +87,7 @@ int main(int argc, char **argv)
         sodium_free(a.pepper);
         return 1;
     }
+    log_set_json(a.cfg.log_format == KGC_LOG_JSON);
     signal(SIGPIPE, SIG_IGN);
     a.base = event_base_new();
     if (a.base == NULL)

@@ -25,6 +25,7 @@
 #define CLI_EXIT_REFUSED     1  /* the daemon (or a local check) refused it */
 #define CLI_EXIT_USAGE       2  /* bad usage: nothing was sent */
 #define CLI_EXIT_UNREACHABLE 3  /* the daemon could not be reached or answered garbage */
+#define CLI_EXIT_UNAVAILABLE 4  /* the daemon answered `unavailable`: retry later */
 
 #define CLI_DEFAULT_SOCKET     "/run/keygate/keygated.sock"
 #define CLI_DEFAULT_TIMEOUT_MS 10000

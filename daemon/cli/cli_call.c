@@ -96,12 +96,20 @@ int cli_call_quiet(cli_ctx *ctx, const char *cmd, json_t *args, int with_actor,
         json_decref(ans);
         return CLI_EXIT_OK;
     }
-    if (error) {
+    {
         json_t *e = json_object_get(ans, "error");
-        *error = json_is_object(e) ? json_incref(e) : json_object();
+        const char *code = json_string_value(json_object_get(e, "code"));
+
+        /* Its own status: a script may retry `unavailable` (the store could
+         * not be reached or answered; see protocol.md for whether the
+         * change may have been made), never another refusal. */
+        rc = code != NULL && strcmp(code, "unavailable") == 0 ? CLI_EXIT_UNAVAILABLE
+                                                              : CLI_EXIT_REFUSED;
+        if (error)
+            *error = json_is_object(e) ? json_incref(e) : json_object();
     }
     json_decref(ans);
-    return CLI_EXIT_REFUSED;
+    return rc;
 }
 
 int cli_call(cli_ctx *ctx, const char *cmd, json_t *args, int with_actor, json_t **result)
@@ -109,7 +117,7 @@ int cli_call(cli_ctx *ctx, const char *cmd, json_t *args, int with_actor, json_t
     json_t *error;
     int rc = cli_call_quiet(ctx, cmd, args, with_actor, result, &error);
 
-    if (rc == CLI_EXIT_REFUSED) {
+    if (rc == CLI_EXIT_REFUSED || rc == CLI_EXIT_UNAVAILABLE) {
         const char *code = json_string_value(json_object_get(error, "code"));
         const char *msg = json_string_value(json_object_get(error, "message"));
 

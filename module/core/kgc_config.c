@@ -79,7 +79,7 @@ static int set_redis(kgc_config *cfg, const char *v)
 }
 
 /* Every key of the file, one row each: where it goes and what it accepts. */
-typedef enum { K_STR, K_LONG, K_REDIS } key_kind;
+typedef enum { K_STR, K_LONG, K_REDIS, K_CHOICE } key_kind;
 
 typedef struct key_rule {
     const char *name;
@@ -87,16 +87,22 @@ typedef struct key_rule {
     size_t off, size;             /* field in kgc_config and its size */
     int base;                     /* K_LONG: 8 for a file mode, else 10 */
     long min, max;                /* K_LONG: the accepted range */
+    const char *const *choices;   /* K_CHOICE: the words, NULL-ended; the field
+                                     (an int) gets the word's index */
 } key_rule;
 
-#define STR(n, f)  {n, K_STR, offsetof(kgc_config, f), sizeof((kgc_config *)0)->f, 0, 0, 0}
-#define NUM(n, f, b, lo, hi) {n, K_LONG, offsetof(kgc_config, f), sizeof((kgc_config *)0)->f, b, lo, hi}
+#define STR(n, f)  {n, K_STR, offsetof(kgc_config, f), sizeof((kgc_config *)0)->f, 0, 0, 0, NULL}
+#define NUM(n, f, b, lo, hi) {n, K_LONG, offsetof(kgc_config, f), sizeof((kgc_config *)0)->f, b, lo, hi, NULL}
+
+#define CHOICE(n, f, words) {n, K_CHOICE, offsetof(kgc_config, f), sizeof(int), 0, 0, 0, words}
+
+static const char *const log_formats[] = {"text", "json", NULL};
 
 static const key_rule keys[] = {
     STR("socket", socket_path),
     NUM("socket_mode", socket_mode, 8, 0, 0777),
     STR("catalog", catalog_path),
-    {"redis", K_REDIS, 0, 0, 0, 0, 0},
+    {"redis", K_REDIS, 0, 0, 0, 0, 0, NULL},
     STR("pepper_file", pepper_file),
     STR("key_prefix", key_prefix),
     NUM("timeout_ms", timeout_ms, 10, 1, 60000),
@@ -112,6 +118,7 @@ static const key_rule keys[] = {
     NUM("http_deadline", http_deadline_s, 10, 1, 3600),
     NUM("signup_per_minute", signup_per_minute, 10, 1, 1000000),
     NUM("audit_retention_days", audit_retention_days, 10, 1, 36500),
+    CHOICE("log_format", log_format, log_formats),
 };
 
 /* Stores x into an integer field of the size the row says. */
@@ -144,6 +151,13 @@ static int apply(kgc_config *cfg, const char *k, const char *v)
             return 0;
         case K_REDIS:
             return set_redis(cfg, v);
+        case K_CHOICE:
+            for (int c = 0; r->choices[c] != NULL; c++)
+                if (strcmp(v, r->choices[c]) == 0) {
+                    *(int *)field = c;
+                    return 0;
+                }
+            return -1;
         }
     }
     return -2;

@@ -31,6 +31,7 @@ typedef struct kgc_config {
     char http_listen[128];        /* daemon: "HOST:PORT" of the console, "" = off */
     char http_root[KGC_PATH_MAX]; /* daemon: console static files */
     char metrics_listen[128];     /* daemon: "HOST:PORT" serving only /metrics, "" = off */
+    int log_format;               /* daemon: KGC_LOG_TEXT or KGC_LOG_JSON */
     int http_max_clients;         /* daemon: console connections at once, 256 */
     int http_deadline_s;          /* daemon: whole request (headers + body) must arrive in, 10 */
     int signup_per_minute;        /* daemon: sign-ups per source (uid or address) a minute, 10 */
@@ -49,5 +50,9 @@ void kgc_config_defaults(kgc_config *cfg);
  * On success *out is KGC_PEPPER_LEN bytes of sodium_malloc()ed, read-only
  * memory owned by the caller (free with sodium_free). Returns 0 or -1. */
 int kgc_pepper_load(const char *path, unsigned char **out, char *err, size_t errlen);
+
+/* log_format values */
+#define KGC_LOG_TEXT 0
+#define KGC_LOG_JSON 1
 
 #endif

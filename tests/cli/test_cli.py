@@ -623,6 +623,20 @@ class TestGeneral(CliCase):
                          % (s["user_id"], os.getuid()))
 
 
+class TestStoreAway(CliCase):
+    """`unavailable` has its own exit status (4): a script may retry it."""
+
+    def test_unavailable_exits_4_and_says_so(self):
+        s = self.signup()
+        self.env.stop_redis()
+        try:
+            rc, out, err = self.kg("key", "get", s["free_key_id"], actor=s["user_id"])
+        finally:
+            self.env.start_redis()
+        self.assertEqual((rc, out), (4, ""), err)
+        self.assertTrue(err.startswith("error: unavailable: "), err)
+
+
 if __name__ == "__main__":
     if not os.access(CLI, os.X_OK):
         sys.exit("keygate CLI not found at %s (set KEYGATE_CLI)" % CLI)

@@ -187,5 +187,24 @@ class FullRun(kgtest.EnvCase):
         self.assertEqual(leaks, [], "error messages that quote a token")
 
 
+class FullRunJsonLogs(FullRun):
+    """The same run with log_format json: no secret in the log either, and
+    every line of it is one JSON object with ts, level, func and msg."""
+
+    env_args = {"extra_config": ["log_format json"]}
+
+    def test_every_log_line_is_a_json_object(self):
+        self.outputs = []
+        self.cli("ping")
+        self.cli("--json", "key", "get", "k_nosuchkeyatall0000000", out_ok=False)
+        log = self.env.daemon_log()
+        lines = [ln for ln in log.splitlines() if ln.strip()]
+        self.assertTrue(lines)
+        for ln in lines:
+            o = json.loads(ln)
+            self.assertEqual(set(o), {"ts", "level", "func", "msg"}, ln)
+            self.assertIn(o["level"], ("error", "warn", "info", "debug"), ln)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -23,6 +23,7 @@ static void field(const kgc_config *c, const char *name, char *out, size_t n)
     else if (!strcmp(name, "timeout_ms")) snprintf(out, n, "%d", c->timeout_ms);
     else if (!strcmp(name, "cache_ttl_ms")) snprintf(out, n, "%d", c->cache_ttl_ms);
     else if (!strcmp(name, "max_line")) snprintf(out, n, "%zu", c->max_line);
+    else if (!strcmp(name, "log_format")) snprintf(out, n, "%d", c->log_format);
     else snprintf(out, n, "<unknown field %s>", name);
 }
 
