@@ -22,6 +22,7 @@
 #include "kgc_config.h"
 #include "kgc_keys.h"
 #include "kgc_price.h"
+#include "kgc_sentinel.h"
 #include "kgc_token.h"
 
 #define KG_ID_LEN      64      /* sizeof kg_result.key_id and friends */
@@ -115,7 +116,8 @@ enum kg_step {
     KG_ST_KEYDOC,                 /* GET P {t:T}:key:<kid> */
     KG_ST_CATALOG,                /* GET P catalog */
     KG_ST_LOAD,                   /* SCRIPT LOAD */
-    KG_ST_EVAL                    /* EVALSHA debit / quota */
+    KG_ST_EVAL,                   /* EVALSHA debit / quota */
+    KG_ST_WAIT                    /* WAIT min_replicas_ack (a debit made, to be confirmed) */
 };
 
 enum kg_plist { KG_L_NONE = 0, KG_L_INFLIGHT, KG_L_DONE };
@@ -198,6 +200,12 @@ struct kg_ctx {
 
     kg_stats stats;               /* kg_stats_get */
 
+    /* Sentinel mode (cfg.nsentinels > 0), kg_link.c: */
+    kgc_hostport primary;         /* port 0 = look it up at the next connect */
+    int sentinel_first;           /* the sentinel that answered last */
+    int64_t resolve_failed;       /* monotonic ms of the last failed look-up */
+    int relink;                   /* READONLY seen: drop the links at the top level */
+
     int64_t pipe_checked;         /* monotonic ms of the last SIGPIPE look */
     int pipe_ignored;             /* the process ignores SIGPIPE already */
 };
@@ -213,6 +221,7 @@ void kg_link_handle(kg_ctx *ctx, int fd, int events);
 void kg_link_poll(kg_ctx *ctx, int timeout_ms); /* one poll() over both links */
 void kg_link_write_now(kg_ctx *ctx);            /* flush main if it is connected */
 void kg_link_notify_all(kg_ctx *ctx);           /* re-tell the host every fd */
+void kg_link_relink(kg_ctx *ctx);               /* top level: act on ctx->relink */
 
 /* kg_flow.c */
 /* Starts one request. Returns 0 (answered now, *r filled), 1 (in flight:

@@ -9,6 +9,18 @@
  * with a NULL reply, which fails those requests with KG_BACKEND_ERROR) and
  * a new one is made on the next request.
  *
+ * Sentinel (cfg.nsentinels > 0): the primary's address is looked up
+ * (kgc_sentinel_resolve: the sentinels in turn, then ROLE) whenever a link
+ * is opened after the primary was forgotten, which happens when the main
+ * link is lost (dropped, timed out, closed by Redis: Sentinel closes the
+ * clients of a primary it demotes) and when a write answers READONLY
+ * (ctx->relink, acted on at the top of the next request). The look-up is
+ * a bounded blocking call, also in host mode: at most (sentinels + 1) * 2 *
+ * min(timeout_ms, KG_SENTINEL_MS), in practice two loopback/LAN round
+ * trips, made once per failover per process, and at most every
+ * KG_RESOLVE_RETRY_MS while the sentinels cannot say (requests in between
+ * fail at once with KG_BACKEND_ERROR, as they do with Redis down).
+ *
  * Rule: a link is only dropped from the top level, never from inside a
  * hiredis callback, so hiredis never defers the free behind our back.
  */
@@ -21,6 +33,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#define KG_SENTINEL_MS 100          /* cap of one sentinel connect or reply */
+#define KG_RESOLVE_RETRY_MS 100     /* a failed look-up is not repeated sooner */
 
 int64_t kg_mono_ms(void)
 {
@@ -62,8 +77,10 @@ static void ev_cleanup(void *d)
     if (ctx->hooks != NULL && l->fd >= 0 && l->told != 0)
         ctx->hooks->watch(ctx->host, l->fd, 0);
     l->ac = NULL;
-    if (ctx->main == l)
+    if (ctx->main == l) {
         ctx->main = NULL;
+        ctx->primary.port = 0;          /* sentinel mode: ask again */
+    }
     if (ctx->sub == l) {
         ctx->sub = NULL;
         kg_flow_sub_lost(ctx);
@@ -76,7 +93,24 @@ static kg_link *link_open(kg_ctx *ctx, int is_sub)
     redisAsyncContext *ac;
     kg_link *l;
 
-    if (ctx->cfg.redis_unix[0] != '\0')
+    if (ctx->cfg.nsentinels > 0) {
+        int64_t now = kg_mono_ms();
+        char err[300];
+        int t = ctx->cfg.timeout_ms < KG_SENTINEL_MS ? ctx->cfg.timeout_ms : KG_SENTINEL_MS;
+
+        if (ctx->primary.port == 0) {
+            if (ctx->resolve_failed != 0 && now - ctx->resolve_failed < KG_RESOLVE_RETRY_MS)
+                return NULL;
+            if (kgc_sentinel_resolve(&ctx->cfg, t, &ctx->sentinel_first, &ctx->primary, err,
+                                     sizeof err) != 0) {
+                ctx->resolve_failed = now;
+                ctx->primary.port = 0;
+                return NULL;
+            }
+            ctx->resolve_failed = 0;
+        }
+        ac = redisAsyncConnect(ctx->primary.host, ctx->primary.port);
+    } else if (ctx->cfg.redis_unix[0] != '\0')
         ac = redisAsyncConnectUnix(ctx->cfg.redis_unix);
     else
         ac = redisAsyncConnect(ctx->cfg.redis_host, ctx->cfg.redis_port);
@@ -118,6 +152,15 @@ void kg_link_drop_all(kg_ctx *ctx)
 {
     kg_link_drop(ctx, ctx->main);
     kg_link_drop(ctx, ctx->sub);
+}
+
+void kg_link_relink(kg_ctx *ctx)
+{
+    if (!ctx->relink)
+        return;
+    ctx->relink = 0;
+    kg_link_drop_all(ctx);              /* the subscriber follows the primary too */
+    ctx->primary.port = 0;
 }
 
 /* ---- the subscriber ------------------------------------------------ */
