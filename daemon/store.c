@@ -41,7 +41,7 @@ typedef struct batch {
     json_t *replies;               /* one slot per command */
     size_t ncmds, pending;
     int failed, transaction;
-    int acks;                      /* > 0: the last command is WAIT acks */
+    int acks;                      /* > 0: the last two commands are PUBLISH, WAIT acks */
     int unacked;                   /* WAIT answered fewer than acks */
 } batch;
 
@@ -342,8 +342,9 @@ static void batch_finish(batch *b)
         if (b->unacked)
             log_warn("WAIT %d: %s", b->acks, json_is_integer(w) ? "too few replicas confirmed"
                                                                   : "refused");
-        json_array_remove(b->replies, b->ncmds - 1);
-        b->ncmds--;
+        json_array_remove(b->replies, b->ncmds - 1);   /* WAIT */
+        json_array_remove(b->replies, b->ncmds - 2);   /* PUBLISH */
+        b->ncmds -= 2;
     }
     if (!b->failed) {
         if (b->transaction) {
@@ -455,9 +456,11 @@ static int cmds_ok(json_t *cmds)
 static int exec_batch(store *s, json_t *cmds, int transaction, int acks, store_done_fn done,
                       void *arg)
 {
-    size_t n = json_array_size(cmds), total = n + (transaction ? 2 : 0) + (acks > 0), sent = 0;
+    size_t n = json_array_size(cmds), total = n + (transaction ? 2 : 0) + (acks > 0 ? 2 : 0);
+    size_t sent = 0;
     batch *b;
-    json_t *multi = NULL, *exec = NULL, *wait = NULL;
+    json_t *multi = NULL, *exec = NULL, *sync = NULL, *wait = NULL;
+    char ch[KGC_PATH_MAX];
 
     if (!store_connected(s) || n == 0)
         return -1;
@@ -484,8 +487,15 @@ static int exec_batch(store *s, json_t *cmds, int transaction, int acks, store_d
         multi = json_pack("[s]", "MULTI");
         exec = json_pack("[s]", "EXEC");
     }
-    if (acks > 0)
+    if (acks > 0) {
+        /* WAIT covers this connection's own writes only; a batch that
+         * wrote nothing (an idempotent replay: a credit's reference seen
+         * before) must still not be acknowledged before the first try
+         * reached the replicas, so a write comes first. */
+        snprintf(ch, sizeof ch, "%sdurable", s->cfg->key_prefix);
+        sync = json_pack("[s,s,s]", "PUBLISH", ch, "1");
         wait = json_pack("[s,i,i]", "WAIT", acks, s->cfg->replica_ack_timeout_ms);
+    }
     if (transaction && send_one(s, b, sent, multi) == 0)
         sent++;
     for (size_t i = 0; i < n && sent == i + (transaction ? 1 : 0); i++)
@@ -493,10 +503,13 @@ static int exec_batch(store *s, json_t *cmds, int transaction, int acks, store_d
             sent++;
     if (transaction && sent == n + 1 && send_one(s, b, sent, exec) == 0)
         sent++;
+    if (acks > 0 && sent == total - 2 && send_one(s, b, sent, sync) == 0)
+        sent++;
     if (acks > 0 && sent == total - 1 && send_one(s, b, sent, wait) == 0)
         sent++;
     json_decref(multi);
     json_decref(exec);
+    json_decref(sync);
     json_decref(wait);
     metrics_count(MX_REDIS_BATCHES);
     if (sent == total)

@@ -601,6 +601,18 @@ static void confirm(kg_pending *p)
         finish(p, KG_OK);
         return;
     }
+    if (p->r.replayed && !p->synced) {
+        /* A replay wrote nothing, and WAIT only covers this connection's
+         * own writes: the first try may have been made through another
+         * connection (before a reconnect) and never reached a replica.
+         * A write first makes this connection's WAIT cover the store. */
+        char ch[KGC_RKEY_MAX];
+        const char *pub[3] = {"PUBLISH", ch, "1"};
+        snprintf(ch, sizeof ch, "%sdurable", ctx->cfg.key_prefix);
+        p->synced = 1;
+        issue(p, KG_ST_SYNC, 3, pub);
+        return;
+    }
     snprintf(n, sizeof n, "%d", ctx->cfg.min_replicas_ack);
     snprintf(t, sizeof t, "%d", ctx->cfg.replica_ack_timeout_ms);
     issue(p, KG_ST_WAIT, 3, argv);
@@ -610,10 +622,13 @@ static void confirm(kg_pending *p)
 
 static void on_wait(kg_pending *p, redisReply *r)
 {
-    if (r->type == REDIS_REPLY_INTEGER && r->integer >= p->ctx->cfg.min_replicas_ack)
+    if (r->type == REDIS_REPLY_INTEGER && r->integer >= p->ctx->cfg.min_replicas_ack) {
         finish(p, KG_OK);
-    else
-        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    if (p->ctx->cfg.nsentinels > 0)
+        p->ctx->relink = 1;             /* is this still the primary? ask the sentinels */
+    finish(p, KG_BACKEND_ERROR);
 }
 
 /* The settle script's answer (kg_scripts.c). */
@@ -632,10 +647,7 @@ static void on_settle(kg_pending *p, redisReply *r, const char *tag)
         p->r.cost_micros = p->r.replayed ? 0 : a;
         p->r.balance_micros = b;
         p->h.hold_micros = h;
-        if (p->r.replayed)
-            finish(p, KG_OK);
-        else
-            confirm(p);
+        confirm(p);
     } else if (strcmp(tag, "captured") == 0) {
         if (r->elements >= 3 && reply_int(r->element[1], &h) == 0 &&
             reply_int(r->element[2], &b) == 0) {
@@ -731,7 +743,10 @@ static void on_eval(kg_pending *p, redisReply *r)
         }
         if (p->script == KG_SCRIPT_HOLD && r->elements >= 5 && reply_int(r->element[4], &b) == 0)
             p->h.hold_micros = b;       /* the hold the first call placed */
-        finish(p, KG_OK);
+        if (p->script == KG_SCRIPT_QUOTA)
+            finish(p, KG_OK);
+        else
+            confirm(p);                 /* the first try may not have reached a replica */
     } else if (strcmp(tag, "funds") == 0) {
         if (r->elements >= 2 && reply_int(r->element[1], &a) == 0)
             p->r.balance_micros = a;
@@ -769,6 +784,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case KG_ST_CATALOG: on_catalog(p, r); break;
     case KG_ST_LOAD:    on_load(p, r);    break;
     case KG_ST_EVAL:    on_eval(p, r);    break;
+    case KG_ST_SYNC:    confirm(p);       break;
     case KG_ST_WAIT:    on_wait(p, r);    break;
     default:            finish(p, KG_BACKEND_ERROR); break;
     }

@@ -107,6 +107,8 @@ typedef struct kg_link {
     int is_sub;                   /* the invalidation subscriber */
 } kg_link;
 
+#define KG_NLINKS 3               /* main, sub, watch */
+
 /* ------------------------------------------------------------------ */
 /* Requests (kg_flow.c)                                                 */
 
@@ -117,6 +119,7 @@ enum kg_step {
     KG_ST_CATALOG,                /* GET P catalog */
     KG_ST_LOAD,                   /* SCRIPT LOAD */
     KG_ST_EVAL,                   /* EVALSHA debit / quota */
+    KG_ST_SYNC,                   /* PUBLISH P durable: a replay's WAIT must cover the store */
     KG_ST_WAIT                    /* WAIT min_replicas_ack (a debit made, to be confirmed) */
 };
 
@@ -158,6 +161,7 @@ struct kg_pending {
     int catalog_sub_ok;           /* the subscription was live then */
     int delivering;               /* inside its done(): cancel must not free */
     int wallet_moves;             /* settle: "wallet" redirects followed (guard) */
+    int synced;                   /* a replay's PUBLISH P durable was sent */
 
     kg_hold h;                    /* the hold's side of the answer */
     kg_hold *hout;                /* host's kg_hold or NULL, touched only at delivery */
@@ -204,7 +208,11 @@ struct kg_ctx {
     kgc_hostport primary;         /* port 0 = look it up at the next connect */
     int sentinel_first;           /* the sentinel that answered last */
     int64_t resolve_failed;       /* monotonic ms of the last failed look-up */
-    int relink;                   /* READONLY seen: drop the links at the top level */
+    int relink;                   /* READONLY, a short WAIT or +switch-master seen:
+                                     drop the links at the top level */
+    kg_link *watch;               /* SUBSCRIBE +switch-master on one sentinel */
+    int watch_idx;                /* which one */
+    int64_t watch_started;        /* monotonic ms of its last connect */
 
     int64_t pipe_checked;         /* monotonic ms of the last SIGPIPE look */
     int pipe_ignored;             /* the process ignores SIGPIPE already */

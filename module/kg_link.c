@@ -14,6 +14,10 @@
  * is opened after the primary was forgotten, which happens when the main
  * link is lost (dropped, timed out, closed by Redis: Sentinel closes the
  * clients of a primary it demotes) and when a write answers READONLY
+ * or a money write is not confirmed by min_replicas_ack replicas, or a
+ * sentinel announces +switch-master (the "watch" link, SUBSCRIBEd on one
+ * sentinel: a demoted primary keeps accepting writes until the sentinels
+ * reconfigure it, 10 s after a manual failover with Redis 7.0)
  * (ctx->relink, acted on at the top of the next request). The look-up is
  * a bounded blocking call, also in host mode: at most (sentinels + 1) * 2 *
  * min(timeout_ms, KG_SENTINEL_MS), in practice two loopback/LAN round
@@ -85,15 +89,21 @@ static void ev_cleanup(void *d)
         ctx->sub = NULL;
         kg_flow_sub_lost(ctx);
     }
+    if (ctx->watch == l) {
+        ctx->watch = NULL;
+        ctx->watch_idx = (ctx->watch_idx + 1) % ctx->cfg.nsentinels;
+    }
     free(l);
 }
 
-static kg_link *link_open(kg_ctx *ctx, int is_sub)
+static kg_link *link_open(kg_ctx *ctx, int is_sub, const kgc_hostport *to)
 {
     redisAsyncContext *ac;
     kg_link *l;
 
-    if (ctx->cfg.nsentinels > 0) {
+    if (to != NULL) {
+        ac = redisAsyncConnect(to->host, to->port);
+    } else if (ctx->cfg.nsentinels > 0) {
         int64_t now = kg_mono_ms();
         char err[300];
         int t = ctx->cfg.timeout_ms < KG_SENTINEL_MS ? ctx->cfg.timeout_ms : KG_SENTINEL_MS;
@@ -137,7 +147,7 @@ int kg_link_main(kg_ctx *ctx)
 {
     if (ctx->main != NULL)
         return 0;
-    ctx->main = link_open(ctx, 0);
+    ctx->main = link_open(ctx, 0, NULL);
     return ctx->main != NULL ? 0 : -1;
 }
 
@@ -152,6 +162,7 @@ void kg_link_drop_all(kg_ctx *ctx)
 {
     kg_link_drop(ctx, ctx->main);
     kg_link_drop(ctx, ctx->sub);
+    kg_link_drop(ctx, ctx->watch);
 }
 
 void kg_link_relink(kg_ctx *ctx)
@@ -159,7 +170,8 @@ void kg_link_relink(kg_ctx *ctx)
     if (!ctx->relink)
         return;
     ctx->relink = 0;
-    kg_link_drop_all(ctx);              /* the subscriber follows the primary too */
+    kg_link_drop(ctx, ctx->main);
+    kg_link_drop(ctx, ctx->sub);        /* the subscriber follows the primary too */
     ctx->primary.port = 0;
 }
 
@@ -184,10 +196,48 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
         kg_flow_inval(ctx, payload->str, payload->len);
 }
 
+static void on_watch(redisAsyncContext *ac, void *reply, void *priv)
+{
+    kg_ctx *ctx = priv;
+    redisReply *r = reply, *payload;
+    size_t n;
+
+    if (r == NULL || ctx->watch == NULL || ctx->watch->ac != ac)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "message") != 0)
+        return;
+    payload = r->element[2];            /* "<name> <old-ip> <old-port> <new-ip> <new-port>" */
+    if (payload->type != REDIS_REPLY_STRING)
+        return;
+    n = strlen(ctx->cfg.sentinel_master);
+    if (payload->len > n && payload->str[n] == ' ' &&
+        memcmp(payload->str, ctx->cfg.sentinel_master, n) == 0)
+        ctx->relink = 1;
+}
+
+/* Sentinel mode: keeps one sentinel connection SUBSCRIBEd to
+ * +switch-master, trying the next sentinel after a failure. */
+static void watch_maintain(kg_ctx *ctx, int64_t now)
+{
+    if (ctx->cfg.nsentinels == 0 || ctx->watch != NULL ||
+        (ctx->watch_started != 0 && now - ctx->watch_started < KG_SUB_RETRY_MS))
+        return;
+    ctx->watch_started = now;
+    ctx->watch = link_open(ctx, 0, &ctx->cfg.sentinels[ctx->watch_idx]);
+    if (ctx->watch == NULL) {
+        ctx->watch_idx = (ctx->watch_idx + 1) % ctx->cfg.nsentinels;
+        return;
+    }
+    if (redisAsyncCommand(ctx->watch->ac, on_watch, ctx, "SUBSCRIBE +switch-master") != REDIS_OK)
+        kg_link_drop(ctx, ctx->watch);
+}
+
 /* Keeps the subscription alive: reconnects it (at most every
  * KG_SUB_RETRY_MS) and drops one that was not confirmed in time. */
 void kg_link_sub_maintain(kg_ctx *ctx, int64_t now)
 {
+    watch_maintain(ctx, now);
     if (ctx->sub != NULL) {
         if (!ctx->sub_ok && now - ctx->sub_started > KG_SUB_GRACE_MS)
             kg_link_drop(ctx, ctx->sub);
@@ -197,7 +247,7 @@ void kg_link_sub_maintain(kg_ctx *ctx, int64_t now)
         return;
     ctx->sub_started = now;
     ctx->sub_ok = 0;
-    ctx->sub = link_open(ctx, 1);
+    ctx->sub = link_open(ctx, 1, NULL);
     if (ctx->sub == NULL)
         return;
     if (redisAsyncCommand(ctx->sub->ac, on_sub, ctx, "SUBSCRIBE %b",
@@ -251,6 +301,8 @@ static kg_link *link_by_fd(kg_ctx *ctx, int fd)
         return ctx->main;
     if (ctx->sub != NULL && ctx->sub->fd == fd)
         return ctx->sub;
+    if (ctx->watch != NULL && ctx->watch->fd == fd)
+        return ctx->watch;
     return NULL;
 }
 
@@ -274,11 +326,11 @@ void kg_link_write_now(kg_ctx *ctx)
 
 void kg_link_poll(kg_ctx *ctx, int timeout_ms)
 {
-    struct pollfd pf[2];
-    int want[2], n = 0;
-    kg_link *ls[2] = {ctx->main, ctx->sub};
+    struct pollfd pf[KG_NLINKS];
+    int want[KG_NLINKS], n = 0;
+    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch};
 
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < KG_NLINKS; i++) {
         kg_link *l = ls[i];
         if (l == NULL || l->fd < 0 || l->want == 0)
             continue;
@@ -311,8 +363,8 @@ void kg_link_poll(kg_ctx *ctx, int timeout_ms)
 
 void kg_link_notify_all(kg_ctx *ctx)
 {
-    kg_link *ls[2] = {ctx->main, ctx->sub};
-    for (int i = 0; i < 2; i++)
+    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch};
+    for (int i = 0; i < KG_NLINKS; i++)
         if (ls[i] != NULL)
             tell_host(ls[i]);
 }
