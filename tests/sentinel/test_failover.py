@@ -10,7 +10,10 @@ reference), the primary is replaced:
 
 - test_manual_failover: `SENTINEL FAILOVER`;
 - test_primary_killed: the primary is killed (SIGKILL), a replica is
-  promoted by the sentinels, the killed node comes back as a replica.
+  promoted by the sentinels, the killed node comes back as a replica;
+- test_manual_failover_without_acks: as the first with min_replicas_ack 0,
+  to measure what acknowledged writes a failover loses then (not asserted:
+  the invariant and fsck are).
 
 Then, on the new primary: the daemon and the gateways followed it (each
 wrote there within FOLLOW_S of the failover's start); every debit answered
@@ -202,11 +205,8 @@ class SentinelFailover(unittest.TestCase):
             self.sentinel_lines = [
                 "sentinel " + ",".join("127.0.0.1:%d" % p for p in self.topo.sentinels),
                 "sentinel_master " + MASTER,
-                "min_replicas_ack 1",
                 "replica_ack_timeout_ms 1000",
             ]
-            self.env.write_config(self.sentinel_lines)
-            self.env.start_daemon()
         except BaseException:
             self.tearDown()
             raise
@@ -233,8 +233,11 @@ class SentinelFailover(unittest.TestCase):
         finally:
             r.close()
 
-    def run_failover(self, how):
+    def run_failover(self, how, acks=1):
         env = self.env
+        self.sentinel_lines.append("min_replicas_ack %d" % acks)
+        env.write_config(self.sentinel_lines)
+        env.start_daemon()
         c = env.client(timeout=20)
         w = safety.paid_world(c, env, 10 * PROCS * PER_PROC * COST)
         gw = os.path.join(env.tmp, "gateway.conf")
@@ -293,26 +296,29 @@ class SentinelFailover(unittest.TestCase):
                          "request ids charged twice")
         lost_debits = [r["rid"] for r in rows if by_rid[r["rid"]] != 1]
         lost_credits = [ref for ref in credits.ok if refs[ref] != 1]
-        self.assertEqual(len(debits), len(rows), "debits for requests not answered ok")
+        self.assertEqual(set(by_rid) - {r["rid"] for r in rows}, set(), "debits of unknown ids")
         credited = sum(e["amount_micros"] for e in entries if e["type"] == "credit")
         bal = safety.balance(env, w["team"], w["wallet"])
         self.assertEqual(bal, credited - sum(e["amount_micros"] for e in debits))
         counts = safety.assert_clean(self, env, "after the %s" % how)
         retried = sum(1 for r in rows if r["tries"] > 1)
-        print("\nsentinel %s: sentinels switched after %.2f s; gateways wrote to the new primary "
+        print("\nsentinel %s, min_replicas_ack %d: sentinels switched after %.2f s; gateways wrote to the new primary "
               "after %.2f s, keygated connected to it after %.2f s, first acknowledged credit "
               "there after %.2f s; %d debits by %d gateways (%d retried, longest "
               "request %d ms), %d credits acknowledged (%d refused meanwhile: %s); acknowledged "
               "but lost: %d debits, %d credits; ledger %d entries, balance %d = credits %d - "
               "debits %d; fsck %s"
-              % (how, t_switch, t_gw, t_daemon, t_ack, len(rows), PROCS, retried,
+              % (how, acks, t_switch, t_gw, t_daemon, t_ack, len(rows), PROCS, retried,
                  max(r["ms"] for r in rows), len(credits.ok), sum(credits.failed.values()),
                  dict(credits.failed), len(lost_debits), len(lost_credits), len(entries), bal,
                  credited, credited - bal, counts), file=sys.stderr)
-        self.assertEqual(lost_debits, [], "acknowledged debits lost")
-        self.assertEqual(lost_credits, [], "acknowledged credits lost")
         self.assertLess(t_gw, FOLLOW_S, "the gateways did not follow the new primary in time")
         self.assertLess(t_daemon, FOLLOW_S, "keygated did not follow the new primary in time")
+        if acks == 0:
+            return          # the loss window: measured, not promised
+        self.assertEqual(len(debits), len(rows), "debits for requests not answered ok")
+        self.assertEqual(lost_debits, [], "acknowledged debits lost")
+        self.assertEqual(lost_credits, [], "acknowledged credits lost")
         self.assertGreater(retried, 0, "no request saw the failover")
 
     def test_manual_failover(self):
@@ -320,6 +326,11 @@ class SentinelFailover(unittest.TestCase):
 
     def test_primary_killed(self):
         self.run_failover("kill")
+
+    def test_manual_failover_without_acks(self):
+        """min_replicas_ack 0: what a failover may lose (figures on stderr);
+        the money invariant and fsck must hold all the same."""
+        self.run_failover("failover", acks=0)
 
 
 if __name__ == "__main__":
