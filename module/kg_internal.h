@@ -107,7 +107,17 @@ typedef struct kg_link {
     int is_sub;                   /* the invalidation subscriber */
 } kg_link;
 
-#define KG_NLINKS 3               /* main, sub, watch */
+#define KG_NLINKS 4               /* main, sub, watch, probe */
+
+/* Host mode's non-blocking look-up of the primary (kg_link.c, "probe"). */
+enum kg_probe {
+    KG_PR_IDLE = 0,               /* nothing to do */
+    KG_PR_NEXT,                   /* ask the next sentinel (or give up) */
+    KG_PR_ASK,                    /* SENTINEL get-master-addr-by-name on the wire */
+    KG_PR_GOT,                    /* a sentinel named ctx->cand: ask it ROLE */
+    KG_PR_ROLE,                   /* ROLE on the wire */
+    KG_PR_MASTER                  /* ctx->cand is a master: it is the primary */
+};
 
 /* ------------------------------------------------------------------ */
 /* Requests (kg_flow.c)                                                 */
@@ -213,6 +223,12 @@ struct kg_ctx {
     kg_link *watch;               /* SUBSCRIBE +switch-master on one sentinel */
     int watch_idx;                /* which one */
     int64_t watch_started;        /* monotonic ms of its last connect */
+    kg_link *probe;               /* host mode: the look-up's connection */
+    int probe_state;              /* enum kg_probe; callbacks only move it on */
+    int probe_tried;              /* sentinels asked in this look-up */
+    int probe_at;                 /* the sentinel asked now */
+    int64_t probe_deadline;       /* monotonic ms: the current step gives up */
+    kgc_hostport cand;            /* the address a sentinel gave */
 
     int64_t pipe_checked;         /* monotonic ms of the last SIGPIPE look */
     int pipe_ignored;             /* the process ignores SIGPIPE already */
@@ -230,6 +246,8 @@ void kg_link_poll(kg_ctx *ctx, int timeout_ms); /* one poll() over both links */
 void kg_link_write_now(kg_ctx *ctx);            /* flush main if it is connected */
 void kg_link_notify_all(kg_ctx *ctx);           /* re-tell the host every fd */
 void kg_link_relink(kg_ctx *ctx);               /* top level: act on ctx->relink */
+void kg_link_probe_maintain(kg_ctx *ctx, int64_t now); /* top level: host mode's look-up */
+int64_t kg_link_probe_deadline(const kg_ctx *ctx); /* -1: no look-up step pending */
 
 /* kg_flow.c */
 /* Starts one request. Returns 0 (answered now, *r filled), 1 (in flight:

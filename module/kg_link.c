@@ -19,11 +19,13 @@
  * sentinel: a demoted primary keeps accepting writes until the sentinels
  * reconfigure it, 10 s after a manual failover with Redis 7.0)
  * (ctx->relink, acted on at the top of the next request). The look-up is
- * a bounded blocking call, also in host mode: at most (sentinels + 1) * 2 *
- * min(timeout_ms, KG_SENTINEL_MS), in practice two loopback/LAN round
- * trips, made once per failover per process, and at most every
- * KG_RESOLVE_RETRY_MS while the sentinels cannot say (requests in between
- * fail at once with KG_BACKEND_ERROR, as they do with Redis down).
+ * a bounded blocking call in the blocking form (kgc_sentinel_resolve: at
+ * most (sentinels + 1) * 2 * min(timeout_ms, KG_SENTINEL_MS), in practice
+ * two LAN round trips once per failover). In host mode it never blocks:
+ * the "probe" below asks the same questions on async connections driven
+ * by the host's loop, and requests made before it has an answer fail at
+ * once with KG_BACKEND_ERROR, as they do with Redis down. Either way a
+ * failed look-up is not repeated before KG_RESOLVE_RETRY_MS.
  *
  * Rule: a link is only dropped from the top level, never from inside a
  * hiredis callback, so hiredis never defers the free behind our back.
@@ -93,6 +95,11 @@ static void ev_cleanup(void *d)
         ctx->watch = NULL;
         ctx->watch_idx = (ctx->watch_idx + 1) % ctx->cfg.nsentinels;
     }
+    if (ctx->probe == l) {
+        ctx->probe = NULL;
+        if (ctx->probe_state == KG_PR_ASK || ctx->probe_state == KG_PR_ROLE)
+            ctx->probe_state = KG_PR_NEXT;
+    }
     free(l);
 }
 
@@ -111,6 +118,13 @@ static kg_link *link_open(kg_ctx *ctx, int is_sub, const kgc_hostport *to)
         if (ctx->primary.port == 0) {
             if (ctx->resolve_failed != 0 && now - ctx->resolve_failed < KG_RESOLVE_RETRY_MS)
                 return NULL;
+            if (ctx->hooks != NULL) {   /* host mode: never block its loop */
+                if (ctx->probe_state == KG_PR_IDLE) {
+                    ctx->probe_state = KG_PR_NEXT;
+                    ctx->probe_tried = 0;
+                }
+                return NULL;            /* kg_link_probe_maintain runs it */
+            }
             if (kgc_sentinel_resolve(&ctx->cfg, t, &ctx->sentinel_first, &ctx->primary, err,
                                      sizeof err) != 0) {
                 ctx->resolve_failed = now;
@@ -163,6 +177,114 @@ void kg_link_drop_all(kg_ctx *ctx)
     kg_link_drop(ctx, ctx->main);
     kg_link_drop(ctx, ctx->sub);
     kg_link_drop(ctx, ctx->watch);
+    kg_link_drop(ctx, ctx->probe);
+    ctx->probe_state = KG_PR_IDLE;
+}
+
+/* ---- host mode's look-up of the primary ---------------------------- */
+
+static void on_probe(redisAsyncContext *ac, void *reply, void *priv)
+{
+    kg_ctx *ctx = priv;
+    redisReply *r = reply;
+
+    if (r == NULL || ctx->probe == NULL || ctx->probe->ac != ac)
+        return;                         /* going away: ev_cleanup moves on */
+    if (ctx->probe_state == KG_PR_ASK) {
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING &&
+            r->element[0]->len < sizeof ctx->cand.host) {
+            memcpy(ctx->cand.host, r->element[0]->str, r->element[0]->len + 1);
+            ctx->cand.port = atoi(r->element[1]->str);
+            ctx->probe_state = ctx->cand.port > 0 && ctx->cand.port <= 65535 ? KG_PR_GOT
+                                                                             : KG_PR_NEXT;
+        } else {
+            ctx->probe_state = KG_PR_NEXT;
+        }
+    } else if (ctx->probe_state == KG_PR_ROLE) {
+        ctx->probe_state = r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+                                   r->element[0]->type == REDIS_REPLY_STRING &&
+                                   strcmp(r->element[0]->str, "master") == 0
+                               ? KG_PR_MASTER
+                               : KG_PR_NEXT;
+    }
+}
+
+/* Sends one step's command on a new probe link; 0 or -1. */
+static int probe_send(kg_ctx *ctx, const kgc_hostport *to, int64_t now, const char *fmt,
+                      const char *arg)
+{
+    int t = ctx->cfg.timeout_ms < KG_SENTINEL_MS ? ctx->cfg.timeout_ms : KG_SENTINEL_MS;
+
+    ctx->probe = link_open(ctx, 0, to);
+    if (ctx->probe == NULL)
+        return -1;
+    if ((arg ? redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt, arg)
+             : redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt)) != REDIS_OK) {
+        kg_link_drop(ctx, ctx->probe);
+        return -1;
+    }
+    ctx->probe_deadline = now + 2 * t;  /* connect + reply */
+    return 0;
+}
+
+/* The look-up's state machine, run only from the top level (a callback
+ * only moves probe_state on): each sentinel in turn from the one that
+ * answered last, then ROLE on the address it gave, as kgc_sentinel.c does
+ * with blocking calls. */
+void kg_link_probe_maintain(kg_ctx *ctx, int64_t now)
+{
+    for (int guard = 0; guard < 2 * KGC_SENTINELS_MAX + 2; guard++) {
+        switch (ctx->probe_state) {
+        case KG_PR_IDLE:
+            return;
+        case KG_PR_ASK:
+        case KG_PR_ROLE:
+            if (now < ctx->probe_deadline)
+                return;
+            ctx->probe_state = KG_PR_NEXT;      /* too slow: the next one */
+            break;
+        case KG_PR_GOT:
+            kg_link_drop(ctx, ctx->probe);
+            ctx->probe_state = KG_PR_ROLE;
+            if (probe_send(ctx, &ctx->cand, now, "ROLE", NULL) != 0)
+                ctx->probe_state = KG_PR_NEXT;
+            break;
+        case KG_PR_MASTER:
+            kg_link_drop(ctx, ctx->probe);
+            ctx->primary = ctx->cand;
+            ctx->sentinel_first = ctx->probe_at;
+            ctx->resolve_failed = 0;
+            ctx->probe_state = KG_PR_IDLE;
+            return;
+        case KG_PR_NEXT:
+            kg_link_drop(ctx, ctx->probe);
+            if (ctx->probe_tried >= ctx->cfg.nsentinels) {
+                ctx->resolve_failed = now;
+                ctx->probe_state = KG_PR_IDLE;
+                return;
+            }
+            ctx->probe_at = (ctx->sentinel_first + ctx->probe_tried++) % ctx->cfg.nsentinels;
+            ctx->probe_state = KG_PR_ASK;
+            if (probe_send(ctx, &ctx->cfg.sentinels[ctx->probe_at], now,
+                           "SENTINEL get-master-addr-by-name %s", ctx->cfg.sentinel_master) != 0)
+                ctx->probe_state = KG_PR_NEXT;
+            break;
+        }
+    }
+}
+
+int64_t kg_link_probe_deadline(const kg_ctx *ctx)
+{
+    switch (ctx->probe_state) {
+    case KG_PR_ASK:
+    case KG_PR_ROLE:
+        return ctx->probe_deadline;
+    case KG_PR_IDLE:
+        return -1;
+    default:
+        return 0;                       /* a step to take now */
+    }
 }
 
 void kg_link_relink(kg_ctx *ctx)
@@ -238,6 +360,7 @@ static void watch_maintain(kg_ctx *ctx, int64_t now)
 void kg_link_sub_maintain(kg_ctx *ctx, int64_t now)
 {
     watch_maintain(ctx, now);
+    kg_link_probe_maintain(ctx, now);
     if (ctx->sub != NULL) {
         if (!ctx->sub_ok && now - ctx->sub_started > KG_SUB_GRACE_MS)
             kg_link_drop(ctx, ctx->sub);
@@ -303,6 +426,8 @@ static kg_link *link_by_fd(kg_ctx *ctx, int fd)
         return ctx->sub;
     if (ctx->watch != NULL && ctx->watch->fd == fd)
         return ctx->watch;
+    if (ctx->probe != NULL && ctx->probe->fd == fd)
+        return ctx->probe;
     return NULL;
 }
 
@@ -328,7 +453,7 @@ void kg_link_poll(kg_ctx *ctx, int timeout_ms)
 {
     struct pollfd pf[KG_NLINKS];
     int want[KG_NLINKS], n = 0;
-    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch};
+    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch, ctx->probe};
 
     for (int i = 0; i < KG_NLINKS; i++) {
         kg_link *l = ls[i];
@@ -363,7 +488,7 @@ void kg_link_poll(kg_ctx *ctx, int timeout_ms)
 
 void kg_link_notify_all(kg_ctx *ctx)
 {
-    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch};
+    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch, ctx->probe};
     for (int i = 0; i < KG_NLINKS; i++)
         if (ls[i] != NULL)
             tell_host(ls[i]);

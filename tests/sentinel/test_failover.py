@@ -3,7 +3,9 @@
 A primary, one replica and three sentinels on loopback (dynamic ports,
 generated sentinel.conf, all stopped by PID); keygated and three gateways
 (kg_hammer, blocking libkeygate) configured with `sentinel` and
-`sentinel_master` only, and `min_replicas_ack 1`. While the gateways debit
+`sentinel_master` only, and `min_replicas_ack 1`; when nginx and the built
+module are there, an nginx gateway too (the non-blocking form). While the
+gateways debit
 one wallet (each request with its own id, a KG_BACKEND_ERROR retried with
 the same id) and an admin client credits it (each credit with its own
 reference), the primary is replaced:
@@ -34,8 +36,10 @@ from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "faults"))
+sys.path.insert(0, os.path.join(HERE, "..", "nginx"))
 import safety  # noqa: E402
 from safety import kgtest  # noqa: E402
+import kgnginx  # noqa: E402
 
 MASTER = "kgmaster"
 PROCS = 3
@@ -192,6 +196,47 @@ class Credits(threading.Thread):
             c.close()
 
 
+def have_nginx():
+    return os.path.exists(kgnginx.module_path()) and os.path.exists(kgnginx.nginx_path())
+
+
+class NginxGateway(threading.Thread):
+    """A real nginx with the keygate module (libkeygate's non-blocking form,
+    so the look-up of the primary runs on nginx's loop): requests to /gen/
+    one after the other, each with its own X-Request-Id, a 503 retried with
+    the same id for up to 30 s. Keeps the ids answered 200."""
+
+    def __init__(self, ngx, token):
+        super().__init__(daemon=True)
+        self.ngx, self.token = ngx, token
+        self.stop = threading.Event()
+        self.ok, self.other, self.retried = [], Counter(), 0
+
+    def run(self):
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            rid, first = "n-%d" % n, time.monotonic()
+            headers = {"Authorization": "Bearer " + self.token, "X-Model": "small",
+                       "X-Input-Tokens": "1000", "X-Output-Tokens": "0", "X-Request-Id": rid}
+            tries = 0
+            while True:
+                tries += 1
+                try:
+                    status, _, _ = self.ngx.request("/gen/x", headers, timeout=10)
+                except OSError:
+                    status = -1
+                if status not in (503, -1) or time.monotonic() - first > 30:
+                    break
+                time.sleep(0.01)
+            self.retried += tries > 1
+            if status == 200:
+                self.ok.append(rid)
+            else:
+                self.other[status] += 1
+            time.sleep(0.002)
+
+
 class SentinelFailover(unittest.TestCase):
 
     def setUp(self):
@@ -249,6 +294,10 @@ class SentinelFailover(unittest.TestCase):
                    for i in range(PROCS)]
         credits = Credits(env, w["owner"], w["wallet"])
         credits.start()
+        ngx = kgnginx.Nginx(gw) if have_nginx() else None
+        ngw = NginxGateway(ngx, w["token"]) if ngx else None
+        if ngw:
+            ngw.start()
         try:
             wait_for(lambda: self.llen("a", w) >= 600, 30, "debits on the first primary")
             log_at = len(env.daemon_log())
@@ -276,6 +325,11 @@ class SentinelFailover(unittest.TestCase):
             results = [h.wait(timeout=120) for h in hammers]
         finally:
             credits.stop.set()
+            if ngw:
+                ngw.stop.set()
+                ngw.join(60)
+            if ngx:
+                ngx.close()
             for h in hammers:
                 h.kill()
         credits.join(30)
@@ -295,8 +349,15 @@ class SentinelFailover(unittest.TestCase):
         self.assertEqual([rid for rid, n in by_rid.items() if n > 1], [],
                          "request ids charged twice")
         lost_debits = [r["rid"] for r in rows if by_rid[r["rid"]] != 1]
+        ngx_lost, ngx_ok = [], []
+        if ngw:
+            self.assertEqual(dict(ngw.other), {}, "nginx answers other than 200 after retrying")
+            ngx_ok = ngw.ok
+            ngx_lost = [rid for rid in ngw.ok if by_rid[rid] != 1]
+            self.assertGreater(len(ngx_ok), 0)
         lost_credits = [ref for ref in credits.ok if refs[ref] != 1]
-        self.assertEqual(set(by_rid) - {r["rid"] for r in rows}, set(), "debits of unknown ids")
+        self.assertEqual(set(by_rid) - {r["rid"] for r in rows} - set(ngx_ok), set(),
+                         "debits of ids not answered ok")
         credited = sum(e["amount_micros"] for e in entries if e["type"] == "credit")
         bal = safety.balance(env, w["team"], w["wallet"])
         self.assertEqual(bal, credited - sum(e["amount_micros"] for e in debits))
@@ -305,19 +366,23 @@ class SentinelFailover(unittest.TestCase):
         print("\nsentinel %s, min_replicas_ack %d: sentinels switched after %.2f s; gateways wrote to the new primary "
               "after %.2f s, keygated connected to it after %.2f s, first acknowledged credit "
               "there after %.2f s; %d debits by %d gateways (%d retried, longest "
-              "request %d ms), %d credits acknowledged (%d refused meanwhile: %s); acknowledged "
+              "request %d ms), nginx %s, %d credits acknowledged (%d refused meanwhile: %s); acknowledged "
               "but lost: %d debits, %d credits; ledger %d entries, balance %d = credits %d - "
               "debits %d; fsck %s"
               % (how, acks, t_switch, t_gw, t_daemon, t_ack, len(rows), PROCS, retried,
-                 max(r["ms"] for r in rows), len(credits.ok), sum(credits.failed.values()),
+                 max(r["ms"] for r in rows),
+                 "%d debits (%d retried; %d acknowledged and lost)" % (
+                     len(ngx_ok), ngw.retried, len(ngx_lost)) if ngw else "not run",
+                 len(credits.ok), sum(credits.failed.values()),
                  dict(credits.failed), len(lost_debits), len(lost_credits), len(entries), bal,
                  credited, credited - bal, counts), file=sys.stderr)
         self.assertLess(t_gw, FOLLOW_S, "the gateways did not follow the new primary in time")
         self.assertLess(t_daemon, FOLLOW_S, "keygated did not follow the new primary in time")
         if acks == 0:
             return          # the loss window: measured, not promised
-        self.assertEqual(len(debits), len(rows), "debits for requests not answered ok")
+        self.assertEqual(len(debits), len(rows) + len(ngx_ok), "debits for requests not answered ok")
         self.assertEqual(lost_debits, [], "acknowledged debits lost")
+        self.assertEqual(ngx_lost, [], "debits acknowledged by nginx lost")
         self.assertEqual(lost_credits, [], "acknowledged credits lost")
         self.assertGreater(retried, 0, "no request saw the failover")
 
