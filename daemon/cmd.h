@@ -102,6 +102,7 @@ struct job {
     char msg[300];
     char target[128];             /* audit target */
     int after_write;              /* run again after the writes, rr = EXEC replies */
+    int not_durable;              /* the last commit was made but min_replicas_ack not met */
     /* A command whose writes are too many for one commit (over
      * PAGE_BATCH_MAX keys) sends them as several, in order: the handler
      * sets more_commits with after_write before each J_WRITE but the last.

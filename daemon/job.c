@@ -475,6 +475,7 @@ static void limbo_add(job *j);
 static void on_writes(void *arg, int ok, json_t *replies)
 {
     job *j = arg;
+    int unacked = ok == STORE_UNACKED;
 
     if (!ok && j->txid[0]) {
         limbo_add(j);           /* did the commit happen? ask after reconnecting */
@@ -508,6 +509,21 @@ static void on_writes(void *arg, int ok, json_t *replies)
             return;
         }
     j->commits_done++;
+    if (unacked) {
+        /* Made on the primary, not confirmed by min_replicas_ack replicas
+         * in time: a failover now could undo it. Not "nothing changed":
+         * the caller is told to check or retry (docs/operations.md). */
+        json_decref(replies);
+        json_decref(j->result);
+        j->result = NULL;
+        j->not_durable = 1;
+        job_fail(j, "unavailable", "the change was made but fewer than %d replicas confirmed it "
+                 "within %d ms: it may not be durable (a failover could undo it); run the command "
+                 "again to make sure", j->app->cfg.min_replicas_ack,
+                 j->app->cfg.replica_ack_timeout_ms);
+        job_finish(j);
+        return;
+    }
     if (j->after_write) {
         j->after_write = 0;
         j->more_commits = 0;      /* the handler says again if another follows */
@@ -648,7 +664,7 @@ static void job_advance(job *j, job_step step)
             note_writes(j->app, q);
         q = commit_wrap(j, q);
         j->commits_sent++;
-        if (store_exec(j->app->st, q, j->txid[0] == '\0', on_writes, j) != 0) {
+        if (store_exec_acked(j->app->st, q, j->txid[0] == '\0', on_writes, j) != 0) {
             json_decref(q);
             json_decref(j->result);
             j->result = NULL;
@@ -742,7 +758,7 @@ static void job_finish(job *j)
     json_t *id = json_object_get(j->req, "id");
 
     metrics_command(j->def->name, j->code, metrics_now() - j->t_in);
-    if (j->code != NULL && j->commits_done > 0 &&
+    if (j->code != NULL && j->commits_done > 0 && !j->not_durable &&
         (strcmp(j->code, "unavailable") == 0 || strcmp(j->code, "internal") == 0))
         snprintf(j->msg, sizeof j->msg, "the store was lost after %d of this command's commits: "
                  "part of the change is made; run the command again to finish it",

@@ -4,6 +4,7 @@
 #include "metrics.h"
 #include "store.h"
 #include "log.h"
+#include "kgc_sentinel.h"
 
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
@@ -14,6 +15,7 @@
 
 #define STORE_RETRY_MS 200
 #define STORE_STALL_MS 3000
+#define STORE_SENTINEL_MS 200      /* per sentinel connect and per reply, at reconnect */
 
 struct store {
     struct event_base *base;
@@ -26,6 +28,11 @@ struct store {
     long long last_progress_ms;
     void (*connect_hook)(void *);
     void *connect_arg;
+    /* Sentinel mode (cfg->nsentinels > 0): */
+    kgc_hostport primary;          /* where ac points */
+    int first;                     /* the sentinel that answered last */
+    redisAsyncContext *watch;      /* SUBSCRIBE +switch-master on one sentinel */
+    int watch_idx;                 /* which one */
 };
 
 typedef struct batch {
@@ -34,6 +41,8 @@ typedef struct batch {
     json_t *replies;               /* one slot per command */
     size_t ncmds, pending;
     int failed, transaction;
+    int acks;                      /* > 0: the last two commands are PUBLISH, WAIT acks */
+    int unacked;                   /* WAIT answered fewer than acks */
 } batch;
 
 typedef struct slot { batch *b; size_t idx; } slot;
@@ -93,7 +102,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     s->up = 1;
     s->last_progress_ms = mono_ms();
-    log_info("redis connected");
+    if (s->cfg->nsentinels > 0)
+        log_info("redis connected to the primary %s:%d (from the sentinels)", s->primary.host,
+                 s->primary.port);
+    else
+        log_info("redis connected");
     if (s->connect_hook != NULL)
         s->connect_hook(s->connect_arg);
 }
@@ -119,11 +132,115 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     schedule_retry(s);
 }
 
+/* --- Sentinel ----------------------------------------------------------
+ *
+ * The primary is looked up (kgc_sentinel_resolve: each sentinel in turn,
+ * then ROLE on the answer) every time the connection is made, so a drop,
+ * a READONLY reply (on_reply) and a +switch-master message (on_watch) all
+ * lead to the same place: the connection is closed, on_disconnect
+ * schedules a retry, the retry asks the sentinels again.
+ *
+ * The look-up is a bounded blocking call (STORE_SENTINEL_MS per connect
+ * and per reply; at most (sentinels + 1) * 2 * 200 ms, in practice one
+ * round trip to one sentinel and one to the primary, under 2 ms on a LAN).
+ * It runs only when there is no store connection: every command is being
+ * answered `unavailable` at that moment anyway, so blocking costs those
+ * answers (and the console) at most that bound, and keeps one code path
+ * shared with libkeygate and fsck instead of a second, async state
+ * machine for a look-up made once per failover. */
+
+static void on_watch(redisAsyncContext *ac, void *reply, void *priv)
+{
+    store *s = priv;
+    redisReply *r = reply, *payload;
+    char name[128];
+    size_t n;
+
+    (void)ac;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 3)
+        return;
+    payload = r->element[2];
+    if (r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "message") != 0 ||
+        payload->type != REDIS_REPLY_STRING)
+        return;
+    /* "<master-name> <old-ip> <old-port> <new-ip> <new-port>" */
+    n = strcspn(payload->str, " ");
+    if (n >= sizeof name)
+        return;
+    memcpy(name, payload->str, n);
+    name[n] = '\0';
+    if (strcmp(name, s->cfg->sentinel_master) != 0)
+        return;
+    metrics_count(MX_REDIS_DISCONNECTS);
+    log_warn("sentinel: +switch-master %.*s; re-resolving the primary", (int)payload->len,
+             payload->str);
+    if (s->ac != NULL && !(s->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
+        redisAsyncDisconnect(s->ac);   /* on_disconnect schedules the look-up */
+}
+
+static void on_watch_gone(const redisAsyncContext *ac, int status)
+{
+    store *s = ac->data;
+
+    (void)status;
+    if (s == NULL)
+        return;
+    s->watch = NULL;
+    s->watch_idx = (s->watch_idx + 1) % s->cfg->nsentinels;   /* the next one next time */
+}
+
+static void on_watch_up(const redisAsyncContext *ac, int status)
+{
+    if (status != REDIS_OK)
+        on_watch_gone(ac, status);      /* hiredis frees it */
+}
+
+/* Keeps one sentinel connection SUBSCRIBEd to +switch-master (called from
+ * the watchdog tick, so a lost one is replaced within 250 ms). A switch
+ * missed while it was down is still caught by the primary dropping us or
+ * answering READONLY. */
+static void watch_maintain(store *s)
+{
+    const kgc_hostport *hp;
+    redisAsyncContext *ac;
+
+    if (s->cfg->nsentinels == 0 || s->watch != NULL)
+        return;
+    hp = &s->cfg->sentinels[s->watch_idx];
+    ac = redisAsyncConnect(hp->host, hp->port);
+    if (ac == NULL)
+        oom("redisAsyncConnect");
+    if (ac->err) {
+        redisAsyncFree(ac);
+        s->watch_idx = (s->watch_idx + 1) % s->cfg->nsentinels;
+        return;
+    }
+    ac->data = s;
+    redisLibeventAttach(ac, s->base);
+    redisAsyncSetConnectCallback(ac, on_watch_up);
+    redisAsyncSetDisconnectCallback(ac, on_watch_gone);
+    if (redisAsyncCommand(ac, on_watch, s, "SUBSCRIBE +switch-master") != REDIS_OK) {
+        redisAsyncFree(ac);
+        return;
+    }
+    s->watch = ac;
+}
+
 static void connect_now(store *s)
 {
     redisAsyncContext *ac;
 
-    if (s->cfg->redis_unix[0])
+    if (s->cfg->nsentinels > 0) {
+        char err[300];
+        if (kgc_sentinel_resolve(s->cfg, STORE_SENTINEL_MS, &s->first, &s->primary, err,
+                                 sizeof err) != 0) {
+            metrics_count(MX_REDIS_CONNECT_FAILURES);
+            log_warn("redis connect failed: %s", err);
+            schedule_retry(s);
+            return;
+        }
+        ac = redisAsyncConnect(s->primary.host, s->primary.port);
+    } else if (s->cfg->redis_unix[0])
         ac = redisAsyncConnectUnix(s->cfg->redis_unix);
     else
         ac = redisAsyncConnect(s->cfg->redis_host, s->cfg->redis_port);
@@ -158,6 +275,7 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    watch_maintain(s);
     if (s->ac != NULL && s->inflight > 0 &&
         mono_ms() - s->last_progress_ms > STORE_STALL_MS) {
         redisAsyncContext *ac = s->ac;
@@ -179,6 +297,7 @@ store *store_new(struct event_base *base, const kgc_config *cfg)
         oom("event_new");
     evtimer_add(s->watchdog, &tick);
     connect_now(s);
+    watch_maintain(s);
     return s;
 }
 
@@ -189,6 +308,12 @@ void store_free(store *s)
     if (s->ac != NULL) {
         redisAsyncContext *ac = s->ac;
         s->ac = NULL;
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    if (s->watch != NULL) {
+        redisAsyncContext *ac = s->watch;
+        s->watch = NULL;
         ac->data = NULL;
         redisAsyncFree(ac);
     }
@@ -208,7 +333,19 @@ int store_connected(const store *s)
 static void batch_finish(batch *b)
 {
     json_t *out = NULL;
+    int ok;
 
+    if (b->acks > 0 && !b->failed) {
+        /* WAIT's reply: how many replicas had the writes when it answered. */
+        json_t *w = json_array_get(b->replies, b->ncmds - 1);
+        b->unacked = !json_is_integer(w) || json_integer_value(w) < b->acks;
+        if (b->unacked)
+            log_warn("WAIT %d: %s", b->acks, json_is_integer(w) ? "too few replicas confirmed"
+                                                                  : "refused");
+        json_array_remove(b->replies, b->ncmds - 1);   /* WAIT */
+        json_array_remove(b->replies, b->ncmds - 2);   /* PUBLISH */
+        b->ncmds -= 2;
+    }
     if (!b->failed) {
         if (b->transaction) {
             out = json_incref(json_array_get(b->replies, b->ncmds - 1));
@@ -222,7 +359,8 @@ static void batch_finish(batch *b)
             out = json_incref(b->replies);
         }
     }
-    b->done(b->arg, !b->failed, out);
+    ok = b->failed ? 0 : b->unacked ? STORE_UNACKED : 1;
+    b->done(b->arg, ok, out);
     json_decref(b->replies);
     free(b);
 }
@@ -242,6 +380,15 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
         b->failed = 1;
     else
         json_array_set_new(b->replies, sl->idx, reply_to_json(r));
+    if (r != NULL && ((redisReply *)r)->type == REDIS_REPLY_ERROR &&
+        kgc_sentinel_demoted(((redisReply *)r)->str) && s != NULL && s->ac == ac &&
+        !(ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING))) {
+        /* A demoted primary: reconnect, which looks the primary up again.
+         * Allowed from a callback: hiredis closes once the replies already
+         * owed have been read. */
+        log_warn("redis answered READONLY: the primary moved; reconnecting");
+        redisAsyncDisconnect(ac);
+    }
     free(sl);
     if (--b->pending == 0)
         batch_finish(b);
@@ -306,11 +453,14 @@ static int cmds_ok(json_t *cmds)
     return 1;
 }
 
-int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void *arg)
+static int exec_batch(store *s, json_t *cmds, int transaction, int acks, store_done_fn done,
+                      void *arg)
 {
-    size_t n = json_array_size(cmds), total = n + (transaction ? 2 : 0), sent = 0;
+    size_t n = json_array_size(cmds), total = n + (transaction ? 2 : 0) + (acks > 0 ? 2 : 0);
+    size_t sent = 0;
     batch *b;
-    json_t *multi = NULL, *exec = NULL;
+    json_t *multi = NULL, *exec = NULL, *sync = NULL, *wait = NULL;
+    char ch[KGC_PATH_MAX];
 
     if (!store_connected(s) || n == 0)
         return -1;
@@ -325,6 +475,7 @@ int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void
     b->arg = arg;
     b->ncmds = total;
     b->transaction = transaction;
+    b->acks = acks;
     b->replies = json_array();
     for (size_t i = 0; i < total; i++)
         json_array_append_new(b->replies, json_null());
@@ -336,15 +487,30 @@ int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void
         multi = json_pack("[s]", "MULTI");
         exec = json_pack("[s]", "EXEC");
     }
+    if (acks > 0) {
+        /* WAIT covers this connection's own writes only; a batch that
+         * wrote nothing (an idempotent replay: a credit's reference seen
+         * before) must still not be acknowledged before the first try
+         * reached the replicas, so a write comes first. */
+        snprintf(ch, sizeof ch, "%sdurable", s->cfg->key_prefix);
+        sync = json_pack("[s,s,s]", "PUBLISH", ch, "1");
+        wait = json_pack("[s,i,i]", "WAIT", acks, s->cfg->replica_ack_timeout_ms);
+    }
     if (transaction && send_one(s, b, sent, multi) == 0)
         sent++;
     for (size_t i = 0; i < n && sent == i + (transaction ? 1 : 0); i++)
         if (send_one(s, b, sent, json_array_get(cmds, i)) == 0)
             sent++;
-    if (transaction && sent == total - 1 && send_one(s, b, sent, exec) == 0)
+    if (transaction && sent == n + 1 && send_one(s, b, sent, exec) == 0)
+        sent++;
+    if (acks > 0 && sent == total - 2 && send_one(s, b, sent, sync) == 0)
+        sent++;
+    if (acks > 0 && sent == total - 1 && send_one(s, b, sent, wait) == 0)
         sent++;
     json_decref(multi);
     json_decref(exec);
+    json_decref(sync);
+    json_decref(wait);
     metrics_count(MX_REDIS_BATCHES);
     if (sent == total)
         return 0;
@@ -361,4 +527,14 @@ int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void
     }
     redisAsyncDisconnect(s->ac);
     return 0;
+}
+
+int store_exec(store *s, json_t *cmds, int transaction, store_done_fn done, void *arg)
+{
+    return exec_batch(s, cmds, transaction, 0, done, arg);
+}
+
+int store_exec_acked(store *s, json_t *cmds, int transaction, store_done_fn done, void *arg)
+{
+    return exec_batch(s, cmds, transaction, s->cfg->min_replicas_ack, done, arg);
 }

@@ -238,13 +238,15 @@ KG_EXPORT void kg_stats_get(kg_ctx *ctx, kg_stats *st, size_t size)
 
 KG_EXPORT int kg_loop_attach(kg_ctx *ctx, const kg_loop_hooks *hooks, void *host)
 {
-    kg_link *ls[2];
+    kg_link *ls[KG_NLINKS];
 
     if (ctx == NULL || (hooks != NULL && (hooks->version != KG_ABI_VERSION || hooks->watch == NULL)))
         return -1;
     ls[0] = ctx->main;
     ls[1] = ctx->sub;
-    for (int i = 0; i < 2; i++)        /* the previous host forgets our fds */
+    ls[2] = ctx->watch;
+    ls[3] = ctx->probe;
+    for (int i = 0; i < KG_NLINKS; i++)        /* the previous host forgets our fds */
         if (ls[i] != NULL) {
             if (ctx->hooks != NULL && ls[i]->told != 0)
                 ctx->hooks->watch(ctx->host, ls[i]->fd, 0);
@@ -266,6 +268,7 @@ KG_EXPORT void kg_loop_ready(kg_ctx *ctx, int fd, int events)
     if (ctx == NULL)
         return;
     kg_link_handle(ctx, fd, events);
+    kg_link_probe_maintain(ctx, kg_mono_ms());   /* a look-up's reply may have come */
     kg_flow_deliver(ctx);
 }
 
@@ -280,6 +283,9 @@ KG_EXPORT int kg_loop_next_timeout_ms(kg_ctx *ctx)
     for (kg_pending *p = ctx->inflight; p != NULL; p = p->next)
         if (first < 0 || p->deadline < first)
             first = p->deadline;
+    d = kg_link_probe_deadline(ctx);
+    if (d >= 0 && (first < 0 || d < first))
+        first = d;
     if (first < 0)
         return -1;
     d = first - kg_mono_ms();
@@ -291,6 +297,7 @@ KG_EXPORT void kg_loop_timeout(kg_ctx *ctx)
     if (ctx == NULL)
         return;
     kg_flow_timeouts(ctx, kg_mono_ms());
+    kg_link_probe_maintain(ctx, kg_mono_ms());
     kg_flow_deliver(ctx);
 }
 

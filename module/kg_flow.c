@@ -15,6 +15,8 @@
  *                                 │
  *              EVALSHA quota (free) | debit (payg)   [SCRIPT LOAD first / on NOSCRIPT]
  *
+ *              [WAIT min_replicas_ack, after a money write, when configured]
+ *
  * Each step puts at most one command on the wire for the request and
  * continues from that command's reply callback. The blocking kg_authorize
  * and the host-driven form run exactly this code; only who waits differs.
@@ -584,6 +586,51 @@ static void on_load(kg_pending *p, redisReply *r)
     issue_script(p);
 }
 
+/* A money write was made (debit, hold, settle). With min_replicas_ack N
+ * > 0 it is confirmed by `WAIT N replica_ack_timeout_ms` before KG_OK:
+ * fewer than N replicas in time is KG_BACKEND_ERROR (fail closed). The
+ * write stands on the primary; a retry with the same request id replays it
+ * if it survived or makes it again if a failover undid it, never twice. */
+static void confirm(kg_pending *p)
+{
+    kg_ctx *ctx = p->ctx;
+    char n[16], t[16];
+    const char *argv[3] = {"WAIT", n, t};
+
+    if (ctx->cfg.min_replicas_ack <= 0) {
+        finish(p, KG_OK);
+        return;
+    }
+    if (p->r.replayed && !p->synced) {
+        /* A replay wrote nothing, and WAIT only covers this connection's
+         * own writes: the first try may have been made through another
+         * connection (before a reconnect) and never reached a replica.
+         * A write first makes this connection's WAIT cover the store. */
+        char ch[KGC_RKEY_MAX];
+        const char *pub[3] = {"PUBLISH", ch, "1"};
+        snprintf(ch, sizeof ch, "%sdurable", ctx->cfg.key_prefix);
+        p->synced = 1;
+        issue(p, KG_ST_SYNC, 3, pub);
+        return;
+    }
+    snprintf(n, sizeof n, "%d", ctx->cfg.min_replicas_ack);
+    snprintf(t, sizeof t, "%d", ctx->cfg.replica_ack_timeout_ms);
+    issue(p, KG_ST_WAIT, 3, argv);
+    if (!p->finished)
+        p->deadline += ctx->cfg.replica_ack_timeout_ms;   /* WAIT may take that long */
+}
+
+static void on_wait(kg_pending *p, redisReply *r)
+{
+    if (r->type == REDIS_REPLY_INTEGER && r->integer >= p->ctx->cfg.min_replicas_ack) {
+        finish(p, KG_OK);
+        return;
+    }
+    if (p->ctx->cfg.nsentinels > 0)
+        p->ctx->relink = 1;             /* is this still the primary? ask the sentinels */
+    finish(p, KG_BACKEND_ERROR);
+}
+
 /* The settle script's answer (kg_scripts.c). */
 static void on_settle(kg_pending *p, redisReply *r, const char *tag)
 {
@@ -600,7 +647,7 @@ static void on_settle(kg_pending *p, redisReply *r, const char *tag)
         p->r.cost_micros = p->r.replayed ? 0 : a;
         p->r.balance_micros = b;
         p->h.hold_micros = h;
-        finish(p, KG_OK);
+        confirm(p);
     } else if (strcmp(tag, "captured") == 0) {
         if (r->elements >= 3 && reply_int(r->element[1], &h) == 0 &&
             reply_int(r->element[2], &b) == 0) {
@@ -644,6 +691,8 @@ static void on_eval(kg_pending *p, redisReply *r)
             issue_script(p);
             return;
         }
+        if (kgc_sentinel_demoted(r->str))
+            ctx->relink = 1;            /* a demoted primary: find the new one */
         finish(p, KG_BACKEND_ERROR);
         return;
     }
@@ -668,7 +717,7 @@ static void on_eval(kg_pending *p, redisReply *r)
         p->h.hold_micros = p->cost;
         p->h.available_micros = avail;
         p->h.expires_ms = exp;
-        finish(p, KG_OK);
+        confirm(p);
         return;
     }
     if (strcmp(tag, "ok") == 0) {
@@ -679,6 +728,8 @@ static void on_eval(kg_pending *p, redisReply *r)
             }
             p->r.cost_micros = p->cost;
             p->r.balance_micros = a;
+            confirm(p);
+            return;
         }
         finish(p, KG_OK);
     } else if (strcmp(tag, "replay") == 0) {
@@ -692,7 +743,10 @@ static void on_eval(kg_pending *p, redisReply *r)
         }
         if (p->script == KG_SCRIPT_HOLD && r->elements >= 5 && reply_int(r->element[4], &b) == 0)
             p->h.hold_micros = b;       /* the hold the first call placed */
-        finish(p, KG_OK);
+        if (p->script == KG_SCRIPT_QUOTA)
+            finish(p, KG_OK);
+        else
+            confirm(p);                 /* the first try may not have reached a replica */
     } else if (strcmp(tag, "funds") == 0) {
         if (r->elements >= 2 && reply_int(r->element[1], &a) == 0)
             p->r.balance_micros = a;
@@ -730,6 +784,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case KG_ST_CATALOG: on_catalog(p, r); break;
     case KG_ST_LOAD:    on_load(p, r);    break;
     case KG_ST_EVAL:    on_eval(p, r);    break;
+    case KG_ST_SYNC:    confirm(p);       break;
+    case KG_ST_WAIT:    on_wait(p, r);    break;
     default:            finish(p, KG_BACKEND_ERROR); break;
     }
 }
@@ -782,6 +838,7 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
         ctx->last_poll = now;
         kg_link_poll(ctx, 0);           /* invalidations, and a dead main link */
     }
+    kg_link_relink(ctx);                /* after a READONLY: re-resolve the primary */
     kg_link_sub_maintain(ctx, now);
 
     if ((p = calloc(1, sizeof *p)) == NULL)

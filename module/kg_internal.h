@@ -22,6 +22,7 @@
 #include "kgc_config.h"
 #include "kgc_keys.h"
 #include "kgc_price.h"
+#include "kgc_sentinel.h"
 #include "kgc_token.h"
 
 #define KG_ID_LEN      64      /* sizeof kg_result.key_id and friends */
@@ -106,6 +107,18 @@ typedef struct kg_link {
     int is_sub;                   /* the invalidation subscriber */
 } kg_link;
 
+#define KG_NLINKS 4               /* main, sub, watch, probe */
+
+/* Host mode's non-blocking look-up of the primary (kg_link.c, "probe"). */
+enum kg_probe {
+    KG_PR_IDLE = 0,               /* nothing to do */
+    KG_PR_NEXT,                   /* ask the next sentinel (or give up) */
+    KG_PR_ASK,                    /* SENTINEL get-master-addr-by-name on the wire */
+    KG_PR_GOT,                    /* a sentinel named ctx->cand: ask it ROLE */
+    KG_PR_ROLE,                   /* ROLE on the wire */
+    KG_PR_MASTER                  /* ctx->cand is a master: it is the primary */
+};
+
 /* ------------------------------------------------------------------ */
 /* Requests (kg_flow.c)                                                 */
 
@@ -115,7 +128,9 @@ enum kg_step {
     KG_ST_KEYDOC,                 /* GET P {t:T}:key:<kid> */
     KG_ST_CATALOG,                /* GET P catalog */
     KG_ST_LOAD,                   /* SCRIPT LOAD */
-    KG_ST_EVAL                    /* EVALSHA debit / quota */
+    KG_ST_EVAL,                   /* EVALSHA debit / quota */
+    KG_ST_SYNC,                   /* PUBLISH P durable: a replay's WAIT must cover the store */
+    KG_ST_WAIT                    /* WAIT min_replicas_ack (a debit made, to be confirmed) */
 };
 
 enum kg_plist { KG_L_NONE = 0, KG_L_INFLIGHT, KG_L_DONE };
@@ -156,6 +171,7 @@ struct kg_pending {
     int catalog_sub_ok;           /* the subscription was live then */
     int delivering;               /* inside its done(): cancel must not free */
     int wallet_moves;             /* settle: "wallet" redirects followed (guard) */
+    int synced;                   /* a replay's PUBLISH P durable was sent */
 
     kg_hold h;                    /* the hold's side of the answer */
     kg_hold *hout;                /* host's kg_hold or NULL, touched only at delivery */
@@ -198,6 +214,22 @@ struct kg_ctx {
 
     kg_stats stats;               /* kg_stats_get */
 
+    /* Sentinel mode (cfg.nsentinels > 0), kg_link.c: */
+    kgc_hostport primary;         /* port 0 = look it up at the next connect */
+    int sentinel_first;           /* the sentinel that answered last */
+    int64_t resolve_failed;       /* monotonic ms of the last failed look-up */
+    int relink;                   /* READONLY, a short WAIT or +switch-master seen:
+                                     drop the links at the top level */
+    kg_link *watch;               /* SUBSCRIBE +switch-master on one sentinel */
+    int watch_idx;                /* which one */
+    int64_t watch_started;        /* monotonic ms of its last connect */
+    kg_link *probe;               /* host mode: the look-up's connection */
+    int probe_state;              /* enum kg_probe; callbacks only move it on */
+    int probe_tried;              /* sentinels asked in this look-up */
+    int probe_at;                 /* the sentinel asked now */
+    int64_t probe_deadline;       /* monotonic ms: the current step gives up */
+    kgc_hostport cand;            /* the address a sentinel gave */
+
     int64_t pipe_checked;         /* monotonic ms of the last SIGPIPE look */
     int pipe_ignored;             /* the process ignores SIGPIPE already */
 };
@@ -213,6 +245,9 @@ void kg_link_handle(kg_ctx *ctx, int fd, int events);
 void kg_link_poll(kg_ctx *ctx, int timeout_ms); /* one poll() over both links */
 void kg_link_write_now(kg_ctx *ctx);            /* flush main if it is connected */
 void kg_link_notify_all(kg_ctx *ctx);           /* re-tell the host every fd */
+void kg_link_relink(kg_ctx *ctx);               /* top level: act on ctx->relink */
+void kg_link_probe_maintain(kg_ctx *ctx, int64_t now); /* top level: host mode's look-up */
+int64_t kg_link_probe_deadline(const kg_ctx *ctx); /* -1: no look-up step pending */
 
 /* kg_flow.c */
 /* Starts one request. Returns 0 (answered now, *r filled), 1 (in flight:

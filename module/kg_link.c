@@ -9,6 +9,24 @@
  * with a NULL reply, which fails those requests with KG_BACKEND_ERROR) and
  * a new one is made on the next request.
  *
+ * Sentinel (cfg.nsentinels > 0): the primary's address is looked up
+ * (kgc_sentinel_resolve: the sentinels in turn, then ROLE) whenever a link
+ * is opened after the primary was forgotten, which happens when the main
+ * link is lost (dropped, timed out, closed by Redis: Sentinel closes the
+ * clients of a primary it demotes) and when a write answers READONLY
+ * or a money write is not confirmed by min_replicas_ack replicas, or a
+ * sentinel announces +switch-master (the "watch" link, SUBSCRIBEd on one
+ * sentinel: a demoted primary keeps accepting writes until the sentinels
+ * reconfigure it, 10 s after a manual failover with Redis 7.0)
+ * (ctx->relink, acted on at the top of the next request). The look-up is
+ * a bounded blocking call in the blocking form (kgc_sentinel_resolve: at
+ * most (sentinels + 1) * 2 * min(timeout_ms, KG_SENTINEL_MS), in practice
+ * two LAN round trips once per failover). In host mode it never blocks:
+ * the "probe" below asks the same questions on async connections driven
+ * by the host's loop, and requests made before it has an answer fail at
+ * once with KG_BACKEND_ERROR, as they do with Redis down. Either way a
+ * failed look-up is not repeated before KG_RESOLVE_RETRY_MS.
+ *
  * Rule: a link is only dropped from the top level, never from inside a
  * hiredis callback, so hiredis never defers the free behind our back.
  */
@@ -21,6 +39,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#define KG_SENTINEL_MS 100          /* cap of one sentinel connect or reply */
+#define KG_RESOLVE_RETRY_MS 100     /* a failed look-up is not repeated sooner */
 
 int64_t kg_mono_ms(void)
 {
@@ -62,21 +83,58 @@ static void ev_cleanup(void *d)
     if (ctx->hooks != NULL && l->fd >= 0 && l->told != 0)
         ctx->hooks->watch(ctx->host, l->fd, 0);
     l->ac = NULL;
-    if (ctx->main == l)
+    if (ctx->main == l) {
         ctx->main = NULL;
+        ctx->primary.port = 0;          /* sentinel mode: ask again */
+    }
     if (ctx->sub == l) {
         ctx->sub = NULL;
         kg_flow_sub_lost(ctx);
     }
+    if (ctx->watch == l) {
+        ctx->watch = NULL;
+        ctx->watch_idx = (ctx->watch_idx + 1) % ctx->cfg.nsentinels;
+    }
+    if (ctx->probe == l) {
+        ctx->probe = NULL;
+        if (ctx->probe_state == KG_PR_ASK || ctx->probe_state == KG_PR_ROLE)
+            ctx->probe_state = KG_PR_NEXT;
+    }
     free(l);
 }
 
-static kg_link *link_open(kg_ctx *ctx, int is_sub)
+static kg_link *link_open(kg_ctx *ctx, int is_sub, const kgc_hostport *to)
 {
     redisAsyncContext *ac;
     kg_link *l;
 
-    if (ctx->cfg.redis_unix[0] != '\0')
+    if (to != NULL) {
+        ac = redisAsyncConnect(to->host, to->port);
+    } else if (ctx->cfg.nsentinels > 0) {
+        int64_t now = kg_mono_ms();
+        char err[300];
+        int t = ctx->cfg.timeout_ms < KG_SENTINEL_MS ? ctx->cfg.timeout_ms : KG_SENTINEL_MS;
+
+        if (ctx->primary.port == 0) {
+            if (ctx->resolve_failed != 0 && now - ctx->resolve_failed < KG_RESOLVE_RETRY_MS)
+                return NULL;
+            if (ctx->hooks != NULL) {   /* host mode: never block its loop */
+                if (ctx->probe_state == KG_PR_IDLE) {
+                    ctx->probe_state = KG_PR_NEXT;
+                    ctx->probe_tried = 0;
+                }
+                return NULL;            /* kg_link_probe_maintain runs it */
+            }
+            if (kgc_sentinel_resolve(&ctx->cfg, t, &ctx->sentinel_first, &ctx->primary, err,
+                                     sizeof err) != 0) {
+                ctx->resolve_failed = now;
+                ctx->primary.port = 0;
+                return NULL;
+            }
+            ctx->resolve_failed = 0;
+        }
+        ac = redisAsyncConnect(ctx->primary.host, ctx->primary.port);
+    } else if (ctx->cfg.redis_unix[0] != '\0')
         ac = redisAsyncConnectUnix(ctx->cfg.redis_unix);
     else
         ac = redisAsyncConnect(ctx->cfg.redis_host, ctx->cfg.redis_port);
@@ -103,7 +161,7 @@ int kg_link_main(kg_ctx *ctx)
 {
     if (ctx->main != NULL)
         return 0;
-    ctx->main = link_open(ctx, 0);
+    ctx->main = link_open(ctx, 0, NULL);
     return ctx->main != NULL ? 0 : -1;
 }
 
@@ -118,6 +176,125 @@ void kg_link_drop_all(kg_ctx *ctx)
 {
     kg_link_drop(ctx, ctx->main);
     kg_link_drop(ctx, ctx->sub);
+    kg_link_drop(ctx, ctx->watch);
+    kg_link_drop(ctx, ctx->probe);
+    ctx->probe_state = KG_PR_IDLE;
+}
+
+/* ---- host mode's look-up of the primary ---------------------------- */
+
+static void on_probe(redisAsyncContext *ac, void *reply, void *priv)
+{
+    kg_ctx *ctx = priv;
+    redisReply *r = reply;
+
+    if (r == NULL || ctx->probe == NULL || ctx->probe->ac != ac)
+        return;                         /* going away: ev_cleanup moves on */
+    if (ctx->probe_state == KG_PR_ASK) {
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING &&
+            r->element[0]->len < sizeof ctx->cand.host) {
+            memcpy(ctx->cand.host, r->element[0]->str, r->element[0]->len + 1);
+            ctx->cand.port = atoi(r->element[1]->str);
+            ctx->probe_state = ctx->cand.port > 0 && ctx->cand.port <= 65535 ? KG_PR_GOT
+                                                                             : KG_PR_NEXT;
+        } else {
+            ctx->probe_state = KG_PR_NEXT;
+        }
+    } else if (ctx->probe_state == KG_PR_ROLE) {
+        ctx->probe_state = r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+                                   r->element[0]->type == REDIS_REPLY_STRING &&
+                                   strcmp(r->element[0]->str, "master") == 0
+                               ? KG_PR_MASTER
+                               : KG_PR_NEXT;
+    }
+}
+
+/* Sends one step's command on a new probe link; 0 or -1. */
+static int probe_send(kg_ctx *ctx, const kgc_hostport *to, int64_t now, const char *fmt,
+                      const char *arg)
+{
+    int t = ctx->cfg.timeout_ms < KG_SENTINEL_MS ? ctx->cfg.timeout_ms : KG_SENTINEL_MS;
+
+    ctx->probe = link_open(ctx, 0, to);
+    if (ctx->probe == NULL)
+        return -1;
+    if ((arg ? redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt, arg)
+             : redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt)) != REDIS_OK) {
+        kg_link_drop(ctx, ctx->probe);
+        return -1;
+    }
+    ctx->probe_deadline = now + 2 * t;  /* connect + reply */
+    return 0;
+}
+
+/* The look-up's state machine, run only from the top level (a callback
+ * only moves probe_state on): each sentinel in turn from the one that
+ * answered last, then ROLE on the address it gave, as kgc_sentinel.c does
+ * with blocking calls. */
+void kg_link_probe_maintain(kg_ctx *ctx, int64_t now)
+{
+    for (int guard = 0; guard < 2 * KGC_SENTINELS_MAX + 2; guard++) {
+        switch (ctx->probe_state) {
+        case KG_PR_IDLE:
+            return;
+        case KG_PR_ASK:
+        case KG_PR_ROLE:
+            if (now < ctx->probe_deadline)
+                return;
+            ctx->probe_state = KG_PR_NEXT;      /* too slow: the next one */
+            break;
+        case KG_PR_GOT:
+            kg_link_drop(ctx, ctx->probe);
+            ctx->probe_state = KG_PR_ROLE;
+            if (probe_send(ctx, &ctx->cand, now, "ROLE", NULL) != 0)
+                ctx->probe_state = KG_PR_NEXT;
+            break;
+        case KG_PR_MASTER:
+            kg_link_drop(ctx, ctx->probe);
+            ctx->primary = ctx->cand;
+            ctx->sentinel_first = ctx->probe_at;
+            ctx->resolve_failed = 0;
+            ctx->probe_state = KG_PR_IDLE;
+            return;
+        case KG_PR_NEXT:
+            kg_link_drop(ctx, ctx->probe);
+            if (ctx->probe_tried >= ctx->cfg.nsentinels) {
+                ctx->resolve_failed = now;
+                ctx->probe_state = KG_PR_IDLE;
+                return;
+            }
+            ctx->probe_at = (ctx->sentinel_first + ctx->probe_tried++) % ctx->cfg.nsentinels;
+            ctx->probe_state = KG_PR_ASK;
+            if (probe_send(ctx, &ctx->cfg.sentinels[ctx->probe_at], now,
+                           "SENTINEL get-master-addr-by-name %s", ctx->cfg.sentinel_master) != 0)
+                ctx->probe_state = KG_PR_NEXT;
+            break;
+        }
+    }
+}
+
+int64_t kg_link_probe_deadline(const kg_ctx *ctx)
+{
+    switch (ctx->probe_state) {
+    case KG_PR_ASK:
+    case KG_PR_ROLE:
+        return ctx->probe_deadline;
+    case KG_PR_IDLE:
+        return -1;
+    default:
+        return 0;                       /* a step to take now */
+    }
+}
+
+void kg_link_relink(kg_ctx *ctx)
+{
+    if (!ctx->relink)
+        return;
+    ctx->relink = 0;
+    kg_link_drop(ctx, ctx->main);
+    kg_link_drop(ctx, ctx->sub);        /* the subscriber follows the primary too */
+    ctx->primary.port = 0;
 }
 
 /* ---- the subscriber ------------------------------------------------ */
@@ -141,10 +318,49 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
         kg_flow_inval(ctx, payload->str, payload->len);
 }
 
+static void on_watch(redisAsyncContext *ac, void *reply, void *priv)
+{
+    kg_ctx *ctx = priv;
+    redisReply *r = reply, *payload;
+    size_t n;
+
+    if (r == NULL || ctx->watch == NULL || ctx->watch->ac != ac)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "message") != 0)
+        return;
+    payload = r->element[2];            /* "<name> <old-ip> <old-port> <new-ip> <new-port>" */
+    if (payload->type != REDIS_REPLY_STRING)
+        return;
+    n = strlen(ctx->cfg.sentinel_master);
+    if (payload->len > n && payload->str[n] == ' ' &&
+        memcmp(payload->str, ctx->cfg.sentinel_master, n) == 0)
+        ctx->relink = 1;
+}
+
+/* Sentinel mode: keeps one sentinel connection SUBSCRIBEd to
+ * +switch-master, trying the next sentinel after a failure. */
+static void watch_maintain(kg_ctx *ctx, int64_t now)
+{
+    if (ctx->cfg.nsentinels == 0 || ctx->watch != NULL ||
+        (ctx->watch_started != 0 && now - ctx->watch_started < KG_SUB_RETRY_MS))
+        return;
+    ctx->watch_started = now;
+    ctx->watch = link_open(ctx, 0, &ctx->cfg.sentinels[ctx->watch_idx]);
+    if (ctx->watch == NULL) {
+        ctx->watch_idx = (ctx->watch_idx + 1) % ctx->cfg.nsentinels;
+        return;
+    }
+    if (redisAsyncCommand(ctx->watch->ac, on_watch, ctx, "SUBSCRIBE +switch-master") != REDIS_OK)
+        kg_link_drop(ctx, ctx->watch);
+}
+
 /* Keeps the subscription alive: reconnects it (at most every
  * KG_SUB_RETRY_MS) and drops one that was not confirmed in time. */
 void kg_link_sub_maintain(kg_ctx *ctx, int64_t now)
 {
+    watch_maintain(ctx, now);
+    kg_link_probe_maintain(ctx, now);
     if (ctx->sub != NULL) {
         if (!ctx->sub_ok && now - ctx->sub_started > KG_SUB_GRACE_MS)
             kg_link_drop(ctx, ctx->sub);
@@ -154,7 +370,7 @@ void kg_link_sub_maintain(kg_ctx *ctx, int64_t now)
         return;
     ctx->sub_started = now;
     ctx->sub_ok = 0;
-    ctx->sub = link_open(ctx, 1);
+    ctx->sub = link_open(ctx, 1, NULL);
     if (ctx->sub == NULL)
         return;
     if (redisAsyncCommand(ctx->sub->ac, on_sub, ctx, "SUBSCRIBE %b",
@@ -208,6 +424,10 @@ static kg_link *link_by_fd(kg_ctx *ctx, int fd)
         return ctx->main;
     if (ctx->sub != NULL && ctx->sub->fd == fd)
         return ctx->sub;
+    if (ctx->watch != NULL && ctx->watch->fd == fd)
+        return ctx->watch;
+    if (ctx->probe != NULL && ctx->probe->fd == fd)
+        return ctx->probe;
     return NULL;
 }
 
@@ -231,11 +451,11 @@ void kg_link_write_now(kg_ctx *ctx)
 
 void kg_link_poll(kg_ctx *ctx, int timeout_ms)
 {
-    struct pollfd pf[2];
-    int want[2], n = 0;
-    kg_link *ls[2] = {ctx->main, ctx->sub};
+    struct pollfd pf[KG_NLINKS];
+    int want[KG_NLINKS], n = 0;
+    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch, ctx->probe};
 
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < KG_NLINKS; i++) {
         kg_link *l = ls[i];
         if (l == NULL || l->fd < 0 || l->want == 0)
             continue;
@@ -268,8 +488,8 @@ void kg_link_poll(kg_ctx *ctx, int timeout_ms)
 
 void kg_link_notify_all(kg_ctx *ctx)
 {
-    kg_link *ls[2] = {ctx->main, ctx->sub};
-    for (int i = 0; i < 2; i++)
+    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch, ctx->probe};
+    for (int i = 0; i < KG_NLINKS; i++)
         if (ls[i] != NULL)
             tell_host(ls[i]);
 }

@@ -44,6 +44,7 @@
  */
 #include "cli.h"
 #include "cli_fsck.h"
+#include "kgc_sentinel.h"
 
 #include <sodium.h>
 #include <stdarg.h>
@@ -199,6 +200,19 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
     f.users = json_object();
     f.emails = json_object();
 
+    if (cfg.nsentinels > 0) {
+        /* Check the primary (the replicas may lag): the sentinels say where. */
+        kgc_hostport hp;
+        int first = 0;
+        if (kgc_sentinel_resolve(&cfg, ctx->timeout_ms, &first, &hp, err, sizeof err) != 0) {
+            fprintf(stderr, "error: unreachable: %s\n", err);
+            fsck_free(&f);
+            return CLI_EXIT_UNREACHABLE;
+        }
+        snprintf(cfg.redis_host, sizeof cfg.redis_host, "%s", hp.host);
+        cfg.redis_port = hp.port;
+        cfg.redis_unix[0] = '\0';
+    }
     f.rc = fsck_connect(&cfg, ctx->timeout_ms);
     if (f.rc == NULL || f.rc->err) {
         fprintf(stderr, "error: unreachable: redis %s%s: %s\n",

@@ -33,6 +33,7 @@ void kgc_config_defaults(kgc_config *cfg)
     cfg->http_deadline_s = 10;
     cfg->signup_per_minute = 10;
     cfg->audit_retention_days = 400;
+    cfg->replica_ack_timeout_ms = 500;
 }
 
 static int set_str(char *dst, size_t cap, const char *v)
@@ -57,11 +58,58 @@ static int set_long(long *out, const char *v, int base, long min, long max)
     return 0;
 }
 
+/* "HOST:PORT[,HOST:PORT...]" into cfg->sentinels. */
+static int set_sentinels(kgc_config *cfg, const char *v)
+{
+    int n = 0;
+
+    while (*v) {
+        const char *end = strchr(v, ','), *colon;
+        size_t len = end ? (size_t)(end - v) : strlen(v);
+        char one[300];
+        long port;
+
+        if (len == 0 || len >= sizeof one || n == KGC_SENTINELS_MAX)
+            return -1;
+        memcpy(one, v, len);
+        one[len] = '\0';
+        colon = strrchr(one, ':');
+        if (colon == NULL || colon == one || (size_t)(colon - one) >= sizeof cfg->sentinels[n].host ||
+            set_long(&port, colon + 1, 10, 1, 65535) != 0)
+            return -1;
+        memcpy(cfg->sentinels[n].host, one, (size_t)(colon - one));
+        cfg->sentinels[n].host[colon - one] = '\0';
+        cfg->sentinels[n].port = (int)port;
+        n++;
+        v += len;
+        if (*v == ',' && *++v == '\0')
+            return -1;
+    }
+    if (n == 0)
+        return -1;
+    cfg->nsentinels = n;
+    return 0;
+}
+
 static int set_redis(kgc_config *cfg, const char *v)
 {
     const char *colon;
     long port;
 
+    if (strncmp(v, "sentinel ", 9) == 0) {
+        /* SPEC §7's one-line form: "redis sentinel MASTER HOST:PORT[,...]". */
+        const char *name = v + 9, *sp;
+        while (*name == ' ' || *name == '\t')
+            name++;
+        sp = strpbrk(name, " \t");
+        if (sp == NULL || sp == name || (size_t)(sp - name) >= sizeof cfg->sentinel_master)
+            return -1;
+        memcpy(cfg->sentinel_master, name, (size_t)(sp - name));
+        cfg->sentinel_master[sp - name] = '\0';
+        while (*sp == ' ' || *sp == '\t')
+            sp++;
+        return set_sentinels(cfg, sp);
+    }
     if (strncmp(v, "unix:", 5) == 0) {
         cfg->redis_host[0] = '\0';
         return set_str(cfg->redis_unix, sizeof cfg->redis_unix, v + 5);
@@ -79,7 +127,7 @@ static int set_redis(kgc_config *cfg, const char *v)
 }
 
 /* Every key of the file, one row each: where it goes and what it accepts. */
-typedef enum { K_STR, K_LONG, K_REDIS, K_CHOICE } key_kind;
+typedef enum { K_STR, K_LONG, K_REDIS, K_CHOICE, K_SENTINELS } key_kind;
 
 typedef struct key_rule {
     const char *name;
@@ -119,6 +167,10 @@ static const key_rule keys[] = {
     NUM("signup_per_minute", signup_per_minute, 10, 1, 1000000),
     NUM("audit_retention_days", audit_retention_days, 10, 1, 36500),
     CHOICE("log_format", log_format, log_formats),
+    {"sentinel", K_SENTINELS, 0, 0, 0, 0, 0, NULL},
+    STR("sentinel_master", sentinel_master),
+    NUM("min_replicas_ack", min_replicas_ack, 10, 0, 64),
+    NUM("replica_ack_timeout_ms", replica_ack_timeout_ms, 10, 1, 60000),
 };
 
 /* Stores x into an integer field of the size the row says. */
@@ -158,6 +210,8 @@ static int apply(kgc_config *cfg, const char *k, const char *v)
                     return 0;
                 }
             return -1;
+        case K_SENTINELS:
+            return set_sentinels(cfg, v);
         }
     }
     return -2;
@@ -219,6 +273,10 @@ int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen)
         }
     }
     fclose(f);
+    if (rc == 0 && (cfg->nsentinels > 0) != (cfg->sentinel_master[0] != '\0')) {
+        snprintf(err, errlen, "%s: 'sentinel' and 'sentinel_master' go together", path);
+        rc = -1;
+    }
     return rc;
 }
 

@@ -11,6 +11,12 @@
 #include <stddef.h>
 
 #define KGC_PATH_MAX 1024
+#define KGC_SENTINELS_MAX 8
+
+typedef struct kgc_hostport {
+    char host[256];
+    int port;
+} kgc_hostport;
 
 typedef struct kgc_config {
     char socket_path[108];        /* daemon: admin Unix socket ("" = unset) */
@@ -36,6 +42,13 @@ typedef struct kgc_config {
     int http_deadline_s;          /* daemon: whole request (headers + body) must arrive in, 10 */
     int signup_per_minute;        /* daemon: sign-ups per source (uid or address) a minute, 10 */
     int audit_retention_days;     /* daemon: accepted changes kept in the audit stream, 400 */
+    /* Sentinel (both): when nsentinels > 0 the store's address comes from
+     * these sentinels (kgc_sentinel.h), never from redis_host/redis_port. */
+    kgc_hostport sentinels[KGC_SENTINELS_MAX];
+    int nsentinels;
+    char sentinel_master[128];    /* the master's name at the sentinels */
+    int min_replicas_ack;         /* both: WAIT for this many replicas after a write, 0 = off */
+    int replica_ack_timeout_ms;   /* both: WAIT's timeout, 500 */
 } kgc_config;
 
 /* Fills *cfg with defaults, then with the file's values. Returns 0, or -1

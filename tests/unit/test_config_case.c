@@ -24,6 +24,14 @@ static void field(const kgc_config *c, const char *name, char *out, size_t n)
     else if (!strcmp(name, "cache_ttl_ms")) snprintf(out, n, "%d", c->cache_ttl_ms);
     else if (!strcmp(name, "max_line")) snprintf(out, n, "%zu", c->max_line);
     else if (!strcmp(name, "log_format")) snprintf(out, n, "%d", c->log_format);
+    else if (!strcmp(name, "nsentinels")) snprintf(out, n, "%d", c->nsentinels);
+    else if (!strcmp(name, "sentinel0")) snprintf(out, n, "%s:%d", c->sentinels[0].host, c->sentinels[0].port);
+    else if (!strcmp(name, "sentinel_last"))
+        snprintf(out, n, "%s:%d", c->sentinels[c->nsentinels ? c->nsentinels - 1 : 0].host,
+                 c->sentinels[c->nsentinels ? c->nsentinels - 1 : 0].port);
+    else if (!strcmp(name, "sentinel_master")) snprintf(out, n, "%s", c->sentinel_master);
+    else if (!strcmp(name, "min_replicas_ack")) snprintf(out, n, "%d", c->min_replicas_ack);
+    else if (!strcmp(name, "replica_ack_timeout_ms")) snprintf(out, n, "%d", c->replica_ack_timeout_ms);
     else snprintf(out, n, "<unknown field %s>", name);
 }
 
