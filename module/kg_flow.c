@@ -290,6 +290,10 @@ static kg_status token_verdict(kg_pending *p)
         return KG_TOKEN_UNKNOWN;
     if (e->expires_ms != 0 && e->expires_ms <= kg_wall_ms())
         return KG_TOKEN_UNKNOWN;        /* a rotated token whose grace is over */
+    /* Decided here, from the cached document, on every request: a warm
+     * cache refuses from expires_at on, with no message needed. */
+    if (e->key_expires_ms != 0 && e->key_expires_ms <= kg_wall_ms())
+        return KG_KEY_EXPIRED;
     return KG_OK;
 }
 

@@ -349,7 +349,7 @@ static void on_done(void *arg, kg_result *res)
     (void)res;                                      /* == &r->res */
     TAILQ_REMOVE(spoa_conn_reqs(c), r, link);
     r->pending = NULL;
-    if ((unsigned)r->res.status > KG_BACKEND_ERROR)
+    if (kg_http_status(r->res.status) == 500)
         r->res.status = KG_BACKEND_ERROR;           /* a status we cannot map: closed */
     if (send_ack(c, r->stream_id, r->frame_id, &r->req, &r->res, r->message) != 0)
         spoa_log("error", "cannot queue an ACK (stream %" PRIu64 ")", r->stream_id);
