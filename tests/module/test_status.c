@@ -47,7 +47,8 @@ static void tables(void)
 
 int main(void)
 {
-    kgt_world w, poor, other;
+    kgt_world w, poor, other, lim;
+    kgt_req r2;
     kgt_req r;
     kg_result res;
     kg_ctx *ctx;
@@ -220,6 +221,25 @@ int main(void)
     KGT_EQ_STATUS(run(ctx, &r, &res), KG_KEY_REVOKED);
     check_filled(&res);
     KGT_CHECK(strcmp(res.key_id, poor.key) == 0, "revoked key id");
+
+    /* KG_BUDGET_EXCEEDED: a day cap of 599, a 600 micros request; checked
+     * before funds, nothing charged. Then KG_RATE_LIMITED: 1 a minute. */
+    kgt_world_make(&env, &lim, 1000000);
+    kgt_key_field(&env, lim.team, lim.key, "budget_day_micros", json_integer(599));
+    kgt_sleep_ms(5);
+    kgt_request(&r2, lim.tok, "text-generation", "small", NULL,
+                KGT_P("input_tokens", 2000), KGT_P("output_tokens", 500), NULL);
+    KGT_EQ_STATUS(run(ctx, &r2, &res), KG_BUDGET_EXCEEDED);
+    check_filled(&res);
+    KGT_CHECK(res.cost_micros == 0 && kgt_balance(&env, &lim) == 1000000, "budget charged");
+    kgt_key_field(&env, lim.team, lim.key, "budget_day_micros", NULL);
+    kgt_key_field(&env, lim.team, lim.key, "rate_limits",
+                  json_pack("{s:{s:i}}", "text-generation", "per_minute", 1));
+    kgt_sleep_ms(5);
+    KGT_EQ_STATUS(run(ctx, &r2, &res), KG_OK);
+    KGT_EQ_STATUS(run(ctx, &r2, &res), KG_RATE_LIMITED);
+    check_filled(&res);
+    KGT_CHECK(res.cost_micros == 0 && kgt_balance(&env, &lim) == 1000000 - 600, "rate charged");
 
     /* KG_BACKEND_ERROR: a payg policy whose wallet is gone (a data error). */
     kgt_do(&env, "DEL " KGT_PREFIX "{t:%s}:wallet:%s", other.team, other.wallet);
