@@ -231,6 +231,29 @@ class Decisions(Base):
         status, doc, _ = self.hap.get_json("/tiny/x", bearer(a["free_token"]))
         self.assertRefusal(status, doc, 429, "quota_exceeded")
 
+    def test_rate_limited_is_429_with_retry_after(self):
+        a = self.accounts()
+        self.c.ok("key.update", a["user"], key=a["paid_key"],
+                  rate_limits={"text-generation": {"per_minute": 1}})
+        time.sleep(0.05)
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        self.assertEqual(self.hap.get_echo("/gen/x", h)[0], 200)
+        status, doc, hdrs = self.hap.get_json("/gen/x", h)
+        self.assertRefusal(status, doc, 429, "rate_limited")
+        self.assertTrue(1 <= int(hdrs["retry-after"]) <= 60, hdrs)
+
+    def test_new_statuses_keep_their_http_status(self):
+        a = self.accounts()
+        self.c.ok("key.update", a["user"], key=a["paid_key"], budget_day_micros=1)
+        time.sleep(0.05)
+        status, doc, _ = self.hap.get_json("/gen/x", gen_headers(a["paid_token"], inp=10, out=10))
+        self.assertRefusal(status, doc, 402, "budget_exceeded")
+        self.c.ok("key.update", a["user"], key=a["paid_key"], budget_day_micros=None,
+                  expires_at=kgtest.now_ms() + 300)
+        time.sleep(0.4)
+        status, doc, _ = self.hap.get_json("/gen/x", gen_headers(a["paid_token"], inp=10, out=10))
+        self.assertRefusal(status, doc, 401, "key_expired")
+
     def test_same_request_id_twice_is_charged_once(self):
         a = self.accounts(credit_micros=1_000_000)
         h = gen_headers(a["paid_token"], inp=2000, out=1000,
