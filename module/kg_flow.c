@@ -199,7 +199,7 @@ static void issue_script(kg_pending *p)
     kg_ctx *ctx = p->ctx;
     const char *P = ctx->cfg.key_prefix, *T = p->r.team_id, *K = p->r.key_id;
     char k1[KGC_RKEY_MAX], k2[KGC_RKEY_MAX], k3[KGC_RKEY_MAX], num[24];
-    char rs[KGC_RKEY_MAX], rm[KGC_RKEY_MAX], ps[24], pm[24], day[16], month[16];
+    char rl[KGC_RKEY_MAX], ps[24], pm[24], day[16], month[16];
 
     if (ctx->sha[p->script][0] == '\0') {
         const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[p->script]};
@@ -209,8 +209,7 @@ static void issue_script(kg_pending *p)
     utc_tags(day, month);
     snprintf(ps, sizeof ps, "%lld", (long long)p->per_second);
     snprintf(pm, sizeof pm, "%lld", (long long)p->per_minute);
-    if (kgc_rkey(rs, P, KGC_RK_RATE_SEC, T, K, p->service) < 0 ||
-        kgc_rkey(rm, P, KGC_RK_RATE_MIN, T, K, p->service) < 0) {
+    if (kgc_rkey(rl, P, KGC_RK_RATE, T, K, p->service) < 0) {
         finish(p, KG_BACKEND_ERROR);
         return;
     }
@@ -239,10 +238,10 @@ static void issue_script(kg_pending *p)
         }
         snprintf(bd, sizeof bd, "%lld", (long long)p->budget_day);
         snprintf(bm, sizeof bm, "%lld", (long long)p->budget_month);
-        const char *argv[27] = {"EVALSHA", ctx->sha[p->script], "9", k1, k2, k3, k4, k5,
-                                sd, sm, rs, rm, num, K, p->r.user_id, p->service, p->model,
+        const char *argv[26] = {"EVALSHA", ctx->sha[p->script], "8", k1, k2, k3, k4, k5,
+                                sd, sm, rl, num, K, p->r.user_id, p->service, p->model,
                                 p->request_id, W, p->fp, ttl, bd, bm, ps, pm, day, month};
-        issue(p, KG_ST_EVAL, 27, argv);
+        issue(p, KG_ST_EVAL, 26, argv);
     } else {
         if (kgc_rkey(k1, P, KGC_RK_QUOTA, T, p->service, day) < 0 ||
             kgc_rkey(k2, P, KGC_RK_REQ, T, K, p->request_id) < 0) {
@@ -250,10 +249,10 @@ static void issue_script(kg_pending *p)
             return;
         }
         snprintf(num, sizeof num, "%lld", (long long)p->quota_limit);
-        const char *argv[15] = {"EVALSHA", ctx->sha[p->script], "4", k1, k2, rs, rm, num,
+        const char *argv[14] = {"EVALSHA", ctx->sha[p->script], "3", k1, k2, rl, num,
                                 p->request_id, p->r.user_id, p->service, p->model, p->fp,
                                 ps, pm};
-        issue(p, KG_ST_EVAL, 15, argv);
+        issue(p, KG_ST_EVAL, 14, argv);
     }
 }
 

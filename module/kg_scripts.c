@@ -94,55 +94,61 @@
  * A request is refused when spend + its cost (or hold) would pass a cap:
  * never one over the cap, never one refused below it.
  *
- * Rate limits: a sliding-window log per key, service and window (a zset
- * of admitted requests scored by Redis ms): admitted when fewer than the
- * limit were admitted in the last 1000 (60000) ms. Exact at millisecond
- * resolution, for any number of gateways: the log lives in the team's
- * slot and is read and written in the script that admits. Memory is one
- * member per admitted request in the window, which is why the daemon caps
- * limits (1000 a second, 10000 a minute). The wait returned is when the
- * oldest member leaves the full window. */
+ * Rate limits: a sliding-window log per key and service (a zset of the
+ * admitted requests scored by Redis ms, kept for 60 s when a per-minute
+ * limit is set, else 1 s): admitted when fewer than per_minute were
+ * admitted in the last 60000 ms (ZCARD) and fewer than per_second in the
+ * last 1000 (ZCOUNT). Exact at millisecond resolution, for any number of
+ * gateways: the log lives in the team's slot and is read and written in
+ * the script that admits. Memory is one member per admitted request in the
+ * window, which is why the daemon caps limits (1000 a second, 10000 a
+ * minute). The wait returned is when enough members have left a full
+ * window for one more to fit. */
 #define KG_LUA_LIMITS                                                              \
-    "local function rate_wait(k, lim, win, now)\n"                                 \
-    "  if lim <= 0 then return 0 end\n"                                            \
-    "  redis.call('ZREMRANGEBYSCORE', k, '-inf', now - win)\n"                     \
-    "  if redis.call('ZCARD', k) < lim then return 0 end\n"                        \
-    "  local o = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')\n"                    \
+    "local function fmt(x) return string.format('%d', x) end\n"                    \
+    "local function nth_wait(k, min, i, win, now)\n"                               \
+    "  local o = redis.call('ZRANGEBYSCORE', k, min, '+inf', 'WITHSCORES', 'LIMIT', i, 1)\n" \
     "  local w = (tonumber(o[2]) or now) + win - now\n"                            \
     "  if w < 1 then w = 1 end\n"                                                  \
     "  return w\n"                                                                 \
     "end\n"                                                                        \
-    "local function rate_take(k, lim, win, now)\n"                                 \
-    "  if lim <= 0 then return end\n"                                              \
+    "local function rate_check(k, ps, pm, now)\n"                                  \
+    "  if ps <= 0 and pm <= 0 then return 0 end\n"                                \
+    "  local win = pm > 0 and 60000 or 1000\n"                                     \
+    "  redis.call('ZREMRANGEBYSCORE', k, '-inf', fmt(now - win))\n"                \
     "  local n = redis.call('ZCARD', k)\n"                                         \
-    "  redis.call('ZADD', k, now, string.format('%d-%d', now, n))\n"               \
+    "  local wait = 0\n"                                                           \
+    "  if pm > 0 and n >= pm then wait = nth_wait(k, '-inf', n - pm, 60000, now) end\n" \
+    "  if ps > 0 then\n"                                                           \
+    "    local lo = '(' .. fmt(now - 1000)\n"                                      \
+    "    local c = pm > 0 and redis.call('ZCOUNT', k, lo, '+inf') or n\n"          \
+    "    if c >= ps then wait = math.max(wait, nth_wait(k, lo, c - ps, 1000, now)) end\n" \
+    "  end\n"                                                                      \
+    "  if wait > 0 then return wait end\n"                                         \
+    "  redis.call('ZADD', k, fmt(now), fmt(now) .. '-' .. fmt(n))\n"               \
     "  redis.call('PEXPIRE', k, win)\n"                                            \
-    "end\n"                                                                        \
-    "local function spent(k)\n"                                                   \
-    "  return tonumber(redis.call('GET', k) or '0') or 0\n"                        \
+    "  return 0\n"                                                                 \
     "end\n"                                                                        \
     "local function budget_over(amt, kd, km, capd, capm)\n"                        \
-    "  if amt <= 0 then return false end\n"                                        \
-    "  if capd > 0 and spent(kd) + amt > capd then return true end\n"              \
-    "  if capm > 0 and spent(km) + amt > capm then return true end\n"              \
+    "  if amt <= 0 or (capd <= 0 and capm <= 0) then return false end\n"           \
+    "  local v = redis.call('MGET', kd, km)\n"                                     \
+    "  if capd > 0 and (tonumber(v[1]) or 0) + amt > capd then return true end\n"  \
+    "  if capm > 0 and (tonumber(v[2]) or 0) + amt > capm then return true end\n"  \
     "  return false\n"                                                             \
     "end\n"                                                                        \
     "local function budget_add(amt, kd, km, capd, capm)\n"                         \
     "  if amt <= 0 then return end\n"                                              \
-    "  if capd > 0 then\n"                                                         \
-    "    redis.call('INCRBY', kd, string.format('%d', amt))\n"                     \
+    "  if capd > 0 and redis.call('INCRBY', kd, fmt(amt)) == amt then\n"           \
     "    redis.call('EXPIRE', kd, 172800)\n"                                       \
     "  end\n"                                                                      \
-    "  if capm > 0 then\n"                                                         \
-    "    redis.call('INCRBY', km, string.format('%d', amt))\n"                     \
+    "  if capm > 0 and redis.call('INCRBY', km, fmt(amt)) == amt then\n"           \
     "    redis.call('EXPIRE', km, 5356800)\n"                                      \
     "  end\n"                                                                      \
     "end\n"
 
 /* Debit (payg, services without settle).
  *   KEYS    as above, then 6 P {t:T}:spend:<kid>:d:<yyyymmdd>,
- *           7 P {t:T}:spend:<kid>:m:<yyyymm>, 8 P {t:T}:rate:<kid>:<svc>:s,
- *           9 P {t:T}:rate:<kid>:<svc>:m
+ *           7 P {t:T}:spend:<kid>:m:<yyyymm>, 8 P {t:T}:rate:<kid>:<svc>
  *   ARGV    cost, key_id, user_id, service, model, request_id ('' = none),
  *           wallet_id, fp, hold_ttl_ms (unused here), budget_day,
  *           budget_month, per_second, per_minute (0 = none), yyyymmdd, yyyymm
@@ -178,10 +184,8 @@ static const char debit_lua[] =
     "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n"
     "if budget_over(cost, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n"
     "if bal - held < cost then return {'funds', bal} end\n"
-    "local wait = math.max(rate_wait(KEYS[8], ps, 1000, now), rate_wait(KEYS[9], pm, 60000, now))\n"
+    "local wait = rate_check(KEYS[8], ps, pm, now)\n"
     "if wait > 0 then return {'rate', wait} end\n"
-    "rate_take(KEYS[8], ps, 1000, now)\n"
-    "rate_take(KEYS[9], pm, 60000, now)\n"
     "budget_add(cost, KEYS[6], KEYS[7], capd, capm)\n"
     "local nb = bal\n"
     "if cost > 0 then\n"
@@ -229,10 +233,8 @@ static const char hold_lua[] =
     "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n"
     "if budget_over(h, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n"
     "if bal - held < h then return {'funds', bal} end\n"
-    "local wait = math.max(rate_wait(KEYS[8], ps, 1000, now), rate_wait(KEYS[9], pm, 60000, now))\n"
+    "local wait = rate_check(KEYS[8], ps, pm, now)\n"
     "if wait > 0 then return {'rate', wait} end\n"
-    "rate_take(KEYS[8], ps, 1000, now)\n"
-    "rate_take(KEYS[9], pm, 60000, now)\n"
     "budget_add(h, KEYS[6], KEYS[7], capd, capm)\n"
     "local id = ARGV[2] .. ' ' .. rid\n"
     "local exp = now + ttl\n"
@@ -308,7 +310,7 @@ static const char settle_lua[] =
  *   KEYS[1] P {t:T}:quota:<svc>:<yyyymmdd>   the team's requests that UTC day,
  *                                            whichever key they came through
  *   KEYS[2] P {t:T}:req:<kid>:<rid>
- *   KEYS[3], KEYS[4] P {t:T}:rate:<kid>:<svc>:s and :m (rate limits)
+ *   KEYS[3] P {t:T}:rate:<kid>:<svc> (rate limits)
  *   ARGV    limit (0 = unlimited, still counted), request_id ('' = none),
  *           user_id, service, model, fp, per_second, per_minute (0 = none)
  * Returns {'ok', count} | {'quota', count} | {'rate', wait_ms} | {'replay'} |
@@ -331,10 +333,8 @@ static const char quota_lua[] =
     "if ps > 0 or pm > 0 then\n"
     "  local t = redis.call('TIME')\n"
     "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "  local wait = math.max(rate_wait(KEYS[3], ps, 1000, now), rate_wait(KEYS[4], pm, 60000, now))\n"
+    "  local wait = rate_check(KEYS[3], ps, pm, now)\n"
     "  if wait > 0 then return {'rate', wait} end\n"
-    "  rate_take(KEYS[3], ps, 1000, now)\n"
-    "  rate_take(KEYS[4], pm, 60000, now)\n"
     "end\n"
     "n = redis.call('INCR', KEYS[1])\n"
     "if n == 1 then redis.call('EXPIRE', KEYS[1], 172800) end\n"

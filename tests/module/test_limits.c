@@ -304,7 +304,7 @@ static void rates(void)
     KGT_CHECK(t.min_retry >= 1 && t.max_retry <= 60000, "retry_after_ms %lld..%lld",
               (long long)t.min_retry, (long long)t.max_retry);
     KGT_CHECK(kgt_balance(&env, &w) == 1000000000 - 29 * 150, "only the admitted were charged");
-    KGT_CHECK(kgt_int(&env, "ZCARD " KGT_PREFIX "{t:%s}:rate:%s:text-generation:m", w.team, w.key)
+    KGT_CHECK(kgt_int(&env, "ZCARD " KGT_PREFIX "{t:%s}:rate:%s:text-generation", w.team, w.key)
               == 29, "window log");
 
     /* per_second, quota script: all attempts inside one second of Redis'
@@ -341,9 +341,35 @@ static void rates(void)
     KGT_CHECK(h.retry_after_ms == 0, "retry_after_ms on an admitted request");
     kgt_request(&r, w.tok, "text-generation", "small", NULL, KGT_P("input_tokens", 1000), NULL);
     KGT_EQ_STATUS(kg_authorize(ctx, &r.req, &res), KG_OK);
+
+    /* Both limits on one key and service (one log, two windows): 3 a
+     * second, 5 a minute. */
+    world_make(&w, 1000000000);
+    kgt_key_field(&env, w.team, w.key, "rate_limits",
+                  json_pack("{s:{s:i,s:i}}", "text-generation", "per_second", 3, "per_minute", 5));
+    kgt_sleep_ms(20);
+    kgt_request(&r, w.tok, "text-generation", "small", NULL, KGT_P("input_tokens", 1000), NULL);
+    int admitted = 0, waits = 0;
+    int64_t b0 = kgt_wall_ms();
+    while (admitted < 5 && waits < 6) {
+        kg_status st = kg_authorize_hold(ctx, &r.req, &res, &h, sizeof h);
+        if (st == KG_OK) {
+            admitted++;
+            continue;
+        }
+        KGT_EQ_STATUS(st, KG_RATE_LIMITED);
+        KGT_CHECK(admitted == 3 && h.retry_after_ms >= 1 && h.retry_after_ms <= 1000,
+                  "second window: %d admitted, wait %lld", admitted, (long long)h.retry_after_ms);
+        waits++;
+        kgt_sleep_ms((int)h.retry_after_ms + 5);
+    }
+    KGT_CHECK(admitted == 5 && waits == 1, "%d admitted, %d waits", admitted, waits);
+    KGT_EQ_STATUS(kg_authorize_hold(ctx, &r.req, &res, &h, sizeof h), KG_RATE_LIMITED);
+    KGT_CHECK(h.retry_after_ms > 1000 && h.retry_after_ms <= 60000 - (kgt_wall_ms() - b0) + 50,
+              "minute window: wait %lld", (long long)h.retry_after_ms);
     kg_close(ctx);
     printf("ok: rate limits: per_minute exactly 29 of %d (%d processes); per_second exactly 7 "
-           "of %d in %lld ms; admitted again after retry_after_ms\n", PROCS * 10, PROCS,
+           "of %d in %lld ms; admitted again after retry_after_ms; both windows on one key\n", PROCS * 10, PROCS,
            PROCS * 4, t1 - t0);
 }
 
