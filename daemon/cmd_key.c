@@ -64,6 +64,123 @@ static int text_args(job *j, json_t *doc)
     return 0;
 }
 
+/* Limits of the key document (issue 13; docs/protocol.md "Expiry, budgets,
+ * rate limits"). Money and times stay below 2^53: the gateway's Lua
+ * scripts count in doubles. */
+#define EXPIRES_MAX   253402300799999LL    /* 9999-12-31T23:59:59.999Z */
+#define BUDGET_MAX    9007199254740991LL   /* 2^53 - 1 micros */
+#define RATE_SEC_MAX  1000                 /* the window keeps one entry per */
+#define RATE_MIN_MAX  10000                /* request admitted: memory bound */
+
+/* 1 when v is a JSON integer in [lo, hi]. */
+static int int_in(const json_t *v, long long lo, long long hi)
+{
+    return json_is_integer(v) && json_integer_value(v) >= lo && json_integer_value(v) <= hi;
+}
+
+/* One rate_limits object: {service: {"per_second": N, "per_minute": M}}.
+ * Returns the normalised copy (limits of 0 and services with none left
+ * out), or NULL after job_fail. */
+static json_t *rates_check(job *j, json_t *in)
+{
+    json_t *out, *lim, *v;
+    const char *sid, *field;
+
+    if (!json_is_object(in)) {
+        job_fail(j, "bad_request", "'rate_limits' must be an object of services");
+        return NULL;
+    }
+    out = json_object();
+    json_object_foreach(in, sid, lim) {
+        json_t *one = json_object();
+        if (kgc_catalog_service(j->app->cat, sid) == NULL) {
+            job_fail(j, "bad_request", "rate_limits: unknown service '%.64s'", sid);
+            goto bad;
+        }
+        if (!json_is_object(lim)) {
+            job_fail(j, "bad_request", "rate_limits.%.64s must be an object", sid);
+            goto bad;
+        }
+        json_object_foreach(lim, field, v) {
+            long long max = strcmp(field, "per_second") == 0 ? RATE_SEC_MAX :
+                            strcmp(field, "per_minute") == 0 ? RATE_MIN_MAX : -1;
+            if (max < 0) {
+                job_fail(j, "bad_request", "rate_limits.%.64s: unknown field '%.32s'", sid, field);
+                goto bad;
+            }
+            if (!int_in(v, 0, max)) {
+                job_fail(j, "bad_request", "rate_limits.%.64s.%s must be an integer 0-%lld",
+                         sid, field, max);
+                goto bad;
+            }
+            if (json_integer_value(v) > 0)
+                json_object_set(one, field, v);
+        }
+        if (json_object_size(one) > 0)
+            json_object_set(out, sid, one);
+        json_decref(one);
+        continue;
+bad:
+        json_decref(one);
+        json_decref(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* expires_at, budget_day_micros, budget_month_micros, rate_limits: each
+ * optional; null (or 0 for a budget) removes it. Sets *changed when one
+ * was given, so that key.update tells the gateways. 0, or -1 after
+ * job_fail (doc then half-edited: the caller drops it). */
+static int limit_args(job *j, json_t *doc, int *changed)
+{
+    static const char *const budgets[] = {"budget_day_micros", "budget_month_micros"};
+    json_t *v = arg(j, "expires_at"), *r;
+
+    *changed = 0;
+    if (v != NULL) {
+        const char *kind = json_string_value(json_object_get(doc, "kind"));
+        *changed = 1;
+        if (kind != NULL && strcmp(kind, "free") == 0) {
+            job_fail(j, "free_key_immutable", "the free key cannot expire");
+            return -1;
+        }
+        if (json_is_null(v)) {
+            json_object_del(doc, "expires_at");
+        } else if (!int_in(v, now_ms() + 1, EXPIRES_MAX)) {
+            job_fail(j, "bad_request",
+                     "'expires_at' must be an integer in the future (ms since the epoch, UTC)");
+            return -1;
+        } else {
+            json_object_set(doc, "expires_at", v);
+        }
+    }
+    for (size_t i = 0; i < 2; i++) {
+        if ((v = arg(j, budgets[i])) == NULL)
+            continue;
+        *changed = 1;
+        if (!json_is_null(v) && !int_in(v, 0, BUDGET_MAX)) {
+            job_fail(j, "bad_request", "'%s' must be an integer of micros, 0 or more", budgets[i]);
+            return -1;
+        }
+        if (json_is_null(v) || json_integer_value(v) == 0)
+            json_object_del(doc, budgets[i]);
+        else
+            json_object_set(doc, budgets[i], v);
+    }
+    if ((v = arg(j, "rate_limits")) != NULL) {
+        *changed = 1;
+        if (json_is_null(v)) {
+            json_object_del(doc, "rate_limits");
+        } else {
+            if ((r = rates_check(j, v)) == NULL)
+                return -1;
+            json_object_set_new(doc, "rate_limits", r);
+        }
+    }
+    return 0;
+}
+
 job_step cmd_key_create(job *j)
 {
     json_t *users = arg(j, "users"), *services = arg(j, "services"), *doc, *u = NULL, *s = NULL;
@@ -88,7 +205,8 @@ job_step cmd_key_create(job *j)
                     j->team_id, "description", "", "kind", "paid", "status", "active",
                     "users", u ? u : json_array(), "services", s ? s : json_object(),
                     "tokens", "created_at", (json_int_t)now, "updated_at", (json_int_t)now);
-    if (text_args(j, doc) != 0) {
+    int changed;
+    if (text_args(j, doc) != 0 || limit_args(j, doc, &changed) != 0) {
         json_decref(doc);
         return J_FAIL;
     }
@@ -330,8 +448,14 @@ static job_step edit_key(job *j, key_edit_fn edit, void (*prefetch)(job *j))
 
 static int edit_text(job *j, json_t *doc, json_t *extra)
 {
+    int changed = 0;
+
     (void)extra;
-    return text_args(j, doc);
+    if (text_args(j, doc) != 0 || limit_args(j, doc, &changed) != 0)
+        return -1;
+    if (changed)                        /* the gateways decide by these */
+        job_publish(j, "key %s", arg_str(j, "key"));
+    return 0;
 }
 
 job_step cmd_key_update(job *j)

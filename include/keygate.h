@@ -44,9 +44,15 @@ typedef enum kg_status {
      * against an older header may see values it has no name for: it must
      * treat any status other than KG_OK as a refusal, and can still ask
      * kg_http_status/kg_status_code/kg_strerror about it. */
-    KG_REQUEST_ID_CONFLICT /* 409 request_id already used by a different
+    KG_REQUEST_ID_CONFLICT, /* 409 request_id already used by a different
                               request (other user, service, model or
                               params) of the same key: refused, never served */
+    KG_KEY_EXPIRED,        /* 401 the key's expires_at has passed (paid keys) */
+    KG_BUDGET_EXCEEDED,    /* 402 the key's daily or monthly spend cap would be
+                              passed by this request's cost or hold */
+    KG_RATE_LIMITED        /* 429 the key's per-second or per-minute limit for
+                              the service is reached: retry later
+                              (kg_hold.retry_after_ms says when) */
 } kg_status;
 
 typedef struct kg_param { const char *name; int64_t value; } kg_param;
@@ -204,6 +210,11 @@ typedef struct kg_hold {
                                  which the hold is captured unless settled; 0 none */
     int captured;             /* settle: 1 when the hold had expired and was
                                  captured at its full amount (nothing charged now) */
+    /* Appended (kg_hold is sized by the host): not about holds, but the one
+     * answer struct that can grow. */
+    int64_t retry_after_ms;   /* authorize refused KG_RATE_LIMITED: ms until the
+                                 oldest request in the full window leaves it
+                                 (≥ 1); 0 otherwise */
 } kg_hold;
 
 KG_EXPORT kg_status kg_authorize_hold(kg_ctx *ctx, const kg_request *req, kg_result *res,

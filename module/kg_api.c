@@ -155,6 +155,9 @@ KG_EXPORT const char *kg_strerror(kg_status s)
     case KG_BAD_REQUEST:        return "bad request (unknown service, model or parameter, or bad arguments)";
     case KG_BACKEND_ERROR:      return "key store unreachable or too slow";
     case KG_REQUEST_ID_CONFLICT: return "request id already used for a different request";
+    case KG_KEY_EXPIRED:        return "key expired";
+    case KG_BUDGET_EXCEEDED:    return "the key's daily or monthly spend budget would be exceeded";
+    case KG_RATE_LIMITED:       return "rate limit of this key and service reached";
     }
     return "unknown status";
 }
@@ -173,6 +176,9 @@ KG_EXPORT const char *kg_status_code(kg_status s)
     case KG_BAD_REQUEST:        return "bad_request";
     case KG_BACKEND_ERROR:      return "backend_error";
     case KG_REQUEST_ID_CONFLICT: return "request_id_conflict";
+    case KG_KEY_EXPIRED:        return "key_expired";
+    case KG_BUDGET_EXCEEDED:    return "budget_exceeded";
+    case KG_RATE_LIMITED:       return "rate_limited";
     }
     return "unknown";
 }
@@ -191,6 +197,9 @@ KG_EXPORT int kg_http_status(kg_status s)
     case KG_BAD_REQUEST:        return 400;
     case KG_BACKEND_ERROR:      return 503;
     case KG_REQUEST_ID_CONFLICT: return 409;
+    case KG_KEY_EXPIRED:        return 401;
+    case KG_BUDGET_EXCEEDED:    return 402;
+    case KG_RATE_LIMITED:       return 429;
     }
     return 500;
 }

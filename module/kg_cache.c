@@ -223,12 +223,42 @@ static int parse_policy(const char *sid, json_t *jp, kg_svcpol *sp, char *err, s
     return 0;
 }
 
+/* An optional non-negative integer member: 0 when absent or null, -1 when
+ * present with another type or negative (a damaged document). */
+static int opt_count(json_t *root, const char *name, int64_t *out)
+{
+    json_t *v = json_object_get(root, name);
+
+    *out = 0;
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return -1;
+    *out = json_integer_value(v);
+    return 0;
+}
+
+/* rate_limits.<sid> of the key document onto its policy. */
+static int parse_rate(json_t *rates, kg_svcpol *sp, char *err, size_t errlen)
+{
+    json_t *r = json_object_get(rates, sp->id);
+
+    if (r == NULL || json_is_null(r))
+        return 0;
+    if (!json_is_object(r) || opt_count(r, "per_second", &sp->per_second) != 0 ||
+        opt_count(r, "per_minute", &sp->per_minute) != 0) {
+        snprintf(err, errlen, "service '%.64s': bad rate_limits", sp->id);
+        return -1;
+    }
+    return 0;
+}
+
 kg_entry *kg_entry_build(const char *hash, const char *key_id, const char *team_id,
                          const char *user_id, int64_t expires_ms,
                          const char *doc, size_t doclen, char *err, size_t errlen)
 {
     json_error_t je;
-    json_t *root = json_loadb(doc, doclen, 0, &je), *v, *svcs, *users;
+    json_t *root = json_loadb(doc, doclen, 0, &je), *v, *svcs, *users, *rates;
     kg_entry *e = calloc(1, sizeof *e);
     const char *sid;
     json_t *jp;
@@ -278,6 +308,19 @@ kg_entry *kg_entry_build(const char *hash, const char *key_id, const char *team_
         if (!json_is_string(cur) || strcmp(json_string_value(cur), hash) != 0)
             e->state = KG_ENT_UNASSIGNED;
     }
+    /* Expiry, budgets and rate limits (issue 13): optional; a bad value
+     * refuses every request of the key (fail closed). */
+    if (opt_count(root, "expires_at", &e->key_expires_ms) != 0 ||
+        opt_count(root, "budget_day_micros", &e->budget_day) != 0 ||
+        opt_count(root, "budget_month_micros", &e->budget_month) != 0) {
+        snprintf(err, errlen, "key document: bad expires_at or budget");
+        goto err;
+    }
+    rates = json_object_get(root, "rate_limits");
+    if (rates != NULL && !json_is_null(rates) && !json_is_object(rates)) {
+        snprintf(err, errlen, "key document: 'rate_limits' is not an object");
+        goto err;
+    }
     svcs = json_object_get(root, "services");
     if (svcs != NULL && !json_is_object(svcs)) {
         snprintf(err, errlen, "key document: 'services' is not an object");
@@ -295,7 +338,8 @@ kg_entry *kg_entry_build(const char *hash, const char *key_id, const char *team_
                 goto err;
             }
             e->nsvcs++;
-            if (parse_policy(sid, jp, &e->svcs[e->nsvcs - 1], err, errlen) != 0)
+            if (parse_policy(sid, jp, &e->svcs[e->nsvcs - 1], err, errlen) != 0 ||
+                parse_rate(rates, &e->svcs[e->nsvcs - 1], err, errlen) != 0)
                 goto err;
         }
     }

@@ -185,56 +185,76 @@ static void issue(kg_pending *p, int step, int argc, const char **argv)
     list_inflight(p);
 }
 
+/* Today's and this month's UTC tags, for the quota and spend keys. */
+static void utc_tags(char *day, char *month)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+
+    gmtime_r(&now, &tm);
+    strftime(day, 16, "%Y%m%d", &tm);
+    strftime(month, 16, "%Y%m", &tm);
+}
+
 static void issue_script(kg_pending *p)
 {
     kg_ctx *ctx = p->ctx;
-    const char *P = ctx->cfg.key_prefix;
+    const char *P = ctx->cfg.key_prefix, *T = p->r.team_id, *K = p->r.key_id;
     char k1[KGC_RKEY_MAX], k2[KGC_RKEY_MAX], k3[KGC_RKEY_MAX], num[24];
+    char rl[KGC_RKEY_MAX], ps[24], pm[24], day[16], month[16];
 
     if (ctx->sha[p->script][0] == '\0') {
         const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[p->script]};
         issue(p, KG_ST_LOAD, 3, argv);
         return;
     }
+    utc_tags(day, month);
+    snprintf(ps, sizeof ps, "%lld", (long long)p->per_second);
+    snprintf(pm, sizeof pm, "%lld", (long long)p->per_minute);
+    if (kgc_rkey(rl, P, KGC_RK_RATE, T, K, p->service) < 0) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
     if (p->script != KG_SCRIPT_QUOTA) {
         /* The wallet's five keys (kg_scripts.c "Holds"): every money
-         * script may capture the wallet's expired holds. */
-        char k4[KGC_RKEY_MAX], k5[KGC_RKEY_MAX], ttl[24];
-        const char *T = p->r.team_id, *W = p->r.wallet_id;
+         * script may capture the wallet's expired holds; then the key's
+         * spend and rate keys (kg_scripts.c "Budgets and rate limits"). */
+        char k4[KGC_RKEY_MAX], k5[KGC_RKEY_MAX], sd[KGC_RKEY_MAX], sm[KGC_RKEY_MAX], ttl[24];
+        char bd[24], bm[24];
+        const char *W = p->r.wallet_id;
         if (kgc_rkey(k1, P, KGC_RK_WALLET, T, W) < 0 || kgc_rkey(k2, P, KGC_RK_LEDGER, T, W) < 0 ||
-            kgc_rkey(k3, P, KGC_RK_REQ, T, p->r.key_id, p->request_id) < 0 ||
-            kgc_rkey(k4, P, KGC_RK_HOLDS, T, W) < 0 || kgc_rkey(k5, P, KGC_RK_HOLDEXP, T, W) < 0) {
+            kgc_rkey(k3, P, KGC_RK_REQ, T, K, p->request_id) < 0 ||
+            kgc_rkey(k4, P, KGC_RK_HOLDS, T, W) < 0 || kgc_rkey(k5, P, KGC_RK_HOLDEXP, T, W) < 0 ||
+            kgc_rkey(sd, P, KGC_RK_SPEND_DAY, T, K, day) < 0 ||
+            kgc_rkey(sm, P, KGC_RK_SPEND_MONTH, T, K, month) < 0) {
             finish(p, KG_BACKEND_ERROR);
             return;
         }
         snprintf(num, sizeof num, "%lld", (long long)p->cost);
         snprintf(ttl, sizeof ttl, "%d", ctx->cfg.hold_ttl_ms);
         if (p->script == KG_SCRIPT_SETTLE) {
-            const char *argv[12] = {"EVALSHA", ctx->sha[p->script], "5", k1, k2, k3, k4, k5,
-                                    num, p->r.key_id, p->request_id, W};
-            issue(p, KG_ST_EVAL, 12, argv);
+            const char *argv[16] = {"EVALSHA", ctx->sha[p->script], "7", k1, k2, k3, k4, k5,
+                                    sd, sm, num, K, p->request_id, W, day, month};
+            issue(p, KG_ST_EVAL, 16, argv);
             return;
         }
-        const char *argv[17] = {"EVALSHA", ctx->sha[p->script], "5", k1, k2, k3, k4, k5, num,
-                                p->r.key_id, p->r.user_id, p->service, p->model,
-                                p->request_id, W, p->fp, ttl};
-        issue(p, KG_ST_EVAL, p->script == KG_SCRIPT_HOLD ? 17 : 16, argv);
+        snprintf(bd, sizeof bd, "%lld", (long long)p->budget_day);
+        snprintf(bm, sizeof bm, "%lld", (long long)p->budget_month);
+        const char *argv[26] = {"EVALSHA", ctx->sha[p->script], "8", k1, k2, k3, k4, k5,
+                                sd, sm, rl, num, K, p->r.user_id, p->service, p->model,
+                                p->request_id, W, p->fp, ttl, bd, bm, ps, pm, day, month};
+        issue(p, KG_ST_EVAL, 26, argv);
     } else {
-        char day[16];
-        time_t now = time(NULL);
-        struct tm tm;
-
-        gmtime_r(&now, &tm);
-        strftime(day, sizeof day, "%Y%m%d", &tm);
-        if (kgc_rkey(k1, P, KGC_RK_QUOTA, p->r.team_id, p->service, day) < 0 ||
-            kgc_rkey(k2, P, KGC_RK_REQ, p->r.team_id, p->r.key_id, p->request_id) < 0) {
+        if (kgc_rkey(k1, P, KGC_RK_QUOTA, T, p->service, day) < 0 ||
+            kgc_rkey(k2, P, KGC_RK_REQ, T, K, p->request_id) < 0) {
             finish(p, KG_BACKEND_ERROR);
             return;
         }
         snprintf(num, sizeof num, "%lld", (long long)p->quota_limit);
-        const char *argv[11] = {"EVALSHA", ctx->sha[p->script], "2", k1, k2, num,
-                                p->request_id, p->r.user_id, p->service, p->model, p->fp};
-        issue(p, KG_ST_EVAL, 11, argv);
+        const char *argv[14] = {"EVALSHA", ctx->sha[p->script], "3", k1, k2, rl, num,
+                                p->request_id, p->r.user_id, p->service, p->model, p->fp,
+                                ps, pm};
+        issue(p, KG_ST_EVAL, 14, argv);
     }
 }
 
@@ -292,6 +312,10 @@ static kg_status token_verdict(kg_pending *p)
         return KG_TOKEN_UNKNOWN;
     if (e->expires_ms != 0 && e->expires_ms <= kg_wall_ms())
         return KG_TOKEN_UNKNOWN;        /* a rotated token whose grace is over */
+    /* Decided here, from the cached document, on every request: a warm
+     * cache refuses from expires_at on, with no message needed. */
+    if (e->key_expires_ms != 0 && e->key_expires_ms <= kg_wall_ms())
+        return KG_KEY_EXPIRED;
     return KG_OK;
 }
 
@@ -401,6 +425,10 @@ static void decide(kg_pending *p)
         p->cost = pol->payg ? cost : 0;
         p->script = !pol->payg ? KG_SCRIPT_QUOTA : svc->settle ? KG_SCRIPT_HOLD : KG_SCRIPT_DEBIT;
         p->quota_limit = svc->requests_per_day;
+        p->budget_day = p->ent->budget_day;
+        p->budget_month = p->ent->budget_month;
+        p->per_second = pol->per_second;
+        p->per_minute = pol->per_minute;
         /* A wallet of another team would put the script on two slots. */
         if (pol->payg && (kgc_id_team_of(pol->wallet, 'w', team) != 0 ||
                           strcmp(team, p->r.team_id) != 0))
@@ -753,6 +781,13 @@ static void on_eval(kg_pending *p, redisReply *r)
         finish(p, KG_INSUFFICIENT_FUNDS);
     } else if (strcmp(tag, "quota") == 0) {
         finish(p, KG_QUOTA_EXCEEDED);
+    } else if (strcmp(tag, "budget") == 0) {
+        finish(p, KG_BUDGET_EXCEEDED);
+    } else if (strcmp(tag, "rate") == 0) {
+        if (r->elements < 2 || reply_int(r->element[1], &a) != 0 || a < 1)
+            a = 1000;                   /* a window's worth: never "retry now" */
+        p->h.retry_after_ms = a;
+        finish(p, KG_RATE_LIMITED);
     } else if (strcmp(tag, "conflict") == 0) {
         finish(p, KG_REQUEST_ID_CONFLICT);  /* the id names another request */
     } else {                            /* "nowallet": a data error, fail closed */

@@ -42,6 +42,8 @@ typedef struct kg_svcpol {
     char wallet[KG_ID_LEN];       /* payg: the paying wallet */
     char **models;                /* payg: allowed model ids, owned */
     size_t nmodels;
+    int64_t per_second;           /* rate_limits.<id>: 0 = no limit */
+    int64_t per_minute;
 } kg_svcpol;
 
 enum kg_entry_state {
@@ -60,6 +62,9 @@ typedef struct kg_entry {
     char key_id[KG_ID_LEN], team_id[KG_ID_LEN], user_id[KG_ID_LEN];
     int state;                    /* enum kg_entry_state */
     int64_t expires_ms;           /* wall clock; 0 = the token does not expire */
+    int64_t key_expires_ms;       /* the key's expires_at (wall clock); 0 = never */
+    int64_t budget_day;           /* budget_day_micros; 0 = no cap */
+    int64_t budget_month;         /* budget_month_micros; 0 = no cap */
     int64_t stale_at;             /* monotonic ms after which the entry is dropped */
     kg_svcpol *svcs;              /* owned, nsvcs entries */
     size_t nsvcs;
@@ -164,6 +169,8 @@ struct kg_pending {
     int script;                   /* enum kg_script once decided */
     int64_t cost;
     int64_t quota_limit;
+    int64_t budget_day, budget_month; /* from the entry, for the script */
+    int64_t per_second, per_minute;   /* the service's rate limits, for the script */
     char fp[KG_FP_HEX + 1];       /* the request's fingerprint, for its record */
     int loads;                    /* NOSCRIPT retries (loop guard) */
     int catalog_fetches;          /* guard against a catalog reload storm */

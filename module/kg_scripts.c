@@ -84,12 +84,79 @@
     "  return now, bal, held\n"                                                    \
     "end\n"
 
+/* Budgets and rate limits (issue 13; docs/module.md "Budgets" and "Rate
+ * limits"), shared by the debit, hold and quota scripts. Every check runs
+ * before anything is written, and only an admitted request is counted, so
+ * a refusal leaves the counters as they were.
+ *
+ * Budgets: the key's spend per UTC day and per calendar month, integer
+ * micros in plain string keys, counted only while a cap is set (0: none).
+ * A request is refused when spend + its cost (or hold) would pass a cap:
+ * never one over the cap, never one refused below it.
+ *
+ * Rate limits: a sliding-window log per key and service (a zset of the
+ * admitted requests scored by Redis ms, kept for 60 s when a per-minute
+ * limit is set, else 1 s): admitted when fewer than per_minute were
+ * admitted in the last 60000 ms (ZCARD) and fewer than per_second in the
+ * last 1000 (ZCOUNT). Exact at millisecond resolution, for any number of
+ * gateways: the log lives in the team's slot and is read and written in
+ * the script that admits. Memory is one member per admitted request in the
+ * window, which is why the daemon caps limits (1000 a second, 10000 a
+ * minute). The wait returned is when enough members have left a full
+ * window for one more to fit. */
+#define KG_LUA_LIMITS                                                              \
+    "local function fmt(x) return string.format('%d', x) end\n"                    \
+    "local function nth_wait(k, min, i, win, now)\n"                               \
+    "  local o = redis.call('ZRANGEBYSCORE', k, min, '+inf', 'WITHSCORES', 'LIMIT', i, 1)\n" \
+    "  local w = (tonumber(o[2]) or now) + win - now\n"                            \
+    "  if w < 1 then w = 1 end\n"                                                  \
+    "  return w\n"                                                                 \
+    "end\n"                                                                        \
+    "local function rate_check(k, ps, pm, now)\n"                                  \
+    "  if ps <= 0 and pm <= 0 then return 0 end\n"                                \
+    "  local win = pm > 0 and 60000 or 1000\n"                                     \
+    "  redis.call('ZREMRANGEBYSCORE', k, '-inf', fmt(now - win))\n"                \
+    "  local n = redis.call('ZCARD', k)\n"                                         \
+    "  local wait = 0\n"                                                           \
+    "  if pm > 0 and n >= pm then wait = nth_wait(k, '-inf', n - pm, 60000, now) end\n" \
+    "  if ps > 0 then\n"                                                           \
+    "    local lo = '(' .. fmt(now - 1000)\n"                                      \
+    "    local c = pm > 0 and redis.call('ZCOUNT', k, lo, '+inf') or n\n"          \
+    "    if c >= ps then wait = math.max(wait, nth_wait(k, lo, c - ps, 1000, now)) end\n" \
+    "  end\n"                                                                      \
+    "  if wait > 0 then return wait end\n"                                         \
+    "  redis.call('ZADD', k, fmt(now), fmt(now) .. '-' .. fmt(n))\n"               \
+    "  redis.call('PEXPIRE', k, win)\n"                                            \
+    "  return 0\n"                                                                 \
+    "end\n"                                                                        \
+    "local function budget_over(amt, kd, km, capd, capm)\n"                        \
+    "  if amt <= 0 or (capd <= 0 and capm <= 0) then return false end\n"           \
+    "  local v = redis.call('MGET', kd, km)\n"                                     \
+    "  if capd > 0 and (tonumber(v[1]) or 0) + amt > capd then return true end\n"  \
+    "  if capm > 0 and (tonumber(v[2]) or 0) + amt > capm then return true end\n"  \
+    "  return false\n"                                                             \
+    "end\n"                                                                        \
+    "local function budget_add(amt, kd, km, capd, capm)\n"                         \
+    "  if amt <= 0 then return end\n"                                              \
+    "  if capd > 0 and redis.call('INCRBY', kd, fmt(amt)) == amt then\n"           \
+    "    redis.call('EXPIRE', kd, 172800)\n"                                       \
+    "  end\n"                                                                      \
+    "  if capm > 0 and redis.call('INCRBY', km, fmt(amt)) == amt then\n"           \
+    "    redis.call('EXPIRE', km, 5356800)\n"                                      \
+    "  end\n"                                                                      \
+    "end\n"
+
 /* Debit (payg, services without settle).
- *   KEYS    as above
+ *   KEYS    as above, then 6 P {t:T}:spend:<kid>:d:<yyyymmdd>,
+ *           7 P {t:T}:spend:<kid>:m:<yyyymm>, 8 P {t:T}:rate:<kid>:<svc>
  *   ARGV    cost, key_id, user_id, service, model, request_id ('' = none),
- *           wallet_id, fp
+ *           wallet_id, fp, hold_ttl_ms (unused here), budget_day,
+ *           budget_month, per_second, per_minute (0 = none), yyyymmdd, yyyymm
  * Returns {'ok', balance} | {'replay', cost, balance, wallet_id} |
- *         {'conflict'} | {'funds', balance} | {'nowallet'}.
+ *         {'conflict'} | {'budget'} | {'funds', balance} | {'rate', wait_ms} |
+ *         {'nowallet'}.
+ * Checks in this order: budget, funds, rate (a request refused for good
+ * is not told to retry).
  * Money held for other requests is not available: balance − held ≥ cost
  * is the check. A refusal writes nothing for the request (expired holds
  * are still captured), so a retry after a top-up can succeed. A cost of 0
@@ -97,6 +164,7 @@
  * writes no ledger entry; the request record is still written. */
 static const char debit_lua[] =
     KG_LUA_COMMON
+    KG_LUA_LIMITS
     "local rid = ARGV[6]\n"
     "if rid ~= '' then\n"
     "  local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id', 'fp')\n"
@@ -112,7 +180,13 @@ static const char debit_lua[] =
     "if cost == nil or cost < 0 then\n"
     "  return redis.error_reply('ERR keygate: cost is not an integer')\n"
     "end\n"
+    "local capd, capm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0\n"
+    "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n"
+    "if budget_over(cost, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n"
     "if bal - held < cost then return {'funds', bal} end\n"
+    "local wait = rate_check(KEYS[8], ps, pm, now)\n"
+    "if wait > 0 then return {'rate', wait} end\n"
+    "budget_add(cost, KEYS[6], KEYS[7], capd, capm)\n"
     "local nb = bal\n"
     "if cost > 0 then\n"
     "  nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', '-' .. ARGV[1])\n"
@@ -129,15 +203,19 @@ static const char debit_lua[] =
 /* Hold (authorize on a settle service): reserves the worst-case price.
  *   KEYS    as above
  *   ARGV    hold, key_id, user_id, service, model, request_id (never ''),
- *           wallet_id, fp, hold_ttl_ms
+ *           wallet_id, fp, hold_ttl_ms, then as the debit's
+ *   KEYS    as the debit's
  * Returns {'held', balance, available, expires_ms} |
  *         {'replay', 0, balance, wallet_id, hold} | {'conflict'} |
- *         {'funds', balance} | {'nowallet'}.
+ *         {'budget'} | {'funds', balance} | {'rate', wait_ms} | {'nowallet'}.
+ * The hold counts against the budgets at its full amount; the record
+ * keeps which day ("bd") and month ("bm") counted it, for the settle.
  * No ledger entry: no money moved yet (kg_settle writes the one entry).
  * The record (state "held") lives the hold's life plus a day, so a late
  * settle still finds it and answers that the hold was captured. */
 static const char hold_lua[] =
     KG_LUA_COMMON
+    KG_LUA_LIMITS
     "local rid = ARGV[6]\n"
     "local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id', 'fp', 'hold_micros')\n"
     "if r[1] then\n"
@@ -151,7 +229,13 @@ static const char hold_lua[] =
     "if h == nil or h < 0 or ttl == nil or ttl < 1 then\n"
     "  return redis.error_reply('ERR keygate: hold or ttl is not an integer')\n"
     "end\n"
+    "local capd, capm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0\n"
+    "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n"
+    "if budget_over(h, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n"
     "if bal - held < h then return {'funds', bal} end\n"
+    "local wait = rate_check(KEYS[8], ps, pm, now)\n"
+    "if wait > 0 then return {'rate', wait} end\n"
+    "budget_add(h, KEYS[6], KEYS[7], capd, capm)\n"
     "local id = ARGV[2] .. ' ' .. rid\n"
     "local exp = now + ttl\n"
     "redis.call('HSET', KEYS[4], id, ARGV[1] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])\n"
@@ -162,13 +246,17 @@ static const char hold_lua[] =
     "           'at', string.format('%d', now), 'expires_ms', string.format('%d', exp),\n"
     "           'state', 'held', 'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5],\n"
     "           'fp', ARGV[8])\n"
+    "if h > 0 and capd > 0 then redis.call('HSET', KEYS[3], 'bd', ARGV[14]) end\n"
+    "if h > 0 and capm > 0 then redis.call('HSET', KEYS[3], 'bm', ARGV[15]) end\n"
     "redis.call('EXPIRE', KEYS[3], math.floor(ttl / 1000) + 86400)\n"
     "return {'held', bal, bal - held - h, exp}\n";
 
 /* Settle: charges the measured cost of a held request, releases the rest.
  *   KEYS    as above (KEYS[1], [2], [4], [5] of the wallet the caller
  *           believes holds it: the record says which one)
- *   ARGV    actual cost (-1: the whole hold), key_id, request_id, wallet_id
+ *           6, 7 the key's spend keys of today and this month (as the debit's)
+ *   ARGV    actual cost (-1: the whole hold), key_id, request_id, wallet_id,
+ *           yyyymmdd, yyyymm
  * Returns {'ok', charged, balance, hold} | {'replay', charged, balance, hold} |
  *         {'captured', hold, balance} | {'wallet', wallet_id} | {'nohold'}.
  * The charge is min(actual cost, hold): the hold is the most the request
@@ -176,10 +264,13 @@ static const char hold_lua[] =
  * capped; the entry keeps the computed "actual_micros"). One ledger debit
  * (kept even at 0, to show the release); the record becomes "settled" and
  * a retry replays it. A hold that expired before its settle was or is
- * captured at its full amount; the settle then changes nothing. */
+ * captured at its full amount; the settle then changes nothing.
+ * Budgets: the part of the hold released leaves the spend of the day and
+ * month that counted the hold, when they are still today and this month
+ * (an earlier day's spend stays as held: that day is over). */
 static const char settle_lua[] =
     KG_LUA_COMMON
-    "local r = redis.call('HMGET', KEYS[3], 'state', 'wallet_id', 'hold_micros', 'settled_micros', 'balance_micros')\n"
+    "local r = redis.call('HMGET', KEYS[3], 'state', 'wallet_id', 'hold_micros', 'settled_micros', 'balance_micros', 'bd', 'bm')\n"
     "if not r[1] then return {'nohold'} end\n"
     "if r[2] ~= ARGV[4] then return {'wallet', r[2] or ''} end\n"
     "if r[1] == 'settled' then\n"
@@ -208,6 +299,9 @@ static const char settle_lua[] =
     "local extra = ',\"settle\":\"settled\",\"hold_micros\":' .. string.format('%d', h)\n"
     "if cost > h then extra = extra .. ',\"actual_micros\":' .. ARGV[1] end\n"
     "redis.call('LPUSH', KEYS[2], entry(charge, nb, now, ARGV[2], uid, svc, mdl, ARGV[3], extra))\n"
+    "local back = h - charge\n"
+    "if back > 0 and r[6] == ARGV[5] then redis.call('DECRBY', KEYS[6], string.format('%d', back)) end\n"
+    "if back > 0 and r[7] == ARGV[6] then redis.call('DECRBY', KEYS[7], string.format('%d', back)) end\n"
     "redis.call('HSET', KEYS[3], 'state', 'settled', 'settled_micros', string.format('%d', charge),\n"
     "           'balance_micros', string.format('%d', nb), 'settled_at', string.format('%d', now))\n"
     "return {'ok', charge, nb, h}\n";
@@ -216,11 +310,14 @@ static const char settle_lua[] =
  *   KEYS[1] P {t:T}:quota:<svc>:<yyyymmdd>   the team's requests that UTC day,
  *                                            whichever key they came through
  *   KEYS[2] P {t:T}:req:<kid>:<rid>
+ *   KEYS[3] P {t:T}:rate:<kid>:<svc> (rate limits)
  *   ARGV    limit (0 = unlimited, still counted), request_id ('' = none),
- *           user_id, service, model, fp
- * Returns {'ok', count} | {'quota', count} | {'replay'} | {'conflict'}.
+ *           user_id, service, model, fp, per_second, per_minute (0 = none)
+ * Returns {'ok', count} | {'quota', count} | {'rate', wait_ms} | {'replay'} |
+ *         {'conflict'}.
  * A refused request is not counted. */
 static const char quota_lua[] =
+    KG_LUA_LIMITS
     "local rid = ARGV[2]\n"
     "if rid ~= '' then\n"
     "  local r = redis.call('HMGET', KEYS[2], 'cost_micros', 'fp')\n"
@@ -232,6 +329,13 @@ static const char quota_lua[] =
     "local lim = tonumber(ARGV[1]) or 0\n"
     "local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0\n"
     "if lim > 0 and n >= lim then return {'quota', n} end\n"
+    "local ps, pm = tonumber(ARGV[7]) or 0, tonumber(ARGV[8]) or 0\n"
+    "if ps > 0 or pm > 0 then\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  local wait = rate_check(KEYS[3], ps, pm, now)\n"
+    "  if wait > 0 then return {'rate', wait} end\n"
+    "end\n"
     "n = redis.call('INCR', KEYS[1])\n"
     "if n == 1 then redis.call('EXPIRE', KEYS[1], 172800) end\n"
     "if rid ~= '' then\n"

@@ -24,6 +24,8 @@
  *   key_id user_id team_id   when known
  *   cost_micros     charged by this request
  *   balance_micros  the wallet's balance, when a wallet is involved
+ *   retry_after     (rate_limited) whole seconds until a request would be
+ *                   admitted, rounded up: for a Retry-After header
  *
  * The actions go in that order and each only if it fits in the negotiated
  * frame size, so that status and http_status always reach haproxy.
@@ -42,6 +44,7 @@ struct spoa_req {
     kg_pending *pending;
     kg_request req;
     kg_result res;
+    kg_hold hold;                       /* the rest of the answer (retry_after_ms) */
     const char *message;                /* refusal text; NULL: kg_strerror */
     char message_buf[96];
     kg_param params[SPOA_MAX_PARAMS];
@@ -249,7 +252,7 @@ static char *json_escape(char *dst, const char *src)
 /* The refusal body, as module/nginx/ngx_http_keygate_refusal.c writes it
  * (without its final newline). */
 static size_t refusal_body(char *buf, size_t size, const kg_request *req, const kg_result *res,
-                           const char *message)
+                           const kg_hold *hold, const char *message)
 {
     const char *code = kg_status_code(res->status);
     int64_t cost = res->cost_micros;
@@ -269,6 +272,8 @@ static size_t refusal_body(char *buf, size_t size, const kg_request *req, const 
         if (cost > 0 || (spoa.kg != NULL && kg_estimate(spoa.kg, req, &cost) == KG_OK))
             p += sprintf(p, ", \"cost_micros\": %" PRId64, cost);
     }
+    if (res->status == KG_RATE_LIMITED && hold != NULL && hold->retry_after_ms > 0)
+        p += sprintf(p, ", \"retry_after_ms\": %" PRId64, hold->retry_after_ms);
     *p++ = '}';              /* no newline: lf-string would escape it */
     *p = '\0';
     return (size_t)(p - buf);
@@ -283,7 +288,7 @@ static size_t refusal_body(char *buf, size_t size, const kg_request *req, const 
     } while (0)
 
 static void put_actions(char **p, char *end, const kg_request *req, const kg_result *res,
-                        const char *message)
+                        const kg_hold *hold, const char *message)
 {
     const int txn = SPOP_SCOPE_TXN;
     kg_status st = res->status;
@@ -296,7 +301,7 @@ static void put_actions(char **p, char *end, const kg_request *req, const kg_res
     if (st != KG_OK) {
         if (message == NULL)
             message = kg_strerror(st);
-        blen = refusal_body(body, sizeof body, req, res, message);
+        blen = refusal_body(body, sizeof body, req, res, hold, message);
         if (blen > 0)
             TRY_PUT(spop_put_setvar_string(p, end, txn, "body", body, blen));
         TRY_PUT(spop_put_setvar_string(p, end, txn, "message", message, strlen(message)));
@@ -310,12 +315,16 @@ static void put_actions(char **p, char *end, const kg_request *req, const kg_res
     TRY_PUT(spop_put_setvar_int64(p, end, txn, "cost_micros", res->cost_micros));
     if (res->balance_micros >= 0)
         TRY_PUT(spop_put_setvar_int64(p, end, txn, "balance_micros", res->balance_micros));
+    if (st == KG_RATE_LIMITED && hold != NULL && hold->retry_after_ms > 0)
+        TRY_PUT(spop_put_setvar_int64(p, end, txn, "retry_after",
+                                      (hold->retry_after_ms + 999) / 1000));
 }
 
 /* Queues the ACK of (stream_id, frame_id): the answer res, or, with res
  * NULL, no action at all. 0 or -1 (out of memory). */
 static int send_ack(struct spoa_conn *c, uint64_t stream_id, uint64_t frame_id,
-                    const kg_request *req, const kg_result *res, const char *message)
+                    const kg_request *req, const kg_result *res, const kg_hold *hold,
+                    const char *message)
 {
     uint32_t fs = spoa_conn_frame_size(c);
     char buf[4096];                                 /* an ACK is far smaller */
@@ -325,7 +334,7 @@ static int send_ack(struct spoa_conn *c, uint64_t stream_id, uint64_t frame_id,
     if (spop_put_head(&p, end, SPOP_FRAME_ACK, SPOP_FLAG_FIN, stream_id, frame_id) != 0)
         return -1;
     if (res != NULL)
-        put_actions(&p, end, req, res, message);
+        put_actions(&p, end, req, res, hold, message);
     n = spop_finish(buf, p, fs);
     if (n < 0)
         return -1;
@@ -351,7 +360,7 @@ static void on_done(void *arg, kg_result *res)
     r->pending = NULL;
     if (kg_http_status(r->res.status) == 500)
         r->res.status = KG_BACKEND_ERROR;           /* a status this library cannot map: closed */
-    if (send_ack(c, r->stream_id, r->frame_id, &r->req, &r->res, r->message) != 0)
+    if (send_ack(c, r->stream_id, r->frame_id, &r->req, &r->res, &r->hold, r->message) != 0)
         spoa_log("error", "cannot queue an ACK (stream %" PRIu64 ")", r->stream_id);
     wipe_free(r);
     spoa_conn_req_done(c);
@@ -412,7 +421,7 @@ int spoa_req_notify(struct spoa_conn *c, const spop_frame *f, struct spoa_req **
     }
 
     if (!found)                                     /* not ours: nothing to say */
-        return send_ack(c, f->stream_id, f->frame_id, NULL, NULL, NULL) == 0 ? 0 : SPOP_ERR_RES;
+        return send_ack(c, f->stream_id, f->frame_id, NULL, NULL, NULL, NULL) == 0 ? 0 : SPOP_ERR_RES;
 
     /* every string and its NUL fit in the frame's size plus one byte each */
     r = calloc(1, sizeof *r + (size_t)(end - f->payload) + 8 + SPOA_MAX_PARAMS);
@@ -451,7 +460,8 @@ int spoa_req_notify(struct spoa_conn *c, const spop_frame *f, struct spoa_req **
         r->res.status = KG_TOKEN_MALFORMED;
         r->message = "no API token: send \"Authorization: Bearer <token>\" or \"X-API-Key: <token>\"";
     } else {
-        rc = kg_authorize_start(spoa.kg, &r->req, &r->res, on_done, r, &r->pending);
+        rc = kg_authorize_hold_start(spoa.kg, &r->req, &r->res, &r->hold, sizeof r->hold,
+                                     on_done, r, &r->pending);
         spoa_loop_sync();
         if (rc == 1) {
             TAILQ_INSERT_TAIL(spoa_conn_reqs(c), r, link);
@@ -463,7 +473,7 @@ int spoa_req_notify(struct spoa_conn *c, const spop_frame *f, struct spoa_req **
             r->res.status = KG_BACKEND_ERROR;       /* never fail open */
     }
 
-    rc = send_ack(c, r->stream_id, r->frame_id, &r->req, &r->res, r->message);
+    rc = send_ack(c, r->stream_id, r->frame_id, &r->req, &r->res, &r->hold, r->message);
     wipe_free(r);
     return rc == 0 ? 0 : SPOP_ERR_RES;
 }

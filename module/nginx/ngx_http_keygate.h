@@ -126,15 +126,18 @@ ngx_uint_t ngx_http_keygate_loop_exiting(void);
 /*
  * Sends a refusal: status kg_http_status(res->status), body
  * {"error": "<kg_status_code>", "message": "<message or kg_strerror>"},
- * plus "cost_micros" for 402, and "balance_micros" where the location says
- * keygate_refusal_balance on. Returns what the output
- * chain returned, for ngx_http_finalize_request().
+ * plus "cost_micros" for 402 insufficient_funds, and "balance_micros" where
+ * the location says keygate_refusal_balance on; for 429 rate_limited a
+ * "Retry-After" header (whole seconds, rounded up, from retry_after_ms)
+ * and "retry_after_ms" in the body. Returns what the output chain
+ * returned, for ngx_http_finalize_request().
  */
 /* Sends b, whole, as the answer with this status and content type. */
 ngx_int_t ngx_http_keygate_send_buf(ngx_http_request_t *r, ngx_buf_t *b,
     ngx_uint_t status, const char *type);
 ngx_int_t ngx_http_keygate_send_refusal(ngx_http_request_t *r,
-    const kg_request *req, const kg_result *res, const char *message);
+    const kg_request *req, const kg_result *res, const char *message,
+    int64_t retry_after_ms);
 
 
 /* ---- ngx_http_keygate_status.c ---- */

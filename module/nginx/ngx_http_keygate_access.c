@@ -379,7 +379,8 @@ ngx_http_keygate_decide(ngx_http_request_t *r, ngx_http_keygate_ctx_t *ctx)
 
     r->write_event_handler = ngx_http_request_empty_handler;
 
-    rc = ngx_http_keygate_send_refusal(r, &ctx->req, &ctx->res, ctx->message);
+    rc = ngx_http_keygate_send_refusal(r, &ctx->req, &ctx->res, ctx->message,
+                                       ctx->hold.retry_after_ms);
 
     ngx_http_finalize_request(r, rc);
 

@@ -8,6 +8,9 @@
  * the body, and the balance is the team's business):
  *     {"error": "insufficient_funds", "message": "...",
  *      "cost_micros": 150, "balance_micros": 100}
+ * and, for 429 rate_limited, a Retry-After header (seconds, rounded up:
+ * a client that waits that long is admitted, if nothing else came first)
+ * and "retry_after_ms" in the body, both from the script's answer.
  *
  * libkeygate reports cost_micros 0 for a refused request (keygate.h:
  * "charged by this call"), so the request's cost comes from kg_estimate(),
@@ -53,7 +56,7 @@ ngx_http_keygate_json_escape(u_char *dst, const char *src)
 
 ngx_int_t
 ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
-    const kg_result *res, const char *message)
+    const kg_result *res, const char *message, int64_t retry_after_ms)
 {
     size_t            len;
     u_char           *p;
@@ -91,6 +94,14 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
                + 2 * NGX_INT64_LEN;
     }
 
+    if (st != KG_RATE_LIMITED || retry_after_ms < 1) {
+        retry_after_ms = 0;
+    }
+
+    if (retry_after_ms > 0) {
+        len += sizeof(", \"retry_after_ms\": ") - 1 + NGX_INT64_LEN;
+    }
+
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
         return NGX_ERROR;
@@ -111,6 +122,10 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
                         (int64_t) res->balance_micros);
     }
 
+    if (retry_after_ms > 0) {
+        p = ngx_sprintf(p, ", \"retry_after_ms\": %L", retry_after_ms);
+    }
+
     p = ngx_cpymem(p, "}\n", 2);
     b->last = p;
 
@@ -124,6 +139,24 @@ ngx_http_keygate_send_refusal(ngx_http_request_t *r, const kg_request *req,
         ngx_str_set(&h->key, "WWW-Authenticate");
         ngx_str_set(&h->value, "Bearer realm=\"keygate\"");
         r->headers_out.www_authenticate = h;
+    }
+
+    if (retry_after_ms > 0) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->value.data = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+        if (h->value.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Retry-After");
+        h->value.len = ngx_sprintf(h->value.data, "%L",
+                                   (retry_after_ms + 999) / 1000)
+                       - h->value.data;
     }
 
     return ngx_http_keygate_send_buf(r, b, kg_http_status(st), "application/json");

@@ -123,7 +123,7 @@ spoe-agent keygate-agent
     timeout idle       30s
     timeout processing {processing}
     use-backend keygate-agents
-    register-var-names status http_status message body key_id user_id team_id cost_micros balance_micros
+    register-var-names status http_status message body key_id user_id team_id cost_micros balance_micros retry_after
 
 spoe-message keygate
     args authorization=req.fhdr(authorization) api_key=req.fhdr(x-api-key) service=var(txn.kg.service) model=var(txn.kg.model) request_id=var(txn.kg.request_id) param.input_tokens=var(txn.kg.input_tokens) param.output_tokens=var(txn.kg.output_tokens) param.audio_seconds=var(txn.kg.audio_seconds)
@@ -175,9 +175,10 @@ frontend gateway
     http-request return status 401 content-type application/json hdr WWW-Authenticate "Bearer realm=\"keygate\"" lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 401 }}
     http-request return status 402 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 402 }}
     http-request return status 403 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 403 }}
+    http-request return status 429 content-type application/json hdr Retry-After "%[var(txn.keygate.retry_after)]" lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.retry_after) -m found }}
     http-request return status 429 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 429 }}
-    http-request return status 400 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 400 }}
     http-request return status 409 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 409 }}
+    http-request return status 400 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on {{ var(txn.keygate.http_status) -m int 400 }}
     http-request return status 503 content-type application/json lf-string "%[var(txn.keygate.body)]" if kg_on !{{ var(txn.keygate.http_status) -m int 200 }}
 
     # what the upstream gets to know; the token itself stays here

@@ -298,6 +298,49 @@ class DecisionCases:
 
     # -- 400 ---------------------------------------------------------------
 
+    def test_rate_limited_is_429_with_retry_after_and_not_charged(self):
+        a = self.accounts()
+        self.c.ok("key.update", a["user"], key=a["paid_key"],
+                  rate_limits={"text-generation": {"per_minute": 2}})
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        for i in range(2):
+            self.assertEqual(self.gw.get_echo("/gen/x", h)[0], 200, i)
+        before = self.balance(a)
+        status, doc, hdrs = self.gw.get_json("/gen/x", h)
+        self.assertRefusal(status, doc, 429, "rate_limited")
+        self.assertTrue(1 <= doc["retry_after_ms"] <= 60000, doc)
+        self.assertEqual(int(hdrs["retry-after"]), (doc["retry_after_ms"] + 999) // 1000, hdrs)
+        self.assertEqual(self.balance(a), before)
+        # the free quota's 429 is another code, without Retry-After
+        for _ in range(3):
+            self.gw.get_echo("/tiny/x", bearer(a["free_token"]))
+        status, doc, hdrs = self.gw.get_json("/tiny/x", bearer(a["free_token"]))
+        self.assertRefusal(status, doc, 429, "quota_exceeded")
+        self.assertNotIn("retry-after", hdrs)
+
+    def test_budget_exceeded_is_402(self):
+        a = self.accounts()
+        cost = self.estimate("text-generation", "small", input_tokens=10, output_tokens=10)
+        self.c.ok("key.update", a["user"], key=a["paid_key"], budget_day_micros=cost)
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        self.assertEqual(self.gw.get_echo("/gen/x", h)[0], 200)
+        before = self.balance(a)
+        status, doc, _ = self.gw.get_json("/gen/x", h)
+        self.assertRefusal(status, doc, 402, "budget_exceeded")
+        self.assertEqual(self.balance(a), before)
+
+    def test_expired_key_is_401_from_its_instant(self):
+        a = self.accounts()
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        self.assertEqual(self.gw.get_echo("/gen/x", h)[0], 200)
+        exp = kgtest.now_ms() + 400
+        self.c.ok("key.update", a["user"], key=a["paid_key"], expires_at=exp)
+        while kgtest.now_ms() < exp + 5:
+            time.sleep(0.01)
+        status, doc, hdrs = self.gw.get_json("/gen/x", h)
+        self.assertRefusal(status, doc, 401, "key_expired")
+        self.assertIn("www-authenticate", hdrs)
+
     def test_param_that_is_not_an_integer_is_400(self):
         a = self.accounts()
         for v in ("abc", "12x", "-", "99999999999999999999999"):

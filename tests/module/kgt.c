@@ -403,6 +403,20 @@ void kgt_publish_key(kgt_env *e, const char *key)
     kgt_do(e, "PUBLISH " KGT_PREFIX "inval %s", msg);
 }
 
+void kgt_key_field(kgt_env *e, const char *team, const char *key, const char *name,
+                   json_t *value)
+{
+    json_t *doc = kgt_key_doc(e, team, key);
+
+    if (value != NULL)
+        json_object_set_new(doc, name, value);
+    else
+        json_object_del(doc, name);
+    kgt_key_save(e, team, key, doc);
+    json_decref(doc);
+    kgt_publish_key(e, key);
+}
+
 void kgt_revoke(kgt_env *e, const char *team, const char *key)
 {
     json_t *doc = kgt_key_doc(e, team, key);

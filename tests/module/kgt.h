@@ -80,6 +80,11 @@ void kgt_token(kgt_env *e, const char *team, const char *key, const char *user,
                int64_t expires_ms, char *tok_out);
 void kgt_hash(kgt_env *e, const char *tok, char *hex_out);
 void kgt_publish_key(kgt_env *e, const char *key);
+/* Sets one member of the key document as key.update does (expires_at,
+ * budget_day_micros, budget_month_micros, rate_limits), then PUBLISH
+ * "key <id>". Takes value's reference; NULL removes the member. */
+void kgt_key_field(kgt_env *e, const char *team, const char *key, const char *name,
+                   json_t *value);
 
 /* Daemon-style changes, each followed by PUBLISH "key <id>". */
 void kgt_revoke(kgt_env *e, const char *team, const char *key);

@@ -30,19 +30,25 @@ static void tables(void)
         {KG_TOKEN_UNKNOWN, 401, "token_unknown"}, {KG_KEY_REVOKED, 401, "key_revoked"},
         {KG_SERVICE_DISABLED, 403, "service_disabled"}, {KG_MODEL_DENIED, 403, "model_denied"},
         {KG_QUOTA_EXCEEDED, 429, "quota_exceeded"}, {KG_INSUFFICIENT_FUNDS, 402, "insufficient_funds"},
-        {KG_BAD_REQUEST, 400, "bad_request"}, {KG_BACKEND_ERROR, 503, "backend_error"}};
+        {KG_BAD_REQUEST, 400, "bad_request"}, {KG_BACKEND_ERROR, 503, "backend_error"},
+        {KG_REQUEST_ID_CONFLICT, 409, "request_id_conflict"}, {KG_KEY_EXPIRED, 401, "key_expired"},
+        {KG_BUDGET_EXCEEDED, 402, "budget_exceeded"}, {KG_RATE_LIMITED, 429, "rate_limited"}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         KGT_CHECK(kg_http_status(t[i].s) == t[i].http, "http of %d", t[i].s);
         KGT_CHECK(strcmp(kg_status_code(t[i].s), t[i].code) == 0, "code of %d", t[i].s);
         KGT_CHECK(kg_strerror(t[i].s) != NULL && kg_strerror(t[i].s)[0] != '\0', "strerror %d", t[i].s);
     }
     KGT_CHECK(kg_strerror((kg_status)99) != NULL, "strerror of an unknown status");
+    /* Appended in order (issue 13): the values of the ABI never move. */
+    KGT_CHECK(KG_KEY_EXPIRED == 11 && KG_BUDGET_EXCEEDED == 12 && KG_RATE_LIMITED == 13,
+              "appended statuses moved");
     KGT_CHECK(kg_abi_version() == KG_ABI_VERSION, "abi %d", kg_abi_version());
 }
 
 int main(void)
 {
-    kgt_world w, poor, other;
+    kgt_world w, poor, other, lim;
+    kgt_req r2;
     kgt_req r;
     kg_result res;
     kg_ctx *ctx;
@@ -202,12 +208,38 @@ int main(void)
     KGT_CHECK(kgt_int(&env, "EXISTS " KGT_PREFIX "{t:%s}:req:%s:funds-1", poor.team, poor.key) == 0,
               "a refused request left an idempotency record");
 
+    /* KG_KEY_EXPIRED: expires_at passed (revoked wins over it, below). */
+    kgt_key_field(&env, poor.team, poor.key, "expires_at", json_integer(kgt_wall_ms() - 1));
+    kgt_sleep_ms(5);
+    KGT_EQ_STATUS(run(ctx, &r, &res), KG_KEY_EXPIRED);
+    check_filled(&res);
+    KGT_CHECK(strcmp(res.key_id, poor.key) == 0 && res.cost_micros == 0, "expired key id");
+
     /* KG_KEY_REVOKED. */
     kgt_revoke(&env, poor.team, poor.key);
     kgt_sleep_ms(5);
     KGT_EQ_STATUS(run(ctx, &r, &res), KG_KEY_REVOKED);
     check_filled(&res);
     KGT_CHECK(strcmp(res.key_id, poor.key) == 0, "revoked key id");
+
+    /* KG_BUDGET_EXCEEDED: a day cap of 599, a 600 micros request; checked
+     * before funds, nothing charged. Then KG_RATE_LIMITED: 1 a minute. */
+    kgt_world_make(&env, &lim, 1000000);
+    kgt_key_field(&env, lim.team, lim.key, "budget_day_micros", json_integer(599));
+    kgt_sleep_ms(5);
+    kgt_request(&r2, lim.tok, "text-generation", "small", NULL,
+                KGT_P("input_tokens", 2000), KGT_P("output_tokens", 500), NULL);
+    KGT_EQ_STATUS(run(ctx, &r2, &res), KG_BUDGET_EXCEEDED);
+    check_filled(&res);
+    KGT_CHECK(res.cost_micros == 0 && kgt_balance(&env, &lim) == 1000000, "budget charged");
+    kgt_key_field(&env, lim.team, lim.key, "budget_day_micros", NULL);
+    kgt_key_field(&env, lim.team, lim.key, "rate_limits",
+                  json_pack("{s:{s:i}}", "text-generation", "per_minute", 1));
+    kgt_sleep_ms(5);
+    KGT_EQ_STATUS(run(ctx, &r2, &res), KG_OK);
+    KGT_EQ_STATUS(run(ctx, &r2, &res), KG_RATE_LIMITED);
+    check_filled(&res);
+    KGT_CHECK(res.cost_micros == 0 && kgt_balance(&env, &lim) == 1000000 - 600, "rate charged");
 
     /* KG_BACKEND_ERROR: a payg policy whose wallet is gone (a data error). */
     kgt_do(&env, "DEL " KGT_PREFIX "{t:%s}:wallet:%s", other.team, other.wallet);
