@@ -72,8 +72,8 @@ function alertLine(w, cur) {
   }
   const below = !!w.alert_below;
   return el('p', { class: 'alert-line', dataset: { below: String(below) } },
-    `Low-balance alert under ${money(w.alert_threshold_micros, cur)} available: `,
-    el('span', { class: 'state ' + (below ? 'state-warn' : 'state-ok'), text: below ? 'below now' : 'above' }));
+    `Low-balance alert when under ${money(w.alert_threshold_micros, cur)} available `,
+    el('span', { class: 'state ' + (below ? 'state-warn' : 'state-ok'), text: below ? 'below now' : 'not below' }));
 }
 
 // Sets or removes the wallet's threshold (wallet.alert.set; 0 removes).
