@@ -3,12 +3,16 @@
 //
 // Run by test_browser.py, which starts redis-server and keygated and
 // passes: KG_HTTP_PORT, KG_SOCKET (the admin socket, used to check every
-// result independently of the page), KG_SHOTS (screenshot folder).
+// result independently of the page), KG_SHOTS (screenshot folder),
+// KG_REDIS and KG_PREFIX (Redis' Unix socket and the key prefix: the test
+// places a hold as a gateway would, since it starts no gateway).
 //
 // Scenario: sign-up; add a member; CREATE NEW KEY; edit members with
 // notify; edit services with Pay-as-you-go reading the cost estimate;
 // generate a token (copy, download, gone after CLOSE); rotate; top up a
-// wallet; revoke; then a user-role login sees no create/revoke actions,
+// wallet; a low-balance alert, a hold taking the wallet under it, the
+// webhook (http:// only, its secret shown once) and the alert's delivery;
+// the audit log and notifications a page at a time; revoke; then a user-role login sees no create/revoke actions,
 // gets a clear error for a wrong password, and rotates her own token.
 'use strict';
 
@@ -26,6 +30,45 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const PW = 'correct horse battery';
 const run = `${process.pid}${Date.now() % 100000}`;
 const TOKEN_RE = /^kg_[0-9A-Za-z]{43,50}$/;
+const REDIS = process.env.KG_REDIS;
+const PREFIX = process.env.KG_PREFIX || '';
+
+// One Redis command over its Unix socket (RESP), answered as a string.
+function redis(...args) {
+  return new Promise((resolve, reject) => {
+    const s = net.createConnection({ path: REDIS });
+    let buf = '';
+    s.setEncoding('utf8');
+    s.on('data', (d) => {
+      buf += d;
+      if (buf.endsWith('\r\n')) {
+        s.end();
+        if (buf[0] === '-') reject(new Error(buf.trim())); else resolve(buf.slice(1).trim());
+      }
+    });
+    s.on('error', reject);
+    s.write(`*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join(''));
+  });
+}
+
+// A loopback port nothing listens on: the webhook's deliveries fail
+// ("connection failed") and are retried, which the page shows.
+function closedPort() {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => { const p = srv.address().port; srv.close(() => resolve(p)); });
+  });
+}
+
+async function until(what, fn, ms = 8000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    assert.ok(Date.now() < end, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 // ---- the admin socket: one JSON request per line ------------------------
 
@@ -213,14 +256,49 @@ async function narrow(browser, width, admin, s) {
     const wc = page.locator(`.wallet-card[data-wallet-id="${s.W}"]`);
     await wc.locator('[data-action=ledger]').click();
     await wc.locator('tr.entry-credit').first().waitFor();
+    const wb = page.locator('#webhook-block');
+    await wb.locator('tr[data-delivery]').first().waitFor();
+    await wc.locator('.held').waitFor();
     await look(page, 'wallets');
     await wc.locator('[data-action=topup]').click();
     await dialog(page).locator('[data-field=amount_micros]').waitFor();
     await look(page, 'topup-dialog');
     await escape();
+    await wc.locator('[data-action=alert]').click();
+    await dialog(page).locator('[data-field=threshold_micros]').waitFor();
+    assert.equal(await dialog(page).locator('[data-field=threshold_micros]').inputValue(), '20.00');
+    await look(page, 'alert-dialog');
+    if (s.max) {
+      await escape();
+    } else {
+      // the last run (320 px) removes the alert
+      await dialog(page).locator('[data-action=remove-alert]').click();
+      await wc.locator('.alert-line[data-below=none]').waitFor();
+      assert.equal((await admin.ok('wallet.get', s.owner, { wallet: s.W })).alert_threshold_micros, undefined);
+    }
+    await wb.locator('[data-action=webhook-set]').click();
+    const hd = dialog(page);
+    await hd.locator('[data-field=url]').waitFor();
+    await look(page, 'webhook-dialog');
+    if (s.max) {
+      // a new signing secret, shown once; Escape wipes it like CLOSE
+      await hd.locator('input[data-field=rotate_secret]').check();
+      await hd.locator('[data-action=save-webhook]').click();
+      const sd = page.locator('dialog.webhook-secret[open]');
+      await sd.waitFor();
+      const whsec = await sd.locator('input.token').inputValue();
+      await look(page, 'webhook-secret');
+      await page.keyboard.press('Escape');
+      await sd.waitFor({ state: 'detached' });
+      assert.equal((await page.content()).includes(whsec), false, 'Escape wipes the webhook secret like CLOSE');
+      assert.equal((await admin.ok('webhook.get', s.owner, { team: s.team })).secret_hint, `whsec_…${whsec.slice(-4)}`);
+    } else {
+      await escape();
+    }
 
     await page.click('[data-tab=team]');
     await page.waitForSelector(`tr[data-user="${s.uma}"]`);
+    await page.locator('#audit-block tbody tr').first().waitFor();
     await look(page, 'team');
     await page.click('[data-action=add-member]');
     await dialog(page).locator('[data-field=email]').waitFor();
@@ -562,6 +640,129 @@ async function main() {
     await page.waitForSelector(`.wallet-card[data-wallet-id="${W}"] tr.entry-credit`);
     await look(page, 'wallets');
 
+    // 8b. a low-balance alert (its error clears when fixed), the webhook
+    // (http:// only; the secret shown once), then a hold takes the wallet
+    // under the threshold: held and available shown, the alert's
+    // notification, and its delivery retrying with the next retry time
+    step('low-balance alert and webhook');
+    assert.equal(await wc.locator('.alert-line').getAttribute('data-below'), 'none');
+    await wc.locator('[data-action=alert]').click();
+    const ad = dialog(page);
+    await ad.locator('[data-field=threshold_micros]').fill('twenty');
+    await ad.locator('[data-action=save-alert]').click();
+    await ad.locator('[data-error-for=threshold_micros]').waitFor({ state: 'visible' });
+    assert.equal(await ad.locator('[data-error-for=threshold_micros]').innerText(), 'Enter a positive amount in USD, like 10.00.');
+    await ad.locator('[data-field=threshold_micros]').fill('20');
+    await ad.locator('[data-error-for=threshold_micros]').waitFor({ state: 'hidden' });
+    await look(page, 'alert-dialog');
+    await ad.locator('[data-action=save-alert]').click();
+    await page.waitForSelector(`.wallet-card[data-wallet-id="${W}"] .alert-line[data-below=false]`);
+    let wdoc = await admin.ok('wallet.get', owner, { wallet: W });
+    assert.equal(wdoc.alert_threshold_micros, 20000000);
+    assert.equal(wdoc.alert_below, false);
+    assert.match(await wc.locator('.alert-line').innerText(), /when under 20\.00 USD available not below/i);
+    assert.equal(await wc.locator('.held').count(), 0, 'nothing held: no held line');
+
+    const HOOK_URL = `http://127.0.0.1:${await closedPort()}/keygate`;
+    const wb = page.locator('#webhook-block');
+    await wb.locator('.hook-card[data-hook=none]').waitFor();
+    await wb.locator('[data-action=webhook-set]').click();
+    const hd = dialog(page);
+    assert.match(await hd.innerText(), /http:\/\/ only/);
+    await hd.locator('[data-field=url]').fill('https://hooks.example.test/keygate');
+    await hd.locator('[data-action=save-webhook]').click();
+    await hd.locator('[data-error-for=url]').waitFor({ state: 'visible' });
+    assert.match(await hd.locator('[data-error-for=url]').innerText(), /must start with http:\/\//);
+    await look(page, 'webhook-dialog-error');
+    assert.equal((await admin.call('webhook.get', owner, { team })).error.code, 'not_found');
+    await hd.locator('[data-field=url]').fill(HOOK_URL);
+    await hd.locator('[data-error-for=url]').waitFor({ state: 'hidden' });
+    await hd.locator('[data-action=save-webhook]').click();
+    const sd = page.locator('dialog.webhook-secret[open]');
+    await sd.waitFor();
+    const whsec = await sd.locator('input.token').inputValue();
+    assert.match(whsec, /^whsec_[0-9a-f]{64}$/);
+    await sd.locator('[data-action=copy]').click();
+    await sd.locator('.copy-note', { hasText: 'Copied' }).waitFor();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), whsec);
+    await look(page, 'webhook-secret');
+    await sd.locator('[data-action=close]').click();
+    await sd.waitFor({ state: 'detached' });
+    await page.evaluate(() => navigator.clipboard.writeText(''));
+    await wb.locator('.hook-card[data-hook=set]').waitFor();
+    assert.equal((await page.content()).includes(whsec), false, 'the webhook secret is still in the page after CLOSE');
+    const hook = await admin.ok('webhook.get', owner, { team });
+    assert.equal(hook.url, HOOK_URL);
+    assert.equal(hook.secret_hint, `whsec_…${whsec.slice(-4)}`);
+    assert.equal(await wb.locator('.hook-url').innerText(), HOOK_URL);
+    assert.equal(await wb.locator('.secret-hint').innerText(), hook.secret_hint);
+
+    // 8.00 held, as a gateway's reserve holds it (docs/module.md): 17.50
+    // available, under the 20.00 threshold
+    await redis('HINCRBY', `${PREFIX}{t:${team}}:wallet:${W}`, 'held_micros', '8000000');
+    const dl = await until('the alert and its delivery', async () => {
+      const d = (await admin.ok('webhook.deliveries', owner, { team })).deliveries;
+      return d.length && d[0].attempts >= 1 && d[0].last_result ? d : null;
+    });
+    assert.equal(dl.length, 1);
+    assert.equal(dl[0].type, 'wallet.low_balance');
+    assert.equal(dl[0].wallet_id, W);
+    assert.equal(dl[0].last_result, 'connection failed');
+    wdoc = await admin.ok('wallet.get', owner, { wallet: W });
+    assert.equal(wdoc.held_micros, 8000000);
+    assert.equal(wdoc.alert_below, true);
+    await page.click('[data-tab=wallets]');
+    await page.waitForSelector(`.wallet-card[data-wallet-id="${W}"] .alert-line[data-below=true]`);
+    assert.equal(await wc.locator('.held').getAttribute('data-micros'), '8000000');
+    assert.equal(await wc.locator('.available').getAttribute('data-micros'), '17500000');
+    assert.match(await wc.locator('.figures').innerText(), /Held for unsettled requests: 8\.00 USD\s+Available: 17\.50 USD/);
+    assert.match(await wc.locator('.alert-line').innerText(), /below now/i);
+    const row = wb.locator(`tr[data-delivery="${dl[0].id}"]`);
+    await row.waitFor();
+    const shownStatus = await row.getAttribute('data-status');
+    assert.ok(['pending', 'failed'].includes(shownStatus), shownStatus);
+    assert.ok(Number(await row.locator('.attempts').innerText()) >= 1);
+    if (shownStatus === 'pending') assert.match(await row.locator('.next-retry').innerText(), /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+    assert.match(await row.innerText(), /connection failed/);
+    assert.match(await row.innerText(), /Main wallet/);
+    await look(page, 'wallet-held-alert-webhook');
+    await page.click('[data-tab=keys]');
+    const lowNote = page.locator('#notifications li[data-type="wallet.low_balance"]');
+    await lowNote.waitFor();
+    assert.match(await lowNote.innerText(), /Wallet Main wallet is low: 17\.50 USD available, under the alert at 20\.00 USD\./);
+
+    // 8c. the audit log a page at a time (and Uma's notifications, below):
+    // a key whose members change often fills both past a page
+    step('audit log pages');
+    const churn = (await admin.ok('key.create', owner, { team, name: 'Churn' })).key_id;
+    for (let i = 0; i < 24; i++) {            // 26 notifications to Uma, 48 audit entries
+      await admin.ok('key.users.set', owner, { key: churn, users: [uma], notify: i < 13 });
+      await admin.ok('key.users.set', owner, { key: churn, users: [], notify: i < 13 });
+    }
+    const audit = [];
+    let ac = null;
+    do {
+      const r = await admin.ok('audit.list', owner, ac ? { team, limit: 1000, cursor: ac } : { team, limit: 1000 });
+      audit.push(...r.entries);
+      ac = r.next_cursor;
+    } while (ac);
+    assert.ok(audit.length > 50 && audit.length <= 100, `audit entries: ${audit.length}`);
+    await page.click('[data-tab=team]');
+    const ab = page.locator('#audit-block');
+    await ab.locator('table.audit tbody tr').first().waitFor();
+    assert.equal(await ab.locator('tbody tr').count(), 50);
+    assert.deepEqual(await ab.locator('tbody tr td:nth-child(3)').allInnerTexts(), audit.slice(0, 50).map((e) => e.cmd));
+    await ab.locator('[data-action=audit-older]').click();
+    await page.waitForFunction((n) => document.querySelectorAll('#audit-block tbody tr').length === n, audit.length);
+    assert.deepEqual(await ab.locator('tbody tr td:nth-child(3)').allInnerTexts(), audit.map((e) => e.cmd));
+    await ab.locator('[data-action=audit-older]').waitFor({ state: 'hidden' });
+    const refused = (await admin.ok('audit.list', owner, { team, only: 'refused' })).entries;
+    assert.ok(refused.length > 0, 'the blank key name was refused and audited');
+    await ab.locator('select[data-action=audit-only]').selectOption('refused');
+    await page.waitForFunction((n) => document.querySelectorAll('#audit-block tbody tr').length === n, refused.length);
+    assert.deepEqual(await ab.locator('tbody tr td:nth-child(5)').allInnerTexts(), refused.map((e) => e.outcome));
+    await look(page, 'audit-refused');
+
     // 9. revoke, with a confirmation
     step('revoke');
     await page.click('[data-tab=keys]');
@@ -602,8 +803,17 @@ async function main() {
     const umaPaid = card(page, K).locator('li[data-service="text-generation"]');
     assert.match(await umaPaid.innerText(), /wallet Main wallet$/);
     assert.equal((await umaPaid.innerText()).includes(W), false);
-    const notesShown = await page.locator('#notifications').innerText();
-    assert.match(notesShown, /You were assigned to key Production backend by Olivia Owner/);
+    // her notifications a page (20) at a time: Production backend is older
+    // than the Churn key's 26
+    const notesBox = page.locator('#notifications');
+    await notesBox.locator('li').first().waitFor();
+    assert.equal(await notesBox.locator('li').count(), 20);
+    assert.equal(await notesBox.locator('li', { hasText: 'Production backend' }).count(), 0);
+    await look(page, 'user-notifications');
+    await notesBox.locator('[data-action=notes-older]').click();
+    await notesBox.locator('li', { hasText: 'You were assigned to key Production backend by Olivia Owner' }).waitFor();
+    const umaNotes = (await admin.ok('notification.list', uma, { limit: 1000 })).notifications;
+    assert.equal(await notesBox.locator('li').count(), Math.min(40, umaNotes.length));
     const sc = card(page, staging.key_id);
     assert.equal(await sc.locator('[data-action=rotate]').isDisabled(), true);
     await sc.locator('[data-action=generate]').click();

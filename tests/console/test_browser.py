@@ -61,7 +61,8 @@ def main():
     rc = 1
     try:
         child_env = dict(os.environ, KG_HTTP_PORT=str(env.http_port), KG_SOCKET=env.socket_path,
-                         KG_SHOTS=shots, CHROMIUM=chromium)
+                         KG_SHOTS=shots, CHROMIUM=chromium,
+                         KG_REDIS=env.redis_sock, KG_PREFIX="kg:")
         start = time.monotonic()
         try:
             p = subprocess.run([node, os.path.join(HERE, "e2e.js")], cwd=HERE, env=child_env,

@@ -6,7 +6,7 @@
 // free key has no revoke and no services edit; a revoked key has none.
 // The rule is written under the buttons, not only in a tooltip.
 import { call, callAll } from './api.js';
-import { el, clear, icon, actionButton, whyNotes, field, openDialog, confirmDialog, toast, describe, when, CHECK }
+import { el, clear, icon, actionButton, whyNotes, field, openDialog, confirmDialog, secretDialog, toast, describe, when, money, CHECK }
   from './ui.js';
 import { servicesEditor, policyText } from './services.js';
 
@@ -269,51 +269,19 @@ function editServicesDialog(ctx, key) {
   });
 }
 
-// Shows a new token once. After CLOSE it is gone from the page.
+// Shows a new token once (secretDialog). After CLOSE it is gone from the page.
 export function tokenDialog(ctx, key, r) {
-  let secret = r.token;
   const forOther = r.user_id !== ctx.me.user_id;
-  const out = el('input', { type: 'text', readonly: true, class: 'token', value: secret,
-    'aria-label': 'Personal token', spellcheck: 'false', dataset: { field: 'token' } });
-  const note = el('p', { class: 'copy-note', role: 'status' });
-  const copyBtn = el('button', { type: 'button', class: 'btn secondary', dataset: { action: 'copy' } }, icon('copy'), 'COPY');
-  const dlBtn = el('button', { type: 'button', class: 'btn secondary', dataset: { action: 'download' } }, icon('download'), 'DOWNLOAD');
-  copyBtn.addEventListener('click', async () => {
-    try {
-      await navigator.clipboard.writeText(secret);
-      note.textContent = 'Copied to the clipboard.';
-    } catch (e) {
-      out.select();
-      note.textContent = document.execCommand('copy') ? 'Copied to the clipboard.'
-        : 'The browser refused the clipboard: select the token and copy it by hand.';
-    }
-  });
-  dlBtn.addEventListener('click', () => {
-    const blob = new Blob([secret + '\n'], { type: 'text/plain' });
-    const a = el('a', { href: URL.createObjectURL(blob), download: `keygate-token-${key.key_id}.txt` });
-    document.body.appendChild(a);
-    a.click();
-    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
-    note.textContent = 'Saved as a text file. Keep it private.';
-  });
-  openDialog({
+  const value = r.token;
+  r.token = null;
+  secretDialog({
     title: forOther ? `New token of ${memberName(ctx, r.user_id)}` : 'Your personal token', className: 'token-dialog',
-    body: [
-      el('p', {}, el('strong', { text: 'Copy it now: it is shown only this once. ' }),
-        forOther ? 'Give it to its owner over a safe channel.' : 'keygate keeps only a hash of it.'),
-      el('div', { class: 'token-row' }, out),
-      el('div', { class: 'token-tools' }, copyBtn, dlBtn), note,
-      el('p', { class: 'muted' }, 'Hint shown from now on: ', el('code', { text: r.hint })),
-    ],
-    actions: [{ label: 'CLOSE', kind: 'primary', action: 'close', submit: true }],
-    onClose: () => {
-      out.value = '';
-      secret = null;
-      r.token = null;
-      ctx.refresh();
-    },
+    value, label: 'Personal token', filename: `keygate-token-${key.key_id}.txt`,
+    intro: el('p', {}, el('strong', { text: 'Copy it now: it is shown only this once. ' }),
+      forOther ? 'Give it to its owner over a safe channel.' : 'keygate keeps only a hash of it.'),
+    outro: el('p', { class: 'muted' }, 'Hint shown from now on: ', el('code', { text: r.hint })),
+    onClose: () => ctx.refresh(),
   });
-  out.select();
 }
 
 async function generateToken(ctx, key) {
@@ -356,17 +324,52 @@ async function revokeKey(ctx, key) {
   ctx.refresh();
 }
 
+// Your notifications of this team, newest first, a page at a time: while
+// older ones remain, "Older entries" fetches the next page (the cursor of
+// docs/protocol.md, "Paging"). The list holds every team's: a page may
+// show fewer than it fetched.
+const NOTES_PAGE = 20;
 function notificationsBlock(ctx) {
-  const list = el('ul', { class: 'notifications' });
-  const block = el('section', { class: 'block', id: 'notifications' },
-    el('div', { class: 'block-head' }, el('h2', { text: 'Your notifications' })), list);
-  call('notification.list', { limit: 20 }).then((r) => {
-    const mine = r.notifications.filter((n) => n.team_id === ctx.team.team_id);
-    if (!mine.length) { list.replaceWith(el('p', { class: 'empty', text: 'Nothing new.' })); return; }
-    clear(list, mine.map((n) => el('li', {},
-      el('span', { class: 'muted', text: when(n.at) + ' ' }),
-      n.type === 'key.assigned' ? 'You were assigned to key ' : 'You were removed from key ',
-      el('strong', { text: n.key_name }), ` by ${memberName(ctx, n.by)}.`)));
-  }).catch((e) => { list.replaceWith(el('p', { class: 'page-error', text: describe(e) })); });
-  return block;
+  const list = el('ul', { class: 'notifications', hidden: true });
+  const empty = el('p', { class: 'empty', text: 'Nothing new.', hidden: true });
+  const msg = el('p', { class: 'page-error', role: 'alert', hidden: true });
+  const more = el('button', { type: 'button', class: 'btn secondary older', dataset: { action: 'notes-older' },
+    text: 'Older entries', hidden: true });
+  let cursor = null;
+  const load = async () => {
+    msg.hidden = true;
+    more.disabled = true;
+    try {
+      const r = await call('notification.list', cursor ? { limit: NOTES_PAGE, cursor } : { limit: NOTES_PAGE });
+      for (const n of r.notifications) {
+        if (n.team_id === ctx.team.team_id) list.appendChild(noteItem(ctx, n));
+      }
+      cursor = r.next_cursor || null;
+      list.hidden = !list.children.length;
+      empty.hidden = !list.hidden;
+      empty.textContent = cursor ? 'Nothing new in this team on this page.' : 'Nothing new.';
+      more.hidden = !cursor;
+    } catch (e) {
+      msg.textContent = describe(e);
+      msg.hidden = false;
+    } finally {
+      more.disabled = false;
+    }
+  };
+  more.addEventListener('click', load);
+  load();
+  return el('section', { class: 'block', id: 'notifications' },
+    el('div', { class: 'block-head' }, el('h2', { text: 'Your notifications' })), list, empty, msg, more);
+}
+
+function noteItem(ctx, n) {
+  const at = el('span', { class: 'muted', text: when(n.at) + ' ' });
+  if (n.type === 'wallet.low_balance') {
+    const cur = ctx.catalog.currency;
+    return el('li', { dataset: { type: n.type } }, at, 'Wallet ', el('strong', { text: n.wallet_name }),
+      ` is low: ${money(n.available_micros, cur)} available, under the alert at ${money(n.threshold_micros, cur)}.`);
+  }
+  return el('li', { dataset: { type: n.type } }, at,
+    n.type === 'key.assigned' ? 'You were assigned to key ' : 'You were removed from key ',
+    el('strong', { text: n.key_name }), ` by ${memberName(ctx, n.by)}.`);
 }

@@ -1,8 +1,9 @@
 // team.js - the Team tab: members and roles. Owners manage every member
 // but themselves; admins add and remove members with role "user"; users
-// only see the list (SPEC §1, "Roles").
+// only see the list (SPEC §1, "Roles"). Owners and admins also read the
+// team's audit log, a page at a time.
 import { call } from './api.js';
-import { el, clear, field, openDialog, confirmDialog, toast, describe, CHECK } from './ui.js';
+import { el, clear, field, openDialog, confirmDialog, toast, describe, when, CHECK } from './ui.js';
 
 export async function renderTeam(ctx, panel) {
   const t = ctx.teamDoc;
@@ -13,7 +14,7 @@ export async function renderTeam(ctx, panel) {
     el('table', { class: 'table members' },
       el('thead', {}, el('tr', {}, ['Name', 'Email', 'Role', 'Actions'].map((h) => el('th', { text: h })))),
       el('tbody', {}, rows)))];
-  if (ctx.isAdmin) blocks.push(addMemberBlock(ctx));
+  if (ctx.isAdmin) blocks.push(addMemberBlock(ctx), auditBlock(ctx));
   clear(panel, ...blocks);
 }
 
@@ -88,4 +89,59 @@ function addMemberBlock(ctx) {
     });
   });
   return el('section', { class: 'block' }, el('div', { class: 'block-head' }, el('h2', { text: 'Add a member' }), btn));
+}
+
+// The audit log, newest first (accepted changes and refusals merged, or
+// one of them), AUDIT_PAGE entries at a time: "Older entries" follows
+// next_cursor (docs/protocol.md, "Paging"); another filter starts over.
+const AUDIT_PAGE = 50;
+function auditBlock(ctx) {
+  const only = el('select', { 'aria-label': 'Which entries', dataset: { action: 'audit-only' } },
+    el('option', { value: '', text: 'Changes and refusals' }),
+    el('option', { value: 'accepted', text: 'Changes only' }),
+    el('option', { value: 'refused', text: 'Refusals only' }));
+  const rows = el('tbody');
+  const table = el('table', { class: 'table audit', hidden: true },
+    el('thead', {}, el('tr', {}, ['When', 'Who', 'Command', 'Target', 'Outcome'].map((h) => el('th', { text: h })))), rows);
+  const empty = el('p', { class: 'empty', text: 'Nothing recorded.', hidden: true });
+  const msg = el('p', { class: 'page-error', role: 'alert', hidden: true });
+  const more = el('button', { type: 'button', class: 'btn secondary older', dataset: { action: 'audit-older' },
+    text: 'Older entries', hidden: true });
+  const who = (uid) => (ctx.memberById.get(uid) || {}).name || uid || '';
+  let cursor = null;
+  const load = async (fresh) => {
+    if (fresh) { cursor = null; rows.replaceChildren(); }
+    msg.hidden = true;
+    more.disabled = true;
+    try {
+      const args = { team: ctx.team.team_id, limit: AUDIT_PAGE };
+      if (only.value) args.only = only.value;
+      if (cursor) args.cursor = cursor;
+      const r = await call('audit.list', args);
+      for (const e of r.entries) {
+        rows.appendChild(el('tr', { class: 'audit-' + (e.outcome === 'ok' ? 'ok' : 'refused') },
+          el('td', { dataset: { label: 'When' }, text: when(e.at) }),
+          el('td', { dataset: { label: 'Who' }, text: who(e.actor) }),
+          el('td', { dataset: { label: 'Command' } }, el('code', { text: e.cmd })),
+          el('td', { dataset: { label: 'Target' } }, el('code', { text: e.target || '' })),
+          el('td', { dataset: { label: 'Outcome' }, text: e.outcome })));
+      }
+      cursor = r.next_cursor || null;
+      table.hidden = !rows.children.length;
+      empty.hidden = !table.hidden;
+      more.hidden = !cursor;
+    } catch (e) {
+      msg.textContent = describe(e);
+      msg.hidden = false;
+    } finally {
+      more.disabled = false;
+    }
+  };
+  more.addEventListener('click', () => load(false));
+  only.addEventListener('change', () => load(true));
+  load(true);
+  return el('section', { class: 'block', id: 'audit-block', 'aria-labelledby': 'audit-title' },
+    el('div', { class: 'block-head' }, el('h2', { id: 'audit-title', text: 'Audit log' }), only),
+    el('p', { class: 'muted', text: 'Who changed what in this team, and what was refused; newest first.' }),
+    table, empty, msg, more);
 }

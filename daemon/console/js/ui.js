@@ -50,6 +50,7 @@ const ICONS = {
   wallet: ['M3 7h16v12H3z', 'M3 7l12-3v3', 'M15 13h2'],
   team: ['M12 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8z', 'M4 21c0-4.4 3.6-7 8-7s8 2.6 8 7'],
   close: ['M6 6l12 12', 'M18 6L6 18'],
+  bell: ['M6 16V11a6 6 0 0 1 12 0v5l1.5 2h-15z', 'M10 20.5a2 2 0 0 0 4 0'],
 };
 
 export function icon(name) {
@@ -304,6 +305,52 @@ function trapTab(dlg, ev) {
   const last = all[all.length - 1];
   if (ev.shiftKey && document.activeElement === first) { ev.preventDefault(); last.focus(); }
   else if (!ev.shiftKey && document.activeElement === last) { ev.preventDefault(); first.focus(); }
+}
+
+// Shows a secret once (a personal token, a webhook's signing secret), with
+// COPY and DOWNLOAD (a text file). After CLOSE (or Escape) it is gone
+// from the page: the field is emptied and every reference dropped.
+// opts: {title, value, label (of the field), filename, intro: [nodes],
+// outro: [nodes], className, onClose}. opts.value is read once here.
+export function secretDialog(opts) {
+  let secret = opts.value;
+  const out = el('input', { type: 'text', readonly: true, class: 'token', value: secret,
+    'aria-label': opts.label, spellcheck: 'false', dataset: { field: 'token' } });
+  const note = el('p', { class: 'copy-note', role: 'status' });
+  const copyBtn = el('button', { type: 'button', class: 'btn secondary', dataset: { action: 'copy' } }, icon('copy'), 'COPY');
+  const dlBtn = el('button', { type: 'button', class: 'btn secondary', dataset: { action: 'download' } }, icon('download'), 'DOWNLOAD');
+  copyBtn.addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText(secret);
+      note.textContent = 'Copied to the clipboard.';
+    } catch (e) {
+      out.select();
+      note.textContent = document.execCommand('copy') ? 'Copied to the clipboard.'
+        : 'The browser refused the clipboard: select it and copy it by hand.';
+    }
+  });
+  dlBtn.addEventListener('click', () => {
+    const blob = new Blob([secret + '\n'], { type: 'text/plain' });
+    const a = el('a', { href: URL.createObjectURL(blob), download: opts.filename });
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+    note.textContent = 'Saved as a text file. Keep it private.';
+  });
+  const d = openDialog({
+    title: opts.title, className: 'secret-dialog ' + (opts.className || ''),
+    body: [opts.intro, el('div', { class: 'token-row' }, out),
+      el('div', { class: 'token-tools' }, copyBtn, dlBtn), note, opts.outro],
+    actions: [{ label: 'CLOSE', kind: 'primary', action: 'close', submit: true }],
+    onClose: () => {
+      out.value = '';
+      out.removeAttribute('value');
+      secret = null;
+      if (opts.onClose) opts.onClose();
+    },
+  });
+  out.select();
+  return d;
 }
 
 // Asks a yes/no question; resolves to true when confirmed.
