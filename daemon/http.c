@@ -161,11 +161,8 @@ static void send_envelope(struct evhttp_request *req, json_t *env, int secret,
                      ? 200 : http_status_of(json_string_value(json_object_get(err, "code")));
     if (text == NULL || buf == NULL)
         oom("http answer");
-    if (secret) {
-        json_t *tok = json_object_get(json_object_get(env, "result"), "token");
-        if (json_is_string(tok))
-            sodium_memzero((char *)json_string_value(tok), json_string_length(tok));
-    }
+    if (secret)
+        proto_wipe_secrets(env);
     json_decref(env);
     common_headers(req);
     evhttp_add_header(oh, "Content-Type", "application/json; charset=utf-8");

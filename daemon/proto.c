@@ -5,6 +5,7 @@
 #include "log.h"
 
 #include <ctype.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -126,4 +127,16 @@ json_t *proto_ok(json_t *id, json_t *result)
     if (id != NULL)
         json_object_set(r, "id", id);
     return r;
+}
+
+void proto_wipe_secrets(json_t *envelope)
+{
+    static const char *const fields[] = {"token", "session", "secret"};
+    json_t *res = json_object_get(envelope, "result");
+
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        json_t *v = json_object_get(res, fields[i]);
+        if (json_is_string(v))
+            sodium_memzero((char *)json_string_value(v), json_string_length(v));
+    }
 }

@@ -16,6 +16,10 @@ json_t *proto_error(json_t *id, const char *code, const char *fmt, ...)
  * stops before a character that would not fit whole. Returns its length. */
 size_t proto_utf8_clean(const char *in, char *out, size_t cap);
 
+/* Zeroes the secret strings of an envelope's result (token, session,
+ * secret) in place, before the envelope is freed. */
+void proto_wipe_secrets(json_t *envelope);
+
 /* {"id": id, "ok": true, "result": result}; steals result. */
 json_t *proto_ok(json_t *id, json_t *result);
 

@@ -144,16 +144,8 @@ void reqslot_respond(reqslot *rs, json_t *response, int secret)
 
     if (text == NULL)
         oom("json_dumps");
-    if (secret) {
-        /* Wipe the secrets inside the JSON values before they are freed. */
-        static const char *const fields[] = {"token", "session"};
-        json_t *res = json_object_get(response, "result");
-        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-            json_t *v = json_object_get(res, fields[i]);
-            if (json_is_string(v))
-                sodium_memzero((char *)json_string_value(v), json_string_length(v));
-        }
-    }
+    if (secret)
+        proto_wipe_secrets(response);   /* before the values are freed */
     json_decref(response);
     rs->outlen = strlen(text) + 1;
     rs->out = text;
