@@ -24,12 +24,7 @@ CLI = os.environ.get("KEYGATE_CLI") or os.path.join(kgtest.REPO, "build", "daemo
 COST = 450      # text-generation/small, 1000 input + 500 output tokens (tests/data/catalog.json)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+free_port = kgtest.free_port
 
 
 class Receiver:

@@ -25,10 +25,11 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import zlib
+
+import kgtest  # noqa: E402  (tests/lib)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -38,12 +39,7 @@ REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 ECHO_FIELDS = ("key", "user", "team", "cost", "balance", "status")
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+free_port = kgtest.free_port
 
 
 def tail(path, n=4000):
@@ -120,7 +116,6 @@ def setup_accounts(client, credit_micros=1_000_000):
     """Signs up an owner (free key with speech-to-text and tiny-free) and
     makes a paid key with text-generation pay-as-you-go (model small) on a
     wallet credited with credit_micros. Returns a dict of ids and tokens."""
-    import kgtest
     o = kgtest.signup(client, name="Owner")
     uid, team, free_key = o["user_id"], o["team_id"], o["free_key_id"]
     wallet = client.ok("wallet.create", uid, team=team, name="main")["wallet_id"]

@@ -337,6 +337,15 @@ class Client:
 # Environment
 # --------------------------------------------------------------------------
 
+def free_port():
+    """A loopback TCP port free right now (for servers that need a number)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def _wait_for(pred, timeout, what, interval=0.02):
     deadline = time.monotonic() + timeout
     while True:
@@ -349,6 +358,9 @@ def _wait_for(pred, timeout, what, interval=0.02):
         if time.monotonic() > deadline:
             raise TimeoutError("timed out waiting for " + what)
         time.sleep(interval)
+
+
+wait_for = _wait_for
 
 
 class Env:

@@ -49,12 +49,7 @@ COST = safety.COST_SMALL_1000
 FOLLOW_S = 10.0
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+free_port = kgtest.free_port
 
 
 class Tcp(kgtest.Redis):
@@ -73,18 +68,7 @@ def rcmd(port, *args):
         r.close()
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            v = pred()
-            if v:
-                return v
-        except (OSError, ConnectionError, kgtest.RedisError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.05)
+wait_for = kgtest.wait_for
 
 
 class Topology:
