@@ -197,5 +197,6 @@ int cli_cmd_wallet_list(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_wallet_get(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_wallet_credit(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_wallet_ledger(cli_ctx *ctx, int argc, char **argv);
+int cli_cmd_usage(cli_ctx *ctx, int argc, char **argv);
 
 #endif
