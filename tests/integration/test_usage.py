@@ -229,5 +229,80 @@ class Usage(kgtest.EnvCase):
         self.assertEqual((p.returncode, json.loads(p.stdout)["problems"]), (0, []), p.stderr)
 
 
+SETTLE_CATALOG = {"currency": "USD", "services": [
+    {"id": "llm", "name": "LLM", "free": False, "settle": True,
+     "models": [{"id": "m1", "price": {"base_micros": 100, "per": [
+         {"param": "input_tokens", "micros": 150, "units": 1000},
+         {"param": "output_tokens", "micros": 600, "units": 1000, "measured": True, "max": 4096}]}}]}]}
+
+
+@unittest.skipUnless(os.access(CLI, os.X_OK), "needs the keygate CLI (KEYGATE_CLI)")
+class UsageSettle(kgtest.EnvCase):
+    """A settle counts its charge (capped at the hold) and its actual params;
+    a hold captured at expiry counts one request at the hold, no params; an
+    open hold counts nothing."""
+
+    env_args = {"catalog": SETTLE_CATALOG, "extra_config": ["hold_ttl_ms 1500"]}
+
+    def run_cli(self, path, rid, params, settle=None):
+        argv = [CLI, "--json", "--config", self.env.config_path, "authorize", "--token-file", path,
+                "--service", "llm", "--model", "m1", "--request-id", rid]
+        for name, v in params.items():
+            argv += ["--param", "%s=%d" % (name, v)]
+        for name, v in (settle or {}).items():
+            argv += ["--settle", "%s=%d" % (name, v)]
+        p = subprocess.run(argv, capture_output=True, timeout=30)
+        r = json.loads(p.stdout)
+        self.assertEqual(r["status"], "ok", (p.stdout, p.stderr))
+        return r
+
+    def test_settles_and_captures(self):
+        rng = random.Random()
+        t = kgtest.make_team(self.c, admins=0, users=0, outsiders=0)
+        o = t["owner"]
+        w = self.c.ok("wallet.create", o, team=t["team"], name="w")["wallet_id"]
+        self.c.ok("wallet.credit", o, wallet=w, amount_micros=10 ** 9, reference="seed")
+        k = self.c.ok("key.create", o, team=t["team"], name="k", users=[o], services={
+            "llm": {"policy": "payg", "models": ["m1"], "wallet": w}})["key_id"]
+        path = os.path.join(self.env.tmp, "tok-settle")
+        with open(path, "w") as f:
+            f.write(self.c.ok("token.generate", o, key=k)["token"])
+        os.chmod(path, 0o600)
+        left = HOUR - int(time.time() * 1000) % HOUR
+        if left < 30000:
+            time.sleep(left / 1000 + 1)
+        sent = {}
+        for n in range(6):
+            inp, out = rng.randint(1, 9000), rng.randint(0, 4096)
+            r = self.run_cli(path, "s%d" % n, {"input_tokens": inp}, {"output_tokens": out})
+            self.assertEqual(r["settle"]["status"], "ok", r)
+            sent["s%d" % n] = {"input_tokens": inp, "output_tokens": out}
+        # A hold left open: nothing counted yet.
+        self.run_cli(path, "open", {"input_tokens": 1000})
+        held = self.c.ok("price.estimate", service="llm", model="m1",
+                         params={"input_tokens": 1000, "output_tokens": 4096})["cost_micros"]
+        r = self.c.ok("usage.summary", o, team=t["team"], granularity="hour")
+        self.assertEqual(r["total"]["requests"], 6)
+        time.sleep(2)
+        # The next money script on the wallet captures it: one request, no params.
+        r = self.run_cli(path, "s6", {"input_tokens": 10}, {"output_tokens": 5})
+        sent["s6"] = {"input_tokens": 10, "output_tokens": 5}
+        entries = self.c.ok("wallet.ledger", o, wallet=w, limit=1000)["entries"]
+        debits = [e for e in entries if e["type"] == "debit"]
+        self.assertEqual(sorted(e.get("settle") for e in debits), ["expired"] + ["settled"] * 7)
+        self.assertEqual([e["amount_micros"] for e in debits if e["settle"] == "expired"], [held])
+        want = {"requests": len(debits), "cost_micros": sum(e["amount_micros"] for e in debits),
+                "params": {}}
+        for e in debits:
+            for name, v in sent.get(e["request_id"], {}).items():
+                if v:
+                    want["params"][name] = want["params"].get(name, 0) + v
+        for g in ("hour", "day"):
+            r = self.c.ok("usage.summary", o, team=t["team"], granularity=g, key=k, wallet=w,
+                          service="llm", model="m1")
+            self.assertEqual(r["total"], want, g)
+            self.assertEqual(sum(1 for b in r["buckets"] if b["requests"]), 1, g)
+
+
 if __name__ == "__main__":
     unittest.main()
