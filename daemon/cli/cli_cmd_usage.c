@@ -50,20 +50,6 @@ static void print_usage(cli_ctx *ctx, json_t *r)
     cli_table_free(t);
 }
 
-static int add_int(cli_ctx *ctx, json_t *args, const char *opt, const char *field, const char *v)
-{
-    int64_t n;
-
-    if (v == NULL)
-        return 0;
-    if (cli_parse_i64(v, &n) < 0) {
-        cli_usage_error(ctx, "%s wants an integer, not '%s'", opt, v);
-        return -1;
-    }
-    json_object_set_new(args, field, json_integer(n));
-    return 0;
-}
-
 int cli_cmd_usage(cli_ctx *ctx, int argc, char **argv)
 {
     const char *key = NULL, *wallet = NULL, *service = NULL, *model = NULL, *from = NULL,
@@ -84,8 +70,8 @@ int cli_cmd_usage(cli_ctx *ctx, int argc, char **argv)
         return cli_usage_error(ctx, "--hourly and --granularity %s disagree", gran);
     args = json_pack("{s:s,s:s*,s:s*,s:s*,s:s*,s:s*}", "team", pos.v[0], "key", key, "wallet", wallet,
                      "service", service, "model", model, "granularity", hourly ? "hour" : gran);
-    if (args && (add_int(ctx, args, "--from", "from", from) < 0 ||
-                 add_int(ctx, args, "--to", "to", to) < 0)) {
+    if (args && (cli_add_int(ctx, args, "--from", "from", from) < 0 ||
+                 cli_add_int(ctx, args, "--to", "to", to) < 0)) {
         json_decref(args);
         return ctx->status;
     }
