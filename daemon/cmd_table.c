@@ -36,6 +36,7 @@ job_step cmd_wallet_get(job *j);
 job_step cmd_wallet_credit(job *j);
 job_step cmd_wallet_ledger(job *j);
 job_step cmd_wallet_alert_set(job *j);
+job_step cmd_usage_summary(job *j);
 job_step cmd_webhook_set(job *j);
 job_step cmd_webhook_get(job *j);
 job_step cmd_webhook_delete(job *j);
@@ -100,6 +101,12 @@ const cmd_def cmd_table[] = {
       {"service", A_STR, OPT}, {"from", A_INT, OPT}, {"to", A_INT, OPT}}, NULL, NULL, NULL},
     {"wallet.alert.set", cmd_wallet_alert_set, NEED_ADMIN, SCOPE_WALLET, 1, 0,
      {{"wallet", A_STR, REQ}, {"threshold_micros", A_INT, REQ}}, NULL, NULL, NULL},
+
+    /* Usage analytics (cmd_usage.c): read-only, owner and admin, as the ledger. */
+    {"usage.summary", cmd_usage_summary, NEED_ADMIN, SCOPE_TEAM, 0, 0,
+     {{"team", A_STR, REQ}, {"key", A_STR, OPT}, {"wallet", A_STR, OPT}, {"service", A_STR, OPT},
+      {"model", A_STR, OPT}, {"from", A_INT, OPT}, {"to", A_INT, OPT}, {"granularity", A_STR, OPT}},
+     NULL, NULL, NULL},
 
     /* Webhooks (cmd_webhook.c): the owner sets the URL and gets the secret. */
     {"webhook.set", cmd_webhook_set, NEED_OWNER, SCOPE_TEAM, 1, 1,

@@ -185,8 +185,9 @@ static void issue(kg_pending *p, int step, int argc, const char **argv)
     list_inflight(p);
 }
 
-/* Today's and this month's UTC tags, for the quota and spend keys. */
-static void utc_tags(char *day, char *month)
+/* Today's, this month's and this hour's UTC tags, for the quota, spend
+ * and usage keys. */
+static void utc_tags(char *day, char *month, char *hour)
 {
     time_t now = time(NULL);
     struct tm tm;
@@ -194,6 +195,20 @@ static void utc_tags(char *day, char *month)
     gmtime_r(&now, &tm);
     strftime(day, 16, "%Y%m%d", &tm);
     strftime(month, 16, "%Y%m", &tm);
+    strftime(hour, 16, "%Y%m%d%H", &tm);
+}
+
+/* Appends the request's params to a money script's argv as name, value
+ * pairs (the usage counters, kg_scripts.c "Usage"). vals holds the
+ * formatted values: KG_MAX_PARAMS of them. Returns the new argc. */
+static int param_args(const kg_pending *p, const char **argv, int argc, char (*vals)[24])
+{
+    for (size_t i = 0; i < p->nparams && i < KG_MAX_PARAMS; i++) {
+        snprintf(vals[i], 24, "%lld", (long long)p->params[i].value);
+        argv[argc++] = p->params[i].name;
+        argv[argc++] = vals[i];
+    }
+    return argc;
 }
 
 static void issue_script(kg_pending *p)
@@ -201,14 +216,14 @@ static void issue_script(kg_pending *p)
     kg_ctx *ctx = p->ctx;
     const char *P = ctx->cfg.key_prefix, *T = p->r.team_id, *K = p->r.key_id;
     char k1[KGC_RKEY_MAX], k2[KGC_RKEY_MAX], k3[KGC_RKEY_MAX], num[24];
-    char rl[KGC_RKEY_MAX], ps[24], pm[24], day[16], month[16];
+    char rl[KGC_RKEY_MAX], ps[24], pm[24], day[16], month[16], hour[16];
 
     if (ctx->sha[p->script][0] == '\0') {
         const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[p->script]};
         issue(p, KG_ST_LOAD, 3, argv);
         return;
     }
-    utc_tags(day, month);
+    utc_tags(day, month, hour);
     snprintf(ps, sizeof ps, "%lld", (long long)p->per_second);
     snprintf(pm, sizeof pm, "%lld", (long long)p->per_minute);
     if (kgc_rkey(rl, P, KGC_RK_RATE, T, K, p->service) < 0) {
@@ -220,30 +235,39 @@ static void issue_script(kg_pending *p)
          * script may capture the wallet's expired holds; then the key's
          * spend and rate keys (kg_scripts.c "Budgets and rate limits"). */
         char k4[KGC_RKEY_MAX], k5[KGC_RKEY_MAX], sd[KGC_RKEY_MAX], sm[KGC_RKEY_MAX], ttl[24];
-        char bd[24], bm[24];
+        char bd[24], bm[24], ud[KGC_RKEY_MAX], uh[KGC_RKEY_MAX], vals[KG_MAX_PARAMS][24];
+        const char *argv[28 + 2 * KG_MAX_PARAMS];
+        int argc;
         const char *W = p->r.wallet_id;
         if (kgc_rkey(k1, P, KGC_RK_WALLET, T, W) < 0 || kgc_rkey(k2, P, KGC_RK_LEDGER, T, W) < 0 ||
             kgc_rkey(k3, P, KGC_RK_REQ, T, K, p->request_id) < 0 ||
             kgc_rkey(k4, P, KGC_RK_HOLDS, T, W) < 0 || kgc_rkey(k5, P, KGC_RK_HOLDEXP, T, W) < 0 ||
             kgc_rkey(sd, P, KGC_RK_SPEND_DAY, T, K, day) < 0 ||
-            kgc_rkey(sm, P, KGC_RK_SPEND_MONTH, T, K, month) < 0) {
+            kgc_rkey(sm, P, KGC_RK_SPEND_MONTH, T, K, month) < 0 ||
+            kgc_rkey(ud, P, KGC_RK_USAGE_DAY, T, day) < 0 ||
+            kgc_rkey(uh, P, KGC_RK_USAGE_HOUR, T, hour) < 0) {
             finish(p, KG_BACKEND_ERROR);
             return;
         }
         snprintf(num, sizeof num, "%lld", (long long)p->cost);
         snprintf(ttl, sizeof ttl, "%d", ctx->cfg.hold_ttl_ms);
         if (p->script == KG_SCRIPT_SETTLE) {
-            const char *argv[16] = {"EVALSHA", ctx->sha[p->script], "7", k1, k2, k3, k4, k5,
-                                    sd, sm, num, K, p->request_id, W, day, month};
-            issue(p, KG_ST_EVAL, 16, argv);
+            const char *a[18] = {"EVALSHA", ctx->sha[p->script], "9", k1, k2, k3, k4, k5,
+                                 sd, sm, ud, uh, num, K, p->request_id, W, day, month};
+            memcpy(argv, a, sizeof a);
+            argc = param_args(p, argv, 18, vals);
+            issue(p, KG_ST_EVAL, argc, argv);
             return;
         }
         snprintf(bd, sizeof bd, "%lld", (long long)p->budget_day);
         snprintf(bm, sizeof bm, "%lld", (long long)p->budget_month);
-        const char *argv[26] = {"EVALSHA", ctx->sha[p->script], "8", k1, k2, k3, k4, k5,
-                                sd, sm, rl, num, K, p->r.user_id, p->service, p->model,
-                                p->request_id, W, p->fp, ttl, bd, bm, ps, pm, day, month};
-        issue(p, KG_ST_EVAL, 26, argv);
+        const char *a[28] = {"EVALSHA", ctx->sha[p->script], "10", k1, k2, k3, k4, k5,
+                             sd, sm, rl, ud, uh, num, K, p->r.user_id, p->service, p->model,
+                             p->request_id, W, p->fp, ttl, bd, bm, ps, pm, day, month};
+        memcpy(argv, a, sizeof a);
+        /* the hold counts nothing: its settle or capture does */
+        argc = p->script == KG_SCRIPT_DEBIT ? param_args(p, argv, 28, vals) : 28;
+        issue(p, KG_ST_EVAL, argc, argv);
     } else {
         if (kgc_rkey(k1, P, KGC_RK_QUOTA, T, p->service, day) < 0 ||
             kgc_rkey(k2, P, KGC_RK_REQ, T, K, p->request_id) < 0) {

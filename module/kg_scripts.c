@@ -33,7 +33,17 @@
  * first script to run after the expiry does it, in the same atomic step,
  * so a hold is captured exactly once whoever races for it. A capture
  * lowers balance and held_micros alike, so the available amount
- * (balance − held) it leaves is what it was. */
+ * (balance − held) it leaves is what it was.
+ *
+ * Usage (issue 12, docs/module.md "Usage counters"): every charge a money
+ * script makes (a debit, a settle, a captured hold) is counted in the
+ * team's usage hashes of the UTC day and hour (gateway clock, as the quota
+ * and spend keys), passed as two more KEYS: field "<kid> <wid> <svc>
+ * <model or -> <metric>", metric n (requests), c (micros charged) or
+ * p.<param> (the param's total; a capture knows none). A hash expires 400
+ * days (day) or 14 days (hour) after its first field was made. The
+ * counters go through redis.pcall: a total that would overflow int64
+ * stays where it was rather than abort a script that already moved money. */
 #define KG_LUA_COMMON                                                              \
     "local function now_ms()\n"                                                    \
     "  local t = redis.call('TIME')\n"                                             \
@@ -49,7 +59,23 @@
     "    ',\"model\":' .. cjson.encode(mdl) ..\n"                                  \
     "    ',\"request_id\":' .. (rid ~= '' and cjson.encode(rid) or 'null') .. extra .. '}'\n" \
     "end\n"                                                                        \
-    "local function sweep(now)\n"                                                 \
+    "local function usage_add(ud, uh, kid, wid, svc, mdl, amt, pi)\n"             \
+    "  local c = kid .. ' ' .. wid .. ' ' .. svc .. ' ' .. (mdl ~= '' and mdl or '-') .. ' '\n" \
+    "  local a = string.format('%d', amt)\n"                                      \
+    "  for i, k in ipairs({ud, uh}) do\n"                                          \
+    "    local n = redis.pcall('HINCRBY', k, c .. 'n', 1)\n"                        \
+    "    if n == 1 then redis.call('EXPIRE', k, i == 1 and 34560000 or 1209600) end\n" \
+    "    if amt > 0 then redis.pcall('HINCRBY', k, c .. 'c', a) end\n"             \
+    "    if pi then\n"                                                              \
+    "      for j = pi, #ARGV - 1, 2 do\n"                                           \
+    "        if (tonumber(ARGV[j + 1]) or 0) ~= 0 then\n"                           \
+    "          redis.pcall('HINCRBY', k, c .. 'p.' .. ARGV[j], ARGV[j + 1])\n"      \
+    "        end\n"                                                                 \
+    "      end\n"                                                                   \
+    "    end\n"                                                                     \
+    "  end\n"                                                                       \
+    "end\n"                                                                         \
+    "local function sweep(now, ud, uh, wid)\n"                                    \
     "  local ids = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 16)\n" \
     "  for _, id in ipairs(ids) do\n"                                              \
     "    local v = redis.call('HGET', KEYS[4], id)\n"                              \
@@ -63,6 +89,7 @@
     "      local nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', string.format('%d', -amt))\n" \
     "      redis.call('LPUSH', KEYS[2], entry(amt, nb, now, kid or '', uid or '', svc or '',\n" \
     "        mdl or '', rid or '', ',\"settle\":\"expired\",\"hold_micros\":' .. string.format('%d', amt)))\n" \
+    "      usage_add(ud, uh, kid or '', wid, svc or '', mdl or '', amt, nil)\n"    \
     "    end\n"                                                                    \
     "  end\n"                                                                      \
     "end\n"                                                                        \
@@ -75,10 +102,10 @@
     "  end\n"                                                                      \
     "  return bal, held\n"                                                         \
     "end\n"                                                                        \
-    "local function open_wallet()\n"                                               \
+    "local function open_wallet(ud, uh, wid)\n"                                    \
     "  if not redis.call('HGET', KEYS[1], 'balance_micros') then return nil end\n" \
     "  local now = now_ms()\n"                                                     \
-    "  sweep(now)\n"                                                               \
+    "  sweep(now, ud, uh, wid)\n"                                                  \
     "  local bal, held = wallet_state()\n"                                         \
     "  if type(bal) == 'table' then return bal end\n"                              \
     "  return now, bal, held\n"                                                    \
@@ -149,9 +176,11 @@
 /* Debit (payg, services without settle).
  *   KEYS    as above, then 6 P {t:T}:spend:<kid>:d:<yyyymmdd>,
  *           7 P {t:T}:spend:<kid>:m:<yyyymm>, 8 P {t:T}:rate:<kid>:<svc>
+ *           9 P {t:T}:usage:d:<yyyymmdd>, 10 P {t:T}:usage:h:<yyyymmddhh>
  *   ARGV    cost, key_id, user_id, service, model, request_id ('' = none),
  *           wallet_id, fp, hold_ttl_ms (unused here), budget_day,
- *           budget_month, per_second, per_minute (0 = none), yyyymmdd, yyyymm
+ *           budget_month, per_second, per_minute (0 = none), yyyymmdd, yyyymm,
+ *           then the request's params as name, value pairs (usage)
  * Returns {'ok', balance} | {'replay', cost, balance, wallet_id} |
  *         {'conflict'} | {'budget'} | {'funds', balance} | {'rate', wait_ms} |
  *         {'nowallet'}.
@@ -173,7 +202,7 @@ static const char debit_lua[] =
     "    return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or ''}\n"
     "  end\n"
     "end\n"
-    "local now, bal, held = open_wallet()\n"
+    "local now, bal, held = open_wallet(KEYS[9], KEYS[10], ARGV[7])\n"
     "if now == nil then return {'nowallet'} end\n"
     "if type(now) == 'table' then return now end\n"
     "local cost = tonumber(ARGV[1])\n"
@@ -198,6 +227,7 @@ static const char debit_lua[] =
     "             'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5], 'fp', ARGV[8])\n"
     "  redis.call('EXPIRE', KEYS[3], 86400)\n"
     "end\n"
+    "usage_add(KEYS[9], KEYS[10], ARGV[2], ARGV[7], ARGV[4], ARGV[5], cost, 16)\n"
     "return {'ok', nb}\n";
 
 /* Hold (authorize on a settle service): reserves the worst-case price.
@@ -222,7 +252,7 @@ static const char hold_lua[] =
     "  if r[4] ~= ARGV[8] then return {'conflict'} end\n"
     "  return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or '', tonumber(r[5]) or 0}\n"
     "end\n"
-    "local now, bal, held = open_wallet()\n"
+    "local now, bal, held = open_wallet(KEYS[9], KEYS[10], ARGV[7])\n"
     "if now == nil then return {'nowallet'} end\n"
     "if type(now) == 'table' then return now end\n"
     "local h, ttl = tonumber(ARGV[1]), tonumber(ARGV[9])\n"
@@ -255,8 +285,9 @@ static const char hold_lua[] =
  *   KEYS    as above (KEYS[1], [2], [4], [5] of the wallet the caller
  *           believes holds it: the record says which one)
  *           6, 7 the key's spend keys of today and this month (as the debit's)
+ *           8, 9 the team's usage hashes of this day and hour
  *   ARGV    actual cost (-1: the whole hold), key_id, request_id, wallet_id,
- *           yyyymmdd, yyyymm
+ *           yyyymmdd, yyyymm, then the settle's params as name, value pairs
  * Returns {'ok', charged, balance, hold} | {'replay', charged, balance, hold} |
  *         {'captured', hold, balance} | {'wallet', wallet_id} | {'nohold'}.
  * The charge is min(actual cost, hold): the hold is the most the request
@@ -276,7 +307,7 @@ static const char settle_lua[] =
     "if r[1] == 'settled' then\n"
     "  return {'replay', tonumber(r[4]) or 0, tonumber(r[5]) or -1, tonumber(r[3]) or 0}\n"
     "end\n"
-    "local now, bal = open_wallet()\n"
+    "local now, bal = open_wallet(KEYS[8], KEYS[9], ARGV[4])\n"
     "if now == nil then return {'nowallet'} end\n"
     "if type(now) == 'table' then return now end\n"
     "local id = ARGV[2] .. ' ' .. ARGV[3]\n"
@@ -304,6 +335,7 @@ static const char settle_lua[] =
     "if back > 0 and r[7] == ARGV[6] then redis.call('DECRBY', KEYS[7], string.format('%d', back)) end\n"
     "redis.call('HSET', KEYS[3], 'state', 'settled', 'settled_micros', string.format('%d', charge),\n"
     "           'balance_micros', string.format('%d', nb), 'settled_at', string.format('%d', now))\n"
+    "usage_add(KEYS[8], KEYS[9], ARGV[2], ARGV[4], svc, mdl, charge, 7)\n"
     "return {'ok', charge, nb, h}\n";
 
 /* Free-tier count.

@@ -245,7 +245,9 @@ int main(int argc, char **argv)
     int64_t *lats[NCASES], total[NCASES] = {0}, cpu[NCASES] = {0};
     size_t cnt[NCASES] = {0};
     char rid[48], dsha[64], kw[256], kl[256], kr[256], kh[256], kx[256], ksd[256], ksm[256];
-    char krl[256], day[16];
+    char krl[256], kud[256], kuh[256], day[16], hour[16];
+    time_t tnow = time(NULL);
+    struct tm tm;
     const char *get_argv[] = {"GET", "bench:small"};
     const char *eval_argv[] = {"EVALSHA", sha, "0"};
 
@@ -262,9 +264,14 @@ int main(int argc, char **argv)
     snprintf(ksd, sizeof ksd, KGT_PREFIX "{t:%s}:spend:%s:d:%s", w.team, w.key, day);
     snprintf(ksm, sizeof ksm, KGT_PREFIX "{t:%s}:spend:%s:m:%.6s", w.team, w.key, day);
     snprintf(krl, sizeof krl, KGT_PREFIX "{t:%s}:rate:%s:text-generation", w.team, w.key);
-    const char *debit_argv[] = {"EVALSHA", dsha, "8", kw, kl, kr, kh, kx, ksd, ksm, krl,
+    gmtime_r(&tnow, &tm);
+    strftime(hour, sizeof hour, "%Y%m%d%H", &tm);
+    snprintf(kud, sizeof kud, KGT_PREFIX "{t:%s}:usage:d:%s", w.team, day);
+    snprintf(kuh, sizeof kuh, KGT_PREFIX "{t:%s}:usage:h:%s", w.team, hour);
+    const char *debit_argv[] = {"EVALSHA", dsha, "10", kw, kl, kr, kh, kx, ksd, ksm, krl, kud, kuh,
                                 "270", w.key, w.user, "text-generation", "small", "", w.wallet,
-                                "", "600000", "0", "0", "0", "0", day, "000000"};
+                                "", "600000", "0", "0", "0", "0", day, "000000",
+                                "input_tokens", "1000", "output_tokens", "200"};
 
     kgt_request(&payg_rid, w.tok, "text-generation", "small", rid, KGT_P("input_tokens", 1000),
                 KGT_P("output_tokens", 200), NULL);
@@ -284,7 +291,7 @@ int main(int argc, char **argv)
                 switch (k) {
                 case C_GET:   rr = redisCommandArgv(c, 2, get_argv, NULL); break;
                 case C_EVAL:  rr = redisCommandArgv(c, 3, eval_argv, NULL); break;
-                case C_DEBIT: rr = redisCommandArgv(c, 26, debit_argv, NULL); break;
+                case C_DEBIT: rr = redisCommandArgv(c, (int)(sizeof debit_argv / sizeof *debit_argv), debit_argv, NULL); break;
                 case C_PAIR:
                     snprintf(rid, sizeof rid, "pair-%zu-%zu", round, i);
                     a = now_ns();

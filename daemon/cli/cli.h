@@ -103,6 +103,9 @@ void cli_print_group_usage(FILE *f, const char *group);
 
 /* Strict integer parsing: the whole string, decimal, in range. 0 or -1. */
 int cli_parse_i64(const char *s, int64_t *out);
+/* Adds option opt's integer value v (NULL: absent, nothing added) to args
+ * as field; -1 (usage error printed, ctx->status set) if v is not one. */
+int cli_add_int(cli_ctx *ctx, json_t *args, const char *opt, const char *field, const char *v);
 
 /* Adds "service=free" or "service=payg:m1,m2@wallet" to a services
  * object (key.services.set's argument). Returns 0, or -1 with the reason
@@ -197,5 +200,6 @@ int cli_cmd_wallet_list(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_wallet_get(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_wallet_credit(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_wallet_ledger(cli_ctx *ctx, int argc, char **argv);
+int cli_cmd_usage(cli_ctx *ctx, int argc, char **argv);
 
 #endif

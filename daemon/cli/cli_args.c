@@ -352,3 +352,18 @@ int cli_param_spec(json_t *params, const char *spec, char *err, size_t errlen)
     }
     return 0;
 }
+
+/* Adds an integer option's value to args; -1 (usage printed) if it is not one. */
+int cli_add_int(cli_ctx *ctx, json_t *args, const char *opt, const char *field, const char *v)
+{
+    int64_t n;
+
+    if (v == NULL)
+        return 0;
+    if (cli_parse_i64(v, &n) < 0) {
+        cli_usage_error(ctx, "%s wants an integer, not '%s'", opt, v);
+        return -1;
+    }
+    json_object_set_new(args, field, json_integer(n));
+    return 0;
+}

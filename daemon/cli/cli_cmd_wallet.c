@@ -136,21 +136,6 @@ int cli_cmd_wallet_credit(cli_ctx *ctx, int argc, char **argv)
     return rc ? rc : cli_emit(ctx, res, print_wallet);
 }
 
-/* Adds an integer option's value to args; -1 (usage printed) if it is not one. */
-static int add_int(cli_ctx *ctx, json_t *args, const char *opt, const char *field, const char *v)
-{
-    int64_t n;
-
-    if (v == NULL)
-        return 0;
-    if (cli_parse_i64(v, &n) < 0) {
-        cli_usage_error(ctx, "%s wants an integer, not '%s'", opt, v);
-        return -1;
-    }
-    json_object_set_new(args, field, json_integer(n));
-    return 0;
-}
-
 int cli_cmd_wallet_ledger(cli_ctx *ctx, int argc, char **argv)
 {
     const char *limit = NULL, *cursor = NULL, *key = NULL, *service = NULL, *from = NULL,
@@ -168,9 +153,9 @@ int cli_cmd_wallet_ledger(cli_ctx *ctx, int argc, char **argv)
         return ctx->status;
     args = json_pack("{s:s,s:s*,s:s*,s:s*}", "wallet", pos.v[0], "cursor", cursor, "key", key,
                      "service", service);
-    if (args && (add_int(ctx, args, "--limit", "limit", limit) < 0 ||
-                 add_int(ctx, args, "--from", "from", from) < 0 ||
-                 add_int(ctx, args, "--to", "to", to) < 0)) {
+    if (args && (cli_add_int(ctx, args, "--limit", "limit", limit) < 0 ||
+                 cli_add_int(ctx, args, "--from", "from", from) < 0 ||
+                 cli_add_int(ctx, args, "--to", "to", to) < 0)) {
         json_decref(args);
         return ctx->status;
     }

@@ -72,6 +72,10 @@ const cli_command cli_commands[] = {
     {"wallet ledger", cli_cmd_wallet_ledger,
      "WALLET [--limit N] [--cursor C | --all] [--key KEY] [--service S] [--from MS] [--to MS]",
      "credits and debits, newest first, a page at a time"},
+    {"usage", cli_cmd_usage,
+     "TEAM [--key K] [--wallet W] [--service S] [--model M] [--from MS] [--to MS] "
+     "[--granularity day|hour | --hourly]",
+     "requests, cost and param totals per UTC day (last 30) or hour (last 24)"},
 
     {"notifications", cli_cmd_notifications, "[--limit N] [--cursor C | --all]",
      "your notifications, newest first"},

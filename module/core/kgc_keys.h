@@ -49,6 +49,8 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_SPEND_DAY "{t:%s}:spend:%s:d:%s"    a key's spend that UTC day (micros), while budgeted
  *   KGC_RK_SPEND_MONTH "{t:%s}:spend:%s:m:%s"  a key's spend that month (yyyymm), while budgeted
  *   KGC_RK_RATE      "{t:%s}:rate:%s:%s"       zset: a key's admitted requests of a service, last 60 s (1 s)
+ *   KGC_RK_USAGE_DAY "{t:%s}:usage:d:%s"       hash: the team's usage that UTC day (yyyymmdd), 400 days
+ *   KGC_RK_USAGE_HOUR "{t:%s}:usage:h:%s"      hash: the team's usage that UTC hour (yyyymmddhh), 14 days
  *   KGC_RK_AUDIT     "{t:%s}:audit"            stream of accepted changes (field e: JSON), kept by time
  *   KGC_RK_AUDIT_REFUSED "{t:%s}:refused:audit" stream of refused mutations, kept by count
  *   KGC_RK_TOKEN     "tok:%s"                  hash: key_id team_id user_id token_id expires_ms
@@ -76,6 +78,8 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 #define KGC_RK_SPEND_DAY   "{t:%s}:spend:%s:d:%s"
 #define KGC_RK_SPEND_MONTH "{t:%s}:spend:%s:m:%s"
 #define KGC_RK_RATE        "{t:%s}:rate:%s:%s"
+#define KGC_RK_USAGE_DAY   "{t:%s}:usage:d:%s"
+#define KGC_RK_USAGE_HOUR  "{t:%s}:usage:h:%s"
 #define KGC_RK_AUDIT   "{t:%s}:audit"
 #define KGC_RK_AUDIT_REFUSED "{t:%s}:refused:audit"
 #define KGC_RK_TOKEN   "tok:%s"
