@@ -213,6 +213,7 @@ async function narrow(browser, width, admin, s) {
     const lc = card(page, s.longKey);
     assert.match(await lc.locator('[data-limit=expires]').innerText(), /^Expires in (29|30) days on /);
     assert.equal(await lc.locator('[data-limit=budget-day]').innerText(), 'Daily budget: 12.345678 USD');
+    await lc.screenshot({ path: path.join(SHOTS, `${String(++shotNo).padStart(2, '0')}-${width}-limits-card.png`) });
     const box = await lc.locator('.actions').boundingBox();
     assert.ok(box.height > 40, 'the actions wrap onto more rows on a phone');
 
