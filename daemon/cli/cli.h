@@ -116,6 +116,21 @@ int cli_service_spec(json_t *services, const char *spec, char *err, size_t errle
  * Returns 0, or -1 with the reason in err. */
 int cli_param_spec(json_t *params, const char *spec, char *err, size_t errlen);
 
+/* --- a key's expiry, budgets and rate limits (cli_key_limits.c) ------------ */
+
+/* ISO 8601 UTC time ("2027-01-31T12:00:00Z", "...+02:00", "2027-01-31")
+ * to ms since the epoch. 0, or -1 when it is not one. */
+int cli_parse_iso8601_ms(const char *s, int64_t *out_ms);
+
+/* Adds key.update's expires_at, budget_day_micros, budget_month_micros
+ * and rate_limits to args for the options given (NULL / empty list = not
+ * given; "none" = null). Returns 0, or -1 with the reason in err. */
+int cli_limit_args(json_t *args, const char *expires, const char *bday, const char *bmonth,
+                   const cli_strlist *rates, char *err, size_t errlen);
+
+/* The "expires", budget and "rate limits" lines of `key get`. */
+void cli_print_limits(cli_ctx *ctx, json_t *key);
+
 /* calloc that ctx frees at exit (the CLI is short-lived). Aborts on OOM. */
 void *cli_alloc(cli_ctx *ctx, size_t n, size_t size);
 void cli_ctx_cleanup(cli_ctx *ctx);

@@ -138,7 +138,6 @@ static void print_key(cli_ctx *ctx, json_t *k)
     char tb[CLI_TIME_MAX];
     size_t i;
 
-    (void)ctx;
     cli_field("key_id", "%s", cli_jstr(k, "key_id", "-"));
     cli_field("name", "%s", cli_jstr(k, "name", "-"));
     cli_field("description", "%s", cli_jstr(k, "description", ""));
@@ -179,6 +178,9 @@ static void print_key(cli_ctx *ctx, json_t *k)
         cli_table_print(t, 2);
         cli_table_free(t);
     }
+
+    if (strcmp(cli_jstr(k, "kind", ""), "free") != 0)
+        cli_print_limits(ctx, k);
 
     notified = json_object_get(k, "notified");
     if (json_is_array(notified)) {
@@ -310,21 +312,33 @@ int cli_cmd_key_get(cli_ctx *ctx, int argc, char **argv)
 
 int cli_cmd_key_update(cli_ctx *ctx, int argc, char **argv)
 {
-    const char *name = NULL, *desc = NULL;
+    const char *name = NULL, *desc = NULL, *expires = NULL, *bday = NULL, *bmonth = NULL;
+    cli_strlist rates;
     const cli_opt opts[] = {
         {"--name", CLI_OPT_VALUE, &name},
         {"--description", CLI_OPT_VALUE, &desc},
+        {"--expires-at", CLI_OPT_VALUE, &expires},
+        {"--budget-day", CLI_OPT_VALUE, &bday},
+        {"--budget-month", CLI_OPT_VALUE, &bmonth},
+        {"--rate-limit", CLI_OPT_LIST, &rates},
         {NULL, 0, NULL},
     };
     cli_strlist pos;
     json_t *args, *res;
+    char err[512];
     int rc;
 
     if (cli_args(ctx, argc, argv, opts, &pos, 1, 1) < 0)
         return ctx->status;
-    if (name == NULL && desc == NULL)
-        return cli_usage_error(ctx, "nothing to change: give --name and/or --description");
+    if (name == NULL && desc == NULL && expires == NULL && bday == NULL && bmonth == NULL &&
+        rates.n == 0)
+        return cli_usage_error(ctx, "nothing to change: give --name, --description, --expires-at, "
+                               "--budget-day, --budget-month or --rate-limit");
     args = json_pack("{s:s,s:s*,s:s*}", "key", pos.v[0], "name", name, "description", desc);
+    if (args && cli_limit_args(args, expires, bday, bmonth, &rates, err, sizeof err) < 0) {
+        json_decref(args);
+        return cli_usage_error(ctx, "%s", err);
+    }
     rc = cli_call(ctx, "key.update", args, 1, &res);
     return rc ? rc : cli_emit(ctx, res, print_key);
 }

@@ -50,9 +50,12 @@ const cli_command cli_commands[] = {
      "TEAM --name NAME [--description TEXT] [--user USER]... [--service SPEC]...",
      "create a paid key"},
     {"key list", cli_cmd_key_list, "TEAM", "list the team's keys you may see"},
-    {"key get", cli_cmd_key_get, "KEY", "show a key: users, token hints, services"},
-    {"key update", cli_cmd_key_update, "KEY [--name NAME] [--description TEXT]",
-     "rename or describe a key"},
+    {"key get", cli_cmd_key_get, "KEY", "show a key: users, token hints, services, expiry, budgets, rate limits"},
+    {"key update", cli_cmd_key_update,
+     "KEY [--name NAME] [--description TEXT] [--expires-at ISO8601|none] "
+     "[--budget-day MICROS|none] [--budget-month MICROS|none] "
+     "[--rate-limit SERVICE=PER_SECOND/PER_MINUTE|none]...",
+     "rename or describe a key; set its expiry, budgets and rate limits"},
     {"key users", cli_cmd_key_users, "KEY (USER... | --none) [--notify]",
      "set the key's users (replaces them)"},
     {"key services", cli_cmd_key_services, "KEY (SPEC... | --none)",

@@ -209,6 +209,70 @@ class TestKeysAndServices(CliCase):
         self.assertEqual(rc, 1)
         self.assertIn("error: free_key_immutable: ", err)
 
+    def test_key_update_sets_and_clears_expiry_budgets_and_rate_limits(self):
+        key = self.paid_key(self.owner, self.team)["key_id"]
+        k = self.js("key", "update", key, "--expires-at", "2099-03-04T05:06:07Z",
+                    "--budget-day", "2500000", "--budget-month", "40000000",
+                    "--rate-limit", "text-generation=5/100", "--rate-limit", "speech-to-text=/30",
+                    actor=self.owner)
+        stored = self.c.ok("key.get", self.owner, key=key)
+        want_ms = 4076283967000  # 2099-03-04T05:06:07Z
+        self.assertEqual(stored["expires_at"], want_ms)
+        self.assertEqual((stored["budget_day_micros"], stored["budget_month_micros"]), (2500000, 40000000))
+        self.assertEqual(stored["rate_limits"], {"text-generation": {"per_second": 5, "per_minute": 100},
+                                                 "speech-to-text": {"per_minute": 30}})
+        self.assertEqual(k["rate_limits"], stored["rate_limits"])
+
+        out = self.ok("key", "get", key, actor=self.owner)
+        self.assertRegex(out, r"(?m)^expires\s+2099-03-04 05:06:07Z$")
+        self.assertRegex(out, r"(?m)^budget/day\s+2\.500000 \S+ \(2500000 micros\)$")
+        self.assertRegex(out, r"(?m)^budget/month\s+40\.000000 \S+ \(40000000 micros\)$")
+        self.assertRegex(out, r"(?m)^\s+text-generation\s+5\s+100$")
+        self.assertRegex(out, r"(?m)^\s+speech-to-text\s+-\s+30$")
+
+        # An offset is honoured; a date alone is midnight UTC.
+        self.ok("key", "update", key, "--expires-at", "2099-03-04T07:06:07+02:00", actor=self.owner)
+        self.assertEqual(self.c.ok("key.get", self.owner, key=key)["expires_at"], want_ms)
+        self.ok("key", "update", key, "--expires-at", "2099-03-04", actor=self.owner)
+        self.assertEqual(self.c.ok("key.get", self.owner, key=key)["expires_at"], 4076265600000)
+
+        # "none" removes each; a rate limit set replaces the whole set.
+        self.ok("key", "update", key, "--rate-limit", "speech-to-text=2/", actor=self.owner)
+        self.assertEqual(self.c.ok("key.get", self.owner, key=key)["rate_limits"],
+                         {"speech-to-text": {"per_second": 2}})
+        self.ok("key", "update", key, "--expires-at", "none", "--budget-day", "none",
+                "--budget-month", "none", "--rate-limit", "none", actor=self.owner)
+        stored = self.c.ok("key.get", self.owner, key=key)
+        for f in ("expires_at", "budget_day_micros", "budget_month_micros", "rate_limits"):
+            self.assertNotIn(f, stored)
+        out = self.ok("key", "get", key, actor=self.owner)
+        self.assertRegex(out, r"(?m)^expires\s+never$")
+        self.assertRegex(out, r"(?m)^rate limits\s+none$")
+
+    def test_key_update_limit_usage_errors_send_nothing(self):
+        key = self.paid_key(self.owner, self.team)["key_id"]
+        before = self.c.ok("key.get", self.owner, key=key)
+        for bad in (["--expires-at", "2099-03-04T05:06"], ["--expires-at", "2099-02-30"],
+                    ["--expires-at", "tomorrow"], ["--expires-at", "2099-03-04T25:00Z"],
+                    ["--budget-day", "-1"], ["--budget-month", "1.5"],
+                    ["--rate-limit", "text-generation"], ["--rate-limit", "text-generation=5"],
+                    ["--rate-limit", "text-generation=/"], ["--rate-limit", "=1/2"],
+                    ["--rate-limit", "text-generation=x/2"],
+                    ["--rate-limit", "none", "--rate-limit", "text-generation=1/1"],
+                    ["--rate-limit", "text-generation=1/1", "--rate-limit", "text-generation=2/2"]):
+            rc, out, err = self.kg("key", "update", key, *bad, actor=self.owner)
+            self.assertEqual(rc, 2, (bad, err))
+            self.assertIn("keygate [options] key update KEY", err)
+        # The daemon's own rules: the past, an unknown service, the free key.
+        for bad in (["--expires-at", "2001-01-01T00:00:00Z"], ["--rate-limit", "no-such=1/1"],
+                    ["--rate-limit", "text-generation=1001/"]):
+            rc, _, err = self.kg("key", "update", key, *bad, actor=self.owner)
+            self.assertEqual(rc, 1, (bad, err))
+            self.assertIn("error: bad_request: ", err)
+        rc, _, err = self.kg("key", "update", self.free_key, "--expires-at", "2099-01-01", actor=self.owner)
+        self.assertEqual(rc, 1, err)
+        self.assertEqual(self.c.ok("key.get", self.owner, key=key), before)
+
     def test_a_user_role_is_refused_with_exit_1(self):
         other = self.signup()["user_id"]
         self.c.ok("team.member.add", self.owner, team=self.team, user=other, role="user")

@@ -211,6 +211,9 @@ async function narrow(browser, width, admin, s) {
     await card(page, s.longKey).waitFor();
     await look(page, 'keys');
     const lc = card(page, s.longKey);
+    assert.match(await lc.locator('[data-limit=expires]').innerText(), /^Expires in (29|30) days on /);
+    assert.equal(await lc.locator('[data-limit=budget-day]').innerText(), 'Daily budget: 12.345678 USD');
+    await lc.screenshot({ path: path.join(SHOTS, `${String(++shotNo).padStart(2, '0')}-${width}-limits-card.png`) });
     const box = await lc.locator('.actions').boundingBox();
     assert.ok(box.height > 40, 'the actions wrap onto more rows on a phone');
 
@@ -228,6 +231,16 @@ async function narrow(browser, width, admin, s) {
       await lc.locator(`[data-action=${a}]`).click();
       await dialog(page).waitFor();
       await look(page, `${a}-dialog`);
+      if (a === 'edit') {
+        // the limits at a phone's width, with an error under a field
+        const d = dialog(page);
+        assert.equal(await d.locator('[data-field=budget_month_micros]').inputValue(), '250.00');
+        await d.locator('input[data-service="speech-to-text"][data-rate=per_second]').fill('x');
+        await d.locator('[data-action=save]').click();
+        await d.locator('[data-error-for=rate_limits]').waitFor({ state: 'visible' });
+        await d.locator('[data-error-for=rate_limits]').scrollIntoViewIfNeeded();
+        await look(page, 'limits-error');
+      }
       await escape();
     }
     const gen = lc.locator('[data-action=generate]');
@@ -579,6 +592,84 @@ async function main() {
     });
     await page.waitForSelector(`.key-card[data-key-id="${K}"] li[data-service="text-generation"]`);
 
+    // 5b. expiry, budgets and rate limits in the edit dialog: each bad
+    // field's error under it, gone once the field is right; what the page
+    // set is what the daemon stored
+    step('expiry, budgets, rate limits');
+    await card(page, K).locator('[data-action=edit]').click();
+    const dl5 = dialog(page);
+    await dl5.locator('fieldset.limits-edit').waitFor();
+    assert.equal(await dl5.locator('[data-field=expires_at]').inputValue(), '');
+    const rl = (sid, n) => dl5.locator(`input[data-service="${sid}"][data-rate="${n}"]`);
+    const err5 = (f) => dl5.locator(`[data-error-for=${f}]`);
+    await dl5.locator('[data-field=expires_at]').fill('2001-01-01T00:00');
+    await dl5.locator('[data-field=budget_day_micros]').fill('two');
+    await rl('text-generation', 'per_second').fill('5000');
+    await dl5.locator('[data-action=save]').click();
+    for (const f of ['expires_at', 'budget_day_micros', 'rate_limits']) await err5(f).waitFor({ state: 'visible' });
+    assert.equal(await err5('expires_at').innerText(), 'Expiry must be in the future.');
+    assert.equal(await err5('budget_day_micros').innerText(), 'Enter an amount in USD, like 25.00, or leave it empty for no cap.');
+    assert.match(await err5('rate_limits').innerText(), /at most 1000 per second/);
+    assert.equal(await rl('text-generation', 'per_second').getAttribute('aria-invalid'), 'true');
+    assert.equal(await err5('budget_month_micros').isVisible(), false);
+    await look(page, 'limits-errors');
+    let k5 = await admin.ok('key.get', owner, { key: K });
+    for (const f of ['expires_at', 'budget_day_micros', 'budget_month_micros', 'rate_limits']) assert.equal(k5[f], undefined, f);
+    // the focus stays in the (wide) dialog
+    for (let i = 0; i < 24; i++) {
+      await page.keyboard.press(i % 5 === 4 ? 'Shift+Tab' : 'Tab');
+      assert.equal(await page.evaluate(() => !!document.activeElement.closest('dialog[open]')), true, 'Tab left the limits dialog');
+    }
+    const expMs = Math.floor((Date.now() + 3 * 86400000 + 2 * 3600000) / 60000) * 60000;
+    const expText = new Date(expMs).toISOString().slice(0, 16);
+    await dl5.locator('[data-field=expires_at]').fill(expText);
+    await err5('expires_at').waitFor({ state: 'hidden' });
+    assert.equal(await err5('budget_day_micros').isVisible(), true, 'another field\'s error stays');
+    await dl5.locator('[data-field=budget_day_micros]').fill('2.5');
+    await err5('budget_day_micros').waitFor({ state: 'hidden' });
+    await rl('text-generation', 'per_second').fill('5');
+    await err5('rate_limits').waitFor({ state: 'hidden' });
+    assert.equal(await rl('text-generation', 'per_second').getAttribute('aria-invalid'), null);
+    await rl('text-generation', 'per_minute').fill('100');
+    await rl('speech-to-text', 'per_minute').fill('30');
+    await dl5.locator('[data-field=budget_month_micros]').fill('40');
+    await look(page, 'limits-dialog');
+    await dl5.locator('[data-action=save]').click();
+    await dl5.waitFor({ state: 'detached' });
+    k5 = await admin.ok('key.get', owner, { key: K });
+    assert.equal(k5.expires_at, expMs);
+    assert.equal(k5.budget_day_micros, 2500000);
+    assert.equal(k5.budget_month_micros, 40000000);
+    assert.deepEqual(k5.rate_limits, { 'text-generation': { per_second: 5, per_minute: 100 }, 'speech-to-text': { per_minute: 30 } });
+    const lim = card(page, K).locator('.key-limits');
+    await lim.waitFor();
+    assert.match(await lim.locator('[data-limit=expires]').innerText(), /^Expires in 3 days on \d{4}-\d\d-\d\d \d\d:\d\d UTC$/);
+    assert.ok((await lim.locator('[data-limit=expires]').innerText()).endsWith(expText.replace('T', ' ') + ' UTC'));
+    assert.equal(await lim.locator('[data-limit=budget-day]').innerText(), 'Daily budget: 2.50 USD');
+    assert.equal(await lim.locator('[data-limit=budget-month]').innerText(), 'Monthly budget: 40.00 USD');
+    assert.match(await lim.locator('[data-limit=rate][data-rate-service="text-generation"]').innerText(), /: 5 per second, 100 per minute$/);
+    await look(page, 'limits-card');
+    // reopened, the dialog shows what is stored; a name change alone sends
+    // no limit; No expiry and an empty budget remove them
+    await card(page, K).locator('[data-action=edit]').click();
+    await dl5.locator('fieldset.limits-edit').waitFor();
+    assert.equal(await dl5.locator('[data-field=expires_at]').inputValue(), expText);
+    assert.equal(await dl5.locator('[data-field=budget_day_micros]').inputValue(), '2.50');
+    assert.equal(await rl('speech-to-text', 'per_minute').inputValue(), '30');
+    await dl5.locator('[data-action=clear-expiry]').click();
+    assert.equal(await dl5.locator('[data-field=expires_at]').inputValue(), '');
+    await dl5.locator('[data-field=budget_day_micros]').fill('');
+    await rl('speech-to-text', 'per_minute').fill('');
+    await dl5.locator('[data-action=save]').click();
+    await dl5.waitFor({ state: 'detached' });
+    k5 = await admin.ok('key.get', owner, { key: K });
+    assert.equal(k5.expires_at, undefined);
+    assert.equal(k5.budget_day_micros, undefined);
+    assert.equal(k5.budget_month_micros, 40000000);
+    assert.deepEqual(k5.rate_limits, { 'text-generation': { per_second: 5, per_minute: 100 } });
+    await page.waitForFunction((k) => !document.querySelector(`.key-card[data-key-id="${k}"] [data-limit=expires]`), K);
+    assert.equal(await lim.locator('[data-limit=budget-day]').count(), 0);
+
     // 6. generate a personal token: copy, download; gone after CLOSE
     step('generate a token');
     await card(page, K).locator('[data-action=generate]').click();
@@ -783,6 +874,12 @@ async function main() {
     // 10. a user-role login: no create, no revoke, her own token only
     step('user-role login');
     const staging = await admin.ok('key.create', owner, { team, name: 'Staging', users: [uma] });
+    // a key that expires at once: Uma reads its expiry and limits, and
+    // cannot change them
+    const oldExp = Date.now() + 1500;
+    const contractor = (await admin.ok('key.create', owner, { team, name: 'Contractor', users: [uma], expires_at: oldExp,
+      budget_day_micros: 1000000, rate_limits: { 'text-generation': { per_second: 2 } } })).key_id;
+    await until('the contractor key to expire', () => Date.now() > oldExp + 50);
     await page.click('[data-action=signout]');
     await page.waitForSelector('#signin-form');
     await signIn(page, umaEmail, 'not her password');
@@ -798,6 +895,12 @@ async function main() {
       assert.equal(await page.locator(`[data-action=${a}]`).count(), 0, a);
     }
     assert.equal(await page.locator('[data-tab=wallets]').count(), 0);
+    const cc = card(page, contractor);
+    assert.match(await cc.locator('[data-limit=expires]').innerText(), /^Expired at \d{4}-\d\d-\d\d \d\d:\d\d UTC$/);
+    assert.equal(await cc.locator('[data-limit=budget-day]').innerText(), 'Daily budget: 1.00 USD');
+    assert.match(await cc.locator('[data-limit=rate]').innerText(), /: 2 per second$/);
+    assert.equal(await cc.locator('button').count(), await cc.locator('.actions button, .users button').count());
+    assert.equal(await cc.locator('input').count(), 0, 'read-only for a user');
     assert.equal(await page.locator(`.key-card[data-key-id="${freeKey}"]`).count(), 0);
     // the wallet is named for her too (key.list's wallet_names)
     const umaPaid = card(page, K).locator('li[data-service="text-generation"]');
@@ -846,6 +949,8 @@ async function main() {
       description: 'Serves every customer request of the EU region; rotate monthly, never share outside ops@example.test',
       users: [owner, uma], services: { 'text-generation': { policy: 'payg', models: ['small'], wallet: W },
         'speech-to-text': { policy: 'free' } },
+      expires_at: Date.now() + 30 * 86400000, budget_day_micros: 12345678, budget_month_micros: 250000000,
+      rate_limits: { 'text-generation': { per_second: 10, per_minute: 300 }, 'speech-to-text': { per_minute: 60 } },
     })).key_id;
     const maxEmail = `max-${run}@example.test`;
     const mx = await admin.ok('user.signup', undefined, { email: maxEmail, name: 'Max Member', password: PW, team_name: 'Max home' });

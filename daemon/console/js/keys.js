@@ -9,6 +9,7 @@ import { call, callAll } from './api.js';
 import { el, clear, icon, actionButton, whyNotes, field, openDialog, confirmDialog, secretDialog, toast, describe, when, money, CHECK }
   from './ui.js';
 import { servicesEditor, policyText } from './services.js';
+import { limitsEditor, limitsSummary } from './limits.js';
 
 export async function renderKeys(ctx, panel) {
   const status = el('p', { class: 'muted', text: 'Loading keys…' });
@@ -67,7 +68,8 @@ function keyCard(ctx, key) {
   const items = [];
   const add = (iconName, opts) => { opts.button = actionButton(iconName, opts); items.push(opts); };
   if (ctx.isAdmin) {
-    add('edit', { action: 'edit', word: 'Edit', label: 'Edit name and description', disabled: revoked,
+    add('edit', { action: 'edit', word: 'Edit', label: isFree ? 'Edit name and description' : 'Edit name, description, expiry and limits',
+      disabled: revoked,
       why: 'the key is revoked', onclick: act(() => editKeyDialog(ctx, key)) });
     add('members', { action: 'members', word: 'Members', label: 'Edit members', disabled: revoked,
       why: 'the key is revoked', onclick: act(() => membersDialog(ctx, key)) });
@@ -123,6 +125,7 @@ function keyCard(ctx, key) {
     actions, why,
     key.description ? el('p', { class: 'key-desc', text: key.description }) : el('p', { class: 'key-desc muted', text: 'No description.' }),
     msg,
+    isFree ? null : limitsSummary(ctx, key),
     el('div', { class: 'key-body' },
       el('div', {}, el('h4', { text: 'Assigned users and token hints' }), users),
       el('div', {}, el('h4', { text: 'Enabled services' }), services)),
@@ -212,17 +215,23 @@ function createKeyDialog(ctx) {
   name.focus();
 }
 
+// The free key has no expiry (free_key_immutable) and no limits here: its
+// dialog is name and description only.
 function editKeyDialog(ctx, key) {
   const name = el('input', { type: 'text', maxlength: '200', value: key.name });
   const desc = el('textarea', { rows: '3', maxlength: '2000' });
   desc.value = key.description || '';
+  const limits = key.kind === 'free' ? null : limitsEditor(ctx, key);
   openDialog({
-    title: `Edit ${key.name}`,
-    body: [field('Name', name, 'name', null, CHECK.name), field('Description', desc, 'description')],
+    title: `Edit ${key.name}`, className: limits ? 'wide' : '',
+    body: [field('Name', name, 'name', null, CHECK.name), field('Description', desc, 'description'),
+      limits ? limits.element : null],
     actions: [
       { label: 'Cancel', kind: 'secondary', action: 'cancel' },
-      { label: 'SAVE', kind: 'primary', action: 'save', submit: true, run: async () => {
-        await call('key.update', { key: key.key_id, name: name.value.trim(), description: desc.value });
+      { label: 'SAVE', kind: 'primary', action: 'save', submit: true, run: async (d) => {
+        const more = limits ? limits.args(d.form) : {};
+        if (more === null) return false;
+        await call('key.update', { key: key.key_id, name: name.value.trim(), description: desc.value, ...more });
         toast('Key saved.');
         ctx.refresh();
       } },
