@@ -249,13 +249,15 @@ static void issue_script(kg_pending *p)
             finish(p, KG_BACKEND_ERROR);
             return;
         }
+        if (!ctx->cfg.usage_counters)
+            ud[0] = uh[0] = '\0';      /* the scripts count nothing */
         snprintf(num, sizeof num, "%lld", (long long)p->cost);
         snprintf(ttl, sizeof ttl, "%d", ctx->cfg.hold_ttl_ms);
         if (p->script == KG_SCRIPT_SETTLE) {
             const char *a[18] = {"EVALSHA", ctx->sha[p->script], "9", k1, k2, k3, k4, k5,
                                  sd, sm, ud, uh, num, K, p->request_id, W, day, month};
             memcpy(argv, a, sizeof a);
-            argc = param_args(p, argv, 18, vals);
+            argc = ctx->cfg.usage_counters ? param_args(p, argv, 18, vals) : 18;
             issue(p, KG_ST_EVAL, argc, argv);
             return;
         }
@@ -266,7 +268,8 @@ static void issue_script(kg_pending *p)
                              p->request_id, W, p->fp, ttl, bd, bm, ps, pm, day, month};
         memcpy(argv, a, sizeof a);
         /* the hold counts nothing: its settle or capture does */
-        argc = p->script == KG_SCRIPT_DEBIT ? param_args(p, argv, 28, vals) : 28;
+        argc = p->script == KG_SCRIPT_DEBIT && ctx->cfg.usage_counters
+                   ? param_args(p, argv, 28, vals) : 28;
         issue(p, KG_ST_EVAL, argc, argv);
     } else {
         if (kgc_rkey(k1, P, KGC_RK_QUOTA, T, p->service, day) < 0 ||

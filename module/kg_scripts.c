@@ -43,7 +43,9 @@
  * p.<param> (the param's total; a capture knows none). A hash expires 400
  * days (day) or 14 days (hour) after its first field was made. The
  * counters go through redis.pcall: a total that would overflow int64
- * stays where it was rather than abort a script that already moved money. */
+ * stays where it was rather than abort a script that already moved money.
+ * With `usage_counters off` the gateway passes '' for both hashes and
+ * nothing is counted (the cost of counting is in docs/module.md). */
 #define KG_LUA_COMMON                                                              \
     "local function now_ms()\n"                                                    \
     "  local t = redis.call('TIME')\n"                                             \
@@ -60,6 +62,7 @@
     "    ',\"request_id\":' .. (rid ~= '' and cjson.encode(rid) or 'null') .. extra .. '}'\n" \
     "end\n"                                                                        \
     "local function usage_add(ud, uh, kid, wid, svc, mdl, amt, pi)\n"             \
+    "  if ud == '' then return end\n"                                              \
     "  local c = kid .. ' ' .. wid .. ' ' .. svc .. ' ' .. (mdl ~= '' and mdl or '-') .. ' '\n" \
     "  local a = string.format('%d', amt)\n"                                      \
     "  for i, k in ipairs({ud, uh}) do\n"                                          \

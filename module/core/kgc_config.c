@@ -26,6 +26,7 @@ void kgc_config_defaults(kgc_config *cfg)
     cfg->timeout_ms = 50;
     cfg->cache_ttl_ms = 1000;
     cfg->hold_ttl_ms = 600000;
+    cfg->usage_counters = 1;
     cfg->max_line = 65536;
     cfg->idle_timeout_s = 30;
     cfg->max_clients = 4096;
@@ -145,6 +146,7 @@ typedef struct key_rule {
 #define CHOICE(n, f, words) {n, K_CHOICE, offsetof(kgc_config, f), sizeof(int), 0, 0, 0, words}
 
 static const char *const log_formats[] = {"text", "json", NULL};
+static const char *const on_off[] = {"off", "on", NULL};
 
 static const key_rule keys[] = {
     STR("socket", socket_path),
@@ -167,6 +169,7 @@ static const key_rule keys[] = {
     NUM("signup_per_minute", signup_per_minute, 10, 1, 1000000),
     NUM("audit_retention_days", audit_retention_days, 10, 1, 36500),
     CHOICE("log_format", log_format, log_formats),
+    CHOICE("usage_counters", usage_counters, on_off),
     {"sentinel", K_SENTINELS, 0, 0, 0, 0, 0, NULL},
     STR("sentinel_master", sentinel_master),
     NUM("min_replicas_ack", min_replicas_ack, 10, 0, 64),

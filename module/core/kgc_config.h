@@ -38,6 +38,7 @@ typedef struct kgc_config {
     char http_root[KGC_PATH_MAX]; /* daemon: console static files */
     char metrics_listen[128];     /* daemon: "HOST:PORT" serving only /metrics, "" = off */
     int log_format;               /* daemon: KGC_LOG_TEXT or KGC_LOG_JSON */
+    int usage_counters;           /* gateways: 1 = count usage in the money scripts */
     int http_max_clients;         /* daemon: console connections at once, 256 */
     int http_deadline_s;          /* daemon: whole request (headers + body) must arrive in, 10 */
     int signup_per_minute;        /* daemon: sign-ups per source (uid or address) a minute, 10 */

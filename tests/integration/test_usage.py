@@ -304,5 +304,38 @@ class UsageSettle(kgtest.EnvCase):
             self.assertEqual(sum(1 for b in r["buckets"] if b["requests"]), 1, g)
 
 
+class UsageCountersOff(kgtest.EnvCase):
+    """`usage_counters off`: the gateway's scripts count nothing (no usage
+    hash is written) and still charge exactly."""
+
+    env_args = {"extra_config": ["usage_counters off"]}
+
+    def test_debits_charge_but_count_nothing(self):
+        t = kgtest.make_team(self.c, admins=0, users=0, outsiders=0)
+        o = t["owner"]
+        w = self.c.ok("wallet.create", o, team=t["team"], name="w")["wallet_id"]
+        self.c.ok("wallet.credit", o, wallet=w, amount_micros=10 ** 6, reference="seed")
+        k = self.c.ok("key.create", o, team=t["team"], name="k", users=[o], services={
+            "text-generation": {"policy": "payg", "models": ["small"], "wallet": w}})["key_id"]
+        path = os.path.join(self.env.tmp, "tok")
+        with open(path, "w") as f:
+            f.write(self.c.ok("token.generate", o, key=k)["token"])
+        os.chmod(path, 0o600)
+        charged = 0
+        for n in range(3):
+            p = subprocess.run([CLI, "--json", "--config", self.env.config_path, "authorize",
+                                "--token-file", path, "--service", "text-generation", "--model",
+                                "small", "--request-id", "off%d" % n, "--param", "input_tokens=1000"],
+                               capture_output=True, timeout=30)
+            r = json.loads(p.stdout)
+            self.assertEqual(r["status"], "ok", p.stderr)
+            charged += r["cost_micros"]
+        self.assertGreater(charged, 0)
+        self.assertEqual(self.c.ok("wallet.get", o, wallet=w)["balance_micros"], 10 ** 6 - charged)
+        self.assertEqual(self.env.redis_keys("kg:{t:%s}:usage:*" % t["team"]), [])
+        total = self.c.ok("usage.summary", o, team=t["team"])["total"]
+        self.assertEqual(total.get("requests", 0), 0, total)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -24,6 +24,7 @@ static void field(const kgc_config *c, const char *name, char *out, size_t n)
     else if (!strcmp(name, "cache_ttl_ms")) snprintf(out, n, "%d", c->cache_ttl_ms);
     else if (!strcmp(name, "max_line")) snprintf(out, n, "%zu", c->max_line);
     else if (!strcmp(name, "log_format")) snprintf(out, n, "%d", c->log_format);
+    else if (!strcmp(name, "usage_counters")) snprintf(out, n, "%d", c->usage_counters);
     else if (!strcmp(name, "nsentinels")) snprintf(out, n, "%d", c->nsentinels);
     else if (!strcmp(name, "sentinel0")) snprintf(out, n, "%s:%d", c->sentinels[0].host, c->sentinels[0].port);
     else if (!strcmp(name, "sentinel_last"))
