@@ -23,6 +23,22 @@ HOUR = 3600000
 DIMS = ("key", "wallet", "service", "model")
 
 
+def one_paid_key(c, env, service, model, credit, tag):
+    """A fresh team with one wallet (credited) and one payg key on service
+    and model, its token in a file. Returns (team, owner, wallet, key, token path)."""
+    t = kgtest.make_team(c, admins=0, users=0, outsiders=0)
+    o = t["owner"]
+    w = c.ok("wallet.create", o, team=t["team"], name="w")["wallet_id"]
+    c.ok("wallet.credit", o, wallet=w, amount_micros=credit, reference="seed")
+    k = c.ok("key.create", o, team=t["team"], name="k", users=[o], services={
+        service: {"policy": "payg", "models": [model], "wallet": w}})["key_id"]
+    path = os.path.join(env.tmp, "tok-" + tag)
+    with open(path, "w") as f:
+        f.write(c.ok("token.generate", o, key=k)["token"])
+    os.chmod(path, 0o600)
+    return t, o, w, k, path
+
+
 @unittest.skipUnless(os.access(CLI, os.X_OK), "needs the keygate CLI (KEYGATE_CLI)")
 class Usage(kgtest.EnvCase):
 
@@ -258,16 +274,7 @@ class UsageSettle(kgtest.EnvCase):
 
     def test_settles_and_captures(self):
         rng = random.Random()
-        t = kgtest.make_team(self.c, admins=0, users=0, outsiders=0)
-        o = t["owner"]
-        w = self.c.ok("wallet.create", o, team=t["team"], name="w")["wallet_id"]
-        self.c.ok("wallet.credit", o, wallet=w, amount_micros=10 ** 9, reference="seed")
-        k = self.c.ok("key.create", o, team=t["team"], name="k", users=[o], services={
-            "llm": {"policy": "payg", "models": ["m1"], "wallet": w}})["key_id"]
-        path = os.path.join(self.env.tmp, "tok-settle")
-        with open(path, "w") as f:
-            f.write(self.c.ok("token.generate", o, key=k)["token"])
-        os.chmod(path, 0o600)
+        t, o, w, k, path = one_paid_key(self.c, self.env, "llm", "m1", 10 ** 9, "settle")
         left = HOUR - int(time.time() * 1000) % HOUR
         if left < 30000:
             time.sleep(left / 1000 + 1)
@@ -311,16 +318,7 @@ class UsageCountersOff(kgtest.EnvCase):
     env_args = {"extra_config": ["usage_counters off"]}
 
     def test_debits_charge_but_count_nothing(self):
-        t = kgtest.make_team(self.c, admins=0, users=0, outsiders=0)
-        o = t["owner"]
-        w = self.c.ok("wallet.create", o, team=t["team"], name="w")["wallet_id"]
-        self.c.ok("wallet.credit", o, wallet=w, amount_micros=10 ** 6, reference="seed")
-        k = self.c.ok("key.create", o, team=t["team"], name="k", users=[o], services={
-            "text-generation": {"policy": "payg", "models": ["small"], "wallet": w}})["key_id"]
-        path = os.path.join(self.env.tmp, "tok")
-        with open(path, "w") as f:
-            f.write(self.c.ok("token.generate", o, key=k)["token"])
-        os.chmod(path, 0o600)
+        t, o, w, _, path = one_paid_key(self.c, self.env, "text-generation", "small", 10 ** 6, "off")
         charged = 0
         for n in range(3):
             p = subprocess.run([CLI, "--json", "--config", self.env.config_path, "authorize",
