@@ -9,7 +9,7 @@ PKGS=(build-essential cmake pkg-config
       chromium fonts-dejavu-core
       # Debian packages and their checks (tests/packaging): build, lint,
       # verify the systemd units, render the man pages, fetch /metrics.
-      debhelper dpkg-dev fakeroot lintian systemd man-db groff-base curl)
+      debhelper dpkg-dev fakeroot lintian systemd man-db groff-base mandoc curl)
 # The console's browser test runs node + npm (playwright-core). The machine
 # image may bring its own node; only without one, take Debian's.
 command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
