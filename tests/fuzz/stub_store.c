@@ -132,3 +132,9 @@ void stub_store_drain(void)
         }
     }
 }
+
+/* No replicas here: acknowledged as soon as applied (min_replicas_ack 0). */
+int store_exec_acked(store *s, json_t *cmds, int transaction, store_done_fn done, void *arg)
+{
+    return store_exec(s, cmds, transaction, done, arg);
+}
