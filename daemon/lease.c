@@ -65,12 +65,18 @@ static void set_state(app *a, int st)
     }
 }
 
+/* arg is the app, not the lease: lease_stop may have freed the lease
+ * before the store fails the renewal still in flight (store_free). */
 static void on_reply(void *arg, int ok, json_t *replies)
 {
-    struct lease *l = arg;
-    app *a = l->a;
+    app *a = arg;
+    struct lease *l = a->lease;
     json_t *r = json_array_get(replies, 0);
 
+    if (l == NULL) {            /* stopping */
+        json_decref(replies);
+        return;
+    }
     l->inflight = 0;
     if (!ok || r == NULL || store_is_error(r)) {
         if (ok && r != NULL)
@@ -110,7 +116,7 @@ void lease_renew(app *a)
     snprintf(ttl, sizeof ttl, "%d", LEASE_TTL_MS);
     cmds = json_pack("[[s,s,s,s,s,s,s]]", "EVAL", LEASE_SCRIPT, "1", l->key, l->me, l->mine, ttl);
     l->sent_ms = mono_now();
-    if (store_exec(a->st, cmds, 0, on_reply, l) == 0)
+    if (store_exec(a->st, cmds, 0, on_reply, a) == 0)
         l->inflight = 1;
     json_decref(cmds);
 }
