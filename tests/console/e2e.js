@@ -119,6 +119,34 @@ function step(name) {
 }
 
 const card = (page, keyId) => page.locator(`.key-card[data-key-id="${keyId}"]`);
+
+// Spend per day (charts.js) on a card: ready, and the same 30 days and
+// total as usage.summary over the admin socket; one bar per day, drawn
+// only where the day cost something. Returns the summary.
+const DAY_MS = 86400000;
+const usd = (micros) => {
+  const v = BigInt(micros);
+  let f = (v % 1000000n).toString().padStart(6, '0').replace(/0+$/, '');
+  return `${(v / 1000000n).toLocaleString('en-US')}.${f.padEnd(2, '0')} USD`;
+};
+const utcDay = (ms) => new Date(ms).toISOString().slice(0, 10);
+async function spendChecked(where, admin, actor, team, filter) {
+  const sp = where.locator('.spend[data-spend=ready]');
+  await sp.waitFor();
+  const from = Math.floor(Date.now() / DAY_MS) * DAY_MS - 29 * DAY_MS;
+  const sum = await admin.ok('usage.summary', actor, { team, ...filter, from, to: Date.now() });
+  assert.equal(sum.buckets.length, 30);
+  assert.equal(await sp.getAttribute('data-total-micros'), String(sum.total.cost_micros));
+  assert.equal(await sp.locator('.spend-sum').innerText(), usd(sum.total.cost_micros));
+  const svg = sp.locator('svg[role=img]');
+  assert.ok((await svg.getAttribute('aria-label')).includes(usd(sum.total.cost_micros)), 'the chart\'s label says the total');
+  const bars = await svg.locator('rect.bar').evaluateAll((rs) => rs.map((r) => Number(r.getAttribute('height')) > 0));
+  assert.deepEqual(bars, sum.buckets.map((b) => b.cost_micros > 0));
+  const rows = await sp.locator('.spend-table tbody tr').evaluateAll((trs) =>
+    trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
+  assert.deepEqual(rows, sum.buckets.map((b) => [utcDay(b.start), String(b.requests), usd(b.cost_micros)]));
+  return sum;
+}
 const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 
 // No sideways scroll, and no element sticking out of the viewport (the
@@ -209,6 +237,7 @@ async function narrow(browser, width, admin, s) {
     await page.click('[data-action=to-signin]');
     await signIn(page, s.ownerEmail, PW);
     await card(page, s.longKey).waitFor();
+    await spendChecked(card(page, s.longKey), admin, s.owner, s.team, { key: s.longKey });
     await look(page, 'keys');
     const lc = card(page, s.longKey);
     assert.match(await lc.locator('[data-limit=expires]').innerText(), /^Expires in (29|30) days on /);
@@ -272,6 +301,10 @@ async function narrow(browser, width, admin, s) {
     const wb = page.locator('#webhook-block');
     await wb.locator('tr[data-delivery]').first().waitFor();
     await wc.locator('.held').waitFor();
+    const ws = await spendChecked(wc, admin, s.owner, s.team, { wallet: s.W });
+    assert.equal(ws.total.cost_micros, 1734567);
+    await wc.locator('.spend-numbers summary').click();
+    await wc.locator('.spend-table').waitFor();
     await look(page, 'wallets');
     await wc.locator('[data-action=topup]').click();
     await dialog(page).locator('[data-field=amount_micros]').waitFor();
@@ -729,6 +762,12 @@ async function main() {
     assert.equal((await admin.ok('wallet.get', owner, { wallet: W })).balance_micros, 25500000);
     await page.locator(`.wallet-card[data-wallet-id="${W}"] [data-action=ledger]`).click();
     await page.waitForSelector(`.wallet-card[data-wallet-id="${W}"] tr.entry-credit`);
+    // spend per day: no gateway ran, so 30 days of 0 (a top-up is no spend)
+    const zero = await spendChecked(wc, admin, owner, team, { wallet: W });
+    assert.equal(zero.total.cost_micros, 0);
+    assert.equal(await wc.locator('.spend-table tbody tr', { hasText: /\t?0\.00 USD$/ }).count(), 30);
+    await wc.locator('.spend-numbers summary').click();
+    await wc.locator('.spend-table').waitFor();
     await look(page, 'wallets');
 
     // 8b. a low-balance alert (its error clears when fixed), the webhook
@@ -854,6 +893,26 @@ async function main() {
     assert.deepEqual(await ab.locator('tbody tr td:nth-child(5)').allInnerTexts(), refused.map((e) => e.outcome));
     await look(page, 'audit-refused');
 
+    // 8c. spend per day: the usage counters as a gateway's debits write
+    // them (docs/redis-schema.md; the test starts no gateway), today and
+    // three days ago
+    step('spend per day');
+    const field = (m) => `${K} ${W} text-generation small ${m}`;
+    for (const [ago, n, c] of [[0, 3, 1234567], [3, 2, 500000]]) {
+      const d = utcDay(Date.now() - ago * DAY_MS).replace(/-/g, '');
+      await redis('HINCRBY', `${PREFIX}{t:${team}}:usage:d:${d}`, field('n'), String(n));
+      await redis('HINCRBY', `${PREFIX}{t:${team}}:usage:d:${d}`, field('c'), String(c));
+    }
+    await page.click('[data-tab=keys]');
+    const spent = await spendChecked(card(page, K), admin, owner, team, { key: K });
+    assert.equal(spent.total.cost_micros, 1734567);
+    assert.equal(await card(page, K).locator('.spend-sum').innerText(), '1.734567 USD');
+    await card(page, K).locator('.spend-numbers summary').click();
+    await card(page, K).locator('.spend-table').scrollIntoViewIfNeeded();
+    await look(page, 'spend-chart');
+    await card(page, K).locator('.spend').screenshot({ path: path.join(SHOTS, `${String(++shotNo).padStart(2, '0')}-1280-spend-card.png`) });
+    assert.equal(await card(page, freeKey).locator('.spend').count(), 0, 'no chart on the free key');
+
     // 9. revoke, with a confirmation
     step('revoke');
     await page.click('[data-tab=keys]');
@@ -895,6 +954,8 @@ async function main() {
       assert.equal(await page.locator(`[data-action=${a}]`).count(), 0, a);
     }
     assert.equal(await page.locator('[data-tab=wallets]').count(), 0);
+    assert.equal(await page.locator('.spend').count(), 0, 'a user sees no spend chart');
+    assert.deepEqual(await page.locator('.card-error:visible, .page-error:visible').allInnerTexts(), [], 'and no error');
     const cc = card(page, contractor);
     assert.match(await cc.locator('[data-limit=expires]').innerText(), /^Expired at \d{4}-\d\d-\d\d \d\d:\d\d UTC$/);
     assert.equal(await cc.locator('[data-limit=budget-day]').innerText(), 'Daily budget: 1.00 USD');

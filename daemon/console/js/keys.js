@@ -10,6 +10,7 @@ import { el, clear, icon, actionButton, whyNotes, field, openDialog, confirmDial
   from './ui.js';
 import { servicesEditor, policyText } from './services.js';
 import { limitsEditor, limitsSummary } from './limits.js';
+import { spendChart } from './charts.js';
 
 export async function renderKeys(ctx, panel) {
   const status = el('p', { class: 'muted', text: 'Loading keys…' });
@@ -129,6 +130,7 @@ function keyCard(ctx, key) {
     el('div', { class: 'key-body' },
       el('div', {}, el('h4', { text: 'Assigned users and token hints' }), users),
       el('div', {}, el('h4', { text: 'Enabled services' }), services)),
+    !isFree && ctx.isAdmin ? spendChart(ctx, { key: key.key_id }, `key ${key.name}`) : null,
     el('footer', { class: 'key-foot muted' }, el('code', { text: key.key_id }), ` · created ${when(key.created_at)}`));
 }
 

@@ -6,6 +6,7 @@
 import { call } from './api.js';
 import { el, clear, icon, field, openDialog, confirmDialog, secretDialog, toast, describe, money, parseMoney, when,
   randomRef } from './ui.js';
+import { spendChart } from './charts.js';
 
 export async function renderWallets(ctx, panel) {
   clear(panel, el('p', { class: 'muted', text: 'Loading wallets…' }));
@@ -60,6 +61,7 @@ function walletCard(ctx, w) {
           text: money(w.balance_micros - held, cur) }))) : null,
     alertLine(w, cur),
     msg,
+    ctx.isAdmin ? spendChart(ctx, { wallet: w.wallet_id }, `wallet ${w.name}`) : null,
     el('footer', { class: 'key-foot muted' }, el('code', { text: w.wallet_id }), ` · created ${when(w.created_at)}`),
     ledger);
 }
