@@ -448,7 +448,10 @@ static void decide(kg_pending *p)
         copy_id(p->r.wallet_id, pol->wallet);
     if (st == KG_OK) {
         copy_id(p->model, m->id);
-        fingerprint(p);
+        if (p->request_id[0] != '\0')
+            fingerprint(p);         /* only an id's record keeps it */
+        else
+            p->fp[0] = '\0';
         p->cost = pol->payg ? cost : 0;
         p->script = !pol->payg ? KG_SCRIPT_QUOTA : svc->settle ? KG_SCRIPT_HOLD : KG_SCRIPT_DEBIT;
         p->quota_limit = svc->requests_per_day;

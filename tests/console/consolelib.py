@@ -9,7 +9,6 @@ tests/lib/kgtest.py (redis-server + keygated in a temp dir).
 import http.client
 import json
 import os
-import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,9 +25,7 @@ def console_env(**kw):
     # Many sign-ups come from 127.0.0.1 here: a test of the limit sets its own.
     env = kgtest.Env(extra_config=["http 127.0.0.1:0", "signup_per_minute 100000"] + extra, **kw)
     try:
-        log = env.wait_log("console on http://", timeout=10)
-        m = re.search(r"console on http://127\.0\.0\.1:(\d+)/", log)
-        env.http_port = int(m.group(1))
+        env.http_port = env.listen_port("console")
     except BaseException:
         env.close()
         raise

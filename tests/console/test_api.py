@@ -4,7 +4,6 @@ seeing only its actions. keygated and redis-server run for real
 (tests/lib/kgtest.py); the HTTP listener is on a loopback port."""
 
 import os
-import re
 import time
 import unittest
 
@@ -109,8 +108,7 @@ class ConsoleApi(unittest.TestCase):
         env = LimitedEnv(extra_config=["http 127.0.0.1:0"])
         conns = []
         try:
-            port = int(re.search(r"console on http://127\.0\.0\.1:(\d+)/",
-                                 env.wait_log("console on http://")).group(1))
+            port = env.listen_port("console", timeout=30)
             for _ in range(60):
                 conns.append(socket.create_connection(("127.0.0.1", port)))
             env.wait_log("20 connections open, the cap", timeout=30)

@@ -41,9 +41,7 @@ class Utf8Errors(kgtest.EnvCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        import re
-        log = cls.env.wait_log("console on http://", timeout=10)
-        cls.port = int(re.search(r"console on http://127\.0\.0\.1:(\d+)/", log).group(1))
+        cls.port = cls.env.listen_port("console")
 
     def raw_line(self, data):
         c = self.env.client()
@@ -198,9 +196,7 @@ class SignupsCannotStallSignins(kgtest.EnvCase):
         self.assertEqual(self.c.ok("ping"), {})
 
     def test_per_address_limit_on_the_console(self):
-        import re
-        log = self.env.wait_log("console on http://", timeout=10)
-        port = int(re.search(r"console on http://127\.0\.0\.1:(\d+)/", log).group(1))
+        port = self.env.listen_port("console")
         b = consolelib.Browser(port)
         codes = []
         for i in range(8):

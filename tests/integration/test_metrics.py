@@ -39,10 +39,8 @@ class Metrics(kgtest.EnvCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        log = cls.env.wait_log("metrics on http://", timeout=10)
-        cls.mport = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)/", log).group(1))
-        log = cls.env.wait_log("console on http://", timeout=10)
-        cls.hport = int(re.search(r"console on http://127\.0\.0\.1:(\d+)/", log).group(1))
+        cls.mport = cls.env.listen_port("metrics")
+        cls.hport = cls.env.listen_port("console")
 
     def scrape(self, port=None):
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (port or self.mport),

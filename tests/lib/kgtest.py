@@ -37,6 +37,7 @@ Typical use:
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -697,6 +698,12 @@ class Env:
             return ""
 
     # -- clients ------------------------------------------------------------
+
+    def listen_port(self, what="console", timeout=10):
+        """The port keygated logged for its `what` listener ("console" or
+        "metrics") on 127.0.0.1, once the line is in its log."""
+        log = self.wait_log("%s on http://" % what, timeout=timeout)
+        return int(re.search(r"%s on http://127\.0\.0\.1:(\d+)/" % what, log).group(1))
 
     def client(self, timeout=10.0):
         c = Client(self.socket_path, timeout=timeout)
