@@ -24,12 +24,18 @@ long long now_ms(void);           /* job.c: realtime ms */
 
 /* KEYS: wallet hash, team document, the team's webhook hash.
  * ARGV: a fresh event id, now (ms).
+ * Two events: wallet.low_balance when available (balance − held) falls
+ * under the threshold (once per crossing, re-armed when it is back above),
+ * and wallet.funds_refused when a gateway refused a request for funds
+ * since the last such alert (the money scripts stamp refused_at on a
+ * wallet with a threshold), at most one an hour (Redis' clock for both).
  * Returns {0} no wallet or no threshold; {1} nothing to do; {2, event JSON,
  * team document, webhook exists 0/1, wallet name}: an event to fan out,
  * raised now or left by an earlier pass whose fan-out did not happen. */
 static const char ALERT_LUA[] =
     "local w = redis.call('HMGET', KEYS[1], 'balance_micros', 'held_micros',\n"
-    "  'alert_threshold_micros', 'alert_below', 'alert_event', 'wallet_id', 'team_id', 'name')\n"
+    "  'alert_threshold_micros', 'alert_below', 'alert_event', 'wallet_id', 'team_id', 'name',\n"
+    "  'refused_at', 'refusal_alerted_at')\n"
     "if not w[1] or not w[3] then return {0} end\n"
     "local function out(e)\n"
     "  return {2, e, redis.call('GET', KEYS[2]) or '', redis.call('EXISTS', KEYS[3]), w[8] or ''}\n"
@@ -39,20 +45,31 @@ static const char ALERT_LUA[] =
     "local held = tonumber(w[2] or '0')\n"
     "local th = tonumber(w[3])\n"
     "local avail = bal - held\n"
+    "local function event(kind, extra)\n"
+    "  return '{\"id\":' .. cjson.encode(ARGV[1]) .. ',\"type\":\"' .. kind .. '\"' ..\n"
+    "    ',\"team_id\":' .. cjson.encode(w[7]) .. ',\"wallet_id\":' .. cjson.encode(w[6]) ..\n"
+    "    ',\"balance_micros\":' .. string.format('%d', bal) ..\n"
+    "    ',\"held_micros\":' .. string.format('%d', held) ..\n"
+    "    ',\"available_micros\":' .. string.format('%d', avail) ..\n"
+    "    ',\"threshold_micros\":' .. string.format('%d', th) .. extra ..\n"
+    "    ',\"at\":' .. ARGV[2] .. '}'\n"
+    "end\n"
     "if avail >= th then\n"
     "  if w[4] == '1' then redis.call('HSET', KEYS[1], 'alert_below', '0') end\n"
-    "  return {1}\n"
+    "elseif w[4] ~= '1' then\n"
+    "  local e = event('wallet.low_balance', '')\n"
+    "  redis.call('HSET', KEYS[1], 'alert_below', '1', 'alert_event', e)\n"
+    "  return out(e)\n"
     "end\n"
-    "if w[4] == '1' then return {1} end\n"
-    "local e = '{\"id\":' .. cjson.encode(ARGV[1]) .. ',\"type\":\"wallet.low_balance\"' ..\n"
-    "  ',\"team_id\":' .. cjson.encode(w[7]) .. ',\"wallet_id\":' .. cjson.encode(w[6]) ..\n"
-    "  ',\"balance_micros\":' .. string.format('%d', bal) ..\n"
-    "  ',\"held_micros\":' .. string.format('%d', held) ..\n"
-    "  ',\"available_micros\":' .. string.format('%d', avail) ..\n"
-    "  ',\"threshold_micros\":' .. string.format('%d', th) ..\n"
-    "  ',\"at\":' .. ARGV[2] .. '}'\n"
-    "redis.call('HSET', KEYS[1], 'alert_below', '1', 'alert_event', e)\n"
-    "return out(e)\n";
+    "local ra, aa = tonumber(w[9] or ''), tonumber(w[10] or '0') or 0\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "if ra and ra > aa and now - aa >= 3600000 then\n"
+    "  local e = event('wallet.funds_refused', ',\"refused_at\":' .. string.format('%d', ra))\n"
+    "  redis.call('HSET', KEYS[1], 'refusal_alerted_at', string.format('%d', now), 'alert_event', e)\n"
+    "  return out(e)\n"
+    "end\n"
+    "return {1}\n";
 
 struct alerts {
     char sha[48];                 /* ALERT_LUA loaded, "" until then */
@@ -130,17 +147,18 @@ static void fanout(app *a, json_t *cmds, const char *wallet_key, json_t *r)
         team = json_loads(teamdoc, 0, NULL);
     members = json_object_get(team, "members");
     const char *wname = json_string_value(json_array_get(r, 4));
-    json_t *n = json_pack("{s:O,s:s,s:O,s:O,s:s,s:O,s:O,s:O,s:O,s:O}", "at", json_object_get(e, "at"),
-                          "type", "wallet.low_balance", "team_id", json_object_get(e, "team_id"),
-                          "wallet_id", json_object_get(e, "wallet_id"), "wallet_name",
-                          wname ? wname : "", "balance_micros", json_object_get(e, "balance_micros"),
-                          "available_micros", json_object_get(e, "available_micros"),
-                          "threshold_micros", json_object_get(e, "threshold_micros"),
-                          "alert_id", json_object_get(e, "id"),
-                          "held_micros", json_object_get(e, "held_micros"));
-    if (n == NULL) {              /* our script wrote it: a field is missing */
+    const char *type = json_string_value(json_object_get(e, "type"));
+    /* The notification is the event, its id named alert_id, plus the
+     * wallet's name. */
+    json_t *n = json_deep_copy(e);
+    json_object_set(n, "alert_id", json_object_get(e, "id"));
+    json_object_del(n, "id");
+    json_object_set_new(n, "wallet_name", json_string(wname ? wname : ""));
+    if (type == NULL || json_object_get(e, "available_micros") == NULL ||
+        json_object_get(e, "at") == NULL) {  /* our script wrote it: a field is missing */
         log_err("wallet %s: alert event %s lacks a field; dropped", wallet_key, id);
         json_array_append_new(cmds, json_pack("[s,s,s]", "HDEL", wallet_key, "alert_event"));
+        json_decref(n);
         json_decref(team);
         json_decref(e);
         return;
@@ -159,7 +177,7 @@ static void fanout(app *a, json_t *cmds, const char *wallet_key, json_t *r)
     if (hook) {
         rkey(a, key, WH_RK_DELIVERY, tid, id);
         json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]", "HSET", key,
-                                              "id", id, "team_id", tid, "type", "wallet.low_balance",
+                                              "id", id, "team_id", tid, "type", type,
                                               "wallet_id", wid,
                                               "body", ev, "status", "pending", "attempts", "0",
                                               "next_at", at, "created_at", at));
@@ -173,7 +191,7 @@ static void fanout(app *a, json_t *cmds, const char *wallet_key, json_t *r)
         json_array_append_new(cmds, json_pack("[s,s,s,s]", "ZADD", key, at, member));
     }
     json_array_append_new(cmds, json_pack("[s,s,s]", "HDEL", wallet_key, "alert_event"));
-    log_info("wallet %s: available %lld below its threshold %lld: alert %s%s", wid,
+    log_info("wallet %s: %s (available %lld, threshold %lld): alert %s%s", wid, type,
              (long long)json_integer_value(json_object_get(e, "available_micros")),
              (long long)json_integer_value(json_object_get(e, "threshold_micros")), id,
              hook ? ", webhook queued" : "");

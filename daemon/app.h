@@ -34,6 +34,7 @@ typedef struct app {
     struct lease *lease;          /* lease.c's state */
     struct alerts *alerts;        /* alert.c's state (webhook.h) */
     struct webhook *wh;           /* webhook.c's state */
+    struct expiry *expiry;        /* expiry.c's state */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

@@ -3,6 +3,7 @@
  * key.services.set, key.revoke.
  */
 #include "cmd.h"
+#include "expiry.h"
 #include "log.h"
 #include "model.h"
 #include "paging.h"
@@ -214,6 +215,8 @@ job_step cmd_key_create(job *j)
     job_write_json(j, rk(j, KGC_RK_KEY, j->team_id, kid), doc);
     snprintf(score, sizeof score, "%lld", now);
     job_write(j, "ZADD", rk(j, KGC_RK_KEYS, j->team_id), score, kid, NULL);
+    if (json_object_get(doc, "expires_at") != NULL)
+        expiry_track(j, doc);
     j->result = key_public(doc);
     json_decref(doc);
     return J_WRITE;
@@ -453,6 +456,8 @@ static int edit_text(job *j, json_t *doc, json_t *extra)
     (void)extra;
     if (text_args(j, doc) != 0 || limit_args(j, doc, &changed) != 0)
         return -1;
+    if (arg(j, "expires_at") != NULL)   /* set, moved or removed: notices anew */
+        expiry_track(j, doc);
     if (changed)                        /* the gateways decide by these */
         job_publish(j, "key %s", arg_str(j, "key"));
     return 0;
@@ -541,6 +546,8 @@ static int edit_revoke(job *j, json_t *doc, json_t *extra)
         return -1;
     }
     json_object_set_new(doc, "status", json_string("revoked"));
+    if (json_object_get(doc, "expires_at") != NULL)
+        expiry_track(j, doc);         /* no notices for a revoked key */
     job_publish(j, "key %s", arg_str(j, "key"));
     return 0;
 }

@@ -49,7 +49,8 @@ static json_t *wallet_view(json_t *flat)
         if (f == NULL || v == NULL)
             continue;
         if (strcmp(f, "balance_micros") == 0 || strcmp(f, "created_at") == 0 ||
-            strcmp(f, "held_micros") == 0 || strcmp(f, "alert_threshold_micros") == 0)
+            strcmp(f, "held_micros") == 0 || strcmp(f, "alert_threshold_micros") == 0 ||
+            strcmp(f, "refused_at") == 0 || strcmp(f, "refusal_alerted_at") == 0)
             json_object_set_new(out, f, json_integer(strtoll(v, NULL, 10)));
         else if (strcmp(f, "alert_below") == 0)
             json_object_set_new(out, "alert_below", json_boolean(strcmp(v, "1") == 0));
@@ -147,8 +148,11 @@ job_step cmd_wallet_alert_set(job *j)
     json_object_del(j->result, "alert_threshold_micros");
     json_object_del(j->result, "alert_below");
     if (th == 0) {
-        job_write(j, "HDEL", kw, "alert_threshold_micros", "alert_below", NULL);
+        job_write(j, "HDEL", kw, "alert_threshold_micros", "alert_below", "refused_at",
+                  "refusal_alerted_at", NULL);
         job_write(j, "SREM", ki, wid, NULL);
+        json_object_del(j->result, "refused_at");
+        json_object_del(j->result, "refusal_alerted_at");
         return J_WRITE;
     }
     avail = json_integer_value(json_object_get(j->result, "balance_micros")) -

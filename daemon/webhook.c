@@ -17,6 +17,7 @@
  * and wiped from the reply's memory at once; it is never logged.
  */
 #include "webhook.h"
+#include "expiry.h"
 
 #include <event2/buffer.h>
 #include <event2/dns.h>
@@ -428,6 +429,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     alert_tick(a);
+    expiry_tick(a);
     deliver_pass(a);
 }
 
@@ -472,6 +474,7 @@ void webhook_stop(app *a)
     if (w->dns != NULL)
         evdns_base_free(w->dns, 0);
     alert_free(a);
+    expiry_free(a);
     free(w);
     a->wh = NULL;
 }

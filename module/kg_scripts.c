@@ -45,7 +45,12 @@
  * counters go through redis.pcall: a total that would overflow int64
  * stays where it was rather than abort a script that already moved money.
  * With `usage_counters off` the gateway passes '' for both hashes and
- * nothing is counted (the cost of counting is in docs/module.md). */
+ * nothing is counted (the cost of counting is in docs/module.md).
+ *
+ * A refusal for funds (funds_refused) on a wallet with a low-balance
+ * threshold stamps the wallet's refused_at (Redis ms): keygated's alert
+ * pass turns it into at most one wallet.funds_refused alert an hour
+ * (daemon/alert.c). It moves no money and writes nothing for the request. */
 #define KG_LUA_COMMON                                                              \
     "local function now_ms()\n"                                                    \
     "  local t = redis.call('TIME')\n"                                             \
@@ -112,6 +117,12 @@
     "  local bal, held = wallet_state()\n"                                         \
     "  if type(bal) == 'table' then return bal end\n"                              \
     "  return now, bal, held\n"                                                    \
+    "end\n"                                                                        \
+    "local function funds_refused(now, bal)\n"                                     \
+    "  if redis.call('HEXISTS', KEYS[1], 'alert_threshold_micros') == 1 then\n"    \
+    "    redis.call('HSET', KEYS[1], 'refused_at', string.format('%d', now))\n"   \
+    "  end\n"                                                                      \
+    "  return {'funds', bal}\n"                                                    \
     "end\n"
 
 /* Budgets and rate limits (issue 13; docs/module.md "Budgets" and "Rate
@@ -215,7 +226,7 @@ static const char debit_lua[] =
     "local capd, capm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0\n"
     "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n"
     "if budget_over(cost, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n"
-    "if bal - held < cost then return {'funds', bal} end\n"
+    "if bal - held < cost then return funds_refused(now, bal) end\n"
     "local wait = rate_check(KEYS[8], ps, pm, now)\n"
     "if wait > 0 then return {'rate', wait} end\n"
     "budget_add(cost, KEYS[6], KEYS[7], capd, capm)\n"
@@ -265,7 +276,7 @@ static const char hold_lua[] =
     "local capd, capm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0\n"
     "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n"
     "if budget_over(h, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n"
-    "if bal - held < h then return {'funds', bal} end\n"
+    "if bal - held < h then return funds_refused(now, bal) end\n"
     "local wait = rate_check(KEYS[8], ps, pm, now)\n"
     "if wait > 0 then return {'rate', wait} end\n"
     "budget_add(h, KEYS[6], KEYS[7], capd, capm)\n"

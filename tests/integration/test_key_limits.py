@@ -3,10 +3,12 @@
 budget_month_micros (integer micros, 0 or null: none) and rate_limits
 ({service: {per_second, per_minute}}); who may set them; a refusal changes
 nothing; an accepted change publishes "key <id>" so gateways drop their
-cached copy."""
+cached copy. Expiry notices: each user of an expiring paid key is told 7
+days and 1 day before (daemon/expiry.c), exactly once each."""
 import json
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -119,6 +121,75 @@ class KeyLimits(kgtest.EnvCase):
         self.c.ok("key.revoke", self.O, key=k)
         self.assertEqual(self.c.err("key.update", self.O, key=k, budget_day_micros=1),
                          "invalid_state")
+
+    def notices(self, uid, key=None):
+        return [n for n in self.c.ok("notification.list", uid)["notifications"]
+                if n["type"] == "key.expiring" and (key is None or n["key_id"] == key)]
+
+    def due(self, key):
+        s = self.env.redis("ZSCORE", "kg:keyexpiring", key)
+        return None if s is None else int(float(s))
+
+    def wait_notices(self, uid, key, n, timeout=6.0):
+        end = time.time() + timeout
+        while time.time() < end:
+            got = self.notices(uid, key)
+            if len(got) >= n:
+                return got
+            time.sleep(0.1)
+        self.fail("%d expiry notices of %s for %s, not %d" % (len(self.notices(uid, key)), key, uid, n))
+
+    def test_expiry_notices_7_days_and_1_day_before_once_each(self):
+        # 1 day and 3 s ahead: the first notice at once, the 1-day one 3 s later.
+        exp = now_ms() + DAY_MS + 3000
+        k = self.c.ok("key.create", self.O, team=self.T, name="soon", users=[self.U, self.A],
+                      expires_at=exp)["key_id"]
+        for uid in (self.U, self.A):
+            n = self.wait_notices(uid, k, 1)
+            self.assertEqual(len(n), 1)
+            self.assertEqual((n[0]["notice"], n[0]["days_left"], n[0]["expires_at"], n[0]["key_name"],
+                              n[0]["team_id"]), ("7d", 2, exp, "soon", self.T))
+        self.assertEqual(self.due(k), exp - DAY_MS)
+        self.assertEqual(self.notices(self.O, k), [])      # the owner is not a user of the key
+        for uid in (self.U, self.A):
+            n = self.wait_notices(uid, k, 2, timeout=10)
+            self.assertEqual([(x["notice"], x["days_left"]) for x in n], [("1d", 1), ("7d", 2)])
+        self.assertIsNone(self.due(k))                    # nothing more to send
+        time.sleep(2.5)                                   # later passes send nothing again
+        self.assertEqual(len(self.notices(self.U, k)), 2)
+
+    def test_expiry_notice_schedule_follows_updates_and_revocation(self):
+        exp = now_ms() + 30 * DAY_MS
+        k = self.c.ok("key.create", self.O, team=self.T, name="far", users=[self.U],
+                      expires_at=exp)["key_id"]
+        self.assertEqual(self.due(k), exp - 7 * DAY_MS)   # not due: nothing sent
+        time.sleep(2.5)
+        self.assertEqual(self.notices(self.U, k), [])
+        # moved to 12 h ahead: one notice, the 1-day one, at once
+        exp2 = now_ms() + DAY_MS // 2
+        self.c.ok("key.update", self.A, key=k, expires_at=exp2)
+        n = self.wait_notices(self.U, k, 1)
+        self.assertEqual((n[0]["notice"], n[0]["days_left"], n[0]["expires_at"]), ("1d", 1, exp2))
+        self.assertIsNone(self.due(k))
+        # cleared: no schedule; set again, then revoked: no schedule either
+        self.c.ok("key.update", self.O, key=k, expires_at=now_ms() + 20 * DAY_MS)
+        self.assertIsNotNone(self.due(k))
+        self.c.ok("key.update", self.O, key=k, expires_at=None)
+        self.assertIsNone(self.due(k))
+        self.c.ok("key.update", self.O, key=k, expires_at=now_ms() + 3 * DAY_MS)
+        self.c.ok("key.revoke", self.O, key=k)
+        self.assertIsNone(self.due(k))
+        time.sleep(2.5)
+        self.assertEqual(len(self.notices(self.U, k)), 1)
+        # a key whose notice came due after it was revoked another way: the
+        # pass drops it without a word (its document says revoked)
+        k2 = self.c.ok("key.create", self.O, team=self.T, name="gone", users=[self.U],
+                       expires_at=now_ms() + 30 * DAY_MS)["key_id"]
+        self.c.ok("key.revoke", self.O, key=k2)
+        self.env.redis("ZADD", "kg:keyexpiring", str(now_ms()), k2)
+        time.sleep(2.5)
+        self.assertIsNone(self.due(k2))
+        self.assertEqual(self.notices(self.U, k2), [])
 
 
 if __name__ == "__main__":

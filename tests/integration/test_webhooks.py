@@ -94,15 +94,15 @@ class Webhooks(kgtest.EnvCase):
         self.receivers.append(r)
         return r
 
-    def authorize(self, token_path, rid):
+    def authorize(self, token_path, rid, want="ok"):
         p = subprocess.run([CLI, "--json", "--config", self.env.config_path, "authorize",
                             "--token-file", token_path, "--service", "text-generation",
                             "--model", "small", "--param", "input_tokens=1000",
                             "--param", "output_tokens=500", "--request-id", rid],
                            capture_output=True, timeout=30)
         r = json.loads(p.stdout)
-        self.assertEqual(r["status"], "ok", p.stderr)
-        return r["balance_micros"]
+        self.assertEqual(r["status"], want, p.stderr)
+        return r.get("balance_micros")
 
     def setup_team(self, credit, threshold, url=None):
         """A team with an admin and a user, a wallet credited `credit`, a
@@ -130,11 +130,15 @@ class Webhooks(kgtest.EnvCase):
         t["n"] += 1
         return self.authorize(t["token"], "r%d" % t["n"])
 
-    def alerts_of(self, uid):
-        return [n for n in self.c.ok("notification.list", uid)["notifications"]
-                if n["type"] == "wallet.low_balance"]
+    def refuse(self, t):
+        t["n"] += 1
+        self.authorize(t["token"], "r%d" % t["n"], want="insufficient_funds")
 
-    def check_signed(self, req, secret, team, wallet):
+    def alerts_of(self, uid, kind="wallet.low_balance"):
+        return [n for n in self.c.ok("notification.list", uid)["notifications"]
+                if n["type"] == kind]
+
+    def check_signed(self, req, secret, team, wallet, kind="wallet.low_balance"):
         path, headers, body = req
         ts = headers["X-Keygate-Timestamp"]
         self.assertLessEqual(abs(int(ts) - time.time()), 60)
@@ -142,7 +146,7 @@ class Webhooks(kgtest.EnvCase):
         self.assertTrue(hmac.compare_digest(headers["X-Keygate-Signature"], want))
         self.assertEqual(headers["Content-Type"], "application/json")
         ev = json.loads(body)
-        self.assertEqual((ev["type"], ev["team_id"], ev["wallet_id"]), ("wallet.low_balance", team, wallet))
+        self.assertEqual((ev["type"], ev["team_id"], ev["wallet_id"]), (kind, team, wallet))
         self.assertEqual(headers["X-Keygate-Delivery"], ev["id"])
         self.assertEqual(ev["available_micros"], ev["balance_micros"] - ev["held_micros"])
         return ev
@@ -194,6 +198,49 @@ class Webhooks(kgtest.EnvCase):
         self.assertNotEqual(ev2["id"], ev["id"])
         self.assertEqual(len(self.alerts_of(t["owner"])), 2)
         self.assertNotIn(t["secret"].encode(), self.env.daemon_log().encode())
+
+    def test_refusals_for_funds_alert_at_most_once_an_hour(self):
+        rcv = self.receiver()
+        t = self.setup_team(1000, 900, url=rcv.url())
+        self.assertEqual(self.debit(t), 550)               # crosses: the low-balance alert
+        wait_for(lambda: len(rcv.got()) == 1, 5, "the low-balance webhook")
+        self.assertEqual(self.debit(t), 100)
+        for _ in range(3):
+            self.refuse(t)                                 # 450 > 100: refused for funds
+        reqs = wait_for(lambda: rcv.got() if len(rcv.got()) == 2 else None, 5, "the refusal webhook")
+        ev = self.check_signed(reqs[1], t["secret"], t["team"], t["wallet"], "wallet.funds_refused")
+        self.assertEqual((ev["balance_micros"], ev["available_micros"], ev["threshold_micros"]),
+                         (100, 100, 900))
+        self.assertGreater(ev["refused_at"], 0)
+        for uid in [t["owner"]] + t["admins"]:
+            n = self.alerts_of(uid, "wallet.funds_refused")
+            self.assertEqual(len(n), 1, uid)
+            self.assertEqual((n[0]["alert_id"], n[0]["wallet_name"]), (ev["id"], "main"))
+        self.assertEqual(self.alerts_of(t["users"][0], "wallet.funds_refused"), [])
+        # More refusals within the hour: no second alert.
+        self.refuse(t)
+        time.sleep(2.5)
+        self.assertEqual(len(rcv.got()), 2)
+        w = self.c.ok("wallet.get", t["owner"], wallet=t["wallet"])
+        self.assertGreaterEqual(w["refused_at"], ev["refused_at"])
+        self.assertEqual(w["balance_micros"], 100)         # a refusal moves no money
+        # An hour later (the last alert moved back in Redis): the refusal
+        # made since then is alerted; with none since, nothing more.
+        kw = "kg:{t:%s}:wallet:%s" % (t["team"], t["wallet"])
+        back = str(int(self.env.redis("HGET", kw, "refusal_alerted_at")) - 3601000)
+        self.env.redis("HSET", kw, "refusal_alerted_at", back)
+        reqs = wait_for(lambda: rcv.got() if len(rcv.got()) == 3 else None, 5, "the next hour's alert")
+        self.check_signed(reqs[2], t["secret"], t["team"], t["wallet"], "wallet.funds_refused")
+        # the hour passes again, the last refusal before the last alert
+        back = int(self.env.redis("HGET", kw, "refusal_alerted_at")) - 3601000
+        self.env.redis("HSET", kw, "refusal_alerted_at", str(back), "refused_at", str(back - 1))
+        time.sleep(2.5)
+        self.assertEqual(len(rcv.got()), 3)
+        self.assertEqual(len(self.alerts_of(t["owner"], "wallet.funds_refused")), 2)
+        # No threshold, no stamp: refusals of an unwatched wallet cost nothing extra.
+        self.c.ok("wallet.alert.set", t["owner"], wallet=t["wallet"], threshold_micros=0)
+        self.refuse(t)
+        self.assertIsNone(self.env.redis("HGET", kw, "refused_at"))
 
     def test_receiver_errors_then_outage_retried_with_the_same_id(self):
         port = free_port()

@@ -380,6 +380,15 @@ function noteItem(ctx, n) {
     return el('li', { dataset: { type: n.type } }, at, 'Wallet ', el('strong', { text: n.wallet_name }),
       ` is low: ${money(n.available_micros, cur)} available, under the alert at ${money(n.threshold_micros, cur)}.`);
   }
+  if (n.type === 'wallet.funds_refused') {
+    return el('li', { dataset: { type: n.type } }, at, 'Wallet ', el('strong', { text: n.wallet_name }),
+      ` refused requests for lack of funds: ${money(n.available_micros, ctx.catalog.currency)} available.`);
+  }
+  if (n.type === 'key.expiring') {
+    const days = n.days_left === 1 ? '1 day' : `${n.days_left} days`;
+    return el('li', { dataset: { type: n.type } }, at, 'Key ', el('strong', { text: n.key_name }),
+      ` expires in ${days}, on ${when(n.expires_at)}.`);
+  }
   return el('li', { dataset: { type: n.type } }, at,
     n.type === 'key.assigned' ? 'You were assigned to key ' : 'You were removed from key ',
     el('strong', { text: n.key_name }), ` by ${memberName(ctx, n.by)}.`);

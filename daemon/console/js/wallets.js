@@ -325,7 +325,9 @@ async function loadDeliveries(ctx, box) {
     el('tbody', {}, list.map((d) => el('tr', { dataset: { delivery: d.id, status: d.status } },
       cell('When', { text: when(d.created_at) }),
       cell('Event', { text: d.type === 'wallet.low_balance' && d.event
-        ? `Low balance: ${money(d.event.available_micros, cur)} under ${money(d.event.threshold_micros, cur)}` : d.type }),
+        ? `Low balance: ${money(d.event.available_micros, cur)} under ${money(d.event.threshold_micros, cur)}`
+        : d.type === 'wallet.funds_refused' && d.event
+          ? `Refused for funds: ${money(d.event.available_micros, cur)} available` : d.type }),
       cell('Wallet', { text: wname(d.wallet_id) }),
       cell('Status', {}, el('span', { class: 'state state-' + (d.status === 'delivered' ? 'ok' : d.status === 'failed' ? 'bad' : 'warn'),
         text: STATUS_WORDS[d.status] || d.status })),
