@@ -35,6 +35,7 @@ typedef struct app {
     struct alerts *alerts;        /* alert.c's state (webhook.h) */
     struct webhook *wh;           /* webhook.c's state */
     struct expiry *expiry;        /* expiry.c's state */
+    struct holds *holds;          /* holds.c's state */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

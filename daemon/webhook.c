@@ -18,6 +18,7 @@
  */
 #include "webhook.h"
 #include "expiry.h"
+#include "holds.h"
 
 #include <event2/buffer.h>
 #include <event2/dns.h>
@@ -430,6 +431,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     alert_tick(a);
     expiry_tick(a);
+    holds_tick(a);
     deliver_pass(a);
 }
 
@@ -475,6 +477,7 @@ void webhook_stop(app *a)
         evdns_base_free(w->dns, 0);
     alert_free(a);
     expiry_free(a);
+    holds_free(a);
     free(w);
     a->wh = NULL;
 }

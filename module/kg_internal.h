@@ -99,6 +99,7 @@ const kg_svcpol *kg_entry_policy(const kg_entry *e, const char *service);
 enum kg_script { KG_SCRIPT_DEBIT = 0, KG_SCRIPT_QUOTA, KG_SCRIPT_HOLD, KG_SCRIPT_SETTLE,
                  KG_NSCRIPTS };
 extern const char *const kg_script_text[KG_NSCRIPTS];
+extern const char kg_capture_lua[];   /* keygated's hold sweep (daemon/holds.c) */
 
 /* ------------------------------------------------------------------ */
 /* Connections (kg_link.c)                                              */

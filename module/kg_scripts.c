@@ -395,3 +395,22 @@ static const char quota_lua[] =
     "return {'ok', n}\n";
 
 const char *const kg_script_text[KG_NSCRIPTS] = {debit_lua, quota_lua, hold_lua, settle_lua};
+
+/* Capture (keygated's hold sweep, daemon/holds.c): what the first money
+ * script on a wallet does before anything else, alone, for a wallet no
+ * request touches any more, so that the holds of a crashed gateway are
+ * charged and released within about hold_ttl_ms whatever the traffic.
+ * The same sweep() as every money script: a hold is captured exactly once
+ * whoever (gateway or daemon) runs first.
+ *   KEYS    1-5 the wallet's (as above; 3, the request record, unused:
+ *           the wallet hash again), 6 P {t:T}:usage:d:<yyyymmdd>,
+ *           7 P {t:T}:usage:h:<yyyymmddhh> ('' both: no usage counters)
+ *   ARGV    wallet_id
+ * Returns the number of holds captured (at most 16 a call), -1 when the
+ * wallet does not exist. */
+const char kg_capture_lua[] =
+    KG_LUA_COMMON
+    "if not redis.call('HGET', KEYS[1], 'balance_micros') then return -1 end\n"
+    "local before = redis.call('ZCARD', KEYS[5])\n"
+    "sweep(now_ms(), KEYS[6], KEYS[7], ARGV[1])\n"
+    "return before - redis.call('ZCARD', KEYS[5])\n";
