@@ -22,7 +22,7 @@
 
 long long now_ms(void);           /* job.c: realtime ms */
 
-/* KEYS: wallet hash, team document, the team's webhook hash.
+/* KEYS: wallet hash, team document, the team's webhook hash, its members.
  * ARGV: a fresh event id, now (ms).
  * Two events: wallet.low_balance when available (balance − held) falls
  * under the threshold (once per crossing, re-armed when it is back above),
@@ -31,14 +31,16 @@ long long now_ms(void);           /* job.c: realtime ms */
  * wallet with a threshold), at most one an hour (Redis' clock for both).
  * Returns {0} no wallet or no threshold; {1} nothing to do; {2, event JSON,
  * team document, webhook exists 0/1, wallet name}: an event to fan out,
- * raised now or left by an earlier pass whose fan-out did not happen. */
+ * raised now or left by an earlier pass whose fan-out did not happen,
+ * members (HGETALL; empty for a team whose document still holds them)}. */
 static const char ALERT_LUA[] =
     "local w = redis.call('HMGET', KEYS[1], 'balance_micros', 'held_micros',\n"
     "  'alert_threshold_micros', 'alert_below', 'alert_event', 'wallet_id', 'team_id', 'name',\n"
     "  'refused_at', 'refusal_alerted_at')\n"
     "if not w[1] or not w[3] then return {0} end\n"
     "local function out(e)\n"
-    "  return {2, e, redis.call('GET', KEYS[2]) or '', redis.call('EXISTS', KEYS[3]), w[8] or ''}\n"
+    "  return {2, e, redis.call('GET', KEYS[2]) or '', redis.call('EXISTS', KEYS[3]), w[8] or '',\n"
+    "          redis.call('HGETALL', KEYS[4])}\n"
     "end\n"
     "if w[5] then return out(w[5]) end\n"
     "local bal = tonumber(w[1])\n"
@@ -145,7 +147,18 @@ static void fanout(app *a, json_t *cmds, const char *wallet_key, json_t *r)
     snprintf(at, sizeof at, "%lld", (long long)json_integer_value(json_object_get(e, "at")));
     if (teamdoc != NULL && teamdoc[0] != '\0')
         team = json_loads(teamdoc, 0, NULL);
-    members = json_object_get(team, "members");
+    members = json_object_get(team, "members");     /* a document of before members.hash */
+    if (!json_is_object(members)) {
+        json_t *flat = json_array_get(r, 5);
+        members = json_object();
+        for (size_t i = 0; i + 1 < json_array_size(flat); i += 2)
+            if (json_is_string(json_array_get(flat, i)))
+                json_object_set(members, json_string_value(json_array_get(flat, i)),
+                                json_array_get(flat, i + 1));
+        if (team == NULL)
+            team = json_object();
+        json_object_set_new(team, "members", members);
+    }
     const char *wname = json_string_value(json_array_get(r, 4));
     const char *type = json_string_value(json_object_get(e, "type"));
     /* The notification is the event, its id named alert_id, plus the
@@ -244,7 +257,7 @@ static void on_scan(void *arg, int ok, json_t *replies)
     struct alerts *s = a->alerts;
     json_t *r = json_array_get(replies, 0), *id, *cmds;
     size_t i;
-    char team[KGC_ID_MAX], kw[KGC_RKEY_MAX], kt[KGC_RKEY_MAX], kh[KGC_RKEY_MAX];
+    char team[KGC_ID_MAX], kw[KGC_RKEY_MAX], kt[KGC_RKEY_MAX], kh[KGC_RKEY_MAX], km[KGC_RKEY_MAX];
     char evid[40], now[32];
 
     if (!ok) {
@@ -270,9 +283,10 @@ static void on_scan(void *arg, int ok, json_t *replies)
         rkey(a, kw, KGC_RK_WALLET, team, wid);
         rkey(a, kt, KGC_RK_TEAM, team, NULL);
         rkey(a, kh, WH_RK_HOOK, team, NULL);
+        rkey(a, km, KGC_RK_MEMBERS, team, NULL);
         kgc_random_id("alrt_", 20, evid);
-        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s]", "EVALSHA", s->sha, "3", kw, kt,
-                                              kh, evid, now));
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s]", "EVALSHA", s->sha, "4", kw,
+                                              kt, kh, km, evid, now));
         json_array_append(s->ids, id);
     }
     json_decref(replies);

@@ -103,6 +103,7 @@ struct job {
     char target[128];             /* audit target */
     int after_write;              /* run again after the writes, rr = EXEC replies */
     int not_durable;              /* the last commit was made but min_replicas_ack not met */
+    int legacy_members;           /* the team document still holds "members" (model.c) */
     /* A command whose writes are too many for one commit (over
      * PAGE_BATCH_MAX keys) sends them as several, in order: the handler
      * sets more_commits with after_write before each J_WRITE but the last.
@@ -161,6 +162,7 @@ void job_read_cmd(job *j, json_t *cmd);
 void job_write(job *j, const char *cmd, ...) __attribute__((sentinel));
 /* SET key <compact JSON of doc> (borrowed). */
 void job_write_json(job *j, const char *key, json_t *doc);
+void job_write_cmd(job *j, json_t *cmd);   /* takes cmd (an array of strings) */
 void job_publish(job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Runs work(arg) on the worker thread (CPU-heavy steps: Argon2id) and
  * returns J_WAIT; the handler runs again at the next stage when it is

@@ -127,8 +127,8 @@ static job_step signup_commit(job *j, const char *email, const char *pwhash)
                      "created_at", (json_int_t)now);
     if (pwhash != NULL)
         json_object_set_new(user, "password_hash", json_string(pwhash));
-    team = json_pack("{s:s,s:s,s:{s:s},s:s,s:I}", "team_id", tid, "name", team_name,
-                     "members", uid, "owner", "free_key_id", kid, "created_at", (json_int_t)now);
+    team = json_pack("{s:s,s:s,s:s,s:I}", "team_id", tid, "name", team_name,
+                     "free_key_id", kid, "created_at", (json_int_t)now);
     services = json_object();
     for (size_t i = 0; i < j->app->cat->nservices; i++)
         if (j->app->cat->services[i].free)
@@ -142,6 +142,7 @@ static job_step signup_commit(job *j, const char *email, const char *pwhash)
     job_write_json(j, rk(j, KGC_RK_USER, uid), user);
     job_write(j, "SET", rk(j, KGC_RK_EMAIL, email), uid, NULL);
     job_write_json(j, rk(j, KGC_RK_TEAM, tid), team);
+    job_write(j, "HSET", rk(j, KGC_RK_MEMBERS, tid), uid, "owner", NULL);
     job_write(j, "SADD", rk(j, KGC_RK_USERTEAMS, uid), tid, NULL);
     job_write_json(j, rk(j, KGC_RK_KEY, tid, kid), key);
     snprintf(score, sizeof score, "%lld", now);

@@ -287,19 +287,33 @@ job_step cmd_session_whoami(job *j)
         ids = job_reply(j, 0);
         if (json_array_size(ids) == 0)
             return J_DONE;
+        /* Each team's document, then the actor's role in each (members
+         * are outside the document: model.h). */
         json_t *cmd = json_pack("[s]", "MGET");
         json_array_foreach(ids, i, id)
             if (kgc_id_plausible(json_string_value(id)))
                 json_array_append_new(cmd, json_string(rk(j, KGC_RK_TEAM, json_string_value(id))));
         job_read_cmd(j, cmd);
+        json_array_foreach(ids, i, id)
+            if (kgc_id_plausible(json_string_value(id)))
+                job_read(j, "HGET", rk(j, KGC_RK_MEMBERS, json_string_value(id)), j->actor_id, NULL);
         return J_READ;
     }
-    docs = parse_list(job_reply(j, 0));
+    /* One reply per team asked, in order (nil for a team gone): the
+     * document and the role are joined by position. */
+    docs = json_array();
+    json_array_foreach(job_reply(j, 0), i, t) {
+        json_t *d = json_is_string(t) ? json_loadb(json_string_value(t), json_string_length(t), 0, NULL)
+                                      : NULL;
+        json_array_append_new(docs, d != NULL ? d : json_null());
+    }
     v = xcalloc(json_array_size(docs) + 1, sizeof *v);
     json_array_foreach(docs, i, t) {
-        const char *role = json_string_value(
-            json_object_get(json_object_get(t, "members"), j->actor_id));
-        if (role == NULL)
+        json_t *legacy = json_object_get(t, "members");
+        const char *role = json_is_object(legacy)
+                               ? json_string_value(json_object_get(legacy, j->actor_id))
+                               : json_string_value(job_reply(j, 1 + i));
+        if (!json_is_object(t) || role == NULL)
             continue;
         v[n++] = json_pack("{s:O,s:O,s:s,s:O,s:O}", "team_id", json_object_get(t, "team_id"),
                            "name", json_object_get(t, "name"), "role", role, "free_key_id",

@@ -44,27 +44,6 @@ static json_t *team_view(job *j, json_t *user_docs)
     return out;
 }
 
-/* Reads every member's user document: MGETs of PAGE_BATCH_MAX keys at
- * most, whose replies read_members_docs joins. */
-static void read_members(job *j)
-{
-    json_t *cmd = NULL;
-    const char *uid;
-    json_t *role;
-
-    json_object_foreach(members(j), uid, role) {
-        if (cmd == NULL)
-            cmd = json_pack("[s]", "MGET");
-        json_array_append_new(cmd, json_string(rk(j, KGC_RK_USER, uid)));
-        if (json_array_size(cmd) > PAGE_BATCH_MAX) {
-            job_read_cmd(j, cmd);
-            cmd = NULL;
-        }
-    }
-    if (cmd != NULL)
-        job_read_cmd(j, cmd);
-}
-
 /* The user documents of every reply of the round (new array). */
 static json_t *read_members_docs(job *j)
 {
@@ -79,18 +58,113 @@ static json_t *read_members_docs(job *j)
     return out;
 }
 
+/* Members by user id; with `limit` a page of them after `cursor`
+ * ("M1.<user_id>", docs/protocol.md "Paging"), else all. The member ids
+ * of the page, in order, are the scratch array; NULL after job_fail. */
+static int by_uid(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static json_t *members_page(job *j, char *next)
+{
+    json_t *lim = arg(j, "limit"), *out = json_array(), *role;
+    const char *cur = arg_str(j, "cursor"), *uid, **ids;
+    long long limit = -1;
+    size_t n = 0, i;
+
+    next[0] = '\0';
+    if (lim != NULL && (limit = read_limit(j, 1000)) < 0) {
+        json_decref(out);
+        return NULL;
+    }
+    if (cur != NULL && (strncmp(cur, "M1.", 3) != 0 || !kgc_id_plausible(cur + 3))) {
+        json_decref(out);
+        job_fail(j, "bad_request", "'cursor' is not a cursor of this list");
+        return NULL;
+    }
+    ids = xcalloc(json_object_size(members(j)) + 1, sizeof *ids);
+    json_object_foreach(members(j), uid, role)
+        ids[n++] = uid;
+    qsort(ids, n, sizeof *ids, by_uid);
+    for (i = 0; i < n; i++) {
+        if (cur != NULL && strcmp(ids[i], cur + 3) <= 0)
+            continue;
+        if (limit >= 0 && (long long)json_array_size(out) == limit) {
+            snprintf(next, PAGE_CURSOR_MAX, "M1.%s", json_string_value(json_array_get(out, json_array_size(out) - 1)));
+            break;
+        }
+        json_array_append_new(out, json_string(ids[i]));
+    }
+    free(ids);
+    return out;
+}
+
+/* Reads the user documents of ids: MGETs of PAGE_BATCH_MAX keys at most. */
+static void read_member_docs(job *j, json_t *ids)
+{
+    json_t *cmd = NULL, *id;
+    size_t i;
+
+    json_array_foreach(ids, i, id) {
+        if (cmd == NULL)
+            cmd = json_pack("[s]", "MGET");
+        json_array_append_new(cmd, json_string(rk(j, KGC_RK_USER, json_string_value(id))));
+        if (json_array_size(cmd) > PAGE_BATCH_MAX) {
+            job_read_cmd(j, cmd);
+            cmd = NULL;
+        }
+    }
+    if (cmd != NULL)
+        job_read_cmd(j, cmd);
+}
+
+typedef struct team_read {
+    int docs;                     /* the user documents were asked for */
+    char next[PAGE_CURSOR_MAX];   /* team.get's next_cursor, "" if none */
+} team_read;
+
+/* Stage after the members are all in j->team: asks for the documents of
+ * the page (all members without `limit`). -1 after job_fail. */
+static int team_read_docs(job *j, team_read *t)
+{
+    json_t *ids = members_page(j, t->next);
+
+    if (ids == NULL)
+        return -1;
+    read_member_docs(j, ids);
+    json_decref(ids);
+    t->docs = 1;
+    return 0;
+}
+
 job_step cmd_team_get(job *j)
 {
+    team_read *t = job_scratch(j, sizeof *t);
     json_t *docs;
 
     if (j->stage == 0)
         return J_READ;
     if (j->stage == 1) {
-        read_members(j);
+        memset(t, 0, sizeof *t);
+        if (j->legacy_members) {
+            if (team_read_docs(j, t) != 0)
+                return J_FAIL;
+        } else {
+            members_read_all(j);
+        }
+        return J_READ;
+    }
+    if (!t->docs) {
+        members_all_loaded(j, job_reply(j, 0));
+        if (team_read_docs(j, t) != 0)
+            return J_FAIL;
         return J_READ;
     }
     docs = read_members_docs(j);
     j->result = team_view(j, docs);
+    if (t->next[0] != '\0')
+        json_object_set_new(j->result, "next_cursor", json_string(t->next));
     json_decref(docs);
     return J_DONE;
 }
@@ -128,24 +202,29 @@ job_step cmd_team_member_add(job *j)
     if (user == NULL && email == NULL)
         return job_fail(j, "bad_request", "'user' or 'email' is required");
     if (j->stage == 1 && user == NULL) {
-        /* Email resolved to a user id: now read that user. */
+        /* Email resolved to a user id: now read that user and its role
+         * here (the engine read the roles of the actor and `user` only). */
         uid = json_string_value(job_reply(j, 0));
         if (uid == NULL)
             return job_fail(j, "not_found", "no user with that email");
+        if (!kgc_id_plausible(uid))
+            return job_fail(j, "internal", "the store holds a bad user id for that email");
         job_read(j, "GET", rk(j, KGC_RK_USER, uid), NULL);
+        if (!j->legacy_members)
+            job_read(j, "HGET", rk(j, KGC_RK_MEMBERS, j->team_id), uid, NULL);
         return J_READ;
     }
     doc = job_reply_json(j, 0);
     if (doc == NULL)
         return job_fail(j, "not_found", "no such user");
     uid = json_string_value(json_object_get(doc, "user_id"));
-    if (json_object_get(members(j), uid) != NULL) {
+    if (uid == NULL || json_object_get(members(j), uid) != NULL ||
+        (user == NULL && json_is_string(job_reply(j, 1)))) {
         json_decref(doc);
         return job_fail(j, "conflict", "already a member");
     }
     snprintf(j->target, sizeof j->target, "%s", uid);
-    json_object_set_new(members(j), uid, json_string(role));
-    job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
+    member_set(j, uid, role);
     job_write(j, "SADD", rk(j, KGC_RK_USERTEAMS, uid), j->team_id, NULL);
     j->result = member_view(doc, role);
     json_decref(doc);
@@ -191,8 +270,7 @@ job_step cmd_team_member_set_role(job *j)
     doc = job_reply_json(j, 0);
     if (doc == NULL)
         return job_fail(j, "not_found", "no such user");
-    json_object_set_new(members(j), uid, json_string(role));
-    job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
+    member_set(j, uid, role);
     j->result = member_view(doc, role);
     json_decref(doc);
     return J_WRITE;
@@ -295,8 +373,7 @@ job_step cmd_team_member_remove(job *j)
         return member_list_keys(j, w);
     }
     /* The last batch (its writes, if any, are queued): leave the team. */
-    json_object_del(members(j), uid);
-    job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
+    member_set(j, uid, NULL);
     job_write(j, "SREM", rk(j, KGC_RK_USERTEAMS, uid), j->team_id, NULL);
     j->result = json_object();
     return J_WRITE;
@@ -305,29 +382,46 @@ job_step cmd_team_member_remove(job *j)
 job_step cmd_team_transfer_ownership(job *j)
 {
     const char *uid = arg_str(j, "user");
+    team_read *t = job_scratch(j, sizeof *t);
     json_t *docs;
+    int moved;
 
     if (j->stage == 0)
         return J_READ;
+    moved = uid != NULL && j->actor_id != NULL && strcmp(uid, j->actor_id) != 0;
     if (j->stage == 1) {
+        memset(t, 0, sizeof *t);
         if (json_object_get(members(j), uid) == NULL)
             return job_fail(j, "not_found", "no such member");
         snprintf(j->target, sizeof j->target, "%s", uid);
-        if (strcmp(uid, j->actor_id) != 0) {
+        if (moved) {
+            member_set(j, j->actor_id, "admin");
+            member_set(j, uid, "owner");
+        }
+        /* The answer is the team with all its members (as team.get). */
+        if (j->legacy_members) {
+            if (team_read_docs(j, t) != 0)
+                return J_FAIL;
+        } else {
+            members_read_all(j);
+        }
+        return J_READ;
+    }
+    if (!t->docs) {
+        /* Read before this commit: the two roles it changes go on top. */
+        members_all_loaded(j, job_reply(j, 0));
+        if (moved) {
             json_object_set_new(members(j), j->actor_id, json_string("admin"));
             json_object_set_new(members(j), uid, json_string("owner"));
         }
-        read_members(j);
+        if (team_read_docs(j, t) != 0)
+            return J_FAIL;
         return J_READ;
     }
-    if (j->stage == 2) {
-        job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), j->team);
-        docs = read_members_docs(j);
-        j->result = team_view(j, docs);
-        json_decref(docs);
-        return J_WRITE;
-    }
-    return J_DONE;
+    docs = read_members_docs(j);
+    j->result = team_view(j, docs);
+    json_decref(docs);
+    return J_WRITE;
 }
 
 /* Reads of one audit stream for a page: without a cursor, its newest

@@ -11,6 +11,7 @@
 #include "lease.h"
 #include "log.h"
 #include "metrics.h"
+#include "model.h"
 #include "proto.h"
 #include "kgc_token.h"
 
@@ -230,6 +231,11 @@ void job_write(job *j, const char *cmd, ...)
     va_end(ap);
 }
 
+void job_write_cmd(job *j, json_t *cmd)
+{
+    json_array_append_new(j->wq, cmd);
+}
+
 void job_write_json(job *j, const char *key, json_t *doc)
 {
     char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
@@ -445,6 +451,8 @@ static void on_reads(void *arg, int ok, json_t *replies)
             json_t *t = json_array_get(replies, k++);
             if (json_is_string(t))
                 j->team = json_loadb(json_string_value(t), json_string_length(t), 0, NULL);
+            if (j->def->role != NEED_NOBODY)
+                members_loaded(j, json_array_get(replies, k++));
             if (j->team != NULL && j->actor_id != NULL)
                 j->role = json_string_value(
                     json_object_get(json_object_get(j->team, "members"), j->actor_id));
@@ -714,8 +722,11 @@ static void job_start(job *j)
     j->read_seq = j->app->wseq;
     if (j->def->role != NEED_NOBODY)
         job_read(j, "GET", rk(j, KGC_RK_USER, j->actor_id), NULL);
-    if (j->def->scope != SCOPE_NONE)
+    if (j->def->scope != SCOPE_NONE) {
         job_read(j, "GET", rk(j, KGC_RK_TEAM, j->team_id), NULL);
+        if (j->def->role != NEED_NOBODY)
+            members_prefetch(j);
+    }
     j->fw_reads = json_array_size(j->rq);
     if (j->fw_reads == 0) {
         /* No engine reads: the handler's stage 0 is its first stage. */
@@ -734,6 +745,7 @@ static void job_rerun(job *j)
     json_decref(j->result);
     j->actor = j->team = j->result = NULL;
     j->role = NULL;
+    j->legacy_members = 0;
     json_array_clear(j->rq);
     json_array_clear(j->rr);
     json_array_clear(j->wq);

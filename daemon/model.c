@@ -48,6 +48,119 @@ int name_ok(const char *s, size_t max)
     return chars <= max;
 }
 
+/* The ids whose roles the engine reads: actor, `user`, each of `users`
+ * (plausible ids only; at most PAGE_BATCH_MAX in all). */
+static json_t *member_ids(job *j)
+{
+    json_t *ids = json_array(), *users = arg(j, "users"), *u;
+    const char *user = arg_str(j, "user");
+    size_t i;
+
+    if (j->actor_id != NULL)
+        json_array_append_new(ids, json_string(j->actor_id));
+    if (user != NULL && kgc_id_plausible(user))
+        json_array_append_new(ids, json_string(user));
+    json_array_foreach(users, i, u)
+        if (json_is_string(u) && kgc_id_plausible(json_string_value(u)) &&
+            json_array_size(ids) < MEMBERS_PREFETCH_MAX)
+            json_array_append(ids, u);
+    return ids;
+}
+
+void members_prefetch(job *j)
+{
+    json_t *cmd = json_pack("[s,s]", "HMGET", rk(j, KGC_RK_MEMBERS, j->team_id));
+    json_t *ids = member_ids(j);
+
+    json_array_extend(cmd, ids);
+    json_decref(ids);
+    if (json_array_size(cmd) == 2)             /* HMGET wants a field: ask for none */
+        json_array_append_new(cmd, json_string(""));
+    job_read_cmd(j, cmd);
+}
+
+void members_loaded(job *j, json_t *reply)
+{
+    json_t *legacy, *ids, *m, *id;
+    size_t i;
+
+    if (j->team == NULL)
+        return;
+    legacy = json_object_get(j->team, "members");
+    if (json_is_object(legacy)) {
+        j->legacy_members = 1;                 /* all of them, in the document */
+        return;
+    }
+    m = json_object();
+    ids = member_ids(j);
+    json_array_foreach(ids, i, id) {
+        json_t *r = json_array_get(reply, i);
+        if (json_is_string(r))
+            json_object_set(m, json_string_value(id), r);
+    }
+    json_decref(ids);
+    json_object_set_new(j->team, "members", m);
+}
+
+void members_read_all(job *j)
+{
+    if (!j->legacy_members)
+        job_read(j, "HGETALL", rk(j, KGC_RK_MEMBERS, j->team_id), NULL);
+}
+
+void members_all_loaded(job *j, json_t *reply)
+{
+    json_t *m;
+
+    if (j->legacy_members)
+        return;
+    m = json_object();
+    for (size_t i = 0; i + 1 < json_array_size(reply); i += 2) {
+        const char *uid = json_string_value(json_array_get(reply, i));
+        json_t *role = json_array_get(reply, i + 1);
+        if (uid != NULL && json_is_string(role))
+            json_object_set(m, uid, role);
+    }
+    json_object_set_new(j->team, "members", m);
+}
+
+void member_set(job *j, const char *uid, const char *role)
+{
+    json_t *members = json_object_get(j->team, "members");
+    const char *key = rk(j, KGC_RK_MEMBERS, j->team_id);
+    char mkey[KGC_RKEY_MAX];
+
+    if (role != NULL)
+        json_object_set_new(members, uid, json_string(role));
+    else
+        json_object_del(members, uid);
+    if (!j->legacy_members) {
+        if (role != NULL)
+            job_write(j, "HSET", key, uid, role, NULL);
+        else
+            job_write(j, "HDEL", key, uid, NULL);
+        return;
+    }
+    /* The first member change of a team written before members had their
+     * own hash: all of them move there, in this commit. */
+    snprintf(mkey, sizeof mkey, "%s", key);
+    json_t *cmd = json_pack("[s,s]", "HSET", mkey), *doc = json_deep_copy(j->team), *r;
+    const char *id;
+    json_object_foreach(members, id, r) {
+        json_array_append_new(cmd, json_string(id));
+        json_array_append(cmd, r);
+    }
+    job_write(j, "DEL", mkey, NULL);
+    if (json_array_size(cmd) > 2)
+        job_write_cmd(j, cmd);
+    else
+        json_decref(cmd);
+    json_object_del(doc, "members");
+    job_write_json(j, rk(j, KGC_RK_TEAM, j->team_id), doc);
+    json_decref(doc);
+    j->legacy_members = 0;
+}
+
 json_t *users_check(job *j, json_t *users)
 {
     json_t *members = json_object_get(j->team, "members"), *out = json_array(), *u;

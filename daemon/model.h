@@ -18,6 +18,28 @@ int key_has_user(const json_t *doc, const char *user_id);
  * job's team; returns a new deduplicated array, or NULL after job_fail. */
 json_t *users_check(job *j, json_t *users);
 
+/* Team members (docs/redis-schema.md): P {t:T}:members, a hash user_id ->
+ * role, outside the team document, so a command reads the roles it needs
+ * (HMGET) instead of parsing every member. The engine reads, with the team
+ * document, the roles of the actor, of the `user` argument and of each id
+ * in the `users` argument, and puts those it found into
+ * j->team["members"]: handlers see a members object holding just them.
+ * A team document written before (with its own "members") is read as it
+ * is (j->legacy_members) and moved to the hash by its next member change.
+ */
+#define MEMBERS_PREFETCH_MAX 1000
+void members_prefetch(job *j);
+void members_loaded(job *j, json_t *reply);
+/* Queues the reading of every member (HGETALL; nothing for a legacy
+ * document, whose members are all there), and then, with its reply (NULL
+ * for a legacy document), puts them all into j->team["members"]. */
+void members_read_all(job *j);
+void members_all_loaded(job *j, json_t *reply);
+/* Queues a member's new role (NULL: removed) in the job's commit and sets
+ * it in j->team["members"]; a legacy document is rewritten without
+ * "members" and all of them moved to the hash in the same commit. */
+void member_set(job *j, const char *uid, const char *role);
+
 /* Stage 0 of a command taking "services": queue one EXISTS per payg wallet
  * of the job's team. Returns how many reads it queued. */
 size_t services_prefetch(job *j, json_t *services);

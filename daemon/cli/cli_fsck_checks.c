@@ -173,9 +173,9 @@ static void check_keydoc(fsck *f, const char *T, const char *kid, const char *kn
 
 int fsck_check_team(fsck *f, const char *T, const char *unused)
 {
-    char kt[KGC_RKEY_MAX], kk[KGC_RKEY_MAX], kw[KGC_RKEY_MAX], name[KGC_RKEY_MAX];
-    redisReply *rt, *rkeys, *rwal, **docs = NULL, **wex = NULL;
-    json_t *team, *members, *kids, *wids, *team_wallets, *v;
+    char kt[KGC_RKEY_MAX], kk[KGC_RKEY_MAX], kw[KGC_RKEY_MAX], km[KGC_RKEY_MAX], name[KGC_RKEY_MAX];
+    redisReply *rt, *rkeys, *rwal, *rm, **docs = NULL, **wex = NULL;
+    json_t *team, *members, *kids, *wids, *team_wallets, *v, *hashed = NULL;
     const char *fk, *uid, *id;
     char **dkeys = NULL, **wkeys = NULL;
     size_t nk = 0, nw = 0, i;
@@ -185,27 +185,45 @@ int fsck_check_team(fsck *f, const char *T, const char *unused)
     fsck_rk(f, kt, KGC_RK_TEAM, T);
     fsck_rk(f, kk, KGC_RK_KEYS, T);
     fsck_rk(f, kw, KGC_RK_WALLETS, T);
+    fsck_rk(f, km, KGC_RK_MEMBERS, T);
     {
-        const char *w[4] = {"WATCH", kt, kk, kw}, *g[2] = {"GET", kt};
+        const char *w[5] = {"WATCH", kt, kk, kw, km}, *g[2] = {"GET", kt};
         const char *z[4] = {"ZRANGE", kk, "0", "-1"}, *zw[4] = {"ZRANGE", kw, "0", "-1"};
-        redisReply *wr = fsck_rcmd(f, 4, w, NULL);
+        const char *hm[2] = {"HGETALL", km};
+        redisReply *wr = fsck_rcmd(f, 5, w, NULL);
         if (wr)
             freeReplyObject(wr);
         rt = fsck_rcmd(f, 2, g, NULL);
         rkeys = fsck_rcmd(f, 4, z, NULL);
         rwal = fsck_rcmd(f, 4, zw, NULL);
+        rm = fsck_rcmd(f, 2, hm, NULL);
     }
     if (f->broken) {
         if (rt) freeReplyObject(rt);
         if (rkeys) freeReplyObject(rkeys);
         if (rwal) freeReplyObject(rwal);
+        if (rm) freeReplyObject(rm);
         return -1;
     }
     team = fsck_reply_json(rt);
+    /* Members: the hash P {t:T}:members, or still the document's own
+     * "members" for a team no member change has touched since (both at
+     * once is a half-done move). */
     members = json_object_get(team, "members");
+    if (rm->type == REDIS_REPLY_ARRAY && rm->elements > 0) {
+        if (json_is_object(members))
+            PROBLEM(f, kt, "members both in the document and in %s", km);
+        hashed = json_object();
+        for (i = 0; i + 1 < rm->elements; i += 2)
+            if (fsck_is_str(rm->element[i]) && fsck_is_str(rm->element[i + 1]))
+                json_object_set_new(hashed, rm->element[i]->str,
+                                    json_string(rm->element[i + 1]->str));
+        members = hashed;
+    }
+    freeReplyObject(rm);
     fk = json_string_value(json_object_get(team, "free_key_id"));
     if (team == NULL || !json_is_object(members)) {
-        PROBLEM(f, kt, "not a team document (JSON with members)");
+        PROBLEM(f, kt, "not a team document, or a team without members");
         members = NULL;
     } else {
         if (!json_is_string(json_object_get(team, "team_id")) ||
@@ -328,6 +346,7 @@ int fsck_check_team(fsck *f, const char *T, const char *unused)
     json_decref(wids);
     json_decref(team_wallets);
     json_decref(team);
+    json_decref(hashed);
     freeReplyObject(rt);
     freeReplyObject(rkeys);
     freeReplyObject(rwal);

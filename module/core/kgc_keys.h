@@ -36,6 +36,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 
 /* Name shapes, to be used with kgc_rkey (team id first where there is one):
  *   KGC_RK_TEAM      "{t:%s}:team"             JSON team document
+ *   KGC_RK_MEMBERS   "{t:%s}:members"          hash user_id -> role
  *   KGC_RK_KEYS      "{t:%s}:keys"             zset key_id by created ms
  *   KGC_RK_KEY       "{t:%s}:key:%s"           JSON key document
  *   KGC_RK_WALLETS   "{t:%s}:wallets"          zset wallet_id by created ms
@@ -65,6 +66,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_CHANNEL   "inval"                   pub/sub channel of invalidations
  */
 #define KGC_RK_TEAM    "{t:%s}:team"
+#define KGC_RK_MEMBERS "{t:%s}:members"
 #define KGC_RK_KEYS    "{t:%s}:keys"
 #define KGC_RK_KEY     "{t:%s}:key:%s"
 #define KGC_RK_WALLETS "{t:%s}:wallets"

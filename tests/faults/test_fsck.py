@@ -226,22 +226,25 @@ class Fsck(kgtest.EnvCase):
     # -- teams and keys -------------------------------------------------------------
 
     def test_two_owners(self):
-        tk = self.prefix() + "team"
-        with self.corrupt(tk):
-            import json
-            doc = json.loads(self.env.redis("GET", tk))
-            doc["members"][self.t["admins"][0]] = "owner"
-            self.env.redis("SET", tk, json.dumps(doc))
+        tk, mk = self.prefix() + "team", self.prefix() + "members"
+        with self.corrupt(mk):
+            self.env.redis("HSET", mk, self.t["admins"][0], "owner")
             self.assert_found("2 owners", key=tk)
 
     def test_no_owner(self):
-        tk = self.prefix() + "team"
+        tk, mk = self.prefix() + "team", self.prefix() + "members"
+        with self.corrupt(mk):
+            self.env.redis("HSET", mk, self.t["owner"], "admin")
+            self.assert_found("0 owners", key=tk)
+
+    def test_members_in_the_document_and_the_hash(self):
+        tk, mk = self.prefix() + "team", self.prefix() + "members"
         with self.corrupt(tk):
             import json
             doc = json.loads(self.env.redis("GET", tk))
-            doc["members"][self.t["owner"]] = "admin"
+            doc["members"] = {self.t["owner"]: "owner"}
             self.env.redis("SET", tk, json.dumps(doc))
-            self.assert_found("0 owners", key=tk)
+            self.assert_found("members both in the document and in " + mk, key=tk)
 
     def test_second_free_key(self):
         kk = self.prefix() + "key:" + self.revoked
