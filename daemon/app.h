@@ -34,6 +34,7 @@ typedef struct app {
     struct lease *lease;          /* lease.c's state */
     struct alerts *alerts;        /* alert.c's state (webhook.h) */
     struct webhook *wh;           /* webhook.c's state */
+    struct archive *arch;         /* archive.c's state, NULL without an archive */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

@@ -3,6 +3,7 @@
  * wallet.ledger. Balances move only inside Lua scripts; a credit is
  * idempotent by its reference.
  */
+#include "archive.h"
 #include "cmd.h"
 #include "log.h"
 #include "model.h"
@@ -49,7 +50,8 @@ static json_t *wallet_view(json_t *flat)
         if (f == NULL || v == NULL)
             continue;
         if (strcmp(f, "balance_micros") == 0 || strcmp(f, "created_at") == 0 ||
-            strcmp(f, "held_micros") == 0 || strcmp(f, "alert_threshold_micros") == 0)
+            strcmp(f, "held_micros") == 0 || strcmp(f, "alert_threshold_micros") == 0 ||
+            strcmp(f, "archived_count") == 0 || strcmp(f, "archived_sum_micros") == 0)
             json_object_set_new(out, f, json_integer(strtoll(v, NULL, 10)));
         else if (strcmp(f, "alert_below") == 0)
             json_object_set_new(out, "alert_below", json_boolean(strcmp(v, "1") == 0));
@@ -79,6 +81,7 @@ job_step cmd_wallet_create(job *j)
     job_write(j, "HSET", rk(j, KGC_RK_WALLET, j->team_id, wid), "wallet_id", wid, "team_id",
               j->team_id, "name", name, "balance_micros", "0", "created_at", now, NULL);
     job_write(j, "ZADD", rk(j, KGC_RK_WALLETS, j->team_id), now, wid, NULL);
+    job_write(j, "SADD", rk(j, ARCH_RK_WALLETS), wid, NULL);    /* what the archiver walks */
     j->result = json_pack("{s:s,s:s,s:s,s:i,s:i,s:I}", "wallet_id", wid, "team_id", j->team_id,
                           "name", name, "balance_micros", 0, "held_micros", 0, "created_at",
                           (json_int_t)strtoll(now, NULL, 10));
