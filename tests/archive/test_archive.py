@@ -279,7 +279,7 @@ class Base:
         self.assertEqual(len(keys), len(set(keys)), "an entry twice")
         # every entry up to the newest of the first page, each once, newest first
         a, _ = w.checkpoint()
-        allrows = [json.loads(e) for _, _, e in w.db.rows(w.w["wallet"]) if _ < a] + \
+        allrows = [json.loads(e) for seq, _, e in w.db.rows(w.w["wallet"]) if seq < a] + \
             [json.loads(e) for e in reversed(w.env.redis("LRANGE", w.lkey(), 0, -1))]
         upto = allrows.index(first)
         self.assertEqual(seen, list(reversed(allrows[:upto + 1])))
