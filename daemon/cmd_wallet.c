@@ -3,6 +3,7 @@
  * wallet.ledger. Balances move only inside Lua scripts; a credit is
  * idempotent by its reference.
  */
+#include "archive.h"
 #include "cmd.h"
 #include "log.h"
 #include "model.h"
@@ -50,7 +51,8 @@ static json_t *wallet_view(json_t *flat)
             continue;
         if (strcmp(f, "balance_micros") == 0 || strcmp(f, "created_at") == 0 ||
             strcmp(f, "held_micros") == 0 || strcmp(f, "alert_threshold_micros") == 0 ||
-            strcmp(f, "refused_at") == 0 || strcmp(f, "refusal_alerted_at") == 0)
+            strcmp(f, "refused_at") == 0 || strcmp(f, "refusal_alerted_at") == 0 ||
+            strcmp(f, "archived_count") == 0 || strcmp(f, "archived_sum_micros") == 0)
             json_object_set_new(out, f, json_integer(strtoll(v, NULL, 10)));
         else if (strcmp(f, "alert_below") == 0)
             json_object_set_new(out, "alert_below", json_boolean(strcmp(v, "1") == 0));
@@ -80,6 +82,7 @@ job_step cmd_wallet_create(job *j)
     job_write(j, "HSET", rk(j, KGC_RK_WALLET, j->team_id, wid), "wallet_id", wid, "team_id",
               j->team_id, "name", name, "balance_micros", "0", "created_at", now, NULL);
     job_write(j, "ZADD", rk(j, KGC_RK_WALLETS, j->team_id), now, wid, NULL);
+    job_write(j, "SADD", rk(j, ARCH_RK_WALLETS), wid, NULL);    /* what the archiver walks */
     j->result = json_pack("{s:s,s:s,s:s,s:i,s:i,s:I}", "wallet_id", wid, "team_id", j->team_id,
                           "name", name, "balance_micros", 0, "held_micros", 0, "created_at",
                           (json_int_t)strtoll(now, NULL, 10));
@@ -213,49 +216,76 @@ job_step cmd_wallet_credit(job *j)
 }
 
 /* wallet.ledger pages (docs/protocol.md, "Paging"): newest first; an
- * entry's position counts from the oldest entry (0), so it stays put while
- * debits are pushed at the head, and a cursor names the position of the
- * next entry to look at. Filters are applied here, over at most
- * LEDGER_SCAN_MAX entries per call, read PAGE_BATCH_MAX at a time: a page
- * may come back short (even empty) with a next_cursor when the filters
- * match few entries. */
+ * entry's position is its seq (archive.h): its place counted from the
+ * oldest entry ever written (0), so it stays put while debits are pushed
+ * at the head and while the archiver moves the oldest ones to the
+ * database. A cursor names the seq of the next entry to look at. Seqs at
+ * or above the wallet's archived_count are in the Redis tail, the others
+ * in the archive: a page that crosses the boundary reads the tail, then
+ * the archive (on the worker thread), and looks like any other page.
+ * Filters are applied here over the tail, at most LEDGER_SCAN_MAX entries
+ * per call read PAGE_BATCH_MAX at a time (a page may come back short, even
+ * empty, with a next_cursor when the filters match few entries), and by
+ * the database's indexes over the archive. */
 #define LEDGER_SCAN_MAX 10000
 /* Entries are in commit order; their "at" comes from the Redis clock
  * (debits) or the daemon's (credits). A scan with "from" stops at the first
  * entry older than from by this much: the clocks may disagree a little. */
 #define LEDGER_SKEW_MS 60000
 
+/* KEYS: wallet, ledger. ARGV: seq of the first entry wanted (-1: the
+ * newest), how many. Returns {archived_count, LLEN, seq, [entries of the
+ * tail from seq down, newest first]}: the checkpoint and the tail at one
+ * instant (the archiver's trim may run between two calls, never inside). */
+static const char ledger_read_lua[] =
+    "local a = tonumber(redis.call('HGET', KEYS[1], 'archived_count') or '0') or 0\n"
+    "local len = redis.call('LLEN', KEYS[2])\n"
+    "local pos = tonumber(ARGV[1])\n"
+    "if pos < 0 then pos = a + len - 1 end\n"
+    "local out = {a, len, pos}\n"
+    "local i = pos - a\n"
+    "if i >= 0 and i < len then\n"
+    "  local n = math.min(tonumber(ARGV[2]), i + 1)\n"
+    "  out[4] = redis.call('LRANGE', KEYS[2], -(i + 1), -(i + 1) + n - 1)\n"
+    "end\n"
+    "return out\n";
+
 typedef struct ledger_scan {
-    long long next;               /* position of the next entry to read, -1 the newest */
-    long long want;               /* how many the read in flight asked */
+    long long next;               /* seq of the next entry to read, -1 the newest */
     long long scanned;
     int filtered;
+    int archive;                  /* 1: the archive's read is in flight / done */
+    /* The archive's read, on the worker thread: touches only these. */
+    app *app;
+    char wallet[KGC_ID_MAX], key[256], service[256];
+    arch_filter f;
+    long long max_seq;
+    int want, rc;
+    json_t *rows;
+    char err[400];
 } ledger_scan;
 
-/* Queues LLEN, and LRANGE of the entries from position sc->next down by
- * negative index (position p is index -(p+1)): debits pushed meanwhile do
- * not move it, and no script is needed (a script would pass every entry
- * through Lua). Before the first position is known (no cursor), queues
- * LLEN alone: the newest entry then is at length - 1. */
 static void ledger_read(job *j, ledger_scan *sc, long long limit)
 {
-    char start[24], stop[24], key[KGC_RKEY_MAX];
-    long long n = sc->filtered ? PAGE_BATCH_MAX : limit;
+    char pos[24], n[24], kw[KGC_RKEY_MAX], kl[KGC_RKEY_MAX];
+    long long want = sc->filtered ? PAGE_BATCH_MAX : limit;
 
-    snprintf(key, sizeof key, "%s", rk(j, KGC_RK_LEDGER, j->team_id, arg_str(j, "wallet")));
-    job_read(j, "LLEN", key, NULL);
-    if (sc->next < 0) {
-        sc->want = 0;
-        return;
-    }
-    if (sc->filtered && n > LEDGER_SCAN_MAX - sc->scanned)
-        n = LEDGER_SCAN_MAX - sc->scanned;
-    if (n > sc->next + 1)
-        n = sc->next + 1;
-    sc->want = n;
-    snprintf(start, sizeof start, "%lld", -(sc->next + 1));
-    snprintf(stop, sizeof stop, "%lld", -(sc->next - n + 2));
-    job_read(j, "LRANGE", key, start, stop, NULL);
+    if (sc->filtered && want > LEDGER_SCAN_MAX - sc->scanned)
+        want = LEDGER_SCAN_MAX - sc->scanned;
+    snprintf(kw, sizeof kw, "%s", rk(j, KGC_RK_WALLET, j->team_id, arg_str(j, "wallet")));
+    snprintf(kl, sizeof kl, "%s", rk(j, KGC_RK_LEDGER, j->team_id, arg_str(j, "wallet")));
+    snprintf(pos, sizeof pos, "%lld", sc->next);
+    snprintf(n, sizeof n, "%lld", want);
+    job_read(j, "EVAL", ledger_read_lua, "2", kw, kl, pos, n, NULL);
+}
+
+static void ledger_archive_work(void *arg)
+{
+    ledger_scan *sc = arg;
+
+    sc->rows = json_array();
+    sc->rc = archive_page(sc->app, sc->wallet, sc->max_seq, &sc->f, sc->want, sc->rows, sc->err,
+                          sizeof sc->err);
 }
 
 /* 1 if entry e passes the request's filters. */
@@ -294,21 +324,65 @@ static int ledger_args(job *j, ledger_scan *sc)
     }
     sc->filtered = arg_str(j, "key") != NULL || arg_str(j, "service") != NULL ||
                    json_is_integer(from) || json_is_integer(to);
+    sc->app = j->app;
+    snprintf(sc->wallet, sizeof sc->wallet, "%s", arg_str(j, "wallet"));
+    snprintf(sc->key, sizeof sc->key, "%s", arg_str(j, "key") ?: "");
+    snprintf(sc->service, sizeof sc->service, "%s", arg_str(j, "service") ?: "");
+    sc->f.key_id = arg_str(j, "key") ? sc->key : NULL;
+    sc->f.service = arg_str(j, "service") ? sc->service : NULL;
+    sc->f.from_ms = json_is_integer(from) ? json_integer_value(from) : -1;
+    sc->f.to_ms = json_is_integer(to) ? json_integer_value(to) : -1;
     return 0;
+}
+
+static void ledger_cursor(job *j, long long seq)
+{
+    char cur[PAGE_CURSOR_MAX];
+
+    page_ledger_cursor(cur, seq);
+    json_object_set_new(j->result, "next_cursor", json_string(cur));
+}
+
+/* The archive's rows arrived: the page's last part. */
+static job_step ledger_archived(job *j, ledger_scan *sc)
+{
+    json_t *list = json_object_get(j->result, "entries"), *row;
+    long long last = -1;
+    size_t i;
+
+    if (sc->rc != 0) {
+        json_decref(sc->rows);
+        sc->rows = NULL;
+        log_warn("wallet.ledger: %s", sc->err);
+        return job_fail(j, "unavailable", "the ledger archive is unreachable; try again later");
+    }
+    json_array_foreach(sc->rows, i, row) {
+        const char *t = json_string_value(json_array_get(row, 1));
+        json_t *doc = t ? json_loads(t, 0, NULL) : NULL;
+        last = json_integer_value(json_array_get(row, 0));
+        if (doc != NULL)
+            json_array_append_new(list, doc);
+    }
+    if ((int)json_array_size(sc->rows) == sc->want && last > 0)
+        ledger_cursor(j, last - 1);
+    json_decref(sc->rows);
+    sc->rows = NULL;
+    return J_DONE;
 }
 
 job_step cmd_wallet_ledger(job *j)
 {
     ledger_scan *sc = job_scratch(j, sizeof *sc);
-    long long limit = read_limit(j, 100), len, first;
+    long long limit = read_limit(j, 100), a0, len, first;
     json_t *r, *list, *e, *from = arg(j, "from");
     size_t i, base = j->stage == 1;     /* stage 1: reply 0 is EXISTS */
-    char cur[PAGE_CURSOR_MAX];
 
     if (limit < 0)
         return J_FAIL;
+    if (sc->archive)
+        return ledger_archived(j, sc);
     if (j->stage == 0) {
-        sc->next = -1;                  /* the newest, once the length is known */
+        sc->next = -1;                  /* the newest */
         if (ledger_args(j, sc) != 0)
             return J_FAIL;
         job_read(j, "EXISTS", rk(j, KGC_RK_WALLET, j->team_id, arg_str(j, "wallet")), NULL);
@@ -318,19 +392,16 @@ job_step cmd_wallet_ledger(job *j)
     }
     if (j->stage == 1 && json_integer_value(job_reply(j, 0)) != 1)
         return job_fail(j, "not_found", "no such wallet");
-    len = json_integer_value(job_reply(j, base));
-    if (sc->want == 0) {                /* first round without a cursor: the length */
-        if (len == 0)
-            return J_DONE;
-        sc->next = len - 1;
-        ledger_read(j, sc, limit);
-        return J_READ;
-    }
-    if (sc->next >= len)
+    r = job_reply(j, base);
+    a0 = json_integer_value(json_array_get(r, 0));
+    len = json_integer_value(json_array_get(r, 1));
+    first = json_integer_value(json_array_get(r, 2));
+    if (a0 + len == 0)
+        return J_DONE;                  /* no entry yet */
+    if (first >= a0 + len)
         return job_fail(j, "bad_request", "'cursor' is past the newest entry of this ledger");
-    r = job_reply(j, base + 1);
-    first = sc->next;
     list = json_object_get(j->result, "entries");
+    r = json_array_get(r, 3);
     json_array_foreach(r, i, e) {
         long long pos = first - (long long)i;
         json_t *doc = json_is_string(e) ? json_loadb(json_string_value(e), json_string_length(e),
@@ -347,20 +418,23 @@ job_step cmd_wallet_ledger(job *j)
         else
             json_decref(doc);
         if ((long long)json_array_size(list) == limit) {
-            if (pos > 0) {
-                page_ledger_cursor(cur, pos - 1);
-                json_object_set_new(j->result, "next_cursor", json_string(cur));
-            }
+            if (pos > 0)
+                ledger_cursor(j, pos - 1);
             return J_DONE;
         }
     }
     sc->scanned += (long long)json_array_size(r);
     sc->next = first - (long long)json_array_size(r);
-    if (sc->next < 0 || (long long)json_array_size(r) < sc->want)
+    if (sc->next < 0)
         return J_DONE;              /* read the oldest entry */
+    if (sc->next < a0) {            /* the rest is in the archive */
+        sc->archive = 1;
+        sc->max_seq = sc->next;
+        sc->want = (int)(limit - (long long)json_array_size(list));
+        return job_offload(j, ledger_archive_work, sc);
+    }
     if (sc->scanned >= LEDGER_SCAN_MAX || !sc->filtered) {
-        page_ledger_cursor(cur, sc->next);
-        json_object_set_new(j->result, "next_cursor", json_string(cur));
+        ledger_cursor(j, sc->next);
         return J_DONE;
     }
     ledger_read(j, sc, limit);

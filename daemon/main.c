@@ -9,6 +9,7 @@
  * (sdnotify.h).
  */
 #include "app.h"
+#include "archive.h"
 #include "cmd.h"
 #include "http.h"
 #include "lease.h"
@@ -119,6 +120,7 @@ int main(int argc, char **argv)
         evsignal_add(sigs[i], NULL);
     lease_start(&a, &rc);
     webhook_start(&a);      /* low-balance alerts and webhooks: only while the lease is ours */
+    archive_start(&a);      /* the ledger archive: only while the lease is ours */
     log_info("listening on %s", a.cfg.socket_path);
     /* READY=1 comes from lease.c: once this daemon knows it may write. */
     event_base_dispatch(a.base);
@@ -127,10 +129,12 @@ int main(int argc, char **argv)
 out:
     lease_stop(&a);
     job_abort_all(&a);       /* also answers commands still in limbo */
+    archive_quiesce(&a);    /* joins the archiver threads (a batch in flight ends) */
     worker_free(a.wk);      /* finishes password checks in flight */
     store_free(a.st);       /* fails commands in flight: they answer unavailable */
     a.st = NULL;
     webhook_stop(&a);       /* after store_free: its failed batches call back into it */
+    archive_free(&a);       /* likewise */
     job_abort_all(&a);
     server_free(srv);
     http_free(mx);

@@ -40,6 +40,9 @@ pepper_file  $T/pepper
 key_prefix   kg:
 timeout_ms   50
 cache_ttl_ms 1000
+# the ledger's history beyond the newest 1000 entries per wallet (docs/archive.md)
+archive      sqlite:$T/archive.db
+ledger_tail  1000
 CONF
 for _ in $(seq 100); do [ -S "$T/redis.sock" ] && break; sleep 0.05; done
 "$B/daemon/keygated" --config "$T/keygate.conf" 2>"$T/keygated.log" &

@@ -6,6 +6,7 @@ set -euo pipefail
 PKGS=(build-essential cmake pkg-config
       libhiredis-dev libsodium-dev libevent-dev libjansson-dev
       redis-server nginx nginx-dev haproxy python3 wrk clang libclang-rt-14-dev valgrind
+      libsqlite3-dev libpq-dev postgresql sqlite3
       chromium fonts-dejavu-core
       # Debian packages and their checks (tests/packaging): build, lint,
       # verify the systemd units, render the man pages, fetch /metrics.

@@ -44,6 +44,7 @@
  */
 #include "cli.h"
 #include "cli_fsck.h"
+#include "arch_engine.h"
 #include "kgc_sentinel.h"
 
 #include <sodium.h>
@@ -132,6 +133,8 @@ static void pass_model(fsck *f)
 static void fsck_free(fsck *f)
 {
     fsck_checks_cleanup();
+    if (f->arch)
+        f->arch->close(f->arch);
     if (f->rc)
         redisFree(f->rc);
     if (f->sec) {
@@ -221,6 +224,12 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
         fsck_free(&f);
         return CLI_EXIT_UNREACHABLE;
     }
+    if (cfg.archive_engine != KGC_ARCHIVE_NONE &&
+        (f.arch = arch_open(cfg.archive_engine, cfg.archive_target, err, sizeof err)) == NULL) {
+        fprintf(stderr, "error: unreachable: archive: %s\n", err);
+        fsck_free(&f);
+        return CLI_EXIT_UNREACHABLE;
+    }
     fsck_pass_scan(&f);
     if (!f.broken)
         pass_model(&f);
@@ -231,22 +240,23 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
     }
     nprob = (long)json_array_size(f.problems);
     if (f.json) {
-        json_t *out = json_pack("{s:b,s:O,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}",
+        json_t *out = json_pack("{s:b,s:O,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}",
                                 "clean", nprob == 0, "problems", f.problems, "counts",
                                 "redis_keys", (json_int_t)f.n.keys, "values", (json_int_t)f.n.values,
                                 "teams", (json_int_t)f.n.teams, "keys", (json_int_t)f.n.apikeys,
                                 "token_records", (json_int_t)f.n.tokens, "wallets",
                                 (json_int_t)f.n.wallets, "ledger_entries", (json_int_t)f.n.entries,
-                                "users", (json_int_t)f.n.users, "rechecks", (json_int_t)f.n.retries);
+                                "users", (json_int_t)f.n.users, "rechecks", (json_int_t)f.n.retries,
+                                "archived_entries", (json_int_t)f.n.archived);
         char *text = json_dumps(out, JSON_COMPACT);
         puts(text ? text : "{}");
         free(text);
         json_decref(out);
     } else {
         printf("fsck: %ld Redis keys, %ld values scanned; %ld teams, %ld keys, %ld token records, "
-               "%ld wallets (%ld ledger entries), %ld users checked\n",
+               "%ld wallets (%ld ledger entries in Redis, %lld archived), %ld users checked\n",
                f.n.keys, f.n.values, f.n.teams, f.n.apikeys, f.n.tokens, f.n.wallets, f.n.entries,
-               f.n.users);
+               f.n.archived, f.n.users);
         if (nprob == 0)
             printf("fsck: clean\n");
         else

@@ -57,8 +57,10 @@ typedef struct fsck {
     json_t *users;                   /* user_id -> true */
     json_t *emails;                  /* email -> true */
     int catalog_seen;
+    struct arch_engine *arch;        /* the archive (config `archive`), or NULL */
     struct {
         long keys, values, teams, apikeys, tokens, wallets, entries, users, retries;
+        long long archived;          /* archive rows below the wallets' checkpoints */
     } n;
 } fsck;
 

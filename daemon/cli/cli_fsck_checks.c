@@ -6,6 +6,7 @@
  * says, and run_check runs it again when the object changed meanwhile.
  */
 #include "cli_fsck.h"
+#include "arch_engine.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -676,23 +677,57 @@ static void check_holds(fsck *f, const char *wk, const char *xk, const char *hel
         PROBLEM(f, wk, "held_micros %lld, but its open holds sum to %lld (%zu holds)", h, sum, nh);
 }
 
-void fsck_check_wallet(fsck *f, const char *T, const char *W)
+/* The archive's side of a wallet (with `archive` in the config): its rows
+ * below the checkpoint are exactly archived_count, and sum to
+ * archived_sum_micros. Rows at or above it are a batch inserted and not
+ * yet trimmed (archive.h): allowed, up to the tail's end. */
+static void check_archive(fsck *f, const char *wk, const char *W, long long ac, long long as,
+                          long long len)
+{
+    long long cnt = 0, sum = 0, maxseq = -1;
+    char err[200];
+
+    if (f->arch == NULL)
+        return;
+    if (f->arch->sums(f->arch, W, ac, &cnt, &sum, &maxseq, err, sizeof err) != 0) {
+        f->broken = 1;
+        snprintf(f->broken_why, sizeof f->broken_why, "%s", err);
+        return;
+    }
+    f->n.archived += cnt;
+    if (cnt != ac)
+        PROBLEM(f, wk, "the archive holds %lld entries below seq %lld, but archived_count is %lld",
+                cnt, ac, ac);
+    else if (sum != as)
+        PROBLEM(f, wk, "the archive's %lld entries sum to %lld, but archived_sum_micros is %lld",
+                cnt, sum, as);
+    if (maxseq >= ac + len)
+        PROBLEM(f, wk, "the archive holds seq %lld, past the newest entry (%lld)", maxseq,
+                ac + len - 1);
+}
+
+/* One attempt; 0 when the archiver trimmed the ledger while it was read
+ * (then nothing is published: the caller tries again), else 1. */
+static int check_wallet_once(fsck *f, const char *T, const char *W, int last_try)
 {
     char wk[KGC_RKEY_MAX], lk[KGC_RKEY_MAX], hk[KGC_RKEY_MAX], xk[KGC_RKEY_MAX], a[32], b[32];
     const char *m[1] = {"MULTI"}, *e[1] = {"EXEC"};
     const char *h[2] = {"HGETALL", wk}, *l[2] = {"LLEN", lk};
     const char *hh[2] = {"HGETALL", hk}, *hx[4] = {"ZRANGE", xk, "0", "-1"};
+    const char *hac[3] = {"HGET", wk, "archived_count"};
     redisReply *r, *ex;
-    const char *bal, *wid, *tid;
-    long long balance = 0, len = 0;
+    const char *bal, *wid, *tid, *acs, *ass;
+    long long balance = 0, len = 0, ac = 0, as = 0, entries0 = f->n.entries;
     chain c = {0, 0, 0, 0, 0, 0};
+    int moved = 0;
 
     json_array_clear(f->pending);
     fsck_rk(f, wk, KGC_RK_WALLET, T, W);
     fsck_rk(f, lk, KGC_RK_LEDGER, T, W);
     fsck_rk(f, hk, KGC_RK_HOLDS, T, W);
     fsck_rk(f, xk, KGC_RK_HOLDEXP, T, W);
-    /* Balance, holds and ledger length at one instant (one slot: one MULTI). */
+    /* Balance, checkpoint, holds and ledger length at one instant (one
+     * slot: one MULTI). */
     fsck_rpush(f, 1, m, NULL);
     fsck_rpush(f, 2, h, NULL);
     fsck_rpush(f, 2, l, NULL);
@@ -703,27 +738,34 @@ void fsck_check_wallet(fsck *f, const char *T, const char *W)
         if ((r = fsck_rget(f)) != NULL)
             freeReplyObject(r);
     if ((ex = fsck_rget(f)) == NULL)
-        return;
+        return 1;
     if (ex->type != REDIS_REPLY_ARRAY || ex->elements != 4 ||
         ex->element[0]->type != REDIS_REPLY_ARRAY) {
         PROBLEM(f, wk, "could not read the wallet and its ledger (wrong types?)");
         freeReplyObject(ex);
         fsck_flush(f);
-        return;
+        return 1;
     }
     if (ex->element[0]->elements == 0) {   /* deleted? wallets never are */
         PROBLEM(f, lk, "a ledger without a wallet");
         freeReplyObject(ex);
         fsck_flush(f);
-        return;
+        return 1;
     }
     bal = fsck_hfield(ex->element[0], "balance_micros");
     wid = fsck_hfield(ex->element[0], "wallet_id");
     tid = fsck_hfield(ex->element[0], "team_id");
+    acs = fsck_hfield(ex->element[0], "archived_count");
+    ass = fsck_hfield(ex->element[0], "archived_sum_micros");
     if (wid == NULL || strcmp(wid, W) != 0 || tid == NULL || strcmp(tid, T) != 0)
         PROBLEM(f, wk, "wallet_id or team_id does not match the key name");
     if (fsck_hfield(ex->element[0], "name") == NULL)
         PROBLEM(f, wk, "has no name");
+    if ((acs != NULL && (parse_ll(acs, &ac) != 0 || ac < 0)) ||
+        (ass != NULL && parse_ll(ass, &as) != 0) || (acs == NULL) != (ass == NULL)) {
+        PROBLEM(f, wk, "archived_count and archived_sum_micros are not a checkpoint");
+        ac = as = 0;
+    }
     if (parse_ll(bal, &balance) != 0)
         PROBLEM(f, wk, "balance_micros is not an integer");
     else if (balance < 0)
@@ -737,47 +779,85 @@ void fsck_check_wallet(fsck *f, const char *T, const char *W)
     if (json_object_get(f->teams, T) == NULL)
         PROBLEM(f, wk, "a wallet of team %s, which has no team document", T);
 
-    /* The `len` entries of that instant, newest first, a page at a time
-     * from the head. An entry is named by its position counted from the
-     * oldest, i.e. by a negative index (position p is index -(p+1)): debits
-     * LPUSHed meanwhile move nothing, and no LLEN is needed with it. Redis
-     * finds an index from the nearer end of the list, so a page costs its
-     * distance from the nearer end, at most half the list. (A script doing
-     * LLEN + LRANGE by head index cost 3-6 times more per page: the entries
-     * pass through Lua.) Memory: one page and the request id window. */
+    /* The `len` entries of that instant (the Redis tail: seq ac .. ac+len-1),
+     * newest first, a page at a time. An entry is named by its position in
+     * the tail counted from the oldest, i.e. by a negative index (position
+     * p is index -(p+1)): debits LPUSHed meanwhile move nothing. The
+     * archiver's trim would (it removes from the oldest end), so each page
+     * is read with archived_count in one MULTI: if it moved, this attempt
+     * ends and the wallet is read again. Memory: one page and the request
+     * id window. */
     rid_init();
     rid_reset();
-    for (long long next = len - 1; next >= 0 && !f->broken;) {
+    for (long long next = len - 1; next >= 0 && !f->broken && !moved;) {
         long long n = next + 1 < FSCK_CHUNK ? next + 1 : FSCK_CHUNK;
         const char *argv[4] = {"LRANGE", lk, a, b};
         snprintf(a, sizeof a, "%lld", -(next + 1));
         snprintf(b, sizeof b, "%lld", -(next - n + 2));
-        r = fsck_rcmd(f, 4, argv, NULL);
-        if (r == NULL)
+        fsck_rpush(f, 1, m, NULL);
+        fsck_rpush(f, 3, hac, NULL);
+        fsck_rpush(f, 4, argv, NULL);
+        fsck_rpush(f, 1, e, NULL);
+        for (int i = 0; i < 3; i++)
+            if ((r = fsck_rget(f)) != NULL)
+                freeReplyObject(r);
+        if ((ex = fsck_rget(f)) == NULL)
             break;
+        if (ex->type != REDIS_REPLY_ARRAY || ex->elements != 2) {
+            PROBLEM(f, lk, "could not read the ledger (wrong type?)");
+            freeReplyObject(ex);
+            break;
+        }
+        if (ex->element[0]->type == REDIS_REPLY_STRING ? strtoll(ex->element[0]->str, NULL, 10) != ac
+                                                       : ac != 0) {
+            moved = 1;                       /* trimmed by the archiver meanwhile */
+            freeReplyObject(ex);
+            break;
+        }
+        r = ex->element[1];
         if (r->type != REDIS_REPLY_ARRAY || (long long)r->elements != n) {
-            PROBLEM(f, lk, "ledger shrank while being read (it is never trimmed)");
-            freeReplyObject(r);
+            PROBLEM(f, lk, "ledger shrank while being read (only the archiver trims it, and "
+                           "archived_count did not move)");
+            freeReplyObject(ex);
             break;
         }
         for (size_t i = 0; i < r->elements; i++)
-            ledger_entry(f, lk, T, &c, r->element[i], next - (long long)i + 1);
-        freeReplyObject(r);
+            ledger_entry(f, lk, T, &c, r->element[i], ac + next - (long long)i + 1);
+        freeReplyObject(ex);
         next -= n;
     }
-    chain_pair(f, lk, &c, 0);                /* the oldest entry starts from 0 */
+    if (moved && !last_try) {
+        json_array_clear(f->pending);
+        f->n.entries = entries0;
+        return 0;
+    }
+    if (moved)
+        PROBLEM(f, lk, "could not be read whole: the archiver trimmed it during every try");
+    chain_pair(f, lk, &c, as);               /* the oldest entry starts from the checkpoint */
     if (f->broken) {
         json_array_clear(f->pending);
-        return;
+        return 1;
     }
     if (c.breaks > FSCK_CHAIN_REPORTS)
         PROBLEM(f, lk, "%d more entries whose balance_micros breaks the chain",
                 c.breaks - FSCK_CHAIN_REPORTS);
-    if (bal != NULL && c.sum != balance)
-        PROBLEM(f, wk, "balance_micros %lld, but credits - debits of its ledger = %lld "
-                "(%lld entries)", balance, c.sum, len);
+    if (bal != NULL && !moved && as + c.sum != balance)
+        PROBLEM(f, wk, "balance_micros %lld, but archived_sum_micros %lld + credits - debits of "
+                "its ledger tail = %lld (%lld entries)", balance, as, as + c.sum, len);
+    check_archive(f, wk, W, ac, as, len);
+    if (f->broken) {
+        json_array_clear(f->pending);
+        return 1;
+    }
     f->n.wallets++;
     fsck_flush(f);
+    return 1;
+}
+
+void fsck_check_wallet(fsck *f, const char *T, const char *W)
+{
+    for (int i = 0; i < 5 && check_wallet_once(f, T, W, i == 4) == 0; i++)
+        f->n.retries++;
 }
 
 /* --- pass 2: users ------------------------------------------------------------ */

@@ -35,6 +35,9 @@ void kgc_config_defaults(kgc_config *cfg)
     cfg->signup_per_minute = 10;
     cfg->audit_retention_days = 400;
     cfg->replica_ack_timeout_ms = 500;
+    cfg->ledger_tail = 1000;
+    cfg->archive_batch = 1000;
+    cfg->archive_interval_ms = 1000;
 }
 
 static int set_str(char *dst, size_t cap, const char *v)
@@ -92,6 +95,24 @@ static int set_sentinels(kgc_config *cfg, const char *v)
     return 0;
 }
 
+/* "sqlite:PATH" or "postgresql:CONNINFO" (docs/archive.md). */
+static int set_archive(kgc_config *cfg, const char *v)
+{
+    static const struct { const char *scheme; int engine; } engines[] = {
+        {"sqlite:", KGC_ARCHIVE_SQLITE}, {"postgresql:", KGC_ARCHIVE_POSTGRESQL}};
+
+    for (size_t i = 0; i < sizeof engines / sizeof engines[0]; i++) {
+        size_t n = strlen(engines[i].scheme);
+        if (strncmp(v, engines[i].scheme, n) == 0) {
+            if (set_str(cfg->archive_target, sizeof cfg->archive_target, v + n) != 0)
+                return -1;
+            cfg->archive_engine = engines[i].engine;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 static int set_redis(kgc_config *cfg, const char *v)
 {
     const char *colon;
@@ -128,7 +149,7 @@ static int set_redis(kgc_config *cfg, const char *v)
 }
 
 /* Every key of the file, one row each: where it goes and what it accepts. */
-typedef enum { K_STR, K_LONG, K_REDIS, K_CHOICE, K_SENTINELS } key_kind;
+typedef enum { K_STR, K_LONG, K_REDIS, K_CHOICE, K_SENTINELS, K_ARCHIVE } key_kind;
 
 typedef struct key_rule {
     const char *name;
@@ -174,6 +195,10 @@ static const key_rule keys[] = {
     STR("sentinel_master", sentinel_master),
     NUM("min_replicas_ack", min_replicas_ack, 10, 0, 64),
     NUM("replica_ack_timeout_ms", replica_ack_timeout_ms, 10, 1, 60000),
+    {"archive", K_ARCHIVE, 0, 0, 0, 0, 0, NULL},
+    NUM("ledger_tail", ledger_tail, 10, 1, 10000000),
+    NUM("archive_batch", archive_batch, 10, 1, 1000),   /* PAGE_BATCH_MAX */
+    NUM("archive_interval_ms", archive_interval_ms, 10, 10, 3600000),
 };
 
 /* Stores x into an integer field of the size the row says. */
@@ -215,6 +240,8 @@ static int apply(kgc_config *cfg, const char *k, const char *v)
             return -1;
         case K_SENTINELS:
             return set_sentinels(cfg, v);
+        case K_ARCHIVE:
+            return set_archive(cfg, v);
         }
     }
     return -2;

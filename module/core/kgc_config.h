@@ -50,7 +50,19 @@ typedef struct kgc_config {
     char sentinel_master[128];    /* the master's name at the sentinels */
     int min_replicas_ack;         /* both: WAIT for this many replicas after a write, 0 = off */
     int replica_ack_timeout_ms;   /* both: WAIT's timeout, 500 */
+    /* Ledger archive (daemon; docs/archive.md): "archive sqlite:PATH" or
+     * "archive postgresql:CONNINFO"; absent = no archiving. */
+    int archive_engine;           /* KGC_ARCHIVE_* */
+    char archive_target[KGC_PATH_MAX]; /* the PATH or the CONNINFO */
+    int ledger_tail;              /* daemon: entries kept in Redis per wallet, 1000 */
+    int archive_batch;            /* daemon: entries per archive transaction, 1000 */
+    int archive_interval_ms;      /* daemon: pause of an idle archiver, 1000 */
 } kgc_config;
+
+/* archive_engine values */
+#define KGC_ARCHIVE_NONE 0
+#define KGC_ARCHIVE_SQLITE 1
+#define KGC_ARCHIVE_POSTGRESQL 2
 
 /* Fills *cfg with defaults, then with the file's values. Returns 0, or -1
  * with a message naming the file and line in err. */

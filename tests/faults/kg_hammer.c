@@ -6,7 +6,7 @@
  *
  *   kg_hammer --config FILE --token-file FILE --service S [--model M]
  *             [--param NAME=VALUE]... --count N [--rid PREFIX]
- *             [--retry-for SECONDS] [--out FILE] [--pause-us N]
+ *             [--retry-for SECONDS] [--out FILE] [--pause-us N] [--us]
  *
  * Request i carries request id PREFIX-i (no id without --rid). A request
  * answered KG_BACKEND_ERROR is sent again with the same id, as a client
@@ -15,6 +15,8 @@
  * try. Each line of --out (default stdout):
  *
  *   <request id or -> <status code> <replayed 0|1> <cost> <balance> <tries> <ms>
+ *
+ * (with --us the last column is microseconds: bench/archive's p50).
  *
  * The last line on stderr sums them up. Exit status: 0 when every request
  * was answered (whatever the answer), 1 when a KG_OK showed a negative
@@ -31,6 +33,13 @@
 #include "keygate.h"
 
 #define MAX_PARAMS 16
+
+static long long mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static long long mono_ms(void)
 {
@@ -72,12 +81,16 @@ int main(int argc, char **argv)
     double retry_for = 0;
     long by_status[KG_BACKEND_ERROR + 1] = {0}, replays = 0, tries_total = 0, gave_up = 0;
     int64_t first_cost = -1;
-    int bad = 0;
+    int bad = 0, in_us = 0;
     kg_ctx *ctx;
     FILE *out = stdout;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--us") == 0) {     /* the one flag without a value */
+            in_us = 1;
+            continue;
+        }
         if (v == NULL)
             return usage("an option without its value");
         i++;
@@ -126,7 +139,7 @@ int main(int argc, char **argv)
         kg_request req = {token, toklen, service, model, params, nparams, NULL};
         kg_result res;
         kg_status st;
-        long long t0 = mono_ms();
+        long long t0 = mono_ms(), u0 = mono_us();
         int tries = 0;
 
         if (rid_prefix != NULL) {
@@ -160,7 +173,7 @@ int main(int argc, char **argv)
         }
         fprintf(out, "%s %s %d %lld %lld %d %lld\n", req.request_id ? req.request_id : "-",
                 kg_status_code(st), res.replayed, (long long)res.cost_micros,
-                (long long)res.balance_micros, tries, mono_ms() - t0);
+                (long long)res.balance_micros, tries, in_us ? mono_us() - u0 : mono_ms() - t0);
         if (pause_us > 0)
             usleep((useconds_t)pause_us);
     }

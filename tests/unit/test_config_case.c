@@ -33,6 +33,10 @@ static void field(const kgc_config *c, const char *name, char *out, size_t n)
     else if (!strcmp(name, "sentinel_master")) snprintf(out, n, "%s", c->sentinel_master);
     else if (!strcmp(name, "min_replicas_ack")) snprintf(out, n, "%d", c->min_replicas_ack);
     else if (!strcmp(name, "replica_ack_timeout_ms")) snprintf(out, n, "%d", c->replica_ack_timeout_ms);
+    else if (!strcmp(name, "archive_engine")) snprintf(out, n, "%d", c->archive_engine);
+    else if (!strcmp(name, "archive_target")) snprintf(out, n, "%s", c->archive_target);
+    else if (!strcmp(name, "ledger_tail")) snprintf(out, n, "%d", c->ledger_tail);
+    else if (!strcmp(name, "archive_batch")) snprintf(out, n, "%d", c->archive_batch);
     else snprintf(out, n, "<unknown field %s>", name);
 }
 

@@ -1,0 +1,572 @@
+/*
+ * archive.c - the archiver (archive.h has the design and its proof).
+ *
+ *   timer ─► [backfill SCAN, once] ─► SSCAN archive:wallets ─► LLEN each
+ *        ─► per wallet with LLEN > ledger_tail, until it is not:
+ *              read (MULTI) ─► insert (archiver thread) ─► trim (script)
+ *        ─► next wallet; when the set is walked: again at once if anything
+ *           moved, else after archive_interval_ms.
+ *
+ * Everything but the insert runs on the loop thread through the store's
+ * async calls; one batch at a time per archiver. Callbacks after
+ * archive_quiesce() only free what they hold.
+ *
+ * Fault injection for the tests (tests/archive): KEYGATE_ARCHIVE_FAULT=
+ * "<point>:<n>" kills the daemon with SIGKILL at the n-th batch reaching
+ * <point>: "read" (read, nothing inserted), "insert" (committed in the
+ * database, not trimmed), "trim" (trim script sent, its reply not seen).
+ * KEYGATE_ARCHIVERS=2 runs two archivers, each with its own thread and
+ * connection, racing over the same wallets (what a lease handover can do).
+ */
+#include "archive.h"
+#include "cmd.h"
+#include "lease.h"
+#include "log.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ARCH_SCAN_COUNT "200"
+#define ARCH_MAX 2
+#define ERR_LOG_EVERY_MS 10000
+
+/* KEYS: wallet, ledger. ARGV: A (archived_count read), k, sum of the k,
+ * the oldest entry's text, the k-th oldest's text.
+ * Returns 1 trimmed, 0 someone else moved the checkpoint (read again),
+ * -1 no wallet / too short, -2 the oldest entries are not those archived. */
+static const char trim_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
+    "local a = tonumber(redis.call('HGET', KEYS[1], 'archived_count') or '0')\n"
+    "if a ~= tonumber(ARGV[1]) then return 0 end\n"
+    "local k = tonumber(ARGV[2])\n"
+    "if redis.call('LLEN', KEYS[2]) < k then return -1 end\n"
+    "if redis.call('LINDEX', KEYS[2], -1) ~= ARGV[4] or\n"
+    "   redis.call('LINDEX', KEYS[2], -k) ~= ARGV[5] then return -2 end\n"
+    "redis.call('LTRIM', KEYS[2], 0, -(k + 1))\n"
+    "redis.call('HINCRBY', KEYS[1], 'archived_count', k)\n"
+    "redis.call('HINCRBY', KEYS[1], 'archived_sum_micros', ARGV[3])\n"
+    "return 1\n";
+
+typedef struct archiver {
+    app *a;
+    int id;
+    worker *wk;                   /* the engine's thread */
+    arch_engine *eng;             /* only on wk's thread (or after it stopped) */
+    struct event *timer;
+    int busy;                     /* a step in flight */
+    char cursor[32];              /* SSCAN of archive:wallets */
+    json_t *todo;                 /* wallet ids whose tail is too long */
+    int moved;                    /* entries moved this walk */
+    int walking;                  /* a walk over archive:wallets is under way */
+    long long err_logged_ms;
+    /* The batch in flight. */
+    char wid[KGC_ID_MAX], team[KGC_ID_MAX];
+    long long a0, sum;
+    size_t k;
+    arch_row *rows;
+    json_t *docs, *texts;         /* keep the rows' strings alive */
+    int rc;
+    char err[400];
+} archiver;
+
+struct archive {
+    archiver *arch[ARCH_MAX];
+    int n;
+    int stopping;
+    int backfilled;               /* 1 once archive:backfilled was seen or set */
+    char bf_cursor[32];
+    char fault[16];
+    long fault_n;
+    arch_engine *reader;          /* wallet.ledger's, on the worker thread */
+    pthread_mutex_t mu;           /* guards reader */
+};
+
+static void schedule(archiver *r, int ms);
+
+static void fault(struct archive *s, const char *point)
+{
+    if (s->fault[0] != '\0' && strcmp(s->fault, point) == 0 && --s->fault_n == 0) {
+        log_warn("KEYGATE_ARCHIVE_FAULT: killing keygated at '%s'", point);
+        raise(SIGKILL);
+    }
+}
+
+static void rkey(app *a, char *out, const char *fmt, const char *x, const char *y)
+{
+    kgc_rkey(out, a->cfg.key_prefix, fmt, x, y);
+}
+
+/* Logs a database or Redis problem, at most every ERR_LOG_EVERY_MS. */
+static void complain(archiver *r, const char *what, const char *detail)
+{
+    long long now = now_ms();
+
+    if (now - r->err_logged_ms >= ERR_LOG_EVERY_MS) {
+        r->err_logged_ms = now;
+        log_warn("archive: %s: %s (Redis keeps the ledgers' tails; retrying)", what, detail);
+    }
+}
+
+static void batch_clear(archiver *r)
+{
+    free(r->rows);
+    r->rows = NULL;
+    json_decref(r->docs);
+    json_decref(r->texts);
+    r->docs = r->texts = NULL;
+    r->k = 0;
+}
+
+static void done_step(archiver *r, int ms)
+{
+    r->busy = 0;
+    if (!r->a->arch->stopping)
+        schedule(r, ms);
+}
+
+/* --- 3. trim ------------------------------------------------------------ */
+
+static void on_trim(void *arg, int ok, json_t *replies)
+{
+    archiver *r = arg;
+    long long res = ok ? json_integer_value(json_array_get(replies, 0)) : 0;
+
+    json_decref(replies);
+    if (r->a->arch->stopping) {
+        batch_clear(r);
+        r->busy = 0;
+        return;
+    }
+    if (!ok) {
+        batch_clear(r);
+        done_step(r, r->a->cfg.archive_interval_ms);    /* re-read: the checkpoint says */
+        return;
+    }
+    if (res == 1) {
+        r->moved += (int)r->k;
+        log_debug("archive: wallet %s: %zu entries from seq %lld archived", r->wid, r->k, r->a0);
+    } else if (res == -2) {
+        log_err("archive: wallet %s: the oldest ledger entries changed under archived_count %lld "
+                "(a failover lost writes?): not archiving it; run keygate fsck", r->wid, r->a0);
+        json_array_remove(r->todo, 0);
+    } else if (res != 0) {
+        json_array_remove(r->todo, 0);
+    }
+    batch_clear(r);
+    done_step(r, 0);              /* the same wallet again, until its tail is short */
+}
+
+static void trim(archiver *r)
+{
+    char kw[KGC_RKEY_MAX], kl[KGC_RKEY_MAX], a0[24], k[24], sum[24];
+    json_t *cmds;
+
+    rkey(r->a, kw, KGC_RK_WALLET, r->team, r->wid);
+    rkey(r->a, kl, KGC_RK_LEDGER, r->team, r->wid);
+    snprintf(a0, sizeof a0, "%lld", r->a0);
+    snprintf(k, sizeof k, "%zu", r->k);
+    snprintf(sum, sizeof sum, "%lld", r->sum);
+    cmds = json_pack("[[s,s,s,s,s,s,s,s,O,O]]", "EVAL", trim_lua, "2", kw, kl, a0, k, sum,
+                     json_array_get(r->texts, 0), json_array_get(r->texts, r->k - 1));
+    if (store_exec(r->a->st, cmds, 0, on_trim, r) != 0) {
+        batch_clear(r);
+        done_step(r, r->a->cfg.archive_interval_ms);
+    } else {
+        fault(r->a->arch, "trim");
+    }
+    json_decref(cmds);
+}
+
+/* --- 2. insert (archiver thread) --------------------------------------- */
+
+static void insert_work(void *arg)
+{
+    archiver *r = arg;
+
+    r->rc = -1;
+    if (r->eng == NULL &&
+        (r->eng = arch_open(r->a->cfg.archive_engine, r->a->cfg.archive_target, r->err,
+                            sizeof r->err)) == NULL)
+        return;
+    r->rc = r->eng->insert(r->eng, r->team, r->wid, r->rows, r->k, r->err, sizeof r->err);
+}
+
+static void insert_done(void *arg)
+{
+    archiver *r = arg;
+
+    if (r->a->arch->stopping) {
+        batch_clear(r);
+        r->busy = 0;
+        return;
+    }
+    if (r->rc != 0) {
+        complain(r, "the database refused a batch", r->err);
+        batch_clear(r);
+        done_step(r, r->a->cfg.archive_interval_ms);
+        return;
+    }
+    fault(r->a->arch, "insert");
+    trim(r);
+}
+
+/* --- 1. read ------------------------------------------------------------ */
+
+static void on_read(void *arg, int ok, json_t *replies)
+{
+    archiver *r = arg;
+    json_t *hm = json_array_get(replies, 0), *list = json_array_get(replies, 2);
+    long long len = json_integer_value(json_array_get(replies, 1)), k;
+    size_t n;
+
+    if (r->a->arch->stopping || !ok || !json_is_array(list) || !json_is_array(hm)) {
+        json_decref(replies);
+        if (!r->a->arch->stopping && ok)
+            json_array_remove(r->todo, 0);        /* wrong types: fsck says */
+        r->busy = 0;
+        if (!r->a->arch->stopping)
+            schedule(r, ok ? 0 : r->a->cfg.archive_interval_ms);
+        return;
+    }
+    r->a0 = json_is_string(json_array_get(hm, 0))
+                ? strtoll(json_string_value(json_array_get(hm, 0)), NULL, 10) : 0;
+    n = json_array_size(list);
+    k = len - r->a->cfg.ledger_tail;
+    if (k > (long long)n)
+        k = (long long)n;
+    if (k <= 0) {                 /* short enough: next wallet */
+        json_decref(replies);
+        json_array_remove(r->todo, 0);
+        done_step(r, 0);
+        return;
+    }
+    r->k = (size_t)k;
+    r->rows = xcalloc(r->k, sizeof *r->rows);
+    r->docs = json_array();
+    r->texts = json_array();
+    r->sum = 0;
+    for (size_t i = 0; i < r->k; i++) {
+        json_t *t = json_array_get(list, n - 1 - i);     /* the oldest is last */
+        json_t *doc = json_is_string(t) ? json_loads(json_string_value(t), 0, NULL) : NULL;
+
+        json_array_append(r->texts, t);
+        if (doc == NULL ||
+            arch_row_parse(doc, json_string_value(t), r->a0 + (long long)i, &r->rows[i]) != 0) {
+            log_err("archive: wallet %s: entry seq %lld is not a ledger entry: not archiving "
+                    "this wallet; run keygate fsck", r->wid, r->a0 + (long long)i);
+            json_decref(doc);
+            json_decref(replies);
+            batch_clear(r);
+            json_array_remove(r->todo, 0);
+            done_step(r, 0);
+            return;
+        }
+        json_array_append_new(r->docs, doc);
+        r->sum += r->rows[i].amount_micros;
+    }
+    json_decref(replies);
+    fault(r->a->arch, "read");
+    if (worker_submit(r->wk, insert_work, insert_done, r) != 0) {
+        batch_clear(r);
+        done_step(r, r->a->cfg.archive_interval_ms);
+    }
+}
+
+static void read_wallet(archiver *r)
+{
+    char kw[KGC_RKEY_MAX], kl[KGC_RKEY_MAX], lo[24];
+    const char *wid = json_string_value(json_array_get(r->todo, 0));
+    json_t *cmds;
+
+    if (wid == NULL || kgc_id_team_of(wid, 'w', r->team) != 0) {
+        json_array_remove(r->todo, 0);
+        done_step(r, 0);
+        return;
+    }
+    snprintf(r->wid, sizeof r->wid, "%s", wid);
+    rkey(r->a, kw, KGC_RK_WALLET, r->team, r->wid);
+    rkey(r->a, kl, KGC_RK_LEDGER, r->team, r->wid);
+    snprintf(lo, sizeof lo, "-%d", r->a->cfg.archive_batch);
+    cmds = json_pack("[[s,s,s,s],[s,s],[s,s,s,s]]", "HMGET", kw, "archived_count",
+                     "archived_sum_micros", "LLEN", kl, "LRANGE", kl, lo, "-1");
+    if (store_exec(r->a->st, cmds, 1, on_read, r) != 0)
+        done_step(r, r->a->cfg.archive_interval_ms);
+    json_decref(cmds);
+}
+
+/* --- the walk over archive:wallets -------------------------------------- */
+
+static void on_lens(void *arg, int ok, json_t *replies)
+{
+    archiver *r = arg;
+    json_t *ids = json_array_get(r->todo, 0);   /* the scanned ids, parked at [0] */
+    json_t *keep = json_array(), *v;
+    size_t i;
+
+    if (ok)
+        json_array_foreach(replies, i, v)
+            if (json_integer_value(v) > r->a->cfg.ledger_tail)
+                json_array_append(keep, json_array_get(ids, i));
+    json_decref(replies);
+    json_array_clear(r->todo);
+    json_array_extend(r->todo, keep);
+    json_decref(keep);
+    if (r->a->arch->stopping) {
+        r->busy = 0;
+        return;
+    }
+    done_step(r, ok ? 0 : r->a->cfg.archive_interval_ms);
+}
+
+static void on_scan(void *arg, int ok, json_t *replies)
+{
+    archiver *r = arg;
+    json_t *res = json_array_get(replies, 0), *ids = json_array_get(res, 1), *id, *cmds;
+    char team[KGC_ID_MAX], kl[KGC_RKEY_MAX];
+    size_t i;
+
+    if (r->a->arch->stopping || !ok || !json_is_array(ids)) {
+        json_decref(replies);
+        r->busy = 0;
+        if (!r->a->arch->stopping)
+            schedule(r, r->a->cfg.archive_interval_ms);
+        return;
+    }
+    snprintf(r->cursor, sizeof r->cursor, "%s", json_string_value(json_array_get(res, 0)) ?: "0");
+    cmds = json_array();
+    json_array_foreach(ids, i, id) {
+        if (kgc_id_team_of(json_string_value(id), 'w', team) != 0)
+            snprintf(team, sizeof team, "-");
+        rkey(r->a, kl, KGC_RK_LEDGER, team, json_string_value(id));
+        json_array_append_new(cmds, json_pack("[s,s]", "LLEN", kl));
+    }
+    json_array_clear(r->todo);
+    json_array_append(r->todo, ids);
+    json_decref(replies);
+    if (json_array_size(cmds) == 0 || store_exec(r->a->st, cmds, 0, on_lens, r) != 0) {
+        json_array_clear(r->todo);
+        done_step(r, 0);
+    }
+    json_decref(cmds);
+}
+
+static void ignore(void *arg, int ok, json_t *replies)
+{
+    (void)arg;
+    (void)ok;
+    json_decref(replies);
+}
+
+/* Once per store: every wallet made before archiving was configured. */
+static void on_backfill(void *arg, int ok, json_t *replies)
+{
+    archiver *r = arg;
+    struct archive *s = r->a->arch;
+    json_t *res = json_array_get(replies, 0), *keys = json_array_get(res, 1), *k, *cmds;
+    char key[KGC_RKEY_MAX];
+    size_t i;
+
+    if (s->stopping || !ok || !json_is_array(keys)) {
+        json_decref(replies);
+        r->busy = 0;
+        if (!s->stopping)
+            schedule(r, r->a->cfg.archive_interval_ms);
+        return;
+    }
+    snprintf(s->bf_cursor, sizeof s->bf_cursor, "%s",
+             json_string_value(json_array_get(res, 0)) ?: "0");
+    cmds = json_array();
+    kgc_rkey(key, r->a->cfg.key_prefix, ARCH_RK_WALLETS);
+    json_array_foreach(keys, i, k) {
+        const char *w = strrchr(json_string_value(k) ?: "", ':');
+        if (w != NULL && kgc_id_plausible(w + 1))
+            json_array_append_new(cmds, json_pack("[s,s,s]", "SADD", key, w + 1));
+    }
+    if (strcmp(s->bf_cursor, "0") == 0) {
+        kgc_rkey(key, r->a->cfg.key_prefix, ARCH_RK_BACKFILLED);
+        json_array_append_new(cmds, json_pack("[s,s,s]", "SET", key, "1"));
+        s->backfilled = 1;
+        log_info("archive: wallets registered for archiving");
+    }
+    json_decref(replies);
+    if (json_array_size(cmds) > 0)
+        store_exec(r->a->st, cmds, 0, ignore, NULL);
+    json_decref(cmds);
+    done_step(r, 0);
+}
+
+static void on_backfilled(void *arg, int ok, json_t *replies)
+{
+    archiver *r = arg;
+    struct archive *s = r->a->arch;
+
+    if (ok && json_is_string(json_array_get(replies, 0)))
+        s->backfilled = 1;
+    else if (ok)
+        s->backfilled = -1;       /* walk the keys */
+    json_decref(replies);
+    r->busy = 0;
+    if (!s->stopping)
+        schedule(r, ok ? 0 : r->a->cfg.archive_interval_ms);
+}
+
+static void step(archiver *r)
+{
+    struct archive *s = r->a->arch;
+    app *a = r->a;
+    char key[KGC_RKEY_MAX], pat[KGC_RKEY_MAX];
+    json_t *cmds;
+    store_done_fn fn;
+
+    if (s->backfilled == 0 && r->id == 0) {
+        kgc_rkey(key, a->cfg.key_prefix, ARCH_RK_BACKFILLED);
+        cmds = json_pack("[[s,s]]", "GET", key);
+        fn = on_backfilled;
+    } else if (s->backfilled == -1 && r->id == 0) {
+        kgc_rkey(pat, a->cfg.key_prefix, KGC_RK_WALLET, "*", "*");
+        cmds = json_pack("[[s,s,s,s,s,s,s,s]]", "SCAN", s->bf_cursor, "MATCH", pat, "COUNT",
+                         "1000", "TYPE", "hash");
+        fn = on_backfill;
+    } else if (s->backfilled != 1) {
+        schedule(r, a->cfg.archive_interval_ms);
+        return;
+    } else if (json_array_size(r->todo) > 0) {
+        r->busy = 1;
+        read_wallet(r);
+        return;
+    } else {
+        if (strcmp(r->cursor, "0") == 0 && r->walking) {   /* a walk ended */
+            int moved = r->moved;
+            r->walking = 0;
+            r->moved = 0;
+            if (moved == 0) {     /* nothing to do: rest, then walk again */
+                schedule(r, a->cfg.archive_interval_ms);
+                return;
+            }
+        }
+        r->walking = 1;
+        kgc_rkey(key, a->cfg.key_prefix, ARCH_RK_WALLETS);
+        cmds = json_pack("[[s,s,s,s,s]]", "SSCAN", key, r->cursor, "COUNT", ARCH_SCAN_COUNT);
+        fn = on_scan;
+    }
+    r->busy = 1;
+    if (store_exec(a->st, cmds, 0, fn, r) != 0) {
+        r->busy = 0;
+        schedule(r, a->cfg.archive_interval_ms);
+    }
+    json_decref(cmds);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    archiver *r = arg;
+    app *a = r->a;
+
+    (void)fd;
+    (void)what;
+    if (a->arch->stopping || r->busy)
+        return;
+    if (a->st == NULL || !store_connected(a->st) || !lease_may_write(a)) {
+        schedule(r, a->cfg.archive_interval_ms);
+        return;
+    }
+    step(r);
+}
+
+static void schedule(archiver *r, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    evtimer_add(r->timer, &tv);
+}
+
+void archive_start(app *a)
+{
+    struct archive *s;
+    const char *f = getenv("KEYGATE_ARCHIVE_FAULT"), *n = getenv("KEYGATE_ARCHIVERS");
+
+    if (a->cfg.archive_engine == KGC_ARCHIVE_NONE)
+        return;
+    s = xcalloc(1, sizeof *s);
+    a->arch = s;
+    pthread_mutex_init(&s->mu, NULL);
+    s->n = n != NULL && atoi(n) >= 2 ? ARCH_MAX : 1;
+    if (f != NULL && sscanf(f, "%15[a-z]:%ld", s->fault, &s->fault_n) != 2)
+        s->fault[0] = '\0';
+    for (int i = 0; i < s->n; i++) {
+        archiver *r = xcalloc(1, sizeof *r);
+        r->a = a;
+        r->id = i;
+        r->wk = worker_new(a->base);
+        r->timer = evtimer_new(a->base, on_timer, r);
+        r->todo = json_array();
+        snprintf(r->cursor, sizeof r->cursor, "0");
+        s->arch[i] = r;
+        schedule(r, 0);
+    }
+    log_info("archive: %s, keeping the newest %d entries of each ledger in Redis%s",
+             a->cfg.archive_engine == KGC_ARCHIVE_SQLITE ? "sqlite" : "postgresql",
+             a->cfg.ledger_tail, s->n > 1 ? " (two archivers: test mode)" : "");
+}
+
+void archive_quiesce(app *a)
+{
+    struct archive *s = a->arch;
+
+    if (s == NULL)
+        return;
+    s->stopping = 1;
+    for (int i = 0; i < s->n; i++) {
+        archiver *r = s->arch[i];
+        evtimer_del(r->timer);
+        worker_free(r->wk);       /* runs the batch in flight to its end */
+        r->wk = NULL;
+    }
+}
+
+void archive_free(app *a)
+{
+    struct archive *s = a->arch;
+
+    if (s == NULL)
+        return;
+    for (int i = 0; i < s->n; i++) {
+        archiver *r = s->arch[i];
+        worker_free(r->wk);
+        if (r->eng)
+            r->eng->close(r->eng);
+        batch_clear(r);
+        event_free(r->timer);
+        json_decref(r->todo);
+        free(r);
+    }
+    if (s->reader)
+        s->reader->close(s->reader);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+    a->arch = NULL;
+}
+
+int archive_page(app *a, const char *wallet_id, long long max_seq, const arch_filter *f,
+                 int limit, json_t *out, char *err, size_t errlen)
+{
+    struct archive *s = a->arch;
+    int rc = -1;
+
+    if (s == NULL) {
+        snprintf(err, errlen, "this ledger's older entries are archived, but no 'archive' is "
+                              "configured");
+        return -1;
+    }
+    pthread_mutex_lock(&s->mu);
+    if (s->reader == NULL)
+        s->reader = arch_open(a->cfg.archive_engine, a->cfg.archive_target, err, errlen);
+    if (s->reader != NULL)
+        rc = s->reader->page(s->reader, wallet_id, max_seq, f, limit, out, err, errlen);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}

@@ -1,0 +1,330 @@
+/*
+ * arch_pg.c - the PostgreSQL archive engine (Debian's postgresql + libpq):
+ * for several daemons on several machines sharing one archive.
+ *
+ * A batch is sent in libpq's pipeline mode: every INSERT of the batch,
+ * then one Sync, so the whole batch is one implicit transaction and one
+ * round trip; a failed row aborts the rest and nothing of the batch stays.
+ * Statements are prepared once per connection; values are bound, never
+ * quoted into SQL. A broken connection is reset at the next call (and the
+ * statements prepared again), so a database restart needs nothing but
+ * time.
+ */
+#include "arch_engine.h"
+
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Any fixed number: the advisory lock that serialises migrations. */
+#define MIGRATION_LOCK "7365756e6b67"
+
+typedef struct pg_engine {
+    arch_engine base;             /* first: a pg_engine * is an arch_engine * */
+    PGconn *conn;
+    int prepared;                 /* statements exist on this connection */
+} pg_engine;
+
+static int fail(pg_engine *p, const char *what, char *err, size_t errlen)
+{
+    const char *m = PQerrorMessage(p->conn);
+    size_t n;
+
+    snprintf(err, errlen, "postgresql: %s: %s", what, m && *m ? m : "failed");
+    n = strlen(err);
+    while (n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '))
+        err[--n] = '\0';
+    return -1;
+}
+
+/* Runs sql (no parameters, possibly several statements); 0 or -1. */
+static int exec(pg_engine *p, const char *sql, char *err, size_t errlen)
+{
+    PGresult *r = PQexec(p->conn, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+
+    if (!ok)
+        fail(p, "exec", err, errlen);
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+static int prepare(pg_engine *p, char *err, size_t errlen)
+{
+    static const struct { const char *name, *sql; int n; } st[] = {
+        {"ins", "INSERT INTO ledger (wallet_id, seq, team_id, type, amount_micros, at_ms,"
+                " key_id, service, model, request_id, entry)"
+                " VALUES ($1, $2::bigint, $3, $4, $5::bigint, $6::bigint, $7, $8, $9, $10, $11)"
+                " ON CONFLICT (wallet_id, seq) DO NOTHING", 11},
+        {"sums", "SELECT count(*), coalesce(sum(amount_micros), 0) FROM ledger"
+                 " WHERE wallet_id = $1 AND seq < $2::bigint", 2},
+        {"maxseq", "SELECT coalesce(max(seq), -1) FROM ledger WHERE wallet_id = $1", 1},
+    };
+
+    for (size_t i = 0; i < sizeof st / sizeof st[0]; i++) {
+        PGresult *r = PQprepare(p->conn, st[i].name, st[i].sql, st[i].n, NULL);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        if (!ok)
+            return fail(p, "prepare", err, errlen);
+    }
+    p->prepared = 1;
+    return 0;
+}
+
+/* The connection, reset if it broke since the last call. */
+static int ready(pg_engine *p, char *err, size_t errlen)
+{
+    if (PQstatus(p->conn) != CONNECTION_OK) {
+        PQreset(p->conn);
+        p->prepared = 0;
+        if (PQstatus(p->conn) != CONNECTION_OK)
+            return fail(p, "connect", err, errlen);
+    }
+    return p->prepared ? 0 : prepare(p, err, errlen);
+}
+
+static int pg_insert(arch_engine *e, const char *team_id, const char *wallet_id,
+                     const arch_row *rows, size_t n, char *err, size_t errlen)
+{
+    pg_engine *p = (pg_engine *)e;
+    int rc = 0, synced = 0;
+    PGresult *r;
+
+    if (ready(p, err, errlen) != 0)
+        return -1;
+    if (PQenterPipelineMode(p->conn) != 1)
+        return fail(p, "pipeline", err, errlen);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char seq[24], amt[24], at[24];
+        const char *v[11];
+
+        snprintf(seq, sizeof seq, "%lld", rows[i].seq);
+        snprintf(amt, sizeof amt, "%lld", rows[i].amount_micros);
+        snprintf(at, sizeof at, "%lld", rows[i].at_ms);
+        v[0] = wallet_id, v[1] = seq, v[2] = team_id, v[3] = rows[i].type, v[4] = amt;
+        v[5] = at, v[6] = rows[i].key_id, v[7] = rows[i].service, v[8] = rows[i].model;
+        v[9] = rows[i].request_id, v[10] = rows[i].entry;
+        if (PQsendQueryPrepared(p->conn, "ins", 11, v, NULL, NULL, 0) != 1)
+            rc = fail(p, "send", err, errlen);
+    }
+    if (rc == 0 && PQpipelineSync(p->conn) != 1)
+        rc = fail(p, "sync", err, errlen);
+    /* Read every result up to the Sync's (or until the connection broke):
+     * one per INSERT (then a NULL), PGRES_PIPELINE_ABORTED after an error. */
+    while (rc == 0 || !synced) {
+        r = PQgetResult(p->conn);
+        if (r == NULL) {
+            if (PQstatus(p->conn) != CONNECTION_OK) {
+                if (rc == 0)
+                    rc = fail(p, "connection lost", err, errlen);
+                break;
+            }
+            continue;           /* the end of one query's results */
+        }
+        switch (PQresultStatus(r)) {
+        case PGRES_PIPELINE_SYNC:
+            synced = 1;
+            break;
+        case PGRES_COMMAND_OK:
+            break;
+        default:
+            if (rc == 0)
+                rc = fail(p, "insert", err, errlen);
+            break;
+        }
+        PQclear(r);
+        if (synced)
+            break;
+    }
+    if (PQexitPipelineMode(p->conn) != 1) {
+        /* Still busy (a lost connection): drop it; ready() resets it. */
+        PQreset(p->conn);
+        p->prepared = 0;
+        if (rc == 0)
+            rc = fail(p, "pipeline end", err, errlen);
+    }
+    return rc;
+}
+
+static int pg_page(arch_engine *e, const char *wallet_id, long long max_seq,
+                   const arch_filter *f, int limit, json_t *out, char *err, size_t errlen)
+{
+    pg_engine *p = (pg_engine *)e;
+    char sql[600], seq[24], from[24], to[24], lim[16], cond[200] = "";
+    const char *v[6];
+    int n = 2;
+    PGresult *r;
+
+    if (ready(p, err, errlen) != 0)
+        return -1;
+    snprintf(seq, sizeof seq, "%lld", max_seq);
+    snprintf(lim, sizeof lim, "%d", limit);
+    v[0] = wallet_id;
+    v[1] = seq;
+    /* Only the filters asked for are in the SQL, so the planner can use
+     * the index that fits. */
+    if (f->key_id) {
+        v[n++] = f->key_id;
+        snprintf(cond + strlen(cond), sizeof cond - strlen(cond), " AND key_id = $%d", n);
+    }
+    if (f->service) {
+        v[n++] = f->service;
+        snprintf(cond + strlen(cond), sizeof cond - strlen(cond), " AND service = $%d", n);
+    }
+    if (f->from_ms >= 0) {
+        snprintf(from, sizeof from, "%lld", f->from_ms);
+        v[n++] = from;
+        snprintf(cond + strlen(cond), sizeof cond - strlen(cond), " AND at_ms >= $%d::bigint", n);
+    }
+    if (f->to_ms >= 0) {
+        snprintf(to, sizeof to, "%lld", f->to_ms);
+        v[n++] = to;
+        snprintf(cond + strlen(cond), sizeof cond - strlen(cond), " AND at_ms <= $%d::bigint", n);
+    }
+    snprintf(sql, sizeof sql, "SELECT seq, entry FROM ledger WHERE wallet_id = $1"
+                              " AND seq <= $2::bigint%s ORDER BY seq DESC LIMIT %s", cond, lim);
+    r = PQexecParams(p->conn, sql, n, NULL, v, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        PQclear(r);
+        return fail(p, "page", err, errlen);
+    }
+    for (int i = 0; i < PQntuples(r); i++)
+        json_array_append_new(out, json_pack("[I,s]",
+                                             (json_int_t)strtoll(PQgetvalue(r, i, 0), NULL, 10),
+                                             PQgetvalue(r, i, 1)));
+    PQclear(r);
+    return 0;
+}
+
+static int pg_sums(arch_engine *e, const char *wallet_id, long long below, long long *count,
+                   long long *sum, long long *max_seq, char *err, size_t errlen)
+{
+    pg_engine *p = (pg_engine *)e;
+    char b[24];
+    const char *v[2] = {wallet_id, b};
+    PGresult *r;
+
+    if (ready(p, err, errlen) != 0)
+        return -1;
+    snprintf(b, sizeof b, "%lld", below);
+    r = PQexecPrepared(p->conn, "sums", 2, v, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        PQclear(r);
+        return fail(p, "sums", err, errlen);
+    }
+    *count = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    *sum = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+    PQclear(r);
+    r = PQexecPrepared(p->conn, "maxseq", 1, v, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        PQclear(r);
+        return fail(p, "max seq", err, errlen);
+    }
+    *max_seq = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return 0;
+}
+
+static int pg_wallets(arch_engine *e, const char *after, int limit, json_t *out, char *err,
+                      size_t errlen)
+{
+    pg_engine *p = (pg_engine *)e;
+    char lim[16];
+    const char *v[2] = {after, lim};
+    PGresult *r;
+
+    if (ready(p, err, errlen) != 0)
+        return -1;
+    snprintf(lim, sizeof lim, "%d", limit);
+    r = PQexecParams(p->conn, "SELECT DISTINCT wallet_id FROM ledger WHERE wallet_id > $1"
+                              " ORDER BY wallet_id LIMIT $2::int", 2, NULL, v, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        PQclear(r);
+        return fail(p, "wallets", err, errlen);
+    }
+    for (int i = 0; i < PQntuples(r); i++)
+        json_array_append_new(out, json_string(PQgetvalue(r, i, 0)));
+    PQclear(r);
+    return 0;
+}
+
+static void pg_close(arch_engine *e)
+{
+    pg_engine *p = (pg_engine *)e;
+
+    if (p == NULL)
+        return;
+    PQfinish(p->conn);
+    free(p);
+}
+
+/* Applies the migrations this database has not seen, under an advisory
+ * lock held to the end of the transaction: daemons starting together
+ * apply each once. */
+static int migrate(pg_engine *p, char *err, size_t errlen)
+{
+    PGresult *r;
+    int have;
+
+    if (exec(p, "BEGIN; SELECT pg_advisory_xact_lock(x'" MIGRATION_LOCK "'::bigint);"
+                "CREATE TABLE IF NOT EXISTS keygate_schema (version INTEGER NOT NULL)",
+             err, errlen) != 0)
+        goto rollback;
+    r = PQexec(p->conn, "SELECT coalesce(max(version), 0) FROM keygate_schema");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        PQclear(r);
+        fail(p, "schema version", err, errlen);
+        goto rollback;
+    }
+    have = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (have > ARCH_SCHEMA_VERSION) {
+        snprintf(err, errlen, "postgresql: the archive's schema is version %d, newer than "
+                              "this keygated's %d", have, ARCH_SCHEMA_VERSION);
+        goto rollback;
+    }
+    for (int v = have + 1; v <= ARCH_SCHEMA_VERSION; v++) {
+        char row[80];
+        snprintf(row, sizeof row, "INSERT INTO keygate_schema VALUES (%d)", v);
+        if (exec(p, arch_migration("postgresql", v), err, errlen) != 0 ||
+            exec(p, row, err, errlen) != 0)
+            goto rollback;
+    }
+    return exec(p, "COMMIT", err, errlen);
+rollback:
+    PQclear(PQexec(p->conn, "ROLLBACK"));
+    return -1;
+}
+
+arch_engine *arch_pg_open(const char *conninfo, char *err, size_t errlen)
+{
+    pg_engine *p = calloc(1, sizeof *p);
+
+    if (p == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->base.name = "postgresql";
+    p->base.insert = pg_insert;
+    p->base.page = pg_page;
+    p->base.sums = pg_sums;
+    p->base.wallets = pg_wallets;
+    p->base.close = pg_close;
+    p->conn = PQconnectdb(conninfo);
+    if (p->conn == NULL || PQstatus(p->conn) != CONNECTION_OK) {
+        if (p->conn == NULL)
+            snprintf(err, errlen, "postgresql: out of memory");
+        else
+            fail(p, "connect", err, errlen);
+        pg_close(&p->base);
+        return NULL;
+    }
+    PQclear(PQexec(p->conn, "SET client_min_messages = warning"));
+    if (migrate(p, err, errlen) != 0 || prepare(p, err, errlen) != 0) {
+        pg_close(&p->base);
+        return NULL;
+    }
+    return &p->base;
+}
