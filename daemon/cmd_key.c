@@ -215,6 +215,8 @@ job_step cmd_key_create(job *j)
     job_write_json(j, rk(j, KGC_RK_KEY, j->team_id, kid), doc);
     snprintf(score, sizeof score, "%lld", now);
     job_write(j, "ZADD", rk(j, KGC_RK_KEYS, j->team_id), score, kid, NULL);
+    for (size_t i = 0; i < json_array_size(json_object_get(doc, "users")); i++)
+        ukeys_add(j, doc, json_string_value(json_array_get(json_object_get(doc, "users"), i)));
     if (json_object_get(doc, "expires_at") != NULL)
         expiry_track(j, doc);
     j->result = key_public(doc);
@@ -245,15 +247,24 @@ typedef struct key_scan {
 
 enum { KS_IDS = 1, KS_DOCS, KS_NAMES };
 
+/* A user-role member of an indexed team walks their own key index
+ * (model.h ukeys_*): only their keys are read. Otherwise the team's keys,
+ * a user-role member's filtered by document. */
+static int key_own_index(job *j)
+{
+    return !role_is_admin(j->role) && ukeys_indexed(j);
+}
+
 static long long key_batch(job *j, long long limit)
 {
-    return role_is_admin(j->role) ? limit : PAGE_BATCH_MAX;
+    return role_is_admin(j->role) || key_own_index(j) ? limit : PAGE_BATCH_MAX;
 }
 
 static void key_ids_read(job *j, key_scan *sc, long long batch)
 {
     char stop[24], sc_s[32], after[34], cnt[24];
-    const char *zk = rk(j, KGC_RK_KEYS, j->team_id);
+    const char *zk = key_own_index(j) ? rk(j, KGC_RK_USERKEYS, j->team_id, j->actor_id)
+                                       : rk(j, KGC_RK_KEYS, j->team_id);
     char key[KGC_RKEY_MAX];
 
     snprintf(key, sizeof key, "%s", zk);
@@ -490,16 +501,21 @@ static int edit_users(job *j, json_t *doc, json_t *extra)
         if (kept)
             continue;
         dropped |= key_drop_tokens(j, doc, uid);
+        ukeys_del(j, doc, uid);
         if (notify) {
             notify_user(j, uid, "key.unassigned", doc);
             json_array_append(notified, u);
         }
     }
-    json_array_foreach(want, i, u)
-        if (notify && !key_has_user(doc, json_string_value(u))) {
+    json_array_foreach(want, i, u) {
+        if (key_has_user(doc, json_string_value(u)))
+            continue;
+        ukeys_add(j, doc, json_string_value(u));
+        if (notify) {
             notify_user(j, json_string_value(u), "key.assigned", doc);
             json_array_append(notified, u);
         }
+    }
     json_object_set_new(doc, "users", want);
     if (dropped)
         job_publish(j, "key %s", arg_str(j, "key"));

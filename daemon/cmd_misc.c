@@ -127,8 +127,8 @@ static job_step signup_commit(job *j, const char *email, const char *pwhash)
                      "created_at", (json_int_t)now);
     if (pwhash != NULL)
         json_object_set_new(user, "password_hash", json_string(pwhash));
-    team = json_pack("{s:s,s:s,s:s,s:I}", "team_id", tid, "name", team_name,
-                     "free_key_id", kid, "created_at", (json_int_t)now);
+    team = json_pack("{s:s,s:s,s:s,s:I,s:b}", "team_id", tid, "name", team_name,
+                     "free_key_id", kid, "created_at", (json_int_t)now, "ukeys", 1);
     services = json_object();
     for (size_t i = 0; i < j->app->cat->nservices; i++)
         if (j->app->cat->services[i].free)
@@ -147,6 +147,7 @@ static job_step signup_commit(job *j, const char *email, const char *pwhash)
     job_write_json(j, rk(j, KGC_RK_KEY, tid, kid), key);
     snprintf(score, sizeof score, "%lld", now);
     job_write(j, "ZADD", rk(j, KGC_RK_KEYS, tid), score, kid, NULL);
+    ukeys_add(j, key, uid);
     json_decref(user);
     json_decref(team);
     json_decref(key);

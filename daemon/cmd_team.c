@@ -322,6 +322,7 @@ static int member_unassign(job *j, const char *uid)
         json_array_foreach(users, k, u)
             if (strcmp(json_string_value(u), uid) == 0) {
                 json_array_remove(users, k);
+                ukeys_del(j, id, uid);
                 changed = 1;
                 break;
             }
@@ -374,6 +375,7 @@ job_step cmd_team_member_remove(job *j)
     }
     /* The last batch (its writes, if any, are queued): leave the team. */
     member_set(j, uid, NULL);
+    job_write(j, "DEL", rk(j, KGC_RK_USERKEYS, j->team_id, uid), NULL);
     job_write(j, "SREM", rk(j, KGC_RK_USERTEAMS, uid), j->team_id, NULL);
     j->result = json_object();
     return J_WRITE;

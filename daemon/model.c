@@ -161,6 +161,34 @@ void member_set(job *j, const char *uid, const char *role)
     j->legacy_members = 0;
 }
 
+void ukeys_add(job *j, const json_t *keydoc, const char *user_id)
+{
+    char score[32], key[KGC_RKEY_MAX];
+    const char *kid = json_string_value(json_object_get(keydoc, "key_id"));
+    const char *tid = json_string_value(json_object_get(keydoc, "team_id"));
+
+    if (kid == NULL || tid == NULL)
+        return;
+    snprintf(key, sizeof key, "%s", rk(j, KGC_RK_USERKEYS, tid, user_id));
+    snprintf(score, sizeof score, "%lld",
+             (long long)json_integer_value(json_object_get(keydoc, "created_at")));
+    job_write(j, "ZADD", key, score, kid, NULL);
+}
+
+void ukeys_del(job *j, const json_t *keydoc, const char *user_id)
+{
+    const char *kid = json_string_value(json_object_get(keydoc, "key_id"));
+    const char *tid = json_string_value(json_object_get(keydoc, "team_id"));
+
+    if (kid != NULL && tid != NULL)
+        job_write(j, "ZREM", rk(j, KGC_RK_USERKEYS, tid, user_id), kid, NULL);
+}
+
+int ukeys_indexed(const job *j)
+{
+    return json_is_true(json_object_get(j->team, "ukeys"));
+}
+
 json_t *users_check(job *j, json_t *users)
 {
     json_t *members = json_object_get(j->team, "members"), *out = json_array(), *u;

@@ -40,6 +40,15 @@ void members_all_loaded(job *j, json_t *reply);
  * "members" and all of them moved to the hash in the same commit. */
 void member_set(job *j, const char *uid, const char *role);
 
+/* The per-member key index P {t:T}:ukeys:<user_id> (a zset of the keys
+ * the member is a user of, by the key's created_at): a user-role member's
+ * key.list reads only their keys. Kept in the commit of every change to a
+ * key's users; trusted by key.list only in teams whose document says
+ * "ukeys": true (teams made since the index exists; docs/redis-schema.md). */
+void ukeys_add(job *j, const json_t *keydoc, const char *user_id);
+void ukeys_del(job *j, const json_t *keydoc, const char *user_id);
+int ukeys_indexed(const job *j);
+
 /* Stage 0 of a command taking "services": queue one EXISTS per payg wallet
  * of the job's team. Returns how many reads it queued. */
 size_t services_prefetch(job *j, json_t *services);

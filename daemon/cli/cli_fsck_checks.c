@@ -172,11 +172,47 @@ static void check_keydoc(fsck *f, const char *T, const char *kid, const char *kn
     }
 }
 
+
+/* A team with the per-member key index (model.h ukeys_*): each member's
+ * P {t:T}:ukeys:<user> holds exactly the keys whose documents list that
+ * user (want: user -> {key_id: true}). */
+static void check_user_keys(fsck *f, const char *T, json_t *members, json_t *want)
+{
+    const char *uid, *kid;
+    json_t *v, *k;
+    char uk[KGC_RKEY_MAX];
+
+    json_object_foreach(members, uid, v) {
+        const char *z[4] = {"ZRANGE", uk, "0", "-1"};
+        json_t *mine = json_object_get(want, uid), *seen = json_object();
+        redisReply *r;
+
+        fsck_rk(f, uk, KGC_RK_USERKEYS, T, uid);
+        r = fsck_rcmd(f, 4, z, NULL);
+        if (r == NULL) {
+            json_decref(seen);
+            return;
+        }
+        for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+            if (!fsck_is_str(r->element[i]))
+                continue;
+            json_object_set_new(seen, r->element[i]->str, json_true());
+            if (json_object_get(mine, r->element[i]->str) == NULL)
+                PROBLEM(f, uk, "lists key %s, whose users do not include %s", r->element[i]->str, uid);
+        }
+        json_object_foreach(mine, kid, k)
+            if (json_object_get(seen, kid) == NULL)
+                PROBLEM(f, uk, "misses key %s, whose users include %s", kid, uid);
+        freeReplyObject(r);
+        json_decref(seen);
+    }
+}
+
 int fsck_check_team(fsck *f, const char *T, const char *unused)
 {
     char kt[KGC_RKEY_MAX], kk[KGC_RKEY_MAX], kw[KGC_RKEY_MAX], km[KGC_RKEY_MAX], name[KGC_RKEY_MAX];
     redisReply *rt, *rkeys, *rwal, *rm, **docs = NULL, **wex = NULL;
-    json_t *team, *members, *kids, *wids, *team_wallets, *v, *hashed = NULL;
+    json_t *team, *members, *kids, *wids, *team_wallets, *v, *hashed = NULL, *ukeys;
     const char *fk, *uid, *id;
     char **dkeys = NULL, **wkeys = NULL;
     size_t nk = 0, nw = 0, i;
@@ -223,6 +259,8 @@ int fsck_check_team(fsck *f, const char *T, const char *unused)
     }
     freeReplyObject(rm);
     fk = json_string_value(json_object_get(team, "free_key_id"));
+    /* user -> {key: true} from the documents, when the team's key index is on */
+    ukeys = json_is_true(json_object_get(team, "ukeys")) ? json_object() : NULL;
     if (team == NULL || !json_is_object(members)) {
         PROBLEM(f, kt, "not a team document, or a team without members");
         members = NULL;
@@ -330,8 +368,22 @@ int fsck_check_team(fsck *f, const char *T, const char *unused)
             PROBLEM(f, kt, "free_key_id %s names a key whose kind is not free", id);
         }
         check_keydoc(f, T, id, kname, doc, members, team_wallets);
+        if (ukeys != NULL) {
+            json_t *u;
+            size_t k;
+            json_array_foreach(json_object_get(doc, "users"), k, u) {
+                if (!json_is_string(u))
+                    continue;
+                if (json_object_get(ukeys, json_string_value(u)) == NULL)
+                    json_object_set_new(ukeys, json_string_value(u), json_object());
+                json_object_set_new(json_object_get(ukeys, json_string_value(u)), id, json_true());
+            }
+        }
         json_decref(doc);
     }
+    if (ukeys != NULL)
+        check_user_keys(f, T, members, ukeys);
+    json_decref(ukeys);
     if (team != NULL && frees != 1)
         PROBLEM(f, kt, "has %d keys of kind free, not exactly one", frees);
 

@@ -38,6 +38,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_TEAM      "{t:%s}:team"             JSON team document
  *   KGC_RK_MEMBERS   "{t:%s}:members"          hash user_id -> role
  *   KGC_RK_KEYS      "{t:%s}:keys"             zset key_id by created ms
+ *   KGC_RK_USERKEYS  "{t:%s}:ukeys:%s"         zset: the keys a member is a user of, by created ms
  *   KGC_RK_KEY       "{t:%s}:key:%s"           JSON key document
  *   KGC_RK_WALLETS   "{t:%s}:wallets"          zset wallet_id by created ms
  *   KGC_RK_WALLET    "{t:%s}:wallet:%s"        hash (balance_micros, ...)
@@ -68,6 +69,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 #define KGC_RK_TEAM    "{t:%s}:team"
 #define KGC_RK_MEMBERS "{t:%s}:members"
 #define KGC_RK_KEYS    "{t:%s}:keys"
+#define KGC_RK_USERKEYS "{t:%s}:ukeys:%s"
 #define KGC_RK_KEY     "{t:%s}:key:%s"
 #define KGC_RK_WALLETS "{t:%s}:wallets"
 #define KGC_RK_WALLET  "{t:%s}:wallet:%s"

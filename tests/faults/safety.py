@@ -275,8 +275,14 @@ def check_present(tc, env, s):
             tc.assertIsNotNone(env.redis("GET", "kg:user:" + res["user_id"]))
             tc.assertIsNotNone(env.redis("GET", "kg:{t:%s}:team" % res["team_id"]))
         elif cmd == "team.member.add":
-            team = json.loads(env.redis("GET", p + "team"))
-            tc.assertEqual(team["members"].get(args["user"]), "user", "acknowledged member lost")
+            tc.assertEqual(team_members(env, p).get(args["user"]), "user", "acknowledged member lost")
+
+
+def team_members(env, p):
+    """user_id -> role of the team whose keys start with p: the hash
+    P {t:T}:members (docs/redis-schema.md)."""
+    flat = [x.decode() if isinstance(x, bytes) else x for x in (env.redis("HGETALL", p + "members") or [])]
+    return dict(zip(flat[0::2], flat[1::2]))
 
 
 class Applied:
@@ -291,7 +297,7 @@ class Applied:
         self.names = {d["name"] for d in self.docs.values()}
         self.refs = {json.loads(e).get("reference")
                      for e in env.redis("LRANGE", p + "ledger:" + s.w, 0, -1)}
-        self.members = json.loads(env.redis("GET", p + "team"))["members"]
+        self.members = team_members(env, p)
         self.env = env
 
     def __call__(self, cmd, args):

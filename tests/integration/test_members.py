@@ -115,6 +115,52 @@ class Members(kgtest.EnvCase):
         self.assertEqual(self.hash(T), dict(roles, **{new: "user"}))
         self.fsck_clean()
 
+    def ukeys(self, team, uid):
+        return sorted(x.decode() if isinstance(x, bytes) else x
+                      for x in self.env.redis("ZRANGE", "kg:{t:%s}:ukeys:%s" % (team, uid), "0", "-1"))
+
+    def test_user_key_list_reads_only_their_keys(self):
+        t = kgtest.make_team(self.c, admins=1, users=2, outsiders=0)
+        o, a, (u, v), T = t["owner"], t["admins"][0], t["users"], t["team"]
+        mine = []
+        for n in range(30):
+            users = [u] if n % 6 == 0 else [v]
+            k = self.c.ok("key.create", a, team=T, name="k%d" % n, users=users)["key_id"]
+            if users == [u]:
+                mine.append(k)
+        self.assertEqual(self.ukeys(T, u), sorted(mine))
+        # Full pages of 2 (the index holds only u's keys: no short pages).
+        seen, cursor = [], None
+        while True:
+            args = {"team": T, "limit": 2}
+            if cursor:
+                args["cursor"] = cursor
+            r = self.c.ok("key.list", u, **args)
+            seen += [k["key_id"] for k in r["keys"]]
+            cursor = r.get("next_cursor")
+            if not cursor:
+                break
+            self.assertEqual(len(r["keys"]), 2)
+        self.assertEqual(sorted(seen), sorted(mine))
+        # users.set and member removal keep the index.
+        self.c.ok("key.users.set", a, key=mine[0], users=[v])
+        self.assertNotIn(mine[0], self.ukeys(T, u))
+        self.assertIn(mine[0], self.ukeys(T, v))
+        self.assertNotIn(mine[0], [k["key_id"] for k in self.c.ok("key.list", u, team=T)["keys"]])
+        self.fsck_clean()
+        self.c.ok("team.member.remove", o, team=T, user=v)
+        self.assertEqual(self.ukeys(T, v), [])
+        self.fsck_clean()
+        # A stale entry is found by fsck.
+        mk = "kg:{t:%s}:ukeys:%s" % (T, u)
+        self.env.redis("ZADD", mk, "1", "k_notakeyofu")
+        p = subprocess.run([CLI, "--json", "fsck", "--config", self.env.config_path],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertTrue(any("k_notakeyofu" in x["problem"] for x in json.loads(p.stdout)["problems"]),
+                        p.stdout)
+        self.env.redis("ZREM", mk, "k_notakeyofu")
+
 
 if __name__ == "__main__":
     unittest.main()
