@@ -221,7 +221,9 @@ static void issue_cold(kg_pending *p)
     kg_ctx *ctx = p->ctx;
     char tk[KGC_RKEY_MAX], now[24], amt[24], lim[24], ttl[24], day[16], month[16], hour[16];
     char vals[KG_MAX_PARAMS][24];
-    const char *argv[24 + 2 * KG_MAX_PARAMS];
+    const char *argv[25 + 2 * KG_MAX_PARAMS];
+    /* The document is returned only when it will be cached. */
+    int want_doc = ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok;
     int argc;
 
     if (kgc_rkey(tk, ctx->cfg.key_prefix, KGC_RK_TOKEN, p->tok_team, p->hash) < 0) {
@@ -233,14 +235,15 @@ static void issue_cold(kg_pending *p)
     snprintf(amt, sizeof amt, "%lld", (long long)p->cost);
     snprintf(lim, sizeof lim, "%lld", (long long)p->quota_limit);
     snprintf(ttl, sizeof ttl, "%d", ctx->cfg.hold_ttl_ms);
-    const char *a[24] = {"EVALSHA", ctx->sha[KG_SCRIPT_COLD], "1", tk,
+    const char *a[25] = {"EVALSHA", ctx->sha[KG_SCRIPT_COLD], "1", tk,
                          ctx->cfg.key_prefix, p->tok_team, p->hash, now, p->settle ? "s" : "a",
                          p->service, p->model, p->request_id, p->fp,
                          p->cold_bad ? "1" : "0", p->cold_free ? "1" : "0",
                          p->cold_settle ? "1" : "0", p->cold_hold_bad ? "1" : "0",
-                         amt, lim, ttl, ctx->cfg.usage_counters ? "1" : "0", day, month, hour};
+                         amt, lim, ttl, ctx->cfg.usage_counters ? "1" : "0", day, month, hour,
+                         want_doc ? "1" : "0"};
     memcpy(argv, a, sizeof a);
-    argc = ctx->cfg.usage_counters ? param_args(p, argv, 24, vals) : 24;
+    argc = ctx->cfg.usage_counters ? param_args(p, argv, 25, vals) : 25;
     issue(p, KG_ST_EVAL, argc, argv);
 }
 
@@ -863,9 +866,11 @@ static void on_cold(kg_pending *p, redisReply *r)
     copy_id(p->r.user_id, r->element[2]->str);
     copy_id(p->r.wallet_id, r->element[5]->str);
     /* The script checked the document as kg_entry_build does; an entry C
-     * cannot build is only not cached (the verdict stands). */
-    p->ent = kg_entry_build(p->hash, p->r.key_id, p->r.team_id, p->r.user_id, exp,
-                            r->element[4]->str, r->element[4]->len, err, sizeof err);
+     * cannot build is only not cached (the verdict stands). No document:
+     * none was asked for (nothing to cache). */
+    if (r->element[4]->len > 0)
+        p->ent = kg_entry_build(p->hash, p->r.key_id, p->r.team_id, p->r.user_id, exp,
+                                r->element[4]->str, r->element[4]->len, err, sizeof err);
     if (p->ent != NULL && ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok && p->sub_ok_at_start &&
         p->inval_gen == ctx->inval_gen) {
         int64_t now = kg_mono_ms();

@@ -408,9 +408,11 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
  *           hold cannot be priced (no request id, a measured param without
  *           maximum), 14 the amount (debit price | hold | settle cost),
  *           15 quota limit, 16 hold_ttl_ms, 17 '1' = usage counters on,
- *           18 yyyymmdd, 19 yyyymm, 20 yyyymmddhh, 21.. params (name, value)
+ *           18 yyyymmdd, 19 yyyymm, 20 yyyymmddhh, 21 '1' = return the key
+ *           document (the caller will cache it), 22.. params (name, value)
  * Returns {'unknown'} | {'damaged'} (no usable record) or
- *   {'k', key_id, user_id, expires_ms, key document, wallet_id, verdict
+ *   {'k', key_id, user_id, expires_ms, key document ('' unless asked for),
+ *    wallet_id, verdict
  *    [, the money body's reply]}
  * verdict: 'revoked' | 'unknown' | 'expired' | 'bad' | 'disabled' |
  *   'denied' | 'damaged' | 'none' (a settle under the free policy) |
@@ -432,10 +434,12 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "local function of_team(w)\n"                                                 \
     "  return id_ok(w) and #w == 22 and string.sub(w, 1, 14) == 'w_' .. string.sub(T, 3)\n" \
     "end\n"                                                                       \
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end\n"       \
-    "local rec = redis.call('HMGET', KEYS[1], 'key_id', 'team_id', 'user_id', 'expires_ms')\n" \
-    "local kid, uid, es = rec[1], rec[3], rec[4] or '0'\n"                       \
-    "if not id_ok(kid) or not id_ok(rec[2]) or not id_ok(uid) or rec[2] ~= T or\n" \
+    "local flat = redis.call('HGETALL', KEYS[1])\n"                              \
+    "if #flat == 0 then return {'unknown'} end\n"                                \
+    "local rec = {}\n"                                                            \
+    "for i = 1, #flat - 1, 2 do rec[flat[i]] = flat[i + 1] end\n"                \
+    "local kid, uid, es = rec.key_id, rec.user_id, rec.expires_ms or '0'\n"      \
+    "if not id_ok(kid) or not id_ok(rec.team_id) or not id_ok(uid) or rec.team_id ~= T or\n" \
     "   not string.match(es, '^%d*$') then return {'damaged'} end\n"              \
     "local exp = tonumber(es) or 0\n"                                             \
     "if exp ~= 0 and exp <= now then return {'unknown'} end\n"                    \
@@ -485,12 +489,13 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "  end\n"                                                                     \
     "  if sid == svc then pol = p end\n"                                          \
     "end\n"                                                                       \
-    "local function env(v, w, inner) return {'k', kid, uid, D(exp), raw, w, v, inner} end\n" \
+    "local doc_out = ARGV[21] == '1' and raw or ''\n"                              \
+    "local function env(v, w, inner) return {'k', kid, uid, D(exp), doc_out, w, v, inner} end\n" \
     "local W = (pol ~= nil and pol.payg) and pol.wallet or ''\n"                  \
     "local day, month, hour = ARGV[18], ARGV[19], ARGV[20]\n"                     \
     "local ud, uh = '', ''\n"                                                     \
     "if ARGV[17] == '1' then ud, uh = tag .. 'usage:d:' .. day, tag .. 'usage:h:' .. hour end\n" \
-    "local function params(a) if ud ~= '' then for i = 21, #ARGV do a[#a + 1] = ARGV[i] end end return a end\n" \
+    "local function params(a) if ud ~= '' then for i = 22, #ARGV do a[#a + 1] = ARGV[i] end end return a end\n" \
     "local function wkeys(w, more)\n"                                             \
     "  local k = {tag .. 'wallet:' .. w, tag .. 'ledger:' .. w, tag .. 'req:' .. kid .. ':' .. rid,\n" \
     "    tag .. 'holds:' .. w, tag .. 'holdexp:' .. w,\n"                         \
