@@ -29,15 +29,15 @@ static int issue_token(job *j, json_t *doc, const char *user_id, json_t *entry_e
 
     if (tok == NULL)
         oom("sodium_malloc");
-    kgc_token_generate(tok);
-    if (kgc_token_hash_hex(j->app->pepper, tok, KGC_TOKEN_LEN, hash) != 0) {
+    if (kgc_token_generate(j->team_id, tok) != 0 ||
+        kgc_token_hash_hex(j->app->pepper, tok, KGC_TOKEN_LEN, hash) != 0) {
         sodium_free(tok);
-        job_fail(j, "internal", "hashing failed");
+        job_fail(j, "internal", "token generation failed");
         return -1;
     }
     kgc_token_hint(tok, KGC_TOKEN_LEN, hint);
     kgc_id_token(tid);
-    job_write(j, "HSET", rk(j, KGC_RK_TOKEN, hash), "key_id", kid, "team_id", j->team_id,
+    job_write(j, "HSET", rk(j, KGC_RK_TOKEN, j->team_id, hash), "key_id", kid, "team_id", j->team_id,
               "user_id", user_id, "token_id", tid, "expires_ms", "0", NULL);
     entry = json_pack("{s:s,s:s,s:s,s:I}", "token_id", tid, "hint", hint, "hash", hash,
                       "created_at", (json_int_t)now);
@@ -127,17 +127,17 @@ job_step cmd_token_rotate(job *j)
     /* Only one token may be in its grace period: an older one dies now. */
     prev_grace = json_string_value(json_object_get(old, "old_hash"));
     if (prev_grace != NULL)
-        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, prev_grace), NULL);
+        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, j->team_id, prev_grace), NULL);
     if (grace > 0) {
         char ms[32], exp[32];
         long long expires = now_ms() + grace * 1000;
         snprintf(ms, sizeof ms, "%lld", grace * 1000);
         snprintf(exp, sizeof exp, "%lld", expires);
-        job_write(j, "HSET", rk(j, KGC_RK_TOKEN, old_hash), "expires_ms", exp, NULL);
-        job_write(j, "PEXPIRE", rk(j, KGC_RK_TOKEN, old_hash), ms, NULL);
+        job_write(j, "HSET", rk(j, KGC_RK_TOKEN, j->team_id, old_hash), "expires_ms", exp, NULL);
+        job_write(j, "PEXPIRE", rk(j, KGC_RK_TOKEN, j->team_id, old_hash), ms, NULL);
         extra = json_pack("{s:s,s:I}", "old_hash", old_hash, "old_expires_at", (json_int_t)expires);
     } else {
-        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, old_hash), NULL);
+        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, j->team_id, old_hash), NULL);
     }
     if (issue_token(j, doc, user, extra) != 0) {
         json_decref(extra);

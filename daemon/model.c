@@ -374,9 +374,9 @@ int key_drop_tokens(job *j, json_t *doc, const char *user_id)
     if (t == NULL)
         return 0;
     if ((h = json_string_value(json_object_get(t, "hash"))) != NULL)
-        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, h), NULL);
+        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, j->team_id, h), NULL);
     if ((h = json_string_value(json_object_get(t, "old_hash"))) != NULL)
-        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, h), NULL);
+        job_write(j, "DEL", rk(j, KGC_RK_TOKEN, j->team_id, h), NULL);
     json_object_del(toks, user_id);
     return 1;
 }

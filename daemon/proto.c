@@ -12,7 +12,7 @@
 
 /* Copies msg into out with every run of REDACT_RUN or more letters and
  * digits replaced by "[redacted]". Messages quote the caller's arguments;
- * a token (43-character base62 body), a session id or a pepper sent in the
+ * a token (61-character base62 body), a session id or a pepper sent in the
  * wrong field must not come back (SPEC §3). Ids are shorter than this. */
 #define REDACT_RUN 24
 static void redact(const char *msg, char *out, size_t cap)

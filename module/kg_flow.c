@@ -3,19 +3,22 @@
  *
  *   start ──► token well-formed? ──no──► KG_TOKEN_MALFORMED (no store, no malloc)
  *     │
- *     ├─ cache hit ───────────────┐
- *     └─ HGETALL P tok:<hash> ──► GET P {t:T}:key:<kid> ──► (cache put)
- *                                 │
- *                                 ▼
- *              key revoked / user unassigned / token expired? ──► refuse
- *                                 │
- *              GET P catalog (only when the ctx has none)
- *                                 │
- *              service, model, params, policy ──► refuse, or
- *                                 │
- *              EVALSHA quota (free) | debit (payg)   [SCRIPT LOAD first / on NOSCRIPT]
+ *   GET P catalog (only when the ctx has none)
+ *     │
+ *     ├─ cache hit (warm) ─► key revoked / user unassigned / expired? ──► refuse
+ *     │                      service, model, params, policy ──► refuse, or
+ *     │                      EVALSHA quota | debit | hold | settle
+ *     │
+ *     └─ cache miss (cold) ─► EVALSHA cold on the token's team slot: resolves
+ *                             P {t:T}:tok:<hash>, reads the key document,
+ *                             checks as the warm path does, runs the same
+ *                             money body; returns the document (cache put)
+ *        [SCRIPT LOAD first / on NOSCRIPT]
  *
- *              [WAIT min_replicas_ack, after a money write, when configured]
+ *   [WAIT min_replicas_ack, after a money write, when configured]
+ *
+ * The catalog checks (service, model, price) are made in C either way: the
+ * cold script gets their outcome and the price as arguments.
  *
  * Each step puts at most one command on the wire for the request and
  * continues from that command's reply callback. The blocking kg_authorize
@@ -211,6 +214,39 @@ static int param_args(const kg_pending *p, const char **argv, int argc, char (*v
     return argc;
 }
 
+/* The cold script (kg_scripts.c KG_LUA_COLD): one EVALSHA on the token's
+ * team slot, declaring the token record only. */
+static void issue_cold(kg_pending *p)
+{
+    kg_ctx *ctx = p->ctx;
+    char tk[KGC_RKEY_MAX], now[24], amt[24], lim[24], ttl[24], day[16], month[16], hour[16];
+    char vals[KG_MAX_PARAMS][24];
+    const char *argv[25 + 2 * KG_MAX_PARAMS];
+    /* The document is returned only when it will be cached. */
+    int want_doc = ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok;
+    int argc;
+
+    if (kgc_rkey(tk, ctx->cfg.key_prefix, KGC_RK_TOKEN, p->tok_team, p->hash) < 0) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    utc_tags(day, month, hour);
+    snprintf(now, sizeof now, "%lld", (long long)kg_wall_ms());
+    snprintf(amt, sizeof amt, "%lld", (long long)p->cost);
+    snprintf(lim, sizeof lim, "%lld", (long long)p->quota_limit);
+    snprintf(ttl, sizeof ttl, "%d", ctx->cfg.hold_ttl_ms);
+    const char *a[25] = {"EVALSHA", ctx->sha[KG_SCRIPT_COLD], "1", tk,
+                         ctx->cfg.key_prefix, p->tok_team, p->hash, now, p->settle ? "s" : "a",
+                         p->service, p->model, p->request_id, p->fp,
+                         p->cold_bad ? "1" : "0", p->cold_free ? "1" : "0",
+                         p->cold_settle ? "1" : "0", p->cold_hold_bad ? "1" : "0",
+                         amt, lim, ttl, ctx->cfg.usage_counters ? "1" : "0", day, month, hour,
+                         want_doc ? "1" : "0"};
+    memcpy(argv, a, sizeof a);
+    argc = ctx->cfg.usage_counters ? param_args(p, argv, 25, vals) : 25;
+    issue(p, KG_ST_EVAL, argc, argv);
+}
+
 static void issue_script(kg_pending *p)
 {
     kg_ctx *ctx = p->ctx;
@@ -221,6 +257,10 @@ static void issue_script(kg_pending *p)
     if (ctx->sha[p->script][0] == '\0') {
         const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[p->script]};
         issue(p, KG_ST_LOAD, 3, argv);
+        return;
+    }
+    if (p->script == KG_SCRIPT_COLD) {
+        issue_cold(p);
         return;
     }
     utc_tags(day, month, hour);
@@ -289,11 +329,13 @@ static void issue_script(kg_pending *p)
 
 /* The fingerprint a request id's record keeps (issue 10): what was asked,
  * so that the same id with another request is refused, not replayed.
- * BLAKE2b-128 over "keygate-req-1", the user, service, resolved model and
- * the params sorted by name, each field NUL-terminated (names are plain
- * catalog ids, so NUL cannot occur in them). A param of 0 is left out: it
- * prices like a missing one, so {} and {x: 0} are the same request. The
- * key is not in it: the record's name holds the key already. */
+ * BLAKE2b-128 over "keygate-req-2", service, resolved model and the params
+ * sorted by name, each field NUL-terminated (names are plain catalog ids,
+ * so NUL cannot occur in them). A param of 0 is left out: it prices like a
+ * missing one, so {} and {x: 0} are the same request. Neither the key nor
+ * the user is in it: the record's name holds the key, and its user_id is
+ * compared by the scripts (a cold request does not know the user before
+ * its script resolves the token: issue 11). */
 static void fingerprint(kg_pending *p)
 {
     crypto_generichash_state st;
@@ -311,8 +353,7 @@ static void fingerprint(kg_pending *p)
         n++;
     }
     crypto_generichash_init(&st, NULL, 0, sizeof out);
-    crypto_generichash_update(&st, (const unsigned char *)"keygate-req-1", 14);
-    crypto_generichash_update(&st, (const unsigned char *)p->r.user_id, strlen(p->r.user_id) + 1);
+    crypto_generichash_update(&st, (const unsigned char *)"keygate-req-2", 14);
     crypto_generichash_update(&st, (const unsigned char *)p->service, strlen(p->service) + 1);
     crypto_generichash_update(&st, (const unsigned char *)p->model, strlen(p->model) + 1);
     for (size_t i = 0; i < n; i++) {
@@ -369,133 +410,159 @@ static int measured_missing(const kgc_model *m, const kg_param *params, size_t n
     return 0;
 }
 
-/* kg_settle's checks: a settle service, a model, the actual params priced
- * (the same kgc_price as every charge). A measured param the settle
- * leaves out (the upstream reported no usage) counts at its catalog max;
- * without one the cost is -1: the script then charges the whole hold. The wallet is the one the key's
- * policy names now; the script answers "wallet" when the hold sits on
- * another (the policy changed since), and the settle is sent again there.
- * A request under the free policy holds nothing: KG_OK, nothing to do. */
-static void decide_settle(kg_pending *p)
-{
-    kg_ctx *ctx = p->ctx;
-    const kgc_service *svc = kgc_catalog_service(ctx->catalog, p->service);
-    const kgc_model *m = NULL;
-    const kg_svcpol *pol = kg_entry_policy(p->ent, p->service);
-    char err[160];
-    int64_t cost = 0;
-    kg_status st = KG_OK;
-    int free_pol = pol != NULL && !pol->payg;
+/* What the catalog alone says of a request, with no key document: the
+ * same for the warm path (decide) and the cold script's arguments, so both
+ * price and refuse alike.
+ * Authorize: an unknown service or model, or params kgc_price refuses, is
+ * KG_BAD_REQUEST; on a settle service the amount is the hold (its worst
+ * case price), and hold_bad says it cannot be held (no request id names
+ * the hold, or a measured param has no maximum), which refuses a payg
+ * request only. Otherwise the amount is the price.
+ * Settle (kg_settle): a settle service, a request id, a model, the actual
+ * params priced (the same kgc_price as every charge). A measured param the
+ * settle leaves out (the upstream reported no usage) counts at its catalog
+ * max; without one the amount is -1: the script then charges the whole
+ * hold. */
+typedef struct cat_facts {
+    kg_status st;                 /* KG_OK or KG_BAD_REQUEST */
+    const kgc_service *svc;       /* NULL when unknown */
+    const kgc_model *m;           /* NULL when st != KG_OK */
+    int hold_bad;
+    int64_t amount;
+} cat_facts;
 
-    if (svc == NULL || !svc->settle || p->request_id[0] == '\0')
-        st = KG_BAD_REQUEST;
-    else if ((m = kgc_service_model(svc, p->has_model ? p->model : NULL)) == NULL)
-        st = KG_BAD_REQUEST;
-    else if (kgc_price(m, p->params, p->nparams, &cost, NULL, err, sizeof err) != 0)
-        st = KG_BAD_REQUEST;
-    else if (measured_missing(m, p->params, p->nparams) &&
-             kgc_price_hold(m, p->params, p->nparams, &cost, err, sizeof err) != 0)
-        cost = -1;                      /* a measured param with no max: the hold */
-    if (st == KG_OK) {
-        copy_id(p->model, m->id);
-        p->cost = cost;
-        p->script = KG_SCRIPT_SETTLE;
-        if (pol != NULL && pol->payg)
-            copy_id(p->r.wallet_id, pol->wallet);
+static void catalog_facts(kg_pending *p, cat_facts *f)
+{
+    const kgc_model *m = NULL;
+    char err[160];
+    int64_t plain = 0;
+
+    memset(f, 0, sizeof *f);
+    f->st = KG_BAD_REQUEST;
+    f->svc = kgc_catalog_service(p->ctx->catalog, p->service);
+    if (f->svc == NULL || (p->settle && (!f->svc->settle || p->request_id[0] == '\0')))
+        return;
+    if ((m = kgc_service_model(f->svc, p->has_model ? p->model : NULL)) == NULL)
+        return;
+    if (p->settle) {
+        if (kgc_price(m, p->params, p->nparams, &f->amount, NULL, err, sizeof err) != 0)
+            return;
+        if (measured_missing(m, p->params, p->nparams) &&
+            kgc_price_hold(m, p->params, p->nparams, &f->amount, err, sizeof err) != 0)
+            f->amount = -1;             /* a measured param with no max: the hold */
+    } else {
+        if (f->svc->settle)
+            f->hold_bad = p->request_id[0] == '\0' ||
+                          kgc_price_hold(m, p->params, p->nparams, &f->amount, err, sizeof err) != 0;
+        if (kgc_price(m, p->params, p->nparams, f->svc->settle ? &plain : &f->amount, NULL,
+                      err, sizeof err) != 0)
+            return;                     /* unknown param, negative, overflow */
     }
+    f->m = m;
+    f->st = KG_OK;
+    copy_id(p->model, m->id);
+    if (!p->settle && p->request_id[0] != '\0')
+        fingerprint(p);                 /* only an id's record keeps it */
+    else
+        p->fp[0] = '\0';
+}
+
+/* The catalog is not used after a request's decision: one fetched
+ * without a live subscription is not kept. */
+static void catalog_done(kg_ctx *ctx)
+{
     if (!ctx->catalog_trusted) {
         kgc_catalog_free(ctx->catalog);
         ctx->catalog = NULL;
     }
-    if (st != KG_OK || free_pol) {
-        finish(p, st);
+}
+
+/* kg_settle's policy step (warm): the wallet is the one the key's policy
+ * names now; the script answers "wallet" when the hold sits on another
+ * (the policy changed since), and the settle is sent again there. A
+ * request under the free policy holds nothing: KG_OK, nothing to do. */
+static void decide_settle(kg_pending *p, const cat_facts *f)
+{
+    const kg_svcpol *pol = kg_entry_policy(p->ent, p->service);
+
+    if (f->st != KG_OK || (pol != NULL && !pol->payg)) {
+        finish(p, f->st);
         return;
     }
+    p->cost = f->amount;
+    p->script = KG_SCRIPT_SETTLE;
+    if (pol != NULL)
+        copy_id(p->r.wallet_id, pol->wallet);
     issue_script(p);
 }
 
-/* Catalog and policy checks, all local. Either finishes p or sends its
- * script. The catalog is not used after this returns. */
-static void decide(kg_pending *p)
+/* The warm path's decision, all local: the catalog's facts, then the
+ * key's policy. Either finishes p or sends its script. The order of the
+ * checks is the cold script's too (kg_scripts.c KG_LUA_COLD). */
+static void decide(kg_pending *p, const cat_facts *f)
 {
-    kg_ctx *ctx = p->ctx;
-    const kgc_service *svc = kgc_catalog_service(ctx->catalog, p->service);
-    const kgc_model *m = NULL;
-    const kg_svcpol *pol = NULL;
-    char err[160], team[KGC_ID_MAX];
-    int64_t cost = 0, plain = 0;
-    kg_status st = KG_OK;
+    const kg_svcpol *pol = kg_entry_policy(p->ent, p->service);
+    char team[KGC_ID_MAX];
+    kg_status st = f->st;
 
     if (p->settle) {
-        decide_settle(p);
+        decide_settle(p, f);
         return;
     }
-    if (svc == NULL)
-        st = KG_BAD_REQUEST;                          /* unknown service */
-    else if ((m = kgc_service_model(svc, p->has_model ? p->model : NULL)) == NULL)
-        st = KG_BAD_REQUEST;                          /* unknown or missing model */
-    else if (svc->settle && (pol = kg_entry_policy(p->ent, p->service)) != NULL && pol->payg &&
-             (p->request_id[0] == '\0' ||            /* a hold is named by its request id */
-              kgc_price_hold(m, p->params, p->nparams, &cost, err, sizeof err) != 0))
-        st = KG_BAD_REQUEST;                          /* no id; a measured param without maximum */
-    else if (kgc_price(m, p->params, p->nparams, svc->settle ? &plain : &cost, NULL, err, sizeof err) != 0)
-        st = KG_BAD_REQUEST;                          /* unknown param, negative, overflow */
-    else if ((pol = kg_entry_policy(p->ent, p->service)) == NULL || (!pol->payg && !svc->free))
-        st = KG_SERVICE_DISABLED;
-    else if (pol->payg && !model_allowed(pol, m->id))
-        st = KG_MODEL_DENIED;
     if (pol != NULL && pol->payg)
         copy_id(p->r.wallet_id, pol->wallet);
-    if (st == KG_OK) {
-        copy_id(p->model, m->id);
-        if (p->request_id[0] != '\0')
-            fingerprint(p);         /* only an id's record keeps it */
-        else
-            p->fp[0] = '\0';
-        p->cost = pol->payg ? cost : 0;
-        p->script = !pol->payg ? KG_SCRIPT_QUOTA : svc->settle ? KG_SCRIPT_HOLD : KG_SCRIPT_DEBIT;
-        p->quota_limit = svc->requests_per_day;
-        p->budget_day = p->ent->budget_day;
-        p->budget_month = p->ent->budget_month;
-        p->per_second = pol->per_second;
-        p->per_minute = pol->per_minute;
-        /* A wallet of another team would put the script on two slots. */
-        if (pol->payg && (kgc_id_team_of(pol->wallet, 'w', team) != 0 ||
-                          strcmp(team, p->r.team_id) != 0))
-            st = KG_BACKEND_ERROR;
-    }
-    if (!ctx->catalog_trusted) {        /* fetched without a live subscription */
-        kgc_catalog_free(ctx->catalog);
-        ctx->catalog = NULL;
-    }
+    if (st == KG_OK && f->svc->settle && pol != NULL && pol->payg && f->hold_bad)
+        st = KG_BAD_REQUEST;                          /* no id; a measured param without maximum */
+    else if (st == KG_OK && (pol == NULL || (!pol->payg && !f->svc->free)))
+        st = KG_SERVICE_DISABLED;
+    else if (st == KG_OK && pol->payg && !model_allowed(pol, f->m->id))
+        st = KG_MODEL_DENIED;
+    /* A wallet of another team would put the script on two slots. */
+    else if (st == KG_OK && pol->payg && (kgc_id_team_of(pol->wallet, 'w', team) != 0 ||
+                                          strcmp(team, p->r.team_id) != 0))
+        st = KG_BACKEND_ERROR;
     if (st != KG_OK) {
         finish(p, st);
         return;
     }
+    p->cost = pol->payg ? f->amount : 0;
+    p->script = !pol->payg ? KG_SCRIPT_QUOTA : f->svc->settle ? KG_SCRIPT_HOLD : KG_SCRIPT_DEBIT;
+    p->quota_limit = f->svc->requests_per_day;
+    p->budget_day = p->ent->budget_day;
+    p->budget_month = p->ent->budget_month;
+    p->per_second = pol->per_second;
+    p->per_minute = pol->per_minute;
     issue_script(p);
 }
 
-/* Moves p on from wherever it stands: resolve, then catalog, then decide. */
+/* A cache miss: the cold script with the catalog's facts. Its reply
+ * (on_cold) says which body ran. */
+static void decide_cold(kg_pending *p, const cat_facts *f)
+{
+    p->cold_bad = f->st != KG_OK;
+    p->cold_free = f->svc != NULL && f->svc->free;
+    p->cold_settle = f->svc != NULL && f->svc->settle;
+    p->cold_hold_bad = f->hold_bad;
+    p->cost = f->amount;
+    p->quota_limit = f->svc != NULL ? f->svc->requests_per_day : 0;
+    p->script = KG_SCRIPT_COLD;
+    p->inval_gen = p->ctx->inval_gen;
+    p->sub_ok_at_start = p->ctx->sub_ok;
+    issue_script(p);
+}
+
+/* Moves p on from wherever it stands: catalog, then the warm decision or
+ * the cold script. */
 static void advance(kg_pending *p)
 {
     kg_ctx *ctx = p->ctx;
     char k[KGC_RKEY_MAX];
+    cat_facts f;
     kg_status st;
 
-    if (p->ent == NULL) {
-        const char *argv[2] = {"HGETALL", k};
-        if (kgc_rkey(k, ctx->cfg.key_prefix, KGC_RK_TOKEN, p->hash) < 0) {
-            finish(p, KG_BACKEND_ERROR);
-            return;
-        }
-        p->inval_gen = ctx->inval_gen;
-        p->sub_ok_at_start = ctx->sub_ok;
-        issue(p, KG_ST_TOKEN, 2, argv);
-        return;
-    }
     /* A settle bills a request already served: a key revoked or a user
      * unassigned since does not cancel it (the token must still resolve). */
-    if ((st = token_verdict(p)) != KG_OK && !p->settle) {
+    if (p->ent != NULL && (st = token_verdict(p)) != KG_OK && !p->settle) {
         finish(p, st);
         return;
     }
@@ -511,7 +578,12 @@ static void advance(kg_pending *p)
         issue(p, KG_ST_CATALOG, 2, argv);
         return;
     }
-    decide(p);
+    catalog_facts(p, &f);
+    if (p->ent != NULL)
+        decide(p, &f);
+    else
+        decide_cold(p, &f);
+    catalog_done(ctx);                  /* f's pointers are not used after this */
 }
 
 /* ---- replies -------------------------------------------------------- */
@@ -529,89 +601,6 @@ static int reply_int(const redisReply *r, long long *out)
         return *end == '\0' ? 0 : -1;
     }
     return -1;
-}
-
-static void on_token(kg_pending *p, redisReply *r)
-{
-    kg_ctx *ctx = p->ctx;
-    const char *kid = NULL, *tid = NULL, *uid = NULL, *exp = "0";
-    char k[KGC_RKEY_MAX], *end;
-    long long expires;
-
-    if (r->type != REDIS_REPLY_ARRAY) {
-        finish(p, KG_BACKEND_ERROR);
-        return;
-    }
-    if (r->elements == 0) {
-        finish(p, KG_TOKEN_UNKNOWN);    /* never issued, rotated away, unassigned */
-        return;
-    }
-    for (size_t i = 0; i + 1 < r->elements; i += 2) {
-        const redisReply *f = r->element[i], *v = r->element[i + 1];
-        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-            continue;
-        if (strcmp(f->str, "key_id") == 0)
-            kid = v->str;
-        else if (strcmp(f->str, "team_id") == 0)
-            tid = v->str;
-        else if (strcmp(f->str, "user_id") == 0)
-            uid = v->str;
-        else if (strcmp(f->str, "expires_ms") == 0)
-            exp = v->str;
-    }
-    expires = strtoll(exp, &end, 10);
-    if (!kgc_id_plausible(kid) || !kgc_id_plausible(tid) || !kgc_id_plausible(uid) ||
-        *end != '\0' || expires < 0) {
-        finish(p, KG_BACKEND_ERROR);    /* a damaged record: refuse, fail closed */
-        return;
-    }
-    copy_id(p->r.key_id, kid);
-    copy_id(p->r.team_id, tid);
-    copy_id(p->r.user_id, uid);
-    if (expires != 0 && expires <= kg_wall_ms()) {
-        finish(p, KG_TOKEN_UNKNOWN);
-        return;
-    }
-    p->tok_expires_ms = expires;
-    if (kgc_rkey(k, ctx->cfg.key_prefix, KGC_RK_KEY, tid, kid) < 0) {
-        finish(p, KG_BACKEND_ERROR);
-        return;
-    }
-    const char *argv[2] = {"GET", k};
-    issue(p, KG_ST_KEYDOC, 2, argv);
-}
-
-static void on_keydoc(kg_pending *p, redisReply *r)
-{
-    kg_ctx *ctx = p->ctx;
-    char err[160];
-    kg_entry *e;
-
-    if (r->type == REDIS_REPLY_NIL) {
-        finish(p, KG_TOKEN_UNKNOWN);    /* the key itself is gone */
-        return;
-    }
-    if (r->type != REDIS_REPLY_STRING) {
-        finish(p, KG_BACKEND_ERROR);
-        return;
-    }
-    e = kg_entry_build(p->hash, p->r.key_id, p->r.team_id, p->r.user_id,
-                       p->tok_expires_ms, r->str, r->len, err, sizeof err);
-    if (e == NULL) {
-        finish(p, KG_BACKEND_ERROR);
-        return;
-    }
-    /* Cache only what was read under a live subscription with no
-     * invalidation since: otherwise the read may predate a change whose
-     * message we already consumed. */
-    if (ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok && p->sub_ok_at_start &&
-        p->inval_gen == ctx->inval_gen) {
-        int64_t now = kg_mono_ms();
-        e->stale_at = now + ctx->cfg.cache_ttl_ms;
-        kg_cache_put(&ctx->cache, e, now);
-    }
-    p->ent = e;
-    advance(p);
 }
 
 static void on_catalog(kg_pending *p, redisReply *r)
@@ -735,6 +724,8 @@ static void on_settle(kg_pending *p, redisReply *r, const char *tag)
     }
 }
 
+static void on_cold(kg_pending *p, redisReply *r);
+
 static void on_eval(kg_pending *p, redisReply *r)
 {
     kg_ctx *ctx = p->ctx;
@@ -760,6 +751,10 @@ static void on_eval(kg_pending *p, redisReply *r)
         return;
     }
     tag = r->element[0]->str;
+    if (p->script == KG_SCRIPT_COLD) {
+        on_cold(p, r);
+        return;
+    }
     if (p->script == KG_SCRIPT_SETTLE) {
         on_settle(p, r, tag);
         return;
@@ -826,6 +821,84 @@ static void on_eval(kg_pending *p, redisReply *r)
     }
 }
 
+/* The cold script's answer: the token record's ids and the key document
+ * (the warm cache is filled from them, under the same rule as ever: only
+ * what was read under a live subscription with no invalidation since),
+ * then the verdict, and the money body's reply when one ran. */
+static void on_cold(kg_pending *p, redisReply *r)
+{
+    static const struct { const char *v; kg_status st; } refusals[] = {
+        {"revoked", KG_KEY_REVOKED},     {"unknown", KG_TOKEN_UNKNOWN},
+        {"expired", KG_KEY_EXPIRED},     {"bad", KG_BAD_REQUEST},
+        {"disabled", KG_SERVICE_DISABLED}, {"denied", KG_MODEL_DENIED},
+        {"damaged", KG_BACKEND_ERROR},   {"none", KG_OK},
+    };
+    static const struct { const char *v; int script; } bodies[] = {
+        {"debit", KG_SCRIPT_DEBIT}, {"hold", KG_SCRIPT_HOLD},
+        {"quota", KG_SCRIPT_QUOTA}, {"settle", KG_SCRIPT_SETTLE},
+    };
+    kg_ctx *ctx = p->ctx;
+    const char *tag = r->element[0]->str, *v;
+    char err[160], *end;
+    long long exp;
+
+    if (strcmp(tag, "unknown") == 0) {
+        finish(p, KG_TOKEN_UNKNOWN);    /* never issued, rotated away, unassigned */
+        return;
+    }
+    if (strcmp(tag, "k") != 0 || r->elements < 7) {
+        finish(p, KG_BACKEND_ERROR);    /* a damaged record or document: fail closed */
+        return;
+    }
+    for (size_t i = 1; i < 7; i++)
+        if (r->element[i]->type != REDIS_REPLY_STRING) {
+            finish(p, KG_BACKEND_ERROR);
+            return;
+        }
+    exp = strtoll(r->element[3]->str, &end, 10);
+    if (!kgc_id_plausible(r->element[1]->str) || !kgc_id_plausible(r->element[2]->str) ||
+        *end != '\0' || exp < 0 || r->element[5]->len >= KG_ID_LEN) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    copy_id(p->r.key_id, r->element[1]->str);
+    copy_id(p->r.team_id, p->tok_team);
+    copy_id(p->r.user_id, r->element[2]->str);
+    copy_id(p->r.wallet_id, r->element[5]->str);
+    /* The script checked the document as kg_entry_build does; an entry C
+     * cannot build is only not cached (the verdict stands). No document:
+     * none was asked for (nothing to cache). */
+    if (r->element[4]->len > 0)
+        p->ent = kg_entry_build(p->hash, p->r.key_id, p->r.team_id, p->r.user_id, exp,
+                                r->element[4]->str, r->element[4]->len, err, sizeof err);
+    if (p->ent != NULL && ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok && p->sub_ok_at_start &&
+        p->inval_gen == ctx->inval_gen) {
+        int64_t now = kg_mono_ms();
+        p->ent->stale_at = now + ctx->cfg.cache_ttl_ms;
+        kg_cache_put(&ctx->cache, p->ent, now);
+    }
+    v = r->element[6]->str;
+    for (size_t i = 0; i < sizeof refusals / sizeof *refusals; i++)
+        if (strcmp(v, refusals[i].v) == 0) {
+            finish(p, refusals[i].st);
+            return;
+        }
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++)
+        if (strcmp(v, bodies[i].v) == 0 && r->elements >= 8) {
+            p->script = bodies[i].script;
+            if (p->script == KG_SCRIPT_QUOTA)
+                p->cost = 0;
+            p->wallet_moves = 1;        /* the script followed a "wallet" answer already */
+            if (r->element[7]->type == REDIS_REPLY_ERROR) {
+                finish(p, KG_BACKEND_ERROR);
+                return;
+            }
+            on_eval(p, r->element[7]);
+            return;
+        }
+    finish(p, KG_BACKEND_ERROR);
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     kg_pending *p = priv;
@@ -844,8 +917,6 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
         return;
     }
     switch (step) {
-    case KG_ST_TOKEN:   on_token(p, r);   break;
-    case KG_ST_KEYDOC:  on_keydoc(p, r);  break;
     case KG_ST_CATALOG: on_catalog(p, r); break;
     case KG_ST_LOAD:    on_load(p, r);    break;
     case KG_ST_EVAL:    on_eval(p, r);    break;
@@ -913,6 +984,7 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     p->settle = settle;
     kg_result_init(&p->r);
     kg_hold_init(&p->h);
+    kgc_token_team(req->token, p->tok_team);
     if (kgc_token_hash_hex(ctx->pepper, req->token, req->token_len, p->hash) != 0) {
         free(p);
         return -1;

@@ -97,6 +97,7 @@ const kg_svcpol *kg_entry_policy(const kg_entry *e, const char *service);
 /* Scripts (kg_scripts.c)                                               */
 
 enum kg_script { KG_SCRIPT_DEBIT = 0, KG_SCRIPT_QUOTA, KG_SCRIPT_HOLD, KG_SCRIPT_SETTLE,
+                 KG_SCRIPT_COLD,  /* resolve + check + one of the four (a cache miss) */
                  KG_NSCRIPTS };
 extern const char *const kg_script_text[KG_NSCRIPTS];
 extern const char kg_capture_lua[];   /* keygated's hold sweep (daemon/holds.c) */
@@ -130,11 +131,9 @@ enum kg_probe {
 
 enum kg_step {
     KG_ST_IDLE = 0,               /* nothing on the wire */
-    KG_ST_TOKEN,                  /* HGETALL P tok:<hash> */
-    KG_ST_KEYDOC,                 /* GET P {t:T}:key:<kid> */
     KG_ST_CATALOG,                /* GET P catalog */
     KG_ST_LOAD,                   /* SCRIPT LOAD */
-    KG_ST_EVAL,                   /* EVALSHA debit / quota */
+    KG_ST_EVAL,                   /* EVALSHA cold (a cache miss) | debit / quota / hold / settle */
     KG_ST_SYNC,                   /* PUBLISH P durable: a replay's WAIT must cover the store */
     KG_ST_WAIT                    /* WAIT min_replicas_ack (a debit made, to be confirmed) */
 };
@@ -155,6 +154,7 @@ struct kg_pending {
 
     /* the request, copied (the token itself is never kept: only its hash) */
     char hash[KGC_HASH_HEX_LEN + 1];
+    char tok_team[KGC_ID_MAX];    /* the team the token names: its slot */
     char service[KG_ID_LEN];
     char model[KG_ID_LEN];        /* resolved model id once decided */
     int has_model;                /* the caller named a model */
@@ -165,13 +165,13 @@ struct kg_pending {
     /* progress */
     int inval_gen;                /* ctx->inval_gen when resolution began */
     int sub_ok_at_start;          /* the subscription was live then */
-    int64_t tok_expires_ms;
     kg_entry *ent;                /* a reference while deciding */
     int script;                   /* enum kg_script once decided */
     int64_t cost;
     int64_t quota_limit;
     int64_t budget_day, budget_month; /* from the entry, for the script */
     int64_t per_second, per_minute;   /* the service's rate limits, for the script */
+    int cold_bad, cold_free, cold_settle, cold_hold_bad; /* catalog facts, for the cold script */
     char fp[KG_FP_HEX + 1];       /* the request's fingerprint, for its record */
     int loads;                    /* NOSCRIPT retries (loop guard) */
     int catalog_fetches;          /* guard against a catalog reload storm */

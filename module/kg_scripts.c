@@ -16,9 +16,11 @@
  *   user_id, service, model, fp                  what was asked (fp: the
  *                                                request's fingerprint,
  *                                                kg_flow.c fingerprint())
- * A later request with that id is a replay only if its fp is the same;
- * otherwise, or when the record has no fp (written before fp existed), it
- * is a conflict: refused, nothing served, nothing changed (issue 10). */
+ * A later request with that id is a replay only if its fp and its user
+ * are the same (the fp leaves the user out, so that a cold request can
+ * compute it before the token is resolved: issue 11); otherwise, or when
+ * the record has no fp (written before fp existed), it is a conflict:
+ * refused, nothing served, nothing changed (issue 10). */
 
 /* Holds (settle services, docs/module.md "Reserve and settle"). Every
  * money script of a wallet names its five keys:
@@ -205,44 +207,44 @@
  * are still captured), so a retry after a top-up can succeed. A cost of 0
  * (a catalog that allows it: price.min_micros 0) moves no money and
  * writes no ledger entry; the request record is still written. */
-static const char debit_lua[] =
-    KG_LUA_COMMON
-    KG_LUA_LIMITS
-    "local rid = ARGV[6]\n"
-    "if rid ~= '' then\n"
-    "  local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id', 'fp')\n"
-    "  if r[1] then\n"
-    "    if r[4] ~= ARGV[8] then return {'conflict'} end\n"
-    "    return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or ''}\n"
-    "  end\n"
-    "end\n"
-    "local now, bal, held = open_wallet(KEYS[9], KEYS[10], ARGV[7])\n"
-    "if now == nil then return {'nowallet'} end\n"
-    "if type(now) == 'table' then return now end\n"
-    "local cost = tonumber(ARGV[1])\n"
-    "if cost == nil or cost < 0 then\n"
-    "  return redis.error_reply('ERR keygate: cost is not an integer')\n"
-    "end\n"
-    "local capd, capm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0\n"
-    "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n"
-    "if budget_over(cost, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n"
-    "if bal - held < cost then return funds_refused(now, bal) end\n"
-    "local wait = rate_check(KEYS[8], ps, pm, now)\n"
-    "if wait > 0 then return {'rate', wait} end\n"
-    "budget_add(cost, KEYS[6], KEYS[7], capd, capm)\n"
-    "local nb = bal\n"
-    "if cost > 0 then\n"
-    "  nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', '-' .. ARGV[1])\n"
-    "  redis.call('LPUSH', KEYS[2], entry(cost, nb, now, ARGV[2], ARGV[3], ARGV[4], ARGV[5], rid, ''))\n"
-    "end\n"
-    "if rid ~= '' then\n"
-    "  redis.call('HSET', KEYS[3], 'cost_micros', ARGV[1], 'balance_micros',\n"
-    "             string.format('%d', nb), 'wallet_id', ARGV[7], 'at', string.format('%d', now),\n"
-    "             'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5], 'fp', ARGV[8])\n"
-    "  redis.call('EXPIRE', KEYS[3], 86400)\n"
-    "end\n"
-    "usage_add(KEYS[9], KEYS[10], ARGV[2], ARGV[7], ARGV[4], ARGV[5], cost, 16)\n"
-    "return {'ok', nb}\n";
+#define KG_LUA_DEBIT                                                               \
+    "local rid = ARGV[6]\n"                                                        \
+    "if rid ~= '' then\n"                                                          \
+    "  local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id', 'fp', 'user_id')\n" \
+    "  if r[1] then\n"                                                             \
+    "    if r[4] ~= ARGV[8] or r[5] ~= ARGV[3] then return {'conflict'} end\n"    \
+    "    return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or ''}\n" \
+    "  end\n" \
+    "end\n" \
+    "local now, bal, held = open_wallet(KEYS[9], KEYS[10], ARGV[7])\n" \
+    "if now == nil then return {'nowallet'} end\n" \
+    "if type(now) == 'table' then return now end\n" \
+    "local cost = tonumber(ARGV[1])\n" \
+    "if cost == nil or cost < 0 then\n" \
+    "  return redis.error_reply('ERR keygate: cost is not an integer')\n" \
+    "end\n" \
+    "local capd, capm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0\n" \
+    "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n" \
+    "if budget_over(cost, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n" \
+    "if bal - held < cost then return funds_refused(now, bal) end\n" \
+    "local wait = rate_check(KEYS[8], ps, pm, now)\n" \
+    "if wait > 0 then return {'rate', wait} end\n" \
+    "budget_add(cost, KEYS[6], KEYS[7], capd, capm)\n" \
+    "local nb = bal\n" \
+    "if cost > 0 then\n" \
+    "  nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', '-' .. ARGV[1])\n" \
+    "  redis.call('LPUSH', KEYS[2], entry(cost, nb, now, ARGV[2], ARGV[3], ARGV[4], ARGV[5], rid, ''))\n" \
+    "end\n" \
+    "if rid ~= '' then\n" \
+    "  redis.call('HSET', KEYS[3], 'cost_micros', ARGV[1], 'balance_micros',\n" \
+    "             string.format('%d', nb), 'wallet_id', ARGV[7], 'at', string.format('%d', now),\n" \
+    "             'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5], 'fp', ARGV[8])\n" \
+    "  redis.call('EXPIRE', KEYS[3], 86400)\n" \
+    "end\n" \
+    "usage_add(KEYS[9], KEYS[10], ARGV[2], ARGV[7], ARGV[4], ARGV[5], cost, 16)\n" \
+    "return {'ok', nb}\n"
+
+static const char debit_lua[] = KG_LUA_COMMON KG_LUA_LIMITS KG_LUA_DEBIT;
 
 /* Hold (authorize on a settle service): reserves the worst-case price.
  *   KEYS    as above
@@ -257,43 +259,43 @@ static const char debit_lua[] =
  * No ledger entry: no money moved yet (kg_settle writes the one entry).
  * The record (state "held") lives the hold's life plus a day, so a late
  * settle still finds it and answers that the hold was captured. */
-static const char hold_lua[] =
-    KG_LUA_COMMON
-    KG_LUA_LIMITS
-    "local rid = ARGV[6]\n"
-    "local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id', 'fp', 'hold_micros')\n"
-    "if r[1] then\n"
-    "  if r[4] ~= ARGV[8] then return {'conflict'} end\n"
-    "  return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or '', tonumber(r[5]) or 0}\n"
-    "end\n"
-    "local now, bal, held = open_wallet(KEYS[9], KEYS[10], ARGV[7])\n"
-    "if now == nil then return {'nowallet'} end\n"
-    "if type(now) == 'table' then return now end\n"
-    "local h, ttl = tonumber(ARGV[1]), tonumber(ARGV[9])\n"
-    "if h == nil or h < 0 or ttl == nil or ttl < 1 then\n"
-    "  return redis.error_reply('ERR keygate: hold or ttl is not an integer')\n"
-    "end\n"
-    "local capd, capm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0\n"
-    "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n"
-    "if budget_over(h, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n"
-    "if bal - held < h then return funds_refused(now, bal) end\n"
-    "local wait = rate_check(KEYS[8], ps, pm, now)\n"
-    "if wait > 0 then return {'rate', wait} end\n"
-    "budget_add(h, KEYS[6], KEYS[7], capd, capm)\n"
-    "local id = ARGV[2] .. ' ' .. rid\n"
-    "local exp = now + ttl\n"
-    "redis.call('HSET', KEYS[4], id, ARGV[1] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])\n"
-    "redis.call('ZADD', KEYS[5], exp, id)\n"
-    "redis.call('HINCRBY', KEYS[1], 'held_micros', ARGV[1])\n"
-    "redis.call('HSET', KEYS[3], 'cost_micros', '0', 'hold_micros', ARGV[1],\n"
-    "           'balance_micros', string.format('%d', bal), 'wallet_id', ARGV[7],\n"
-    "           'at', string.format('%d', now), 'expires_ms', string.format('%d', exp),\n"
-    "           'state', 'held', 'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5],\n"
-    "           'fp', ARGV[8])\n"
-    "if h > 0 and capd > 0 then redis.call('HSET', KEYS[3], 'bd', ARGV[14]) end\n"
-    "if h > 0 and capm > 0 then redis.call('HSET', KEYS[3], 'bm', ARGV[15]) end\n"
-    "redis.call('EXPIRE', KEYS[3], math.floor(ttl / 1000) + 86400)\n"
-    "return {'held', bal, bal - held - h, exp}\n";
+#define KG_LUA_HOLD \
+    "local rid = ARGV[6]\n" \
+    "local r = redis.call('HMGET', KEYS[3], 'cost_micros', 'balance_micros', 'wallet_id', 'fp', 'hold_micros', 'user_id')\n" \
+    "if r[1] then\n" \
+    "  if r[4] ~= ARGV[8] or r[6] ~= ARGV[3] then return {'conflict'} end\n" \
+    "  return {'replay', tonumber(r[1]) or 0, tonumber(r[2]) or -1, r[3] or '', tonumber(r[5]) or 0}\n" \
+    "end\n" \
+    "local now, bal, held = open_wallet(KEYS[9], KEYS[10], ARGV[7])\n" \
+    "if now == nil then return {'nowallet'} end\n" \
+    "if type(now) == 'table' then return now end\n" \
+    "local h, ttl = tonumber(ARGV[1]), tonumber(ARGV[9])\n" \
+    "if h == nil or h < 0 or ttl == nil or ttl < 1 then\n" \
+    "  return redis.error_reply('ERR keygate: hold or ttl is not an integer')\n" \
+    "end\n" \
+    "local capd, capm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0\n" \
+    "local ps, pm = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0\n" \
+    "if budget_over(h, KEYS[6], KEYS[7], capd, capm) then return {'budget'} end\n" \
+    "if bal - held < h then return funds_refused(now, bal) end\n" \
+    "local wait = rate_check(KEYS[8], ps, pm, now)\n" \
+    "if wait > 0 then return {'rate', wait} end\n" \
+    "budget_add(h, KEYS[6], KEYS[7], capd, capm)\n" \
+    "local id = ARGV[2] .. ' ' .. rid\n" \
+    "local exp = now + ttl\n" \
+    "redis.call('HSET', KEYS[4], id, ARGV[1] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])\n" \
+    "redis.call('ZADD', KEYS[5], exp, id)\n" \
+    "redis.call('HINCRBY', KEYS[1], 'held_micros', ARGV[1])\n" \
+    "redis.call('HSET', KEYS[3], 'cost_micros', '0', 'hold_micros', ARGV[1],\n" \
+    "           'balance_micros', string.format('%d', bal), 'wallet_id', ARGV[7],\n" \
+    "           'at', string.format('%d', now), 'expires_ms', string.format('%d', exp),\n" \
+    "           'state', 'held', 'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5],\n" \
+    "           'fp', ARGV[8])\n" \
+    "if h > 0 and capd > 0 then redis.call('HSET', KEYS[3], 'bd', ARGV[14]) end\n" \
+    "if h > 0 and capm > 0 then redis.call('HSET', KEYS[3], 'bm', ARGV[15]) end\n" \
+    "redis.call('EXPIRE', KEYS[3], math.floor(ttl / 1000) + 86400)\n" \
+    "return {'held', bal, bal - held - h, exp}\n"
+
+static const char hold_lua[] = KG_LUA_COMMON KG_LUA_LIMITS KG_LUA_HOLD;
 
 /* Settle: charges the measured cost of a held request, releases the rest.
  *   KEYS    as above (KEYS[1], [2], [4], [5] of the wallet the caller
@@ -313,44 +315,45 @@ static const char hold_lua[] =
  * Budgets: the part of the hold released leaves the spend of the day and
  * month that counted the hold, when they are still today and this month
  * (an earlier day's spend stays as held: that day is over). */
-static const char settle_lua[] =
-    KG_LUA_COMMON
-    "local r = redis.call('HMGET', KEYS[3], 'state', 'wallet_id', 'hold_micros', 'settled_micros', 'balance_micros', 'bd', 'bm')\n"
-    "if not r[1] then return {'nohold'} end\n"
-    "if r[2] ~= ARGV[4] then return {'wallet', r[2] or ''} end\n"
-    "if r[1] == 'settled' then\n"
-    "  return {'replay', tonumber(r[4]) or 0, tonumber(r[5]) or -1, tonumber(r[3]) or 0}\n"
-    "end\n"
-    "local now, bal = open_wallet(KEYS[8], KEYS[9], ARGV[4])\n"
-    "if now == nil then return {'nowallet'} end\n"
-    "if type(now) == 'table' then return now end\n"
-    "local id = ARGV[2] .. ' ' .. ARGV[3]\n"
-    "local v = redis.call('HGET', KEYS[4], id)\n"
-    "if not v then\n"
-    "  redis.call('HSET', KEYS[3], 'state', 'captured')\n"
-    "  return {'captured', tonumber(r[3]) or 0, bal}\n"
-    "end\n"
-    "local h, uid, svc, mdl = string.match(v, '^(%d+) (%S+) (%S+) (%S+)$')\n"
-    "h = tonumber(h)\n"
-    "local cost = tonumber(ARGV[1])\n"
-    "if h == nil or cost == nil or cost < -1 then\n"
-    "  return redis.error_reply('ERR keygate: hold or cost is not an integer')\n"
-    "end\n"
-    "local charge = (cost >= 0 and cost < h) and cost or h\n"
-    "redis.call('HDEL', KEYS[4], id)\n"
-    "redis.call('ZREM', KEYS[5], id)\n"
-    "redis.call('HINCRBY', KEYS[1], 'held_micros', string.format('%d', -h))\n"
-    "local nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', string.format('%d', -charge))\n"
-    "local extra = ',\"settle\":\"settled\",\"hold_micros\":' .. string.format('%d', h)\n"
-    "if cost > h then extra = extra .. ',\"actual_micros\":' .. ARGV[1] end\n"
-    "redis.call('LPUSH', KEYS[2], entry(charge, nb, now, ARGV[2], uid, svc, mdl, ARGV[3], extra))\n"
-    "local back = h - charge\n"
-    "if back > 0 and r[6] == ARGV[5] then redis.call('DECRBY', KEYS[6], string.format('%d', back)) end\n"
-    "if back > 0 and r[7] == ARGV[6] then redis.call('DECRBY', KEYS[7], string.format('%d', back)) end\n"
-    "redis.call('HSET', KEYS[3], 'state', 'settled', 'settled_micros', string.format('%d', charge),\n"
-    "           'balance_micros', string.format('%d', nb), 'settled_at', string.format('%d', now))\n"
-    "usage_add(KEYS[8], KEYS[9], ARGV[2], ARGV[4], svc, mdl, charge, 7)\n"
-    "return {'ok', charge, nb, h}\n";
+#define KG_LUA_SETTLE \
+    "local r = redis.call('HMGET', KEYS[3], 'state', 'wallet_id', 'hold_micros', 'settled_micros', 'balance_micros', 'bd', 'bm')\n" \
+    "if not r[1] then return {'nohold'} end\n" \
+    "if r[2] ~= ARGV[4] then return {'wallet', r[2] or ''} end\n" \
+    "if r[1] == 'settled' then\n" \
+    "  return {'replay', tonumber(r[4]) or 0, tonumber(r[5]) or -1, tonumber(r[3]) or 0}\n" \
+    "end\n" \
+    "local now, bal = open_wallet(KEYS[8], KEYS[9], ARGV[4])\n" \
+    "if now == nil then return {'nowallet'} end\n" \
+    "if type(now) == 'table' then return now end\n" \
+    "local id = ARGV[2] .. ' ' .. ARGV[3]\n" \
+    "local v = redis.call('HGET', KEYS[4], id)\n" \
+    "if not v then\n" \
+    "  redis.call('HSET', KEYS[3], 'state', 'captured')\n" \
+    "  return {'captured', tonumber(r[3]) or 0, bal}\n" \
+    "end\n" \
+    "local h, uid, svc, mdl = string.match(v, '^(%d+) (%S+) (%S+) (%S+)$')\n" \
+    "h = tonumber(h)\n" \
+    "local cost = tonumber(ARGV[1])\n" \
+    "if h == nil or cost == nil or cost < -1 then\n" \
+    "  return redis.error_reply('ERR keygate: hold or cost is not an integer')\n" \
+    "end\n" \
+    "local charge = (cost >= 0 and cost < h) and cost or h\n" \
+    "redis.call('HDEL', KEYS[4], id)\n" \
+    "redis.call('ZREM', KEYS[5], id)\n" \
+    "redis.call('HINCRBY', KEYS[1], 'held_micros', string.format('%d', -h))\n" \
+    "local nb = redis.call('HINCRBY', KEYS[1], 'balance_micros', string.format('%d', -charge))\n" \
+    "local extra = ',\"settle\":\"settled\",\"hold_micros\":' .. string.format('%d', h)\n" \
+    "if cost > h then extra = extra .. ',\"actual_micros\":' .. ARGV[1] end\n" \
+    "redis.call('LPUSH', KEYS[2], entry(charge, nb, now, ARGV[2], uid, svc, mdl, ARGV[3], extra))\n" \
+    "local back = h - charge\n" \
+    "if back > 0 and r[6] == ARGV[5] then redis.call('DECRBY', KEYS[6], string.format('%d', back)) end\n" \
+    "if back > 0 and r[7] == ARGV[6] then redis.call('DECRBY', KEYS[7], string.format('%d', back)) end\n" \
+    "redis.call('HSET', KEYS[3], 'state', 'settled', 'settled_micros', string.format('%d', charge),\n" \
+    "           'balance_micros', string.format('%d', nb), 'settled_at', string.format('%d', now))\n" \
+    "usage_add(KEYS[8], KEYS[9], ARGV[2], ARGV[4], svc, mdl, charge, 7)\n" \
+    "return {'ok', charge, nb, h}\n"
+
+static const char settle_lua[] = KG_LUA_COMMON KG_LUA_SETTLE;
 
 /* Free-tier count.
  *   KEYS[1] P {t:T}:quota:<svc>:<yyyymmdd>   the team's requests that UTC day,
@@ -362,39 +365,196 @@ static const char settle_lua[] =
  * Returns {'ok', count} | {'quota', count} | {'rate', wait_ms} | {'replay'} |
  *         {'conflict'}.
  * A refused request is not counted. */
-static const char quota_lua[] =
-    KG_LUA_LIMITS
-    "local rid = ARGV[2]\n"
-    "if rid ~= '' then\n"
-    "  local r = redis.call('HMGET', KEYS[2], 'cost_micros', 'fp')\n"
-    "  if r[1] then\n"
-    "    if r[2] ~= ARGV[6] then return {'conflict'} end\n"
-    "    return {'replay'}\n"
-    "  end\n"
-    "end\n"
-    "local lim = tonumber(ARGV[1]) or 0\n"
-    "local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0\n"
-    "if lim > 0 and n >= lim then return {'quota', n} end\n"
-    "local ps, pm = tonumber(ARGV[7]) or 0, tonumber(ARGV[8]) or 0\n"
-    "if ps > 0 or pm > 0 then\n"
-    "  local t = redis.call('TIME')\n"
-    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "  local wait = rate_check(KEYS[3], ps, pm, now)\n"
-    "  if wait > 0 then return {'rate', wait} end\n"
-    "end\n"
-    "n = redis.call('INCR', KEYS[1])\n"
-    "if n == 1 then redis.call('EXPIRE', KEYS[1], 172800) end\n"
-    "if rid ~= '' then\n"
-    "  local t = redis.call('TIME')\n"
-    "  local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
-    "  redis.call('HSET', KEYS[2], 'cost_micros', '0', 'balance_micros', '-1',\n"
-    "             'wallet_id', '', 'at', at,\n"
-    "             'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5], 'fp', ARGV[6])\n"
-    "  redis.call('EXPIRE', KEYS[2], 86400)\n"
-    "end\n"
-    "return {'ok', n}\n";
+#define KG_LUA_QUOTA \
+    "local rid = ARGV[2]\n" \
+    "if rid ~= '' then\n" \
+    "  local r = redis.call('HMGET', KEYS[2], 'cost_micros', 'fp', 'user_id')\n" \
+    "  if r[1] then\n" \
+    "    if r[2] ~= ARGV[6] or r[3] ~= ARGV[3] then return {'conflict'} end\n" \
+    "    return {'replay'}\n" \
+    "  end\n" \
+    "end\n" \
+    "local lim = tonumber(ARGV[1]) or 0\n" \
+    "local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0\n" \
+    "if lim > 0 and n >= lim then return {'quota', n} end\n" \
+    "local ps, pm = tonumber(ARGV[7]) or 0, tonumber(ARGV[8]) or 0\n" \
+    "if ps > 0 or pm > 0 then\n" \
+    "  local t = redis.call('TIME')\n" \
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n" \
+    "  local wait = rate_check(KEYS[3], ps, pm, now)\n" \
+    "  if wait > 0 then return {'rate', wait} end\n" \
+    "end\n" \
+    "n = redis.call('INCR', KEYS[1])\n" \
+    "if n == 1 then redis.call('EXPIRE', KEYS[1], 172800) end\n" \
+    "if rid ~= '' then\n" \
+    "  local t = redis.call('TIME')\n" \
+    "  local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n" \
+    "  redis.call('HSET', KEYS[2], 'cost_micros', '0', 'balance_micros', '-1',\n" \
+    "             'wallet_id', '', 'at', at,\n" \
+    "             'user_id', ARGV[3], 'service', ARGV[4], 'model', ARGV[5], 'fp', ARGV[6])\n" \
+    "  redis.call('EXPIRE', KEYS[2], 86400)\n" \
+    "end\n" \
+    "return {'ok', n}\n"
 
-const char *const kg_script_text[KG_NSCRIPTS] = {debit_lua, quota_lua, hold_lua, settle_lua};
+static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
+
+/* Cold authorize / settle (issue 11): a request whose token is not in the
+ * warm cache is ONE script on the team's slot. It resolves the token
+ * record, reads the key document and checks exactly what the warm path
+ * checks in C (kg_cache.c kg_entry_build, kg_flow.c token_verdict and
+ * decide, in the same order), then runs the very same money body as the
+ * warm scripts: each body above is wrapped, unchanged, in a function whose
+ * parameters are named KEYS and ARGV, so the text that moves money exists
+ * once. Only the token record is declared; every other key carries the
+ * same {t:T} tag (so the same slot) and is named here from prefix + team,
+ * as kgc_keys.h names them.
+ *   KEYS[1] P {t:T}:tok:<hash>          (T: the team the token names)
+ *   ARGV    1 prefix P, 2 team T, 3 token hash, 4 gateway wall clock (ms:
+ *           token and key expiry, as the warm path), 5 mode ('a' authorize,
+ *           's' settle), 6 service, 7 resolved model ('' if none),
+ *           8 request id, 9 fp, 10 '1' if the catalog refuses the request
+ *           (BAD_REQUEST: authorize: unknown service or model, bad params;
+ *           settle: all of decide_settle's checks), 11 '1' if the service
+ *           has a free tier, 12 '1' if it is a settle service, 13 '1' if a
+ *           hold cannot be priced (no request id, a measured param without
+ *           maximum), 14 the amount (debit price | hold | settle cost),
+ *           15 quota limit, 16 hold_ttl_ms, 17 '1' = usage counters on,
+ *           18 yyyymmdd, 19 yyyymm, 20 yyyymmddhh, 21 '1' = return the key
+ *           document (the caller will cache it), 22.. params (name, value)
+ * Returns {'unknown'} | {'damaged'} (no usable record) or
+ *   {'k', key_id, user_id, expires_ms, key document ('' unless asked for),
+ *    wallet_id, verdict
+ *    [, the money body's reply]}
+ * verdict: 'revoked' | 'unknown' | 'expired' | 'bad' | 'disabled' |
+ *   'denied' | 'damaged' | 'none' (a settle under the free policy) |
+ *   'quota' | 'debit' | 'hold' | 'settle' (the body's reply follows).
+ * The C side builds its warm cache entry from the document returned. */
+#define KG_LUA_COLD                                                                \
+    "local P, T, H, now, mode = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]\n" \
+    "local svc, mdl, rid, fp = ARGV[6], ARGV[7], ARGV[8], ARGV[9]\n"              \
+    "local function D(x) return string.format('%d', x) end\n"                     \
+    "local function id_ok(s)\n"                                                   \
+    "  return type(s) == 'string' and #s < 40 and string.match(s, '^[A-Za-z0-9_]+$') ~= nil\n" \
+    "end\n"                                                                       \
+    "local function get(t, k) if type(t) == 'table' then return t[k] end return nil end\n" \
+    "local function count(v)\n"                                                   \
+    "  if v == nil or v == cjson.null then return 0 end\n"                        \
+    "  if type(v) ~= 'number' or v < 0 or v ~= math.floor(v) then return nil end\n" \
+    "  return v\n"                                                                \
+    "end\n"                                                                       \
+    "local function of_team(w)\n"                                                 \
+    "  return id_ok(w) and #w == 22 and string.sub(w, 1, 14) == 'w_' .. string.sub(T, 3)\n" \
+    "end\n"                                                                       \
+    "local flat = redis.call('HGETALL', KEYS[1])\n"                              \
+    "if #flat == 0 then return {'unknown'} end\n"                                \
+    "local rec = {}\n"                                                            \
+    "for i = 1, #flat - 1, 2 do rec[flat[i]] = flat[i + 1] end\n"                \
+    "local kid, uid, es = rec.key_id, rec.user_id, rec.expires_ms or '0'\n"      \
+    "if not id_ok(kid) or not id_ok(rec.team_id) or not id_ok(uid) or rec.team_id ~= T or\n" \
+    "   not string.match(es, '^%d*$') then return {'damaged'} end\n"              \
+    "local exp = tonumber(es) or 0\n"                                             \
+    "if exp ~= 0 and exp <= now then return {'unknown'} end\n"                    \
+    "local tag = P .. '{t:' .. T .. '}:'\n"                                       \
+    "local raw = redis.call('GET', tag .. 'key:' .. kid)\n"                       \
+    "if not raw then return {'unknown'} end\n"                                    \
+    "local okj, doc = pcall(cjson.decode, raw)\n"                                 \
+    "if not okj or type(doc) ~= 'table' or doc.key_id ~= kid or type(doc.status) ~= 'string' then\n" \
+    "  return {'damaged'}\n"                                                      \
+    "end\n"                                                                       \
+    "local state = doc.status == 'active' and 'active' or 'revoked'\n"            \
+    "if state == 'active' then\n"                                                 \
+    "  local found = false\n"                                                     \
+    "  if type(doc.users) == 'table' then\n"                                      \
+    "    for _, u in ipairs(doc.users) do if u == uid then found = true break end end\n" \
+    "  end\n"                                                                     \
+    "  if not found then state = 'unassigned' end\n"                              \
+    "end\n"                                                                       \
+    "if state == 'active' and exp == 0 and get(get(doc.tokens, uid), 'hash') ~= H then\n" \
+    "  state = 'unassigned'\n"                                                    \
+    "end\n"                                                                       \
+    "local kexp, capd, capm = count(doc.expires_at), count(doc.budget_day_micros),\n" \
+    "  count(doc.budget_month_micros)\n"                                          \
+    "if not kexp or not capd or not capm then return {'damaged'} end\n"          \
+    "local rates, svcs = doc.rate_limits, doc.services\n"                         \
+    "if rates == cjson.null then rates = nil end\n"                               \
+    "if (rates ~= nil and type(rates) ~= 'table') or (svcs ~= nil and type(svcs) ~= 'table') then\n" \
+    "  return {'damaged'}\n"                                                      \
+    "end\n"                                                                       \
+    "local pol\n"                                                                 \
+    "for sid, sp in pairs(svcs or {}) do\n"                                       \
+    "  if type(sp) ~= 'table' then return {'damaged'} end\n"                      \
+    "  local p = {payg = false, ps = 0, pm = 0}\n"                                \
+    "  if sp.policy == 'payg' then\n"                                             \
+    "    if type(sp.wallet) ~= 'string' or #sp.wallet == 0 or #sp.wallet >= 64 or\n" \
+    "       type(sp.models) ~= 'table' then return {'damaged'} end\n"            \
+    "    for _, m in pairs(sp.models) do if type(m) ~= 'string' then return {'damaged'} end end\n" \
+    "    p.payg, p.wallet, p.models = true, sp.wallet, sp.models\n"               \
+    "  elseif sp.policy ~= 'free' then\n"                                         \
+    "    return {'damaged'}\n"                                                    \
+    "  end\n"                                                                     \
+    "  local rl = get(rates, sid)\n"                                              \
+    "  if rl ~= nil and rl ~= cjson.null then\n"                                  \
+    "    if type(rl) ~= 'table' then return {'damaged'} end\n"                    \
+    "    p.ps, p.pm = count(rl.per_second), count(rl.per_minute)\n"               \
+    "    if not p.ps or not p.pm then return {'damaged'} end\n"                   \
+    "  end\n"                                                                     \
+    "  if sid == svc then pol = p end\n"                                          \
+    "end\n"                                                                       \
+    "local doc_out = ARGV[21] == '1' and raw or ''\n"                              \
+    "local function env(v, w, inner) return {'k', kid, uid, D(exp), doc_out, w, v, inner} end\n" \
+    "local W = (pol ~= nil and pol.payg) and pol.wallet or ''\n"                  \
+    "local day, month, hour = ARGV[18], ARGV[19], ARGV[20]\n"                     \
+    "local ud, uh = '', ''\n"                                                     \
+    "if ARGV[17] == '1' then ud, uh = tag .. 'usage:d:' .. day, tag .. 'usage:h:' .. hour end\n" \
+    "local function params(a) if ud ~= '' then for i = 22, #ARGV do a[#a + 1] = ARGV[i] end end return a end\n" \
+    "local function wkeys(w, more)\n"                                             \
+    "  local k = {tag .. 'wallet:' .. w, tag .. 'ledger:' .. w, tag .. 'req:' .. kid .. ':' .. rid,\n" \
+    "    tag .. 'holds:' .. w, tag .. 'holdexp:' .. w,\n"                         \
+    "    tag .. 'spend:' .. kid .. ':d:' .. day, tag .. 'spend:' .. kid .. ':m:' .. month}\n" \
+    "  for _, x in ipairs(more) do k[#k + 1] = x end\n"                           \
+    "  return k\n"                                                                \
+    "end\n"                                                                       \
+    "if mode == 's' then\n"                                                       \
+    "  if ARGV[10] == '1' then return env('bad', '') end\n"                       \
+    "  if pol ~= nil and not pol.payg then return env('none', '') end\n"          \
+    "  local a = params({ARGV[14], kid, rid, W, day, month})\n"                   \
+    "  local r = settle(wkeys(W, {ud, uh}), a)\n"                                 \
+    "  if type(r) == 'table' and r[1] == 'wallet' and r[2] ~= W and of_team(r[2]) then\n" \
+    "    W, a[4] = r[2], r[2]\n"                                                  \
+    "    r = settle(wkeys(W, {ud, uh}), a)\n"                                     \
+    "  end\n"                                                                     \
+    "  return env('settle', W, r)\n"                                              \
+    "end\n"                                                                       \
+    "if state == 'revoked' then return env('revoked', '') end\n"                  \
+    "if state == 'unassigned' then return env('unknown', '') end\n"               \
+    "if kexp ~= 0 and kexp <= now then return env('expired', '') end\n"          \
+    "local payg = pol ~= nil and pol.payg\n"                                      \
+    "if ARGV[10] == '1' or (ARGV[12] == '1' and payg and ARGV[13] == '1') then return env('bad', W) end\n" \
+    "if pol == nil or (not payg and ARGV[11] ~= '1') then return env('disabled', W) end\n" \
+    "local krate = tag .. 'rate:' .. kid .. ':' .. svc\n"                         \
+    "if not payg then\n"                                                          \
+    "  return env('quota', W, quota({tag .. 'quota:' .. svc .. ':' .. day,\n"     \
+    "    tag .. 'req:' .. kid .. ':' .. rid, krate}, {ARGV[15], rid, uid, svc, mdl, fp, D(pol.ps), D(pol.pm)}))\n" \
+    "end\n"                                                                       \
+    "local allowed = false\n"                                                     \
+    "for _, m in ipairs(pol.models) do if m == mdl then allowed = true break end end\n" \
+    "if not allowed then return env('denied', W) end\n"                           \
+    "if not of_team(W) then return env('damaged', W) end\n"                       \
+    "local keys = wkeys(W, {krate, ud, uh})\n"                                    \
+    "local a = {ARGV[14], kid, uid, svc, mdl, rid, W, fp, ARGV[16], D(capd), D(capm),\n" \
+    "  D(pol.ps), D(pol.pm), day, month}\n"                                       \
+    "if ARGV[12] == '1' then return env('hold', W, hold(keys, a)) end\n"          \
+    "return env('debit', W, debit(keys, params(a)))\n"
+
+static const char cold_lua[] =
+    "local function debit(KEYS, ARGV)\n" KG_LUA_COMMON KG_LUA_LIMITS KG_LUA_DEBIT "end\n"
+    "local function hold(KEYS, ARGV)\n" KG_LUA_COMMON KG_LUA_LIMITS KG_LUA_HOLD "end\n"
+    "local function settle(KEYS, ARGV)\n" KG_LUA_COMMON KG_LUA_SETTLE "end\n"
+    "local function quota(KEYS, ARGV)\n" KG_LUA_LIMITS KG_LUA_QUOTA "end\n"
+    KG_LUA_COLD;
+
+const char *const kg_script_text[KG_NSCRIPTS] = {debit_lua, quota_lua, hold_lua, settle_lua,
+                                                 cold_lua};
 
 /* Capture (keygated's hold sweep, daemon/holds.c): what the first money
  * script on a wallet does before anything else, alone, for a wallet no

@@ -115,7 +115,7 @@ static void pass_model(fsck *f)
     json_object_foreach(f->teams, team, v)
         fsck_run_check(f, fsck_check_team, team, NULL);
     json_object_foreach(f->toks, id, v)
-        fsck_run_check(f, fsck_check_token, id, NULL);
+        fsck_run_check(f, fsck_check_token, id, json_string_value(v));
     json_object_foreach(f->wallets, team, set)
         json_object_foreach(set, id, v)
             fsck_check_wallet(f, team, id);

@@ -53,7 +53,7 @@ typedef struct fsck {
     json_t *keydocs;                 /* team_id -> {key_id: true} */
     json_t *wallets;                 /* team_id -> {wallet_id: true} */
     json_t *ledgers;                 /* team_id -> {wallet_id: true} */
-    json_t *toks;                    /* hash -> true */
+    json_t *toks;                    /* hash -> the team of its {t:T} tag ("": none) */
     json_t *users;                   /* user_id -> true */
     json_t *emails;                  /* email -> true */
     int catalog_seen;
@@ -146,9 +146,10 @@ void fsck_pass_scan(fsck *f);
 /* --- pass 2 (cli_fsck_checks.c) -------------------------------------------- */
 
 /* fsck_check's, for run_check: team T (b unused), token record of hash
- * (b unused), user uid, email record. */
+ * in team tag_team's slot ("": a record of the old untagged layout), user
+ * uid, email record. */
 int fsck_check_team(fsck *f, const char *T, const char *unused);
-int fsck_check_token(fsck *f, const char *hash, const char *unused);
+int fsck_check_token(fsck *f, const char *hash, const char *tag_team);
 int fsck_check_user(fsck *f, const char *uid, const char *unused);
 int fsck_check_email(fsck *f, const char *email, const char *unused);
 

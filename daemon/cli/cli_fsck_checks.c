@@ -137,7 +137,7 @@ static void check_keydoc(fsck *f, const char *T, const char *kid, const char *kn
                 PROBLEM(f, kname, "token entry of %s has no valid hash", uid);
                 continue;
             }
-            keys[k] = xstrdup(fsck_rk(f, name, KGC_RK_TOKEN, h));
+            keys[k] = xstrdup(fsck_rk(f, name, KGC_RK_TOKEN, T, h));
             who[k++] = uid;
         }
         recs = fsck_wread(f, k, keys, "HGETALL", NULL);
@@ -413,7 +413,7 @@ int fsck_check_team(fsck *f, const char *T, const char *unused)
 
 /* --- pass 2: token records --------------------------------------------------- */
 
-int fsck_check_token(fsck *f, const char *hash, const char *unused)
+int fsck_check_token(fsck *f, const char *hash, const char *tag_team)
 {
     char tk[KGC_RKEY_MAX], kk[KGC_RKEY_MAX], kt[KGC_ID_MAX];
     redisReply *rec, *ttl, *kd;
@@ -422,10 +422,17 @@ int fsck_check_token(fsck *f, const char *hash, const char *unused)
     long long expires = -1;
     int rc;
 
-    (void)unused;
-    fsck_rk(f, tk, KGC_RK_TOKEN, hash);
+    if (tag_team == NULL || tag_team[0] == '\0') {
+        /* A record of the layout before tokens named their team: no gateway
+         * reads it any more (docs/redis-schema.md "Tokens"). */
+        fsck_rk(f, tk, "tok:%s", hash);
+        PROBLEM(f, tk, "a token record outside its team's slot (the old token format): "
+                       "rotate the token, then delete this record");
+        return 1;
+    }
+    fsck_rk(f, tk, KGC_RK_TOKEN, tag_team, hash);
     if (!is_hash_hex(hash, strlen(hash))) {
-        PROBLEM(f, tk, "the name is not tok:<64 lowercase hex>");
+        PROBLEM(f, tk, "the name is not {t:<team>}:tok:<64 lowercase hex>");
         return 1;
     }
     rec = fsck_wread1(f, tk, "HGETALL", NULL);
@@ -452,8 +459,9 @@ int fsck_check_token(fsck *f, const char *hash, const char *unused)
         freeReplyObject(ttl);
         return fsck_watch_commit(f);
     }
-    if (kgc_id_team_of(kid, 'k', kt) != 0 || strcmp(kt, team) != 0) {
-        PROBLEM(f, tk, "key %s is not a key of its team_id %s", kid, team);
+    if (kgc_id_team_of(kid, 'k', kt) != 0 || strcmp(kt, team) != 0 || strcmp(team, tag_team) != 0) {
+        PROBLEM(f, tk, "key %s is not a key of its team_id %s, or that is not the team of "
+                       "the record's slot", kid, team);
         freeReplyObject(rec);
         freeReplyObject(ttl);
         return fsck_watch_commit(f);

@@ -33,7 +33,8 @@ static void inventory(fsck *f, const char *name, const char *type)
     size_t tl;
 
     if (strncmp(name, "tok:", 4) == 0) {
-        json_object_set_new(f->toks, name + 4, json_true());
+        /* The layout before tokens named their team: a problem (pass 2). */
+        json_object_set_new(f->toks, name + 4, json_string(""));
         return;
     }
     if (strncmp(name, "user:", 5) == 0) {
@@ -58,6 +59,10 @@ static void inventory(fsck *f, const char *name, const char *type)
     rest += 2;
     if (strcmp(rest, "team") == 0) {
         json_object_set_new(f->teams, team, json_true());
+        return;
+    }
+    if (strncmp(rest, "tok:", 4) == 0) {
+        json_object_set_new(f->toks, rest + 4, json_string(team));
         return;
     }
     if (strncmp(rest, "key:", 4) == 0) {

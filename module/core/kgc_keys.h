@@ -55,7 +55,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_USAGE_HOUR "{t:%s}:usage:h:%s"      hash: the team's usage that UTC hour (yyyymmddhh), 14 days
  *   KGC_RK_AUDIT     "{t:%s}:audit"            stream of accepted changes (field e: JSON), kept by time
  *   KGC_RK_AUDIT_REFUSED "{t:%s}:refused:audit" stream of refused mutations, kept by count
- *   KGC_RK_TOKEN     "tok:%s"                  hash: key_id team_id user_id token_id expires_ms
+ *   KGC_RK_TOKEN     "{t:%s}:tok:%s"           hash: key_id team_id user_id token_id expires_ms
  *   KGC_RK_USER      "user:%s"                 JSON user document
  *   KGC_RK_EMAIL     "email:%s"                user id by lower-cased email
  *   KGC_RK_NOTIF     "notif:%s"                list of JSON notifications
@@ -86,7 +86,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 #define KGC_RK_USAGE_HOUR  "{t:%s}:usage:h:%s"
 #define KGC_RK_AUDIT   "{t:%s}:audit"
 #define KGC_RK_AUDIT_REFUSED "{t:%s}:refused:audit"
-#define KGC_RK_TOKEN   "tok:%s"
+#define KGC_RK_TOKEN   "{t:%s}:tok:%s"
 #define KGC_RK_USER    "user:%s"
 #define KGC_RK_EMAIL   "email:%s"
 #define KGC_RK_NOTIF   "notif:%s"

@@ -90,22 +90,36 @@ static void crc_suffix(const char *s, size_t len, char *out)
     base62_fixed(be, sizeof be, out, KGC_TOKEN_CRC_LEN);
 }
 
-void kgc_token_generate(char *out)
+static int is_b62(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+int kgc_token_generate(const char *team_id, char *out)
 {
     unsigned char raw[32];
 
+    if (team_id == NULL || strncmp(team_id, "t_", 2) != 0 ||
+        strlen(team_id) != 2 + KGC_TOKEN_TEAM_LEN)
+        return -1;
+    for (size_t i = 0; i < KGC_TOKEN_TEAM_LEN; i++)
+        if (!is_b62(team_id[2 + i]))
+            return -1;
     randombytes_buf(raw, sizeof raw);
     memcpy(out, KGC_TOKEN_PREFIX, KGC_TOKEN_PREFIX_LEN);
     base62_fixed(raw, sizeof raw, out + KGC_TOKEN_PREFIX_LEN, KGC_TOKEN_BODY_LEN);
     sodium_memzero(raw, sizeof raw);
-    crc_suffix(out, KGC_TOKEN_PREFIX_LEN + KGC_TOKEN_BODY_LEN,
-               out + KGC_TOKEN_PREFIX_LEN + KGC_TOKEN_BODY_LEN);
+    memcpy(out + KGC_TOKEN_TEAM_AT, team_id + 2, KGC_TOKEN_TEAM_LEN);
+    crc_suffix(out, KGC_TOKEN_CRC_AT, out + KGC_TOKEN_CRC_AT);
     out[KGC_TOKEN_LEN] = '\0';
+    return 0;
 }
 
-static int is_b62(char c)
+void kgc_token_team(const char *tok, char *out)
 {
-    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+    memcpy(out, "t_", 2);
+    memcpy(out + 2, tok + KGC_TOKEN_TEAM_AT, KGC_TOKEN_TEAM_LEN);
+    out[2 + KGC_TOKEN_TEAM_LEN] = '\0';
 }
 
 int kgc_token_wellformed(const char *tok, size_t len)
@@ -118,9 +132,9 @@ int kgc_token_wellformed(const char *tok, size_t len)
         return 0;
     for (size_t i = KGC_TOKEN_PREFIX_LEN; i < len; i++)
         ok &= is_b62(tok[i]);
-    crc_suffix(tok, KGC_TOKEN_PREFIX_LEN + KGC_TOKEN_BODY_LEN, want);
-    ok &= sodium_memcmp(want, tok + KGC_TOKEN_PREFIX_LEN + KGC_TOKEN_BODY_LEN,
-                        KGC_TOKEN_CRC_LEN) == 0;
+    /* The CRC covers the random part and the team part alike. */
+    crc_suffix(tok, KGC_TOKEN_CRC_AT, want);
+    ok &= sodium_memcmp(want, tok + KGC_TOKEN_CRC_AT, KGC_TOKEN_CRC_LEN) == 0;
     return ok;
 }
 

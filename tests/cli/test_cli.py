@@ -27,7 +27,7 @@ REPO = kgtest.REPO
 CLI = os.environ.get("KEYGATE_CLI") or os.path.join(REPO, "build", "daemon", "cli", "keygate")
 
 B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-TOKEN_RE = re.compile(r"kg_[0-9A-Za-z]{49}")
+TOKEN_RE = re.compile(r"kg_[0-9A-Za-z]{61}")
 
 
 def b62_fixed(n, width):
@@ -39,8 +39,9 @@ def b62_fixed(n, width):
 
 
 def wellformed(tok):
-    """SPEC §3: kg_ + 43 base62 + 6 base62 of the CRC32 of what precedes."""
-    if not re.fullmatch(r"kg_[0-9A-Za-z]{43}[0-9A-Za-z]{6}", tok):
+    """SPEC §3: kg_ + 43 base62 + the team's 12 + 6 base62 of the CRC32 of
+    what precedes."""
+    if not re.fullmatch(r"kg_[0-9A-Za-z]{43}[0-9A-Za-z]{12}[0-9A-Za-z]{6}", tok):
         return False
     return b62_fixed(zlib.crc32(tok[:-6].encode()) & 0xFFFFFFFF, 6) == tok[-6:]
 
@@ -293,7 +294,7 @@ class TestTokens(CliCase):
         self.dir = tempfile.mkdtemp(prefix="kgcli", dir=self.env.tmp)
 
     def token_is_live(self, tok):
-        return self.env.redis("EXISTS", "kg:tok:" + kgtest.token_hash(self.env.pepper_bytes, tok)) == 1
+        return self.env.redis("EXISTS", kgtest.token_key(self.env.pepper_bytes, tok)) == 1
 
     def test_generate_out_writes_0600_file_and_prints_only_the_hint(self):
         path = os.path.join(self.dir, "token")

@@ -29,7 +29,7 @@ const BASE = `http://127.0.0.1:${PORT}`;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const PW = 'correct horse battery';
 const run = `${process.pid}${Date.now() % 100000}`;
-const TOKEN_RE = /^kg_[0-9A-Za-z]{43,50}$/;
+const TOKEN_RE = /^kg_[0-9A-Za-z]{61}$/;
 const REDIS = process.env.KG_REDIS;
 const PREFIX = process.env.KG_PREFIX || '';
 

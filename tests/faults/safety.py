@@ -261,7 +261,7 @@ def check_present(tc, env, s):
                            % (args["reference"], refs.count(args["reference"])))
         elif cmd == "token.generate":
             h = kgtest.token_hash(env.pepper_bytes, res["token"])
-            rec = env.redis("HGETALL", "kg:tok:" + h)
+            rec = env.redis("HGETALL", kgtest.token_key(env.pepper_bytes, res["token"]))
             tc.assertIn(res["key_id"].encode(), rec, "acknowledged token lost")
             doc = json.loads(env.redis("GET", p + "key:" + res["key_id"]))
             tc.assertEqual(doc["tokens"][s.a]["hash"], h)

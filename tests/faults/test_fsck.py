@@ -180,7 +180,7 @@ class Fsck(kgtest.EnvCase):
 
     def test_dangling_token_record(self):
         h = "ab" * 32
-        tk = "kg:tok:" + h
+        tk = "kg:{t:%s}:tok:%s" % (self.t["team"], h)
         with self.corrupt(tk):
             self.env.redis("HSET", tk, "key_id", self.key, "team_id", self.t["team"],
                            "user_id", self.t["owner"], "token_id", "tk_planted", "expires_ms", "0")
@@ -194,30 +194,34 @@ class Fsck(kgtest.EnvCase):
             self.env.redis("HSET", tk, "key_id", self.key, "team_id", self.world["team"],
                            "user_id", self.t["owner"], "token_id", "tk_planted", "expires_ms", "0")
             self.assert_found("not a key of its team_id", key=tk)
+        # The layout before tokens named their team: reported, never read.
+        old = "kg:tok:" + h
+        with self.corrupt(old):
+            self.env.redis("HSET", old, "key_id", self.key, "team_id", self.t["team"],
+                           "user_id", self.t["owner"], "token_id", "tk_planted", "expires_ms", "0")
+            self.assert_found("outside its team's slot", key=old)
 
     def test_unassigned_users_token_left(self):
         """The record of a token whose user was unassigned, put back."""
         u1 = self.t["users"][0]
-        h = kgtest.token_hash(self.env.pepper_bytes, self.tokens[self.t["owner"]])
+        tk = kgtest.token_key(self.env.pepper_bytes, self.tokens[self.t["owner"]])
         kk = self.prefix() + "key:" + self.key
         with self.corrupt(kk):
             import json
             doc = json.loads(self.env.redis("GET", kk))
             doc["users"] = [u for u in doc["users"] if u != self.t["owner"]]
             self.env.redis("SET", kk, json.dumps(doc))
-            self.assert_found("is not assigned", key="kg:tok:" + h)
+            self.assert_found("is not assigned", key=tk)
             self.assertIn(u1, doc["users"])
 
     def test_token_record_missing(self):
-        h = kgtest.token_hash(self.env.pepper_bytes, self.tokens[self.t["owner"]])
-        tk = "kg:tok:" + h
+        tk = kgtest.token_key(self.env.pepper_bytes, self.tokens[self.t["owner"]])
         with self.corrupt(tk):
             self.env.redis("DEL", tk)
             self.assert_found("record", "is missing", key=self.prefix() + "key:" + self.key)
 
     def test_grace_token_without_expiry(self):
-        h = kgtest.token_hash(self.env.pepper_bytes, self.tokens[self.t["users"][0]])
-        tk = "kg:tok:" + h
+        tk = kgtest.token_key(self.env.pepper_bytes, self.tokens[self.t["users"][0]])
         self.assertGreater(self.env.redis("PTTL", tk), 0)
         with self.corrupt(tk):
             self.env.redis("PERSIST", tk)

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import kgtest  # noqa: E402
 from kgtest import signup, now_ms  # noqa: E402
 
-TOKEN_RE = re.compile(r"^kg_[0-9A-Za-z]{49}$")
+TOKEN_RE = re.compile(r"^kg_[0-9A-Za-z]{61}$")
 KEY_FIELDS = {"key_id", "team_id", "name", "description", "kind", "status", "users",
               "services", "tokens", "created_at", "updated_at"}
 

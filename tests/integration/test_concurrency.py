@@ -40,7 +40,7 @@ class Concurrency(kgtest.EnvCase):
 
     def token_records(self, key_id):
         out = []
-        for k in self.env.redis_keys("kg:tok:*"):
+        for k in self.env.redis_keys("kg:{t:*}:tok:*"):
             flat = self.env.redis("HGETALL", k)
             rec = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
             if rec.get("key_id") == key_id:

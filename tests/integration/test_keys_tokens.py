@@ -1,7 +1,8 @@
 """Key and token rules: the free key, conflicts, rotation (with and without
 grace), unassignment and member removal killing tokens, revocation, and the
 invalidation messages published on kg:inval. Token records are checked in
-Redis by their keyed hash (kg:tok:<hex BLAKE2b-256(token, key=pepper)>)."""
+Redis by their keyed hash, in their team's slot
+(kg:{t:T}:tok:<hex BLAKE2b-256(token, key=pepper)>)."""
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ MAX_GRACE = 7 * 24 * 3600
 class KeysTokens(kgtest.EnvCase):
 
     def tok_key(self, token):
-        return "kg:tok:" + kgtest.token_hash(self.env.pepper_bytes, token)
+        return kgtest.token_key(self.env.pepper_bytes, token)
 
     def tok_record(self, token):
         flat = self.env.redis("HGETALL", self.tok_key(token))
@@ -101,10 +102,10 @@ class KeysTokens(kgtest.EnvCase):
         o, _ = self.team_of(0)
         g = self.c.ok("token.generate", o["user_id"], key=o["free_key_id"])
         before = self.raw_key_doc(o["team_id"], o["free_key_id"])
-        ntok = len(self.env.redis_keys("kg:tok:*"))
+        ntok = len(self.env.redis_keys("kg:{t:*}:tok:*"))
         self.assertEqual(self.c.err("token.generate", o["user_id"], key=o["free_key_id"]), "conflict")
         self.assertEqual(self.raw_key_doc(o["team_id"], o["free_key_id"]), before)
-        self.assertEqual(len(self.env.redis_keys("kg:tok:*")), ntok)
+        self.assertEqual(len(self.env.redis_keys("kg:{t:*}:tok:*")), ntok)
         self.assertEqual(self.tok_record(g["token"])["token_id"], g["token_id"])
 
     # -- token records ------------------------------------------------------------

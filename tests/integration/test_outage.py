@@ -238,7 +238,7 @@ class KilledMidPipeline(kgtest.EnvCase):
         doc = json.loads(self.env.redis("GET", "kg:{t:%s}:key:%s" % (team, k0)))
         if a in doc["tokens"]:
             h = doc["tokens"][a]["hash"]
-            rec = self.env.redis("HGET", "kg:tok:" + h, "token_id")
+            rec = self.env.redis("HGET", "kg:{t:%s}:tok:%s" % (team, h), "token_id")
             self.assertEqual(rec.decode(), doc["tokens"][a]["token_id"])
         # the current token is the last acknowledged rotation's, or one made
         # after it by a rotation whose answer was lost with the connection
@@ -247,9 +247,9 @@ class KilledMidPipeline(kgtest.EnvCase):
         if rotated:
             self.assertNotIn(doc["tokens"][a]["token_id"], rotated[:-1], "an acknowledged rotation was lost")
         # every live token record of k0 is either the current one or in grace
-        for tk in self.env.redis_keys("kg:tok:*"):
+        for tk in self.env.redis_keys("kg:{t:%s}:tok:*" % team):
             if self.env.redis("HGET", tk, "key_id") == k0.encode():
-                self.assertEqual(tk.decode(), "kg:tok:" + doc["tokens"][a]["hash"])
+                self.assertEqual(tk.decode(), "kg:{t:%s}:tok:%s" % (team, doc["tokens"][a]["hash"]))
 
 
 if __name__ == "__main__":

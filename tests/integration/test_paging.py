@@ -298,7 +298,7 @@ class Paging(kgtest.EnvCase):
             self.assertTrue(c.read_json()["ok"])
         c.send(c.request("token.generate", other, key=kids[1]))
         self.assertTrue(c.read_json()["ok"])
-        self.assertEqual(len(self.env.redis_keys("kg:tok:*")), n + 1)
+        self.assertEqual(len(self.env.redis_keys("kg:{t:*}:tok:*")), n + 1)
         self.env.redis("CONFIG", "SET", "slowlog-log-slower-than", "0")
         self.env.redis("CONFIG", "SET", "slowlog-max-len", "200000")
         self.env.redis("SLOWLOG", "RESET")
@@ -308,7 +308,7 @@ class Paging(kgtest.EnvCase):
         finally:
             self.env.redis("CONFIG", "SET", "slowlog-log-slower-than", "10000")
         # Done: the member is gone, with every token; the other keeps theirs.
-        self.assertEqual(len(self.env.redis_keys("kg:tok:*")), 1)
+        self.assertEqual(len(self.env.redis_keys("kg:{t:*}:tok:*")), 1)
         members = [m["user_id"] for m in self.c.ok("team.get", owner, team=t["team"])["members"]]
         self.assertNotIn(user, members)
         self.assertIn(other, members)

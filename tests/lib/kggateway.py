@@ -92,10 +92,11 @@ def _b62(n, width):
     return "".join(reversed(out))
 
 
-def fake_token():
+def fake_token(team=None):
     """A well-formed token (SPEC §3: right shape, right checksum) that was
-    never issued."""
-    head = "kg_" + _b62(int.from_bytes(os.urandom(32), "big"), 43)
+    never issued, of team (t_ + 12; a random one by default)."""
+    team = team or "t_" + _b62(int.from_bytes(os.urandom(9), "big"), 12)
+    head = "kg_" + _b62(int.from_bytes(os.urandom(32), "big"), 43) + team[2:]
     return head + _b62(zlib.crc32(head.encode()) & 0xFFFFFFFF, 6)
 
 

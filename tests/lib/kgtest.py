@@ -818,5 +818,16 @@ def token_hash(pepper_bytes, token):
     return hashlib.blake2b(token.encode(), key=pepper_bytes, digest_size=32).hexdigest()
 
 
+def token_team(token):
+    """The team a token names: t_ + its 12 characters after the random part
+    (docs/redis-schema.md "Tokens")."""
+    return "t_" + token[46:58]
+
+
+def token_key(pepper_bytes, token, prefix="kg:"):
+    """The token's record, in its team's slot: P {t:T}:tok:<hash>."""
+    return "%s{t:%s}:tok:%s" % (prefix, token_team(token), token_hash(pepper_bytes, token))
+
+
 def now_ms():
     return int(time.time() * 1000)

@@ -378,7 +378,10 @@ void kgt_token(kgt_env *e, const char *team, const char *key, const char *user,
     json_t *doc = kgt_key_doc(e, team, key), *users = json_object_get(doc, "users");
     size_t i;
 
-    kgc_token_generate(tok_out);
+    if (kgc_token_generate(team, tok_out) != 0) {
+        fprintf(stderr, "kgt: %s is not a team id\n", team);
+        kgt_fail();
+    }
     kgt_hash(e, tok_out, hex);
     kgc_token_hint(tok_out, KGC_TOKEN_LEN, hint);
     kgc_id_token(tid);
@@ -392,8 +395,8 @@ void kgt_token(kgt_env *e, const char *team, const char *key, const char *user,
                                   "hash", hex, "created_at", (json_int_t)kgt_wall_ms()));
     kgt_key_save(e, team, key, doc);
     json_decref(doc);
-    kgt_do(e, "HSET " KGT_PREFIX "tok:%s key_id %s team_id %s user_id %s token_id %s expires_ms %lld",
-           hex, key, team, user, tid, (long long)expires_ms);
+    kgt_do(e, "HSET " KGT_PREFIX "{t:%s}:tok:%s key_id %s team_id %s user_id %s token_id %s expires_ms %lld",
+           team, hex, key, team, user, tid, (long long)expires_ms);
 }
 
 void kgt_publish_key(kgt_env *e, const char *key)
@@ -441,7 +444,7 @@ void kgt_unassign(kgt_env *e, const char *team, const char *key, const char *use
     kgt_key_save(e, team, key, doc);
     json_decref(doc);
     kgt_hash(e, tok, hex);
-    kgt_do(e, "DEL " KGT_PREFIX "tok:%s", hex);
+    kgt_do(e, "DEL " KGT_PREFIX "{t:%s}:tok:%s", team, hex);
     kgt_publish_key(e, key);
 }
 
@@ -453,10 +456,10 @@ void kgt_rotate(kgt_env *e, const char *team, const char *key, const char *user,
     kgt_hash(e, old_tok, hex);
     if (grace_ms > 0) {
         int64_t at = kgt_wall_ms() + grace_ms;
-        kgt_do(e, "HSET " KGT_PREFIX "tok:%s expires_ms %lld", hex, (long long)at);
-        kgt_do(e, "PEXPIREAT " KGT_PREFIX "tok:%s %lld", hex, (long long)at);
+        kgt_do(e, "HSET " KGT_PREFIX "{t:%s}:tok:%s expires_ms %lld", team, hex, (long long)at);
+        kgt_do(e, "PEXPIREAT " KGT_PREFIX "{t:%s}:tok:%s %lld", team, hex, (long long)at);
     } else {
-        kgt_do(e, "DEL " KGT_PREFIX "tok:%s", hex);
+        kgt_do(e, "DEL " KGT_PREFIX "{t:%s}:tok:%s", team, hex);
     }
     kgt_token(e, team, key, user, 0, new_tok);
     kgt_publish_key(e, key);

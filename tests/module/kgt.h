@@ -74,7 +74,7 @@ void kgt_key(kgt_env *e, const char *team, const char *kind, const char *service
              char *key_out);
 json_t *kgt_key_doc(kgt_env *e, const char *team, const char *key);  /* caller decrefs */
 void kgt_key_save(kgt_env *e, const char *team, const char *key, json_t *doc);
-/* Assigns user (if not yet) and issues a token: writes P tok:<hash> and the
+/* Assigns user (if not yet) and issues a token: writes P {t:T}:tok:<hash> and the
  * key document's tokens.<user>. tok_out[KGC_TOKEN_LEN + 1]. */
 void kgt_token(kgt_env *e, const char *team, const char *key, const char *user,
                int64_t expires_ms, char *tok_out);

@@ -93,7 +93,7 @@ int main(void)
     json_decref(j);
 
     /* Refused: exit 1. */
-    kgc_token_generate(unknown);
+    kgc_token_generate(w.team, unknown);
     const char *a4[] = {"authorize", "--config", env.conf, "--token", unknown,
                         "--service", "text-generation", "--model", "small", NULL};
     rc = run(9, a4);

@@ -31,8 +31,8 @@ static void seed(kgt_world *w, const kgt_world *same_ids)
              "\"tokens\":{\"%s\":{\"token_id\":\"tk_x\",\"hash\":\"%s\"}}}",
              w->key, w->team, w->user, w->wallet, w->user, hex);
     kgt_do(&env, "SET " KGT_PREFIX "{t:%s}:key:%s %s", w->team, w->key, svcs);
-    kgt_do(&env, "HSET " KGT_PREFIX "tok:%s key_id %s team_id %s user_id %s token_id tk_x expires_ms 0",
-           hex, w->key, w->team, w->user);
+    kgt_do(&env, "HSET " KGT_PREFIX "{t:%s}:tok:%s key_id %s team_id %s user_id %s token_id tk_x expires_ms 0",
+           w->team, hex, w->key, w->team, w->user);
 }
 
 int main(void)

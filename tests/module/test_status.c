@@ -136,7 +136,7 @@ int main(void)
     KGT_EQ_STATUS(run(ctx, &r, &res), KG_TOKEN_MALFORMED);
 
     /* KG_TOKEN_UNKNOWN: well-formed, never issued. */
-    kgc_token_generate(tok);
+    kgc_token_generate(w.team, tok);
     kgt_request(&r, tok, "text-generation", "small", NULL, NULL);
     KGT_EQ_STATUS(run(ctx, &r, &res), KG_TOKEN_UNKNOWN);
     check_filled(&res);

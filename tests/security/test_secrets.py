@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import safety  # noqa: E402
 from safety import kgtest  # noqa: E402
 
-TOKEN_RE = re.compile(r"kg_[0-9A-Za-z]{49}")
+TOKEN_RE = re.compile(r"kg_[0-9A-Za-z]{61}")
 
 
 def read(path):
