@@ -408,7 +408,7 @@ static void deliver_pass(app *a)
         w->kicked = 1;
         return;
     }
-    if (w->n_live >= WEBHOOK_INFLIGHT || !store_connected(a->st) || !lease_may_write(a))
+    if (w->n_live >= WEBHOOK_INFLIGHT || !store_connected(a->st) || !lease_held(a))
         return;
     kgc_rkey(key, a->cfg.key_prefix, WH_RK_PENDING);
     snprintf(now, sizeof now, "%lld", now_ms());
