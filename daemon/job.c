@@ -57,8 +57,11 @@
  * was changed". */
 static const char commit_lua[] =
     "local nc = tonumber(ARGV[4])\n"
-    "for k = 1, nc do\n"
-    "  if (redis.call('GET', KEYS[1 + k]) or '') ~= ARGV[4 + k] then return 2 end\n"
+    "if nc > 0 then\n"
+    "  local cur = redis.call('MGET', unpack(KEYS, 2, 1 + nc))\n"
+    "  for k = 1, nc do\n"
+    "    if (cur[k] or '') ~= ARGV[4 + k] then return 2 end\n"
+    "  end\n"
     "end\n"
     "if not redis.call('SET', KEYS[1], 'done', 'NX', 'EX', ARGV[1]) then return 0 end\n"
     "local i = 5 + nc\n"
