@@ -778,7 +778,10 @@ static json_t *commit_wrap(job *j, json_t *q)
     snprintf(n, sizeof n, "%zu", json_array_size(eval) - 3);
     json_array_set_new(eval, 2, json_string(n));
     snprintf(n, sizeof n, "%zu", nc);
-    json_array_extend(eval, json_pack("[s,s,s,s]", TX_FENCE_TTL, j->txid, VERSION_TTL, n));
+    json_array_append_new(eval, json_string(TX_FENCE_TTL));
+    json_array_append_new(eval, json_string(j->txid));
+    json_array_append_new(eval, json_string(VERSION_TTL));
+    json_array_append_new(eval, json_string(n));
     json_array_extend(eval, expect);
     json_decref(expect);
     json_array_foreach(q, i, c) {
