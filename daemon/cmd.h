@@ -135,6 +135,7 @@ struct job {
     int parked;                   /* ready to decide, waiting for older ones */
     char txid[24];                /* its commit script's fence, "" for MULTI */
     struct event *limbo;          /* reply lost: deadline for finding out */
+    struct event *limbo_retry;    /* ... and the next question, after a refusal */
     job *lnext;                   /* in the app's limbo list */
     job_step parked_step;
     job *next;                    /* in the mutation queue */

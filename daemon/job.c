@@ -1053,6 +1053,10 @@ static void limbo_remove(job *j)
         event_free(j->limbo);
         j->limbo = NULL;
     }
+    if (j->limbo_retry != NULL) {
+        event_free(j->limbo_retry);
+        j->limbo_retry = NULL;
+    }
 }
 
 /* Answers a command in limbo: applied (its prepared answer) or not. */
@@ -1096,6 +1100,16 @@ static void limbo_add(job *j)
         job_limbo_resolve(j->app);
 }
 
+static void limbo_ask(job *j);
+
+static void limbo_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    if (store_connected(((job *)arg)->app->st))
+        limbo_ask(arg);
+}
+
 /* Replies of "SET fence aborted NX" + "GET fence": OK → the commit never
  * ran and now never will; else the fence says "done" → it ran. */
 static void on_resolve(void *arg, int ok, json_t *replies)
@@ -1104,9 +1118,21 @@ static void on_resolve(void *arg, int ok, json_t *replies)
     const char *set = json_string_value(json_array_get(replies, 0));
     const char *got = json_string_value(json_array_get(replies, 1));
 
-    if (!ok || first_error(replies) != NULL) {
+    if (!ok) {
         json_decref(replies);
         return;                 /* still in limbo: the next reconnect asks again */
+    }
+    if (first_error(replies) != NULL) {
+        /* Refused, not answered (LOADING just after a restart): ask again
+         * shortly, until LIMBO_WAIT_S gives up. */
+        struct timeval tv = {0, 100 * 1000};
+
+        json_decref(replies);
+        if (j->limbo_retry == NULL && (j->limbo_retry = evtimer_new(j->app->base, limbo_retry,
+                                                                    j)) == NULL)
+            oom("evtimer_new");
+        evtimer_add(j->limbo_retry, &tv);
+        return;
     }
     if (set != NULL && strcmp(set, "OK") == 0)
         limbo_answer(j, 0, "the store was unreachable; nothing was changed");
@@ -1117,18 +1143,22 @@ static void on_resolve(void *arg, int ok, json_t *replies)
     json_decref(replies);
 }
 
+static void limbo_ask(job *j)
+{
+    char key[KGC_RKEY_MAX];
+    json_t *cmds;
+
+    kgc_rkey(key, j->app->cfg.key_prefix, "tx:%s", j->txid);
+    cmds = json_pack("[[s,s,s,s,s,s],[s,s]]", "SET", key, "aborted", "NX", "EX",
+                     TX_FENCE_TTL, "GET", key);
+    store_exec(j->app->st, cmds, 0, on_resolve, j);
+    json_decref(cmds);
+}
+
 void job_limbo_resolve(app *a)
 {
-    for (job *j = a->limbo; j != NULL; j = j->lnext) {
-        char key[KGC_RKEY_MAX];
-        json_t *cmds;
-
-        kgc_rkey(key, a->cfg.key_prefix, "tx:%s", j->txid);
-        cmds = json_pack("[[s,s,s,s,s,s],[s,s]]", "SET", key, "aborted", "NX", "EX",
-                         TX_FENCE_TTL, "GET", key);
-        store_exec(a->st, cmds, 0, on_resolve, j);
-        json_decref(cmds);
-    }
+    for (job *j = a->limbo; j != NULL; j = j->lnext)
+        limbo_ask(j);
 }
 
 void job_abort_all(app *a)
