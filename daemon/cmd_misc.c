@@ -9,6 +9,7 @@
 #include "paging.h"
 
 #include <ctype.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,14 @@ job_step cmd_ping(job *j)
 {
     j->result = json_object();
     return J_DONE;
+}
+
+/* 1 if the environment asks this daemon to stop at point `what`
+ * (KEYGATED_FAULT=<what>): the fault tests' kill -9 at a known step. */
+static int fault_is(const char *what)
+{
+    const char *f = getenv("KEYGATED_FAULT");
+    return f != NULL && strcmp(f, what) == 0;
 }
 
 int email_normalize(const char *in, char *out, size_t cap)
@@ -206,6 +215,8 @@ job_step cmd_user_signup(job *j)
             return job_fail(j, "conflict", "a user with this email exists");
         }
         job_claim(j, rk(j, KGC_RK_EMAIL, email), w->claim);
+        if (fault_is("signup.claimed"))
+            raise(SIGKILL);     /* a test's kill -9 between the two steps */
         if (password != NULL && !w->done) {
             w->pw = password;
             return job_offload(j, hash_work, w);

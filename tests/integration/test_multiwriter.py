@@ -207,6 +207,34 @@ class MultiWriter(kgtest.EnvCase):
         os.unlink(path)
         return json.loads(p.stdout)
 
+    def test_a_sign_up_killed_after_its_claim_leaves_only_the_claim_which_runs_out(self):
+        sock = self.env.start_extra_daemon("killed", {"KEYGATED_FAULT": "signup.claimed"})
+        p = self.env.extra[-1][0]
+        self.env.extra.pop()            # it dies here: not one to stop at the end
+        e = kgtest.unique_email("killed")
+        with kgtest.Client(sock, timeout=30) as c:
+            c.send(c.request("user.signup", email=e, name="Killed"))
+            self.assertTrue(c.is_closed(10))
+        self.assertEqual(p.wait(10), -9)
+        claim = self.env.redis("GET", "kg:email:%s" % e).decode()
+        self.assertTrue(claim.startswith("claim u_"), claim)
+        self.assertTrue(0 < self.env.redis("PTTL", "kg:email:%s" % e) <= 60000)
+        uid = claim[len("claim "):]
+        self.assertEqual(self.env.redis("EXISTS", "kg:user:%s" % uid), 0)    # nothing else
+        self.assertEqual(self.env.redis("EXISTS", "kg:uteams:%s" % uid), 0)
+        self.fsck_clean()
+        r = self.c.call("user.signup", email=e, name="Again")
+        self.assertEqual(r["error"]["code"], "conflict")
+        self.assertIn("in progress", r["error"]["message"])
+        # As if the 60 s had passed.
+        self.assertEqual(self.env.redis("PEXPIRE", "kg:email:%s" % e, "1"), 1)
+        kgtest.wait_for(lambda: self.env.redis("EXISTS", "kg:email:%s" % e) == 0, 5,
+                        "the claim to run out")
+        again = kgtest.signup(self.c, email=e)
+        self.assertNotEqual(again["user_id"], uid)
+        self.assertEqual(self.env.redis("GET", "kg:email:%s" % e).decode(), again["user_id"])
+        self.fsck_clean()
+
     def test_a_crashed_sign_up_claim_runs_out_and_fsck_tells_a_stale_one(self):
         e = kgtest.unique_email("claim")
         # A claim as a sign-up leaves it between its two steps, killed there.

@@ -634,10 +634,11 @@ class Env:
             f.seek(start)
             return rc, f.read().decode("utf-8", "replace")
 
-    def start_extra_daemon(self, name):
+    def start_extra_daemon(self, name, environ=None):
         """Starts one more keygated on the same Redis and config, but with its
-        own socket <tmp>/<name>.sock and log <tmp>/<name>.log; waits until it
-        answers ping and returns the socket path. close() stops it (SIGTERM)
+        own socket <tmp>/<name>.sock and log <tmp>/<name>.log, and environ
+        added to its environment; waits until it answers ping and returns
+        the socket path. close() stops it (SIGTERM)
         and checks its exit as the main daemon's."""
         path = os.path.join(self.tmp, name + ".conf")
         sock = os.path.join(self.tmp, name + ".sock")
@@ -647,7 +648,8 @@ class Env:
             f.write("\n".join(lines + ["socket %s" % sock]) + "\n")
         log = open(os.path.join(self.tmp, name + ".log"), "ab")
         p = subprocess.Popen(keygated_wrapper() + [keygated_path(), "--config", path],
-                             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                             env=dict(os.environ, **(environ or {})))
         log.close()
         self.extra.append((p, name))
 
