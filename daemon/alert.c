@@ -102,7 +102,7 @@ static void done_step(app *a)
 
     json_decref(s->ids);
     s->ids = NULL;
-    if (strcmp(s->cursor, "0") != 0 && lease_may_write(a))
+    if (strcmp(s->cursor, "0") != 0 && lease_held(a))
         step(a);                  /* the pass goes on at once */
     else
         s->busy = 0;
@@ -242,7 +242,7 @@ static void on_checks(void *arg, int ok, json_t *replies)
         fanout(a, fan, key, r);
     }
     json_decref(replies);
-    if (json_array_size(fan) > 0 && lease_may_write(a) &&
+    if (json_array_size(fan) > 0 && lease_held(a) &&
         store_exec(a->st, fan, 1, on_fanout, a) == 0) {
         json_decref(fan);
         return;
@@ -335,7 +335,7 @@ void alert_tick(app *a)
     struct alerts *s = state(a);
     json_t *cmds;
 
-    if (s->busy || a->st == NULL || !store_connected(a->st) || !lease_may_write(a))
+    if (s->busy || a->st == NULL || !store_connected(a->st) || !lease_held(a))
         return;
     if (s->sha[0] == '\0') {
         cmds = json_pack("[[s,s,s]]", "SCRIPT", "LOAD", ALERT_LUA);

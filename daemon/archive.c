@@ -470,7 +470,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (a->arch->stopping || r->busy)
         return;
-    if (a->st == NULL || !store_connected(a->st) || !lease_may_write(a)) {
+    if (a->st == NULL || !store_connected(a->st) || !lease_held(a)) {
         schedule(r, a->cfg.archive_interval_ms);
         return;
     }

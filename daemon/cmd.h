@@ -13,6 +13,9 @@
  * Each remembers the Redis keys it read; before it decides (writes or
  * answers), the engine checks that no transaction sent after its reads
  * wrote one of those keys, and otherwise runs it again from the start.
+ * Several keygated may serve one store: each key read has a version, read
+ * with it, that the commit script checks (job.c), so a commit that another
+ * daemon's commit overtook writes nothing and the command runs again too.
  * Redis runs one connection's commands in order, so a read sent after a
  * transaction sees it (docs/redis-schema.md, "Atomicity"). Commands decide
  * in the order they arrived: one ready before an older one waits (parked)
@@ -118,7 +121,14 @@ struct job {
     int decided;                  /* mutating: wrote or answered (left mut_active) */
     long long read_seq;           /* app wseq when its first reads were sent */
     double t_in;                  /* metrics_now() at arrival */
-    json_t *readset;              /* keys it read (object used as a set) */
+    json_t *readset;              /* key it read -> its version when read (string, null:
+                                     none), true while that is not known yet */
+    json_t *checked;              /* key -> version its last commit expects there: what an
+                                     earlier commit of it checked or wrote */
+    json_t *vread;                /* keys whose versions the next round reads */
+    json_t *vsent;                /* ... and those of the round in flight, or NULL */
+    json_t *claims;               /* key -> value of claims it holds (job_claim) */
+    double t_read;                /* metrics_now() at its (last) start */
     char scope_team[KGC_ID_MAX];  /* team_id as dispatch found it (for a rerun) */
     int reruns;
     job *aprev, *anext;           /* in the app's list of active mutations */
@@ -126,6 +136,7 @@ struct job {
     int parked;                   /* ready to decide, waiting for older ones */
     char txid[24];                /* its commit script's fence, "" for MULTI */
     struct event *limbo;          /* reply lost: deadline for finding out */
+    struct event *limbo_retry;    /* ... and the next question, after a refusal */
     job *lnext;                   /* in the app's limbo list */
     job_step parked_step;
     job *next;                    /* in the mutation queue */
@@ -146,8 +157,6 @@ void job_line(app *a, const char *line, size_t len, const peer_info *peer, job_r
               void *ctx);
 /* Answers every queued job `unavailable` (shutdown). */
 void job_abort_all(app *a);
-/* Starts mutations that wait for their turn (after the writer lease's first answer). */
-void job_pump(app *a);
 /* After a reconnect: finds out whether the commands whose reply was lost
  * took effect, and answers them. */
 void job_limbo_resolve(app *a);
@@ -164,6 +173,12 @@ void job_write(job *j, const char *cmd, ...) __attribute__((sentinel));
 void job_write_json(job *j, const char *key, json_t *doc);
 void job_write_cmd(job *j, json_t *cmd);   /* takes cmd (an array of strings) */
 void job_publish(job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The job holds a claim: key (a full Redis key name) holds value, set by
+ * one of its reads (SET NX). Its commits write only while the claim still
+ * holds that value (checked in the commit script); if the command fails
+ * before a commit replaced it, the claim is released (deleted if it still
+ * holds value). Kept across re-runs. */
+void job_claim(job *j, const char *key, const char *value);
 /* Runs work(arg) on the worker thread (CPU-heavy steps: Argon2id) and
  * returns J_WAIT; the handler runs again at the next stage when it is
  * done. work must touch nothing but arg; arg stays the caller's. */

@@ -9,6 +9,7 @@
 #include "paging.h"
 
 #include <ctype.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,14 @@ job_step cmd_ping(job *j)
 {
     j->result = json_object();
     return J_DONE;
+}
+
+/* 1 if the environment asks this daemon to stop at point `what`
+ * (KEYGATED_FAULT=<what>): the fault tests' kill -9 at a known step. */
+static int fault_is(const char *what)
+{
+    const char *f = getenv("KEYGATED_FAULT");
+    return f != NULL && strcmp(f, what) == 0;
 }
 
 int email_normalize(const char *in, char *out, size_t cap)
@@ -37,17 +46,22 @@ int email_normalize(const char *in, char *out, size_t cap)
     return 0;
 }
 
-/* Stage 1: is the email free? Stage 2: create user, team and free key.
- * A password (optional: for the console) is stored only as its Argon2id
- * string, in the user document, and never returned. */
-/* The Argon2id hash of a sign-up's password. */
+/* A sign-up's scratch: the Argon2id hash of its password, and the ids it
+ * claims the email for (kept across re-runs: the claim names the user). */
 typedef struct pw_job {
     char hash[crypto_pwhash_STRBYTES];
     char err[100];
     const char *pw;               /* borrowed from the request */
     int done;                     /* hashing ran */
     int rc;                       /* 0: hash holds it */
+    char uid[KGC_ID_MAX], tid[KGC_ID_MAX], kid[KGC_ID_MAX];
+    char claim[KGC_ID_MAX + 16];  /* KGC_EMAIL_CLAIM + uid, "" before the ids */
 } pw_job;
+
+/* How long an email is claimed by a sign-up that has not committed yet: a
+ * sign-up that crashed leaves it no longer (docs/redis-schema.md, "Sign-up
+ * claims"). Well above a sign-up's life, hashing included. */
+#define SIGNUP_CLAIM_MS "60000"
 
 static void hash_work(void *arg)
 {
@@ -108,17 +122,16 @@ int signup_gate_needs(job *j, json_t *replies)
            json_is_null(json_array_get(replies, 1));
 }
 
-/* Writes the user, the team with the user as owner, and its free key. */
-static job_step signup_commit(job *j, const char *email, const char *pwhash)
+/* Writes the user, the team with the user as owner, and its free key,
+ * and turns the email's claim into the record (a plain SET: no TTL). */
+static job_step signup_commit(job *j, const char *email, const char *pwhash, const pw_job *w)
 {
-    char uid[KGC_ID_MAX], tid[KGC_ID_MAX], kid[KGC_ID_MAX], tname[300], score[32];
+    char tname[300], score[32];
+    const char *uid = w->uid, *tid = w->tid, *kid = w->kid;
     const char *name = arg_str(j, "name"), *team_name = arg_str(j, "team_name");
     json_t *user, *team, *key, *services;
     long long now = now_ms();
 
-    kgc_id_user(uid);
-    kgc_id_team(tid);
-    kgc_id_key(tid, kid);
     if (team_name == NULL) {
         snprintf(tname, sizeof tname, "%s's team", name);
         team_name = tname;
@@ -159,15 +172,18 @@ static job_step signup_commit(job *j, const char *email, const char *pwhash)
     return J_WRITE;
 }
 
-/* Stage 1: is the email free? 2: create user, team and free key (the
- * password was hashed by signup_prepare, or, when its gate saw the email
- * taken and it has been freed since, is hashed now: 3). */
+/* Stage 1: claim the email (SET NX with a TTL, naming the new user; or
+ * find it ours, on a re-run). 2: create user, team and free key, the claim
+ * checked in the commit script (job_claim) and replaced by the record
+ * (the password was hashed by signup_prepare, or, when its gate saw the
+ * email taken and it has been freed since, is hashed now: 3). */
 job_step cmd_user_signup(job *j)
 {
     char email[256];
     const char *name = arg_str(j, "name"), *team_name = arg_str(j, "team_name");
     const char *password = arg_str(j, "password");
-    pw_job *w;
+    pw_job *w = job_scratch(j, sizeof *w);
+    json_t *now;
 
     if (email_normalize(arg_str(j, "email"), email, sizeof email) != 0)
         return job_fail(j, "bad_request", "'email' is not an email address");
@@ -178,23 +194,41 @@ job_step cmd_user_signup(job *j)
             return job_fail(j, "bad_request", "'team_name' must be 1-200 printable characters");
         if (password != NULL && !password_rule_ok(password))
             return job_fail(j, "bad_request", "%s", PASSWORD_RULE);
+        if (w->claim[0] == '\0') {
+            kgc_id_user(w->uid);
+            kgc_id_team(w->tid);
+            kgc_id_key(w->tid, w->kid);
+            snprintf(w->claim, sizeof w->claim, "%s%s", KGC_EMAIL_CLAIM, w->uid);
+        }
+        job_read(j, "SET", rk(j, KGC_RK_EMAIL, email), w->claim, "NX", "PX", SIGNUP_CLAIM_MS,
+                 NULL);
         job_read(j, "GET", rk(j, KGC_RK_EMAIL, email), NULL);
         return J_READ;
     }
-    w = password ? job_scratch(j, sizeof *w) : NULL;
     if (j->stage == 2) {
-        if (!json_is_null(job_reply(j, 0)))
+        now = job_reply(j, 1);
+        if (!json_is_string(now) || strcmp(json_string_value(now), w->claim) != 0) {
+            if (json_is_string(now) &&
+                strncmp(json_string_value(now), KGC_EMAIL_CLAIM, strlen(KGC_EMAIL_CLAIM)) == 0)
+                return job_fail(j, "conflict", "a sign-up with this email is in progress");
+            if (json_is_null(now))     /* its claim ran out between the two: rare */
+                return job_fail(j, "unavailable", "the email was freed meanwhile; nothing was "
+                                "changed: try again");
             return job_fail(j, "conflict", "a user with this email exists");
-        if (w != NULL && !w->done) {
+        }
+        job_claim(j, rk(j, KGC_RK_EMAIL, email), w->claim);
+        if (fault_is("signup.claimed"))
+            raise(SIGKILL);     /* a test's kill -9 between the two steps */
+        if (password != NULL && !w->done) {
             w->pw = password;
             return job_offload(j, hash_work, w);
         }
     }
-    if (w == NULL)
-        return signup_commit(j, email, NULL);
+    if (password == NULL)
+        return signup_commit(j, email, NULL, w);
     if (w->rc != 0)
         return job_fail(j, "internal", "%s", w->err);
-    return signup_commit(j, email, w->hash);
+    return signup_commit(j, email, w->hash, w);
 }
 
 job_step cmd_service_list(job *j)

@@ -284,7 +284,9 @@ job_step cmd_team_member_set_role(job *j)
  * PAGE_BATCH_MAX keys. The last commit drops the member from the team.
  * In between, the member is still a member, with fewer keys: a valid
  * state, and running the command again finishes it. The keys zset does
- * not change meanwhile: key.create cannot commit before this command. */
+ * not change meanwhile in this daemon (key.create cannot commit before
+ * this command); another daemon's key.create adds a key at its end (the
+ * latest score), where a later batch reads it. */
 #define MEMBER_BATCH (PAGE_BATCH_MAX / 3)
 
 typedef struct member_walk {

@@ -206,7 +206,7 @@ static void on_docs(void *arg, int ok, json_t *replies)
     }
     json_decref(replies);
     if (json_array_size(cmds) == json_array_size(x->due) && json_array_size(cmds) > 0 &&
-        lease_may_write(a) && store_exec(a->st, cmds, 0, on_notices, a) == 0) {
+        lease_held(a) && store_exec(a->st, cmds, 0, on_notices, a) == 0) {
         json_decref(cmds);
         return;
     }
@@ -284,7 +284,7 @@ void expiry_tick(app *a)
     char key[KGC_RKEY_MAX], now[32], batch[16];
     json_t *cmds;
 
-    if (x->busy || a->st == NULL || !store_connected(a->st) || !lease_may_write(a))
+    if (x->busy || a->st == NULL || !store_connected(a->st) || !lease_held(a))
         return;
     if (x->sha[0] == '\0') {
         cmds = json_pack("[[s,s,s]]", "SCRIPT", "LOAD", NOTICE_LUA);

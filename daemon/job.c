@@ -6,9 +6,17 @@
  * Mutating commands run optimistically, up to MUT_CONCURRENCY at once (see
  * cmd.h): each keeps the set of Redis keys it read, and before it decides it
  * is checked against the keys written by transactions sent after its reads.
+ *
+ * Other keygated processes may commit to the same store (docs/operations.md,
+ * "Several keygated on one store"): their writes are not in this process's
+ * view. So every key a mutating command reads has a version, read in the
+ * same pipeline just before the key itself (P v:<key>: the id of the last
+ * commit that wrote the key, or none), and its commit script checks the
+ * versions it was given before writing anything, and bumps the versions of
+ * the keys it writes. A commit that finds a version moved writes nothing
+ * and answers 2: the command runs again, as on an in-process conflict.
  */
 #include "cmd.h"
-#include "lease.h"
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
@@ -27,22 +35,51 @@
 #define MUT_CONCURRENCY 32
 #define TX_FENCE_TTL "60"          /* seconds a commit's fence is kept: well past LIMBO_WAIT_S */
 #define LIMBO_WAIT_S 5             /* how long a lost reply is looked into */
+/* A version lives this long after its key's last write. Versions are commit
+ * ids, never reused, so one that expired reads as "none" and can only make
+ * a commit fail (moved), never pass wrongly, unless a command ran longer
+ * than the TTL between its read and its commit: VERSION_MAX_AGE_S refuses
+ * that (a command lives seconds: store timeouts). */
+#define VERSION_TTL "86400"
+#define VERSION_MAX_AGE_S 3600.0
+#define COMMIT_MOVED 2             /* commit_lua: a version moved, nothing written */
 
-/* A command's writes, all at once, behind a fence. KEYS[1] = P tx:<txid>.
- * ARGV[1] = fence TTL, then each command as <argc> <arg>...; returns 1 when
- * applied, 0 when the fence was taken first (job_limbo_resolve gave up on
- * this commit, which then must not happen). Like MULTI/EXEC it runs whole
- * or not at all; unlike it, the daemon can find out which after losing the
- * reply, so `unavailable` always means "nothing was changed". */
+/* A command's writes, all at once, behind a fence. KEYS[1] = P tx:<txid>,
+ * KEYS[2..1+nc] = keys whose value is checked (versions of the keys the
+ * command read, claims it holds), then the version keys of what it writes.
+ * ARGV[1] = fence TTL, ARGV[2] = the new version (the commit id), ARGV[3] =
+ * its TTL, ARGV[4] = nc, ARGV[5..4+nc] = the values expected ("" for
+ * none), then each command as <argc> <arg>....
+ * Returns 2 (COMMIT_MOVED) when a checked value moved: nothing written, the
+ * fence not taken; 0 when the fence was taken first (job_limbo_resolve gave
+ * up on this commit, which then must not happen); 1 when applied. Like
+ * MULTI/EXEC it runs whole or not at all; unlike it, the daemon can find
+ * out which after losing the reply, so `unavailable` always means "nothing
+ * was changed". */
 static const char commit_lua[] =
+    "local nc = tonumber(ARGV[4])\n"
+    "if nc > 0 then\n"
+    "  local cur = redis.call('MGET', unpack(KEYS, 2, 1 + nc))\n"
+    "  for k = 1, nc do\n"
+    "    if (cur[k] or '') ~= ARGV[4 + k] then return 2 end\n"
+    "  end\n"
+    "end\n"
     "if not redis.call('SET', KEYS[1], 'done', 'NX', 'EX', ARGV[1]) then return 0 end\n"
-    "local i = 2\n"
+    "local i = 5 + nc\n"
     "while i <= #ARGV do\n"
     "  local n = tonumber(ARGV[i])\n"
     "  redis.call(unpack(ARGV, i + 1, i + n))\n"
     "  i = i + n + 1\n"
     "end\n"
+    "for k = 2 + nc, #KEYS do\n"
+    "  redis.call('SET', KEYS[k], ARGV[2], 'EX', ARGV[3])\n"
+    "end\n"
     "return 1\n";
+
+/* Deletes a claim (KEYS[1]) only if it still holds ARGV[1]. */
+static const char release_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n";
 
 static void job_advance(job *j, job_step step);
 static void job_finish(job *j);
@@ -74,20 +111,57 @@ job_step job_fail(job *j, const char *code, const char *fmt, ...)
 
 /* --- conflict detection for mutating commands -------------------------- */
 
-/* Records the keys a read command touches. */
-static void note_read(job *j, json_t *cmd)
+/* Calls fn(arg, key) for each Redis key that cmd (an array of strings)
+ * names: the key commands the handlers use take one key first, but for
+ * these. PUBLISH names a channel, no key. */
+static void cmd_keys(json_t *cmd, void (*fn)(void *arg, const char *key), void *arg)
 {
     const char *name = json_string_value(json_array_get(cmd, 0));
     size_t n = json_array_size(cmd);
 
-    if (!j->def->mutates || n < 2)
+    if (name == NULL || n < 2 || strcmp(name, "PUBLISH") == 0)
         return;
-    if (strcmp(name, "MGET") == 0) {
-        for (size_t i = 1; i < n; i++)
-            json_object_set_new(j->readset, json_string_value(json_array_get(cmd, i)), json_true());
-    } else {
-        json_object_set_new(j->readset, json_string_value(json_array_get(cmd, 1)), json_true());
+    if (strcmp(name, "EVAL") == 0 || strcmp(name, "EVALSHA") == 0) {
+        long nk = strtol(json_string_value(json_array_get(cmd, 2)) ?: "0", NULL, 10);
+        for (long k = 0; k < nk && 3 + (size_t)k < n; k++)
+            fn(arg, json_string_value(json_array_get(cmd, 3 + (size_t)k)));
+        return;
     }
+    if (strcmp(name, "MGET") == 0 || strcmp(name, "DEL") == 0 || strcmp(name, "EXISTS") == 0 ||
+        strcmp(name, "UNLINK") == 0) {
+        for (size_t i = 1; i < n; i++)
+            fn(arg, json_string_value(json_array_get(cmd, i)));
+        return;
+    }
+    fn(arg, json_string_value(json_array_get(cmd, 1)));
+}
+
+/* The version key of a key: prefix + "v:" + the key's name without the
+ * prefix (so a hash tag stays the same). */
+static void version_key(const app *a, const char *key, char out[KGC_RKEY_MAX])
+{
+    size_t pl = strlen(a->cfg.key_prefix);
+
+    if (strncmp(key, a->cfg.key_prefix, pl) == 0)
+        key += pl;
+    kgc_rkey(out, a->cfg.key_prefix, "v:%s", key);
+}
+
+static void read_one(void *arg, const char *key)
+{
+    job *j = arg;
+
+    if (key == NULL || json_object_get(j->readset, key) != NULL)
+        return;
+    json_object_set_new(j->readset, key, json_true());  /* version not read yet */
+    json_array_append_new(j->vread, json_string(key));
+}
+
+/* Records the keys a read command touches; their versions are read with it. */
+static void note_read(job *j, json_t *cmd)
+{
+    if (j->def->mutates)
+        cmd_keys(cmd, read_one, j);
 }
 
 /* Forgets writes that every active command's reads already saw. */
@@ -106,6 +180,14 @@ static void prune_written(app *a)
             json_object_del(a->written, key);
 }
 
+static void written_one(void *arg, const char *key)
+{
+    app *a = arg;
+
+    if (key != NULL)
+        json_object_set_new(a->written, key, json_integer(a->wseq));
+}
+
 /* Marks the keys a transaction writes with a new sequence number. */
 static void note_writes(app *a, json_t *cmds)
 {
@@ -114,21 +196,8 @@ static void note_writes(app *a, json_t *cmds)
 
     if (++a->wseq % 4096 == 0 && json_object_size(a->written) > 4096)
         prune_written(a);
-    json_array_foreach(cmds, i, c) {
-        const char *name = json_string_value(json_array_get(c, 0));
-        if (strcmp(name, "PUBLISH") == 0)
-            continue;
-        if (strcmp(name, "EVAL") == 0) {
-            long nk = strtol(json_string_value(json_array_get(c, 2)), NULL, 10);
-            for (long k = 0; k < nk; k++)
-                json_object_set_new(a->written,
-                                    json_string_value(json_array_get(c, 3 + (size_t)k)),
-                                    json_integer(a->wseq));
-            continue;
-        }
-        json_object_set_new(a->written, json_string_value(json_array_get(c, 1)),
-                            json_integer(a->wseq));
-    }
+    json_array_foreach(cmds, i, c)
+        cmd_keys(c, written_one, a);
 }
 
 /* 1 if a transaction sent after j's first reads wrote a key j read. */
@@ -174,8 +243,7 @@ static void job_decided(job *j)
 /* Starts waiting mutations while there is room. */
 static void mut_pump(app *a)
 {
-    while (a->mut_active < MUT_CONCURRENCY && a->queue_head != NULL &&
-           a->writer != WRITER_PENDING) {
+    while (a->mut_active < MUT_CONCURRENCY && a->queue_head != NULL) {
         job *j = a->queue_head;
         a->queue_head = j->next;
         if (a->queue_head == NULL)
@@ -253,6 +321,11 @@ void job_publish(job *j, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     json_array_append_new(j->pub, json_string(msg));
+}
+
+void job_claim(job *j, const char *key, const char *value)
+{
+    json_object_set_new(j->claims, key, json_string(value));
 }
 
 typedef struct scratch_hdr { size_t size; } scratch_hdr;
@@ -386,15 +459,20 @@ static const char *scope_noun(const job *j)
     return j->def->scope == SCOPE_TEAM ? "team" : j->def->scope == SCOPE_KEY ? "key" : "wallet";
 }
 
-/* The first error reply among a round's replies, or NULL. */
+/* The first error reply among a round's replies, at any depth (a script
+ * or EXEC answers arrays that may hold one), or NULL. */
 static const char *first_error(const json_t *replies)
 {
     size_t i;
     json_t *r;
+    const char *e;
 
-    json_array_foreach(replies, i, r)
+    json_array_foreach(replies, i, r) {
         if (store_is_error(r))
-            return json_string_value(json_object_get(r, "$err"));
+            return json_string_value(json_object_get(r, "$err")) ?: "?";
+        if (json_is_array(r) && (e = first_error(r)) != NULL)
+            return e;
+    }
     return NULL;
 }
 
@@ -421,6 +499,12 @@ static void on_reads(void *arg, int ok, json_t *replies)
         job_finish(j);
         return;
     }
+    if (!json_is_array(replies)) {
+        json_decref(replies);
+        job_fail(j, "internal", "the store answered something unexpected; nothing was changed");
+        job_finish(j);
+        return;
+    }
     /* A read the store refused is not data: never decide on it. */
     if ((e = first_error(replies)) != NULL) {
         if (error_is_transient(e)) {
@@ -432,6 +516,21 @@ static void on_reads(void *arg, int ok, json_t *replies)
         json_decref(replies);
         job_finish(j);
         return;
+    }
+    if (j->vsent != NULL) {
+        /* Reply 0 is the versions of the keys first read in this round. */
+        json_t *v = json_array_get(replies, 0);
+        size_t i;
+        json_t *k;
+
+        json_array_foreach(j->vsent, i, k) {
+            json_t *ver = json_array_get(v, i);
+            json_object_set_new(j->readset, json_string_value(k),
+                                json_is_string(ver) ? json_incref(ver) : json_null());
+        }
+        json_array_remove(replies, 0);
+        json_decref(j->vsent);
+        j->vsent = NULL;
     }
     json_decref(j->rr);
     j->rr = replies;
@@ -479,6 +578,7 @@ static void on_reads(void *arg, int ok, json_t *replies)
 }
 
 static void limbo_add(job *j);
+static void job_moved(job *j);
 
 static void on_writes(void *arg, int ok, json_t *replies)
 {
@@ -494,6 +594,12 @@ static void on_writes(void *arg, int ok, json_t *replies)
         j->result = NULL;
         job_fail(j, "unavailable", "the store is unreachable; the change may not have been made");
         job_finish(j);
+        return;
+    }
+    if (j->txid[0] && json_integer_value(json_array_get(replies, 0)) == COMMIT_MOVED) {
+        /* Another keygated wrote something this command read. */
+        json_decref(replies);
+        job_moved(j);
         return;
     }
     if (j->txid[0] && json_integer_value(json_array_get(replies, 0)) != 1 &&
@@ -586,28 +692,112 @@ static void append_audit(job *j, json_t *cmds)
     json_decref(e);
 }
 
-/* Turns a command's writes into one fenced commit script (commit_lua).
+static void bump_one(void *arg, const char *key)
+{
+    json_t *set = arg;
+
+    if (key != NULL)
+        json_object_set_new(set, key, json_true());
+}
+
+/* The keys whose versions a commit bumps: every key its commands write but
+ * streams appended to (audit: nobody decides on them). New object (set). */
+static json_t *bumped_keys(json_t *q)
+{
+    json_t *set = json_object(), *c;
+    size_t i;
+
+    json_array_foreach(q, i, c)
+        if (strcmp(json_string_value(json_array_get(c, 0)), "XADD") != 0)
+            cmd_keys(c, bump_one, set);
+    return set;
+}
+
+/* Turns a command's writes into one fenced commit script (commit_lua) that
+ * first checks the versions of what the command read (and the claims it
+ * holds), and bumps the versions of what it writes.
  * Writes that run a script of their own (EVAL cannot nest) stay a
- * MULTI/EXEC: those are idempotent by design (wallet.credit's reference).
+ * MULTI/EXEC: those are idempotent by design and check their own
+ * conditions in their script (wallet.credit's reference); the versions of
+ * their keys are bumped in the same MULTI.
  * Steals q, returns the batch to send. */
 static json_t *commit_wrap(job *j, json_t *q)
 {
-    json_t *eval, *c, *a;
-    size_t i, k;
-    char key[KGC_RKEY_MAX];
+    json_t *eval, *c, *a, *bumps = bumped_keys(q), *v, *expect;
+    size_t i, k, nc = 0;
+    const char *key;
+    void *tmp;
+    char fence[KGC_RKEY_MAX], vk[KGC_RKEY_MAX], ver[24], n[24];
 
     j->txid[0] = '\0';
     json_array_foreach(q, i, c)
-        if (strcmp(json_string_value(json_array_get(c, 0)), "EVAL") == 0)
+        if (strcmp(json_string_value(json_array_get(c, 0)), "EVAL") == 0) {
+            kgc_random_id("", 20, ver);
+            json_object_foreach(bumps, key, v) {
+                version_key(j->app, key, vk);
+                json_array_append_new(q, json_pack("[s,s,s,s,s]", "SET", vk, ver, "EX",
+                                                   VERSION_TTL));
+            }
+            json_decref(bumps);
             return q;
+        }
     kgc_random_id("", 20, j->txid);
-    kgc_rkey(key, j->app->cfg.key_prefix, "tx:%s", j->txid);
-    eval = json_pack("[s,s,s,s,s]", "EVAL", commit_lua, "1", key, TX_FENCE_TTL);
+    kgc_rkey(fence, j->app->cfg.key_prefix, "tx:%s", j->txid);
+    eval = json_pack("[s,s,s,s]", "EVAL", commit_lua, "", fence);
+    /* Checked: what it read since its last commit (all, for the first),
+     * and what it writes now that an earlier commit of it checked or wrote
+     * (team.member.remove writes the team read before its first commit). */
+    expect = json_array();
+    json_object_foreach(j->readset, key, v) {
+        if (json_is_true(v))
+            continue;             /* never read (a handler queued it, then wrote) */
+        version_key(j->app, key, vk);
+        json_array_append_new(eval, json_string(vk));
+        json_array_append_new(expect, json_string(json_is_string(v) ? json_string_value(v) : ""));
+        json_object_set(j->checked, key, v);
+        nc++;
+    }
+    json_object_foreach(bumps, key, v) {
+        json_t *cv = json_object_get(j->checked, key);
+        if (cv == NULL || json_object_get(j->readset, key) != NULL)
+            continue;
+        version_key(j->app, key, vk);
+        json_array_append_new(eval, json_string(vk));
+        json_array_append_new(expect, json_string(json_is_string(cv) ? json_string_value(cv) : ""));
+        nc++;
+    }
+    json_object_foreach(j->claims, key, v) {
+        json_array_append_new(eval, json_string(key));
+        json_array_append(expect, v);
+        nc++;
+    }
+    json_object_foreach(bumps, key, v) {
+        version_key(j->app, key, vk);
+        json_array_append_new(eval, json_string(vk));
+        /* A later commit of this command expects its own version there. */
+        if (json_object_get(j->checked, key) != NULL)
+            json_object_set_new(j->checked, key, json_string(j->txid));
+    }
+    /* Checked now: a later commit of it checks them again only if it
+     * writes them, or reads them again (their versions are read again). */
+    json_object_foreach_safe(j->readset, tmp, key, v)
+        if (!json_is_true(v))
+            json_object_del(j->readset, key);
+    snprintf(n, sizeof n, "%zu", json_array_size(eval) - 3);
+    json_array_set_new(eval, 2, json_string(n));
+    snprintf(n, sizeof n, "%zu", nc);
+    json_array_append_new(eval, json_string(TX_FENCE_TTL));
+    json_array_append_new(eval, json_string(j->txid));
+    json_array_append_new(eval, json_string(VERSION_TTL));
+    json_array_append_new(eval, json_string(n));
+    json_array_extend(eval, expect);
+    json_decref(expect);
     json_array_foreach(q, i, c) {
         json_array_append_new(eval, json_integer((json_int_t)json_array_size(c)));
         json_array_foreach(c, k, a)
             json_array_append(eval, a);
     }
+    json_decref(bumps);
     json_decref(q);
     return json_pack("[o]", eval);
 }
@@ -640,6 +830,22 @@ static void job_advance(job *j, job_step step)
         }
         q = j->rq;
         j->rq = json_array();
+        if (json_array_size(j->vread) > 0) {
+            /* The versions of the keys read for the first time, before
+             * them: a commit between the two makes the version older than
+             * the data, never newer, so it can only fail a check. */
+            json_t *mget = json_pack("[s]", "MGET"), *k;
+            char vk[KGC_RKEY_MAX];
+            size_t i;
+
+            json_array_foreach(j->vread, i, k) {
+                version_key(j->app, json_string_value(k), vk);
+                json_array_append_new(mget, json_string(vk));
+            }
+            json_array_insert_new(q, 0, mget);
+            j->vsent = j->vread;
+            j->vread = json_array();
+        }
         if (store_exec(j->app->st, q, 0, on_reads, j) != 0) {
             json_decref(q);
             job_fail(j, "unavailable", "the store is unreachable; nothing was changed");
@@ -653,15 +859,14 @@ static void job_advance(job *j, job_step step)
         json_t *q = j->wq, *m;
         size_t i;
 
-        if (!lease_may_write(j->app)) {
+        if (j->def->mutates && metrics_now() - j->t_read > VERSION_MAX_AGE_S) {
+            /* Its versions may have expired meanwhile (VERSION_TTL). */
+            job_fail(j, "unavailable", "the command took too long; nothing was changed");
             json_decref(j->result);
             j->result = NULL;
-            job_fail(j, "unavailable",
-                     "this keygated does not hold the store's writer lease; nothing was changed");
             job_finish(j);
             return;
         }
-
         j->wq = json_array();
         json_array_foreach(j->pub, i, m)
             json_array_append_new(q, json_pack("[s,s,O]", "PUBLISH", rk(j, KGC_RK_CHANNEL), m));
@@ -712,6 +917,10 @@ static void job_free(job *j)
     json_decref(j->pub);
     json_decref(j->result);
     json_decref(j->readset);
+    json_decref(j->checked);
+    json_decref(j->vread);
+    json_decref(j->vsent);
+    json_decref(j->claims);
     scratch_free(j);
     free(j);
 }
@@ -720,6 +929,7 @@ static void job_start(job *j)
 {
     j->stage = 0;
     j->read_seq = j->app->wseq;
+    j->t_read = metrics_now();
     if (j->def->role != NEED_NOBODY)
         job_read(j, "GET", rk(j, KGC_RK_USER, j->actor_id), NULL);
     if (j->def->scope != SCOPE_NONE) {
@@ -751,6 +961,10 @@ static void job_rerun(job *j)
     json_array_clear(j->wq);
     json_array_clear(j->pub);
     json_object_clear(j->readset);
+    json_object_clear(j->checked);
+    json_array_clear(j->vread);
+    json_decref(j->vsent);
+    j->vsent = NULL;
     j->parked = 0;                /* scratch stays: prepare's results live there */
     j->code = NULL;
     j->msg[0] = '\0';
@@ -763,11 +977,57 @@ static void job_rerun(job *j)
     job_start(j);
 }
 
+/* Its commit found that another keygated wrote a key it read (a version
+ * moved): nothing was written. It runs again from the start, back among
+ * the active commands ahead of those that have not sent a commit yet, so
+ * that it decides next. (With one daemon this never happens; with several,
+ * such a command may take effect after a later one of the same client.) */
+static void job_moved(job *j)
+{
+    app *a = j->app;
+
+    if (j->decided) {
+        job *prev = NULL, *p = a->active;
+
+        while (p != NULL && p->commits_sent > 0) {
+            prev = p;
+            p = p->anext;
+        }
+        j->aprev = prev;
+        j->anext = p;
+        if (prev)
+            prev->anext = j;
+        else
+            a->active = j;
+        if (p)
+            p->aprev = j;
+        else
+            a->active_tail = j;
+        j->decided = 0;
+        a->mut_active++;
+    }
+    j->commits_sent = 0;
+    metrics_count(MX_COMMIT_MOVED);
+    job_rerun(j);
+}
+
 /* Answers, and audits a refused mutation. */
 static void job_finish(job *j)
 {
     app *a = j->app;
     json_t *id = json_object_get(j->req, "id");
+
+    if (j->code != NULL && json_object_size(j->claims) > 0 && store_connected(a->st)) {
+        /* Claims it took and did not turn into records (a commit replaces
+         * them): released now, not left to their TTL. */
+        json_t *cmds = json_array(), *v;
+        const char *key;
+
+        json_object_foreach(j->claims, key, v)
+            json_array_append_new(cmds, json_pack("[s,s,s,s,O]", "EVAL", release_lua, "1", key, v));
+        store_exec(a->st, cmds, 0, ignore_reply, NULL);
+        json_decref(cmds);
+    }
 
     metrics_command(j->def->name, j->code, metrics_now() - j->t_in);
     if (j->code != NULL && j->commits_done > 0 && !j->not_durable &&
@@ -804,6 +1064,10 @@ static void limbo_remove(job *j)
     if (j->limbo != NULL) {
         event_free(j->limbo);
         j->limbo = NULL;
+    }
+    if (j->limbo_retry != NULL) {
+        event_free(j->limbo_retry);
+        j->limbo_retry = NULL;
     }
 }
 
@@ -848,6 +1112,16 @@ static void limbo_add(job *j)
         job_limbo_resolve(j->app);
 }
 
+static void limbo_ask(job *j);
+
+static void limbo_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    if (store_connected(((job *)arg)->app->st))
+        limbo_ask(arg);
+}
+
 /* Replies of "SET fence aborted NX" + "GET fence": OK → the commit never
  * ran and now never will; else the fence says "done" → it ran. */
 static void on_resolve(void *arg, int ok, json_t *replies)
@@ -860,6 +1134,18 @@ static void on_resolve(void *arg, int ok, json_t *replies)
         json_decref(replies);
         return;                 /* still in limbo: the next reconnect asks again */
     }
+    if (first_error(replies) != NULL) {
+        /* Refused, not answered (LOADING just after a restart): ask again
+         * shortly, until LIMBO_WAIT_S gives up. */
+        struct timeval tv = {0, 100 * 1000};
+
+        json_decref(replies);
+        if (j->limbo_retry == NULL && (j->limbo_retry = evtimer_new(j->app->base, limbo_retry,
+                                                                    j)) == NULL)
+            oom("evtimer_new");
+        evtimer_add(j->limbo_retry, &tv);
+        return;
+    }
     if (set != NULL && strcmp(set, "OK") == 0)
         limbo_answer(j, 0, "the store was unreachable; nothing was changed");
     else if (got != NULL && strcmp(got, "done") == 0)
@@ -869,23 +1155,22 @@ static void on_resolve(void *arg, int ok, json_t *replies)
     json_decref(replies);
 }
 
-void job_limbo_resolve(app *a)
+static void limbo_ask(job *j)
 {
-    for (job *j = a->limbo; j != NULL; j = j->lnext) {
-        char key[KGC_RKEY_MAX];
-        json_t *cmds;
+    char key[KGC_RKEY_MAX];
+    json_t *cmds;
 
-        kgc_rkey(key, a->cfg.key_prefix, "tx:%s", j->txid);
-        cmds = json_pack("[[s,s,s,s,s,s],[s,s]]", "SET", key, "aborted", "NX", "EX",
-                         TX_FENCE_TTL, "GET", key);
-        store_exec(a->st, cmds, 0, on_resolve, j);
-        json_decref(cmds);
-    }
+    kgc_rkey(key, j->app->cfg.key_prefix, "tx:%s", j->txid);
+    cmds = json_pack("[[s,s,s,s,s,s],[s,s]]", "SET", key, "aborted", "NX", "EX",
+                     TX_FENCE_TTL, "GET", key);
+    store_exec(j->app->st, cmds, 0, on_resolve, j);
+    json_decref(cmds);
 }
 
-void job_pump(app *a)
+void job_limbo_resolve(app *a)
 {
-    mut_pump(a);
+    for (job *j = a->limbo; j != NULL; j = j->lnext)
+        limbo_ask(j);
 }
 
 void job_abort_all(app *a)
@@ -952,8 +1237,16 @@ static void prepare_start(job *j)
 static void gate_done(void *arg, int ok, json_t *replies)
 {
     job *j = arg;
-    int need = ok ? j->def->gate_needs(j, replies) : 1;
+    const char *e = ok ? first_error(replies) : NULL;
+    int need;
 
+    if (e != NULL) {
+        /* A refused read decides nothing: the handler reads again. */
+        log_warn("%s: redis refused a gate read: %.200s", j->def->name, e);
+        need = 0;
+    } else {
+        need = ok ? j->def->gate_needs(j, replies) : 1;
+    }
     json_decref(replies);         /* ours (store.h) */
     if (need < 0) {
         refuse(j->reply, j->reply_ctx, j->req, j->code, "%s%s", j->msg, "");
@@ -1067,6 +1360,9 @@ void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, 
     j->wq = json_array();
     j->pub = json_array();
     j->readset = json_object();
+    j->checked = json_object();
+    j->vread = json_array();
+    j->claims = json_object();
     if (def->role != NEED_NOBODY) {
         j->actor_id = json_string_value(json_object_get(req, "actor"));
         if (j->actor_id == NULL || !kgc_id_plausible(j->actor_id)) {

@@ -1,12 +1,12 @@
 /*
- * lease.c - the store's writer lease (see lease.h).
+ * lease.c - the store's background-work lease (see lease.h).
  *
  * One script, run on connect and every LEASE_RENEW_MS: take or renew the
  * lease when it is free, ours, or left by an earlier run on this host and
- * socket; otherwise answer who holds it. Commits may go while the last
- * renewal that succeeded was sent less than LEASE_TTL_MS - LEASE_MARGIN_MS
- * ago, so a daemon cut off from Redis stops writing before its lease can
- * pass to another.
+ * socket; otherwise answer who holds it. The background work may run while
+ * the last renewal that succeeded was sent less than LEASE_TTL_MS -
+ * LEASE_MARGIN_MS ago, so a daemon cut off from Redis stops before its
+ * lease can pass to another. (The key keeps its old name, P writer.)
  */
 #include "lease.h"
 
@@ -24,7 +24,7 @@
 #define LEASE_TTL_MS 10000
 #define LEASE_RENEW_MS 2000
 #define LEASE_MARGIN_MS 3000
-#define LEASE_FIRST_WAIT_MS 2000   /* mutations wait this long for the first answer */
+#define LEASE_FIRST_WAIT_MS 2000   /* READY=1 waits this long for the first answer */
 
 static const char LEASE_SCRIPT[] =
     "local v = redis.call('GET', KEYS[1]) "
@@ -34,7 +34,6 @@ static const char LEASE_SCRIPT[] =
 
 struct lease {
     app *a;
-    int *exit_rc;
     struct event *tick, *first;
     char key[KGC_RKEY_MAX];
     char me[540];                 /* "host socket pid N" */
@@ -57,10 +56,9 @@ static void set_state(app *a, int st)
 
     a->writer = st;
     if (was == WRITER_PENDING && st != WRITER_PENDING) {
-        job_pump(a);            /* mutations held back for the first answer */
-        /* Ready for systemd once we know whether we may write (or after
-         * LEASE_FIRST_WAIT_MS without a store: reads and `unavailable`
-         * answers are service too); never when another daemon holds it. */
+        /* Ready for systemd once we know who runs the background work (or
+         * after LEASE_FIRST_WAIT_MS without a store: `unavailable` answers
+         * are service too). */
         sdnotify("READY=1");
     }
 }
@@ -80,23 +78,22 @@ static void on_reply(void *arg, int ok, json_t *replies)
     l->inflight = 0;
     if (!ok || r == NULL || store_is_error(r)) {
         if (ok && r != NULL)
-            log_warn("writer lease: redis refused: %s",
+            log_warn("lease: redis refused: %s",
                      json_string_value(json_object_get(r, "$err")));
         json_decref(replies);
         return;                 /* the timers decide when it runs out */
     }
     if (json_is_integer(r) && json_integer_value(r) == 1) {
         if (a->writer != WRITER_HELD)
-            log_info("writer lease taken: this keygated commits to the store");
+            log_info("lease taken: this keygated runs the store's alerts and webhook deliveries");
         a->writer_until_ms = l->sent_ms + LEASE_TTL_MS - LEASE_MARGIN_MS;
         set_state(a, WRITER_HELD);
     } else {
-        log_err("another keygated writes to this store (%s, lease %s): stopping, since two "
-                "daemons on one store lose updates; stop the other one, or give this one its "
-                "own key_prefix", json_is_string(r) ? json_string_value(r) : "?", l->key);
-        *l->exit_rc = 1;
-        a->writer = WRITER_UNKNOWN;
-        event_base_loopbreak(a->base);
+        if (a->writer != WRITER_OTHER)
+            log_info("another keygated runs this store's alerts and webhook deliveries (%s, "
+                     "lease %s); this one serves commands and takes over if that one stops",
+                     json_is_string(r) ? json_string_value(r) : "?", l->key);
+        set_state(a, WRITER_OTHER);
     }
     json_decref(replies);
 }
@@ -110,7 +107,7 @@ void lease_renew(app *a)
     if (l == NULL || l->inflight)
         return;
     if (a->writer == WRITER_HELD && mono_now() >= a->writer_until_ms) {
-        log_warn("writer lease not renewed in time: commits refused until it is");
+        log_warn("lease not renewed in time: alerts and webhook deliveries pause until it is");
         a->writer = WRITER_UNKNOWN;
     }
     snprintf(ttl, sizeof ttl, "%d", LEASE_TTL_MS);
@@ -135,12 +132,12 @@ static void first_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (a->writer == WRITER_PENDING) {
-        log_warn("writer lease: no answer from the store yet; commits refused until there is one");
+        log_warn("lease: no answer from the store yet");
         set_state(a, WRITER_UNKNOWN);
     }
 }
 
-void lease_start(app *a, int *exit_rc)
+void lease_start(app *a)
 {
     struct lease *l = xcalloc(1, sizeof *l);
     struct timeval every = {LEASE_RENEW_MS / 1000, (LEASE_RENEW_MS % 1000) * 1000};
@@ -148,7 +145,6 @@ void lease_start(app *a, int *exit_rc)
     char host[256] = "?";
 
     l->a = a;
-    l->exit_rc = exit_rc;
     gethostname(host, sizeof host - 1);
     snprintf(l->mine, sizeof l->mine, "%.200s %.250s pid ", host, a->cfg.socket_path);
     snprintf(l->me, sizeof l->me, "%s%ld", l->mine, (long)getpid());
@@ -164,7 +160,7 @@ void lease_start(app *a, int *exit_rc)
     lease_renew(a);
 }
 
-int lease_may_write(const app *a)
+int lease_held(const app *a)
 {
     return a->writer == WRITER_UNCHECKED ||
            (a->writer == WRITER_HELD && mono_now() < a->writer_until_ms);

@@ -118,11 +118,11 @@ int main(int argc, char **argv)
     sigs[3] = NULL;
     for (int i = 0; sigs[i]; i++)
         evsignal_add(sigs[i], NULL);
-    lease_start(&a, &rc);
+    lease_start(&a);
     webhook_start(&a);      /* low-balance alerts and webhooks: only while the lease is ours */
     archive_start(&a);      /* the ledger archive: only while the lease is ours */
     log_info("listening on %s", a.cfg.socket_path);
-    /* READY=1 comes from lease.c: once this daemon knows it may write. */
+    /* READY=1 comes from lease.c: once this daemon knows who runs the background work. */
     event_base_dispatch(a.base);
     for (int i = 0; sigs[i]; i++)
         event_free(sigs[i]);

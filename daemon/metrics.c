@@ -43,6 +43,9 @@ static const struct {
                                     "Catalog reloads refused (the old catalog kept serving)."},
     [MX_HTTP_REQUESTS] = {"keygated_http_requests_total",
                           "Console HTTP requests read whole."},
+    [MX_COMMIT_MOVED] = {"keygated_commits_moved_total",
+                         "Commits refused because another keygated wrote a key the command "
+                         "read (the command ran again)."},
 };
 
 static unsigned long long counters[MX_NCOUNTERS];

@@ -21,6 +21,7 @@ typedef enum mx_counter {
     MX_CATALOG_RELOADS,           /* SIGHUP reloads that took */
     MX_CATALOG_RELOAD_FAILURES,   /* ... and those refused */
     MX_HTTP_REQUESTS,             /* console requests read whole */
+    MX_COMMIT_MOVED,              /* commits refused: another keygated wrote a key read */
     MX_NCOUNTERS
 } mx_counter;
 

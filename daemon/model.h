@@ -72,7 +72,9 @@ void notify_user(job *j, const char *user_id, const char *type, const json_t *ke
 /* The 'limit' argument (1-1000, default dflt), or -1 after job_fail. */
 long long read_limit(job *j, long long dflt);
 
-/* The JSON documents of a list/MGET reply, skipping missing ones. New ref. */
+/* The JSON documents of a list/MGET reply, skipping missing ones. New ref.
+ * Never sees an error reply: the engine refuses a read round holding one,
+ * at any depth, before a handler runs (job.c, on_reads). */
 json_t *parse_list(json_t *reply);
 
 /* Names of the wallets that pay for keys' payg services, for the key

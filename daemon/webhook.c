@@ -332,6 +332,18 @@ static void on_record(void *arg, int ok, json_t *replies)
     char why[64];
 
     if (!ok || w->stopping) {
+        wipe_string(secret);
+        json_decref(replies);     /* NULL when !ok */
+        delivery_free(d);
+        return;
+    }
+    if (store_is_error(rec) || store_is_error(hook)) {
+        /* Refused (LOADING, a key of the wrong type), not "no record": it
+         * stays pending, and the next pass asks again. */
+        log_err("webhook delivery %s: redis refused a read: %.200s", d->id,
+                json_string_value(json_object_get(store_is_error(rec) ? rec : hook, "$err")));
+        wipe_string(secret);
+        json_decref(replies);
         delivery_free(d);
         return;
     }
@@ -410,7 +422,7 @@ static void deliver_pass(app *a)
         w->kicked = 1;
         return;
     }
-    if (w->n_live >= WEBHOOK_INFLIGHT || !store_connected(a->st) || !lease_may_write(a))
+    if (w->n_live >= WEBHOOK_INFLIGHT || !store_connected(a->st) || !lease_held(a))
         return;
     kgc_rkey(key, a->cfg.key_prefix, WH_RK_PENDING);
     snprintf(now, sizeof now, "%lld", now_ms());

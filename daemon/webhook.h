@@ -4,7 +4,7 @@
  *   wallet.alert.set ──► wallet hash: alert_threshold_micros, alert_below
  *                        P alertwallets (set of watched wallet ids)
  *
- *   every ALERT_TICK_MS (writer lease held)            alert.c
+ *   every ALERT_TICK_MS (lease held)                   alert.c
  *     SSCAN P alertwallets, ALERT_BATCH at a time
  *       └► ALERT_LUA per wallet (its team's slot): crossed from >= threshold
  *          to < threshold? set alert_below=1 and alert_event=<event JSON>;
@@ -30,7 +30,7 @@
  * when more than ALERT_BATCH wallets are watched: a pass then takes
  * several round trips, back to back).
  *
- * Only the daemon holding the writer lease (lease.h) detects and delivers.
+ * Only the daemon holding the lease (lease.h) detects and delivers.
  * Pending deliveries live in Redis, so a restart resumes them; a delivery
  * in flight when the daemon died is sent again with the same id.
  */

@@ -944,7 +944,12 @@ int fsck_check_user(fsck *f, const char *uid, const char *unused)
         PROBLEM(f, uk, "not a user document (user_id %s, email)", uid);
     } else if ((em = fsck_wread1(f, fsck_rk(f, ek, KGC_RK_EMAIL, email), "GET", NULL)) != NULL &&
                (!fsck_is_str(em) || strcmp(em->str, uid) != 0)) {
-        PROBLEM(f, uk, "its email's record %s does not name this user", ek);
+        if (fsck_is_str(em) && strncmp(em->str, KGC_EMAIL_CLAIM, strlen(KGC_EMAIL_CLAIM)) == 0 &&
+            strcmp(em->str + strlen(KGC_EMAIL_CLAIM), uid) == 0)
+            PROBLEM(f, uk, "its email is only claimed (%s): a sign-up that stopped after writing "
+                    "the user; set %s to the user id", ek, ek);
+        else
+            PROBLEM(f, uk, "its email's record %s does not name this user", ek);
     }
     json_decref(doc);
     freeReplyObject(u);
@@ -970,6 +975,23 @@ int fsck_check_email(fsck *f, const char *email, const char *unused)
         return -1;
     if (e->type == REDIS_REPLY_NIL) {
         /* gone since pass 1 */
+    } else if (fsck_is_str(e) && strncmp(e->str, KGC_EMAIL_CLAIM, strlen(KGC_EMAIL_CLAIM)) == 0) {
+        /* A sign-up's claim (docs/redis-schema.md, "Sign-up claims"): fine
+         * while it runs out by itself and its user does not exist yet. */
+        const char *cu = e->str + strlen(KGC_EMAIL_CLAIM);
+        redisReply *ttl = fsck_wread1(f, ek, "PTTL", NULL);
+
+        if (ttl != NULL && ttl->type == REDIS_REPLY_INTEGER && ttl->integer < 0)
+            PROBLEM(f, ek, "a stale sign-up claim (no expiry) for user %.40s: delete it if that "
+                    "user does not exist", cu);
+        else if (!kgc_id_plausible(cu))
+            PROBLEM(f, ek, "a sign-up claim that names no user id");
+        else if ((u = fsck_wread1(f, fsck_rk(f, uk, KGC_RK_USER, cu), "GET", NULL)) != NULL &&
+                 u->type != REDIS_REPLY_NIL)
+            PROBLEM(f, ek, "a stale sign-up claim: user %s exists; set the record to the user id",
+                    cu);
+        if (ttl)
+            freeReplyObject(ttl);
     } else if (!fsck_is_str(e) || !kgc_id_plausible(e->str)) {
         PROBLEM(f, ek, "does not name a user id");
     } else if ((u = fsck_wread1(f, fsck_rk(f, uk, KGC_RK_USER, e->str), "GET", NULL)) != NULL) {

@@ -57,7 +57,8 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_AUDIT_REFUSED "{t:%s}:refused:audit" stream of refused mutations, kept by count
  *   KGC_RK_TOKEN     "{t:%s}:tok:%s"           hash: key_id team_id user_id token_id expires_ms
  *   KGC_RK_USER      "user:%s"                 JSON user document
- *   KGC_RK_EMAIL     "email:%s"                user id by lower-cased email
+ *   KGC_RK_EMAIL     "email:%s"                user id by lower-cased email; while a
+ *                                              sign-up holds it, KGC_EMAIL_CLAIM + user id, with a TTL
  *   KGC_RK_NOTIF     "notif:%s"                list of JSON notifications
  *   KGC_RK_USERTEAMS "uteams:%s"               set of the team ids a user belongs to
  *   KGC_RK_SESSION   "session:%s"              console session (keyed hash of its id), expires
@@ -89,6 +90,7 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 #define KGC_RK_TOKEN   "{t:%s}:tok:%s"
 #define KGC_RK_USER    "user:%s"
 #define KGC_RK_EMAIL   "email:%s"
+#define KGC_EMAIL_CLAIM "claim "   /* value of an email claimed by a sign-up in progress */
 #define KGC_RK_NOTIF   "notif:%s"
 #define KGC_RK_USERTEAMS "uteams:%s"
 #define KGC_RK_SESSION   "session:%s"

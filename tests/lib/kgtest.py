@@ -388,6 +388,7 @@ class Env:
         self.redis_args = list(redis_args or [])  # extra redis-server arguments
         self.redis_proc = None
         self.daemon = None
+        self.extra = []                          # (process, name) of start_extra_daemon
         self._rconn = None
         self._rlock = threading.Lock()
         self._clients = []
@@ -633,6 +634,59 @@ class Env:
             f.seek(start)
             return rc, f.read().decode("utf-8", "replace")
 
+    def start_extra_daemon(self, name, environ=None):
+        """Starts one more keygated on the same Redis and config, but with its
+        own socket <tmp>/<name>.sock and log <tmp>/<name>.log, and environ
+        added to its environment; waits until it answers ping and returns
+        the socket path. close() stops it (SIGTERM)
+        and checks its exit as the main daemon's."""
+        path = os.path.join(self.tmp, name + ".conf")
+        sock = os.path.join(self.tmp, name + ".sock")
+        with open(self.config_path) as f:
+            lines = [ln for ln in f.read().splitlines() if not ln.startswith("socket ")]
+        with open(path, "w") as f:
+            f.write("\n".join(lines + ["socket %s" % sock]) + "\n")
+        log = open(os.path.join(self.tmp, name + ".log"), "ab")
+        p = subprocess.Popen(keygated_wrapper() + [keygated_path(), "--config", path],
+                             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                             env=dict(os.environ, **(environ or {})))
+        log.close()
+        self.extra.append((p, name))
+
+        def up():
+            if p.poll() is not None:
+                raise RuntimeError("keygated %s exited with %s:\n%s"
+                                   % (name, p.returncode,
+                                      self._tail(os.path.join(self.tmp, name + ".log"))))
+            try:
+                c = Client(sock, timeout=2)
+            except OSError:
+                return False
+            try:
+                return c.call("ping").get("ok") is True
+            finally:
+                c.close()
+        slow = 6 if keygated_wrapper() else 1
+        _wait_for(up, self.daemon_timeout * slow, "keygated %s to accept on its socket" % name)
+        return sock
+
+    def stop_extra_daemons(self):
+        """Stops the daemons of start_extra_daemon; returns [(name, exit
+        status, log text)]."""
+        out = []
+        for p, name in self.extra:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            try:
+                rc = p.wait(60 if keygated_wrapper() else 10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+                rc = "killed after timeout"
+            out.append((name, rc, self._tail(os.path.join(self.tmp, name + ".log"), 1 << 20)))
+        self.extra = []
+        return out
+
     def signal_daemon(self, sig):
         self.daemon.send_signal(sig)
 
@@ -716,10 +770,15 @@ class Env:
         for c in self._clients:
             c.close()
         self._clients = []
+        extra = self.stop_extra_daemons()
         if self.daemon is not None:
             self.last_exit = self.kill_daemon(signal.SIGTERM,
                                               timeout=60 if keygated_wrapper() else 5)
         self.final_log = self.daemon_log()
+        for name, rc, log in extra:   # checked as the main daemon is (check_clean_exit)
+            self.final_log += "\n---- %s ----\n%s" % (name, log)
+            if rc != 0 and self.last_exit in (None, 0):
+                self.last_exit = "%s: %s" % (name, rc)
         self.stop_redis()
         if os.environ.get("KGTEST_KEEP"):
             print("kgtest: kept", self.tmp)

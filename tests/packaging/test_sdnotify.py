@@ -104,7 +104,7 @@ class SdNotify(unittest.TestCase):
         try:
             self.spawn(notify_path)
             self.expect(n, {"READY": "1"})
-            # Ready means the writer lease is this daemon's.
+            # Ready once the lease is known: here, with no other daemon, it is this one's.
             self.assertIn((" pid %d" % self.proc.pid).encode(), self.env.redis("GET", "kg:writer"))
             self.ping_now()
             self.assertIsNone(n.nothing_for(0.3), "one READY=1 at start, nothing else")
