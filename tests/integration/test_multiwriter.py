@@ -101,8 +101,9 @@ class MultiWriter(kgtest.EnvCase):
         for u, rs in zip(users, res):
             self.assertEqual(len(oks(rs)), 1, (u, rs))
             self.assertEqual(self.codes(rs), ["conflict", "conflict"], rs)
-        doc = json.loads(self.env.redis("GET", "kg:{t:%s}:team" % team))
-        self.assertEqual(set(doc["members"]), set(users) | {owner["user_id"]})
+        flat = [x.decode() if isinstance(x, bytes) else x
+                for x in self.env.redis("HGETALL", "kg:{t:%s}:members" % team)]
+        self.assertEqual(set(flat[0::2]), set(users) | {owner["user_id"]})
         for u in users:
             self.assertEqual(self.env.redis("SISMEMBER", "kg:uteams:%s" % u, team), 1, u)
         members = c.ok("team.get", owner["user_id"], team=team)["members"]
@@ -143,7 +144,7 @@ class MultiWriter(kgtest.EnvCase):
             self.assertEqual(set(d["tokens"]), set(users[:8]))
             for u, t in d["tokens"].items():
                 self.assertEqual(t["token_id"], won[(k, u)]["token_id"])
-        self.assertEqual(len(self.env.redis_keys("kg:tok:*")), len(pairs))
+        self.assertEqual(len(self.env.redis_keys("kg:{t:%s}:tok:*" % team)), len(pairs))
         for k, u in pairs[:3]:
             self.assertEqual(self.authorize(won[(k, u)]["token"])["status"], "ok")
 
@@ -167,7 +168,8 @@ class MultiWriter(kgtest.EnvCase):
         for kk in keys[1:]:
             live |= {t["hash"] for t in json.loads(self.env.redis(
                 "GET", "kg:{t:%s}:key:%s" % (team, kk)))["tokens"].values()}
-        recs = {x.decode()[len("kg:tok:"):] for x in self.env.redis_keys("kg:tok:*")}
+        tp = "kg:{t:%s}:tok:" % team
+        recs = {x.decode()[len(tp):] for x in self.env.redis_keys(tp + "*")}
         self.assertEqual(recs, live)
         # A token issued and then replaced in the race no longer validates.
         replaced = [r["result"] for rs in res[1::2] for r in oks(rs)
