@@ -425,6 +425,7 @@ static void decide(kg_pending *p)
     char err[160], team[KGC_ID_MAX];
     int64_t cost = 0, plain = 0;
     kg_status st = KG_OK;
+    int rc;
 
     if (p->settle) {
         decide_settle(p);
@@ -470,6 +471,11 @@ static void decide(kg_pending *p)
     }
     if (st != KG_OK) {
         finish(p, st);
+        return;
+    }
+    /* debit leased (kg_lease.c): decided against the wallet's lease, in memory */
+    if ((rc = kg_lease_decide(ctx, p)) != KG_LEASE_EXACT) {
+        finish(p, (kg_status)rc);
         return;
     }
     issue_script(p);
@@ -905,6 +911,7 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     }
     kg_link_relink(ctx);                /* after a READONLY: re-resolve the primary */
     kg_link_sub_maintain(ctx, now);
+    kg_lease_tick(ctx, now);            /* debit leased: flush, renew */
 
     if ((p = calloc(1, sizeof *p)) == NULL)
         return -1;

@@ -35,6 +35,7 @@ void kgc_config_defaults(kgc_config *cfg)
     cfg->signup_per_minute = 10;
     cfg->audit_retention_days = 400;
     cfg->replica_ack_timeout_ms = 500;
+    cfg->lease_ttl_ms = 3000;
 }
 
 static int set_str(char *dst, size_t cap, const char *v)
@@ -147,6 +148,7 @@ typedef struct key_rule {
 
 static const char *const log_formats[] = {"text", "json", NULL};
 static const char *const on_off[] = {"off", "on", NULL};
+static const char *const debit_modes[] = {"exact", "leased", NULL};
 
 static const key_rule keys[] = {
     STR("socket", socket_path),
@@ -174,6 +176,9 @@ static const key_rule keys[] = {
     STR("sentinel_master", sentinel_master),
     NUM("min_replicas_ack", min_replicas_ack, 10, 0, 64),
     NUM("replica_ack_timeout_ms", replica_ack_timeout_ms, 10, 1, 60000),
+    CHOICE("debit", debit_mode, debit_modes),
+    STR("lease_journal", lease_journal),
+    NUM("lease_ttl_ms", lease_ttl_ms, 10, 200, 600000),
 };
 
 /* Stores x into an integer field of the size the row says. */
@@ -278,6 +283,10 @@ int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen)
     fclose(f);
     if (rc == 0 && (cfg->nsentinels > 0) != (cfg->sentinel_master[0] != '\0')) {
         snprintf(err, errlen, "%s: 'sentinel' and 'sentinel_master' go together", path);
+        rc = -1;
+    }
+    if (rc == 0 && cfg->debit_mode == KGC_DEBIT_LEASED && cfg->lease_journal[0] == '\0') {
+        snprintf(err, errlen, "%s: 'debit leased' needs 'lease_journal' (a file prefix)", path);
         rc = -1;
     }
     return rc;

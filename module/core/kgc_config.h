@@ -50,7 +50,15 @@ typedef struct kgc_config {
     char sentinel_master[128];    /* the master's name at the sentinels */
     int min_replicas_ack;         /* both: WAIT for this many replicas after a write, 0 = off */
     int replica_ack_timeout_ms;   /* both: WAIT's timeout, 500 */
+    /* Leased funds (issue 14, docs/module.md "Leased funds"): */
+    int debit_mode;               /* gateways: KGC_DEBIT_EXACT (default) or _LEASED */
+    char lease_journal[KGC_PATH_MAX]; /* gateways: journal file prefix (leased: required) */
+    int lease_ttl_ms;             /* both: a lease not renewed by then is reclaimed, 3000 */
 } kgc_config;
+
+/* debit_mode values */
+#define KGC_DEBIT_EXACT  0
+#define KGC_DEBIT_LEASED 1
 
 /* Fills *cfg with defaults, then with the file's values. Returns 0, or -1
  * with a message naming the file and line in err. */
