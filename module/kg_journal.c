@@ -28,6 +28,9 @@
 typedef struct jhdr {
     char magic[8];
     char lease_id[KG_JRNL_LEASE_ID];
+    uint64_t next_seq;            /* kept here too: when every slot was freed, the
+                                     store still knows the seqs charged, and a new
+                                     entry must not reuse one */
 } jhdr;
 
 struct kg_journal {
@@ -81,14 +84,13 @@ static void scan(kg_journal *j)
         }
         j->count++;
     }
+    j->next_seq = j->hdr->next_seq > hi + 1 ? j->hdr->next_seq : hi + 1;
     if (j->count == 0) {
         j->head = j->tail = 0;
-        j->next_seq = 1;
         return;
     }
     j->head = ilo;
     j->tail = (ihi + 1) % KG_JRNL_SLOTS;
-    j->next_seq = hi + 1;
 }
 
 static int claim(kg_journal *j, const char *prefix, int n, char *err, size_t errlen)
@@ -216,6 +218,7 @@ kg_jent *kg_journal_append(kg_journal *j, const kg_jent *e)
      * never sees a seq over a half-written body. */
     __atomic_store_n(&s->seq, j->next_seq, __ATOMIC_RELEASE);
     j->next_seq++;
+    j->hdr->next_seq = j->next_seq;
     j->tail = (j->tail + 1) % KG_JRNL_SLOTS;
     j->count++;
     j->dirty = 1;
