@@ -54,8 +54,10 @@ typedef struct wlease {
     int64_t amount;               /* the store's lease, last reply */
     int64_t valid_until;          /* monotonic ms; 0: no lease */
     int64_t since_send;           /* decided since the in-flight flush was sent */
-    int64_t spent;                /* decided since the last send (sizing) */
-    int64_t rate;                 /* micros per second, smoothed */
+    int64_t spent;                /* decided since rate_at (sizing) */
+    int64_t rate_at;              /* monotonic ms the spend window began */
+    int64_t rate;                 /* micros per second: up at once, down smoothed */
+    int64_t boost;                /* a lease that ran out: ask twice as much */
     int64_t last_cost;            /* the last request's cost */
     int64_t need;                 /* > 0: a request of this cost was not covered */
     int64_t last_send;            /* monotonic ms */
@@ -130,6 +132,8 @@ static int64_t want_of(const kg_leases *L, const wlease *w)
 
     if (L->closing)
         return 0;
+    if (want < w->boost)
+        want = w->boost;
     return want > floor ? want : floor;
 }
 
@@ -241,9 +245,11 @@ int kg_lease_decide(kg_ctx *ctx, struct kg_pending *p)
     }
     now = kg_mono_ms();
     if (w->avail < p->cost || now >= w->valid_until) {
-        if (w->need < p->cost)
-            w->need = p->cost;          /* renew at the next tick */
-        L->any_need = 1;
+        if (!w->inflight && w->need < p->cost) {
+            w->need = p->cost;          /* renew at the next tick (not again while
+                                           the renewal is on the wire) */
+            L->any_need = 1;
+        }
         return KG_LEASE_EXACT;
     }
     memset(&e, 0, sizeof e);
@@ -391,13 +397,22 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
         if (L->fl[i]->rid[0] != '\0' &&
             kgc_rkey(keys[nk++], P, KGC_RK_REQ, T, L->fl[i]->key_id, L->fl[i]->rid) < 0)
             goto out;
-    /* sizing: the spend rate since the last send, smoothed */
-    elapsed = now - w->last_send;
-    if (w->last_send > 0 && elapsed > 0) {
-        int64_t inst = w->spent * 1000 / (elapsed < 1000 ? elapsed : 1000);
-        w->rate = (w->rate + inst) / 2;
+    /* Sizing: the spend rate over windows of >= 10 ms (up at once, down
+     * halfway), and a lease that ran out asks twice what it had. */
+    elapsed = now - w->rate_at;
+    if (w->rate_at == 0 || elapsed >= 1000) {
+        w->rate_at = now;
+        w->spent = 0;
+    } else if (elapsed >= 10) {
+        int64_t inst = w->spent * 1000 / elapsed;
+        w->rate = inst > w->rate ? inst : (w->rate + inst) / 2;
+        w->rate_at = now;
+        w->spent = 0;
     }
-    w->spent = 0;
+    if (w->need > 0)
+        w->boost = 2 * (w->amount > w->need ? w->amount : w->need * KG_LEASE_MIN_COSTS);
+    else
+        w->boost /= 2;
     want = want_of(L, w);
     need = L->closing ? 0 : w->need;
     argv[argc++] = "EVAL";

@@ -469,8 +469,10 @@ const char kg_capture_lua[] =
  * was reclaimed or ran short); a balance pushed below zero records
  * "shortfall_micros" in the entry and the wallet's shortfall_micros. An
  * entry whose request id has a record already is not charged (a
- * duplicate served by two gateways). Then the lease is sized to want
- * (returning the excess, or taking up to (balance − held) / share).
+ * duplicate served by two gateways). Then the lease is sized to want:
+ * the excess returned, or more taken up to (balance − held + the lease)
+ * / share (several gateways share a small wallet). Never below want: the
+ * gateway may have decided up to want since it sent the script.
  * Returns {'ok', lease, balance, charged, duplicates, late, shortfall} |
  *         {'nowallet'}. */
 const char kg_lease_lua[] =
@@ -538,7 +540,8 @@ const char kg_lease_lua[] =
     "  local back = amt - want\n"
     "  amt, leased, bal = want, leased - back, bal + back\n"
     "elseif amt < want then\n"
-    "  local g = math.min(want - amt, math.max(0, math.floor((bal - held) / share)))\n"
+    "  local cap = math.floor((bal - held + amt) / share)\n"
+    "  local g = math.max(0, math.min(want, cap) - amt)\n"
     "  amt, leased, bal = amt + g, leased + g, bal - g\n"
     "end\n"
     "if need > 0 and amt < need then\n"
