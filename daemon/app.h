@@ -36,6 +36,7 @@ typedef struct app {
     struct webhook *wh;           /* webhook.c's state */
     struct expiry *expiry;        /* expiry.c's state */
     struct holds *holds;          /* holds.c's state */
+    struct reclaim *reclaim;      /* reclaim.c's state */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

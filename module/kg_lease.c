@@ -147,6 +147,10 @@ int kg_lease_open(kg_ctx *ctx, char *err, size_t errlen)
 
     if (ctx->cfg.debit_mode != KGC_DEBIT_LEASED)
         return 0;
+    if (ctx->cfg.lease_journal[0] == '\0') {
+        snprintf(err, errlen, "'debit leased' needs 'lease_journal' (a file prefix)");
+        return -1;
+    }
     if ((L = calloc(1, sizeof *L)) == NULL ||
         (L->fl = calloc(KG_LEASE_BATCH, sizeof *L->fl)) == NULL) {
         if (L != NULL)

@@ -285,10 +285,6 @@ int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "%s: 'sentinel' and 'sentinel_master' go together", path);
         rc = -1;
     }
-    if (rc == 0 && cfg->debit_mode == KGC_DEBIT_LEASED && cfg->lease_journal[0] == '\0') {
-        snprintf(err, errlen, "%s: 'debit leased' needs 'lease_journal' (a file prefix)", path);
-        rc = -1;
-    }
     return rc;
 }
 
