@@ -474,9 +474,9 @@ static void decide(kg_pending *p)
         return;
     }
     /* debit leased (kg_lease.c): decided against the wallet's lease, in memory */
-    if ((rc = kg_lease_decide(ctx, p)) != KG_LEASE_EXACT) {
-        finish(p, (kg_status)rc);
-        return;
+    if ((rc = kg_lease_decide(ctx, p)) != KG_LEASE_EXACT || p->outage > 0) {
+        finish(p, rc == KG_LEASE_EXACT ? KG_BACKEND_ERROR : (kg_status)rc);
+        return;             /* an entry kept over an outage serves only leases */
     }
     issue_script(p);
 }
@@ -941,6 +941,8 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     }
     if (ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok)
         p->ent = kg_cache_get(&ctx->cache, p->hash, now);
+    else if (ctx->cfg.cache_ttl_ms > 0 && (p->outage = kg_lease_outage(ctx)) > 0)
+        p->ent = kg_cache_get(&ctx->cache, p->hash, p->outage);  /* as fresh as at the loss */
     if (p->ent != NULL)
         ctx->stats.cache_hits++;
     else
@@ -1024,6 +1026,8 @@ void kg_flow_sub_lost(kg_ctx *ctx)
 {
     ctx->sub_ok = 0;
     ctx->inval_gen++;
+    if (kg_lease_sub_lost(ctx))
+        return;     /* debit leased: kept for local decisions, dropped when it is back */
     ctx->catalog_trusted = 0;
     kg_cache_clear(&ctx->cache);
 }

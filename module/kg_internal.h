@@ -185,6 +185,9 @@ struct kg_pending {
     kg_hold *hout;                /* host's kg_hold or NULL, touched only at delivery */
     size_t hsize;                 /* its size as the host knows it */
 
+    int64_t outage;               /* debit leased: > 0, the entry was kept over a
+                                     subscription loss (kg_lease_outage) */
+
     kg_result r;                  /* our answer; copied to *out when delivered */
     kg_result *out;               /* host's result, touched only at delivery */
     kg_done_fn done;
@@ -295,6 +298,14 @@ void kg_lease_close(kg_ctx *ctx);
 int  kg_lease_decide(kg_ctx *ctx, struct kg_pending *p);
 /* Sends a due flush or renewal, syncs the journal; top level only. */
 void kg_lease_tick(kg_ctx *ctx, int64_t now);
+/* Subscription lost: 1 when the cache and catalog are kept for local
+ * decisions (a lease is valid), 0 to clear them as in exact mode. */
+int  kg_lease_sub_lost(kg_ctx *ctx);
+/* Subscription back: clears what kg_lease_sub_lost kept. */
+void kg_lease_sub_back(kg_ctx *ctx);
+/* > 0 while kept: the monotonic ms of the loss (cache entries are used as
+ * fresh as they were then); 0 otherwise. */
+int64_t kg_lease_outage(kg_ctx *ctx);
 /* Monotonic ms of the next kg_lease_tick needed; -1: none. */
 int64_t kg_lease_next(const kg_ctx *ctx);
 

@@ -83,6 +83,7 @@ struct kg_leases {
     int64_t last_sync;
     int closing;
     int any_need;                 /* some wlease has need > 0 */
+    int64_t outage_from;          /* subscription lost then (monotonic ms); 0 none */
     int64_t last_tick;
     ridslot rids[KG_RID_WINDOW];
 };
@@ -547,4 +548,57 @@ int64_t kg_lease_next(const kg_ctx *ctx)
             next = t;
     }
     return next;
+}
+
+/* ---- outage --------------------------------------------------------- */
+
+/* A lost subscription means revocations may be missed. In exact mode the
+ * cache is cleared at once (every request then needs the store, which is
+ * likely down). With a lease still valid, the cache (as it was at the
+ * loss) and the catalog are kept for local decisions only, which stop at
+ * the lease's valid_until anyway: a revocation made meanwhile is missed
+ * for at most lease_ttl_ms (docs/module.md). */
+int kg_lease_sub_lost(kg_ctx *ctx)
+{
+    kg_leases *L = ctx->leases;
+    int64_t now = kg_mono_ms();
+
+    if (L == NULL || L->closing)
+        return 0;
+    if (L->outage_from > 0)
+        return 1;
+    for (int i = 0; i < L->nw; i++)
+        if (L->w[i].valid_until > now) {
+            L->outage_from = now;
+            return 1;
+        }
+    return 0;
+}
+
+void kg_lease_sub_back(kg_ctx *ctx)
+{
+    kg_leases *L = ctx->leases;
+
+    if (L == NULL || L->outage_from == 0)
+        return;
+    L->outage_from = 0;
+    ctx->catalog_trusted = 0;
+    kgc_catalog_free(ctx->catalog);
+    ctx->catalog = NULL;
+    kg_cache_clear(&ctx->cache);
+}
+
+int64_t kg_lease_outage(kg_ctx *ctx)
+{
+    kg_leases *L = ctx->leases;
+    int64_t now;
+
+    if (L == NULL || L->outage_from == 0)
+        return 0;
+    now = kg_mono_ms();
+    for (int i = 0; i < L->nw; i++)
+        if (L->w[i].valid_until > now)
+            return L->outage_from;
+    kg_lease_sub_back(ctx);             /* every lease ran out: as in exact mode */
+    return 0;
 }
