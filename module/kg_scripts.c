@@ -473,6 +473,10 @@ const char kg_capture_lua[] =
  * the excess returned, or more taken up to (balance − held + the lease)
  * / share (several gateways share a small wallet). Never below want: the
  * gateway may have decided up to want since it sent the script.
+ * Entries go to the ledger in one LPUSH per 500 (oldest first, so newest
+ * at the head as always), and usage is counted once per key, service and
+ * model of the batch (the counters of usage_add(), requests and micros;
+ * params are not journaled, so leased requests add no p.<param> totals).
  * Returns {'ok', lease, balance, charged, duplicates, late, shortfall} |
  *         {'nowallet'}. */
 const char kg_lease_lua[] =
@@ -489,6 +493,7 @@ const char kg_lease_lua[] =
     "local amt = tonumber(redis.call('HGET', KEYS[3], id) or '0') or 0\n"
     "local top, ki, n = last, 10, tonumber(ARGV[7])\n"
     "local charged, dups, late, short = 0, 0, 0, 0\n"
+    "local out, use, order = {}, {}, {}\n"
     "for i = 0, n - 1 do\n"
     "  local b = 8 + i * 9\n"
     "  local seq, cost, rid = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), ARGV[b + 7]\n"
@@ -520,15 +525,29 @@ const char kg_lease_lua[] =
     "      end\n"
     "      LEASED = leased\n"
     "      local at = tonumber(ARGV[b + 2]) or now\n"
-    "      redis.call('LPUSH', KEYS[2], entry(cost, bal, at, kid, uid, svc, mdl, rid, extra))\n"
+    "      out[#out + 1] = entry(cost, bal, at, kid, uid, svc, mdl, rid, extra)\n"
     "      if rk then\n"
     "        redis.call('HSET', rk, 'cost_micros', fmt(cost), 'balance_micros', fmt(bal + leased),\n"
     "                   'wallet_id', wid, 'at', fmt(at), 'user_id', uid, 'service', svc,\n"
     "                   'model', mdl, 'fp', ARGV[b + 8])\n"
     "        redis.call('EXPIRE', rk, 86400)\n"
     "      end\n"
-    "      usage_add(KEYS[8], KEYS[9], kid, wid, svc, mdl, cost, nil)\n"
+    "      local u = kid .. ' ' .. wid .. ' ' .. svc .. ' ' .. (mdl ~= '' and mdl or '-') .. ' '\n"
+    "      if not use[u] then use[u] = {0, 0}; order[#order + 1] = u end\n"
+    "      use[u][1], use[u][2] = use[u][1] + 1, use[u][2] + cost\n"
     "      charged = charged + 1\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "for i = 1, #out, 500 do\n"
+    "  redis.call('LPUSH', KEYS[2], unpack(out, i, math.min(i + 499, #out)))\n"
+    "end\n"
+    "if KEYS[8] ~= '' then\n"
+    "  for _, u in ipairs(order) do\n"
+    "    for i, k in ipairs({KEYS[8], KEYS[9]}) do\n"
+    "      local c = redis.pcall('HINCRBY', k, u .. 'n', use[u][1])\n"
+    "      if c == use[u][1] then redis.call('EXPIRE', k, i == 1 and 34560000 or 1209600) end\n"
+    "      if use[u][2] > 0 then redis.pcall('HINCRBY', k, u .. 'c', fmt(use[u][2])) end\n"
     "    end\n"
     "  end\n"
     "end\n"
