@@ -7,7 +7,7 @@
  * file over and replays what it holds. The file is a shared mapping: an
  * entry is written with plain stores before the request is answered (no
  * system call), and the kernel keeps it if the process dies; msync() puts
- * it on disk (kg_journal_sync, every <= 50 ms).
+ * it on disk every <= 50 ms, on the journal's own thread (kg_journal.c).
  *
  * Slots form a ring in seq order: appended at the tail, freed once a
  * flush has charged them, the head moving over freed slots.
@@ -25,7 +25,7 @@
 /* One decision, 512 bytes. Valid when seq != 0 and crc matches. */
 typedef struct kg_jent {
     uint64_t seq;                 /* written last; 0 = free */
-    uint32_t crc;                 /* kgc_crc32 of the slot with seq, crc = 0 */
+    uint32_t crc;                 /* checksum of the slot with seq, crc = 0 */
     uint32_t pad;
     int64_t cost;                 /* micros */
     int64_t at;                   /* wall-clock ms of the decision */
@@ -53,7 +53,8 @@ void kg_journal_free(kg_journal *j, kg_jent *e);
 /* The valid slots, oldest first: *it starts at 0; NULL at the end. */
 kg_jent *kg_journal_next(kg_journal *j, size_t *it);
 size_t kg_journal_count(const kg_journal *j);         /* valid slots */
-/* msync(MS_SYNC) when something was written since the last sync. */
+/* msync(MS_SYNC) when something was written since the last sync (the
+ * sync thread calls it; kg_journal_close once more). */
 void kg_journal_sync(kg_journal *j);
 
 #endif
