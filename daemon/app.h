@@ -37,6 +37,7 @@ typedef struct app {
     struct expiry *expiry;        /* expiry.c's state */
     struct holds *holds;          /* holds.c's state */
     struct archive *arch;         /* archive.c's state, NULL without an archive */
+    struct reclaim *reclaim;      /* reclaim.c's state */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

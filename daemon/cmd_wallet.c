@@ -21,7 +21,9 @@
 #define CREDIT_MAX_MICROS 1000000000000000LL   /* 1e15 micros = 1e9 units */
 #define BALANCE_MAX_MICROS 9007199254740991LL
 
-/* KEYS: wallet, ledger, credit record. ARGV: amount, reference, actor, now,
+/* The entry's balance_micros is the wallet's funds: balance + leased
+ * (debit leased, module/kg_scripts.c "Leased funds").
+ * KEYS: wallet, ledger, credit record. ARGV: amount, reference, actor, now,
  * balance max. Returns {0} no wallet, {1, balance} credited, {2, balance}
  * reference seen before (nothing credited), {3, balance} would overflow. */
 static const char credit_lua[] =
@@ -32,7 +34,8 @@ static const char credit_lua[] =
     "if bal + amount > tonumber(ARGV[5]) then return {3, bal} end\n"
     "bal = redis.call('HINCRBY', KEYS[1], 'balance_micros', amount)\n"
     "local e = '{\"type\":\"credit\",\"amount_micros\":' .. ARGV[1] ..\n"
-    "  ',\"balance_micros\":' .. string.format('%d', bal) ..\n"
+    "  ',\"balance_micros\":' .. string.format('%d', bal +\n"
+    "    (tonumber(redis.call('HGET', KEYS[1], 'leased_micros') or '0') or 0)) ..\n"
     "  ',\"at\":' .. ARGV[4] .. ',\"reference\":' .. cjson.encode(ARGV[2]) ..\n"
     "  ',\"actor\":' .. cjson.encode(ARGV[3]) .. '}'\n"
     "redis.call('LPUSH', KEYS[2], e)\n"
@@ -52,6 +55,7 @@ static json_t *wallet_view(json_t *flat)
         if (strcmp(f, "balance_micros") == 0 || strcmp(f, "created_at") == 0 ||
             strcmp(f, "held_micros") == 0 || strcmp(f, "alert_threshold_micros") == 0 ||
             strcmp(f, "refused_at") == 0 || strcmp(f, "refusal_alerted_at") == 0 ||
+            strcmp(f, "leased_micros") == 0 || strcmp(f, "shortfall_micros") == 0 ||
             strcmp(f, "archived_count") == 0 || strcmp(f, "archived_sum_micros") == 0)
             json_object_set_new(out, f, json_integer(strtoll(v, NULL, 10)));
         else if (strcmp(f, "alert_below") == 0)

@@ -19,6 +19,7 @@
 #include "webhook.h"
 #include "expiry.h"
 #include "holds.h"
+#include "reclaim.h"
 
 #include <event2/buffer.h>
 #include <event2/dns.h>
@@ -444,6 +445,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     alert_tick(a);
     expiry_tick(a);
     holds_tick(a);
+    reclaim_tick(a);
     deliver_pass(a);
 }
 
@@ -490,6 +492,7 @@ void webhook_stop(app *a)
     alert_free(a);
     expiry_free(a);
     holds_free(a);
+    reclaim_free(a);
     free(w);
     a->wh = NULL;
 }

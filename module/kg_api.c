@@ -56,6 +56,10 @@ KG_EXPORT kg_ctx *kg_open(const char *config_path, char *err, size_t errlen)
         snprintf(err, errlen, "kg_open: out of memory");
         goto err;
     }
+    if (kg_lease_open(ctx, err, errlen) != 0) {    /* debit leased: journal, replay */
+        kg_cache_free(&ctx->cache);
+        goto err;
+    }
     return ctx;
 err:
     if (ctx->pepper != NULL)
@@ -68,6 +72,7 @@ KG_EXPORT void kg_close(kg_ctx *ctx)
 {
     if (ctx == NULL)
         return;
+    kg_lease_close(ctx);        /* debit leased: flush, return the leases */
     ctx->closing = 1;
     kg_link_drop_all(ctx);      /* pending requests fail with KG_BACKEND_ERROR... */
     kg_flow_deliver(ctx);       /* ...and their done() is called here */
@@ -295,6 +300,9 @@ KG_EXPORT int kg_loop_next_timeout_ms(kg_ctx *ctx)
     d = kg_link_probe_deadline(ctx);
     if (d >= 0 && (first < 0 || d < first))
         first = d;
+    d = kg_lease_next(ctx);                 /* debit leased: flush, renew */
+    if (d >= 0 && (first < 0 || d < first))
+        first = d;
     if (first < 0)
         return -1;
     d = first - kg_mono_ms();
@@ -306,6 +314,7 @@ KG_EXPORT void kg_loop_timeout(kg_ctx *ctx)
     if (ctx == NULL)
         return;
     kg_flow_timeouts(ctx, kg_mono_ms());
+    kg_lease_tick(ctx, kg_mono_ms());       /* debit leased: flush, renew */
     kg_link_probe_maintain(ctx, kg_mono_ms());
     kg_flow_deliver(ctx);
 }

@@ -58,7 +58,10 @@ void kg_hold_out(kg_hold *dst, size_t hsize, const kg_hold *src)
 
 static void copy_id(char *dst, const char *src)
 {
-    snprintf(dst, KG_ID_LEN, "%s", src);
+    size_t n = strnlen(src, KG_ID_LEN - 1);     /* snprintf's truncation, without its cost */
+
+    memcpy(dst, src, n);
+    dst[n] = '\0';
 }
 
 /* ---- lists ---------------------------------------------------------- */
@@ -501,9 +504,11 @@ static void decide_settle(kg_pending *p, const cat_facts *f)
  * checks is the cold script's too (kg_scripts.c KG_LUA_COLD). */
 static void decide(kg_pending *p, const cat_facts *f)
 {
+    kg_ctx *ctx = p->ctx;
     const kg_svcpol *pol = kg_entry_policy(p->ent, p->service);
     char team[KGC_ID_MAX];
     kg_status st = f->st;
+    int rc;
 
     if (p->settle) {
         decide_settle(p, f);
@@ -532,6 +537,11 @@ static void decide(kg_pending *p, const cat_facts *f)
     p->budget_month = p->ent->budget_month;
     p->per_second = pol->per_second;
     p->per_minute = pol->per_minute;
+    /* debit leased (kg_lease.c): decided against the wallet's lease, in memory */
+    if ((rc = kg_lease_decide(ctx, p)) != KG_LEASE_EXACT || p->outage > 0) {
+        finish(p, rc == KG_LEASE_EXACT ? KG_BACKEND_ERROR : (kg_status)rc);
+        return;             /* an entry kept over an outage serves only leases */
+    }
     issue_script(p);
 }
 
@@ -862,7 +872,7 @@ static void on_cold(kg_pending *p, redisReply *r)
         return;
     }
     copy_id(p->r.key_id, r->element[1]->str);
-    copy_id(p->r.team_id, p->tok_team);
+    snprintf(p->r.team_id, sizeof p->r.team_id, "%s", p->tok_team);
     copy_id(p->r.user_id, r->element[2]->str);
     copy_id(p->r.wallet_id, r->element[5]->str);
     /* The script checked the document as kg_entry_build does; an entry C
@@ -976,6 +986,7 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     }
     kg_link_relink(ctx);                /* after a READONLY: re-resolve the primary */
     kg_link_sub_maintain(ctx, now);
+    kg_lease_tick(ctx, now);            /* debit leased: flush, renew */
 
     if ((p = calloc(1, sizeof *p)) == NULL)
         return -1;
@@ -1006,6 +1017,8 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     }
     if (ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok)
         p->ent = kg_cache_get(&ctx->cache, p->hash, now);
+    else if (ctx->cfg.cache_ttl_ms > 0 && (p->outage = kg_lease_outage(ctx)) > 0)
+        p->ent = kg_cache_get(&ctx->cache, p->hash, p->outage);  /* as fresh as at the loss */
     if (p->ent != NULL)
         ctx->stats.cache_hits++;
     else
@@ -1089,6 +1102,8 @@ void kg_flow_sub_lost(kg_ctx *ctx)
 {
     ctx->sub_ok = 0;
     ctx->inval_gen++;
+    if (kg_lease_sub_lost(ctx))
+        return;     /* debit leased: kept for local decisions, dropped when it is back */
     ctx->catalog_trusted = 0;
     kg_cache_clear(&ctx->cache);
 }

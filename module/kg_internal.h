@@ -185,6 +185,9 @@ struct kg_pending {
     kg_hold *hout;                /* host's kg_hold or NULL, touched only at delivery */
     size_t hsize;                 /* its size as the host knows it */
 
+    int64_t outage;               /* debit leased: > 0, the entry was kept over a
+                                     subscription loss (kg_lease_outage) */
+
     kg_result r;                  /* our answer; copied to *out when delivered */
     kg_result *out;               /* host's result, touched only at delivery */
     kg_done_fn done;
@@ -240,6 +243,8 @@ struct kg_ctx {
 
     int64_t pipe_checked;         /* monotonic ms of the last SIGPIPE look */
     int pipe_ignored;             /* the process ignores SIGPIPE already */
+
+    struct kg_leases *leases;     /* debit leased (kg_lease.c); NULL: exact */
 };
 
 /* kg_link.c */
@@ -273,5 +278,35 @@ void kg_result_init(kg_result *r);
 /* The subscriber's message handler. */
 void kg_flow_inval(kg_ctx *ctx, const char *msg, size_t len);
 void kg_flow_sub_lost(kg_ctx *ctx);
+
+/* ------------------------------------------------------------------ */
+/* Leased funds (kg_lease.c, kg_journal.c; docs/module.md "Leased funds") */
+
+extern const char kg_lease_lua[];     /* kg_scripts.c: flush and renew */
+extern const char kg_reclaim_lua[];   /* kg_scripts.c: keygated's lease sweep */
+
+#define KG_LEASE_EXACT (-1)           /* kg_lease_decide: use the exact path */
+
+/* kg_open/kg_close: a context in debit leased mode claims a journal file
+ * and queues its unflushed entries for replay. 0, or -1 with err. */
+int  kg_lease_open(kg_ctx *ctx, char *err, size_t errlen);
+/* Flushes every entry and returns every lease, waiting at most about
+ * 2 s (blocking), then unmaps the journal. Accepts ctx->leases NULL. */
+void kg_lease_close(kg_ctx *ctx);
+/* Decides p (a payg debit whose checks all passed) against the lease of
+ * its wallet: a kg_status (p->r filled) or KG_LEASE_EXACT. */
+int  kg_lease_decide(kg_ctx *ctx, struct kg_pending *p);
+/* Sends a due flush or renewal, syncs the journal; top level only. */
+void kg_lease_tick(kg_ctx *ctx, int64_t now);
+/* Subscription lost: 1 when the cache and catalog are kept for local
+ * decisions (a lease is valid), 0 to clear them as in exact mode. */
+int  kg_lease_sub_lost(kg_ctx *ctx);
+/* Subscription back: clears what kg_lease_sub_lost kept. */
+void kg_lease_sub_back(kg_ctx *ctx);
+/* > 0 while kept: the monotonic ms of the loss (cache entries are used as
+ * fresh as they were then); 0 otherwise. */
+int64_t kg_lease_outage(kg_ctx *ctx);
+/* Monotonic ms of the next kg_lease_tick needed; -1: none. */
+int64_t kg_lease_next(const kg_ctx *ctx);
 
 #endif

@@ -312,8 +312,10 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
     payload = r->element[2];
     if (kind->type != REDIS_REPLY_STRING)
         return;
-    if (strcmp(kind->str, "subscribe") == 0)
+    if (strcmp(kind->str, "subscribe") == 0) {
         ctx->sub_ok = 1;
+        kg_lease_sub_back(ctx);         /* debit leased: drop what an outage kept */
+    }
     else if (strcmp(kind->str, "message") == 0 && payload->type == REDIS_REPLY_STRING)
         kg_flow_inval(ctx, payload->str, payload->len);
 }

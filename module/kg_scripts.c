@@ -58,9 +58,11 @@
     "  local t = redis.call('TIME')\n"                                             \
     "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"         \
     "end\n"                                                                        \
+    "local LEASED = nil\n"                                                         \
     "local function entry(amt, nb, at, kid, uid, svc, mdl, rid, extra)\n"          \
+    "  local f = nb + (LEASED or tonumber(redis.call('HGET', KEYS[1], 'leased_micros') or '0') or 0)\n" \
     "  return '{\"type\":\"debit\",\"amount_micros\":' .. string.format('%d', amt) ..\n" \
-    "    ',\"balance_micros\":' .. string.format('%d', nb) ..\n"                   \
+    "    ',\"balance_micros\":' .. string.format('%d', f) ..\n"                    \
     "    ',\"at\":' .. string.format('%d', at) ..\n"                               \
     "    ',\"key_id\":' .. cjson.encode(kid) ..\n"                                 \
     "    ',\"user_id\":' .. cjson.encode(uid) ..\n"                                \
@@ -574,3 +576,173 @@ const char kg_capture_lua[] =
     "local before = redis.call('ZCARD', KEYS[5])\n"
     "sweep(now_ms(), KEYS[6], KEYS[7], ARGV[1])\n"
     "return before - redis.call('ZCARD', KEYS[5])\n";
+
+/* ==== Leased funds (issue 14, module/kg_lease.c, docs/module.md) ========
+ *
+ * A lease moves funds out of the wallet's balance into a record owned by
+ * one gateway context, which then decides requests against it in memory.
+ *   P {t:T}:lease:<wid>     hash: lease id -> micros it holds
+ *   P {t:T}:leaseexp:<wid>  zset: lease id by expiry (Redis ms)
+ *   P {t:T}:leaseseq:<wid>  hash: lease id -> highest journal seq charged
+ * and the wallet's leased_micros = Σ the hash. Invariant, after any
+ * script: balance_micros + leased_micros = credits − debits of the ledger;
+ * a ledger entry's balance_micros is that sum (the wallet's funds, leased
+ * or not: entry() above adds leased_micros, or LEASED when a script keeps
+ * it in hand).
+ *
+ * reclaim(): a lease whose expiry passed goes back to the balance, at
+ * most 16 a call, skipping `keep` (the caller's own: it is renewing it).
+ * No ledger entry: the funds of the wallet do not change. */
+#define KG_LUA_RECLAIM                                                             \
+    "local function fmt(x) return string.format('%d', x) end\n"                    \
+    "local function reclaim(now, keep)\n"                                          \
+    "  local ids = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 16)\n" \
+    "  local n = 0\n"                                                              \
+    "  for _, id in ipairs(ids) do\n"                                              \
+    "    if id ~= keep then\n"                                                     \
+    "      redis.call('ZREM', KEYS[6], id)\n"                                      \
+    "      local a = tonumber(redis.call('HGET', KEYS[3], id) or '0') or 0\n"      \
+    "      redis.call('HDEL', KEYS[3], id)\n"                                      \
+    "      if a > 0 then\n"                                                        \
+    "        redis.call('HINCRBY', KEYS[1], 'leased_micros', fmt(-a))\n"          \
+    "        redis.call('HINCRBY', KEYS[1], 'balance_micros', fmt(a))\n"          \
+    "      end\n"                                                                  \
+    "      n = n + 1\n"                                                            \
+    "    end\n"                                                                    \
+    "  end\n"                                                                      \
+    "  return n\n"                                                                 \
+    "end\n"
+
+/* Flush and renew, in one script (kg_lease.c flush()).
+ *   KEYS  1 wallet, 2 ledger, 3 lease hash, 4 holds, 5 holdexp,
+ *         6 leaseexp, 7 leaseseq, 8 usage day, 9 usage hour ('' both: off),
+ *         then one P {t:T}:req:<kid>:<rid> per entry that has a request id,
+ *         in entry order
+ *   ARGV  1 lease id, 2 wallet id, 3 want (micros the lease should hold
+ *         after), 4 need (> 0: if the lease ends below it, return it all),
+ *         5 lease_ttl_ms, 6 share (a grant takes at most available/share),
+ *         7 n, then n entries of 9: seq, cost, at (gateway ms), key_id,
+ *         user_id, service, model, request_id ('' none), fp
+ * Each entry with seq above the lease's leaseseq is charged once, with the
+ * ledger entry a debit writes ("lease": id added), from the lease while it
+ * holds enough, else from the balance ("lease_late_micros": a lease that
+ * was reclaimed or ran short); a balance pushed below zero records
+ * "shortfall_micros" in the entry and the wallet's shortfall_micros. An
+ * entry whose request id has a record already is not charged (a
+ * duplicate served by two gateways). Then the lease is sized to want:
+ * the excess returned, or more taken up to (balance − held + the lease)
+ * / share (several gateways share a small wallet). Never below want: the
+ * gateway may have decided up to want since it sent the script.
+ * Entries go to the ledger in one LPUSH per 500 (oldest first, so newest
+ * at the head as always), and usage is counted once per key, service and
+ * model of the batch (the counters of usage_add(), requests and micros;
+ * params are not journaled, so leased requests add no p.<param> totals).
+ * Returns {'ok', lease, balance, charged, duplicates, late, shortfall} |
+ *         {'nowallet'}. */
+const char kg_lease_lua[] =
+    KG_LUA_COMMON
+    KG_LUA_RECLAIM
+    "local id, wid = ARGV[1], ARGV[2]\n"
+    "local now, bal, held = open_wallet(KEYS[8], KEYS[9], wid)\n"
+    "if now == nil then return {'nowallet'} end\n"
+    "if type(now) == 'table' then return now end\n"
+    "reclaim(now, id)\n"
+    "bal = tonumber(redis.call('HGET', KEYS[1], 'balance_micros'))\n"
+    "local leased = tonumber(redis.call('HGET', KEYS[1], 'leased_micros') or '0') or 0\n"
+    "local last = tonumber(redis.call('HGET', KEYS[7], id) or '0') or 0\n"
+    "local amt = tonumber(redis.call('HGET', KEYS[3], id) or '0') or 0\n"
+    "local top, ki, n = last, 10, tonumber(ARGV[7])\n"
+    "local charged, dups, late, short = 0, 0, 0, 0\n"
+    "local out, use, order = {}, {}, {}\n"
+    "for i = 0, n - 1 do\n"
+    "  local b = 8 + i * 9\n"
+    "  local seq, cost, rid = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), ARGV[b + 7]\n"
+    "  local rk = nil\n"
+    "  if rid ~= '' then rk = KEYS[ki]; ki = ki + 1 end\n"
+    "  if seq == nil or cost == nil or cost < 0 then\n"
+    "    return redis.error_reply('ERR keygate: lease entry is not integers')\n"
+    "  end\n"
+    "  if seq > last then\n"
+    "    if seq > top then top = seq end\n"
+    "    local kid, uid, svc, mdl = ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]\n"
+    "    if rk and redis.call('EXISTS', rk) == 1 then\n"
+    "      dups = dups + 1\n"
+    "    else\n"
+    "      local fl = math.min(cost, amt)\n"
+    "      amt = amt - fl\n"
+    "      leased = leased - fl\n"
+    "      local rest = cost - fl\n"
+    "      local extra = ',\"lease\":' .. cjson.encode(id)\n"
+    "      if rest > 0 then\n"
+    "        bal = bal - rest\n"
+    "        late = late + rest\n"
+    "        extra = extra .. ',\"lease_late_micros\":' .. fmt(rest)\n"
+    "        if bal < 0 then\n"
+    "          local s = math.min(rest, -bal)\n"
+    "          short = short + s\n"
+    "          extra = extra .. ',\"shortfall_micros\":' .. fmt(s)\n"
+    "        end\n"
+    "      end\n"
+    "      LEASED = leased\n"
+    "      local at = tonumber(ARGV[b + 2]) or now\n"
+    "      out[#out + 1] = entry(cost, bal, at, kid, uid, svc, mdl, rid, extra)\n"
+    "      if rk then\n"
+    "        redis.call('HSET', rk, 'cost_micros', fmt(cost), 'balance_micros', fmt(bal + leased),\n"
+    "                   'wallet_id', wid, 'at', fmt(at), 'user_id', uid, 'service', svc,\n"
+    "                   'model', mdl, 'fp', ARGV[b + 8])\n"
+    "        redis.call('EXPIRE', rk, 86400)\n"
+    "      end\n"
+    "      local u = kid .. ' ' .. wid .. ' ' .. svc .. ' ' .. (mdl ~= '' and mdl or '-') .. ' '\n"
+    "      if not use[u] then use[u] = {0, 0}; order[#order + 1] = u end\n"
+    "      use[u][1], use[u][2] = use[u][1] + 1, use[u][2] + cost\n"
+    "      charged = charged + 1\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "for i = 1, #out, 500 do\n"
+    "  redis.call('LPUSH', KEYS[2], unpack(out, i, math.min(i + 499, #out)))\n"
+    "end\n"
+    "if KEYS[8] ~= '' then\n"
+    "  for _, u in ipairs(order) do\n"
+    "    for i, k in ipairs({KEYS[8], KEYS[9]}) do\n"
+    "      local c = redis.pcall('HINCRBY', k, u .. 'n', use[u][1])\n"
+    "      if c == use[u][1] then redis.call('EXPIRE', k, i == 1 and 34560000 or 1209600) end\n"
+    "      if use[u][2] > 0 then redis.pcall('HINCRBY', k, u .. 'c', fmt(use[u][2])) end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if top > last then redis.call('HSET', KEYS[7], id, fmt(top)) end\n"
+    "redis.call('PEXPIRE', KEYS[7], 2592000000)\n"
+    "local want, need = tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0\n"
+    "local ttl, share = tonumber(ARGV[5]) or 3000, tonumber(ARGV[6]) or 4\n"
+    "if amt > want then\n"
+    "  local back = amt - want\n"
+    "  amt, leased, bal = want, leased - back, bal + back\n"
+    "elseif amt < want then\n"
+    "  local cap = math.floor((bal - held + amt) / share)\n"
+    "  local g = math.max(0, math.min(want, cap) - amt)\n"
+    "  amt, leased, bal = amt + g, leased + g, bal - g\n"
+    "end\n"
+    "if need > 0 and amt < need then\n"
+    "  amt, leased, bal = 0, leased - amt, bal + amt\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'balance_micros', fmt(bal), 'leased_micros', fmt(leased))\n"
+    "if short > 0 then redis.call('HINCRBY', KEYS[1], 'shortfall_micros', fmt(short)) end\n"
+    "if amt > 0 then\n"
+    "  redis.call('HSET', KEYS[3], id, fmt(amt))\n"
+    "  redis.call('ZADD', KEYS[6], now + ttl, id)\n"
+    "else\n"
+    "  redis.call('HDEL', KEYS[3], id)\n"
+    "  redis.call('ZREM', KEYS[6], id)\n"
+    "end\n"
+    "return {'ok', amt, bal, charged, dups, late, short}\n";
+
+/* Reclaim (keygated's lease sweep, daemon/reclaim.c): the same reclaim()
+ * as the flush script, alone, for wallets no gateway flushes any more.
+ *   KEYS  1 wallet, 2 unused, 3 lease hash, 4 unused, 5 unused, 6 leaseexp
+ * Returns the number of leases reclaimed (16 at most), -1: no wallet. */
+const char kg_reclaim_lua[] =
+    KG_LUA_RECLAIM
+    "if not redis.call('HGET', KEYS[1], 'balance_micros') then return -1 end\n"
+    "local t = redis.call('TIME')\n"
+    "return reclaim(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), '')\n";

@@ -15,7 +15,10 @@ and prints requests/s, latency percentiles and the ratio keygate/baseline.
 Goal (issue 5): ratio >= 0.5.
 
 usage: bench_nginx.py [--connections 64] [--duration 5] [--rounds 3]
-                      [--threads 1] [--workers 1] [--free]
+                      [--threads 1] [--workers 1] [--free] [--leased]
+
+--leased: the keygate config says `debit leased` (issue 14, docs/module.md
+"Leased funds"); nothing else changes. Goal (issue 14): ratio >= 0.9.
 
 The variants are run in alternation, --rounds times each, and the median
 round of each is compared, so that other load on the machine during one
@@ -108,7 +111,10 @@ def compare(gw, c, a, args, what):
             status, body = gw.get_echo(path, h)
             if status != 200:
                 raise SystemExit("warm-up %s answered %s: %s" % (path, status, body))
-    before = c.ok("wallet.get", a["user"], wallet=a["wallet"])["balance_micros"]
+    def funds():                        # leased funds are still the wallet's
+        w = c.ok("wallet.get", a["user"], wallet=a["wallet"])
+        return w["balance_micros"] + w.get("leased_micros", 0)
+    before = funds()
 
     print("%s, wrk %d thread(s), %d connections, %d s per run, "
           "%d round(s), loopback; load average before: %s"
@@ -138,7 +144,8 @@ def compare(gw, c, a, args, what):
     for name, _, _ in runs:
         print(line(name, res[name]))
 
-    after = c.ok("wallet.get", a["user"], wallet=a["wallet"])["balance_micros"]
+    time.sleep(0.2)                     # leased: the last batch flushed (<= 50 ms)
+    after = funds()
     charged = (before - after) // cost if cost else 0
     ratio = res["keygate"]["rps"] / res["baseline"]["rps"]
     print("ratio keygate/baseline: %.2f   (goal >= 0.50)" % ratio)
@@ -154,16 +161,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_wrk_args(ap)
     ap.add_argument("--workers", type=int, default=1, help="nginx worker processes")
+    ap.add_argument("--leased", action="store_true", help="debit leased (issue 14)")
     args = ap.parse_args()
 
     env = kgtest.Env(catalog=kgnginx.catalog(), extra_config=["timeout_ms 1000"])
+    if args.leased:
+        env.write_config(["timeout_ms 1000", "debit leased",
+                          "lease_journal %s" % os.path.join(env.tmp, "journal")])
     ngx = None
     try:
         c = env.client()
         a = kgnginx.setup_accounts(c, credit_micros=10 ** 12)
         ngx = kgnginx.Nginx(env.config_path, workers=args.workers, access_log=False,
                             log_level="warn")
-        return compare(ngx, c, a, args, "nginx %d worker(s)" % args.workers)
+        return compare(ngx, c, a, args, "nginx %d worker(s)%s" % (
+            args.workers, ", debit leased" if args.leased else ""))
     finally:
         if ngx is not None:
             ngx.close()

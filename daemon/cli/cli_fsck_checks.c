@@ -690,7 +690,9 @@ static void ledger_entry(fsck *f, const char *lk, const char *T, chain *c, const
                         kid);
         }
     }
-    if (b < 0)
+    /* A late lease charge (docs/module.md "Leased funds") may push it
+     * below zero: the entry says so ("lease_late_micros"). */
+    if (b < 0 && json_object_get(doc, "lease_late_micros") == NULL)
         PROBLEM(f, lk, "entry %lld: the balance went below zero (%lld)", index, b);
     json_decref(doc);
 }
@@ -766,11 +768,59 @@ static void check_archive(fsck *f, const char *wk, const char *W, long long ac, 
                 ac + len - 1);
 }
 
+/* The leases of a wallet (debit leased, docs/module.md): leased_micros is
+ * the sum of the lease hash, each lease has an expiry (else keygated would
+ * never reclaim it), and the balance is below zero only by the shortfall
+ * late lease charges recorded. ls is HGETALL of the lease hash, lx ZRANGE
+ * 0 -1 of its expiry zset. Returns leased_micros (0 when unreadable). */
+static long long check_leases(fsck *f, const char *wk, const char *xk, const redisReply *w,
+                              long long balance, const redisReply *ls, const redisReply *lx)
+{
+    const char *leased = fsck_hfield(w, "leased_micros"), *sf = fsck_hfield(w, "shortfall_micros");
+    long long l = 0, s = 0, sum = 0, amt;
+    size_t n = 0;
+
+    if ((leased != NULL && (parse_ll(leased, &l) != 0 || l < 0)) ||
+        (sf != NULL && (parse_ll(sf, &s) != 0 || s < 0))) {
+        PROBLEM(f, wk, "leased_micros or shortfall_micros is not an integer >= 0");
+        return 0;
+    }
+    if (balance < -s)
+        PROBLEM(f, wk, "balance_micros %lld is below zero by more than the shortfall recorded (%lld)",
+                balance, s);
+    if (ls->type != REDIS_REPLY_ARRAY || lx->type != REDIS_REPLY_ARRAY) {
+        PROBLEM(f, xk, "the leases or their expiries have the wrong type");
+        return l;
+    }
+    for (size_t i = 0; i + 1 < ls->elements; i += 2) {
+        const char *v = ls->element[i + 1]->str;
+        int found = 0;
+        if (v == NULL || parse_ll(v, &amt) != 0 || amt <= 0) {
+            PROBLEM(f, xk, "lease %s: no amount", ls->element[i]->str);
+            continue;
+        }
+        sum += amt;
+        n++;
+        for (size_t j = 0; j < lx->elements && !found; j++)
+            found = lx->element[j]->str != NULL && strcmp(lx->element[j]->str, ls->element[i]->str) == 0;
+        if (!found)
+            PROBLEM(f, xk, "lease %s has no expiry: it would never be reclaimed", ls->element[i]->str);
+    }
+    if (lx->elements != n)
+        PROBLEM(f, xk, "%zu expiries for %zu leases", lx->elements, n);
+    if (sum != l)
+        PROBLEM(f, wk, "leased_micros %lld, but its leases sum to %lld (%zu leases)", l, sum, n);
+    return l;
+}
+
 /* One attempt; 0 when the archiver trimmed the ledger while it was read
  * (then nothing is published: the caller tries again), else 1. */
 static int check_wallet_once(fsck *f, const char *T, const char *W, int last_try)
 {
     char wk[KGC_RKEY_MAX], lk[KGC_RKEY_MAX], hk[KGC_RKEY_MAX], xk[KGC_RKEY_MAX], a[32], b[32];
+    char sk[KGC_RKEY_MAX], sx[KGC_RKEY_MAX];
+    const char *sh[2] = {"HGETALL", sk}, *sz[4] = {"ZRANGE", sx, "0", "-1"};
+    long long leased = 0;
     const char *m[1] = {"MULTI"}, *e[1] = {"EXEC"};
     const char *h[2] = {"HGETALL", wk}, *l[2] = {"LLEN", lk};
     const char *hh[2] = {"HGETALL", hk}, *hx[4] = {"ZRANGE", xk, "0", "-1"};
@@ -786,20 +836,24 @@ static int check_wallet_once(fsck *f, const char *T, const char *W, int last_try
     fsck_rk(f, lk, KGC_RK_LEDGER, T, W);
     fsck_rk(f, hk, KGC_RK_HOLDS, T, W);
     fsck_rk(f, xk, KGC_RK_HOLDEXP, T, W);
-    /* Balance, checkpoint, holds and ledger length at one instant (one
-     * slot: one MULTI). */
+    fsck_rk(f, sk, KGC_RK_LEASE, T, W);
+    fsck_rk(f, sx, KGC_RK_LEASEEXP, T, W);
+    /* Balance, checkpoint, holds, leases and ledger length at one instant
+     * (one slot: one MULTI). */
     fsck_rpush(f, 1, m, NULL);
     fsck_rpush(f, 2, h, NULL);
     fsck_rpush(f, 2, l, NULL);
     fsck_rpush(f, 2, hh, NULL);
     fsck_rpush(f, 4, hx, NULL);
+    fsck_rpush(f, 2, sh, NULL);
+    fsck_rpush(f, 4, sz, NULL);
     fsck_rpush(f, 1, e, NULL);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 7; i++)
         if ((r = fsck_rget(f)) != NULL)
             freeReplyObject(r);
     if ((ex = fsck_rget(f)) == NULL)
         return 1;
-    if (ex->type != REDIS_REPLY_ARRAY || ex->elements != 4 ||
+    if (ex->type != REDIS_REPLY_ARRAY || ex->elements != 6 ||
         ex->element[0]->type != REDIS_REPLY_ARRAY) {
         PROBLEM(f, wk, "could not read the wallet and its ledger (wrong types?)");
         freeReplyObject(ex);
@@ -828,8 +882,9 @@ static int check_wallet_once(fsck *f, const char *T, const char *W, int last_try
     }
     if (parse_ll(bal, &balance) != 0)
         PROBLEM(f, wk, "balance_micros is not an integer");
-    else if (balance < 0)
-        PROBLEM(f, wk, "balance_micros %lld is below zero", balance);
+    else if ((leased = check_leases(f, wk, sx, ex->element[0], balance, ex->element[4],
+                                    ex->element[5])), balance < 0)
+        ;                                /* a recorded shortfall, or reported above */
     else
         check_holds(f, wk, xk, fsck_hfield(ex->element[0], "held_micros"), balance,
                     ex->element[2], ex->element[3]);
@@ -901,9 +956,10 @@ static int check_wallet_once(fsck *f, const char *T, const char *W, int last_try
     if (c.breaks > FSCK_CHAIN_REPORTS)
         PROBLEM(f, lk, "%d more entries whose balance_micros breaks the chain",
                 c.breaks - FSCK_CHAIN_REPORTS);
-    if (bal != NULL && !moved && as + c.sum != balance)
-        PROBLEM(f, wk, "balance_micros %lld, but archived_sum_micros %lld + credits - debits of "
-                "its ledger tail = %lld (%lld entries)", balance, as, as + c.sum, len);
+    if (bal != NULL && !moved && as + c.sum != balance + leased)
+        PROBLEM(f, wk, "balance_micros %lld + leased_micros %lld, but archived_sum_micros %lld + "
+                "credits - debits of its ledger tail = %lld (%lld entries)", balance, leased, as,
+                as + c.sum, len);
     check_archive(f, wk, W, ac, as, len);
     if (f->broken) {
         json_array_clear(f->pending);

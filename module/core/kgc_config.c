@@ -38,6 +38,7 @@ void kgc_config_defaults(kgc_config *cfg)
     cfg->ledger_tail = 1000;
     cfg->archive_batch = 1000;
     cfg->archive_interval_ms = 1000;
+    cfg->lease_ttl_ms = 3000;
 }
 
 static int set_str(char *dst, size_t cap, const char *v)
@@ -168,6 +169,7 @@ typedef struct key_rule {
 
 static const char *const log_formats[] = {"text", "json", NULL};
 static const char *const on_off[] = {"off", "on", NULL};
+static const char *const debit_modes[] = {"exact", "leased", NULL};
 
 static const key_rule keys[] = {
     STR("socket", socket_path),
@@ -199,6 +201,9 @@ static const key_rule keys[] = {
     NUM("ledger_tail", ledger_tail, 10, 1, 10000000),
     NUM("archive_batch", archive_batch, 10, 1, 1000),   /* PAGE_BATCH_MAX */
     NUM("archive_interval_ms", archive_interval_ms, 10, 10, 3600000),
+    CHOICE("debit", debit_mode, debit_modes),
+    STR("lease_journal", lease_journal),
+    NUM("lease_ttl_ms", lease_ttl_ms, 10, 200, 600000),
 };
 
 /* Stores x into an integer field of the size the row says. */

@@ -57,12 +57,20 @@ typedef struct kgc_config {
     int ledger_tail;              /* daemon: entries kept in Redis per wallet, 1000 */
     int archive_batch;            /* daemon: entries per archive transaction, 1000 */
     int archive_interval_ms;      /* daemon: pause of an idle archiver, 1000 */
+    /* Leased funds (issue 14, docs/module.md "Leased funds"): */
+    int debit_mode;               /* gateways: KGC_DEBIT_EXACT (default) or _LEASED */
+    char lease_journal[KGC_PATH_MAX]; /* gateways: journal file prefix (leased: required) */
+    int lease_ttl_ms;             /* both: a lease not renewed by then is reclaimed, 3000 */
 } kgc_config;
 
 /* archive_engine values */
 #define KGC_ARCHIVE_NONE 0
 #define KGC_ARCHIVE_SQLITE 1
 #define KGC_ARCHIVE_POSTGRESQL 2
+
+/* debit_mode values */
+#define KGC_DEBIT_EXACT  0
+#define KGC_DEBIT_LEASED 1
 
 /* Fills *cfg with defaults, then with the file's values. Returns 0, or -1
  * with a message naming the file and line in err. */

@@ -47,6 +47,9 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
  *   KGC_RK_REQ       "{t:%s}:req:%s:%s"        debit idempotency (key, request id)
  *   KGC_RK_HOLDS     "{t:%s}:holds:%s"         hash: open holds of a wallet ("<kid> <rid>" -> amount user service model)
  *   KGC_RK_HOLDEXP   "{t:%s}:holdexp:%s"       zset: the same holds by expiry (ms)
+ *   KGC_RK_LEASE     "{t:%s}:lease:%s"         hash: leases of a wallet (lease id -> micros), issue 14
+ *   KGC_RK_LEASEEXP  "{t:%s}:leaseexp:%s"      zset: the same leases by expiry (ms)
+ *   KGC_RK_LEASESEQ  "{t:%s}:leaseseq:%s"      hash: lease id -> highest journal seq charged
  *   KGC_RK_QUOTA     "{t:%s}:quota:%s:%s"      free requests of the team (service, yyyymmdd)
  *   KGC_RK_SPEND_DAY "{t:%s}:spend:%s:d:%s"    a key's spend that UTC day (micros), while budgeted
  *   KGC_RK_SPEND_MONTH "{t:%s}:spend:%s:m:%s"  a key's spend that month (yyyymm), while budgeted
@@ -79,6 +82,9 @@ int kgc_rkey(char *out, const char *prefix, const char *fmt, ...)
 #define KGC_RK_REQ     "{t:%s}:req:%s:%s"
 #define KGC_RK_HOLDS   "{t:%s}:holds:%s"
 #define KGC_RK_HOLDEXP "{t:%s}:holdexp:%s"
+#define KGC_RK_LEASE    "{t:%s}:lease:%s"
+#define KGC_RK_LEASEEXP "{t:%s}:leaseexp:%s"
+#define KGC_RK_LEASESEQ "{t:%s}:leaseseq:%s"
 #define KGC_RK_QUOTA   "{t:%s}:quota:%s:%s"
 #define KGC_RK_SPEND_DAY   "{t:%s}:spend:%s:d:%s"
 #define KGC_RK_SPEND_MONTH "{t:%s}:spend:%s:m:%s"

@@ -288,6 +288,76 @@ class TwoWorkers(Base):
                          "only one worker was asked after the revocation")
 
 
+LEASE_DIR = None
+
+
+def lease_dir():
+    global LEASE_DIR
+    if LEASE_DIR is None:
+        import tempfile
+        LEASE_DIR = tempfile.mkdtemp(prefix="kglease")
+    return LEASE_DIR
+
+
+class Leased(Base):
+    """`debit leased` by config alone (issue 14): two workers decide paid
+    requests against their leases; a graceful reload and a graceful stop
+    flush every worker's entries and return its leases, so the ledger then
+    holds exactly one debit per request served and no funds stay leased."""
+
+    workers = 2
+    extra_config = ["timeout_ms 1000", "debit leased", "lease_ttl_ms 3000",
+                    "lease_journal %s/journal" % lease_dir()]
+
+    def redis_calls(self, cmd):
+        info = self.env.redis("INFO", "commandstats")
+        info = info.decode() if isinstance(info, bytes) else info
+        for line in info.splitlines():
+            if line.startswith("cmdstat_%s:" % cmd):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    def money(self, a, credit, n, cost):
+        wal = self.call_ok_soon("wallet.get", a["user"], wallet=a["wallet"])
+        entries = self.c.ok("wallet.ledger", a["user"], wallet=a["wallet"], limit=1000)["entries"]
+        debits = [e for e in entries if e["type"] == "debit"]
+        self.assertEqual(len(debits), n)
+        self.assertEqual(sum(e["amount_micros"] for e in debits), n * cost)
+        self.assertEqual(wal.get("leased_micros", 0), 0, "a worker kept its lease")
+        self.assertEqual(wal["balance_micros"], credit - n * cost)
+
+    def wait_workers_replaced(self, old):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = self.ngx.worker_pids()
+            if len(pids) == self.workers and not set(pids) & set(old):
+                return
+            time.sleep(0.05)
+        self.fail("old workers still running")
+
+    def test_reload_and_stop_flush_every_worker(self):
+        credit = 100_000_000
+        a = self.accounts(credit_micros=credit)
+        h = gen_headers(a["paid_token"], inp=10, out=10)
+        cost = self.estimate("text-generation", "small", input_tokens=10, output_tokens=10)
+        exact0 = self.redis_calls("evalsha")
+        for i in range(300):
+            self.assertEqual(self.ngx.get_echo("/gen/l%d" % i, h)[0], 200)
+        exact = self.redis_calls("evalsha") - exact0
+        self.assertLess(exact, 150, "most requests should be decided against a lease")
+        old = self.ngx.worker_pids()
+        self.ngx.proc.send_signal(signal.SIGHUP)
+        self.wait_workers_replaced(old)
+        self.money(a, credit, 300, cost)            # the old workers flushed on their way out
+        for i in range(100):
+            self.assertEqual(self.ngx.get_echo("/gen/m%d" % i, h)[0], 200)
+        self.ngx.stop()
+        self.money(a, credit, 400, cost)
+        self.assertNotIn("[alert]", self.ngx.error_log())
+        print("\n400 leased requests over 2 workers, a reload and a stop: %d went to the "
+              "debit script, every one charged once" % exact, file=sys.stderr)
+
+
 def parse_metrics(text):
     """Prometheus text format -> ({"name{labels}": value}, {name: (type, help)})."""
     values, meta = {}, {}
