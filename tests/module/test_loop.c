@@ -193,24 +193,48 @@ int main(void)
               "a warm-cache refusal was not answered at once");
     KGT_CHECK(slots[9].done == 0, "done called for an answer known at once");
 
-    /* 3. Cancel: right after start, and from inside another request's done. */
-    for (int i = 0; i < 4; i++)
+    /* 3. Cancel: right after start, and from inside another request's done.
+     * timeout_ms is 150 here (step 4 needs it short): on a loaded machine
+     * a request of the round can time out, and the time-outs are answered
+     * in another order than the replies. A round where 0 or 2 timed out
+     * (KG_BACKEND_ERROR) tells nothing about cancel: it is played again. */
+    /* The order of the answers is the order of the replies on the one
+     * connection only when every request takes one round trip: a first
+     * warm debit loads its script first (one more). Warm up both paths. */
+    for (int i = 0; i < 4; i++) {
         kgt_request(&slots[i].r, w[i].tok, "text-generation", "small", NULL,
                     KGT_P("input_tokens", 1000), NULL);
-    for (int i = 0; i < 4; i++)
-        KGT_CHECK(start(ctx, i) == 1, "cancel batch %d", i);
-    memcpy(&untouched, &slots[1].res, sizeof untouched);
-    kg_authorize_cancel(ctx, slots[1].h);
-    slots[1].h = NULL;
-    slots[0].cancel_other = 3;          /* 0's done cancels 3, answered after it */
-    run_until_done(ctx, (int[]){0, 2}, 2, 3000);
-    pump(ctx, 50);
-    KGT_CHECK(!slots[1].done && memcmp(&untouched, &slots[1].res, sizeof untouched) == 0,
-              "a cancelled request was answered or its result touched");
-    KGT_CHECK(!slots[3].done, "cancelled from inside done, still answered");
-    KGT_EQ_STATUS(slots[0].res.status, KG_OK);
-    KGT_EQ_STATUS(slots[2].res.status, KG_OK);
-    slots[0].cancel_other = -1;
+        if (start(ctx, i) == 1)
+            run_until_done(ctx, (int[]){i}, 1, 3000);
+    }
+    for (int round = 0;; round++) {
+        for (int i = 0; i < 4; i++) {
+            kgt_request(&slots[i].r, w[i].tok, "text-generation", "small", NULL,
+                        KGT_P("input_tokens", 1000), NULL);
+            slots[i].done = 0;
+        }
+        for (int i = 0; i < 4; i++)
+            KGT_CHECK(start(ctx, i) == 1, "cancel batch %d", i);
+        memcpy(&untouched, &slots[1].res, sizeof untouched);
+        kg_authorize_cancel(ctx, slots[1].h);
+        slots[1].h = NULL;
+        slots[0].cancel_other = 3;          /* 0's done cancels 3, answered after it */
+        run_until_done(ctx, (int[]){0, 2}, 2, 3000);
+        pump(ctx, 50);
+        slots[0].cancel_other = -1;
+        if (round < 3 && (slots[0].res.status == KG_BACKEND_ERROR ||
+                          slots[2].res.status == KG_BACKEND_ERROR)) {
+            fprintf(stderr, "cancel round %d: a request timed out (loaded machine?); again\n", round);
+            pump(ctx, 200);
+            continue;
+        }
+        KGT_CHECK(!slots[1].done && memcmp(&untouched, &slots[1].res, sizeof untouched) == 0,
+                  "a cancelled request was answered or its result touched");
+        KGT_CHECK(!slots[3].done, "cancelled from inside done, still answered");
+        KGT_EQ_STATUS(slots[0].res.status, KG_OK);
+        KGT_EQ_STATUS(slots[2].res.status, KG_OK);
+        break;
+    }
 
     /* 4. The timer: a stalled Redis gives KG_BACKEND_ERROR after ~timeout_ms. */
     kgt_redis_pause(&env, 1);
