@@ -3,7 +3,8 @@ by gateways that died before settling, on a wallet no request touches
 again, are captured by keygated at their reserved amount within about
 hold_ttl_ms plus a sweep step — each exactly once (one "expired" debit per
 request id), the held funds released, balance = credits - debits, fsck
-clean — also while gateways race the sweep on the same wallet."""
+clean — also while gateways race the sweep on the same wallet, and with
+three keygated sweeping the same store at once."""
 import json
 import os
 import subprocess
@@ -82,6 +83,25 @@ class HoldSweep(kgtest.EnvCase):
         self.assertIn("expired hold(s) captured", self.env.daemon_log())
         print("\n20 holds captured by keygated %.1f s after they were made (hold_ttl_ms 1500)"
               % took, file=sys.stderr)
+
+    def test_three_daemons_sweep_at_once_capture_once(self):
+        # Two more keygated on the same store: all three sweep (the sweep
+        # needs no lease), racing for the same expired holds.
+        extra = [self.env.start_extra_daemon("sweeper%d" % i) for i in (1, 2)]
+        self.assertEqual(len(extra), 2)
+        t, o, w, k, path = one_paid_key(self.c, self.env, "llm", "m1", CREDIT, "three")
+        hold = self.c.ok("price.estimate", service="llm", model="m1",
+                         params={"input_tokens": 1000, "output_tokens": 4096})["cost_micros"]
+        rids = ["d%d" % i for i in range(40)]
+        self.holds(path, rids)
+        self.wait_released(o, w, timeout=15)
+        self.check_money(o, w, rids, hold)
+        logs = [self.env.daemon_log()]
+        for i in (1, 2):
+            with open(os.path.join(self.env.tmp, "sweeper%d.log" % i)) as f:
+                logs.append(f.read())
+        print("\ndaemons that captured: %d of 3" % sum("expired hold(s) captured" in x for x in logs),
+              file=sys.stderr)
 
     def test_sweep_and_gateways_race_on_one_wallet(self):
         t, o, w, k, path = one_paid_key(self.c, self.env, "llm", "m1", CREDIT, "race")
