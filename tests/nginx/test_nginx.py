@@ -283,7 +283,11 @@ class TwoWorkers(Base):
         self.c.ok("key.revoke", a["user"], key=a["paid_key"])
         time.sleep(1.0)
         statuses = [self.ngx.get_json("/gen/after", h)[0] for _ in range(60)]
-        self.assertEqual(set(statuses), {401}, "accepted more than 1 s after the revocation")
+        # Never accepted. A worker whose dropped entry sends the request to
+        # Redis may answer 503 on a loaded machine (timeout_ms): closed too.
+        self.assertNotIn(200, statuses, "accepted more than 1 s after the revocation")
+        self.assertLessEqual(set(statuses), {401, 503}, statuses)
+        self.assertIn(401, statuses)
         self.assertEqual(len(self.pids_of("/gen/after")), 2,
                          "only one worker was asked after the revocation")
 
