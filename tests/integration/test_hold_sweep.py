@@ -24,7 +24,8 @@ CREDIT = 10 ** 9
 @unittest.skipUnless(os.access(CLI, os.X_OK), "needs the keygate CLI (KEYGATE_CLI)")
 class HoldSweep(kgtest.EnvCase):
 
-    env_args = {"catalog": SETTLE_CATALOG, "extra_config": ["hold_ttl_ms 1500"]}
+    # timeout_ms: 20-40 gateway processes start at once (slow under ASan)
+    env_args = {"catalog": SETTLE_CATALOG, "extra_config": ["hold_ttl_ms 1500", "timeout_ms 3000"]}
 
     def hold_argv(self, path, rid, settle=None):
         argv = [CLI, "--json", "--config", self.env.config_path, "authorize", "--token-file", path,
