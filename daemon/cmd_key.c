@@ -307,9 +307,34 @@ static json_t *key_ids_next(job *j, key_scan *sc, long long batch)
     return out;
 }
 
+/* key.list with summary: what a list of keys shows, not the documents:
+ * no users list, no tokens, no models per service (docs/protocol.md). */
+static json_t *key_summary(job *j, const json_t *d)
+{
+    json_t *out = json_object(), *svcs = json_array(), *sp;
+    static const char *const keep[] = {"key_id", "team_id", "name", "kind", "status",
+                                       "created_at", "updated_at", "expires_at"};
+    const char *sid;
+
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+        if (json_object_get(d, keep[i]) != NULL)
+            json_object_set(out, keep[i], json_object_get(d, keep[i]));
+    json_object_foreach(json_object_get(d, "services"), sid, sp)
+        json_array_append_new(svcs, json_pack("{s:s,s:O*}", "service", sid, "policy",
+                                              json_object_get(sp, "policy")));
+    json_object_set_new(out, "services", svcs);
+    json_object_set_new(out, "user_count", json_integer((json_int_t)json_array_size(
+                                               json_object_get(d, "users"))));
+    json_object_set_new(out, "has_token", json_boolean(
+        json_object_get(json_object_get(d, "tokens"), j->actor_id) != NULL));
+    return out;
+}
+
 static job_step key_list_finish(job *j, key_scan *sc)
 {
     json_object_del(j->result, "_ids");
+    if (json_is_true(arg(j, "summary")))
+        return J_DONE;                  /* no wallet names in a summary */
     sc->phase = KS_NAMES;
     /* The answer waits in j->result while the wallets' names are read. */
     return key_wallet_names_read(j, json_object_get(j->result, "keys")) > 0 ? J_READ : J_DONE;
@@ -372,7 +397,8 @@ job_step cmd_key_list(job *j)
         d = json_is_string(raw) ? json_loadb(json_string_value(raw), json_string_length(raw), 0,
                                              NULL) : NULL;
         if (d != NULL && (role_is_admin(j->role) || key_has_user(d, j->actor_id)))
-            json_array_append_new(keys, key_public(d));
+            json_array_append_new(keys, json_is_true(arg(j, "summary")) ? key_summary(j, d)
+                                                                         : key_public(d));
         json_decref(d);
     }
     if (!sc->more)

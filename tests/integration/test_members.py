@@ -142,6 +142,15 @@ class Members(kgtest.EnvCase):
                 break
             self.assertEqual(len(r["keys"]), 2)
         self.assertEqual(sorted(seen), sorted(mine))
+        # A summary lists the same keys, without users, tokens or models.
+        full = self.c.ok("key.list", a, team=T, limit=1000)["keys"]
+        summ = self.c.ok("key.list", a, team=T, limit=1000, summary=True)["keys"]
+        self.assertEqual([k["key_id"] for k in summ], [k["key_id"] for k in full])
+        self.assertEqual(set(summ[1]), {"key_id", "team_id", "name", "kind", "status", "created_at",
+                                        "updated_at", "services", "user_count", "has_token"})
+        self.assertEqual(summ[1]["user_count"], len(full[1]["users"]))
+        self.assertEqual(self.c.err("key.list", a, team=T, summary="yes"), "bad_request")
+        self.assertLess(len(json.dumps(summ)), len(json.dumps(full)))
         # users.set and member removal keep the index.
         self.c.ok("key.users.set", a, key=mine[0], users=[v])
         self.assertNotIn(mine[0], self.ukeys(T, u))
