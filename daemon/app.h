@@ -35,9 +35,9 @@ typedef struct app {
     struct alerts *alerts;        /* alert.c's state (webhook.h) */
     struct webhook *wh;           /* webhook.c's state */
     struct expiry *expiry;        /* expiry.c's state */
-    struct holds *holds;          /* holds.c's state */
+    struct sweep *holds;          /* holds.c's sweep (sweep.h) */
     struct archive *arch;         /* archive.c's state, NULL without an archive */
-    struct reclaim *reclaim;      /* reclaim.c's state */
+    struct sweep *reclaim;        /* reclaim.c's sweep (sweep.h) */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

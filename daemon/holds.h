@@ -6,8 +6,6 @@
 
 #include "cmd.h"
 
-#define HOLDS_TICK_MS 1000            /* one SCAN step at most this often */
-
 /* One sweep step, if due (the alert timer calls it, webhook.c); holds_free at stop. */
 void holds_tick(app *a);
 void holds_free(app *a);

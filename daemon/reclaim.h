@@ -6,8 +6,6 @@
 
 #include "cmd.h"
 
-#define RECLAIM_TICK_MS 1000          /* one SCAN step at most this often */
-
 /* One sweep step, if due (the alert timer calls it, webhook.c); reclaim_free at stop. */
 void reclaim_tick(app *a);
 void reclaim_free(app *a);
