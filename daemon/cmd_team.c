@@ -138,6 +138,17 @@ static int team_read_docs(job *j, team_read *t)
     return 0;
 }
 
+/* First read of team.get's answer: all the members (their documents at
+ * once for a legacy team, which holds them all already). */
+static job_step team_read_start(job *j, team_read *t)
+{
+    if (!j->legacy_members) {
+        members_read_all(j);
+        return J_READ;
+    }
+    return team_read_docs(j, t) != 0 ? J_FAIL : J_READ;
+}
+
 job_step cmd_team_get(job *j)
 {
     team_read *t = job_scratch(j, sizeof *t);
@@ -147,13 +158,7 @@ job_step cmd_team_get(job *j)
         return J_READ;
     if (j->stage == 1) {
         memset(t, 0, sizeof *t);
-        if (j->legacy_members) {
-            if (team_read_docs(j, t) != 0)
-                return J_FAIL;
-        } else {
-            members_read_all(j);
-        }
-        return J_READ;
+        return team_read_start(j, t);
     }
     if (!t->docs) {
         members_all_loaded(j, job_reply(j, 0));
@@ -403,13 +408,7 @@ job_step cmd_team_transfer_ownership(job *j)
             member_set(j, uid, "owner");
         }
         /* The answer is the team with all its members (as team.get). */
-        if (j->legacy_members) {
-            if (team_read_docs(j, t) != 0)
-                return J_FAIL;
-        } else {
-            members_read_all(j);
-        }
-        return J_READ;
+        return team_read_start(j, t);
     }
     if (!t->docs) {
         /* Read before this commit: the two roles it changes go on top. */

@@ -126,6 +126,22 @@ static void decide(const json_t *doc, long long now, json_t **note, long long *n
                       "notice", left > DAY_MS ? "7d" : "1d");
 }
 
+/* The step's next round: cmds sent (when may and not empty) with next as
+ * its callback, or the step ends here. Takes cmds. */
+static void send_or_end(app *a, json_t *cmds, int may, store_done_fn next)
+{
+    struct expiry *x = a->expiry;
+
+    if (may && json_array_size(cmds) > 0 && store_exec(a->st, cmds, 0, next, a) == 0) {
+        json_decref(cmds);
+        return;
+    }
+    json_decref(cmds);
+    json_decref(x->due);
+    x->due = NULL;
+    x->busy = 0;
+}
+
 static void on_notices(void *arg, int ok, json_t *replies)
 {
     app *a = arg;
@@ -205,15 +221,8 @@ static void on_docs(void *arg, int ok, json_t *replies)
         json_decref(doc);
     }
     json_decref(replies);
-    if (json_array_size(cmds) == json_array_size(x->due) && json_array_size(cmds) > 0 &&
-        lease_held(a) && store_exec(a->st, cmds, 0, on_notices, a) == 0) {
-        json_decref(cmds);
-        return;
-    }
-    json_decref(cmds);
-    json_decref(x->due);
-    x->due = NULL;
-    x->busy = 0;
+    send_or_end(a, cmds, json_array_size(cmds) == json_array_size(x->due) && lease_held(a),
+                on_notices);
 }
 
 static void on_due(void *arg, int ok, json_t *replies)
@@ -251,14 +260,7 @@ static void on_due(void *arg, int ok, json_t *replies)
         json_array_append_new(x->due, json_pack("[s,s]", kid, score));
     }
     json_decref(replies);
-    if (json_array_size(cmds) > 0 && store_exec(a->st, cmds, 0, on_docs, a) == 0) {
-        json_decref(cmds);
-        return;
-    }
-    json_decref(cmds);
-    json_decref(x->due);
-    x->due = NULL;
-    x->busy = 0;
+    send_or_end(a, cmds, 1, on_docs);
 }
 
 static void on_load(void *arg, int ok, json_t *replies)
