@@ -104,11 +104,18 @@ def run(engine, n):
         env.write_config([arch, "ledger_tail %d" % TAIL, "archive_batch 1000",
                           "archive_interval_ms 100"])
         t0 = time.time()
-        env.start_daemon()
         backlog = int(env.redis("LLEN", lk)) - TAIL
-        while int(env.redis("LLEN", lk)) > TAIL:
-            time.sleep(0.01)
+        env.start_daemon()
+        t1 = None                              # the first batch trimmed
+        while True:
+            ln = int(env.redis("LLEN", lk))
+            if t1 is None and ln < backlog + TAIL:
+                t1, first = time.time(), backlog + TAIL - ln
+            if ln <= TAIL:
+                break
+            time.sleep(0.002)
         arch_s = time.time() - t0
+        steady_s = time.time() - t1 if t1 else 0
         m2 = used_memory(env)
         p50_on, wall_on = debits(env, w, gw, n - n // 2, "on")
         while int(env.redis("LLEN", lk)) > TAIL:
@@ -134,6 +141,8 @@ def run(engine, n):
               % (engine, n, n // 2, n - n // 2, TAIL))
         print("  archive throughput:  %d backlog entries in %.2f s = %.0f entries/s "
               "(daemon start included)" % (backlog, arch_s, backlog / arch_s if arch_s else 0))
+        print("                       from the first trim: %d entries in %.2f s = %.0f entries/s"
+              % (backlog - first, steady_s, (backlog - first) / steady_s if steady_s else 0))
         print("  debit p50:           off %d us, on %d us: %.2fx (goal <= 1.1x)"
               % (p50_off, p50_on, p50_on / p50_off if p50_off else 0))
         print("  debit rate:          off %.0f/s, on %.0f/s (2 gateways)"
