@@ -125,6 +125,14 @@ class ClusterCase(unittest.TestCase):
                          % (n, el, n / el, bal))
 
     def test_slot_move(self):
+        self.slot_move(None)
+
+    def test_slot_move_batched(self):
+        """Keys moved 50 at a time (as `redis-cli --cluster reshard` does):
+        for a while the team's keys are on two nodes."""
+        self.slot_move(50)
+
+    def slot_move(self, batch):
         per = 1500
         self.world(PROCS * per + 10)
         hs = self.hammers(per, "m", pause_us=1000)
@@ -132,16 +140,16 @@ class ClusterCase(unittest.TestCase):
         src = self.cluster.owner(self.slot)
         dst = [m for m in self.cluster.masters() if m != src][0]
         t = time.monotonic()
-        self.cluster.move_slot(self.slot, dst)
+        self.cluster.move_slot(self.slot, dst, batch=batch)
         moved = time.monotonic() - t
         self.assertEqual(self.cluster.owner(self.slot), dst)
         rows = self.collect(hs)
         bal, n = self.check_money(rows, "slot move")
         self.assertEqual(n, PROCS * per)
         retried = [r for r in rows if r["tries"] > 1]
-        sys.stderr.write("slot move %d -> %d took %.3f s under load; %d requests, %d retried, "
+        sys.stderr.write("slot move (batch %s) %d -> %d took %.3f s under load; %d requests, %d retried, "
                          "slowest %d ms; balance %d exact\n"
-                         % (src, dst, moved, len(rows), len(retried),
+                         % (batch or "all", src, dst, moved, len(rows), len(retried),
                             max(r["ms"] for r in rows), bal))
 
     def test_master_killed(self):
