@@ -1018,7 +1018,10 @@ static int cluster_reply(kg_pending *p, int step, const redisReply *r)
     if (kind == KGC_CE_OTHER)
         return 0;
     p->step = step;
-    if (++p->redirects > KG_CL_REDIRECTS || kg_mono_ms() >= p->deadline) {
+    /* Redirects are capped (a loop between two confused nodes); waits for
+     * TRYAGAIN & co only by the deadline: a migration takes what it takes. */
+    if (((kind == KGC_CE_MOVED || kind == KGC_CE_ASK) && ++p->redirects > KG_CL_REDIRECTS) ||
+        kg_mono_ms() >= p->deadline) {
         finish(p, KG_BACKEND_ERROR);
         return 1;
     }

@@ -119,7 +119,7 @@ typedef struct kg_link {
 
 #define KG_NLINKS 4               /* main, sub, watch, probe */
 #define KG_LINKS_MAX (KG_NLINKS + 1 + KGC_CLUSTER_NODES_MAX) /* + clq + cluster nodes */
-#define KG_CL_REDIRECTS 5         /* cluster: MOVED/ASK/TRYAGAIN... followed per command */
+#define KG_CL_REDIRECTS 5         /* cluster: MOVED/ASK followed per command */
 #define KG_CL_RETRY_MS 10         /* cluster: pause before resending after TRYAGAIN & co */
 #define KG_CL_REFRESH_MS 100      /* cluster: CLUSTER SLOTS asked at most this often */
 
@@ -202,7 +202,7 @@ struct kg_pending {
     unsigned slot;                /* the slot of the command's first key */
     int node;                     /* the node it was sent to */
     int asking;                   /* send ASKING first (an ASK redirect) */
-    int redirects;                /* redirects and retries of this command */
+    int redirects;                /* MOVED/ASK followed for this command */
     int64_t retry_at;             /* > 0: waiting to resend (not on the wire) */
 
     kg_result r;                  /* our answer; copied to *out when delivered */
