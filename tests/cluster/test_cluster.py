@@ -12,7 +12,9 @@ KG_BACKEND_ERROR retried with the same id) are configured with
 - test_exact: the debits are exact on the cluster;
 - test_slot_move: the team's slot is moved live to another master while
   the gateways debit;
-- test_master_killed: the master holding the team's slot is killed
+- test_master_killed (and _wait, with min_replicas_ack 1, asserting no
+  acknowledged debit lost; the killed node comes back as a replica): the
+  master holding the team's slot is killed
   (SIGKILL) while they debit; its replica is promoted; the time until the
   gateways are served again is measured and printed.
 
@@ -55,7 +57,7 @@ class ClusterCase(unittest.TestCase):
         self.addCleanup(self.cluster.stop)
         self.cluster.start()
 
-    def world(self, requests):
+    def world(self, requests, extra=()):
         """A paid world made by keygated on the single node, credited with
         `requests` requests' worth, then copied into the cluster."""
         self.credit = requests * COST
@@ -67,7 +69,7 @@ class ClusterCase(unittest.TestCase):
         lines = [l for l in self.env.config_lines() if not l.startswith("redis ")]
         with open(self.config, "w") as f:
             f.write("\n".join(lines + ["redis " + self.cluster.spec(), "timeout_ms 1000",
-                                       "cache_ttl_ms 1000"]) + "\n")
+                                       "cache_ttl_ms 1000"] + list(extra)) + "\n")
         sys.stderr.write("copied %d keys; the team's slot %d is on %d\n"
                          % (copied, self.slot, self.cluster.owner(self.slot)))
 
@@ -184,8 +186,18 @@ class ClusterCase(unittest.TestCase):
                             max(r.get("ms", 0) for r in rows), bal))
 
     def test_master_killed(self):
+        self.master_killed(wait=False)
+
+    def test_master_killed_wait(self):
+        """min_replicas_ack 1: a debit is answered ok only once the
+        master's replica has it (WAIT on the node that made it), so the
+        kill loses none."""
+        self.master_killed(wait=True)
+
+    def master_killed(self, wait):
         per = 2000
-        self.world(PROCS * per + 20000)     # room for nginx's requests too
+        self.world(PROCS * per + 20000,     # room for nginx's requests too
+                   ["min_replicas_ack 1", "replica_ack_timeout_ms 1000"] if wait else [])
         hs = self.hammers(per, "k", pause_us=1000, retry_for=60.0)
         ngw = self.start_nginx()
         time.sleep(1.0)
@@ -194,6 +206,10 @@ class ClusterCase(unittest.TestCase):
         self.cluster.kill_master(dead)
         new = self.cluster.wait_promoted(self.slot, dead)
         promoted = time.monotonic() - t
+        if wait:
+            # The promoted master has no replica: WAIT 1 fails (fail closed,
+            # KG_BACKEND_ERROR) until the killed node is back as its replica.
+            self.cluster.restart(dead)
         rows = self.collect(hs, timeout=180)
         rows += self.stop_nginx(ngw, "kill -9")
         # Served again: the longest a request waited (first try to its
@@ -210,8 +226,11 @@ class ClusterCase(unittest.TestCase):
         lost = [r["rid"] for r in rows if in_ledger[r["rid"]] == 0]
         sys.stderr.write("kill -9 of master %d: replica %d promoted after %.2f s; gateways served "
                          "again: slowest request %d ms (%d retried of %d); acknowledged debits "
-                         "lost with the master (no WAIT): %d\n"
-                         % (dead, new, promoted, worst, len(retried), len(rows), len(lost)))
+                         "lost with the master (%s): %d\n"
+                         % (dead, new, promoted, worst, len(retried), len(rows),
+                            "min_replicas_ack 1" if wait else "no WAIT", len(lost)))
+        if wait:
+            self.assertEqual(lost, [], "debits acknowledged after WAIT lost with the master")
         self.assertEqual(Counter(r["status"] for r in rows), Counter({"ok": len(rows)}))
         twice = [rid for rid, n in in_ledger.items() if rid is not None and n > 1]
         self.assertEqual(twice, [], "request ids charged more than once")
