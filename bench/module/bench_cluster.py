@@ -13,7 +13,8 @@ per request, each with its own id, --us) runs N requests against each:
 cold (cache_ttl_ms 0: every request is the cold script, one EVALSHA) and
 warm (cache_ttl_ms 1000: the debit script). Prints p50/p99 in µs and the
 Redis CPU per call of the scripts (INFO commandstats, evalsha) on the
-node that served them.
+node that served them. The standalone node has a replica, as each of the
+cluster's masters does.
 """
 import argparse
 import os
@@ -90,6 +91,14 @@ def main():
         sp = subprocess.Popen([kgtest.redis_server_path(), "--port", str(single), "--bind",
                                "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its replica: the cluster's masters feed one each, so does it.
+        rport = kgtest.free_port()
+        rdir = os.path.join(tmp, "replica")
+        os.makedirs(rdir)
+        rp = subprocess.Popen([kgtest.redis_server_path(), "--port", str(rport), "--bind",
+                               "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", rdir,
+                               "--replicaof", "127.0.0.1", str(single)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cl = kgcluster.Cluster(tmp)
         try:
             kgtest.wait_for(lambda: kgcluster.rcmd(single, "PING") == "PONG", 10, "redis")
@@ -109,8 +118,9 @@ def main():
                           % (mode, name, p50, p99, usec, calls))
         finally:
             cl.stop()
-            sp.terminate()
-            sp.wait(10)
+            for p in (rp, sp):
+                p.terminate()
+                p.wait(10)
 
 
 if __name__ == "__main__":
