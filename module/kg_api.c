@@ -23,7 +23,7 @@ static void crc_warm(void) { (void)kgc_crc32("", 0); }
 
 KG_EXPORT kg_ctx *kg_open(const char *config_path, char *err, size_t errlen)
 {
-    char scratch[256];
+    char scratch[256], cerr[256];
     kg_ctx *ctx;
 
     if (err == NULL || errlen == 0) {
@@ -56,12 +56,32 @@ KG_EXPORT kg_ctx *kg_open(const char *config_path, char *err, size_t errlen)
         snprintf(err, errlen, "kg_open: out of memory");
         goto err;
     }
+    if (ctx->cfg.ncluster > 0) {
+        if (ctx->cfg.debit_mode == KGC_DEBIT_LEASED) {
+            snprintf(err, errlen, "%s: debit leased is not supported with 'redis cluster' yet",
+                     config_path);
+            kg_cache_free(&ctx->cache);
+            goto err;
+        }
+        if ((ctx->cmap = malloc(sizeof *ctx->cmap)) == NULL) {
+            snprintf(err, errlen, "kg_open: out of memory");
+            kg_cache_free(&ctx->cache);
+            goto err;
+        }
+        kgc_cluster_map_init(ctx->cmap);
+        /* Bounded (timeout_ms per seed); no node up is not an error here,
+         * as Redis down is not in single-node mode: asked again later. */
+        if (kgc_cluster_load(ctx->cmap, ctx->cfg.cluster, ctx->cfg.ncluster, ctx->cfg.timeout_ms,
+                             cerr, sizeof cerr) != 0 || !ctx->cmap->complete)
+            ctx->cl_stale = 1;
+    }
     if (kg_lease_open(ctx, err, errlen) != 0) {    /* debit leased: journal, replay */
         kg_cache_free(&ctx->cache);
         goto err;
     }
     return ctx;
 err:
+    free(ctx->cmap);
     if (ctx->pepper != NULL)
         sodium_free(ctx->pepper);
     free(ctx);
@@ -82,6 +102,7 @@ KG_EXPORT void kg_close(kg_ctx *ctx)
     kgc_catalog_free(ctx->catalog);
     if (ctx->pepper != NULL)
         sodium_free(ctx->pepper);
+    free(ctx->cmap);
     free(ctx);
 }
 
@@ -108,13 +129,21 @@ static kg_status run_blocking(kg_ctx *ctx, const kg_request *req, kg_result *res
         return res->status;
     while (!p->finished) {
         int64_t now = kg_mono_ms();
-        if (now >= p->deadline) {
+        if (ctx->cmap != NULL) {
+            /* Cluster: resends after TRYAGAIN & co are due, or a node's
+             * link overran the deadline (dropped: fails what is on it). */
+            kg_flow_timeouts(ctx, now);
+            if (p->finished)
+                break;
+        } else if (now >= p->deadline) {
             kg_link_drop(ctx, ctx->main);   /* fails p (and anything else on it) */
             break;
         }
         kg_link_write_now(ctx);
-        if (!p->finished)
-            kg_link_poll(ctx, (int)(p->deadline - now));
+        if (!p->finished) {
+            int64_t due = kg_flow_due(p) - now;
+            kg_link_poll(ctx, due < 0 ? 0 : (int)due);
+        }
     }
     if (!p->finished) {
         /* Cannot happen: the dropped connection ran p's callback. Leak p
@@ -252,15 +281,13 @@ KG_EXPORT void kg_stats_get(kg_ctx *ctx, kg_stats *st, size_t size)
 
 KG_EXPORT int kg_loop_attach(kg_ctx *ctx, const kg_loop_hooks *hooks, void *host)
 {
-    kg_link *ls[KG_NLINKS];
+    kg_link *ls[KG_LINKS_MAX];
+    int n;
 
     if (ctx == NULL || (hooks != NULL && (hooks->version != KG_ABI_VERSION || hooks->watch == NULL)))
         return -1;
-    ls[0] = ctx->main;
-    ls[1] = ctx->sub;
-    ls[2] = ctx->watch;
-    ls[3] = ctx->probe;
-    for (int i = 0; i < KG_NLINKS; i++)        /* the previous host forgets our fds */
+    n = kg_link_list(ctx, ls, KG_LINKS_MAX);
+    for (int i = 0; i < n; i++)                /* the previous host forgets our fds */
         if (ls[i] != NULL) {
             if (ctx->hooks != NULL && ls[i]->told != 0)
                 ctx->hooks->watch(ctx->host, ls[i]->fd, 0);
@@ -295,8 +322,8 @@ KG_EXPORT int kg_loop_next_timeout_ms(kg_ctx *ctx)
     if (ctx->doneq != NULL)
         return 0;                       /* answers waiting for kg_loop_timeout */
     for (kg_pending *p = ctx->inflight; p != NULL; p = p->next)
-        if (first < 0 || p->deadline < first)
-            first = p->deadline;
+        if (first < 0 || kg_flow_due(p) < first)
+            first = kg_flow_due(p);
     d = kg_link_probe_deadline(ctx);
     if (d >= 0 && (first < 0 || d < first))
         first = d;

@@ -17,6 +17,15 @@
  *
  *   [WAIT min_replicas_ack, after a money write, when configured]
  *
+ * Redis Cluster (ctx->cmap): each command goes to the master of its first
+ * key's slot (every key of a request is in the team's slot; the catalog in
+ * its own), formatted once and kept so that MOVED (patch the slot, refresh
+ * the map, resend), ASK (ASKING + resend on the target), TRYAGAIN,
+ * CLUSTERDOWN, LOADING and READONLY (resend after KG_CL_RETRY_MS) are
+ * followed up to KG_CL_REDIRECTS times, never past the deadline the first
+ * send set. A command whose connection drops is not resent: whether it ran
+ * is unknown (the caller's retry with its request id is what is safe).
+ *
  * The catalog checks (service, model, price) are made in C either way: the
  * cold script gets their outcome and the price as arguments.
  *
@@ -126,6 +135,7 @@ void kg_pending_free(kg_pending *p)
     list_unlink(p);
     kg_entry_unref(p->ent);
     free(p->params);
+    free(p->cmd);
     free(p);
 }
 
@@ -149,6 +159,88 @@ static void finish(kg_pending *p, kg_status s)
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv);
 
+/* Cluster mode: puts p's formatted command on node's link (node < 0: the
+ * master of p->slot by the map), after ASKING when p->asking. 0 or -1. */
+static int cluster_send(kg_pending *p, int node)
+{
+    kg_ctx *ctx = p->ctx;
+    redisAsyncContext *ac;
+    size_t queued;
+    kg_link *l;
+    int rc;
+
+    if (node < 0 && (node = ctx->cmap->slot_node[p->slot]) == KGC_CLUSTER_NONE) {
+        ctx->cl_stale = 1;
+        return -1;
+    }
+    if ((l = kg_link_node(ctx, node)) == NULL)
+        return -1;
+    ac = l->ac;
+    queued = sdslen((sds)ac->c.obuf);
+    if (p->asking) {
+        /* ASKING's reply goes to no callback; checked as issue() checks ours. */
+        redisCallback *before = ac->replies.tail;
+        if (redisAsyncCommand(ac, NULL, NULL, "ASKING") != REDIS_OK)
+            return -1;
+        if (ac->replies.tail == before || ac->replies.tail->fn != NULL) {
+            sdssetlen((sds)ac->c.obuf, queued);
+            ac->c.obuf[queued] = '\0';
+            return -1;
+        }
+    }
+    rc = redisAsyncFormattedCommand(ac, on_reply, p, p->cmd, p->cmdlen);
+    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != p)) {
+        sdssetlen((sds)ac->c.obuf, queued);   /* ASKING too: its reply slot is then */
+        ac->c.obuf[queued] = '\0';            /* a NULL-callback one with no command */
+        rc = REDIS_ERR;
+    }
+    if (rc != REDIS_OK)
+        return -1;
+    p->node = node;
+    p->outstanding = 1;
+    p->retry_at = 0;
+    list_inflight(p);
+    return 0;
+}
+
+/* Cluster mode: the slot of the team's keys (all of them share its tag). */
+static void team_slot(kg_pending *p, const char *team)
+{
+    char k[KGC_RKEY_MAX];
+
+    if (p->ctx->cmap != NULL && kgc_rkey(k, p->ctx->cfg.key_prefix, KGC_RK_TOKEN, team, "-") > 0)
+        p->slot = kgc_cluster_slot(k, strlen(k));
+}
+
+/* Cluster mode: issue()'s second half. The command's slot is its first
+ * key's (EVALSHA with keys, GET); a command without a key (SCRIPT LOAD,
+ * WAIT, PUBLISH) goes where p's last one went. */
+static void cluster_issue(kg_pending *p, int step, int argc, const char **argv)
+{
+    int len;
+    char *cmd = NULL;
+
+    if ((len = redisFormatCommandArgv(&cmd, argc, argv, NULL)) < 0) {
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    free(p->cmd);
+    p->cmd = cmd;
+    p->cmdlen = (size_t)len;
+    if (strcmp(argv[0], "EVALSHA") == 0 && argc > 3 && strcmp(argv[2], "0") != 0)
+        p->slot = kgc_cluster_slot(argv[3], strlen(argv[3]));
+    else if (strcmp(argv[0], "GET") == 0 && argc == 2)
+        p->slot = kgc_cluster_slot(argv[1], strlen(argv[1]));
+    p->asking = 0;
+    p->redirects = 0;
+    p->step = step;
+    p->deadline = kg_mono_ms() + p->ctx->cfg.timeout_ms;
+    /* WAIT counts the replicas that have this connection's writes: the
+     * node the write went to, whatever the map says since. */
+    if (cluster_send(p, step == KG_ST_WAIT || step == KG_ST_SYNC ? p->node : -1) != 0)
+        finish(p, KG_BACKEND_ERROR);
+}
+
 /* Puts one command on the main connection for p (connecting first if
  * needed) and starts its round-trip deadline; fails p if it cannot.
  *
@@ -168,6 +260,10 @@ static void issue(kg_pending *p, int step, int argc, const char **argv)
     size_t queued;
     int len, rc;
 
+    if (ctx->cmap != NULL) {
+        cluster_issue(p, step, argc, argv);
+        return;
+    }
     if (kg_link_main(ctx) != 0 || (len = redisFormatCommandArgv(&cmd, argc, argv, NULL)) < 0) {
         finish(p, KG_BACKEND_ERROR);
         return;
@@ -257,6 +353,7 @@ static void issue_script(kg_pending *p)
     char k1[KGC_RKEY_MAX], k2[KGC_RKEY_MAX], k3[KGC_RKEY_MAX], num[24];
     char rl[KGC_RKEY_MAX], ps[24], pm[24], day[16], month[16], hour[16];
 
+    team_slot(p, p->script == KG_SCRIPT_COLD ? p->tok_team : T);  /* cluster: the node */
     if (ctx->sha[p->script][0] == '\0') {
         const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[p->script]};
         issue(p, KG_ST_LOAD, 3, argv);
@@ -909,6 +1006,55 @@ static void on_cold(kg_pending *p, redisReply *r)
     finish(p, KG_BACKEND_ERROR);
 }
 
+/* Cluster mode: an error reply that is about routing. Returns 1 when it
+ * was (p resent, waiting to be, or finished), 0 to let the step see it. */
+static int cluster_reply(kg_pending *p, int step, const redisReply *r)
+{
+    kg_ctx *ctx = p->ctx;
+    kgc_hostport to;
+    unsigned slot;
+    int kind = kgc_cluster_classify(r->str, r->len, &slot, &to), node = -1;
+
+    if (kind == KGC_CE_OTHER)
+        return 0;
+    p->step = step;
+    /* Redirects are capped (a loop between two confused nodes); waits for
+     * TRYAGAIN & co only by the deadline: a migration takes what it takes. */
+    if (((kind == KGC_CE_MOVED || kind == KGC_CE_ASK) && ++p->redirects > KG_CL_REDIRECTS) ||
+        kg_mono_ms() >= p->deadline) {
+        finish(p, KG_BACKEND_ERROR);
+        return 1;
+    }
+    switch (kind) {
+    case KGC_CE_MOVED:
+        /* The slot lives elsewhere for good: point it there, refresh the
+         * rest of the map (more slots probably moved), resend. */
+        ctx->cl_stale = 1;
+        if (kgc_cluster_map_move(ctx->cmap, slot, to.host, to.port) != 0) {
+            finish(p, KG_BACKEND_ERROR);
+            return 1;
+        }
+        break;
+    case KGC_CE_ASK:
+        /* This key only, this once: the map stays. */
+        if ((node = kgc_cluster_node(ctx->cmap, to.host, to.port)) < 0) {
+            finish(p, KG_BACKEND_ERROR);
+            return 1;
+        }
+        p->asking = 1;
+        break;
+    default:                            /* TRYAGAIN, CLUSTERDOWN, LOADING, READONLY */
+        ctx->cl_stale = 1;
+        p->retry_at = kg_mono_ms() + KG_CL_RETRY_MS;
+        list_inflight(p);               /* kg_flow_timeouts resends it */
+        return 1;
+    }
+    if (cluster_send(p, node) != 0)
+        finish(p, KG_BACKEND_ERROR);
+    p->asking = 0;
+    return 1;
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     kg_pending *p = priv;
@@ -926,6 +1072,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
         finish(p, KG_BACKEND_ERROR);
         return;
     }
+    if (p->ctx->cmap != NULL && r->type == REDIS_REPLY_ERROR && cluster_reply(p, step, r))
+        return;
     switch (step) {
     case KG_ST_CATALOG: on_catalog(p, r); break;
     case KG_ST_LOAD:    on_load(p, r);    break;
@@ -1035,8 +1183,43 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     return 1;
 }
 
+int64_t kg_flow_due(const kg_pending *p)
+{
+    return p->retry_at > 0 && p->retry_at < p->deadline ? p->retry_at : p->deadline;
+}
+
+/* Cluster mode: resends what waited (TRYAGAIN & co), fails what waited
+ * too long, drops the link of a command that overran its deadline. Each
+ * action may change the list: start again (each takes p off it or sets
+ * it back on the wire with a later due time). */
+static void cluster_timeouts(kg_ctx *ctx, int64_t now)
+{
+    for (int guard = 0; guard < 1000; guard++) {
+        kg_pending *p;
+        for (p = ctx->inflight; p != NULL; p = p->next)
+            if (kg_flow_due(p) <= now)
+                break;
+        if (p == NULL)
+            return;
+        if (!p->outstanding && now >= p->deadline) {
+            finish(p, KG_BACKEND_ERROR);
+        } else if (!p->outstanding) {
+            if (cluster_send(p, -1) != 0)
+                finish(p, KG_BACKEND_ERROR);
+        } else if (p->node >= 0 && ctx->nodes[p->node] != NULL) {
+            kg_link_drop(ctx, ctx->nodes[p->node]);   /* fails everything on it */
+        } else {
+            return;                     /* cannot happen: on the wire, no link */
+        }
+    }
+}
+
 void kg_flow_timeouts(kg_ctx *ctx, int64_t now)
 {
+    if (ctx->cmap != NULL) {
+        cluster_timeouts(ctx, now);
+        return;
+    }
     for (kg_pending *p = ctx->inflight; p != NULL; p = p->next)
         if (p->deadline <= now) {
             /* Replies come in order: one late reply stalls the connection

@@ -3,7 +3,8 @@
  *
  *   kg_api.c     the kg_* entry points (blocking and non-blocking)
  *   kg_flow.c    one request's state machine: resolve, decide, charge
- *   kg_link.c    the two Redis connections (commands, invalidations)
+ *   kg_link.c    the Redis connections (commands, invalidations; in cluster
+ *                mode one command link per master and the slot map)
  *   kg_cache.c   the token cache and the key document parser
  *   kg_scripts.c the Lua scripts that count and charge
  *
@@ -19,6 +20,7 @@
 #include <hiredis/hiredis.h>
 
 #include "keygate.h"
+#include "kgc_cluster.h"
 #include "kgc_config.h"
 #include "kgc_keys.h"
 #include "kgc_price.h"
@@ -112,9 +114,14 @@ typedef struct kg_link {
     int want;                     /* KG_EV_* that hiredis asked for */
     int told;                     /* KG_EV_* last passed to hooks->watch */
     int is_sub;                   /* the invalidation subscriber */
+    int node;                     /* cluster mode: index in ctx->cmap->nodes; -1 otherwise */
 } kg_link;
 
 #define KG_NLINKS 4               /* main, sub, watch, probe */
+#define KG_LINKS_MAX (KG_NLINKS + 1 + KGC_CLUSTER_NODES_MAX) /* + clq + cluster nodes */
+#define KG_CL_REDIRECTS 5         /* cluster: MOVED/ASK followed per command */
+#define KG_CL_RETRY_MS 10         /* cluster: pause before resending after TRYAGAIN & co */
+#define KG_CL_REFRESH_MS 100      /* cluster: CLUSTER SLOTS asked at most this often */
 
 /* Host mode's non-blocking look-up of the primary (kg_link.c, "probe"). */
 enum kg_probe {
@@ -188,6 +195,16 @@ struct kg_pending {
     int64_t outage;               /* debit leased: > 0, the entry was kept over a
                                      subscription loss (kg_lease_outage) */
 
+    /* cluster mode only (ctx->cmap != NULL): the command on the wire, kept
+     * formatted for a resend after MOVED, ASK, TRYAGAIN, CLUSTERDOWN... */
+    char *cmd;                    /* owned; NULL in single-node mode */
+    size_t cmdlen;
+    unsigned slot;                /* the slot of the command's first key */
+    int node;                     /* the node it was sent to */
+    int asking;                   /* send ASKING first (an ASK redirect) */
+    int redirects;                /* MOVED/ASK followed for this command */
+    int64_t retry_at;             /* > 0: waiting to resend (not on the wire) */
+
     kg_result r;                  /* our answer; copied to *out when delivered */
     kg_result *out;               /* host's result, touched only at delivery */
     kg_done_fn done;
@@ -245,6 +262,19 @@ struct kg_ctx {
     int pipe_ignored;             /* the process ignores SIGPIPE already */
 
     struct kg_leases *leases;     /* debit leased (kg_lease.c); NULL: exact */
+
+    /* Redis Cluster mode (cfg.ncluster > 0), kg_link.c: */
+    kgc_cluster_map *cmap;        /* the slot map; NULL: not cluster mode */
+    kg_link *nodes[KGC_CLUSTER_NODES_MAX]; /* command links, by map index */
+    kg_link *clq;                 /* the link CLUSTER SLOTS is asked on */
+    kgc_hostport clq_addr;        /* its address */
+    int clq_idx;                  /* which candidate it is (rotates on failure) */
+    int clq_bad;                  /* its answer was unusable: drop it (top level) */
+    int cl_inflight;              /* CLUSTER SLOTS on the wire */
+    int cl_stale;                 /* the map may be wrong: refresh it */
+    int64_t cl_asked;             /* monotonic ms of the last CLUSTER SLOTS */
+    int sub_seed;                 /* the seed the subscriber uses (pub/sub is
+                                     broadcast to every node of a cluster) */
 };
 
 /* kg_link.c */
@@ -259,6 +289,12 @@ void kg_link_poll(kg_ctx *ctx, int timeout_ms); /* one poll() over both links */
 void kg_link_write_now(kg_ctx *ctx);            /* flush main if it is connected */
 void kg_link_notify_all(kg_ctx *ctx);           /* re-tell the host every fd */
 void kg_link_relink(kg_ctx *ctx);               /* top level: act on ctx->relink */
+/* Every live link (at most max) into ls; returns how many. */
+int kg_link_list(kg_ctx *ctx, kg_link **ls, int max);
+/* Cluster mode: the command link of map node i, connected if needed; NULL. */
+kg_link *kg_link_node(kg_ctx *ctx, int i);
+/* Cluster mode, top level: asks CLUSTER SLOTS when the map is stale. */
+void kg_link_cluster_maintain(kg_ctx *ctx, int64_t now);
 void kg_link_probe_maintain(kg_ctx *ctx, int64_t now); /* top level: host mode's look-up */
 int64_t kg_link_probe_deadline(const kg_ctx *ctx); /* -1: no look-up step pending */
 
@@ -271,6 +307,9 @@ int  kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *r,
 void kg_hold_out(kg_hold *dst, size_t hsize, const kg_hold *src);
 void kg_hold_init(kg_hold *h);
 void kg_flow_timeouts(kg_ctx *ctx, int64_t now);
+/* Monotonic ms at which p needs kg_flow_timeouts: its deadline, or sooner
+ * a resend it waits for (cluster mode). */
+int64_t kg_flow_due(const struct kg_pending *p);
 void kg_flow_deliver(kg_ctx *ctx);
 void kg_flow_cancel(kg_ctx *ctx, struct kg_pending *p);
 void kg_pending_free(struct kg_pending *p);

@@ -27,6 +27,16 @@
  * once with KG_BACKEND_ERROR, as they do with Redis down. Either way a
  * failed look-up is not repeated before KG_RESOLVE_RETRY_MS.
  *
+ * Redis Cluster (cfg.ncluster > 0, ctx->cmap): one command link per master,
+ * opened when a request's slot first leads to it (kg_link_node), indexed
+ * like the slot map's nodes; the map is loaded at kg_open (blocking,
+ * bounded) and refreshed on "clq", one more link on which CLUSTER SLOTS is
+ * asked (kg_link_cluster_maintain, top level, at most every
+ * KG_CL_REFRESH_MS) whenever it may be wrong: a MOVED, a node's link
+ * lost, CLUSTERDOWN, READONLY. The subscriber sits on one seed (Redis
+ * Cluster broadcasts PUBLISH to every node) and moves to the next when
+ * lost. Redirects themselves are followed per request in kg_flow.c.
+ *
  * Rule: a link is only dropped from the top level, never from inside a
  * hiredis callback, so hiredis never defers the free behind our back.
  */
@@ -95,6 +105,18 @@ static void ev_cleanup(void *d)
         ctx->watch = NULL;
         ctx->watch_idx = (ctx->watch_idx + 1) % ctx->cfg.nsentinels;
     }
+    if (l->node >= 0 && ctx->nodes[l->node] == l) {
+        ctx->nodes[l->node] = NULL;
+        ctx->cl_stale = 1;              /* a master gone? ask who serves its slots */
+    }
+    if (ctx->clq == l) {
+        ctx->clq = NULL;
+        ctx->clq_idx++;
+        ctx->cl_inflight = 0;
+        ctx->clq_bad = 0;
+    }
+    if (ctx->sub == l && ctx->cmap != NULL)
+        ctx->sub_seed = (ctx->sub_seed + 1) % ctx->cfg.ncluster;
     if (ctx->probe == l) {
         ctx->probe = NULL;
         if (ctx->probe_state == KG_PR_ASK || ctx->probe_state == KG_PR_ROLE)
@@ -110,6 +132,9 @@ static kg_link *link_open(kg_ctx *ctx, int is_sub, const kgc_hostport *to)
 
     if (to != NULL) {
         ac = redisAsyncConnect(to->host, to->port);
+    } else if (ctx->cmap != NULL) {
+        const kgc_hostport *seed = &ctx->cfg.cluster[ctx->sub_seed % ctx->cfg.ncluster];
+        ac = redisAsyncConnect(seed->host, seed->port);
     } else if (ctx->cfg.nsentinels > 0) {
         int64_t now = kg_mono_ms();
         char err[300];
@@ -148,6 +173,7 @@ static kg_link *link_open(kg_ctx *ctx, int is_sub, const kgc_hostport *to)
     l->ac = ac;
     l->fd = ac->c.fd;
     l->is_sub = is_sub;
+    l->node = -1;
     ac->ev.data = l;
     ac->ev.addRead = ev_add_read;
     ac->ev.delRead = ev_del_read;
@@ -174,11 +200,88 @@ void kg_link_drop(kg_ctx *ctx, kg_link *l)
 
 void kg_link_drop_all(kg_ctx *ctx)
 {
+    if (ctx->cmap != NULL) {
+        for (int i = 0; i < KGC_CLUSTER_NODES_MAX; i++)
+            kg_link_drop(ctx, ctx->nodes[i]);
+        kg_link_drop(ctx, ctx->clq);
+    }
     kg_link_drop(ctx, ctx->main);
     kg_link_drop(ctx, ctx->sub);
     kg_link_drop(ctx, ctx->watch);
     kg_link_drop(ctx, ctx->probe);
     ctx->probe_state = KG_PR_IDLE;
+}
+
+/* ---- cluster mode -------------------------------------------------- */
+
+kg_link *kg_link_node(kg_ctx *ctx, int i)
+{
+    kg_link *l;
+
+    if (i < 0 || i >= ctx->cmap->nnodes)
+        return NULL;
+    if (ctx->nodes[i] != NULL)
+        return ctx->nodes[i];
+    if ((l = link_open(ctx, 0, &ctx->cmap->nodes[i])) == NULL) {
+        ctx->cl_stale = 1;
+        return NULL;
+    }
+    l->node = i;
+    ctx->nodes[i] = l;
+    if (ctx->hooks != NULL)
+        tell_host(l);
+    return l;
+}
+
+static void on_slots(redisAsyncContext *ac, void *reply, void *priv)
+{
+    kg_ctx *ctx = priv;
+    char err[200];
+
+    if (reply == NULL || ctx->clq == NULL || ctx->clq->ac != ac)
+        return;                         /* going away: ev_cleanup moves on */
+    ctx->cl_inflight = 0;
+    if (kgc_cluster_map_apply(ctx->cmap, reply, ctx->clq_addr.host, err, sizeof err) != 0 ||
+        !ctx->cmap->complete) {
+        ctx->cl_stale = 1;              /* ask another node next time */
+        ctx->clq_bad = 1;
+    }
+}
+
+void kg_link_cluster_maintain(kg_ctx *ctx, int64_t now)
+{
+    int total, i;
+
+    if (ctx->cmap == NULL)
+        return;
+    if (ctx->clq_bad || (ctx->cl_inflight && now - ctx->cl_asked > 2 * ctx->cfg.timeout_ms)) {
+        kg_link_drop(ctx, ctx->clq);    /* unusable or too slow: the next candidate */
+        if (ctx->clq != NULL)
+            return;
+    }
+    if (ctx->cl_inflight || (!ctx->cl_stale && ctx->cmap->complete) ||
+        (ctx->cl_asked != 0 && now - ctx->cl_asked < KG_CL_REFRESH_MS))
+        return;
+    ctx->cl_asked = now;
+    if (ctx->clq == NULL) {
+        /* The masters we know, then the seeds of the config, in turn. */
+        total = ctx->cmap->nnodes + ctx->cfg.ncluster;
+        i = ctx->clq_idx % total;
+        ctx->clq_addr = i < ctx->cmap->nnodes ? ctx->cmap->nodes[i]
+                                              : ctx->cfg.cluster[i - ctx->cmap->nnodes];
+        if ((ctx->clq = link_open(ctx, 0, &ctx->clq_addr)) == NULL) {
+            ctx->clq_idx++;
+            return;
+        }
+        if (ctx->hooks != NULL)
+            tell_host(ctx->clq);
+    }
+    if (redisAsyncCommand(ctx->clq->ac, on_slots, ctx, "CLUSTER SLOTS") != REDIS_OK) {
+        kg_link_drop(ctx, ctx->clq);
+        return;
+    }
+    ctx->cl_inflight = 1;
+    ctx->cl_stale = 0;
 }
 
 /* ---- host mode's look-up of the primary ---------------------------- */
@@ -361,6 +464,7 @@ static void watch_maintain(kg_ctx *ctx, int64_t now)
  * KG_SUB_RETRY_MS) and drops one that was not confirmed in time. */
 void kg_link_sub_maintain(kg_ctx *ctx, int64_t now)
 {
+    kg_link_cluster_maintain(ctx, now);
     watch_maintain(ctx, now);
     kg_link_probe_maintain(ctx, now);
     if (ctx->sub != NULL) {
@@ -430,6 +534,13 @@ static kg_link *link_by_fd(kg_ctx *ctx, int fd)
         return ctx->watch;
     if (ctx->probe != NULL && ctx->probe->fd == fd)
         return ctx->probe;
+    if (ctx->cmap != NULL) {
+        if (ctx->clq != NULL && ctx->clq->fd == fd)
+            return ctx->clq;
+        for (int i = 0; i < ctx->cmap->nnodes; i++)
+            if (ctx->nodes[i] != NULL && ctx->nodes[i]->fd == fd)
+                return ctx->nodes[i];
+    }
     return NULL;
 }
 
@@ -449,15 +560,45 @@ void kg_link_write_now(kg_ctx *ctx)
     kg_link *l = ctx->main;
     if (l != NULL && (l->want & KG_EV_WRITE) && (l->ac->c.flags & REDIS_CONNECTED))
         guarded_write(ctx, l->ac);
+    if (ctx->cmap == NULL)
+        return;
+    for (int i = 0; i < ctx->cmap->nnodes; i++) {
+        l = ctx->nodes[i];
+        if (l != NULL && (l->want & KG_EV_WRITE) && (l->ac->c.flags & REDIS_CONNECTED))
+            guarded_write(ctx, l->ac);  /* may drop it: ev_cleanup clears nodes[i] */
+    }
+}
+
+/* Every link there is: the four fixed ones, then (cluster mode) clq and
+ * the node links. Returns how many were put in ls (at most max). */
+static int all_links(kg_ctx *ctx, kg_link **ls, int max)
+{
+    kg_link *fixed[KG_NLINKS + 1] = {ctx->main, ctx->sub, ctx->watch, ctx->probe, ctx->clq};
+    int n = 0;
+
+    for (int i = 0; i < KG_NLINKS + 1 && n < max; i++)
+        if (fixed[i] != NULL)
+            ls[n++] = fixed[i];
+    if (ctx->cmap != NULL)
+        for (int i = 0; i < ctx->cmap->nnodes && n < max; i++)
+            if (ctx->nodes[i] != NULL)
+                ls[n++] = ctx->nodes[i];
+    return n;
+}
+
+int kg_link_list(kg_ctx *ctx, kg_link **ls, int max)
+{
+    return all_links(ctx, ls, max);
 }
 
 void kg_link_poll(kg_ctx *ctx, int timeout_ms)
 {
-    struct pollfd pf[KG_NLINKS];
-    int want[KG_NLINKS], n = 0;
-    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch, ctx->probe};
+    struct pollfd pf[KG_LINKS_MAX];
+    int want[KG_LINKS_MAX], n = 0;
+    kg_link *ls[KG_LINKS_MAX];
+    int nls = all_links(ctx, ls, KG_LINKS_MAX);
 
-    for (int i = 0; i < KG_NLINKS; i++) {
+    for (int i = 0; i < nls; i++) {
         kg_link *l = ls[i];
         if (l == NULL || l->fd < 0 || l->want == 0)
             continue;
@@ -490,8 +631,8 @@ void kg_link_poll(kg_ctx *ctx, int timeout_ms)
 
 void kg_link_notify_all(kg_ctx *ctx)
 {
-    kg_link *ls[KG_NLINKS] = {ctx->main, ctx->sub, ctx->watch, ctx->probe};
-    for (int i = 0; i < KG_NLINKS; i++)
-        if (ls[i] != NULL)
-            tell_host(ls[i]);
+    kg_link *ls[KG_LINKS_MAX];
+    int n = all_links(ctx, ls, KG_LINKS_MAX);
+    for (int i = 0; i < n; i++)
+        tell_host(ls[i]);
 }

@@ -173,6 +173,10 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
         fprintf(stderr, "error: usage: %s\n", err);
         return CLI_EXIT_USAGE;
     }
+    if (cfg.ncluster > 0) {
+        fprintf(stderr, "error: usage: fsck does not scan a Redis Cluster yet\n");
+        return CLI_EXIT_USAGE;
+    }
     memset(&f, 0, sizeof f);
     f.json = ctx->json;
     f.prefix = cfg.key_prefix;

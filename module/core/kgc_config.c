@@ -63,8 +63,8 @@ static int set_long(long *out, const char *v, int base, long min, long max)
     return 0;
 }
 
-/* "HOST:PORT[,HOST:PORT...]" into cfg->sentinels. */
-static int set_sentinels(kgc_config *cfg, const char *v)
+/* "HOST:PORT[,HOST:PORT...]" into list (at most max), *count set. */
+static int set_hostports(kgc_hostport *list, int max, int *count, const char *v)
 {
     int n = 0;
 
@@ -74,17 +74,17 @@ static int set_sentinels(kgc_config *cfg, const char *v)
         char one[300];
         long port;
 
-        if (len == 0 || len >= sizeof one || n == KGC_SENTINELS_MAX)
+        if (len == 0 || len >= sizeof one || n == max)
             return -1;
         memcpy(one, v, len);
         one[len] = '\0';
         colon = strrchr(one, ':');
-        if (colon == NULL || colon == one || (size_t)(colon - one) >= sizeof cfg->sentinels[n].host ||
+        if (colon == NULL || colon == one || (size_t)(colon - one) >= sizeof list[n].host ||
             set_long(&port, colon + 1, 10, 1, 65535) != 0)
             return -1;
-        memcpy(cfg->sentinels[n].host, one, (size_t)(colon - one));
-        cfg->sentinels[n].host[colon - one] = '\0';
-        cfg->sentinels[n].port = (int)port;
+        memcpy(list[n].host, one, (size_t)(colon - one));
+        list[n].host[colon - one] = '\0';
+        list[n].port = (int)port;
         n++;
         v += len;
         if (*v == ',' && *++v == '\0')
@@ -92,8 +92,13 @@ static int set_sentinels(kgc_config *cfg, const char *v)
     }
     if (n == 0)
         return -1;
-    cfg->nsentinels = n;
+    *count = n;
     return 0;
+}
+
+static int set_sentinels(kgc_config *cfg, const char *v)
+{
+    return set_hostports(cfg->sentinels, KGC_SENTINELS_MAX, &cfg->nsentinels, v);
 }
 
 /* "sqlite:PATH" or "postgresql:CONNINFO" (docs/archive.md). */
@@ -133,7 +138,15 @@ static int set_redis(kgc_config *cfg, const char *v)
             sp++;
         return set_sentinels(cfg, sp);
     }
+    if (strncmp(v, "cluster ", 8) == 0) {
+        /* "redis cluster HOST:PORT[,...]": seeds asked for CLUSTER SLOTS. */
+        v += 8;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        return set_hostports(cfg->cluster, KGC_CLUSTER_SEEDS_MAX, &cfg->ncluster, v);
+    }
     if (strncmp(v, "unix:", 5) == 0) {
+        cfg->ncluster = 0;
         cfg->redis_host[0] = '\0';
         return set_str(cfg->redis_unix, sizeof cfg->redis_unix, v + 5);
     }
@@ -146,6 +159,7 @@ static int set_redis(kgc_config *cfg, const char *v)
     cfg->redis_host[colon - v] = '\0';
     cfg->redis_port = (int)port;
     cfg->redis_unix[0] = '\0';
+    cfg->ncluster = 0;
     return 0;
 }
 
@@ -310,6 +324,10 @@ int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen)
     fclose(f);
     if (rc == 0 && (cfg->nsentinels > 0) != (cfg->sentinel_master[0] != '\0')) {
         snprintf(err, errlen, "%s: 'sentinel' and 'sentinel_master' go together", path);
+        rc = -1;
+    }
+    if (rc == 0 && cfg->ncluster > 0 && cfg->nsentinels > 0) {
+        snprintf(err, errlen, "%s: 'redis cluster' and 'sentinel' exclude each other", path);
         rc = -1;
     }
     return rc;

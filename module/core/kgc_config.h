@@ -12,6 +12,7 @@
 
 #define KGC_PATH_MAX 1024
 #define KGC_SENTINELS_MAX 8
+#define KGC_CLUSTER_SEEDS_MAX 16
 
 typedef struct kgc_hostport {
     char host[256];
@@ -48,6 +49,11 @@ typedef struct kgc_config {
     kgc_hostport sentinels[KGC_SENTINELS_MAX];
     int nsentinels;
     char sentinel_master[128];    /* the master's name at the sentinels */
+    /* Redis Cluster (gateways; issue 11): when ncluster > 0, "redis cluster
+     * HOST:PORT[,...]" named these seed nodes, asked for the slot map
+     * (kgc_cluster.h); redis_host/redis_port/redis_unix are not used. */
+    kgc_hostport cluster[KGC_CLUSTER_SEEDS_MAX];
+    int ncluster;
     int min_replicas_ack;         /* both: WAIT for this many replicas after a write, 0 = off */
     int replica_ack_timeout_ms;   /* both: WAIT's timeout, 500 */
     /* Ledger archive (daemon; docs/archive.md): "archive sqlite:PATH" or

@@ -30,6 +30,11 @@ static void field(const kgc_config *c, const char *name, char *out, size_t n)
     else if (!strcmp(name, "sentinel_last"))
         snprintf(out, n, "%s:%d", c->sentinels[c->nsentinels ? c->nsentinels - 1 : 0].host,
                  c->sentinels[c->nsentinels ? c->nsentinels - 1 : 0].port);
+    else if (!strcmp(name, "ncluster")) snprintf(out, n, "%d", c->ncluster);
+    else if (!strcmp(name, "cluster0")) snprintf(out, n, "%s:%d", c->cluster[0].host, c->cluster[0].port);
+    else if (!strcmp(name, "cluster_last"))
+        snprintf(out, n, "%s:%d", c->cluster[c->ncluster ? c->ncluster - 1 : 0].host,
+                 c->cluster[c->ncluster ? c->ncluster - 1 : 0].port);
     else if (!strcmp(name, "sentinel_master")) snprintf(out, n, "%s", c->sentinel_master);
     else if (!strcmp(name, "min_replicas_ack")) snprintf(out, n, "%d", c->min_replicas_ack);
     else if (!strcmp(name, "replica_ack_timeout_ms")) snprintf(out, n, "%d", c->replica_ack_timeout_ms);
