@@ -89,6 +89,7 @@
     "end\n"                                                                         \
     "local function sweep(now, ud, uh, wid)\n"                                    \
     "  local ids = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 16)\n" \
+    "  if #ids == 0 then return 0 end\n"                                           \
     "  for _, id in ipairs(ids) do\n"                                              \
     "    local v = redis.call('HGET', KEYS[4], id)\n"                              \
     "    redis.call('ZREM', KEYS[5], id)\n"                                        \
@@ -104,22 +105,23 @@
     "      usage_add(ud, uh, kid or '', wid, svc or '', mdl or '', amt, nil)\n"    \
     "    end\n"                                                                    \
     "  end\n"                                                                      \
+    "  return #ids\n"                                                              \
     "end\n"                                                                        \
     "local function wallet_state()\n"                                              \
-    "  local w = redis.call('HMGET', KEYS[1], 'balance_micros', 'held_micros')\n"  \
+    "  local w = redis.call('HMGET', KEYS[1], 'balance_micros', 'held_micros', 'leased_micros')\n" \
     "  if not w[1] then return nil end\n"                                          \
     "  local bal, held = tonumber(w[1]), tonumber(w[2] or '0')\n"                  \
-    "  if bal == nil or held == nil then\n"                                        \
+    "  LEASED = tonumber(w[3] or '0')\n"                                           \
+    "  if bal == nil or held == nil or LEASED == nil then\n"                       \
     "    return redis.error_reply('ERR keygate: wallet amounts are not integers')\n" \
     "  end\n"                                                                      \
     "  return bal, held\n"                                                         \
     "end\n"                                                                        \
     "local function open_wallet(ud, uh, wid)\n"                                    \
-    "  if not redis.call('HGET', KEYS[1], 'balance_micros') then return nil end\n" \
-    "  local now = now_ms()\n"                                                     \
-    "  sweep(now, ud, uh, wid)\n"                                                  \
     "  local bal, held = wallet_state()\n"                                         \
-    "  if type(bal) == 'table' then return bal end\n"                              \
+    "  if bal == nil or type(bal) == 'table' then return bal end\n"                \
+    "  local now = now_ms()\n"                                                     \
+    "  if sweep(now, ud, uh, wid) > 0 then bal, held = wallet_state() end\n"       \
     "  return now, bal, held\n"                                                    \
     "end\n"                                                                        \
     "local function funds_refused(now, bal)\n"                                     \
@@ -587,8 +589,8 @@ const char kg_capture_lua[] =
  * and the wallet's leased_micros = Σ the hash. Invariant, after any
  * script: balance_micros + leased_micros = credits − debits of the ledger;
  * a ledger entry's balance_micros is that sum (the wallet's funds, leased
- * or not: entry() above adds leased_micros, or LEASED when a script keeps
- * it in hand).
+ * or not: entry() above adds LEASED, the leased_micros wallet_state()
+ * read, or reads it itself in a script that did not call it).
  *
  * reclaim(): a lease whose expiry passed goes back to the balance, at
  * most 16 a call, skipping `keep` (the caller's own: it is renewing it).
@@ -613,7 +615,7 @@ const char kg_capture_lua[] =
     "  return n\n"                                                                 \
     "end\n"
 
-/* Flush and renew, in one script (kg_lease.c flush()).
+/* Flush and renew, in one script (kg_lease.c send_flush()).
  *   KEYS  1 wallet, 2 ledger, 3 lease hash, 4 holds, 5 holdexp,
  *         6 leaseexp, 7 leaseseq, 8 usage day, 9 usage hour ('' both: off),
  *         then one P {t:T}:req:<kid>:<rid> per entry that has a request id,
@@ -621,8 +623,15 @@ const char kg_capture_lua[] =
  *   ARGV  1 lease id, 2 wallet id, 3 want (micros the lease should hold
  *         after), 4 need (> 0: if the lease ends below it, return it all),
  *         5 lease_ttl_ms, 6 share (a grant takes at most available/share),
- *         7 n, then n entries of 9: seq, cost, at (gateway ms), key_id,
- *         user_id, service, model, request_id ('' none), fp
+ *         7 n entries, 8 r of them with a request id, 9 g usage fields,
+ *         10 lowest seq, 11 highest seq, 12 the n seqs ("s1 s2 ..."),
+ *         then n entries of 2: cost, the rest of its ledger entry from
+ *         ',"at":' to the closing '}' (the gateway formats it as entry()
+ *         would, "lease" included);
+ *         then r records of 6: entry number (1..n), at, user_id, service,
+ *         model, fp;
+ *         then g usage fields of 3: "<kid> <wid> <svc> <model or -> ",
+ *         requests, micros (the totals if every entry is charged)
  * Each entry with seq above the lease's leaseseq is charged once, with the
  * ledger entry a debit writes ("lease": id added), from the lease while it
  * holds enough, else from the balance ("lease_late_micros": a lease that
@@ -633,10 +642,15 @@ const char kg_capture_lua[] =
  * the excess returned, or more taken up to (balance − held + the lease)
  * / share (several gateways share a small wallet). Never below want: the
  * gateway may have decided up to want since it sent the script.
- * Entries go to the ledger in one LPUSH per 500 (oldest first, so newest
- * at the head as always), and usage is counted once per key, service and
- * model of the batch (the counters of usage_add(), requests and micros;
- * params are not journaled, so leased requests add no p.<param> totals).
+ * Per entry the script only puts the head and the running balance in
+ * front of the gateway's text; request ids are looked up with one EXISTS
+ * per 1000 (one by one only when one exists, or repeats in the batch), the
+ * seqs are read only when the lease's leaseseq reaches the lowest, and an
+ * entry not charged is taken back from its usage field by decoding its
+ * text. Entries go to the ledger in one LPUSH per 1000 (oldest first, so
+ * newest at the head as always); usage is counted once per field (the
+ * counters of usage_add(), requests and micros; params are not journaled,
+ * so leased requests add no p.<param> totals).
  * Returns {'ok', lease, balance, charged, duplicates, late, shortfall} |
  *         {'nowallet'}. */
 const char kg_lease_lua[] =
@@ -646,71 +660,131 @@ const char kg_lease_lua[] =
     "local now, bal, held = open_wallet(KEYS[8], KEYS[9], wid)\n"
     "if now == nil then return {'nowallet'} end\n"
     "if type(now) == 'table' then return now end\n"
-    "reclaim(now, id)\n"
-    "bal = tonumber(redis.call('HGET', KEYS[1], 'balance_micros'))\n"
-    "local leased = tonumber(redis.call('HGET', KEYS[1], 'leased_micros') or '0') or 0\n"
+    "if reclaim(now, id) > 0 then bal, held = wallet_state() end\n"
+    "local leased = LEASED\n"
     "local last = tonumber(redis.call('HGET', KEYS[7], id) or '0') or 0\n"
     "local amt = tonumber(redis.call('HGET', KEYS[3], id) or '0') or 0\n"
-    "local top, ki, n = last, 10, tonumber(ARGV[7])\n"
-    "local charged, dups, late, short = 0, 0, 0, 0\n"
-    "local out, use, order = {}, {}, {}\n"
-    "for i = 0, n - 1 do\n"
-    "  local b = 8 + i * 9\n"
-    "  local seq, cost, rid = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), ARGV[b + 7]\n"
-    "  local rk = nil\n"
-    "  if rid ~= '' then rk = KEYS[ki]; ki = ki + 1 end\n"
-    "  if seq == nil or cost == nil or cost < 0 then\n"
-    "    return redis.error_reply('ERR keygate: lease entry is not integers')\n"
+    "local n, nr, ng = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])\n"
+    "local lo, hi = tonumber(ARGV[10]), tonumber(ARGV[11])\n"
+    "if not (n and nr and ng and lo and hi) or #ARGV ~= 12 + 2 * n + 6 * nr + 3 * ng then\n"
+    "  return redis.error_reply('ERR keygate: lease flush is malformed')\n"
+    "end\n"
+    "local E, R = 13, 13 + 2 * n\n"
+    "local G = R + 6 * nr\n"
+    "local skip = nil\n"
+    "if n > 0 and lo <= last then\n"
+    "  skip = {}\n"
+    "  local i = 0\n"
+    "  for q in string.gmatch(ARGV[12], '%d+') do\n"
+    "    i = i + 1\n"
+    "    if tonumber(q) <= last then skip[i] = true end\n"
     "  end\n"
-    "  if seq > last then\n"
-    "    if seq > top then top = seq end\n"
-    "    local kid, uid, svc, mdl = ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]\n"
-    "    if rk and redis.call('EXISTS', rk) == 1 then\n"
-    "      dups = dups + 1\n"
-    "    else\n"
-    "      local fl = math.min(cost, amt)\n"
-    "      amt = amt - fl\n"
-    "      leased = leased - fl\n"
-    "      local rest = cost - fl\n"
-    "      local extra = ',\"lease\":' .. cjson.encode(id)\n"
-    "      if rest > 0 then\n"
-    "        bal = bal - rest\n"
-    "        late = late + rest\n"
-    "        extra = extra .. ',\"lease_late_micros\":' .. fmt(rest)\n"
-    "        if bal < 0 then\n"
-    "          local s = math.min(rest, -bal)\n"
-    "          short = short + s\n"
-    "          extra = extra .. ',\"shortfall_micros\":' .. fmt(s)\n"
-    "        end\n"
+    "end\n"
+    "if nr > 0 then\n"
+    "  local dup = false\n"
+    "  for i = 10, 9 + nr, 1000 do\n"
+    "    if redis.call('EXISTS', unpack(KEYS, i, math.min(i + 999, 9 + nr))) > 0 then\n"
+    "      dup = true\n"
+    "      break\n"
+    "    end\n"
+    "  end\n"
+    "  if not dup and nr > 1 then\n"
+    "    local seen = {}\n"
+    "    for i = 10, 9 + nr do\n"
+    "      if seen[KEYS[i]] then dup = true break end\n"
+    "      seen[KEYS[i]] = true\n"
+    "    end\n"
+    "  end\n"
+    "  if dup then\n"
+    "    skip = skip or {}\n"
+    "    local written = {}\n"
+    "    for j = 1, nr do\n"
+    "      local k, e = KEYS[9 + j], tonumber(ARGV[R + 6 * (j - 1)])\n"
+    "      if not skip[e] then\n"
+    "        if written[k] or redis.call('EXISTS', k) == 1 then skip[e] = 'dup' else written[k] = true end\n"
     "      end\n"
-    "      LEASED = leased\n"
-    "      local at = tonumber(ARGV[b + 2]) or now\n"
-    "      out[#out + 1] = entry(cost, bal, at, kid, uid, svc, mdl, rid, extra)\n"
-    "      if rk then\n"
-    "        redis.call('HSET', rk, 'cost_micros', fmt(cost), 'balance_micros', fmt(bal + leased),\n"
-    "                   'wallet_id', wid, 'at', fmt(at), 'user_id', uid, 'service', svc,\n"
-    "                   'model', mdl, 'fp', ARGV[b + 8])\n"
-    "        redis.call('EXPIRE', rk, 86400)\n"
-    "      end\n"
-    "      local u = kid .. ' ' .. wid .. ' ' .. svc .. ' ' .. (mdl ~= '' and mdl or '-') .. ' '\n"
-    "      if not use[u] then use[u] = {0, 0}; order[#order + 1] = u end\n"
-    "      use[u][1], use[u][2] = use[u][1] + 1, use[u][2] + cost\n"
-    "      charged = charged + 1\n"
     "    end\n"
     "  end\n"
     "end\n"
-    "for i = 1, #out, 500 do\n"
-    "  redis.call('LPUSH', KEYS[2], unpack(out, i, math.min(i + 499, #out)))\n"
+    "local gn, gc, gi = {}, {}, nil\n"
+    "for j = 1, ng do\n"
+    "  gn[j], gc[j] = tonumber(ARGV[G + 3 * j - 2]), tonumber(ARGV[G + 3 * j - 1])\n"
+    "end\n"
+    "local PH, PB = '{\"type\":\"debit\",\"amount_micros\":', ',\"balance_micros\":'\n"
+    "local f, out, m, fs = bal + leased, {}, 0, {}\n"
+    "local amt0, charged, dups, late, short = amt, 0, 0, 0, 0\n"
+    "for i = 1, n do\n"
+    "  local b = E + 2 * (i - 1)\n"
+    "  local s = skip and skip[i]\n"
+    "  if s then\n"
+    "    if s == 'dup' then dups = dups + 1 end\n"
+    "    if ng > 0 then\n"
+    "      local ok, d = pcall(cjson.decode, '{\"a\":0' .. ARGV[b + 1])\n"
+    "      if not ok or type(d) ~= 'table' then\n"
+    "        return redis.error_reply('ERR keygate: lease entry is not JSON')\n"
+    "      end\n"
+    "      if not gi then\n"
+    "        gi = {}\n"
+    "        for j = 1, ng do gi[ARGV[G + 3 * j - 3]] = j end\n"
+    "      end\n"
+    "      local mdl = d.model ~= '' and d.model or '-'\n"
+    "      local j = gi[tostring(d.key_id) .. ' ' .. wid .. ' ' .. tostring(d.service) .. ' ' .. tostring(mdl) .. ' ']\n"
+    "      if j then gn[j], gc[j] = gn[j] - 1, gc[j] - (tonumber(ARGV[b]) or 0) end\n"
+    "    end\n"
+    "  else\n"
+    "    local c = ARGV[b]\n"
+    "    local cost = tonumber(c)\n"
+    "    if cost == nil or cost < 0 then\n"
+    "      return redis.error_reply('ERR keygate: lease entry is not integers')\n"
+    "    end\n"
+    "    f = f - cost\n"
+    "    m = m + 1\n"
+    "    if cost <= amt then\n"
+    "      amt = amt - cost\n"
+    "      out[m] = PH .. c .. PB .. fmt(f) .. ARGV[b + 1]\n"
+    "    else\n"
+    "      local rest = cost - amt\n"
+    "      amt, bal, late = 0, bal - rest, late + rest\n"
+    "      local x = ',\"lease_late_micros\":' .. fmt(rest)\n"
+    "      if bal < 0 then\n"
+    "        local sh = math.min(rest, -bal)\n"
+    "        short = short + sh\n"
+    "        x = x .. ',\"shortfall_micros\":' .. fmt(sh)\n"
+    "      end\n"
+    "      out[m] = PH .. c .. PB .. fmt(f) .. string.sub(ARGV[b + 1], 1, -2) .. x .. '}'\n"
+    "    end\n"
+    "    if nr > 0 then fs[i] = f end\n"
+    "    charged = charged + 1\n"
+    "  end\n"
+    "end\n"
+    "leased = leased - (amt0 - amt)\n"
+    "for i = 1, m, 1000 do\n"
+    "  redis.call('LPUSH', KEYS[2], unpack(out, i, math.min(i + 999, m)))\n"
+    "end\n"
+    "for j = 1, nr do\n"
+    "  local r = R + 6 * (j - 1)\n"
+    "  local e = tonumber(ARGV[r])\n"
+    "  if fs[e] then\n"
+    "    local k = KEYS[9 + j]\n"
+    "    redis.call('HSET', k, 'cost_micros', ARGV[E + 2 * (e - 1)], 'balance_micros', fmt(fs[e]),\n"
+    "               'wallet_id', wid, 'at', ARGV[r + 1], 'user_id', ARGV[r + 2], 'service', ARGV[r + 3],\n"
+    "               'model', ARGV[r + 4], 'fp', ARGV[r + 5])\n"
+    "    redis.call('EXPIRE', k, 86400)\n"
+    "  end\n"
     "end\n"
     "if KEYS[8] ~= '' then\n"
-    "  for _, u in ipairs(order) do\n"
-    "    for i, k in ipairs({KEYS[8], KEYS[9]}) do\n"
-    "      local c = redis.pcall('HINCRBY', k, u .. 'n', use[u][1])\n"
-    "      if c == use[u][1] then redis.call('EXPIRE', k, i == 1 and 34560000 or 1209600) end\n"
-    "      if use[u][2] > 0 then redis.pcall('HINCRBY', k, u .. 'c', fmt(use[u][2])) end\n"
+    "  for j = 1, ng do\n"
+    "    local u = ARGV[G + 3 * j - 3]\n"
+    "    if gn[j] > 0 then\n"
+    "      for i, k in ipairs({KEYS[8], KEYS[9]}) do\n"
+    "        local c = redis.pcall('HINCRBY', k, u .. 'n', gn[j])\n"
+    "        if c == gn[j] then redis.call('EXPIRE', k, i == 1 and 34560000 or 1209600) end\n"
+    "        if gc[j] > 0 then redis.pcall('HINCRBY', k, u .. 'c', fmt(gc[j])) end\n"
+    "      end\n"
     "    end\n"
     "  end\n"
     "end\n"
+    "local top = math.max(last, hi)\n"
     "if top > last then redis.call('HSET', KEYS[7], id, fmt(top)) end\n"
     "redis.call('PEXPIRE', KEYS[7], 2592000000)\n"
     "local want, need = tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0\n"
