@@ -71,9 +71,12 @@ typedef struct kg_entry {
     struct kg_entry *next;        /* bucket chain */
 } kg_entry;
 
+typedef struct kg_tokmemo kg_tokmemo;
+
 typedef struct kg_cache {
     kg_entry **buckets;           /* owned, nbuckets (a power of two) */
     size_t nbuckets, count, max;
+    kg_tokmemo *memo;             /* owned: token -> its keyed hash (kg_cache.c) */
 } kg_cache;
 
 int  kg_cache_init(kg_cache *c, size_t max);
@@ -86,6 +89,13 @@ void kg_cache_drop_key(kg_cache *c, const char *key_id);
 void kg_cache_clear(kg_cache *c);
 
 void kg_entry_unref(kg_entry *e);   /* accepts NULL */
+
+/* The token memo: a token seen lately (and found well-formed) gives its
+ * keyed hash without BLAKE2b and the CRC check, from a SipHash-128 of it
+ * under a key drawn at kg_cache_init. 1 and hash_out (KGC_HASH_HEX_LEN + 1)
+ * filled, or 0: compute it, then kg_tokmemo_put. */
+int  kg_tokmemo_get(kg_cache *c, const char *tok, size_t len, char *hash_out);
+void kg_tokmemo_put(kg_cache *c, const char *tok, size_t len, const char *hash);
 /* Builds an entry (refs = 1) from a tok record's fields and the key document
  * text. Returns NULL with a reason in err when the document is not usable. */
 kg_entry *kg_entry_build(const char *hash, const char *key_id, const char *team_id,
