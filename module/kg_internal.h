@@ -170,7 +170,7 @@ struct kg_pending {
     int has_model;                /* the caller named a model */
     char request_id[KG_RID_MAX + 1]; /* "" = none */
     kg_param *params;             /* owned copy of the array; names borrowed */
-    size_t nparams;
+    size_t nparams, params_cap;   /* params_cap: room in params (kept on reuse) */
 
     /* progress */
     int inval_gen;                /* ctx->inval_gen when resolution began */
@@ -230,6 +230,8 @@ struct kg_ctx {
     void *host;
 
     struct kg_pending *inflight;  /* requests with a command on the wire */
+    struct kg_pending *spare;     /* one freed request kept for the next
+                                     (kg_flow.c): no malloc per request */
     struct kg_pending *doneq, *doneq_tail; /* answers not yet handed to done */
     int closing;
 
@@ -284,6 +286,7 @@ void kg_flow_timeouts(kg_ctx *ctx, int64_t now);
 void kg_flow_deliver(kg_ctx *ctx);
 void kg_flow_cancel(kg_ctx *ctx, struct kg_pending *p);
 void kg_pending_free(struct kg_pending *p);
+void kg_flow_free_spare(kg_ctx *ctx);  /* kg_close: the spare request */
 void kg_result_init(kg_result *r);
 /* The subscriber's message handler. */
 void kg_flow_inval(kg_ctx *ctx, const char *msg, size_t len);
