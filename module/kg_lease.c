@@ -94,6 +94,13 @@ typedef struct ugroup {
     int64_t n, c;
 } ugroup;
 
+/* A distinct (key, user, service, model) of a flush: its ledger text is
+ * sent once, and its usage group (from 1; 0: no usage counters). */
+typedef struct lmid {
+    const kg_jent *first;
+    int group;
+} lmid;
+
 struct kg_leases {
     kg_journal *j;
     wlease w[KG_LEASE_WALLETS];
@@ -103,8 +110,10 @@ struct kg_leases {
     wlease *fw;                   /* the wallet it flushes */
     kg_jent **fl;                 /* its entries (KG_LEASE_BATCH) */
     int nfl;
-    ugroup *grp;           /* their usage fields (KG_LEASE_BATCH) */
+    ugroup *grp;                  /* their usage fields (KG_LEASE_BATCH) */
+    lmid *mids;                   /* their distinct key/user/service/model */
     char *seqs;                   /* their seqs, "s1 s2 ..." */
+    char *runs;                   /* their runs, "cost mid count ..." */
     respbuf rb;            /* the flush command, kept between flushes */
     int64_t last_flush;           /* monotonic ms of the last send */
     int closing;
@@ -181,10 +190,14 @@ int kg_lease_open(kg_ctx *ctx, char *err, size_t errlen)
     if ((L = calloc(1, sizeof *L)) == NULL ||
         (L->fl = calloc(KG_LEASE_BATCH, sizeof *L->fl)) == NULL ||
         (L->grp = calloc(KG_LEASE_BATCH, sizeof *L->grp)) == NULL ||
-        (L->seqs = malloc(KG_LEASE_BATCH * 21 + 1)) == NULL) {
+        (L->mids = calloc(KG_LEASE_BATCH, sizeof *L->mids)) == NULL ||
+        (L->seqs = malloc(KG_LEASE_BATCH * 21 + 1)) == NULL ||
+        (L->runs = malloc(KG_LEASE_BATCH * (21 + 6 + 6) + 1)) == NULL) {
         if (L != NULL) {
             free(L->fl);
             free(L->grp);
+            free(L->mids);
+            free(L->seqs);
             free(L);
         }
         snprintf(err, errlen, "kg_open: out of memory");
@@ -193,7 +206,9 @@ int kg_lease_open(kg_ctx *ctx, char *err, size_t errlen)
     if (kg_journal_open(ctx->cfg.lease_journal, &L->j, err, errlen) != 0) {
         free(L->fl);
         free(L->grp);
+        free(L->mids);
         free(L->seqs);
+        free(L->runs);
         free(L);
         return -1;
     }
@@ -247,7 +262,9 @@ void kg_lease_close(kg_ctx *ctx)
     kg_journal_close(L->j);
     free(L->fl);
     free(L->grp);
+    free(L->mids);
     free(L->seqs);
+    free(L->runs);
     free(L->rb.p);
     free(L);
     ctx->leases = NULL;
@@ -502,6 +519,23 @@ static int same_use(const kg_jent *a, const kg_jent *b)
            strcmp(a->model, b->model) == 0;
 }
 
+static int same_mid(const kg_jent *a, const kg_jent *b)
+{
+    return same_use(a, b) && strcmp(a->user_id, b->user_id) == 0;
+}
+
+/* "cost mid count " (mid numbered from 1) at u; returns the end. */
+static char *run_put(char *u, int64_t cost, int mid, int n)
+{
+    u += i64s(u, cost);
+    *u++ = ' ';
+    u += i64s(u, mid + 1);
+    *u++ = ' ';
+    u += i64s(u, n);
+    *u++ = ' ';
+    return u;
+}
+
 static void rb_usage_field(respbuf *b, const kg_jent *e, const char *wid)
 {
     char f[4 * KGC_ID_MAX + 2 * 64];
@@ -515,16 +549,15 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
 {
     kg_leases *L = ctx->leases;
     const char *P = ctx->cfg.key_prefix, *T = w->team, *W = w->wallet;
-    size_t it = 0, midlen = 0, leaselen, queued;
+    size_t it = 0, queued;
     kg_jent *e;
-    const kg_jent *mid_of = NULL;
-    char key[KGC_RKEY_MAX], day[16], hour[16], mid[1400], tail[4096], lease[2 + 6 * KG_JRNL_LEASE_ID];
-    int nrid = 0, ng = 0, rc = -1, usage = ctx->cfg.usage_counters;
+    char key[KGC_RKEY_MAX], day[16], hour[16], mid[2048];
+    int nrid = 0, ng = 0, nm = 0, rc = -1, usage = ctx->cfg.usage_counters;
     int64_t want, need, elapsed;
     uint64_t lo = 0, hi = 0;
     respbuf *b = &L->rb;
     redisAsyncContext *ac;
-    char *seqs = L->seqs;
+    char *seqs = L->seqs, *runs = L->runs;
 
     L->nfl = 0;
     while ((e = kg_journal_next(L->j, &it)) != NULL && L->nfl < KG_LEASE_BATCH)
@@ -591,13 +624,17 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
         w->boost /= 2;
     want = want_of(L, w);
     need = L->closing ? 0 : w->need;
-    /* the usage groups, the seqs (read by the script only when some may
-     * have been charged already) */
+    /* One pass: the seqs (read by the script only when some may have been
+     * charged already), the usage groups, the distinct (key, user,
+     * service, model) texts ("mids", each with its group), and the runs
+     * of entries of one cost and one mid ("cost mid count ..."). */
     {
-        char *q = seqs;
+        char *q = seqs, *u = runs;
+        int64_t rc_cost = -1;
+        int rc_mid = -1, rc_n = 0;
         for (int i = 0; i < L->nfl; i++) {
             const kg_jent *x = L->fl[i];
-            int g = ng - 1;
+            int g = ng - 1, k = nm - 1;
             if (i > 0)
                 *q++ = ' ';
             q += i64s(q, (int64_t)x->seq);
@@ -605,20 +642,42 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
                 lo = x->seq;
             if (x->seq > hi)
                 hi = x->seq;
-            if (!usage)
-                continue;
-            if (g < 0 || !same_use(L->grp[g].first, x))
-                for (g = 0; g < ng && !same_use(L->grp[g].first, x); g++)
+            if (k < 0 || !same_mid(L->mids[k].first, x))
+                for (k = 0; k < nm && !same_mid(L->mids[k].first, x); k++)
                     ;
-            if (g == ng) {
-                L->grp[ng].first = x;
-                L->grp[ng].n = L->grp[ng].c = 0;
-                ng++;
+            if (k == nm) {
+                L->mids[nm].first = x;
+                L->mids[nm].group = 0;
+                nm++;
+                if (usage) {
+                    for (g = 0; g < ng && !same_use(L->grp[g].first, x); g++)
+                        ;
+                    if (g == ng) {
+                        L->grp[ng].first = x;
+                        L->grp[ng].n = L->grp[ng].c = 0;
+                        ng++;
+                    }
+                    L->mids[k].group = g + 1;
+                }
             }
-            L->grp[g].n++;
-            L->grp[g].c += x->cost;
+            if (usage) {
+                L->grp[L->mids[k].group - 1].n++;
+                L->grp[L->mids[k].group - 1].c += x->cost;
+            }
+            if (x->cost == rc_cost && k == rc_mid) {
+                rc_n++;
+                continue;
+            }
+            if (rc_n > 0)
+                u = run_put(u, rc_cost, rc_mid, rc_n);
+            rc_cost = x->cost;
+            rc_mid = k;
+            rc_n = 1;
         }
+        if (rc_n > 0)
+            u = run_put(u, rc_cost, rc_mid, rc_n);
         *q = '\0';
+        *u = '\0';
     }
     rb_str(b, kg_journal_lease_id(L->j));
     rb_str(b, W);
@@ -632,51 +691,38 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
     rb_int(b, (int64_t)lo);
     rb_int(b, (int64_t)hi);
     rb_str(b, seqs);
-    /* Each entry: its cost, and its ledger entry from "at" on, formatted
-     * here as entry() in kg_scripts.c would: the script puts the head and
-     * the balance in front (docs/redis-schema.md "Ledger entry"). */
-    leaselen = kg_json_str(lease, kg_journal_lease_id(L->j));
-    lease[leaselen] = '\0';
-    for (int i = 0; i < L->nfl; i++) {
-        const kg_jent *x = L->fl[i];
-        char *t = tail;
-        if (mid_of == NULL || !same_use(mid_of, x) || strcmp(mid_of->user_id, x->user_id) != 0) {
-            char *m = mid;
-            memcpy(m, ",\"key_id\":", 10), m += 10;
-            m += kg_json_str(m, x->key_id);
-            memcpy(m, ",\"user_id\":", 11), m += 11;
-            m += kg_json_str(m, x->user_id);
-            memcpy(m, ",\"service\":", 11), m += 11;
-            m += kg_json_str(m, x->service);
-            memcpy(m, ",\"model\":", 9), m += 9;
-            m += kg_json_str(m, x->model);
-            midlen = (size_t)(m - mid);
-            mid_of = x;
-        }
-        rb_int(b, x->cost);
-        memcpy(t, ",\"at\":", 6), t += 6;
-        t += i64s(t, x->at);
-        memcpy(t, mid, midlen), t += midlen;
-        memcpy(t, ",\"request_id\":", 14), t += 14;
-        if (x->rid[0] != '\0')
-            t += kg_json_str(t, x->rid);
-        else
-            memcpy(t, "null", 4), t += 4;
-        memcpy(t, ",\"lease\":", 9), t += 9;
-        memcpy(t, lease, leaselen), t += leaselen;
-        *t++ = '}';
-        rb_bulk(b, tail, (size_t)(t - tail));
+    rb_int(b, nm);
+    rb_str(b, runs);
+    /* The ledger entry of each is formatted as entry() in kg_scripts.c
+     * would (docs/redis-schema.md "Ledger entry"): the script joins its
+     * head, the balance, "at", the mid, the request id and the lease. */
+    for (int k = 0; k < nm; k++) {
+        const kg_jent *x = L->mids[k].first;
+        char *m = mid;
+        memcpy(m, ",\"key_id\":", 10), m += 10;
+        m += kg_json_str(m, x->key_id);
+        memcpy(m, ",\"user_id\":", 11), m += 11;
+        m += kg_json_str(m, x->user_id);
+        memcpy(m, ",\"service\":", 11), m += 11;
+        m += kg_json_str(m, x->service);
+        memcpy(m, ",\"model\":", 9), m += 9;
+        m += kg_json_str(m, x->model);
+        memcpy(m, ",\"request_id\":", 14), m += 14;
+        rb_bulk(b, mid, (size_t)(m - mid));
+        rb_int(b, L->mids[k].group);
     }
+    for (int i = 0; i < L->nfl; i++)
+        rb_int(b, L->fl[i]->at);
     for (int i = 0; i < L->nfl; i++) {       /* the request records */
         const kg_jent *x = L->fl[i];
         if (x->rid[0] == '\0')
             continue;
         rb_int(b, i + 1);
-        rb_int(b, x->at);
         rb_str(b, x->user_id);
         rb_str(b, x->service);
         rb_str(b, x->model);
         rb_str(b, x->fp);
+        rb_bulk(b, mid, kg_json_str(mid, x->rid));
     }
     for (int g = 0; g < ng; g++) {
         rb_usage_field(b, L->grp[g].first, W);

@@ -625,11 +625,14 @@ const char kg_capture_lua[] =
  *         5 lease_ttl_ms, 6 share (a grant takes at most available/share),
  *         7 n entries, 8 r of them with a request id, 9 g usage fields,
  *         10 lowest seq, 11 highest seq, 12 the n seqs ("s1 s2 ..."),
- *         then n entries of 2: cost, the rest of its ledger entry from
- *         ',"at":' to the closing '}' (the gateway formats it as entry()
- *         would, "lease" included);
- *         then r records of 6: entry number (1..n), at, user_id, service,
- *         model, fp;
+ *         13 m mids, 14 the entries as runs: "cost mid count ..." (mid
+ *         numbered from 1), in entry order;
+ *         then m mids of 2: the ledger text from ',"key_id":' to
+ *         ',"request_id":' (the gateway formats it as entry() would), its
+ *         usage field's number (from 1; 0 none);
+ *         then n "at"s (gateway ms), one per entry;
+ *         then r records of 6: entry number (1..n), user_id, service,
+ *         model, fp, the request id as JSON;
  *         then g usage fields of 3: "<kid> <wid> <svc> <model or -> ",
  *         requests, micros (the totals if every entry is charged)
  * Each entry with seq above the lease's leaseseq is charged once, with the
@@ -642,12 +645,12 @@ const char kg_capture_lua[] =
  * the excess returned, or more taken up to (balance − held + the lease)
  * / share (several gateways share a small wallet). Never below want: the
  * gateway may have decided up to want since it sent the script.
- * Per entry the script only puts the head and the running balance in
- * front of the gateway's text; request ids are looked up with one EXISTS
- * per 1000 (one by one only when one exists, or repeats in the batch), the
- * seqs are read only when the lease's leaseseq reaches the lowest, and an
- * entry not charged is taken back from its usage field by decoding its
- * text. Entries go to the ledger in one LPUSH per 1000 (oldest first, so
+ * Per entry the script only joins the head, the running balance, its
+ * "at" (one argument per entry), its mid, the request id and the lease;
+ * request ids are looked up with one EXISTS per 1000 (one by one only
+ * when one exists, or repeats in the batch), the seqs are read only when
+ * the lease's leaseseq reaches the lowest, and an entry not charged is
+ * taken back from its mid's usage field. Entries go to the ledger in one LPUSH per 1000 (oldest first, so
  * newest at the head as always); usage is counted once per field (the
  * counters of usage_add(), requests and micros; params are not journaled,
  * so leased requests add no p.<param> totals).
@@ -665,12 +668,22 @@ const char kg_lease_lua[] =
     "local last = tonumber(redis.call('HGET', KEYS[7], id) or '0') or 0\n"
     "local amt = tonumber(redis.call('HGET', KEYS[3], id) or '0') or 0\n"
     "local n, nr, ng = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])\n"
-    "local lo, hi = tonumber(ARGV[10]), tonumber(ARGV[11])\n"
-    "if not (n and nr and ng and lo and hi) or #ARGV ~= 12 + 2 * n + 6 * nr + 3 * ng then\n"
+    "local lo, hi, nm = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[13])\n"
+    "if not (n and nr and ng and lo and hi and nm) or #ARGV ~= 14 + 2 * nm + n + 6 * nr + 3 * ng then\n"
     "  return redis.error_reply('ERR keygate: lease flush is malformed')\n"
     "end\n"
-    "local E, R = 13, 13 + 2 * n\n"
+    "local M = 15\n"
+    "local A = M + 2 * nm\n"
+    "local R = A + n\n"
     "local G = R + 6 * nr\n"
+    "local runs, nruns, total = {}, 0, 0\n"
+    "for c, k, q in string.gmatch(ARGV[14], '(%d+) (%d+) (%d+)') do\n"
+    "  k, q = tonumber(k), tonumber(q)\n"
+    "  if k < 1 or k > nm then return redis.error_reply('ERR keygate: lease flush is malformed') end\n"
+    "  runs[nruns + 1], runs[nruns + 2], runs[nruns + 3] = c, k, q\n"
+    "  nruns, total = nruns + 3, total + q\n"
+    "end\n"
+    "if total ~= n then return redis.error_reply('ERR keygate: lease flush is malformed') end\n"
     "local skip = nil\n"
     "if n > 0 and lo <= last then\n"
     "  skip = {}\n"
@@ -680,7 +693,9 @@ const char kg_lease_lua[] =
     "    if tonumber(q) <= last then skip[i] = true end\n"
     "  end\n"
     "end\n"
+    "local RJ = {}\n"
     "if nr > 0 then\n"
+    "  for j = 1, nr do RJ[tonumber(ARGV[R + 6 * (j - 1)])] = ARGV[R + 6 * (j - 1) + 5] end\n"
     "  local dup = false\n"
     "  for i = 10, 9 + nr, 1000 do\n"
     "    if redis.call('EXISTS', unpack(KEYS, i, math.min(i + 999, 9 + nr))) > 0 then\n"
@@ -706,77 +721,70 @@ const char kg_lease_lua[] =
     "    end\n"
     "  end\n"
     "end\n"
-    "local gn, gc, gi = {}, {}, nil\n"
+    "local gn, gc = {}, {}\n"
     "for j = 1, ng do\n"
     "  gn[j], gc[j] = tonumber(ARGV[G + 3 * j - 2]), tonumber(ARGV[G + 3 * j - 1])\n"
     "end\n"
-    "local PH, PB = '{\"type\":\"debit\",\"amount_micros\":', ',\"balance_micros\":'\n"
-    "local f, out, m, fs = bal + leased, {}, 0, {}\n"
+    "local PH, PB, PA = '{\"type\":\"debit\",\"amount_micros\":', ',\"balance_micros\":', ',\"at\":'\n"
+    "local LT = ',\"lease\":' .. cjson.encode(id)\n"
+    "local LTE = LT .. '}'\n"
+    "local f, out, m, fs, fc = bal + leased, {}, 0, {}, {}\n"
     "local amt0, charged, dups, late, short = amt, 0, 0, 0, 0\n"
-    "local floor, D3, lastc, cost, lasth, hs = math.floor, {}, nil, 0, -1, ''\n"
+    "local D3, lasth, hs = {}, -1, ''\n"
     /* The balance's decimal for 10^6 <= f < 2^53 without a string.format
      * per entry: the digits above the last six change rarely (formatted
      * again when they do), the last six are two 3-digit groups formatted
      * once per flush. f % 10^6 is exact there (Lua: f - floor(f / 10^6)
      * * 10^6; the quotient's rounding error, < 2^-20, is less than its
      * distance to the next integer, >= 10^-6). Joined in the entry's one
-     * concatenation: a string made per entry, not three. */
+     * concatenation: one string made per entry. */
     "local function d3(x)\n"
     "  local s = string.format('%03d', x)\n"
     "  D3[x] = s\n"
     "  return s\n"
     "end\n"
-    "for i = 1, n do\n"
-    "  local b = E + 2 * (i - 1)\n"
-    "  local s = skip and skip[i]\n"
-    "  if s then\n"
-    "    if s == 'dup' then dups = dups + 1 end\n"
-    "    if ng > 0 then\n"
-    "      local ok, d = pcall(cjson.decode, '{\"a\":0' .. ARGV[b + 1])\n"
-    "      if not ok or type(d) ~= 'table' then\n"
-    "        return redis.error_reply('ERR keygate: lease entry is not JSON')\n"
-    "      end\n"
-    "      if not gi then\n"
-    "        gi = {}\n"
-    "        for j = 1, ng do gi[ARGV[G + 3 * j - 3]] = j end\n"
-    "      end\n"
-    "      local mdl = d.model ~= '' and d.model or '-'\n"
-    "      local j = gi[tostring(d.key_id) .. ' ' .. wid .. ' ' .. tostring(d.service) .. ' ' .. tostring(mdl) .. ' ']\n"
-    "      if j then gn[j], gc[j] = gn[j] - 1, gc[j] - (tonumber(ARGV[b]) or 0) end\n"
-    "    end\n"
-    "  else\n"
-    "    local c = ARGV[b]\n"
-    "    if c ~= lastc then\n"
-    "      lastc, cost = c, tonumber(c)\n"
-    "      if cost == nil or cost < 0 or cost ~= floor(cost) then\n"
-    "        return redis.error_reply('ERR keygate: lease entry is not integers')\n"
-    "      end\n"
-    "    end\n"
-    "    f = f - cost\n"
-    "    m = m + 1\n"
-    "    if cost <= amt and f >= 1000000 and f < 9007199254740992 then\n"
-    "      amt = amt - cost\n"
-    "      local lo = f % 1000000\n"
-    "      local h, b3 = (f - lo) / 1000000, lo % 1000\n"
-    "      local a3 = (lo - b3) / 1000\n"
-    "      if h ~= lasth then lasth, hs = h, fmt(h) end\n"
-    "      out[m] = PH .. c .. PB .. hs .. (D3[a3] or d3(a3)) .. (D3[b3] or d3(b3)) .. ARGV[b + 1]\n"
-    "    elseif cost <= amt then\n"
-    "      amt = amt - cost\n"
-    "      out[m] = PH .. c .. PB .. fmt(f) .. ARGV[b + 1]\n"
+    "local i = 0\n"
+    "for ri = 1, nruns, 3 do\n"
+    "  local c, k, q = runs[ri], runs[ri + 1], runs[ri + 2]\n"
+    "  local cost, mid, g = tonumber(c), ARGV[M + 2 * k - 2], tonumber(ARGV[M + 2 * k - 1]) or 0\n"
+    "  if cost == nil or cost < 0 or cost ~= math.floor(cost) then\n"
+    "    return redis.error_reply('ERR keygate: lease entry is not integers')\n"
+    "  end\n"
+    "  for _ = 1, q do\n"
+    "    i = i + 1\n"
+    "    local s = skip and skip[i]\n"
+    "    if s then\n"
+    "      if s == 'dup' then dups = dups + 1 end\n"
+    "      if g > 0 then gn[g], gc[g] = gn[g] - 1, gc[g] - cost end\n"
     "    else\n"
-    "      local rest = cost - amt\n"
-    "      amt, bal, late = 0, bal - rest, late + rest\n"
-    "      local x = ',\"lease_late_micros\":' .. fmt(rest)\n"
-    "      if bal < 0 then\n"
-    "        local sh = math.min(rest, -bal)\n"
-    "        short = short + sh\n"
-    "        x = x .. ',\"shortfall_micros\":' .. fmt(sh)\n"
+    "      f = f - cost\n"
+    "      m = m + 1\n"
+    "      local rj = RJ[i] or 'null'\n"
+    "      if cost <= amt and f >= 1000000 and f < 9007199254740992 then\n"
+    "        amt = amt - cost\n"
+    "        local lo = f % 1000000\n"
+    "        local h, b3 = (f - lo) / 1000000, lo % 1000\n"
+    "        local a3 = (lo - b3) / 1000\n"
+    "        if h ~= lasth then lasth, hs = h, fmt(h) end\n"
+    "        out[m] = PH .. c .. PB .. hs .. (D3[a3] or d3(a3)) .. (D3[b3] or d3(b3)) ..\n"
+    "          PA .. ARGV[A + i - 1] .. mid .. rj .. LTE\n"
+    "      elseif cost <= amt then\n"
+    "        amt = amt - cost\n"
+    "        out[m] = PH .. c .. PB .. fmt(f) .. PA .. ARGV[A + i - 1] .. mid .. rj .. LTE\n"
+    "      else\n"
+    "        local rest = cost - amt\n"
+    "        amt, bal, late = 0, bal - rest, late + rest\n"
+    "        local x = ',\"lease_late_micros\":' .. fmt(rest)\n"
+    "        if bal < 0 then\n"
+    "          local sh = math.min(rest, -bal)\n"
+    "          short = short + sh\n"
+    "          x = x .. ',\"shortfall_micros\":' .. fmt(sh)\n"
+    "        end\n"
+    "        out[m] = PH .. c .. PB .. fmt(f) .. PA .. ARGV[A + i - 1] .. mid .. rj .. LT .. x .. '}'\n"
     "      end\n"
-    "      out[m] = PH .. c .. PB .. fmt(f) .. string.sub(ARGV[b + 1], 1, -2) .. x .. '}'\n"
+    "      if nr > 0 then fs[i], fc[i] = f, c end\n"
+    "      charged = charged + 1\n"
     "    end\n"
-    "    if nr > 0 then fs[i] = f end\n"
-    "    charged = charged + 1\n"
     "  end\n"
     "end\n"
     "leased = leased - (amt0 - amt)\n"
@@ -788,9 +796,9 @@ const char kg_lease_lua[] =
     "  local e = tonumber(ARGV[r])\n"
     "  if fs[e] then\n"
     "    local k = KEYS[9 + j]\n"
-    "    redis.call('HSET', k, 'cost_micros', ARGV[E + 2 * (e - 1)], 'balance_micros', fmt(fs[e]),\n"
-    "               'wallet_id', wid, 'at', ARGV[r + 1], 'user_id', ARGV[r + 2], 'service', ARGV[r + 3],\n"
-    "               'model', ARGV[r + 4], 'fp', ARGV[r + 5])\n"
+    "    redis.call('HSET', k, 'cost_micros', fc[e], 'balance_micros', fmt(fs[e]),\n"
+    "               'wallet_id', wid, 'at', ARGV[A + e - 1], 'user_id', ARGV[r + 1], 'service', ARGV[r + 2],\n"
+    "               'model', ARGV[r + 3], 'fp', ARGV[r + 4])\n"
     "    redis.call('EXPIRE', k, 86400)\n"
     "  end\n"
     "end\n"
