@@ -192,7 +192,7 @@ int kg_lease_open(kg_ctx *ctx, char *err, size_t errlen)
         (L->grp = calloc(KG_LEASE_BATCH, sizeof *L->grp)) == NULL ||
         (L->mids = calloc(KG_LEASE_BATCH, sizeof *L->mids)) == NULL ||
         (L->seqs = malloc(KG_LEASE_BATCH * 21 + 1)) == NULL ||
-        (L->runs = malloc(KG_LEASE_BATCH * (21 + 6 + 6) + 1)) == NULL) {
+        (L->runs = malloc(KG_LEASE_BATCH * (21 + 6 + 21 + 6) + 1)) == NULL) {
         if (L != NULL) {
             free(L->fl);
             free(L->grp);
@@ -524,12 +524,14 @@ static int same_mid(const kg_jent *a, const kg_jent *b)
     return same_use(a, b) && strcmp(a->user_id, b->user_id) == 0;
 }
 
-/* "cost mid count " (mid numbered from 1) at u; returns the end. */
-static char *run_put(char *u, int64_t cost, int mid, int n)
+/* "cost mid at count " (mid numbered from 1) at u; returns the end. */
+static char *run_put(char *u, int64_t cost, int mid, int64_t at, int n)
 {
     u += i64s(u, cost);
     *u++ = ' ';
     u += i64s(u, mid + 1);
+    *u++ = ' ';
+    u += i64s(u, at);
     *u++ = ' ';
     u += i64s(u, n);
     *u++ = ' ';
@@ -627,10 +629,10 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
     /* One pass: the seqs (read by the script only when some may have been
      * charged already), the usage groups, the distinct (key, user,
      * service, model) texts ("mids", each with its group), and the runs
-     * of entries of one cost and one mid ("cost mid count ..."). */
+     * of entries of one cost, mid and "at" ("cost mid at count ..."). */
     {
         char *q = seqs, *u = runs;
-        int64_t rc_cost = -1;
+        int64_t rc_cost = -1, rc_at = -1;
         int rc_mid = -1, rc_n = 0;
         for (int i = 0; i < L->nfl; i++) {
             const kg_jent *x = L->fl[i];
@@ -664,18 +666,19 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
                 L->grp[L->mids[k].group - 1].n++;
                 L->grp[L->mids[k].group - 1].c += x->cost;
             }
-            if (x->cost == rc_cost && k == rc_mid) {
+            if (x->cost == rc_cost && k == rc_mid && x->at == rc_at) {
                 rc_n++;
                 continue;
             }
             if (rc_n > 0)
-                u = run_put(u, rc_cost, rc_mid, rc_n);
+                u = run_put(u, rc_cost, rc_mid, rc_at, rc_n);
             rc_cost = x->cost;
             rc_mid = k;
+            rc_at = x->at;
             rc_n = 1;
         }
         if (rc_n > 0)
-            u = run_put(u, rc_cost, rc_mid, rc_n);
+            u = run_put(u, rc_cost, rc_mid, rc_at, rc_n);
         *q = '\0';
         *u = '\0';
     }
@@ -711,8 +714,6 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
         rb_bulk(b, mid, (size_t)(m - mid));
         rb_int(b, L->mids[k].group);
     }
-    for (int i = 0; i < L->nfl; i++)
-        rb_int(b, L->fl[i]->at);
     for (int i = 0; i < L->nfl; i++) {       /* the request records */
         const kg_jent *x = L->fl[i];
         if (x->rid[0] == '\0')

@@ -625,12 +625,11 @@ const char kg_capture_lua[] =
  *         5 lease_ttl_ms, 6 share (a grant takes at most available/share),
  *         7 n entries, 8 r of them with a request id, 9 g usage fields,
  *         10 lowest seq, 11 highest seq, 12 the n seqs ("s1 s2 ..."),
- *         13 m mids, 14 the entries as runs: "cost mid count ..." (mid
- *         numbered from 1), in entry order;
+ *         13 m mids, 14 the entries as runs: "cost mid at count ..." (mid
+ *         numbered from 1, at: gateway ms), in entry order;
  *         then m mids of 2: the ledger text from ',"key_id":' to
  *         ',"request_id":' (the gateway formats it as entry() would), its
  *         usage field's number (from 1; 0 none);
- *         then n "at"s (gateway ms), one per entry;
  *         then r records of 6: entry number (1..n), user_id, service,
  *         model, fp, the request id as JSON;
  *         then g usage fields of 3: "<kid> <wid> <svc> <model or -> ",
@@ -646,7 +645,8 @@ const char kg_capture_lua[] =
  * / share (several gateways share a small wallet). Never below want: the
  * gateway may have decided up to want since it sent the script.
  * Per entry the script only joins the head, the running balance, its
- * "at" (one argument per entry), its mid, the request id and the lease;
+ * "at", its mid, the request id and the lease (no argument per entry:
+ * at a high rate, the entries of one millisecond are one run);
  * request ids are looked up with one EXISTS per 1000 (one by one only
  * when one exists, or repeats in the batch), the seqs are read only when
  * the lease's leaseseq reaches the lowest, and an entry not charged is
@@ -669,19 +669,18 @@ const char kg_lease_lua[] =
     "local amt = tonumber(redis.call('HGET', KEYS[3], id) or '0') or 0\n"
     "local n, nr, ng = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])\n"
     "local lo, hi, nm = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[13])\n"
-    "if not (n and nr and ng and lo and hi and nm) or #ARGV ~= 14 + 2 * nm + n + 6 * nr + 3 * ng then\n"
+    "if not (n and nr and ng and lo and hi and nm) or #ARGV ~= 14 + 2 * nm + 6 * nr + 3 * ng then\n"
     "  return redis.error_reply('ERR keygate: lease flush is malformed')\n"
     "end\n"
     "local M = 15\n"
-    "local A = M + 2 * nm\n"
-    "local R = A + n\n"
+    "local R = M + 2 * nm\n"
     "local G = R + 6 * nr\n"
     "local runs, nruns, total = {}, 0, 0\n"
-    "for c, k, q in string.gmatch(ARGV[14], '(%d+) (%d+) (%d+)') do\n"
+    "for c, k, t, q in string.gmatch(ARGV[14], '(%d+) (%d+) (%d+) (%d+)') do\n"
     "  k, q = tonumber(k), tonumber(q)\n"
     "  if k < 1 or k > nm then return redis.error_reply('ERR keygate: lease flush is malformed') end\n"
-    "  runs[nruns + 1], runs[nruns + 2], runs[nruns + 3] = c, k, q\n"
-    "  nruns, total = nruns + 3, total + q\n"
+    "  runs[nruns + 1], runs[nruns + 2], runs[nruns + 3], runs[nruns + 4] = c, k, t, q\n"
+    "  nruns, total = nruns + 4, total + q\n"
     "end\n"
     "if total ~= n then return redis.error_reply('ERR keygate: lease flush is malformed') end\n"
     "local skip = nil\n"
@@ -728,7 +727,7 @@ const char kg_lease_lua[] =
     "local PH, PB, PA = '{\"type\":\"debit\",\"amount_micros\":', ',\"balance_micros\":', ',\"at\":'\n"
     "local LT = ',\"lease\":' .. cjson.encode(id)\n"
     "local LTE = LT .. '}'\n"
-    "local f, out, m, fs, fc = bal + leased, {}, 0, {}, {}\n"
+    "local f, out, m, fs, fc, fa = bal + leased, {}, 0, {}, {}, {}\n"
     "local amt0, charged, dups, late, short = amt, 0, 0, 0, 0\n"
     "local D3, lasth, hs = {}, -1, ''\n"
     /* The balance's decimal for 10^6 <= f < 2^53 without a string.format
@@ -744,8 +743,9 @@ const char kg_lease_lua[] =
     "  return s\n"
     "end\n"
     "local i = 0\n"
-    "for ri = 1, nruns, 3 do\n"
-    "  local c, k, q = runs[ri], runs[ri + 1], runs[ri + 2]\n"
+    "for ri = 1, nruns, 4 do\n"
+    "  local c, k, at, q = runs[ri], runs[ri + 1], runs[ri + 2], runs[ri + 3]\n"
+    "  local pat = PA .. at\n"
     "  local cost, mid, g = tonumber(c), ARGV[M + 2 * k - 2], tonumber(ARGV[M + 2 * k - 1]) or 0\n"
     "  if cost == nil or cost < 0 or cost ~= math.floor(cost) then\n"
     "    return redis.error_reply('ERR keygate: lease entry is not integers')\n"
@@ -767,10 +767,10 @@ const char kg_lease_lua[] =
     "        local a3 = (lo - b3) / 1000\n"
     "        if h ~= lasth then lasth, hs = h, fmt(h) end\n"
     "        out[m] = PH .. c .. PB .. hs .. (D3[a3] or d3(a3)) .. (D3[b3] or d3(b3)) ..\n"
-    "          PA .. ARGV[A + i - 1] .. mid .. rj .. LTE\n"
+    "          pat .. mid .. rj .. LTE\n"
     "      elseif cost <= amt then\n"
     "        amt = amt - cost\n"
-    "        out[m] = PH .. c .. PB .. fmt(f) .. PA .. ARGV[A + i - 1] .. mid .. rj .. LTE\n"
+    "        out[m] = PH .. c .. PB .. fmt(f) .. pat .. mid .. rj .. LTE\n"
     "      else\n"
     "        local rest = cost - amt\n"
     "        amt, bal, late = 0, bal - rest, late + rest\n"
@@ -780,9 +780,9 @@ const char kg_lease_lua[] =
     "          short = short + sh\n"
     "          x = x .. ',\"shortfall_micros\":' .. fmt(sh)\n"
     "        end\n"
-    "        out[m] = PH .. c .. PB .. fmt(f) .. PA .. ARGV[A + i - 1] .. mid .. rj .. LT .. x .. '}'\n"
+    "        out[m] = PH .. c .. PB .. fmt(f) .. pat .. mid .. rj .. LT .. x .. '}'\n"
     "      end\n"
-    "      if nr > 0 then fs[i], fc[i] = f, c end\n"
+    "      if nr > 0 then fs[i], fc[i], fa[i] = f, c, at end\n"
     "      charged = charged + 1\n"
     "    end\n"
     "  end\n"
@@ -797,7 +797,7 @@ const char kg_lease_lua[] =
     "  if fs[e] then\n"
     "    local k = KEYS[9 + j]\n"
     "    redis.call('HSET', k, 'cost_micros', fc[e], 'balance_micros', fmt(fs[e]),\n"
-    "               'wallet_id', wid, 'at', ARGV[A + e - 1], 'user_id', ARGV[r + 1], 'service', ARGV[r + 2],\n"
+    "               'wallet_id', wid, 'at', fa[e], 'user_id', ARGV[r + 1], 'service', ARGV[r + 2],\n"
     "               'model', ARGV[r + 3], 'fp', ARGV[r + 4])\n"
     "    redis.call('EXPIRE', k, 86400)\n"
     "  end\n"

@@ -199,7 +199,7 @@ static long long check_store(const kgt_world *w, long long *debit_sum, long long
             *shortfall += json_integer_value(json_object_get(e, "shortfall_micros"));
             KGT_CHECK(b >= 0 || json_object_get(e, "shortfall_micros") != NULL ||
                       json_object_get(e, "lease_late_micros") != NULL,
-                      "balance below zero with no shortfall recorded");
+                      "balance below zero with no shortfall recorded: %s", ledger->element[n]->str);
             rid = json_string_value(json_object_get(e, "request_id"));
             if (json_object_get(e, "lease") != NULL && (n % 7 == 0 || late_or_short(e)))
                 check_entry_text(ledger->element[n]->str, e);
@@ -316,7 +316,10 @@ static long journal_entries(void)
     return n;
 }
 
-static void phase_sigstop(const char *conf)
+/* Returns the micros charged late: 0 when the stop fell where the
+ * gateway had no entry unflushed (a flush of all of them on the wire),
+ * which checks exactness but not the late path: main() plays it again. */
+static long long phase_sigstop(const char *conf)
 {
     kgt_world w;
     pid_t a, b[2];
@@ -344,10 +347,14 @@ static void phase_sigstop(const char *conf)
               total_served());
     KGT_CHECK(bal == (long long)K * COST - sum && sf == -bal && late >= sf,
               "balance %lld, shortfall %lld, late %lld", bal, sf, late);
-    KGT_CHECK(late > 0, "the stopped gateway had no entry left to charge late");
+    if (late == 0) {
+        printf("sigstop: exact, but the stop left no entry to charge late: again\n");
+        return 0;
+    }
     printf("ok: sigstop: lease reclaimed under a stopped gateway; on resume %lld micros charged "
            "late, shortfall %lld recorded (balance %lld); %ld served = %lld charged\n",
            late, sf, bal, total_served(), nd);
+    return late;
 }
 
 static void phase_revoke(const char *conf)
@@ -457,7 +464,11 @@ int main(void)
     conf = kgt_write_conf(&env, "leased.conf", extra);
     if (!getenv("KGT_ONLY")) phase_invariant(conf);
     if (!getenv("KGT_ONLY")) phase_kill(conf);
-    if (!getenv("KGT_ONLY")) phase_sigstop(conf);
+    if (!getenv("KGT_ONLY")) {
+        int tries = 0;
+        while (phase_sigstop(conf) == 0)
+            KGT_CHECK(++tries < 4, "the stopped gateway had no entry left to charge late, 4 times");
+    }
     phase_revoke(conf);
     snprintf(extra, sizeof extra, "timeout_ms 50\ndebit leased\nlease_ttl_ms 3000\n"
              "lease_journal %s/journal-outage\n", env.dir);
