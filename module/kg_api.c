@@ -98,6 +98,7 @@ KG_EXPORT void kg_close(kg_ctx *ctx)
     kg_flow_deliver(ctx);       /* ...and their done() is called here */
     while (ctx->inflight != NULL)   /* none expected: no connection holds them now */
         kg_pending_free(ctx->inflight);
+    kg_flow_free_spare(ctx);
     kg_cache_free(&ctx->cache);
     kgc_catalog_free(ctx->catalog);
     if (ctx->pepper != NULL)

@@ -9,6 +9,7 @@
 #include "kg_internal.h"
 
 #include <jansson.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,54 @@ static size_t bucket_of(const kg_cache *c, const char *hash)
     return h & (c->nbuckets - 1);
 }
 
+/* Direct-mapped: a slot per fingerprint's low bits. A fingerprint is a
+ * keyed 128-bit PRF of the whole token, so an equal one means the same
+ * token (a collision needs about 2^64 tokens, and the key is secret).
+ * It keeps no token: only what the token's hash would tell anyway. */
+#define KG_MEMO_SLOTS 256
+
+struct kg_tokmemo {
+    unsigned char key[crypto_shorthash_siphashx24_KEYBYTES];
+    struct {
+        unsigned char fp[crypto_shorthash_siphashx24_BYTES];
+        char hash[KGC_HASH_HEX_LEN + 1];
+    } slot[KG_MEMO_SLOTS];
+};
+
+static int memo_fp(const kg_tokmemo *m, const char *tok, size_t len, unsigned char *fp)
+{
+    if (tok == NULL || len != KGC_TOKEN_LEN)
+        return -1;
+    crypto_shorthash_siphashx24(fp, (const unsigned char *)tok, len, m->key);
+    return 0;
+}
+
+int kg_tokmemo_get(kg_cache *c, const char *tok, size_t len, char *hash_out)
+{
+    unsigned char fp[crypto_shorthash_siphashx24_BYTES];
+    size_t i;
+
+    if (c->memo == NULL || memo_fp(c->memo, tok, len, fp) != 0)
+        return 0;
+    i = fp[0] % KG_MEMO_SLOTS;
+    if (c->memo->slot[i].hash[0] == '\0' || sodium_memcmp(c->memo->slot[i].fp, fp, sizeof fp) != 0)
+        return 0;
+    memcpy(hash_out, c->memo->slot[i].hash, KGC_HASH_HEX_LEN + 1);
+    return 1;
+}
+
+void kg_tokmemo_put(kg_cache *c, const char *tok, size_t len, const char *hash)
+{
+    unsigned char fp[crypto_shorthash_siphashx24_BYTES];
+    size_t i;
+
+    if (c->memo == NULL || memo_fp(c->memo, tok, len, fp) != 0)
+        return;
+    i = fp[0] % KG_MEMO_SLOTS;
+    memcpy(c->memo->slot[i].fp, fp, sizeof fp);
+    memcpy(c->memo->slot[i].hash, hash, KGC_HASH_HEX_LEN + 1);
+}
+
 int kg_cache_init(kg_cache *c, size_t max)
 {
     size_t n = 64;
@@ -32,6 +81,12 @@ int kg_cache_init(kg_cache *c, size_t max)
     c->buckets = calloc(n, sizeof *c->buckets);
     if (c->buckets == NULL)
         return -1;
+    if ((c->memo = calloc(1, sizeof *c->memo)) == NULL) {
+        free(c->buckets);
+        c->buckets = NULL;
+        return -1;
+    }
+    randombytes_buf(c->memo->key, sizeof c->memo->key);
     c->nbuckets = n;
     c->count = 0;
     c->max = max;
@@ -77,6 +132,10 @@ void kg_cache_free(kg_cache *c)
     kg_cache_clear(c);
     free(c->buckets);
     c->buckets = NULL;
+    if (c->memo != NULL)
+        sodium_memzero(c->memo, sizeof *c->memo);
+    free(c->memo);
+    c->memo = NULL;
 }
 
 /* Unlinks every entry for which drop(e, arg) says 1. */

@@ -134,9 +134,41 @@ void kg_pending_free(kg_pending *p)
         return;
     list_unlink(p);
     kg_entry_unref(p->ent);
+    if (p->ctx->spare == NULL && !p->ctx->closing) {
+        p->ctx->spare = p;              /* reused by the next kg_flow_start */
+        return;
+    }
     free(p->params);
     free(p->cmd);
     free(p);
+}
+
+/* A zeroed request, the context's spare one when there is one (its params
+ * array kept), else a new one; NULL on OOM. */
+static kg_pending *pending_new(kg_ctx *ctx)
+{
+    kg_pending *p = ctx->spare;
+    kg_param *params;
+    size_t cap;
+
+    if (p == NULL)
+        return calloc(1, sizeof *p);
+    ctx->spare = NULL;
+    params = p->params;
+    cap = p->params_cap;
+    memset(p, 0, sizeof *p);
+    p->params = params;
+    p->params_cap = cap;
+    return p;
+}
+
+void kg_flow_free_spare(kg_ctx *ctx)
+{
+    if (ctx->spare != NULL) {
+        free(ctx->spare->params);
+        free(ctx->spare);
+        ctx->spare = NULL;
+    }
 }
 
 static void finish(kg_pending *p, kg_status s)
@@ -1106,7 +1138,8 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
 {
     kg_pending *p;
     int64_t now;
-    int rc;
+    int rc, memo;
+    char hash[KGC_HASH_HEX_LEN + 1];
 
     if (pp != NULL)
         *pp = NULL;
@@ -1115,7 +1148,8 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
         out->status = KG_BAD_REQUEST;
         return 0;
     }
-    if (!kgc_token_wellformed(req->token, req->token_len)) {
+    memo = kg_tokmemo_get(&ctx->cache, req->token, req->token_len, hash);
+    if (!memo && !kgc_token_wellformed(req->token, req->token_len)) {
         out->status = KG_TOKEN_MALFORMED;
         return 0;
     }
@@ -1136,7 +1170,7 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     kg_link_sub_maintain(ctx, now);
     kg_lease_tick(ctx, now);            /* debit leased: flush, renew */
 
-    if ((p = calloc(1, sizeof *p)) == NULL)
+    if ((p = pending_new(ctx)) == NULL)
         return -1;
     p->ctx = ctx;
     p->blocking = blocking;
@@ -1144,10 +1178,14 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     kg_result_init(&p->r);
     kg_hold_init(&p->h);
     kgc_token_team(req->token, p->tok_team);
-    if (kgc_token_hash_hex(ctx->pepper, req->token, req->token_len, p->hash) != 0) {
+    if (memo)                           /* seen lately: no BLAKE2b (kg_cache.c) */
+        memcpy(p->hash, hash, sizeof p->hash);
+    else if (kgc_token_hash_hex(ctx->pepper, req->token, req->token_len, p->hash) != 0) {
+        free(p->params);
         free(p);
         return -1;
-    }
+    } else
+        kg_tokmemo_put(&ctx->cache, req->token, req->token_len, p->hash);
     copy_id(p->service, req->service);
     if (req->model != NULL) {
         copy_id(p->model, req->model);
@@ -1156,9 +1194,15 @@ int kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *out,
     if (req->request_id != NULL)
         snprintf(p->request_id, sizeof p->request_id, "%s", req->request_id);
     if (req->nparams > 0) {
-        if ((p->params = malloc(req->nparams * sizeof *p->params)) == NULL) {
-            free(p);
-            return -1;
+        if (req->nparams > p->params_cap) {
+            kg_param *np = realloc(p->params, req->nparams * sizeof *p->params);
+            if (np == NULL) {
+                free(p->params);
+                free(p);
+                return -1;
+            }
+            p->params = np;
+            p->params_cap = req->nparams;
         }
         memcpy(p->params, req->params, req->nparams * sizeof *p->params);
         p->nparams = req->nparams;

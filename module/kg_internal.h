@@ -73,9 +73,12 @@ typedef struct kg_entry {
     struct kg_entry *next;        /* bucket chain */
 } kg_entry;
 
+typedef struct kg_tokmemo kg_tokmemo;
+
 typedef struct kg_cache {
     kg_entry **buckets;           /* owned, nbuckets (a power of two) */
     size_t nbuckets, count, max;
+    kg_tokmemo *memo;             /* owned: token -> its keyed hash (kg_cache.c) */
 } kg_cache;
 
 int  kg_cache_init(kg_cache *c, size_t max);
@@ -88,6 +91,13 @@ void kg_cache_drop_key(kg_cache *c, const char *key_id);
 void kg_cache_clear(kg_cache *c);
 
 void kg_entry_unref(kg_entry *e);   /* accepts NULL */
+
+/* The token memo: a token seen lately (and found well-formed) gives its
+ * keyed hash without BLAKE2b and the CRC check, from a SipHash-128 of it
+ * under a key drawn at kg_cache_init. 1 and hash_out (KGC_HASH_HEX_LEN + 1)
+ * filled, or 0: compute it, then kg_tokmemo_put. */
+int  kg_tokmemo_get(kg_cache *c, const char *tok, size_t len, char *hash_out);
+void kg_tokmemo_put(kg_cache *c, const char *tok, size_t len, const char *hash);
 /* Builds an entry (refs = 1) from a tok record's fields and the key document
  * text. Returns NULL with a reason in err when the document is not usable. */
 kg_entry *kg_entry_build(const char *hash, const char *key_id, const char *team_id,
@@ -167,7 +177,7 @@ struct kg_pending {
     int has_model;                /* the caller named a model */
     char request_id[KG_RID_MAX + 1]; /* "" = none */
     kg_param *params;             /* owned copy of the array; names borrowed */
-    size_t nparams;
+    size_t nparams, params_cap;   /* params_cap: room in params (kept on reuse) */
 
     /* progress */
     int inval_gen;                /* ctx->inval_gen when resolution began */
@@ -237,6 +247,8 @@ struct kg_ctx {
     void *host;
 
     struct kg_pending *inflight;  /* requests with a command on the wire */
+    struct kg_pending *spare;     /* one freed request kept for the next
+                                     (kg_flow.c): no malloc per request */
     struct kg_pending *doneq, *doneq_tail; /* answers not yet handed to done */
     int closing;
 
@@ -313,6 +325,7 @@ int64_t kg_flow_due(const struct kg_pending *p);
 void kg_flow_deliver(kg_ctx *ctx);
 void kg_flow_cancel(kg_ctx *ctx, struct kg_pending *p);
 void kg_pending_free(struct kg_pending *p);
+void kg_flow_free_spare(kg_ctx *ctx);  /* kg_close: the spare request */
 void kg_result_init(kg_result *r);
 /* The subscriber's message handler. */
 void kg_flow_inval(kg_ctx *ctx, const char *msg, size_t len);

@@ -73,6 +73,34 @@ typedef struct ridslot {
     char fp[KG_FP_HEX + 1];
 } ridslot;
 
+/* The flush command is written straight into RESP (hiredis'
+ * redisFormatCommandArgv does a sprintf per argument): a buffer kept by
+ * the context, KG_RESP_HEAD bytes left free at its start for "*<argc>",
+ * written in front once the count is known. */
+#define KG_RESP_HEAD 24
+
+typedef struct respbuf {
+    char *p;
+    size_t len, cap;
+    int argc;
+    int oom;                      /* an allocation failed: the command is void */
+} respbuf;
+
+/* One usage counter field of a flush: "<kid> <wid> <svc> <model or -> ",
+ * as usage_add() in kg_scripts.c names it, with its totals if every
+ * entry is charged (the script takes back those it skips). */
+typedef struct ugroup {
+    const kg_jent *first;         /* names the field */
+    int64_t n, c;
+} ugroup;
+
+/* A distinct (key, user, service, model) of a flush: its ledger text is
+ * sent once, and its usage group (from 1; 0: no usage counters). */
+typedef struct lmid {
+    const kg_jent *first;
+    int group;
+} lmid;
+
 struct kg_leases {
     kg_journal *j;
     wlease w[KG_LEASE_WALLETS];
@@ -82,6 +110,11 @@ struct kg_leases {
     wlease *fw;                   /* the wallet it flushes */
     kg_jent **fl;                 /* its entries (KG_LEASE_BATCH) */
     int nfl;
+    ugroup *grp;                  /* their usage fields (KG_LEASE_BATCH) */
+    lmid *mids;                   /* their distinct key/user/service/model */
+    char *seqs;                   /* their seqs, "s1 s2 ..." */
+    char *runs;                   /* their runs, "cost mid count ..." */
+    respbuf rb;            /* the flush command, kept between flushes */
     int64_t last_flush;           /* monotonic ms of the last send */
     int closing;
     int any_need;                 /* some wlease has need > 0 */
@@ -155,14 +188,27 @@ int kg_lease_open(kg_ctx *ctx, char *err, size_t errlen)
         return -1;
     }
     if ((L = calloc(1, sizeof *L)) == NULL ||
-        (L->fl = calloc(KG_LEASE_BATCH, sizeof *L->fl)) == NULL) {
-        if (L != NULL)
+        (L->fl = calloc(KG_LEASE_BATCH, sizeof *L->fl)) == NULL ||
+        (L->grp = calloc(KG_LEASE_BATCH, sizeof *L->grp)) == NULL ||
+        (L->mids = calloc(KG_LEASE_BATCH, sizeof *L->mids)) == NULL ||
+        (L->seqs = malloc(KG_LEASE_BATCH * 21 + 1)) == NULL ||
+        (L->runs = malloc(KG_LEASE_BATCH * (21 + 6 + 21 + 6) + 1)) == NULL) {
+        if (L != NULL) {
+            free(L->fl);
+            free(L->grp);
+            free(L->mids);
+            free(L->seqs);
             free(L);
+        }
         snprintf(err, errlen, "kg_open: out of memory");
         return -1;
     }
     if (kg_journal_open(ctx->cfg.lease_journal, &L->j, err, errlen) != 0) {
         free(L->fl);
+        free(L->grp);
+        free(L->mids);
+        free(L->seqs);
+        free(L->runs);
         free(L);
         return -1;
     }
@@ -215,6 +261,11 @@ void kg_lease_close(kg_ctx *ctx)
     }
     kg_journal_close(L->j);
     free(L->fl);
+    free(L->grp);
+    free(L->mids);
+    free(L->seqs);
+    free(L->runs);
+    free(L->rb.p);
     free(L);
     ctx->leases = NULL;
 }
@@ -307,44 +358,88 @@ static size_t i64s(char *out, int64_t v)
     return len;
 }
 
-/* The RESP array of argv (NUL-terminated strings), as
- * redisFormatCommandArgv makes it, whose sprintf per argument cost a
- * flush of 1,000 entries (9,000 arguments) more than the rest of it.
- * *out is malloc()ed (free()); returns its length, or -1. */
-static int resp_format(char **out, int argc, const char **argv)
-{
-    size_t *lens = malloc((size_t)argc * sizeof *lens), total = 1 + 20 + 2;
-    char *buf, *p;
 
-    *out = NULL;
-    if (lens == NULL)
-        return -1;
-    for (int i = 0; i < argc; i++) {
-        lens[i] = strlen(argv[i]);
-        total += 1 + 20 + 2 + lens[i] + 2;
+static char *rb_room(respbuf *b, size_t n)
+{
+    if (b->oom)
+        return NULL;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 65536;
+        char *np;
+        while (cap < b->len + n)
+            cap *= 2;
+        if ((np = realloc(b->p, cap)) == NULL) {
+            b->oom = 1;
+            return NULL;
+        }
+        b->p = np;
+        b->cap = cap;
     }
-    if (total > INT_MAX || (buf = malloc(total)) == NULL) {
-        free(lens);
-        return -1;
+    return b->p + b->len;
+}
+
+static void rb_bulk(respbuf *b, const char *s, size_t n)
+{
+    char *d = rb_room(b, 1 + 20 + 2 + n + 2);
+
+    if (d == NULL)
+        return;
+    *d++ = '$';
+    d += i64s(d, (int64_t)n);
+    *d++ = '\r';
+    *d++ = '\n';
+    memcpy(d, s, n);
+    d += n;
+    *d++ = '\r';
+    *d++ = '\n';
+    b->len = (size_t)(d - b->p);
+    b->argc++;
+}
+
+static void rb_str(respbuf *b, const char *s)
+{
+    rb_bulk(b, s, strlen(s));
+}
+
+static void rb_int(respbuf *b, int64_t v)
+{
+    char t[24];
+    rb_bulk(b, t, i64s(t, v));
+}
+
+/* s as a JSON string, byte for byte what the scripts' cjson.encode makes
+ * of it (Redis 7's lua_cjson: \" \\ \/, \b \t \n \f \r, other bytes below
+ * 0x20 and 0x7f as \u00xx, bytes above 0x7f as they are), at d (room for
+ * 2 + 6 strlen(s)); returns the length. */
+static size_t kg_json_str(char *d, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *o = d;
+
+    *o++ = '"';
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c >= 0x20 && *c != '"' && *c != '\\' && *c != '/' && *c != 0x7f) {
+            *o++ = (char)*c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (*c) {
+        case '"': case '\\': case '/': *o++ = (char)*c; break;
+        case '\b': *o++ = 'b'; break;
+        case '\t': *o++ = 't'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\f': *o++ = 'f'; break;
+        case '\r': *o++ = 'r'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[*c >> 4];
+            *o++ = hex[*c & 15];
+        }
     }
-    p = buf;
-    *p++ = '*';
-    p += i64s(p, argc);
-    *p++ = '\r';
-    *p++ = '\n';
-    for (int i = 0; i < argc; i++) {
-        *p++ = '$';
-        p += i64s(p, (int64_t)lens[i]);
-        *p++ = '\r';
-        *p++ = '\n';
-        memcpy(p, argv[i], lens[i]);
-        p += lens[i];
-        *p++ = '\r';
-        *p++ = '\n';
-    }
-    free(lens);
-    *out = buf;
-    return (int)(p - buf);
+    *o++ = '"';
+    return (size_t)(o - d);
 }
 
 static void flush_done(kg_ctx *ctx, redisReply *r)
@@ -417,19 +512,54 @@ static wlease *due(kg_leases *L, int ttl, int64_t now, int *nentries)
     return NULL;
 }
 
+
+static int same_use(const kg_jent *a, const kg_jent *b)
+{
+    return strcmp(a->key_id, b->key_id) == 0 && strcmp(a->service, b->service) == 0 &&
+           strcmp(a->model, b->model) == 0;
+}
+
+static int same_mid(const kg_jent *a, const kg_jent *b)
+{
+    return same_use(a, b) && strcmp(a->user_id, b->user_id) == 0;
+}
+
+/* "cost mid at count " (mid numbered from 1) at u; returns the end. */
+static char *run_put(char *u, int64_t cost, int mid, int64_t at, int n)
+{
+    u += i64s(u, cost);
+    *u++ = ' ';
+    u += i64s(u, mid + 1);
+    *u++ = ' ';
+    u += i64s(u, at);
+    *u++ = ' ';
+    u += i64s(u, n);
+    *u++ = ' ';
+    return u;
+}
+
+static void rb_usage_field(respbuf *b, const kg_jent *e, const char *wid)
+{
+    char f[4 * KGC_ID_MAX + 2 * 64];
+
+    snprintf(f, sizeof f, "%s %s %s %s ", e->key_id, wid, e->service,
+             e->model[0] != '\0' ? e->model : "-");
+    rb_str(b, f);
+}
+
 static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
 {
     kg_leases *L = ctx->leases;
     const char *P = ctx->cfg.key_prefix, *T = w->team, *W = w->wallet;
-    size_t it = 0, cap;
+    size_t it = 0, queued;
     kg_jent *e;
-    const char **argv = NULL;
-    char (*num)[24] = NULL, (*keys)[KGC_RKEY_MAX] = NULL, day[16], hour[16];
-    int argc = 0, nk = 9, nrid = 0, len, rc = -1;
+    char key[KGC_RKEY_MAX], day[16], hour[16], mid[2048];
+    int nrid = 0, ng = 0, nm = 0, rc = -1, usage = ctx->cfg.usage_counters;
     int64_t want, need, elapsed;
-    char *cmd = NULL;
+    uint64_t lo = 0, hi = 0;
+    respbuf *b = &L->rb;
     redisAsyncContext *ac;
-    size_t queued;
+    char *seqs = L->seqs, *runs = L->runs;
 
     L->nfl = 0;
     while ((e = kg_journal_next(L->j, &it)) != NULL && L->nfl < KG_LEASE_BATCH)
@@ -437,11 +567,10 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
             L->fl[L->nfl++] = e;
             nrid += e->rid[0] != '\0';
         }
-    cap = 3 + 9 + (size_t)nrid + 7 + 9 * (size_t)L->nfl;
-    argv = calloc(cap, sizeof *argv);
-    num = calloc(7 + 3 * (size_t)L->nfl, sizeof *num);
-    keys = calloc(9 + (size_t)nrid, sizeof *keys);
-    if (argv == NULL || num == NULL || keys == NULL)
+    b->len = KG_RESP_HEAD;
+    b->argc = 0;
+    b->oom = 0;
+    if (rb_room(b, 0) == NULL)
         goto out;
     {
         time_t t = time(NULL);
@@ -450,20 +579,35 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
         strftime(day, sizeof day, "%Y%m%d", &tm);
         strftime(hour, sizeof hour, "%Y%m%d%H", &tm);
     }
-    if (kgc_rkey(keys[0], P, KGC_RK_WALLET, T, W) < 0 || kgc_rkey(keys[1], P, KGC_RK_LEDGER, T, W) < 0 ||
-        kgc_rkey(keys[2], P, KGC_RK_LEASE, T, W) < 0 || kgc_rkey(keys[3], P, KGC_RK_HOLDS, T, W) < 0 ||
-        kgc_rkey(keys[4], P, KGC_RK_HOLDEXP, T, W) < 0 ||
-        kgc_rkey(keys[5], P, KGC_RK_LEASEEXP, T, W) < 0 ||
-        kgc_rkey(keys[6], P, KGC_RK_LEASESEQ, T, W) < 0 ||
-        kgc_rkey(keys[7], P, KGC_RK_USAGE_DAY, T, day) < 0 ||
-        kgc_rkey(keys[8], P, KGC_RK_USAGE_HOUR, T, hour) < 0)
-        goto out;
-    if (!ctx->cfg.usage_counters)
-        keys[7][0] = keys[8][0] = '\0';
+    rb_str(b, "EVAL");
+    rb_str(b, kg_lease_lua);
+    rb_int(b, 9 + nrid);
+    {
+        static const char *const rk[7] = {KGC_RK_WALLET, KGC_RK_LEDGER, KGC_RK_LEASE, KGC_RK_HOLDS,
+                                  KGC_RK_HOLDEXP, KGC_RK_LEASEEXP, KGC_RK_LEASESEQ};
+        for (int i = 0; i < 7; i++) {
+            if (kgc_rkey(key, P, rk[i], T, W) < 0)
+                goto out;
+            rb_str(b, key);
+        }
+        if (!usage) {
+            rb_str(b, "");
+            rb_str(b, "");
+        } else {
+            if (kgc_rkey(key, P, KGC_RK_USAGE_DAY, T, day) < 0)
+                goto out;
+            rb_str(b, key);
+            if (kgc_rkey(key, P, KGC_RK_USAGE_HOUR, T, hour) < 0)
+                goto out;
+            rb_str(b, key);
+        }
+    }
     for (int i = 0; i < L->nfl; i++)
-        if (L->fl[i]->rid[0] != '\0' &&
-            kgc_rkey(keys[nk++], P, KGC_RK_REQ, T, L->fl[i]->key_id, L->fl[i]->rid) < 0)
-            goto out;
+        if (L->fl[i]->rid[0] != '\0') {
+            if (kgc_rkey(key, P, KGC_RK_REQ, T, L->fl[i]->key_id, L->fl[i]->rid) < 0)
+                goto out;
+            rb_str(b, key);
+        }
     /* Sizing: the spend rate over windows of >= 10 ms (up at once, down
      * halfway), and a lease that ran out asks twice what it had. */
     elapsed = now - w->rate_at;
@@ -482,45 +626,127 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
         w->boost /= 2;
     want = want_of(L, w);
     need = L->closing ? 0 : w->need;
-    argv[argc++] = "EVAL";
-    argv[argc++] = kg_lease_lua;
-    snprintf(num[0], 24, "%d", nk);
-    argv[argc++] = num[0];
-    for (int i = 0; i < nk; i++)
-        argv[argc++] = keys[i];
-    snprintf(num[1], 24, "%lld", (long long)want);
-    snprintf(num[2], 24, "%lld", (long long)need);
-    snprintf(num[3], 24, "%d", ctx->cfg.lease_ttl_ms);
-    snprintf(num[4], 24, "%d", KG_LEASE_SHARE);
-    snprintf(num[5], 24, "%d", L->nfl);
-    argv[argc++] = kg_journal_lease_id(L->j);
-    argv[argc++] = W;
-    for (int i = 1; i <= 5; i++)
-        argv[argc++] = num[i];
-    for (int i = 0; i < L->nfl; i++) {
-        kg_jent *x = L->fl[i];
-        char *s = num[7 + 3 * i], *c = num[8 + 3 * i], *a = num[9 + 3 * i];
-        i64s(s, (int64_t)x->seq);
-        i64s(c, x->cost);
-        i64s(a, x->at);
-        argv[argc++] = s;
-        argv[argc++] = c;
-        argv[argc++] = a;
-        argv[argc++] = x->key_id;
-        argv[argc++] = x->user_id;
-        argv[argc++] = x->service;
-        argv[argc++] = x->model;
-        argv[argc++] = x->rid;
-        argv[argc++] = x->fp;
+    /* One pass: the seqs (read by the script only when some may have been
+     * charged already), the usage groups, the distinct (key, user,
+     * service, model) texts ("mids", each with its group), and the runs
+     * of entries of one cost, mid and "at" ("cost mid at count ..."). */
+    {
+        char *q = seqs, *u = runs;
+        int64_t rc_cost = -1, rc_at = -1;
+        int rc_mid = -1, rc_n = 0;
+        for (int i = 0; i < L->nfl; i++) {
+            const kg_jent *x = L->fl[i];
+            int g = ng - 1, k = nm - 1;
+            if (i > 0)
+                *q++ = ' ';
+            q += i64s(q, (int64_t)x->seq);
+            if (lo == 0 || x->seq < lo)
+                lo = x->seq;
+            if (x->seq > hi)
+                hi = x->seq;
+            if (k < 0 || !same_mid(L->mids[k].first, x))
+                for (k = 0; k < nm && !same_mid(L->mids[k].first, x); k++)
+                    ;
+            if (k == nm) {
+                L->mids[nm].first = x;
+                L->mids[nm].group = 0;
+                nm++;
+                if (usage) {
+                    for (g = 0; g < ng && !same_use(L->grp[g].first, x); g++)
+                        ;
+                    if (g == ng) {
+                        L->grp[ng].first = x;
+                        L->grp[ng].n = L->grp[ng].c = 0;
+                        ng++;
+                    }
+                    L->mids[k].group = g + 1;
+                }
+            }
+            if (usage) {
+                L->grp[L->mids[k].group - 1].n++;
+                L->grp[L->mids[k].group - 1].c += x->cost;
+            }
+            if (x->cost == rc_cost && k == rc_mid && x->at == rc_at) {
+                rc_n++;
+                continue;
+            }
+            if (rc_n > 0)
+                u = run_put(u, rc_cost, rc_mid, rc_at, rc_n);
+            rc_cost = x->cost;
+            rc_mid = k;
+            rc_at = x->at;
+            rc_n = 1;
+        }
+        if (rc_n > 0)
+            u = run_put(u, rc_cost, rc_mid, rc_at, rc_n);
+        *q = '\0';
+        *u = '\0';
     }
-    /* As issue() in kg_flow.c: formatted in one checked allocation, and
-     * taken back out of the buffer if hiredis queued it without us. */
-    if (kg_link_main(ctx) != 0 || (len = resp_format(&cmd, argc, argv)) < 0)
+    rb_str(b, kg_journal_lease_id(L->j));
+    rb_str(b, W);
+    rb_int(b, want);
+    rb_int(b, need);
+    rb_int(b, ctx->cfg.lease_ttl_ms);
+    rb_int(b, KG_LEASE_SHARE);
+    rb_int(b, L->nfl);
+    rb_int(b, nrid);
+    rb_int(b, ng);
+    rb_int(b, (int64_t)lo);
+    rb_int(b, (int64_t)hi);
+    rb_str(b, seqs);
+    rb_int(b, nm);
+    rb_str(b, runs);
+    /* The ledger entry of each is formatted as entry() in kg_scripts.c
+     * would (docs/redis-schema.md "Ledger entry"): the script joins its
+     * head, the balance, "at", the mid, the request id and the lease. */
+    for (int k = 0; k < nm; k++) {
+        const kg_jent *x = L->mids[k].first;
+        char *m = mid;
+        memcpy(m, ",\"key_id\":", 10), m += 10;
+        m += kg_json_str(m, x->key_id);
+        memcpy(m, ",\"user_id\":", 11), m += 11;
+        m += kg_json_str(m, x->user_id);
+        memcpy(m, ",\"service\":", 11), m += 11;
+        m += kg_json_str(m, x->service);
+        memcpy(m, ",\"model\":", 9), m += 9;
+        m += kg_json_str(m, x->model);
+        memcpy(m, ",\"request_id\":", 14), m += 14;
+        rb_bulk(b, mid, (size_t)(m - mid));
+        rb_int(b, L->mids[k].group);
+    }
+    for (int i = 0; i < L->nfl; i++) {       /* the request records */
+        const kg_jent *x = L->fl[i];
+        if (x->rid[0] == '\0')
+            continue;
+        rb_int(b, i + 1);
+        rb_str(b, x->user_id);
+        rb_str(b, x->service);
+        rb_str(b, x->model);
+        rb_str(b, x->fp);
+        rb_bulk(b, mid, kg_json_str(mid, x->rid));
+    }
+    for (int g = 0; g < ng; g++) {
+        rb_usage_field(b, L->grp[g].first, W);
+        rb_int(b, L->grp[g].n);
+        rb_int(b, L->grp[g].c);
+    }
+    if (b->oom || kg_link_main(ctx) != 0)
         goto out;
-    ac = ctx->main->ac;
-    queued = sdslen((sds)ac->c.obuf);
-    rc = redisAsyncFormattedCommand(ac, on_flush, ctx, cmd, (size_t)len);
-    free(cmd);
+    {
+        char head[KG_RESP_HEAD];
+        size_t hl = 0;
+        head[hl++] = '*';
+        hl += i64s(head + hl, b->argc);
+        head[hl++] = '\r';
+        head[hl++] = '\n';
+        memcpy(b->p + KG_RESP_HEAD - hl, head, hl);
+        /* As issue() in kg_flow.c: taken back out of the buffer if hiredis
+         * queued it without us. */
+        ac = ctx->main->ac;
+        queued = sdslen((sds)ac->c.obuf);
+        rc = redisAsyncFormattedCommand(ac, on_flush, ctx, b->p + KG_RESP_HEAD - hl,
+                                        b->len - KG_RESP_HEAD + hl);
+    }
     if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != ctx)) {
         sdssetlen((sds)ac->c.obuf, queued);
         ac->c.obuf[queued] = '\0';
@@ -547,9 +773,11 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
 out:
     if (rc != 0)
         L->nfl = 0;
-    free(argv);
-    free(num);
-    free(keys);
+    if (b->cap > 4u << 20) {            /* a burst of escapes: do not keep it */
+        free(b->p);
+        b->p = NULL;
+        b->cap = 0;
+    }
     return rc;
 }
 

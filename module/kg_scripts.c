@@ -89,6 +89,7 @@
     "end\n"                                                                         \
     "local function sweep(now, ud, uh, wid)\n"                                    \
     "  local ids = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 16)\n" \
+    "  if #ids == 0 then return 0 end\n"                                           \
     "  for _, id in ipairs(ids) do\n"                                              \
     "    local v = redis.call('HGET', KEYS[4], id)\n"                              \
     "    redis.call('ZREM', KEYS[5], id)\n"                                        \
@@ -104,22 +105,23 @@
     "      usage_add(ud, uh, kid or '', wid, svc or '', mdl or '', amt, nil)\n"    \
     "    end\n"                                                                    \
     "  end\n"                                                                      \
+    "  return #ids\n"                                                              \
     "end\n"                                                                        \
     "local function wallet_state()\n"                                              \
-    "  local w = redis.call('HMGET', KEYS[1], 'balance_micros', 'held_micros')\n"  \
+    "  local w = redis.call('HMGET', KEYS[1], 'balance_micros', 'held_micros', 'leased_micros')\n" \
     "  if not w[1] then return nil end\n"                                          \
     "  local bal, held = tonumber(w[1]), tonumber(w[2] or '0')\n"                  \
-    "  if bal == nil or held == nil then\n"                                        \
+    "  LEASED = tonumber(w[3] or '0')\n"                                           \
+    "  if bal == nil or held == nil or LEASED == nil then\n"                       \
     "    return redis.error_reply('ERR keygate: wallet amounts are not integers')\n" \
     "  end\n"                                                                      \
     "  return bal, held\n"                                                         \
     "end\n"                                                                        \
     "local function open_wallet(ud, uh, wid)\n"                                    \
-    "  if not redis.call('HGET', KEYS[1], 'balance_micros') then return nil end\n" \
-    "  local now = now_ms()\n"                                                     \
-    "  sweep(now, ud, uh, wid)\n"                                                  \
     "  local bal, held = wallet_state()\n"                                         \
-    "  if type(bal) == 'table' then return bal end\n"                              \
+    "  if bal == nil or type(bal) == 'table' then return bal end\n"                \
+    "  local now = now_ms()\n"                                                     \
+    "  if sweep(now, ud, uh, wid) > 0 then bal, held = wallet_state() end\n"       \
     "  return now, bal, held\n"                                                    \
     "end\n"                                                                        \
     "local function funds_refused(now, bal)\n"                                     \
@@ -587,8 +589,8 @@ const char kg_capture_lua[] =
  * and the wallet's leased_micros = Σ the hash. Invariant, after any
  * script: balance_micros + leased_micros = credits − debits of the ledger;
  * a ledger entry's balance_micros is that sum (the wallet's funds, leased
- * or not: entry() above adds leased_micros, or LEASED when a script keeps
- * it in hand).
+ * or not: entry() above adds LEASED, the leased_micros wallet_state()
+ * read, or reads it itself in a script that did not call it).
  *
  * reclaim(): a lease whose expiry passed goes back to the balance, at
  * most 16 a call, skipping `keep` (the caller's own: it is renewing it).
@@ -613,7 +615,7 @@ const char kg_capture_lua[] =
     "  return n\n"                                                                 \
     "end\n"
 
-/* Flush and renew, in one script (kg_lease.c flush()).
+/* Flush and renew, in one script (kg_lease.c send_flush()).
  *   KEYS  1 wallet, 2 ledger, 3 lease hash, 4 holds, 5 holdexp,
  *         6 leaseexp, 7 leaseseq, 8 usage day, 9 usage hour ('' both: off),
  *         then one P {t:T}:req:<kid>:<rid> per entry that has a request id,
@@ -621,8 +623,17 @@ const char kg_capture_lua[] =
  *   ARGV  1 lease id, 2 wallet id, 3 want (micros the lease should hold
  *         after), 4 need (> 0: if the lease ends below it, return it all),
  *         5 lease_ttl_ms, 6 share (a grant takes at most available/share),
- *         7 n, then n entries of 9: seq, cost, at (gateway ms), key_id,
- *         user_id, service, model, request_id ('' none), fp
+ *         7 n entries, 8 r of them with a request id, 9 g usage fields,
+ *         10 lowest seq, 11 highest seq, 12 the n seqs ("s1 s2 ..."),
+ *         13 m mids, 14 the entries as runs: "cost mid at count ..." (mid
+ *         numbered from 1, at: gateway ms), in entry order;
+ *         then m mids of 2: the ledger text from ',"key_id":' to
+ *         ',"request_id":' (the gateway formats it as entry() would), its
+ *         usage field's number (from 1; 0 none);
+ *         then r records of 6: entry number (1..n), user_id, service,
+ *         model, fp, the request id as JSON;
+ *         then g usage fields of 3: "<kid> <wid> <svc> <model or -> ",
+ *         requests, micros (the totals if every entry is charged)
  * Each entry with seq above the lease's leaseseq is charged once, with the
  * ledger entry a debit writes ("lease": id added), from the lease while it
  * holds enough, else from the balance ("lease_late_micros": a lease that
@@ -633,10 +644,16 @@ const char kg_capture_lua[] =
  * the excess returned, or more taken up to (balance − held + the lease)
  * / share (several gateways share a small wallet). Never below want: the
  * gateway may have decided up to want since it sent the script.
- * Entries go to the ledger in one LPUSH per 500 (oldest first, so newest
- * at the head as always), and usage is counted once per key, service and
- * model of the batch (the counters of usage_add(), requests and micros;
- * params are not journaled, so leased requests add no p.<param> totals).
+ * Per entry the script only joins the head, the running balance, its
+ * "at", its mid, the request id and the lease (no argument per entry:
+ * at a high rate, the entries of one millisecond are one run);
+ * request ids are looked up with one EXISTS per 1000 (one by one only
+ * when one exists, or repeats in the batch), the seqs are read only when
+ * the lease's leaseseq reaches the lowest, and an entry not charged is
+ * taken back from its mid's usage field. Entries go to the ledger in one LPUSH per 1000 (oldest first, so
+ * newest at the head as always); usage is counted once per field (the
+ * counters of usage_add(), requests and micros; params are not journaled,
+ * so leased requests add no p.<param> totals).
  * Returns {'ok', lease, balance, charged, duplicates, late, shortfall} |
  *         {'nowallet'}. */
 const char kg_lease_lua[] =
@@ -646,71 +663,158 @@ const char kg_lease_lua[] =
     "local now, bal, held = open_wallet(KEYS[8], KEYS[9], wid)\n"
     "if now == nil then return {'nowallet'} end\n"
     "if type(now) == 'table' then return now end\n"
-    "reclaim(now, id)\n"
-    "bal = tonumber(redis.call('HGET', KEYS[1], 'balance_micros'))\n"
-    "local leased = tonumber(redis.call('HGET', KEYS[1], 'leased_micros') or '0') or 0\n"
+    "if reclaim(now, id) > 0 then bal, held = wallet_state() end\n"
+    "local leased = LEASED\n"
     "local last = tonumber(redis.call('HGET', KEYS[7], id) or '0') or 0\n"
     "local amt = tonumber(redis.call('HGET', KEYS[3], id) or '0') or 0\n"
-    "local top, ki, n = last, 10, tonumber(ARGV[7])\n"
-    "local charged, dups, late, short = 0, 0, 0, 0\n"
-    "local out, use, order = {}, {}, {}\n"
-    "for i = 0, n - 1 do\n"
-    "  local b = 8 + i * 9\n"
-    "  local seq, cost, rid = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), ARGV[b + 7]\n"
-    "  local rk = nil\n"
-    "  if rid ~= '' then rk = KEYS[ki]; ki = ki + 1 end\n"
-    "  if seq == nil or cost == nil or cost < 0 then\n"
+    "local n, nr, ng = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])\n"
+    "local lo, hi, nm = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[13])\n"
+    "if not (n and nr and ng and lo and hi and nm) or #ARGV ~= 14 + 2 * nm + 6 * nr + 3 * ng then\n"
+    "  return redis.error_reply('ERR keygate: lease flush is malformed')\n"
+    "end\n"
+    "local M = 15\n"
+    "local R = M + 2 * nm\n"
+    "local G = R + 6 * nr\n"
+    "local runs, nruns, total = {}, 0, 0\n"
+    "for c, k, t, q in string.gmatch(ARGV[14], '(%d+) (%d+) (%d+) (%d+)') do\n"
+    "  k, q = tonumber(k), tonumber(q)\n"
+    "  if k < 1 or k > nm then return redis.error_reply('ERR keygate: lease flush is malformed') end\n"
+    "  runs[nruns + 1], runs[nruns + 2], runs[nruns + 3], runs[nruns + 4] = c, k, t, q\n"
+    "  nruns, total = nruns + 4, total + q\n"
+    "end\n"
+    "if total ~= n then return redis.error_reply('ERR keygate: lease flush is malformed') end\n"
+    "local skip = nil\n"
+    "if n > 0 and lo <= last then\n"
+    "  skip = {}\n"
+    "  local i = 0\n"
+    "  for q in string.gmatch(ARGV[12], '%d+') do\n"
+    "    i = i + 1\n"
+    "    if tonumber(q) <= last then skip[i] = true end\n"
+    "  end\n"
+    "end\n"
+    "local RJ = {}\n"
+    "if nr > 0 then\n"
+    "  for j = 1, nr do RJ[tonumber(ARGV[R + 6 * (j - 1)])] = ARGV[R + 6 * (j - 1) + 5] end\n"
+    "  local dup = false\n"
+    "  for i = 10, 9 + nr, 1000 do\n"
+    "    if redis.call('EXISTS', unpack(KEYS, i, math.min(i + 999, 9 + nr))) > 0 then\n"
+    "      dup = true\n"
+    "      break\n"
+    "    end\n"
+    "  end\n"
+    "  if not dup and nr > 1 then\n"
+    "    local seen = {}\n"
+    "    for i = 10, 9 + nr do\n"
+    "      if seen[KEYS[i]] then dup = true break end\n"
+    "      seen[KEYS[i]] = true\n"
+    "    end\n"
+    "  end\n"
+    "  if dup then\n"
+    "    skip = skip or {}\n"
+    "    local written = {}\n"
+    "    for j = 1, nr do\n"
+    "      local k, e = KEYS[9 + j], tonumber(ARGV[R + 6 * (j - 1)])\n"
+    "      if not skip[e] then\n"
+    "        if written[k] or redis.call('EXISTS', k) == 1 then skip[e] = 'dup' else written[k] = true end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "local gn, gc = {}, {}\n"
+    "for j = 1, ng do\n"
+    "  gn[j], gc[j] = tonumber(ARGV[G + 3 * j - 2]), tonumber(ARGV[G + 3 * j - 1])\n"
+    "end\n"
+    "local PH, PB, PA = '{\"type\":\"debit\",\"amount_micros\":', ',\"balance_micros\":', ',\"at\":'\n"
+    "local LT = ',\"lease\":' .. cjson.encode(id)\n"
+    "local LTE = LT .. '}'\n"
+    "local f, out, m, fs, fc, fa = bal + leased, {}, 0, {}, {}, {}\n"
+    "local amt0, charged, dups, late, short = amt, 0, 0, 0, 0\n"
+    "local D3, lasth, hs = {}, -1, ''\n"
+    /* The balance's decimal for 10^6 <= f < 2^53 without a string.format
+     * per entry: the digits above the last six change rarely (formatted
+     * again when they do), the last six are two 3-digit groups formatted
+     * once per flush. f % 10^6 is exact there (Lua: f - floor(f / 10^6)
+     * * 10^6; the quotient's rounding error, < 2^-20, is less than its
+     * distance to the next integer, >= 10^-6). Joined in the entry's one
+     * concatenation: one string made per entry. */
+    "local function d3(x)\n"
+    "  local s = string.format('%03d', x)\n"
+    "  D3[x] = s\n"
+    "  return s\n"
+    "end\n"
+    "local i = 0\n"
+    "for ri = 1, nruns, 4 do\n"
+    "  local c, k, at, q = runs[ri], runs[ri + 1], runs[ri + 2], runs[ri + 3]\n"
+    "  local pat = PA .. at\n"
+    "  local cost, mid, g = tonumber(c), ARGV[M + 2 * k - 2], tonumber(ARGV[M + 2 * k - 1]) or 0\n"
+    "  if cost == nil or cost < 0 or cost ~= math.floor(cost) then\n"
     "    return redis.error_reply('ERR keygate: lease entry is not integers')\n"
     "  end\n"
-    "  if seq > last then\n"
-    "    if seq > top then top = seq end\n"
-    "    local kid, uid, svc, mdl = ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]\n"
-    "    if rk and redis.call('EXISTS', rk) == 1 then\n"
-    "      dups = dups + 1\n"
+    "  for _ = 1, q do\n"
+    "    i = i + 1\n"
+    "    local s = skip and skip[i]\n"
+    "    if s then\n"
+    "      if s == 'dup' then dups = dups + 1 end\n"
+    "      if g > 0 then gn[g], gc[g] = gn[g] - 1, gc[g] - cost end\n"
     "    else\n"
-    "      local fl = math.min(cost, amt)\n"
-    "      amt = amt - fl\n"
-    "      leased = leased - fl\n"
-    "      local rest = cost - fl\n"
-    "      local extra = ',\"lease\":' .. cjson.encode(id)\n"
-    "      if rest > 0 then\n"
-    "        bal = bal - rest\n"
-    "        late = late + rest\n"
-    "        extra = extra .. ',\"lease_late_micros\":' .. fmt(rest)\n"
+    "      f = f - cost\n"
+    "      m = m + 1\n"
+    "      local rj = RJ[i] or 'null'\n"
+    "      if cost <= amt and f >= 1000000 and f < 9007199254740992 then\n"
+    "        amt = amt - cost\n"
+    "        local lo = f % 1000000\n"
+    "        local h, b3 = (f - lo) / 1000000, lo % 1000\n"
+    "        local a3 = (lo - b3) / 1000\n"
+    "        if h ~= lasth then lasth, hs = h, fmt(h) end\n"
+    "        out[m] = PH .. c .. PB .. hs .. (D3[a3] or d3(a3)) .. (D3[b3] or d3(b3)) ..\n"
+    "          pat .. mid .. rj .. LTE\n"
+    "      elseif cost <= amt then\n"
+    "        amt = amt - cost\n"
+    "        out[m] = PH .. c .. PB .. fmt(f) .. pat .. mid .. rj .. LTE\n"
+    "      else\n"
+    "        local rest = cost - amt\n"
+    "        amt, bal, late = 0, bal - rest, late + rest\n"
+    "        local x = ',\"lease_late_micros\":' .. fmt(rest)\n"
     "        if bal < 0 then\n"
-    "          local s = math.min(rest, -bal)\n"
-    "          short = short + s\n"
-    "          extra = extra .. ',\"shortfall_micros\":' .. fmt(s)\n"
+    "          local sh = math.min(rest, -bal)\n"
+    "          short = short + sh\n"
+    "          x = x .. ',\"shortfall_micros\":' .. fmt(sh)\n"
     "        end\n"
+    "        out[m] = PH .. c .. PB .. fmt(f) .. pat .. mid .. rj .. LT .. x .. '}'\n"
     "      end\n"
-    "      LEASED = leased\n"
-    "      local at = tonumber(ARGV[b + 2]) or now\n"
-    "      out[#out + 1] = entry(cost, bal, at, kid, uid, svc, mdl, rid, extra)\n"
-    "      if rk then\n"
-    "        redis.call('HSET', rk, 'cost_micros', fmt(cost), 'balance_micros', fmt(bal + leased),\n"
-    "                   'wallet_id', wid, 'at', fmt(at), 'user_id', uid, 'service', svc,\n"
-    "                   'model', mdl, 'fp', ARGV[b + 8])\n"
-    "        redis.call('EXPIRE', rk, 86400)\n"
-    "      end\n"
-    "      local u = kid .. ' ' .. wid .. ' ' .. svc .. ' ' .. (mdl ~= '' and mdl or '-') .. ' '\n"
-    "      if not use[u] then use[u] = {0, 0}; order[#order + 1] = u end\n"
-    "      use[u][1], use[u][2] = use[u][1] + 1, use[u][2] + cost\n"
+    "      if nr > 0 then fs[i], fc[i], fa[i] = f, c, at end\n"
     "      charged = charged + 1\n"
     "    end\n"
     "  end\n"
     "end\n"
-    "for i = 1, #out, 500 do\n"
-    "  redis.call('LPUSH', KEYS[2], unpack(out, i, math.min(i + 499, #out)))\n"
+    "leased = leased - (amt0 - amt)\n"
+    "for i = 1, m, 1000 do\n"
+    "  redis.call('LPUSH', KEYS[2], unpack(out, i, math.min(i + 999, m)))\n"
+    "end\n"
+    "for j = 1, nr do\n"
+    "  local r = R + 6 * (j - 1)\n"
+    "  local e = tonumber(ARGV[r])\n"
+    "  if fs[e] then\n"
+    "    local k = KEYS[9 + j]\n"
+    "    redis.call('HSET', k, 'cost_micros', fc[e], 'balance_micros', fmt(fs[e]),\n"
+    "               'wallet_id', wid, 'at', fa[e], 'user_id', ARGV[r + 1], 'service', ARGV[r + 2],\n"
+    "               'model', ARGV[r + 3], 'fp', ARGV[r + 4])\n"
+    "    redis.call('EXPIRE', k, 86400)\n"
+    "  end\n"
     "end\n"
     "if KEYS[8] ~= '' then\n"
-    "  for _, u in ipairs(order) do\n"
-    "    for i, k in ipairs({KEYS[8], KEYS[9]}) do\n"
-    "      local c = redis.pcall('HINCRBY', k, u .. 'n', use[u][1])\n"
-    "      if c == use[u][1] then redis.call('EXPIRE', k, i == 1 and 34560000 or 1209600) end\n"
-    "      if use[u][2] > 0 then redis.pcall('HINCRBY', k, u .. 'c', fmt(use[u][2])) end\n"
+    "  for j = 1, ng do\n"
+    "    local u = ARGV[G + 3 * j - 3]\n"
+    "    if gn[j] > 0 then\n"
+    "      for i, k in ipairs({KEYS[8], KEYS[9]}) do\n"
+    "        local c = redis.pcall('HINCRBY', k, u .. 'n', gn[j])\n"
+    "        if c == gn[j] then redis.call('EXPIRE', k, i == 1 and 34560000 or 1209600) end\n"
+    "        if gc[j] > 0 then redis.pcall('HINCRBY', k, u .. 'c', fmt(gc[j])) end\n"
+    "      end\n"
     "    end\n"
     "  end\n"
     "end\n"
+    "local top = math.max(last, hi)\n"
     "if top > last then redis.call('HSET', KEYS[7], id, fmt(top)) end\n"
     "redis.call('PEXPIRE', KEYS[7], 2592000000)\n"
     "local want, need = tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0\n"

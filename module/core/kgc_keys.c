@@ -42,7 +42,10 @@ int kgc_id_team_of(const char *id, char kind, char *out)
     if (!kgc_id_plausible(id) || id[0] != kind || id[1] != '_' ||
         strlen(id) != 2 + KGC_ID_TEAM_RAND + KGC_ID_OWN_RAND)
         return -1;
-    snprintf(out, KGC_ID_MAX, "t_%.*s", KGC_ID_TEAM_RAND, id + 2);
+    /* on every paid request (kg_flow.c decide): memcpy, not snprintf */
+    memcpy(out, "t_", 2);
+    memcpy(out + 2, id + 2, KGC_ID_TEAM_RAND);
+    out[2 + KGC_ID_TEAM_RAND] = '\0';
     return 0;
 }
 

@@ -111,6 +111,63 @@ static void reap(pid_t pid, int id)
 }
 
 /* The store's invariant (fsck's): returns the number of debits. */
+/* A leased debit's ledger entry must be byte for byte what the exact
+ * scripts' entry() makes of the same fields (the gateway formats most of
+ * it, kg_lease.c send_flush): rebuilt here with the original formula. */
+static const char old_entry_lua[] =
+    "local function d(x) return string.format('%d', tonumber(x)) end\n"
+    "local e = '{\"type\":\"debit\",\"amount_micros\":' .. d(ARGV[1]) ..\n"
+    "  ',\"balance_micros\":' .. d(ARGV[2]) .. ',\"at\":' .. d(ARGV[3]) ..\n"
+    "  ',\"key_id\":' .. cjson.encode(ARGV[4]) .. ',\"user_id\":' .. cjson.encode(ARGV[5]) ..\n"
+    "  ',\"service\":' .. cjson.encode(ARGV[6]) .. ',\"model\":' .. cjson.encode(ARGV[7]) ..\n"
+    "  ',\"request_id\":' .. (ARGV[8] ~= '' and cjson.encode(ARGV[8]) or 'null') ..\n"
+    "  ',\"lease\":' .. cjson.encode(ARGV[9])\n"
+    "if ARGV[10] ~= '' then e = e .. ',\"lease_late_micros\":' .. d(ARGV[10]) end\n"
+    "if ARGV[11] ~= '' then e = e .. ',\"shortfall_micros\":' .. d(ARGV[11]) end\n"
+    "return e .. '}'\n";
+
+static int late_or_short(json_t *e)
+{
+    return json_object_get(e, "lease_late_micros") != NULL ||
+           json_object_get(e, "shortfall_micros") != NULL;
+}
+
+static void check_entry_text(const char *text, json_t *e)
+{
+    const char *argv[14];
+    char num[5][24];
+    json_t *late = json_object_get(e, "lease_late_micros"), *sf = json_object_get(e, "shortfall_micros");
+    const char *rid = json_string_value(json_object_get(e, "request_id"));
+    redisReply *r;
+
+    snprintf(num[0], 24, "%lld", (long long)json_integer_value(json_object_get(e, "amount_micros")));
+    snprintf(num[1], 24, "%lld", (long long)json_integer_value(json_object_get(e, "balance_micros")));
+    snprintf(num[2], 24, "%lld", (long long)json_integer_value(json_object_get(e, "at")));
+    snprintf(num[3], 24, late ? "%lld" : "", (long long)json_integer_value(late));
+    snprintf(num[4], 24, sf ? "%lld" : "", (long long)json_integer_value(sf));
+    argv[0] = "EVAL";
+    argv[1] = old_entry_lua;
+    argv[2] = "0";
+    argv[3] = num[0];
+    argv[4] = num[1];
+    argv[5] = num[2];
+    argv[6] = json_string_value(json_object_get(e, "key_id"));
+    argv[7] = json_string_value(json_object_get(e, "user_id"));
+    argv[8] = json_string_value(json_object_get(e, "service"));
+    argv[9] = json_string_value(json_object_get(e, "model"));
+    argv[10] = rid != NULL ? rid : "";
+    argv[11] = json_string_value(json_object_get(e, "lease"));
+    argv[12] = num[3];
+    argv[13] = num[4];
+    for (int i = 6; i < 12; i++)
+        KGT_CHECK(argv[i] != NULL, "ledger entry field %d missing: %s", i, text);
+    r = redisCommandArgv(env.rc, 14, argv, NULL);
+    KGT_CHECK(r != NULL && r->type == REDIS_REPLY_STRING, "old entry() formula failed");
+    KGT_CHECK(strcmp(r->str, text) == 0, "leased ledger entry\n  %s\nis not entry()'s\n  %s", text,
+              r->str);
+    freeReplyObject(r);
+}
+
 static long long check_store(const kgt_world *w, long long *debit_sum, long long *late,
                              long long *shortfall)
 {
@@ -142,8 +199,10 @@ static long long check_store(const kgt_world *w, long long *debit_sum, long long
             *shortfall += json_integer_value(json_object_get(e, "shortfall_micros"));
             KGT_CHECK(b >= 0 || json_object_get(e, "shortfall_micros") != NULL ||
                       json_object_get(e, "lease_late_micros") != NULL,
-                      "balance below zero with no shortfall recorded");
+                      "balance below zero with no shortfall recorded: %s", ledger->element[n]->str);
             rid = json_string_value(json_object_get(e, "request_id"));
+            if (json_object_get(e, "lease") != NULL && (n % 7 == 0 || late_or_short(e)))
+                check_entry_text(ledger->element[n]->str, e);
             if (rid != NULL)
                 KGT_CHECK(kgt_int(&env, "SADD kgt:rids %s", rid) == 1, "request id %s charged twice", rid);
         } else {
@@ -257,7 +316,10 @@ static long journal_entries(void)
     return n;
 }
 
-static void phase_sigstop(const char *conf)
+/* Returns the micros charged late: 0 when the stop fell where the
+ * gateway had no entry unflushed (a flush of all of them on the wire),
+ * which checks exactness but not the late path: main() plays it again. */
+static long long phase_sigstop(const char *conf)
 {
     kgt_world w;
     pid_t a, b[2];
@@ -285,10 +347,14 @@ static void phase_sigstop(const char *conf)
               total_served());
     KGT_CHECK(bal == (long long)K * COST - sum && sf == -bal && late >= sf,
               "balance %lld, shortfall %lld, late %lld", bal, sf, late);
-    KGT_CHECK(late > 0, "the stopped gateway had no entry left to charge late");
+    if (late == 0) {
+        printf("sigstop: exact, but the stop left no entry to charge late: again\n");
+        return 0;
+    }
     printf("ok: sigstop: lease reclaimed under a stopped gateway; on resume %lld micros charged "
            "late, shortfall %lld recorded (balance %lld); %ld served = %lld charged\n",
            late, sf, bal, total_served(), nd);
+    return late;
 }
 
 static void phase_revoke(const char *conf)
@@ -310,7 +376,12 @@ static void phase_revoke(const char *conf)
     evals = kgt_calls(&env, "evalsha");
     for (int i = 0; i < 2000; i++)
         KGT_EQ_STATUS(kg_authorize(ctx, &r.req, &res), KG_OK);
-    KGT_CHECK(kgt_calls(&env, "evalsha") == evals, "warm leased requests went to the debit script");
+    /* The lease doubles each time it runs out while the spend rate is
+     * still unknown (windows of >= 10 ms, shorter than these loops): a
+     * request or two may still find it empty and take the exact path. */
+    KGT_CHECK(kgt_calls(&env, "evalsha") - evals <= 3,
+              "warm leased requests went to the debit script (%lld of 2000)",
+              kgt_calls(&env, "evalsha") - evals);
     kgt_revoke(&env, w.team, w.key);
     t0 = kgt_now_ms();
     while (kg_authorize(ctx, &r.req, &res) == KG_OK) {
@@ -393,7 +464,11 @@ int main(void)
     conf = kgt_write_conf(&env, "leased.conf", extra);
     if (!getenv("KGT_ONLY")) phase_invariant(conf);
     if (!getenv("KGT_ONLY")) phase_kill(conf);
-    if (!getenv("KGT_ONLY")) phase_sigstop(conf);
+    if (!getenv("KGT_ONLY")) {
+        int tries = 0;
+        while (phase_sigstop(conf) == 0)
+            KGT_CHECK(++tries < 4, "the stopped gateway had no entry left to charge late, 4 times");
+    }
     phase_revoke(conf);
     snprintf(extra, sizeof extra, "timeout_ms 50\ndebit leased\nlease_ttl_ms 3000\n"
              "lease_journal %s/journal-outage\n", env.dir);
