@@ -134,12 +134,13 @@ void kg_pending_free(kg_pending *p)
         return;
     list_unlink(p);
     kg_entry_unref(p->ent);
+    free(p->cmd);                       /* the command kept for a cluster resend */
+    p->cmd = NULL;
     if (p->ctx->spare == NULL && !p->ctx->closing) {
         p->ctx->spare = p;              /* reused by the next kg_flow_start */
         return;
     }
     free(p->params);
-    free(p->cmd);
     free(p);
 }
 
