@@ -59,7 +59,9 @@ typedef struct archiver {
     struct event *timer;
     int busy;                     /* a step in flight */
     char cursor[32];              /* SSCAN of archive:wallets */
-    json_t *todo;                 /* wallet ids whose tail is too long */
+    json_t *long_tails;           /* wallet ids whose tail is over ledger_tail, worked
+                                     front to back */
+    json_t *scanned;              /* a SCAN step's ids, waiting for their LLEN */
     int moved;                    /* entries moved this walk */
     int walking;                  /* a walk over archive:wallets is under way */
     long long err_logged_ms;
@@ -152,9 +154,9 @@ static void on_trim(void *arg, int ok, json_t *replies)
     } else if (res == -2) {
         log_err("archive: wallet %s: the oldest ledger entries changed under archived_count %lld "
                 "(a failover lost writes?): not archiving it; run keygate fsck", r->wid, r->a0);
-        json_array_remove(r->todo, 0);
+        json_array_remove(r->long_tails, 0);
     } else if (res != 0) {
-        json_array_remove(r->todo, 0);
+        json_array_remove(r->long_tails, 0);
     }
     batch_clear(r);
     done_step(r, 0);              /* the same wallet again, until its tail is short */
@@ -226,7 +228,7 @@ static void on_read(void *arg, int ok, json_t *replies)
     if (r->a->arch->stopping || !ok || !json_is_array(list) || !json_is_array(hm)) {
         json_decref(replies);
         if (!r->a->arch->stopping && ok)
-            json_array_remove(r->todo, 0);        /* wrong types: fsck says */
+            json_array_remove(r->long_tails, 0);        /* wrong types: fsck says */
         r->busy = 0;
         if (!r->a->arch->stopping)
             schedule(r, ok ? 0 : r->a->cfg.archive_interval_ms);
@@ -240,7 +242,7 @@ static void on_read(void *arg, int ok, json_t *replies)
         k = (long long)n;
     if (k <= 0) {                 /* short enough: next wallet */
         json_decref(replies);
-        json_array_remove(r->todo, 0);
+        json_array_remove(r->long_tails, 0);
         done_step(r, 0);
         return;
     }
@@ -261,7 +263,7 @@ static void on_read(void *arg, int ok, json_t *replies)
             json_decref(doc);
             json_decref(replies);
             batch_clear(r);
-            json_array_remove(r->todo, 0);
+            json_array_remove(r->long_tails, 0);
             done_step(r, 0);
             return;
         }
@@ -279,11 +281,11 @@ static void on_read(void *arg, int ok, json_t *replies)
 static void read_wallet(archiver *r)
 {
     char kw[KGC_RKEY_MAX], kl[KGC_RKEY_MAX], lo[24];
-    const char *wid = json_string_value(json_array_get(r->todo, 0));
+    const char *wid = json_string_value(json_array_get(r->long_tails, 0));
     json_t *cmds;
 
     if (wid == NULL || kgc_id_team_of(wid, 'w', r->team) != 0) {
-        json_array_remove(r->todo, 0);
+        json_array_remove(r->long_tails, 0);
         done_step(r, 0);
         return;
     }
@@ -303,18 +305,17 @@ static void read_wallet(archiver *r)
 static void on_lens(void *arg, int ok, json_t *replies)
 {
     archiver *r = arg;
-    json_t *ids = json_array_get(r->todo, 0);   /* the scanned ids, parked at [0] */
-    json_t *keep = json_array(), *v;
+    json_t *v;
     size_t i;
 
+    json_array_clear(r->long_tails);
     if (ok)
         json_array_foreach(replies, i, v)
             if (json_integer_value(v) > r->a->cfg.ledger_tail)
-                json_array_append(keep, json_array_get(ids, i));
+                json_array_append(r->long_tails, json_array_get(r->scanned, i));
     json_decref(replies);
-    json_array_clear(r->todo);
-    json_array_extend(r->todo, keep);
-    json_decref(keep);
+    json_decref(r->scanned);
+    r->scanned = NULL;
     if (r->a->arch->stopping) {
         r->busy = 0;
         return;
@@ -344,11 +345,12 @@ static void on_scan(void *arg, int ok, json_t *replies)
         rkey(r->a, kl, KGC_RK_LEDGER, team, json_string_value(id));
         json_array_append_new(cmds, json_pack("[s,s]", "LLEN", kl));
     }
-    json_array_clear(r->todo);
-    json_array_append(r->todo, ids);
+    json_decref(r->scanned);
+    r->scanned = json_incref(ids);
     json_decref(replies);
     if (json_array_size(cmds) == 0 || store_exec(r->a->st, cmds, 0, on_lens, r) != 0) {
-        json_array_clear(r->todo);
+        json_decref(r->scanned);
+        r->scanned = NULL;
         done_step(r, 0);
     }
     json_decref(cmds);
@@ -434,7 +436,7 @@ static void step(archiver *r)
     } else if (s->backfilled != 1) {
         schedule(r, a->cfg.archive_interval_ms);
         return;
-    } else if (json_array_size(r->todo) > 0) {
+    } else if (json_array_size(r->long_tails) > 0) {
         r->busy = 1;
         read_wallet(r);
         return;
@@ -503,7 +505,7 @@ void archive_start(app *a)
         r->id = i;
         r->wk = worker_new(a->base);
         r->timer = evtimer_new(a->base, on_timer, r);
-        r->todo = json_array();
+        r->long_tails = json_array();
         snprintf(r->cursor, sizeof r->cursor, "0");
         s->arch[i] = r;
         schedule(r, 0);
@@ -541,7 +543,8 @@ void archive_free(app *a)
             r->eng->close(r->eng);
         batch_clear(r);
         event_free(r->timer);
-        json_decref(r->todo);
+        json_decref(r->long_tails);
+        json_decref(r->scanned);
         free(r);
     }
     if (s->reader)
