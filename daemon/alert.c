@@ -302,18 +302,10 @@ static void on_load(void *arg, int ok, json_t *replies)
 {
     app *a = arg;
     struct alerts *s = a->alerts;
-    json_t *r = json_array_get(replies, 0);
 
     s->busy = 0;
-    if (!ok)
-        return;
-    if (json_is_string(r))
-        snprintf(s->sha, sizeof s->sha, "%s", json_string_value(r));
-    else
-        log_err("alert script refused by redis: %.200s",
-                json_string_value(json_object_get(r, "$err")) ?: "?");
-    json_decref(replies);
-    if (s->sha[0] != '\0')
+    store_script_sha(ok, replies, s->sha, sizeof s->sha, "alert");
+    if (ok && s->sha[0] != '\0')
         alert_tick(a);
 }
 

@@ -267,17 +267,9 @@ static void on_load(void *arg, int ok, json_t *replies)
 {
     app *a = arg;
     struct expiry *x = a->expiry;
-    json_t *r = json_array_get(replies, 0);
 
     x->busy = 0;
-    if (!ok)
-        return;
-    if (json_is_string(r))
-        snprintf(x->sha, sizeof x->sha, "%s", json_string_value(r));
-    else
-        log_err("expiry script refused by redis: %.200s",
-                json_string_value(json_object_get(r, "$err")) ?: "?");
-    json_decref(replies);
+    store_script_sha(ok, replies, x->sha, sizeof x->sha, "expiry");
 }
 
 void expiry_tick(app *a)

@@ -538,3 +538,15 @@ int store_exec_acked(store *s, json_t *cmds, int transaction, store_done_fn done
 {
     return exec_batch(s, cmds, transaction, s->cfg->min_replicas_ack, done, arg);
 }
+
+void store_script_sha(int ok, json_t *replies, char *sha, size_t n, const char *what)
+{
+    json_t *r = json_array_get(replies, 0);
+
+    if (ok && json_is_string(r))
+        snprintf(sha, n, "%s", json_string_value(r));
+    else if (ok)
+        log_err("%s script refused by redis: %.200s", what,
+                json_string_value(json_object_get(r, "$err")) ?: "?");
+    json_decref(replies);
+}

@@ -55,4 +55,9 @@ void store_on_connect(store *s, void (*fn)(void *), void *arg);
 /* 1 if j is a Redis error reply converted by the store. */
 int store_is_error(const json_t *j);
 
+/* For the done of a one-command SCRIPT LOAD batch: its SHA into sha
+ * (n bytes; left as it was when !ok), a refusal logged naming what.
+ * Takes replies. */
+void store_script_sha(int ok, json_t *replies, char *sha, size_t n, const char *what);
+
 #endif

@@ -157,17 +157,9 @@ static void on_scan(void *arg, int ok, json_t *replies)
 static void on_load(void *arg, int ok, json_t *replies)
 {
     sweep *s = arg;
-    json_t *r = json_array_get(replies, 0);
 
     s->busy = 0;
-    if (!ok)
-        return;
-    if (json_is_string(r))
-        snprintf(s->sha, sizeof s->sha, "%s", json_string_value(r));
-    else
-        log_err("%s script refused by redis: %.200s", s->k->name,
-                json_string_value(json_object_get(r, "$err")) ?: "?");
-    json_decref(replies);
+    store_script_sha(ok, replies, s->sha, sizeof s->sha, s->k->name);
 }
 
 void sweep_tick(sweep *s)
