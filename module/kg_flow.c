@@ -239,10 +239,13 @@ static int cluster_send(kg_pending *p, int node)
 /* Cluster mode: the slot of the team's keys (all of them share its tag). */
 static void team_slot(kg_pending *p, const char *team)
 {
-    char k[KGC_RKEY_MAX];
+    char tag[KGC_ID_MAX + 8];
+    int n;
 
-    if (p->ctx->cmap != NULL && kgc_rkey(k, p->ctx->cfg.key_prefix, KGC_RK_TOKEN, team, "-") > 0)
-        p->slot = kgc_cluster_slot(k, strlen(k));
+    /* every key of the team carries the tag {t:<team>}: its slot is the tag's */
+    if (p->ctx->cmap != NULL && (n = snprintf(tag, sizeof tag, "{t:%s}", team)) > 0 &&
+        (size_t)n < sizeof tag)
+        p->slot = kgc_cluster_slot(tag, (size_t)n);
 }
 
 /* Cluster mode: issue()'s second half. The command's slot is its first
