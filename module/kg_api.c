@@ -57,9 +57,9 @@ KG_EXPORT kg_ctx *kg_open(const char *config_path, char *err, size_t errlen)
         goto err;
     }
     if (ctx->cfg.ncluster > 0) {
-        if (ctx->cfg.debit_mode == KGC_DEBIT_LEASED) {
-            snprintf(err, errlen, "%s: debit leased is not supported with 'redis cluster' yet",
-                     config_path);
+        if (ctx->cfg.debit_mode == KGC_DEBIT_LEASED || ctx->cfg.lease_journal[0] != '\0') {
+            snprintf(err, errlen, "%s: debit leased (and lease_journal) is not supported with "
+                     "'redis cluster' yet", config_path);
             kg_cache_free(&ctx->cache);
             goto err;
         }

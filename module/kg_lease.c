@@ -181,7 +181,9 @@ int kg_lease_open(kg_ctx *ctx, char *err, size_t errlen)
     size_t it = 0;
     kg_jent *e;
 
-    if (ctx->cfg.debit_mode != KGC_DEBIT_LEASED)
+    /* A journal without 'debit leased' serves the services the catalog
+     * leases ("debit": "leased"); without one they are exact. */
+    if (ctx->cfg.debit_mode != KGC_DEBIT_LEASED && ctx->cfg.lease_journal[0] == '\0')
         return 0;
     if (ctx->cfg.lease_journal[0] == '\0') {
         snprintf(err, errlen, "'debit leased' needs 'lease_journal' (a file prefix)");

@@ -173,6 +173,23 @@ static int parse_service(json_t *js, size_t idx, kgc_service *s, const char *nam
         return -1;
     }
     s->settle = json_is_true(jfree);
+    jfree = json_object_get(js, "debit");
+    if (jfree != NULL) {
+        const char *d = json_is_string(jfree) ? json_string_value(jfree) : "";
+        if (strcmp(d, "exact") == 0)
+            s->debit = KGC_SVC_DEBIT_EXACT;
+        else if (strcmp(d, "leased") == 0)
+            s->debit = KGC_SVC_DEBIT_LEASED;
+        else {
+            snprintf(err, errlen, "%s: 'debit' must be \"exact\" or \"leased\"", where);
+            return -1;
+        }
+        if (s->settle && s->debit == KGC_SVC_DEBIT_LEASED) {
+            snprintf(err, errlen, "%s: 'debit' \"leased\" is for services charged before the "
+                     "response, not with 'settle' (a hold is always exact)", where);
+            return -1;
+        }
+    }
     quota = json_object_get(js, "free_quota");
     if (quota != NULL) {
         if (!s->free) {

@@ -46,9 +46,17 @@ typedef struct kgc_service {
                                      worst-case price, kg_settle charges the
                                      measured one (docs/module.md) */
     int64_t requests_per_day;     /* free quota per team per UTC day; 0 = none */
+    int debit;                    /* "debit": KGC_SVC_DEBIT_* (the config's
+                                     mode unless the catalog names one) */
     kgc_model *models;            /* owned */
     size_t nmodels;
 } kgc_service;
+
+/* kgc_service.debit */
+#define KGC_SVC_DEBIT_CONFIG 0    /* absent: the gateway's 'debit' decides */
+#define KGC_SVC_DEBIT_EXACT  1    /* "exact": one script per request, always */
+#define KGC_SVC_DEBIT_LEASED 2    /* "leased": against a lease wherever the
+                                     gateway has a lease_journal */
 
 typedef struct kgc_catalog {
     char *currency;               /* owned */

@@ -503,7 +503,7 @@ void kgt_world_make(kgt_env *e, kgt_world *w, int64_t balance)
     kgt_token(e, w->team, w->key, w->user, 0, w->tok);
 }
 
-void kgt_catalog_quota(kgt_env *e, const char *service, int64_t n)
+void kgt_catalog_field(kgt_env *e, const char *service, const char *field, json_t *value)
 {
     char *text = slurp(KGT_DATA_DIR "/catalog.json"), *out;
     json_t *cat = json_loads(text, 0, NULL), *svcs = json_object_get(cat, "services"), *s;
@@ -512,16 +512,23 @@ void kgt_catalog_quota(kgt_env *e, const char *service, int64_t n)
     json_array_foreach(svcs, i, s) {
         if (strcmp(json_string_value(json_object_get(s, "id")), service) != 0)
             continue;
-        if (n > 0)
-            json_object_set_new(s, "free_quota", json_pack("{s:I}", "requests_per_day", (json_int_t)n));
+        if (value != NULL)
+            json_object_set(s, field, value);
         else
-            json_object_del(s, "free_quota");
+            json_object_del(s, field);
     }
+    json_decref(value);
     out = json_dumps(cat, JSON_COMPACT);
     kgt_catalog(e, out);
     free(out);
     free(text);
     json_decref(cat);
+}
+
+void kgt_catalog_quota(kgt_env *e, const char *service, int64_t n)
+{
+    kgt_catalog_field(e, service, "free_quota",
+                      n > 0 ? json_pack("{s:I}", "requests_per_day", (json_int_t)n) : NULL);
 }
 
 long long kgt_balance(kgt_env *e, const kgt_world *w)

@@ -105,6 +105,9 @@ void kgt_world_make(kgt_env *e, kgt_world *w, int64_t balance);
 /* Sets free_quota.requests_per_day of a service in the catalog of
  * tests/data/catalog.json and stores it (n = 0: no quota). */
 void kgt_catalog_quota(kgt_env *e, const char *service, int64_t n);
+/* Sets field of a service in the catalog of tests/data/catalog.json (value
+ * NULL: removes it; the reference is taken) and stores it. */
+void kgt_catalog_field(kgt_env *e, const char *service, const char *field, json_t *value);
 long long kgt_balance(kgt_env *e, const kgt_world *w);
 long long kgt_ledger_len(kgt_env *e, const kgt_world *w);
 

@@ -472,6 +472,56 @@ static void phase_outage(const char *conf)
            out_ok, (long long)last_ok, out_err, ok + out_ok + after);
 }
 
+/* The catalog chooses per service: "debit": "leased" leases a service in
+ * any gateway with a lease_journal, "exact" keeps one script a request
+ * under 'debit leased', no "debit" follows the config. A gateway without
+ * a journal has nowhere to record local decisions: exact. */
+static void phase_catalog(const char *journal_only, const char *leased, const char *exact)
+{
+    static const struct {
+        const char *name, *debit;
+        int conf;                       /* 0 journal only, 1 debit leased, 2 no journal */
+        int leases;
+    } cases[] = {
+        {"catalog leased, config journal only", "leased", 0, 1},
+        {"catalog silent, config journal only", NULL, 0, 0},
+        {"catalog exact, config debit leased", "exact", 1, 0},
+        {"catalog silent, config debit leased", NULL, 1, 1},
+        {"catalog leased, config without journal", "leased", 2, 0},
+    };
+    const char *confs[3] = {journal_only, leased, exact};
+    const int n = 400;
+
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        kgt_world w;
+        kgt_req r;
+        kg_result res;
+        kg_ctx *ctx;
+        long long ex, sum, late, sf;
+
+        kgt_catalog_field(&env, "text-generation", "debit",
+                          cases[c].debit ? json_string(cases[c].debit) : NULL);
+        ctx = kg_open(confs[cases[c].conf], NULL, 0);
+        KGT_CHECK(ctx != NULL, "kg_open");
+        kgt_world_make(&env, &w, (int64_t)n * COST * 10);
+        kgt_request(&r, w.tok, "text-generation", "small", NULL, KGT_P("input_tokens", 1000), NULL);
+        for (int i = 0; i < n; i++)
+            KGT_CHECK(kg_authorize(ctx, &r.req, &res) == KG_OK, "%s: request %d: %s",
+                      cases[c].name, i, kg_status_code(res.status));
+        kg_close(ctx);                  /* flushes, returns the leases */
+        KGT_CHECK(check_store(&w, &sum, &late, &sf) == n && sum == (long long)n * COST,
+                  "%s: %lld micros charged for %d requests", cases[c].name, sum, n);
+        ex = exact_debits(&w);
+        if (cases[c].leases)
+            KGT_CHECK(ex <= n / 8,       /* the cold request and the lease's ramp-up */
+                      "%s: %lld of %d requests took the exact path", cases[c].name, ex, n);
+        else
+            KGT_CHECK(ex == n, "%s: %lld of %d requests leased", cases[c].name, n - ex, n);
+        printf("ok: %s: %lld of %d exact, %d charged\n", cases[c].name, ex, n, n);
+    }
+    kgt_catalog(&env, NULL);
+}
+
 int main(void)
 {
     const char *conf;
@@ -492,6 +542,17 @@ int main(void)
             KGT_CHECK(++tries < 4, "the stopped gateway had no entry left to charge late, 4 times");
     }
     phase_revoke(conf);
+    snprintf(extra, sizeof extra, "timeout_ms 2000\nlease_ttl_ms 600\nlease_journal %s/journal-cat\n",
+             env.dir);
+    {
+        char *leased = strdup(conf);    /* kgt_write_conf's buffer is reused */
+        char *journal = strdup(kgt_write_conf(&env, "journal.conf", extra));
+        char *exact = strdup(kgt_write_conf(&env, "exact.conf", "timeout_ms 2000\n"));
+        phase_catalog(journal, leased, exact);
+        free(leased);
+        free(journal);
+        free(exact);
+    }
     snprintf(extra, sizeof extra, "timeout_ms 50\ndebit leased\nlease_ttl_ms 3000\n"
              "lease_journal %s/journal-outage\n", env.dir);
     phase_outage(kgt_write_conf(&env, "outage.conf", extra));
