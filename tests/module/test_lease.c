@@ -216,9 +216,12 @@ static long long check_store(const kgt_world *w, long long *debit_sum, long long
             KGT_CHECK(b == prev - a, "ledger chain: %lld after %lld - %lld", b, prev, a);
             *late += json_integer_value(json_object_get(e, "lease_late_micros"));
             *shortfall += json_integer_value(json_object_get(e, "shortfall_micros"));
-            KGT_CHECK(b >= 0 || json_object_get(e, "shortfall_micros") != NULL ||
-                      json_object_get(e, "lease_late_micros") != NULL,
-                      "balance below zero with no shortfall recorded: %s", ledger->element[n]->str);
+            /* Only a late charge takes the balance below zero, and it
+             * records that part as its shortfall; a later entry may still
+             * show the wallet below zero (until a reclaim gives a lease
+             * back), never by more than the shortfall recorded so far. */
+            KGT_CHECK(b >= -*shortfall, "balance below zero by more than the %lld shortfall "
+                      "recorded so far: %s", *shortfall, ledger->element[n]->str);
             rid = json_string_value(json_object_get(e, "request_id"));
             if (json_object_get(e, "lease") != NULL && (n % 7 == 0 || late_or_short(e)))
                 check_entry_text(ledger->element[n]->str, e);
