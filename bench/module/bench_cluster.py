@@ -15,9 +15,17 @@ warm (cache_ttl_ms 1000: the debit script). Prints p50/p99 in µs and the
 Redis CPU per call of the scripts (INFO commandstats, evalsha) on the
 node that served them. The standalone node has a replica, as each of the
 cluster's masters does.
+
+Then: warm debits on the standalone node with `durability local` and
+`durability replica` (a WAIT for its replica after every debit), three
+alternating rounds, and their p50 ratio; and the spread over the cluster's
+3 masters of the slots of 10,000 team ids drawn as keygated draws them
+(t_ + 12 base62 characters from a CSPRNG).
 """
 import argparse
 import os
+import secrets
+import string
 import subprocess
 import sys
 import tempfile
@@ -56,11 +64,19 @@ def evalsha_usec(port):
     return 0.0, 0
 
 
-def run(env, w, redis_line, ttl, n, tag):
+B62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+
+def team_id():
+    return "t_" + "".join(secrets.choice(B62) for _ in range(12))
+
+
+def run(env, w, redis_line, ttl, n, tag, extra=()):
     conf = os.path.join(env.tmp, "bench-%s.conf" % tag)
     lines = [l for l in env.config_lines() if not l.startswith("redis ")]
     with open(conf, "w") as f:
-        f.write("\n".join(lines + [redis_line, "timeout_ms 1000", "cache_ttl_ms %d" % ttl]) + "\n")
+        f.write("\n".join(lines + [redis_line, "timeout_ms 1000", "cache_ttl_ms %d" % ttl]
+                          + list(extra)) + "\n")
     out = os.path.join(env.tmp, "bench-%s.out" % tag)
     p = subprocess.run([safety.hammer_path(), "--config", conf, "--token-file", w["token_file"],
                         "--service", "text-generation", "--model", "small", "--param",
@@ -116,6 +132,25 @@ def main():
                     usec, calls = evalsha_usec(port)
                     print("%-5s %-8s p50 %5d  p99 %6d   evalsha %.2f us/call (%d calls)"
                           % (mode, name, p50, p99, usec, calls))
+            kgtest.wait_for(lambda: b"master_link_status:up" in
+                            kgcluster.rcmd(rport, "INFO", "replication"), 20, "replica in sync")
+            print("warm debits on the single node, durability local vs replica (WAIT 1 each):")
+            p50s = {"local": [], "replica": []}
+            for rnd in range(3):
+                for d in ("local", "replica"):
+                    p50, p99 = run(env, w, "redis 127.0.0.1:%d" % single, 1000, a.n,
+                                   "dur-%s-%d" % (d, rnd), ["durability " + d])
+                    p50s[d].append(p50)
+                    print("  round %d %-8s p50 %5d  p99 %6d" % (rnd, d, p50, p99))
+            print("durability replica / local p50: %.2fx (median of the rounds: %d vs %d us)"
+                  % (pct(p50s["replica"], 0.5) / pct(p50s["local"], 0.5),
+                     pct(p50s["replica"], 0.5), pct(p50s["local"], 0.5)))
+            counts = {}
+            for _ in range(10000):
+                m = cl.owner(kgcluster.slot_of("{t:%s}" % team_id()))
+                counts[m] = counts.get(m, 0) + 1
+            print("10,000 team ids over %d masters: %s" % (len(counts), ", ".join(
+                "%.1f %%" % (100.0 * c / 10000) for c in sorted(counts.values()))))
         finally:
             cl.stop()
             for p in (rp, sp):

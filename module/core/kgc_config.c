@@ -184,6 +184,8 @@ typedef struct key_rule {
 static const char *const log_formats[] = {"text", "json", NULL};
 static const char *const on_off[] = {"off", "on", NULL};
 static const char *const debit_modes[] = {"exact", "leased", NULL};
+/* KGC_DURABILITY_*: index 0 (unset) is no word a line can give */
+static const char *const durabilities[] = {"", "local", "replica", NULL};
 
 static const key_rule keys[] = {
     STR("socket", socket_path),
@@ -211,6 +213,7 @@ static const key_rule keys[] = {
     STR("sentinel_master", sentinel_master),
     NUM("min_replicas_ack", min_replicas_ack, 10, 0, 64),
     NUM("replica_ack_timeout_ms", replica_ack_timeout_ms, 10, 1, 60000),
+    CHOICE("durability", durability, durabilities),
     {"archive", K_ARCHIVE, 0, 0, 0, 0, 0, NULL},
     NUM("ledger_tail", ledger_tail, 10, 1, 10000000),
     NUM("archive_batch", archive_batch, 10, 1, 1000),   /* PAGE_BATCH_MAX */
@@ -330,6 +333,13 @@ int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "%s: 'redis cluster' and 'sentinel' exclude each other", path);
         rc = -1;
     }
+    if (rc == 0 && cfg->durability == KGC_DURABILITY_LOCAL && cfg->min_replicas_ack > 0) {
+        snprintf(err, errlen, "%s: 'durability local' and 'min_replicas_ack %d' disagree", path,
+                 cfg->min_replicas_ack);
+        rc = -1;
+    }
+    if (rc == 0 && cfg->durability == KGC_DURABILITY_REPLICA && cfg->min_replicas_ack == 0)
+        cfg->min_replicas_ack = 1;
     return rc;
 }
 

@@ -55,6 +55,9 @@ typedef struct kgc_config {
     kgc_hostport cluster[KGC_CLUSTER_SEEDS_MAX];
     int ncluster;
     int min_replicas_ack;         /* both: WAIT for this many replicas after a write, 0 = off */
+    int durability;               /* both: "durability local|replica" as given
+                                     (KGC_DURABILITY_*); replica sets
+                                     min_replicas_ack to at least 1 */
     int replica_ack_timeout_ms;   /* both: WAIT's timeout, 500 */
     /* Ledger archive (daemon; docs/archive.md): "archive sqlite:PATH" or
      * "archive postgresql:CONNINFO"; absent = no archiving. */
@@ -73,6 +76,11 @@ typedef struct kgc_config {
 #define KGC_ARCHIVE_NONE 0
 #define KGC_ARCHIVE_SQLITE 1
 #define KGC_ARCHIVE_POSTGRESQL 2
+
+/* durability values: the name for min_replicas_ack 0 / >= 1 */
+#define KGC_DURABILITY_UNSET   0
+#define KGC_DURABILITY_LOCAL   1  /* answered once the master has it */
+#define KGC_DURABILITY_REPLICA 2  /* ... and a replica acknowledged it (WAIT) */
 
 /* debit_mode values */
 #define KGC_DEBIT_EXACT  0
