@@ -137,6 +137,7 @@ static void fsck_free(fsck *f)
         f->arch->close(f->arch);
     if (f->rc)
         redisFree(f->rc);
+    fsck_cluster_close(f);
     if (f->sec) {
         if (f->sec->pepper)
             sodium_free(f->sec->pepper);
@@ -171,10 +172,6 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
     path = ctx->config_path ? ctx->config_path : FSCK_DEFAULT_CONFIG;
     if (kgc_config_load(path, &cfg, err, sizeof err) != 0) {
         fprintf(stderr, "error: usage: %s\n", err);
-        return CLI_EXIT_USAGE;
-    }
-    if (cfg.ncluster > 0) {
-        fprintf(stderr, "error: usage: fsck does not scan a Redis Cluster yet\n");
         return CLI_EXIT_USAGE;
     }
     memset(&f, 0, sizeof f);
@@ -220,8 +217,13 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
         cfg.redis_port = hp.port;
         cfg.redis_unix[0] = '\0';
     }
-    f.rc = fsck_connect(&cfg, ctx->timeout_ms);
-    if (f.rc == NULL || f.rc->err) {
+    if (cfg.ncluster > 0) {
+        if (fsck_cluster_open(&f, &cfg, ctx->timeout_ms, err, sizeof err) != 0) {
+            fprintf(stderr, "error: unreachable: redis cluster: %s\n", err);
+            fsck_free(&f);
+            return CLI_EXIT_UNREACHABLE;
+        }
+    } else if ((f.rc = fsck_connect(&cfg, ctx->timeout_ms)) == NULL || f.rc->err) {
         fprintf(stderr, "error: unreachable: redis %s%s: %s\n",
                 cfg.redis_unix[0] ? "unix:" : "", cfg.redis_unix[0] ? cfg.redis_unix : cfg.redis_host,
                 f.rc ? f.rc->errstr : "out of memory");

@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "kgc_cluster.h"
 #include "kgc_config.h"
 #include "kgc_token.h"
 
@@ -37,8 +38,23 @@ typedef struct fsck_secrets {
     char HEX[KGC_PEPPER_LEN * 2 + 1];
 } fsck_secrets;
 
+/* Redis Cluster (config `redis cluster`): one connection per master and
+ * each command sent to the master of its key's slot (cli_fsck_redis.c). */
+typedef struct fsck_cluster {
+    struct kgc_cluster_map *map;     /* loaded once: a moved slot stops the check */
+    redisContext *node[KGC_CLUSTER_NODES_MAX]; /* opened on first use */
+    unsigned char watched[KGC_CLUSTER_NODES_MAX]; /* a WATCH is open on that node */
+    int scan_node;                   /* where a SCAN goes */
+    int tx_node;                     /* the open MULTI's node; -1 none */
+    int tx_pending;                  /* MULTI asked, sent with the next keyed command */
+    int *fifo;                       /* the node of each reply still to read */
+    size_t fifo_cap, fifo_head, fifo_len;
+    int timeout_ms;
+} fsck_cluster;
+
 typedef struct fsck {
-    redisContext *rc;
+    redisContext *rc;                /* one node (NULL on a cluster: cl) */
+    fsck_cluster *cl;
     const char *prefix;              /* key_prefix, borrowed from cfg */
     size_t plen;
     fsck_secrets *sec;               /* sodium_malloc'ed */
@@ -100,6 +116,15 @@ redisReply *fsck_rget(fsck *f);
 redisReply **fsck_wread(fsck *f, size_t n, char **keys, const char *verb, const char *extra);
 redisReply *fsck_wread1(fsck *f, const char *key, const char *verb, const char *extra);
 void fsck_free_replies(redisReply **r, size_t n);
+
+/* Cluster mode: loads the slot map from the config's seed nodes. 0, or
+ * -1 with err (the cluster is unreachable or does not serve every slot). */
+int fsck_cluster_open(fsck *f, const kgc_config *cfg, int timeout_ms, char *err, size_t errlen);
+void fsck_cluster_close(fsck *f);
+/* The masters a scan visits, one after another: their count, and
+ * fsck_scan_target(f, i) points SCAN at the i-th. */
+int fsck_scan_targets(fsck *f);
+void fsck_scan_target(fsck *f, int i);
 
 /* After an object's watched reads: 1 consistent, 0 changed, -1 broken. */
 int fsck_watch_commit(fsck *f);

@@ -138,7 +138,7 @@ static void scan_key(fsck *f, const char *key, size_t keylen, const char *type)
     }
 }
 
-void fsck_pass_scan(fsck *f)
+static void scan_node(fsck *f)
 {
     char cursor[64] = "0";
 
@@ -186,4 +186,16 @@ void fsck_pass_scan(fsck *f)
         freeReplyObject(r);
         fsck_flush(f);
     } while (!f->broken && strcmp(cursor, "0") != 0);
+}
+
+/* Every master of a cluster in turn (a key lives on one master); one node
+ * otherwise. */
+void fsck_pass_scan(fsck *f)
+{
+    int n = fsck_scan_targets(f);
+
+    for (int i = 0; i < n && !f->broken; i++) {
+        fsck_scan_target(f, i);
+        scan_node(f);
+    }
 }

@@ -24,7 +24,12 @@ non-blocking form, on nginx's loop) debits too during the move and the kill.
 After each, read from the cluster directly: every request answered KG_OK
 has exactly one ledger entry, no request id is charged twice, the ledger
 has no debit for a request not answered ok, and
-balance = CREDIT - sum(ledger debits). Figures go to stderr.
+balance = CREDIT - sum(ledger debits); then `keygate fsck` with the
+gateways' cluster config (every master scanned) is clean. Right after the
+copy, fsck on the cluster counts what fsck on the single node counts (a
+scan of one master would miss two thirds of the store), and test_exact
+plants a wrong balance on the team's master, which fsck must report.
+Figures go to stderr.
 """
 import json
 import os
@@ -72,6 +77,21 @@ class ClusterCase(unittest.TestCase):
                                        "cache_ttl_ms 1000"] + list(extra)) + "\n")
         sys.stderr.write("copied %d keys; the team's slot %d is on %d\n"
                          % (copied, self.slot, self.cluster.owner(self.slot)))
+        single = safety.assert_clean(self, self.env, "fsck on the single node")
+        spread = self.fsck_clean("fsck on the cluster after the copy")
+        for k in ("teams", "keys", "token_records", "wallets", "ledger_entries", "users"):
+            self.assertEqual(spread[k], single[k], "fsck counted %s: %d on the cluster, %d on the "
+                             "node it was copied from" % (k, spread[k], single[k]))
+        per_master = [int(kgcluster.rcmd(m, "DBSIZE")) for m in self.cluster.masters()]
+        self.assertGreater(min(per_master), 0, "a master holds no key: the copy is not spread")
+
+    def fsck_clean(self, what):
+        """`keygate fsck` on the cluster (the gateways' config): clean."""
+        rc, out, so, se = safety.fsck(self.env, config=self.config)
+        self.assertIsNotNone(out, "%s: no JSON from fsck (exit %s): %s %s" % (what, rc, so, se))
+        self.assertEqual(out["problems"], [], "%s: fsck found problems" % what)
+        self.assertEqual(rc, 0, "%s: fsck exit %s: %s" % (what, rc, se))
+        return out["counts"]
 
     def copy_store(self):
         n = 0
@@ -154,6 +174,17 @@ class ClusterCase(unittest.TestCase):
         self.assertEqual(bal, 10 * COST)
         sys.stderr.write("exact: %d debits on the cluster in %.2f s (%.0f/s), balance %d\n"
                          % (n, el, n / el, bal))
+        counts = self.fsck_clean("exact")
+        self.assertEqual(counts["ledger_entries"], n + 1)          # the credit too
+        # A wrong balance on the team's master (a node fsck reaches only
+        # by routing there) is reported, then put back.
+        wk = "kg:{t:%s}:wallet:%s" % (self.w["team"], self.w["wallet"])
+        self.cget("HSET", wk, "balance_micros", str(bal + 1))
+        rc, out, so, se = safety.fsck(self.env, config=self.config)
+        self.assertEqual(rc, 1, "fsck missed a wrong balance: %s %s" % (so, se))
+        self.assertIn(wk, [p["key"] for p in out["problems"]])
+        self.cget("HSET", wk, "balance_micros", str(bal))
+        self.fsck_clean("exact, balance put back")
 
     def test_slot_move(self):
         self.slot_move(None)
@@ -184,6 +215,7 @@ class ClusterCase(unittest.TestCase):
                          "slowest %d ms (kg_hammer); balance %d exact\n"
                          % (batch or "all", src, dst, moved, len(rows), len(retried),
                             max(r.get("ms", 0) for r in rows), bal))
+        self.fsck_clean("slot move")
 
     def test_master_killed(self):
         self.master_killed(wait=False)
@@ -238,6 +270,7 @@ class ClusterCase(unittest.TestCase):
         debits = [e for e in debits if e.get("type") == "debit"]
         bal = int(self.cget("HGET", "kg:{t:%s}:wallet:%s" % (team, wallet), "balance_micros"))
         self.assertEqual(bal, self.credit - COST * len(debits), "balance != credit - debits")
+        self.fsck_clean("kill -9 of a master")
 
 
 if __name__ == "__main__":
