@@ -99,7 +99,7 @@ static redisContext *cl_conn(fsck *f, int i)
     cl->node[i] = redisConnectWithTimeout(cl->map->nodes[i].host, cl->map->nodes[i].port, tv);
     if (cl->node[i] == NULL || cl->node[i]->err) {
         char why[256];
-        snprintf(why, sizeof why, "cluster node %s:%d: %s", cl->map->nodes[i].host,
+        snprintf(why, sizeof why, "cluster node %.100s:%d: %.120s", cl->map->nodes[i].host,
                  cl->map->nodes[i].port, cl->node[i] ? cl->node[i]->errstr : "out of memory");
         fsck_broken_why(f, why);
         return NULL;
