@@ -10,6 +10,11 @@
   4. wallet.ledger, a page of 100 at the deepest cursor (seq 100: the
      archive's oldest rows) and at the newest: median of 20 calls
   5. keygate fsck (with the archive): wall time and peak RSS
+  6. paced debits (one gateway, --pause-us between requests: a load that
+     leaves the CPUs idle part of the time, unlike 3.), in alternating
+     rounds with keygated stopped (SIGSTOP: nothing archived) and running
+     (archiving as the entries arrive): the p50 a gateway sees from the
+     archive's work in Redis, apart from CPU contention on this machine
 
 Usage: bench_archive.py [--n N] [--engine sqlite|postgresql|both]
 Default N = 20000 (seconds); issue 12's figure is N = 1000000. Needs a
@@ -18,6 +23,7 @@ run needs Debian's postgresql and root (tests/archive/kgpg.py).
 """
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,7 +50,7 @@ def used_memory(env):
     return 0
 
 
-def debits(env, w, gw, n, prefix, workers=2):
+def debits(env, w, gw, n, prefix, workers=2, pause_us=0):
     """n debits from `workers` gateways at once; returns (p50 us, wall s)."""
     per = n // workers
     t0 = time.time()
@@ -54,7 +60,7 @@ def debits(env, w, gw, n, prefix, workers=2):
         argv = [safety.hammer_path(), "--config", gw, "--token-file", w["token_file"],
                 "--service", "text-generation", "--model", "small", "--param",
                 "input_tokens=1000", "--count", str(per), "--rid", "%s%d" % (prefix, i),
-                "--out", out, "--us"]
+                "--out", out, "--us"] + (["--pause-us", str(pause_us)] if pause_us else [])
         hs.append((subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out))
     lat = []
     for p, out in hs:
@@ -157,6 +163,20 @@ def run(engine, n):
               % (deep, archived + TAIL - 100, top))
         print("  fsck:                %.2f s, peak RSS %.1f MB, clean %s"
               % (fsck_s, ru.ru_maxrss / 1024, clean))
+
+        paced = {"stopped": [], "archiving": []}
+        k = max(2000, n // 40)
+        for rnd in range(3):
+            for mode in ("stopped", "archiving"):
+                env.daemon.send_signal(signal.SIGSTOP if mode == "stopped" else signal.SIGCONT)
+                p50, _ = debits(env, w, gw, k, "p%s%d" % (mode[0], rnd), workers=1, pause_us=300)
+                paced[mode].append(p50)
+        env.daemon.send_signal(signal.SIGCONT)
+        ps, pa = sorted(paced["stopped"])[1], sorted(paced["archiving"])[1]
+        print("  paced debit p50:     keygated stopped %s us, archiving %s us (one gateway, "
+              "300 us between requests, %d a round): median %.2fx (goal <= 1.1x)"
+              % ("/".join(map(str, paced["stopped"])), "/".join(map(str, paced["archiving"])),
+                 k, pa / ps if ps else 0))
     finally:
         env.close()
         if pg:

@@ -51,11 +51,13 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kgc_keys.h"
 
 #define FSCK_DEFAULT_CONFIG "/etc/keygate/keygate.conf"
 #define FSCK_SAFE_MAX       600
+#define FSCK_CLUSTER_PASSES 5        /* starts on a fresh slot map after a cluster change */
 
 /* --- output ----------------------------------------------------------------- */
 
@@ -157,6 +159,26 @@ static void fsck_free(fsck *f)
 
 int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv);
 
+/* A pass on a cluster stopped by a change of the cluster: everything
+ * found so far is dropped, the slot map loaded again. */
+static int restart_cluster(fsck *f, const kgc_config *cfg, int timeout_ms, char *err,
+                           size_t errlen)
+{
+    json_t *objs[] = {f->teams, f->tagged, f->keydocs, f->wallets, f->ledgers,
+                      f->toks, f->users, f->emails};
+
+    json_array_clear(f->pending);
+    json_array_clear(f->problems);
+    for (size_t i = 0; i < sizeof objs / sizeof objs[0]; i++)
+        json_object_clear(objs[i]);
+    f->catalog_seen = 0;
+    memset(&f->n, 0, sizeof f->n);
+    f->broken = 0;
+    f->broken_why[0] = '\0';
+    fsck_cluster_close(f);
+    return fsck_cluster_open(f, cfg, timeout_ms, err, errlen);
+}
+
 int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
 {
     cli_strlist pos;
@@ -236,9 +258,22 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
         fsck_free(&f);
         return CLI_EXIT_UNREACHABLE;
     }
-    fsck_pass_scan(&f);
-    if (!f.broken)
-        pass_model(&f);
+    for (int attempt = 1;; attempt++) {
+        fsck_pass_scan(&f);
+        if (!f.broken)
+            pass_model(&f);
+        if (!f.broken || f.cl == NULL || !f.cl->changed || attempt == FSCK_CLUSTER_PASSES)
+            break;
+        /* A reshard or a failover under way: again, on the map after it. */
+        fprintf(f.json ? stderr : stdout, "fsck: %s; starting again on a fresh slot map\n",
+                f.broken_why);
+        sleep(1);
+        if (restart_cluster(&f, &cfg, ctx->timeout_ms, err, sizeof err) != 0) {
+            fprintf(stderr, "error: unreachable: redis cluster: %s\n", err);
+            fsck_free(&f);
+            return CLI_EXIT_UNREACHABLE;
+        }
+    }
     if (f.broken) {
         fprintf(stderr, "error: unreachable: redis: %s (the check is incomplete)\n", f.broken_why);
         fsck_free(&f);

@@ -50,6 +50,8 @@ typedef struct fsck_cluster {
     int *fifo;                       /* the node of each reply still to read */
     size_t fifo_cap, fifo_head, fifo_len;
     int timeout_ms;
+    int changed;                     /* stopped by a redirect or a lost node:
+                                        worth a new start on a fresh map */
 } fsck_cluster;
 
 typedef struct fsck {

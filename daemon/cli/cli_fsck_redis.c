@@ -49,9 +49,10 @@ static void fsck_broken_why(fsck *f, const char *why)
  * WATCHes open on several nodes are confirmed by an empty MULTI/EXEC on
  * each (fsck_watch_commit): if no watched key changed on any node, what
  * was read is what every node held at the instant of the first EXEC.
- * The slot map is loaded once: a MOVED, ASK, TRYAGAIN or CLUSTERDOWN
- * (a reshard or a failover under way) stops the check as incomplete
- * rather than reading a half-moved team. */
+ * The slot map is not followed during a pass: a MOVED, ASK, TRYAGAIN or
+ * CLUSTERDOWN (a reshard or a failover under way), or a master lost, stops
+ * the pass rather than reading a half-moved team; cli_cmd_fsck.c then
+ * starts again on a fresh map, a bounded number of times. */
 
 int fsck_cluster_open(fsck *f, const kgc_config *cfg, int timeout_ms, char *err, size_t errlen)
 {
@@ -102,6 +103,7 @@ static redisContext *cl_conn(fsck *f, int i)
         snprintf(why, sizeof why, "cluster node %.100s:%d: %.120s", cl->map->nodes[i].host,
                  cl->map->nodes[i].port, cl->node[i] ? cl->node[i]->errstr : "out of memory");
         fsck_broken_why(f, why);
+        cl->changed = 1;                       /* a failed master? */
         return NULL;
     }
     redisSetTimeout(cl->node[i], tv);
@@ -201,6 +203,7 @@ static redisReply *cl_get(fsck *f)
     cl->fifo_len--;
     if (redisGetReply(cl->node[node], &r) != REDIS_OK || r == NULL) {
         fsck_broken_ctx(f, cl->node[node]);
+        cl->changed = 1;
         return NULL;
     }
     if (((redisReply *)r)->type == REDIS_REPLY_ERROR) {
@@ -210,6 +213,7 @@ static redisReply *cl_get(fsck *f)
             snprintf(why, sizeof why, "the cluster changed during the check (%.*s): run it again",
                      (int)(e->len > 120 ? 120 : e->len), e->str);
             fsck_broken_why(f, why);
+            cl->changed = 1;
             freeReplyObject(r);
             return NULL;
         }

@@ -202,10 +202,28 @@ class ClusterCase(unittest.TestCase):
         time.sleep(1.0)
         src = self.cluster.owner(self.slot)
         dst = [m for m in self.cluster.masters() if m != src][0]
+        # fsck runs again and again during the move: a pass that meets the
+        # move (MOVED, ASK) starts again on a fresh map; every run must end
+        # clean, never with a false problem.
+        stop, runs = threading.Event(), []
+
+        def fsck_loop():
+            while not stop.is_set():
+                runs.append(safety.fsck(self.env, config=self.config, timeout=120))
+        ft = threading.Thread(target=fsck_loop)
+        ft.start()
         t = time.monotonic()
         self.cluster.move_slot(self.slot, dst, batch=batch)
         moved = time.monotonic() - t
+        stop.set()
+        ft.join(180)
         self.assertEqual(self.cluster.owner(self.slot), dst)
+        for rc, out, so, se in runs:
+            self.assertIsNotNone(out, "fsck during the move: exit %s: %s %s" % (rc, so, se))
+            self.assertEqual(out["problems"], [], "fsck during the move found problems")
+            self.assertEqual(rc, 0, "fsck during the move: exit %s: %s" % (rc, se))
+        sys.stderr.write("fsck during the move: %d runs clean, %d passes started again\n"
+                         % (len(runs), sum(r[3].count("starting again") for r in runs)))
         rows = self.collect(hs)
         nrows = self.stop_nginx(ngw, "slot move")
         bal, n = self.check_money(rows + nrows, "slot move")
