@@ -8,7 +8,15 @@
  *           moved, else after archive_interval_ms.
  *
  * Everything but the insert runs on the loop thread through the store's
- * async calls; one batch at a time per archiver. Callbacks after
+ * async calls; one batch at a time per archiver is inserted and trimmed.
+ * While a batch is inserted, the next older-but-one batch of the same
+ * wallet is read and parsed ahead ("prefetch": the entries just newer than
+ * the batch, read in one MULTI with archived_count, which must still be
+ * the batch's own); once the batch is trimmed, the prefetched one is
+ * inserted at once. Its trim checks, as every trim does, that the oldest
+ * entries are the ones inserted. Nothing is inserted ahead of the
+ * checkpoint by more than one batch, as before. The archiver stays busy
+ * until a prefetch in flight has answered. Callbacks after
  * archive_quiesce() only free what they hold.
  *
  * Fault injection for the tests (tests/archive): KEYGATE_ARCHIVE_FAULT=
@@ -51,6 +59,13 @@ static const char trim_lua[] =
     "redis.call('HINCRBY', KEYS[1], 'archived_sum_micros', ARGV[3])\n"
     "return 1\n";
 
+typedef struct abatch {
+    long long a0, sum;            /* the seq of its oldest entry; Σ amount */
+    size_t k;
+    arch_row *rows;
+    json_t *docs, *texts;         /* keep the rows' strings alive */
+} abatch;
+
 typedef struct archiver {
     app *a;
     int id;
@@ -65,15 +80,21 @@ typedef struct archiver {
     int moved;                    /* entries moved this walk */
     int walking;                  /* a walk over archive:wallets is under way */
     long long err_logged_ms;
-    /* The batch in flight. */
+    /* The batch in flight (cur) and the one read ahead (next). */
     char wid[KGC_ID_MAX], team[KGC_ID_MAX];
-    long long a0, sum;
-    size_t k;
-    arch_row *rows;
-    json_t *docs, *texts;         /* keep the rows' strings alive */
+    abatch cur, next;
+    long long ahead;              /* entries over ledger_tail not yet in a batch,
+                                     as of the last read of the wallet */
+    int pf;                       /* PF_*: the read ahead */
+    int pf_drop_ms;               /* PF_DROP: done_step's delay once it answers */
+    long long pf_expect;
+    long batches, read_ahead;     /* batches trimmed; of them, read ahead */          /* the archived_count the read ahead must see:
+                                     cur's a0 when it was sent (nothing trimmed yet) */
     int rc;
     char err[400];
 } archiver;
+
+enum { PF_NONE, PF_READING, PF_READY, PF_DROP };
 
 struct archive {
     archiver *arch[ARCH_MAX];
@@ -113,14 +134,19 @@ static void complain(archiver *r, const char *what, const char *detail)
     }
 }
 
+static void abatch_free(abatch *b)
+{
+    free(b->rows);
+    b->rows = NULL;
+    json_decref(b->docs);
+    json_decref(b->texts);
+    b->docs = b->texts = NULL;
+    b->k = 0;
+}
+
 static void batch_clear(archiver *r)
 {
-    free(r->rows);
-    r->rows = NULL;
-    json_decref(r->docs);
-    json_decref(r->texts);
-    r->docs = r->texts = NULL;
-    r->k = 0;
+    abatch_free(&r->cur);
 }
 
 static void done_step(archiver *r, int ms)
@@ -128,6 +154,36 @@ static void done_step(archiver *r, int ms)
     r->busy = 0;
     if (!r->a->arch->stopping)
         schedule(r, ms);
+}
+
+/* The batch's step ends: a read ahead is dropped (if still in flight, the
+ * step ends when it answers). */
+static void finish(archiver *r, int ms)
+{
+    batch_clear(r);
+    if (r->pf == PF_READING) {
+        r->pf = PF_DROP;
+        r->pf_drop_ms = ms;
+        return;
+    }
+    abatch_free(&r->next);
+    r->pf = PF_NONE;
+    done_step(r, ms);
+}
+
+static void prefetch(archiver *r);
+static void insert_submit(archiver *r);
+
+/* The batch read ahead becomes the batch in flight (the one before it is
+ * trimmed) and goes to the database at once. */
+static void use_read_ahead(archiver *r)
+{
+    r->read_ahead++;
+    r->cur = r->next;
+    memset(&r->next, 0, sizeof r->next);
+    r->pf = PF_NONE;
+    fault(r->a->arch, "read");
+    insert_submit(r);
 }
 
 /* --- 3. trim ------------------------------------------------------------ */
@@ -140,26 +196,34 @@ static void on_trim(void *arg, int ok, json_t *replies)
     json_decref(replies);
     if (r->a->arch->stopping) {
         batch_clear(r);
-        r->busy = 0;
+        if (r->pf != PF_READING)
+            r->busy = 0;          /* else when the read ahead answers */
         return;
     }
     if (!ok) {
-        batch_clear(r);
-        done_step(r, r->a->cfg.archive_interval_ms);    /* re-read: the checkpoint says */
+        finish(r, r->a->cfg.archive_interval_ms);   /* re-read: the checkpoint says */
         return;
     }
     if (res == 1) {
-        r->moved += (int)r->k;
-        log_debug("archive: wallet %s: %zu entries from seq %lld archived", r->wid, r->k, r->a0);
+        r->moved += (int)r->cur.k;
+        r->batches++;
+        log_debug("archive: wallet %s: %zu entries from seq %lld archived", r->wid, r->cur.k,
+                  r->cur.a0);
+        batch_clear(r);
+        if (r->pf == PF_READY) {  /* the next batch, read meanwhile: in at once */
+            use_read_ahead(r);
+            return;
+        }
+        if (r->pf == PF_READING)
+            return;               /* on_prefetch goes on */
     } else if (res == -2) {
         log_err("archive: wallet %s: the oldest ledger entries changed under archived_count %lld "
-                "(a failover lost writes?): not archiving it; run keygate fsck", r->wid, r->a0);
+                "(a failover lost writes?): not archiving it; run keygate fsck", r->wid, r->cur.a0);
         json_array_remove(r->long_tails, 0);
     } else if (res != 0) {
         json_array_remove(r->long_tails, 0);
     }
-    batch_clear(r);
-    done_step(r, 0);              /* the same wallet again, until its tail is short */
+    finish(r, 0);                 /* the same wallet again, until its tail is short */
 }
 
 static void trim(archiver *r)
@@ -169,14 +233,13 @@ static void trim(archiver *r)
 
     rkey(r->a, kw, KGC_RK_WALLET, r->team, r->wid);
     rkey(r->a, kl, KGC_RK_LEDGER, r->team, r->wid);
-    snprintf(a0, sizeof a0, "%lld", r->a0);
-    snprintf(k, sizeof k, "%zu", r->k);
-    snprintf(sum, sizeof sum, "%lld", r->sum);
+    snprintf(a0, sizeof a0, "%lld", r->cur.a0);
+    snprintf(k, sizeof k, "%zu", r->cur.k);
+    snprintf(sum, sizeof sum, "%lld", r->cur.sum);
     cmds = json_pack("[[s,s,s,s,s,s,s,s,O,O]]", "EVAL", trim_lua, "2", kw, kl, a0, k, sum,
-                     json_array_get(r->texts, 0), json_array_get(r->texts, r->k - 1));
+                     json_array_get(r->cur.texts, 0), json_array_get(r->cur.texts, r->cur.k - 1));
     if (store_exec(r->a->st, cmds, 0, on_trim, r) != 0) {
-        batch_clear(r);
-        done_step(r, r->a->cfg.archive_interval_ms);
+        finish(r, r->a->cfg.archive_interval_ms);
     } else {
         fault(r->a->arch, "trim");
     }
@@ -194,7 +257,7 @@ static void insert_work(void *arg)
         (r->eng = arch_open(r->a->cfg.archive_engine, r->a->cfg.archive_target, r->err,
                             sizeof r->err)) == NULL)
         return;
-    r->rc = r->eng->insert(r->eng, r->team, r->wid, r->rows, r->k, r->err, sizeof r->err);
+    r->rc = r->eng->insert(r->eng, r->team, r->wid, r->cur.rows, r->cur.k, r->err, sizeof r->err);
 }
 
 static void insert_done(void *arg)
@@ -203,20 +266,57 @@ static void insert_done(void *arg)
 
     if (r->a->arch->stopping) {
         batch_clear(r);
-        r->busy = 0;
+        if (r->pf != PF_READING)
+            r->busy = 0;
         return;
     }
     if (r->rc != 0) {
         complain(r, "the database refused a batch", r->err);
-        batch_clear(r);
-        done_step(r, r->a->cfg.archive_interval_ms);
+        finish(r, r->a->cfg.archive_interval_ms);
         return;
     }
     fault(r->a->arch, "insert");
     trim(r);
 }
 
+static void insert_submit(archiver *r)
+{
+    if (worker_submit(r->wk, insert_work, insert_done, r) != 0) {
+        finish(r, r->a->cfg.archive_interval_ms);
+        return;
+    }
+    prefetch(r);
+}
+
 /* --- 1. read ------------------------------------------------------------ */
+
+/* Parses k entries of list (n elements, the oldest last) into b, seqs from
+ * b->a0. 0, or -1 (logged) when one is not a ledger entry. */
+static int parse_batch(archiver *r, abatch *b, json_t *list, size_t n, size_t k)
+{
+    b->k = k;
+    b->rows = xcalloc(k, sizeof *b->rows);
+    b->docs = json_array();
+    b->texts = json_array();
+    b->sum = 0;
+    for (size_t i = 0; i < k; i++) {
+        json_t *t = json_array_get(list, n - 1 - i);     /* the oldest is last */
+        json_t *doc = json_is_string(t) ? json_loads(json_string_value(t), 0, NULL) : NULL;
+
+        json_array_append(b->texts, t);
+        if (doc == NULL ||
+            arch_row_parse(doc, json_string_value(t), b->a0 + (long long)i, &b->rows[i]) != 0) {
+            log_err("archive: wallet %s: entry seq %lld is not a ledger entry: not archiving "
+                    "this wallet; run keygate fsck", r->wid, b->a0 + (long long)i);
+            json_decref(doc);
+            abatch_free(b);
+            return -1;
+        }
+        json_array_append_new(b->docs, doc);
+        b->sum += b->rows[i].amount_micros;
+    }
+    return 0;
+}
 
 static void on_read(void *arg, int ok, json_t *replies)
 {
@@ -234,10 +334,11 @@ static void on_read(void *arg, int ok, json_t *replies)
             schedule(r, ok ? 0 : r->a->cfg.archive_interval_ms);
         return;
     }
-    r->a0 = json_is_string(json_array_get(hm, 0))
-                ? strtoll(json_string_value(json_array_get(hm, 0)), NULL, 10) : 0;
+    r->cur.a0 = json_is_string(json_array_get(hm, 0))
+                    ? strtoll(json_string_value(json_array_get(hm, 0)), NULL, 10) : 0;
     n = json_array_size(list);
     k = len - r->a->cfg.ledger_tail;
+    r->ahead = k;
     if (k > (long long)n)
         k = (long long)n;
     if (k <= 0) {                 /* short enough: next wallet */
@@ -246,36 +347,87 @@ static void on_read(void *arg, int ok, json_t *replies)
         done_step(r, 0);
         return;
     }
-    r->k = (size_t)k;
-    r->rows = xcalloc(r->k, sizeof *r->rows);
-    r->docs = json_array();
-    r->texts = json_array();
-    r->sum = 0;
-    for (size_t i = 0; i < r->k; i++) {
-        json_t *t = json_array_get(list, n - 1 - i);     /* the oldest is last */
-        json_t *doc = json_is_string(t) ? json_loads(json_string_value(t), 0, NULL) : NULL;
-
-        json_array_append(r->texts, t);
-        if (doc == NULL ||
-            arch_row_parse(doc, json_string_value(t), r->a0 + (long long)i, &r->rows[i]) != 0) {
-            log_err("archive: wallet %s: entry seq %lld is not a ledger entry: not archiving "
-                    "this wallet; run keygate fsck", r->wid, r->a0 + (long long)i);
-            json_decref(doc);
-            json_decref(replies);
-            batch_clear(r);
-            json_array_remove(r->long_tails, 0);
-            done_step(r, 0);
-            return;
-        }
-        json_array_append_new(r->docs, doc);
-        r->sum += r->rows[i].amount_micros;
+    if (parse_batch(r, &r->cur, list, n, (size_t)k) != 0) {
+        json_decref(replies);
+        json_array_remove(r->long_tails, 0);
+        done_step(r, 0);
+        return;
     }
+    r->ahead -= k;
     json_decref(replies);
     fault(r->a->arch, "read");
-    if (worker_submit(r->wk, insert_work, insert_done, r) != 0) {
-        batch_clear(r);
-        done_step(r, r->a->cfg.archive_interval_ms);
+    insert_submit(r);
+}
+
+/* The read ahead's answer: archived_count still the batch's own (nothing
+ * trimmed meanwhile, by us or another archiver), then the entries. */
+static void on_prefetch(void *arg, int ok, json_t *replies)
+{
+    archiver *r = arg;
+    json_t *hm = json_array_get(replies, 0), *list = json_array_get(replies, 1);
+    int drop = r->pf == PF_DROP, waiting;
+    long long a;
+
+    if (r->a->arch->stopping) {
+        json_decref(replies);
+        r->pf = PF_NONE;
+        if (r->cur.k == 0)
+            r->busy = 0;          /* the batch ended while this was in flight */
+        return;
     }
+    if (drop) {
+        json_decref(replies);
+        r->pf = PF_NONE;
+        done_step(r, r->pf_drop_ms);
+        return;
+    }
+    /* The batch may be trimmed already (its reply came first): it then
+     * waits for this one. */
+    waiting = r->cur.k == 0;
+    a = !ok ? -1 : json_is_string(hm) ? strtoll(json_string_value(hm), NULL, 10)
+                 : json_is_null(hm) ? 0 : -1;       /* no checkpoint yet: 0 */
+    r->pf = PF_NONE;
+    if (ok && json_is_array(list) && a == r->pf_expect &&
+        json_array_size(list) == r->next.k &&
+        parse_batch(r, &r->next, list, r->next.k, r->next.k) == 0)
+        r->pf = PF_READY;
+    else
+        memset(&r->next, 0, sizeof r->next);
+    json_decref(replies);
+    if (!waiting)
+        return;                   /* on_trim goes on */
+    if (r->pf == PF_READY)
+        use_read_ahead(r);
+    else
+        done_step(r, 0);
+}
+
+/* Reads the batch after the one in flight (cur), if the last read saw
+ * entries for it: LRANGE of the cur.k + k' oldest minus the cur.k oldest. */
+static void prefetch(archiver *r)
+{
+    char kw[KGC_RKEY_MAX], kl[KGC_RKEY_MAX], lo[24], hi[24];
+    long long k = r->ahead < r->a->cfg.archive_batch ? r->ahead : r->a->cfg.archive_batch;
+    json_t *cmds;
+
+    if (k <= 0 || r->pf != PF_NONE)
+        return;
+    rkey(r->a, kw, KGC_RK_WALLET, r->team, r->wid);
+    rkey(r->a, kl, KGC_RK_LEDGER, r->team, r->wid);
+    snprintf(lo, sizeof lo, "%lld", -((long long)r->cur.k + k));
+    snprintf(hi, sizeof hi, "%lld", -((long long)r->cur.k + 1));
+    cmds = json_pack("[[s,s,s],[s,s,s,s]]", "HGET", kw, "archived_count", "LRANGE", kl, lo, hi);
+    memset(&r->next, 0, sizeof r->next);
+    r->pf_expect = r->cur.a0;
+    r->next.a0 = r->cur.a0 + (long long)r->cur.k;
+    r->next.k = (size_t)k;
+    if (store_exec(r->a->st, cmds, 1, on_prefetch, r) == 0) {
+        r->pf = PF_READING;
+        r->ahead -= k;
+    } else {
+        memset(&r->next, 0, sizeof r->next);
+    }
+    json_decref(cmds);
 }
 
 static void read_wallet(archiver *r)
@@ -541,7 +693,11 @@ void archive_free(app *a)
         worker_free(r->wk);
         if (r->eng)
             r->eng->close(r->eng);
+        if (r->batches > 0)
+            log_info("archive: archiver %d: %ld batches archived, %ld of them read ahead",
+                     r->id, r->batches, r->read_ahead);
         batch_clear(r);
+        abatch_free(&r->next);
         event_free(r->timer);
         json_decref(r->long_tails);
         json_decref(r->scanned);
