@@ -82,8 +82,11 @@ class ClusterCase(unittest.TestCase):
         for k in ("teams", "keys", "token_records", "wallets", "ledger_entries", "users"):
             self.assertEqual(spread[k], single[k], "fsck counted %s: %d on the cluster, %d on the "
                              "node it was copied from" % (k, spread[k], single[k]))
+        # The keys sit on a few slots (the team's, the user's, the email's,
+        # ...), so on one, two or three masters: whichever holds them, the
+        # counts above match only if fsck scanned it.
         per_master = [int(kgcluster.rcmd(m, "DBSIZE")) for m in self.cluster.masters()]
-        self.assertGreater(min(per_master), 0, "a master holds no key: the copy is not spread")
+        sys.stderr.write("keys per master: %s; fsck counted the same as on the node\n" % per_master)
 
     def fsck_clean(self, what):
         """`keygate fsck` on the cluster (the gateways' config): clean."""
