@@ -87,9 +87,9 @@ typedef struct archiver {
                                      as of the last read of the wallet */
     int pf;                       /* PF_*: the read ahead */
     int pf_drop_ms;               /* PF_DROP: done_step's delay once it answers */
-    long long pf_expect;
-    long batches, read_ahead;     /* batches trimmed; of them, read ahead */          /* the archived_count the read ahead must see:
+    long long pf_expect;          /* the archived_count the read ahead must see:
                                      cur's a0 when it was sent (nothing trimmed yet) */
+    long batches, read_ahead;     /* batches trimmed; of them, read ahead */
     int rc;
     char err[400];
 } archiver;

@@ -670,13 +670,8 @@ static void decide(kg_pending *p, const cat_facts *f)
     p->budget_month = p->ent->budget_month;
     p->per_second = pol->per_second;
     p->per_minute = pol->per_minute;
-    /* debit leased (kg_lease.c): decided against the wallet's lease, in
-     * memory, for a service the catalog or else the config leases */
-    rc = f->svc->debit == KGC_SVC_DEBIT_LEASED ||
-                 (f->svc->debit == KGC_SVC_DEBIT_CONFIG && ctx->cfg.debit_mode == KGC_DEBIT_LEASED)
-             ? kg_lease_decide(ctx, p)
-             : KG_LEASE_EXACT;
-    if (rc != KG_LEASE_EXACT || p->outage > 0) {
+    /* debit leased (kg_lease.c): decided against the wallet's lease, in memory */
+    if ((rc = kg_lease_decide(ctx, p, f->svc)) != KG_LEASE_EXACT || p->outage > 0) {
         finish(p, rc == KG_LEASE_EXACT ? KG_BACKEND_ERROR : (kg_status)rc);
         return;             /* an entry kept over an outage serves only leases */
     }

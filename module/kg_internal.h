@@ -345,9 +345,10 @@ int  kg_lease_open(kg_ctx *ctx, char *err, size_t errlen);
 /* Flushes every entry and returns every lease, waiting at most about
  * 2 s (blocking), then unmaps the journal. Accepts ctx->leases NULL. */
 void kg_lease_close(kg_ctx *ctx);
-/* Decides p (a payg debit whose checks all passed) against the lease of
- * its wallet: a kg_status (p->r filled) or KG_LEASE_EXACT. */
-int  kg_lease_decide(kg_ctx *ctx, struct kg_pending *p);
+/* Decides p (a payg debit of service svc whose checks all passed) against
+ * the lease of its wallet: a kg_status (p->r filled) or KG_LEASE_EXACT
+ * (the service is not leased here, or the lease cannot decide it). */
+int  kg_lease_decide(kg_ctx *ctx, struct kg_pending *p, const kgc_service *svc);
 /* Sends a due flush or renewal, syncs the journal; top level only. */
 void kg_lease_tick(kg_ctx *ctx, int64_t now);
 /* Subscription lost: 1 when the cache and catalog are kept for local

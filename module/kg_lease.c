@@ -274,7 +274,7 @@ void kg_lease_close(kg_ctx *ctx)
 
 /* ---- deciding ------------------------------------------------------- */
 
-int kg_lease_decide(kg_ctx *ctx, struct kg_pending *p)
+int kg_lease_decide(kg_ctx *ctx, struct kg_pending *p, const kgc_service *svc)
 {
     kg_leases *L = ctx->leases;
     ridslot *rs = NULL;
@@ -282,6 +282,10 @@ int kg_lease_decide(kg_ctx *ctx, struct kg_pending *p)
     kg_jent e;
     int64_t now;
 
+    /* Leased: what the catalog says of the service, else the config. */
+    if (svc->debit == KGC_SVC_DEBIT_EXACT ||
+        (svc->debit == KGC_SVC_DEBIT_CONFIG && ctx->cfg.debit_mode != KGC_DEBIT_LEASED))
+        return KG_LEASE_EXACT;
     if (L == NULL || L->closing || p->script != KG_SCRIPT_DEBIT || p->cost <= 0 ||
         p->budget_day != 0 || p->budget_month != 0 || p->per_second != 0 || p->per_minute != 0)
         return KG_LEASE_EXACT;          /* limits and budgets stay exact */

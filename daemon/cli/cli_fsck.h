@@ -44,6 +44,8 @@ typedef struct fsck_cluster {
     struct kgc_cluster_map *map;     /* loaded once: a moved slot stops the check */
     redisContext *node[KGC_CLUSTER_NODES_MAX]; /* opened on first use */
     unsigned char watched[KGC_CLUSTER_NODES_MAX]; /* a WATCH is open on that node */
+    int masters[KGC_CLUSTER_NODES_MAX]; /* the nodes serving slots, from the map */
+    int nmasters;
     int scan_node;                   /* where a SCAN goes */
     int tx_node;                     /* the open MULTI's node; -1 none */
     int tx_pending;                  /* MULTI asked, sent with the next keyed command */

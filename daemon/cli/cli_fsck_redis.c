@@ -73,6 +73,15 @@ int fsck_cluster_open(fsck *f, const kgc_config *cfg, int timeout_ms, char *err,
         snprintf(err, errlen, "the cluster does not serve every slot (CLUSTER SLOTS)");
         return -1;
     }
+    {
+        unsigned char serves[KGC_CLUSTER_NODES_MAX] = {0};
+        for (unsigned s = 0; s < KGC_CLUSTER_SLOTS; s++)
+            if (cl->map->slot_node[s] < KGC_CLUSTER_NODES_MAX)
+                serves[cl->map->slot_node[s]] = 1;
+        for (int i = 0; i < cl->map->nnodes; i++)
+            if (serves[i])
+                cl->masters[cl->nmasters++] = i;
+    }
     return 0;
 }
 
@@ -223,32 +232,13 @@ static redisReply *cl_get(fsck *f)
 
 int fsck_scan_targets(fsck *f)
 {
-    int n = 0;
-
-    if (f->cl == NULL)
-        return 1;
-    for (int i = 0; i < f->cl->map->nnodes; i++)
-        for (unsigned s = 0; s < KGC_CLUSTER_SLOTS; s++)
-            if (f->cl->map->slot_node[s] == i) {
-                n++;
-                break;
-            }
-    return n;
+    return f->cl == NULL ? 1 : f->cl->nmasters;
 }
 
 void fsck_scan_target(fsck *f, int k)
 {
-    if (f->cl == NULL)
-        return;
-    for (int i = 0; i < f->cl->map->nnodes; i++)
-        for (unsigned s = 0; s < KGC_CLUSTER_SLOTS; s++)
-            if (f->cl->map->slot_node[s] == i) {
-                if (k-- == 0) {
-                    f->cl->scan_node = i;
-                    return;
-                }
-                break;
-            }
+    if (f->cl != NULL)
+        f->cl->scan_node = f->cl->masters[k];
 }
 
 /* --- commands ---------------------------------------------------------------- */
