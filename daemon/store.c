@@ -149,6 +149,29 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
  * shared with libkeygate and fsck instead of a second, async state
  * machine for a look-up made once per failover. */
 
+/* Closes the store connection; the next one looks the primary up again.
+ * hiredis calls on_disconnect only for a connection that was up: a context
+ * still connecting (made after a first +switch-master, when the sentinels
+ * send another) is freed without it, so the store forgets it and schedules
+ * the retry here. (Without this, s->ac was left pointing at the freed
+ * context: ASan, sentinel.failover, one run in about ten.) */
+static void reconnect(store *s)
+{
+    redisAsyncContext *ac = s->ac;
+
+    if (ac == NULL || (ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
+        return;
+    if (!(ac->c.flags & REDIS_CONNECTED)) {
+        s->ac = NULL;
+        s->up = 0;
+        s->inflight = 0;
+        redisAsyncFree(ac);
+        schedule_retry(s);
+        return;
+    }
+    redisAsyncDisconnect(ac);           /* on_disconnect schedules the look-up */
+}
+
 static void on_watch(redisAsyncContext *ac, void *reply, void *priv)
 {
     store *s = priv;
@@ -174,8 +197,7 @@ static void on_watch(redisAsyncContext *ac, void *reply, void *priv)
     metrics_count(MX_REDIS_DISCONNECTS);
     log_warn("sentinel: +switch-master %.*s; re-resolving the primary", (int)payload->len,
              payload->str);
-    if (s->ac != NULL && !(s->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
-        redisAsyncDisconnect(s->ac);   /* on_disconnect schedules the look-up */
+    reconnect(s);
 }
 
 static void on_watch_gone(const redisAsyncContext *ac, int status)
@@ -387,7 +409,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
          * Allowed from a callback: hiredis closes once the replies already
          * owed have been read. */
         log_warn("redis answered READONLY: the primary moved; reconnecting");
-        redisAsyncDisconnect(ac);
+        reconnect(s);
     }
     free(sl);
     if (--b->pending == 0)
