@@ -137,6 +137,10 @@ struct job {
     char txid[24];                /* its commit script's fence, "" for MULTI */
     struct event *limbo;          /* reply lost: deadline for finding out */
     struct event *limbo_retry;    /* ... and the next question, after a refusal */
+    char fence[KGC_RKEY_MAX];     /* its commit script's fence key (job.c) */
+    struct xc_plan *xplan;        /* a commit across slots, built, not yet run (xcommit.h) */
+    int xtx;                      /* its last commit ran as cross-slot steps */
+    struct event *later;          /* runs it again after a lock cleared (job.c) */
     job *lnext;                   /* in the app's limbo list */
     job_step parked_step;
     job *next;                    /* in the mutation queue */

@@ -21,7 +21,9 @@
 #include "metrics.h"
 #include "model.h"
 #include "proto.h"
+#include "kgc_cluster.h"
 #include "kgc_token.h"
+#include "xcommit.h"
 
 #include <sodium.h>
 
@@ -51,7 +53,8 @@
  * its TTL, ARGV[4] = nc, ARGV[5..4+nc] = the values expected ("" for
  * none), then each command as <argc> <arg>....
  * Returns 2 (COMMIT_MOVED) when a checked value moved: nothing written, the
- * fence not taken; 0 when the fence was taken first (job_limbo_resolve gave
+ * fence not taken; {3, lock} when a key it writes is locked by a commit
+ * across slots in progress (xcommit.h; only on a cluster); 0 when the fence was taken first (job_limbo_resolve gave
  * up on this commit, which then must not happen); 1 when applied. Like
  * MULTI/EXEC it runs whole or not at all; unlike it, the daemon can find
  * out which after losing the reply, so `unavailable` always means "nothing
@@ -63,6 +66,10 @@ static const char commit_lua[] =
     "  for k = 1, nc do\n"
     "    if (cur[k] or '') ~= ARGV[4 + k] then return 2 end\n"
     "  end\n"
+    "end\n"
+    "for k = 2 + nc, #KEYS do\n"
+    "  local v = redis.call('GET', KEYS[k])\n"
+    "  if v and string.sub(v, 1, 2) == 'L ' then return {3, v} end\n"
     "end\n"
     "if not redis.call('SET', KEYS[1], 'done', 'NX', 'EX', ARGV[1]) then return 0 end\n"
     "local i = 5 + nc\n"
@@ -82,6 +89,8 @@ static const char release_lua[] =
     "return 0\n";
 
 static void job_advance(job *j, job_step step);
+static void job_locked(job *j, const char *lock);
+static void limbo_later(job *j);
 static void job_finish(job *j);
 static void job_start(job *j);
 static void job_rerun(job *j);
@@ -136,15 +145,20 @@ static void cmd_keys(json_t *cmd, void (*fn)(void *arg, const char *key), void *
     fn(arg, json_string_value(json_array_get(cmd, 1)));
 }
 
-/* The version key of a key: prefix + "v:" + the key's name without the
- * prefix (so a hash tag stays the same). */
+/* The version key of a key, in the key's slot: prefix + "v:" + the key's
+ * name without the prefix when it has a hash tag of its own (which stays
+ * the first), else prefix + "v:{~n}" + the name, ~n the tag of the key's
+ * slot (kgc_cluster_tag). */
 static void version_key(const app *a, const char *key, char out[KGC_RKEY_MAX])
 {
-    size_t pl = strlen(a->cfg.key_prefix);
+    size_t pl = strlen(a->cfg.key_prefix), len = strlen(key);
+    const char *name = strncmp(key, a->cfg.key_prefix, pl) == 0 ? key + pl : key;
 
-    if (strncmp(key, a->cfg.key_prefix, pl) == 0)
-        key += pl;
-    kgc_rkey(out, a->cfg.key_prefix, "v:%s", key);
+    if (kgc_cluster_has_tag(name, strlen(name)))
+        kgc_rkey(out, a->cfg.key_prefix, "v:%s", name);
+    else
+        kgc_rkey(out, a->cfg.key_prefix, "v:{%s}%s", kgc_cluster_tag(kgc_cluster_slot(key, len)),
+                 name);
 }
 
 static void read_one(void *arg, const char *key)
@@ -525,6 +539,12 @@ static void on_reads(void *arg, int ok, json_t *replies)
 
         json_array_foreach(j->vsent, i, k) {
             json_t *ver = json_array_get(v, i);
+            if (json_is_string(ver) && strncmp(json_string_value(ver), "L ", 2) == 0) {
+                /* Locked by a commit across slots: decide nothing on it. */
+                job_locked(j, json_string_value(ver));
+                json_decref(replies);
+                return;
+            }
             json_object_set_new(j->readset, json_string_value(k),
                                 json_is_string(ver) ? json_incref(ver) : json_null());
         }
@@ -580,6 +600,62 @@ static void on_reads(void *arg, int ok, json_t *replies)
 static void limbo_add(job *j);
 static void job_moved(job *j);
 
+static void on_later(evutil_socket_t fd, short what, void *arg)
+{
+    job *j = arg;
+
+    (void)fd;
+    (void)what;
+    if (j->decided)
+        job_moved(j);
+    else
+        job_rerun(j);
+}
+
+/* It met a key locked by a commit across slots (lock: the version's
+ * value, may be NULL): nothing was decided on it. The commit is asked to
+ * settle (a live one finishes by itself within milliseconds; one whose
+ * daemon died is settled once XC_STALE_MS old), and the command runs again
+ * shortly. */
+static void job_locked(job *j, const char *lock)
+{
+    char holder[48];
+    struct timeval tv = {0, 20 * 1000};
+
+    if (lock != NULL && xc_lock_holder(lock, holder, sizeof holder))
+        xc_settle(j->app, holder, 0, NULL, NULL);
+    if (j->later == NULL && (j->later = evtimer_new(j->app->base, on_later, j)) == NULL)
+        oom("evtimer_new");
+    if (j->reruns > 50)
+        tv.tv_usec = 200 * 1000;
+    evtimer_add(j->later, &tv);
+}
+
+static void on_writes(void *arg, int ok, json_t *replies);
+
+/* The end of a commit across slots (xcommit.h), as on_writes sees one. */
+static void on_xcommit(void *arg, int outcome)
+{
+    job *j = arg;
+
+    switch (outcome) {
+    case XC_APPLIED:
+        on_writes(j, 1, json_pack("[i]", 1));
+        return;
+    case XC_MOVED:
+        on_writes(j, 1, json_pack("[i]", COMMIT_MOVED));
+        return;
+    case XC_LOCKED:
+        on_writes(j, 1, json_pack("[[i,n]]", 3));
+        return;
+    case XC_LOST:
+        on_writes(j, 0, NULL);      /* limbo: settled as its owner */
+        return;
+    default:
+        on_writes(j, 1, json_pack("[{s:s}]", "$err", "a step of the cross-slot commit was refused"));
+    }
+}
+
 static void on_writes(void *arg, int ok, json_t *replies)
 {
     job *j = arg;
@@ -594,6 +670,13 @@ static void on_writes(void *arg, int ok, json_t *replies)
         j->result = NULL;
         job_fail(j, "unavailable", "the store is unreachable; the change may not have been made");
         job_finish(j);
+        return;
+    }
+    if (j->txid[0] && json_is_array(json_array_get(replies, 0))) {
+        /* {3, lock}: a commit across slots holds a key it writes. */
+        const char *v = json_string_value(json_array_get(json_array_get(replies, 0), 1));
+        job_locked(j, v);
+        json_decref(replies);
         return;
     }
     if (j->txid[0] && json_integer_value(json_array_get(replies, 0)) == COMMIT_MOVED) {
@@ -713,9 +796,65 @@ static json_t *bumped_keys(json_t *q)
     return set;
 }
 
+static void slot_of_key(void *arg, const char *key)
+{
+    long *slot = arg;
+    long s;
+
+    if (key == NULL || *slot == -2)
+        return;
+    s = (long)kgc_cluster_slot(key, strlen(key));
+    *slot = *slot == -1 || *slot == s ? s : -2;
+}
+
+/* The one slot every key of a commit lies in (-2: several; -1: none). */
+static long commit_slot(json_t *keys, json_t *q)
+{
+    long slot = -1;
+    size_t i;
+    json_t *c;
+
+    json_array_foreach(keys, i, c)
+        slot_of_key(&slot, json_string_value(json_array_get(c, 0)));
+    json_array_foreach(q, i, c)
+        cmd_keys(c, slot_of_key, &slot);
+    return slot;
+}
+
+/* On a cluster, a commit whose keys span slots: its plan (xcommit.h). */
+static void commit_plan(job *j, json_t *keys, size_t nv, size_t ncl, json_t *q)
+{
+    xc_plan *p = xc_plan_new(j->app, j->txid);
+    json_t *c, *bumpset = json_object();
+    size_t i;
+
+    /* keys: nv checked versions, ncl claims, then the bumped versions. */
+    for (i = nv + ncl; i < json_array_size(keys); i++)
+        json_object_set_new(bumpset, json_string_value(json_array_get(json_array_get(keys, i), 0)),
+                            json_true());
+    json_array_foreach(keys, i, c) {
+        const char *k = json_string_value(json_array_get(c, 0));
+        const char *want = json_string_value(json_array_get(c, 1));
+        if (i < nv) {
+            xc_plan_lock(p, k, json_object_get(bumpset, k) ? 'B' : 'c', want);
+            json_object_del(bumpset, k);
+        } else if (i < nv + ncl) {
+            xc_plan_claim(p, k, want);
+        } else if (json_object_get(bumpset, k) != NULL) {
+            xc_plan_lock(p, k, 'b', "");
+        }
+    }
+    json_array_foreach(q, i, c)
+        xc_plan_cmd(p, c);
+    json_decref(bumpset);
+    j->xplan = p;
+}
+
 /* Turns a command's writes into one fenced commit script (commit_lua) that
  * first checks the versions of what the command read (and the claims it
- * holds), and bumps the versions of what it writes.
+ * holds), and bumps the versions of what it writes; on a cluster, when
+ * those keys span slots, into a plan of ordered steps instead (j->xplan,
+ * returns NULL).
  * Writes that run a script of their own (EVAL cannot nest) stay a
  * MULTI/EXEC: those are idempotent by design and check their own
  * conditions in their script (wallet.credit's reference); the versions of
@@ -723,13 +862,15 @@ static json_t *bumped_keys(json_t *q)
  * Steals q, returns the batch to send. */
 static json_t *commit_wrap(job *j, json_t *q)
 {
-    json_t *eval, *c, *a, *bumps = bumped_keys(q), *v, *expect;
-    size_t i, k, nc = 0;
+    json_t *eval, *c, *a, *bumps = bumped_keys(q), *v, *keys;
+    size_t i, k, nv = 0, ncl;
     const char *key;
     void *tmp;
-    char fence[KGC_RKEY_MAX], vk[KGC_RKEY_MAX], ver[24], n[24];
+    long slot;
+    char vk[KGC_RKEY_MAX], ver[24], n[24];
 
     j->txid[0] = '\0';
+    j->xtx = 0;
     json_array_foreach(q, i, c)
         if (strcmp(json_string_value(json_array_get(c, 0)), "EVAL") == 0) {
             kgc_random_id("", 20, ver);
@@ -742,38 +883,34 @@ static json_t *commit_wrap(job *j, json_t *q)
             return q;
         }
     kgc_random_id("", 20, j->txid);
-    kgc_rkey(fence, j->app->cfg.key_prefix, "tx:%s", j->txid);
-    eval = json_pack("[s,s,s,s]", "EVAL", commit_lua, "", fence);
-    /* Checked: what it read since its last commit (all, for the first),
-     * and what it writes now that an earlier commit of it checked or wrote
-     * (team.member.remove writes the team read before its first commit). */
-    expect = json_array();
+    /* [key, expected] checked: what it read since its last commit (all,
+     * for the first), and what it writes now that an earlier commit of it
+     * checked or wrote (team.member.remove writes the team read before its
+     * first commit); then the claims; then [version key] it bumps. */
+    keys = json_array();
     json_object_foreach(j->readset, key, v) {
         if (json_is_true(v))
             continue;             /* never read (a handler queued it, then wrote) */
         version_key(j->app, key, vk);
-        json_array_append_new(eval, json_string(vk));
-        json_array_append_new(expect, json_string(json_is_string(v) ? json_string_value(v) : ""));
+        json_array_append_new(keys, json_pack("[s,s]", vk, json_is_string(v) ?
+                                              json_string_value(v) : ""));
         json_object_set(j->checked, key, v);
-        nc++;
     }
     json_object_foreach(bumps, key, v) {
         json_t *cv = json_object_get(j->checked, key);
         if (cv == NULL || json_object_get(j->readset, key) != NULL)
             continue;
         version_key(j->app, key, vk);
-        json_array_append_new(eval, json_string(vk));
-        json_array_append_new(expect, json_string(json_is_string(cv) ? json_string_value(cv) : ""));
-        nc++;
+        json_array_append_new(keys, json_pack("[s,s]", vk, json_is_string(cv) ?
+                                              json_string_value(cv) : ""));
     }
-    json_object_foreach(j->claims, key, v) {
-        json_array_append_new(eval, json_string(key));
-        json_array_append(expect, v);
-        nc++;
-    }
+    nv = json_array_size(keys);
+    json_object_foreach(j->claims, key, v)
+        json_array_append_new(keys, json_pack("[s,O]", key, v));
+    ncl = json_array_size(keys) - nv;
     json_object_foreach(bumps, key, v) {
         version_key(j->app, key, vk);
-        json_array_append_new(eval, json_string(vk));
+        json_array_append_new(keys, json_pack("[s]", vk));
         /* A later commit of this command expects its own version there. */
         if (json_object_get(j->checked, key) != NULL)
             json_object_set_new(j->checked, key, json_string(j->txid));
@@ -783,21 +920,39 @@ static json_t *commit_wrap(job *j, json_t *q)
     json_object_foreach_safe(j->readset, tmp, key, v)
         if (!json_is_true(v))
             json_object_del(j->readset, key);
-    snprintf(n, sizeof n, "%zu", json_array_size(eval) - 3);
+    json_decref(bumps);
+    slot = j->app->cfg.ncluster > 0 ? commit_slot(keys, q) : -1;
+    if (slot == -2) {
+        commit_plan(j, keys, nv, ncl, q);
+        j->xtx = 1;
+        json_decref(keys);
+        json_decref(q);
+        return NULL;
+    }
+    /* The fence, in the commit's slot on a cluster. */
+    if (slot >= 0)
+        kgc_rkey(j->fence, j->app->cfg.key_prefix, "{%s}tx:%s",
+                 kgc_cluster_tag((unsigned)slot), j->txid);
+    else
+        kgc_rkey(j->fence, j->app->cfg.key_prefix, "tx:%s", j->txid);
+    eval = json_pack("[s,s,s,s]", "EVAL", commit_lua, "", j->fence);
+    json_array_foreach(keys, i, c)
+        json_array_append(eval, json_array_get(c, 0));
+    snprintf(n, sizeof n, "%zu", json_array_size(eval) - 4 + 1);
     json_array_set_new(eval, 2, json_string(n));
-    snprintf(n, sizeof n, "%zu", nc);
+    snprintf(n, sizeof n, "%zu", nv + ncl);
     json_array_append_new(eval, json_string(TX_FENCE_TTL));
     json_array_append_new(eval, json_string(j->txid));
     json_array_append_new(eval, json_string(VERSION_TTL));
     json_array_append_new(eval, json_string(n));
-    json_array_extend(eval, expect);
-    json_decref(expect);
+    for (i = 0; i < nv + ncl; i++)
+        json_array_append(eval, json_array_get(json_array_get(keys, i), 1));
+    json_decref(keys);
     json_array_foreach(q, i, c) {
         json_array_append_new(eval, json_integer((json_int_t)json_array_size(c)));
         json_array_foreach(c, k, a)
             json_array_append(eval, a);
     }
-    json_decref(bumps);
     json_decref(q);
     return json_pack("[o]", eval);
 }
@@ -877,7 +1032,17 @@ static void job_advance(job *j, job_step step)
             note_writes(j->app, q);
         q = commit_wrap(j, q);
         j->commits_sent++;
-        if (store_exec_acked(j->app->st, q, j->txid[0] == '\0', on_writes, j) != 0) {
+        if (q == NULL) {
+            xc_plan *p = j->xplan;
+            j->xplan = NULL;
+            if (xc_run(j->app, p, on_xcommit, j) != 0) {
+                json_decref(j->result);
+                j->result = NULL;
+                job_fail(j, "unavailable", "the store is unreachable; nothing was changed");
+                job_finish(j);
+                return;
+            }
+        } else if (store_exec_acked(j->app->st, q, j->txid[0] == '\0', on_writes, j) != 0) {
             json_decref(q);
             json_decref(j->result);
             j->result = NULL;
@@ -921,6 +1086,9 @@ static void job_free(job *j)
     json_decref(j->vread);
     json_decref(j->vsent);
     json_decref(j->claims);
+    xc_plan_free(j->xplan);
+    if (j->later != NULL)
+        event_free(j->later);
     scratch_free(j);
     free(j);
 }
@@ -1137,13 +1305,8 @@ static void on_resolve(void *arg, int ok, json_t *replies)
     if (first_error(replies) != NULL) {
         /* Refused, not answered (LOADING just after a restart): ask again
          * shortly, until LIMBO_WAIT_S gives up. */
-        struct timeval tv = {0, 100 * 1000};
-
         json_decref(replies);
-        if (j->limbo_retry == NULL && (j->limbo_retry = evtimer_new(j->app->base, limbo_retry,
-                                                                    j)) == NULL)
-            oom("evtimer_new");
-        evtimer_add(j->limbo_retry, &tv);
+        limbo_later(j);
         return;
     }
     if (set != NULL && strcmp(set, "OK") == 0)
@@ -1155,12 +1318,38 @@ static void on_resolve(void *arg, int ok, json_t *replies)
     json_decref(replies);
 }
 
+static void limbo_later(job *j)
+{
+    struct timeval tv = {0, 100 * 1000};
+
+    if (j->limbo_retry == NULL && (j->limbo_retry = evtimer_new(j->app->base, limbo_retry,
+                                                                j)) == NULL)
+        oom("evtimer_new");
+    evtimer_add(j->limbo_retry, &tv);
+}
+
+/* A commit across slots whose reply was lost, settled by its owner. */
+static void on_xsettled(void *arg, int outcome)
+{
+    job *j = arg;
+
+    if (outcome == XC_APPLIED)
+        limbo_answer(j, 1, NULL);
+    else if (outcome == XC_NOT_APPLIED)
+        limbo_answer(j, 0, "the store was unreachable; nothing was changed");
+    else
+        limbo_later(j);         /* until LIMBO_WAIT_S gives up */
+}
+
 static void limbo_ask(job *j)
 {
-    char key[KGC_RKEY_MAX];
+    const char *key = j->fence;
     json_t *cmds;
 
-    kgc_rkey(key, j->app->cfg.key_prefix, "tx:%s", j->txid);
+    if (j->xtx) {
+        xc_settle(j->app, j->txid, 1, on_xsettled, j);
+        return;
+    }
     cmds = json_pack("[[s,s,s,s,s,s],[s,s]]", "SET", key, "aborted", "NX", "EX",
                      TX_FENCE_TTL, "GET", key);
     store_exec(j->app->st, cmds, 0, on_resolve, j);

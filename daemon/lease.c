@@ -9,6 +9,7 @@
  * lease can pass to another. (The key keeps its old name, P writer.)
  */
 #include "lease.h"
+#include "xcommit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +124,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     lease_renew(arg);
+    xc_sweep(arg);              /* cross-slot commits a killed daemon left open */
 }
 
 static void first_cb(evutil_socket_t fd, short what, void *arg)

@@ -82,13 +82,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "keygated: %s\n", err);
         return 1;
     }
-    if (a.cfg.ncluster > 0) {
-        /* Its commits span slots (issue 11): not routed through a cluster yet. */
-        fprintf(stderr, "keygated: 'redis cluster' is for gateways only: keygated needs a "
-                        "single node or sentinels (docs/operations.md)\n");
-        sodium_free(a.pepper);
-        return 1;
-    }
     if (a.cfg.catalog_path[0] == '\0' ||
         (a.cat = kgc_catalog_load(a.cfg.catalog_path, err, sizeof err)) == NULL) {
         fprintf(stderr, "keygated: %s\n", a.cfg.catalog_path[0] ? err : "no 'catalog' in the config");

@@ -2,7 +2,7 @@
  * store.c - async Redis for the daemon (hiredis + its libevent adapter).
  */
 #include "metrics.h"
-#include "store.h"
+#include "store_int.h"
 #include "log.h"
 #include "kgc_sentinel.h"
 
@@ -33,6 +33,7 @@ struct store {
     int first;                     /* the sentinel that answered last */
     redisAsyncContext *watch;      /* SUBSCRIBE +switch-master on one sentinel */
     int watch_idx;                 /* which one */
+    cstore *cl;                    /* Redis Cluster: all of the above unused */
 };
 
 typedef struct batch {
@@ -47,7 +48,7 @@ typedef struct batch {
 
 typedef struct slot { batch *b; size_t idx; } slot;
 
-static long long mono_ms(void)
+long long store_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -59,7 +60,7 @@ int store_is_error(const json_t *j)
     return json_is_object(j) && json_object_get(j, "$err") != NULL;
 }
 
-static json_t *reply_to_json(const redisReply *r)
+json_t *store_reply_json(const redisReply *r)
 {
     json_t *a;
 
@@ -72,7 +73,7 @@ static json_t *reply_to_json(const redisReply *r)
     case REDIS_REPLY_ARRAY:
         a = json_array();
         for (size_t i = 0; i < r->elements; i++)
-            json_array_append_new(a, reply_to_json(r->element[i]));
+            json_array_append_new(a, store_reply_json(r->element[i]));
         return a;
     case REDIS_REPLY_ERROR:
         metrics_count(MX_REDIS_ERROR_REPLIES);
@@ -101,7 +102,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     s->up = 1;
-    s->last_progress_ms = mono_ms();
+    s->last_progress_ms = store_mono_ms();
     if (s->cfg->nsentinels > 0)
         log_info("redis connected to the primary %s:%d (from the sentinels)", s->primary.host,
                  s->primary.port);
@@ -115,6 +116,14 @@ void store_on_connect(store *s, void (*fn)(void *), void *arg)
 {
     s->connect_hook = fn;
     s->connect_arg = arg;
+    if (s->cl != NULL && cstore_connected(s->cl))
+        fn(arg);                    /* the map was loaded in store_new */
+}
+
+void store_fire_connect(store *s)
+{
+    if (s->connect_hook != NULL)
+        s->connect_hook(s->connect_arg);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -299,7 +308,7 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
     (void)what;
     watch_maintain(s);
     if (s->ac != NULL && s->inflight > 0 &&
-        mono_ms() - s->last_progress_ms > STORE_STALL_MS) {
+        store_mono_ms() - s->last_progress_ms > STORE_STALL_MS) {
         redisAsyncContext *ac = s->ac;
         log_warn("redis did not answer for %d ms; dropping the connection", STORE_STALL_MS);
         redisAsyncFree(ac);        /* on_disconnect schedules the retry */
@@ -313,6 +322,10 @@ store *store_new(struct event_base *base, const kgc_config *cfg)
 
     s->base = base;
     s->cfg = cfg;
+    if (cfg->ncluster > 0) {
+        s->cl = cstore_new(base, cfg, s);
+        return s;
+    }
     s->retry = evtimer_new(base, on_retry, s);
     s->watchdog = event_new(base, -1, EV_PERSIST, on_watchdog, s);
     if (s->retry == NULL || s->watchdog == NULL)
@@ -327,6 +340,11 @@ void store_free(store *s)
 {
     if (s == NULL)
         return;
+    if (s->cl != NULL) {
+        cstore_free(s->cl);
+        free(s);
+        return;
+    }
     if (s->ac != NULL) {
         redisAsyncContext *ac = s->ac;
         s->ac = NULL;
@@ -348,6 +366,8 @@ int store_connected(const store *s)
 {
     /* A context hiredis is tearing down (its callbacks may be running us)
      * accepts no more commands. */
+    if (s->cl != NULL)
+        return cstore_connected(s->cl);
     return s->ac != NULL && s->up &&
            !(s->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
 }
@@ -394,14 +414,14 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
     store *s = ac->data;
 
     if (s != NULL) {
-        s->last_progress_ms = mono_ms();
+        s->last_progress_ms = store_mono_ms();
         if (s->inflight > 0)
             s->inflight--;
     }
     if (r == NULL)
         b->failed = 1;
     else
-        json_array_set_new(b->replies, sl->idx, reply_to_json(r));
+        json_array_set_new(b->replies, sl->idx, store_reply_json(r));
     if (r != NULL && ((redisReply *)r)->type == REDIS_REPLY_ERROR &&
         kgc_sentinel_demoted(((redisReply *)r)->str) && s != NULL && s->ac == ac &&
         !(ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING))) {
@@ -460,7 +480,7 @@ out:
 }
 
 /* 1 if every command is a non-empty array of strings and integers. */
-static int cmds_ok(json_t *cmds)
+int store_cmds_ok(json_t *cmds)
 {
     size_t i, k;
     json_t *c, *a;
@@ -484,14 +504,16 @@ static int exec_batch(store *s, json_t *cmds, int transaction, int acks, store_d
     json_t *multi = NULL, *exec = NULL, *sync = NULL, *wait = NULL;
     char ch[KGC_PATH_MAX];
 
+    if (s->cl != NULL)
+        return cstore_exec(s->cl, cmds, transaction, acks, done, arg);
     if (!store_connected(s) || n == 0)
         return -1;
-    if (!cmds_ok(cmds)) {
+    if (!store_cmds_ok(cmds)) {
         log_err("refusing a malformed command batch (a bug)");
         return -1;
     }
     if (s->inflight == 0)
-        s->last_progress_ms = mono_ms();
+        s->last_progress_ms = store_mono_ms();
     b = xcalloc(1, sizeof *b);
     b->done = done;
     b->arg = arg;

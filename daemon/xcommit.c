@@ -1,0 +1,675 @@
+/*
+ * xcommit.c - commits across hash slots as ordered steps (xcommit.h).
+ */
+#include "xcommit.h"
+#include "lease.h"
+#include "log.h"
+#include "kgc_cluster.h"
+#include "kgc_keys.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define XC_VERSION_TTL "86400"    /* as job.c's VERSION_TTL */
+#define XC_FENCE_TTL "60"         /* as job.c's TX_FENCE_TTL */
+#define XC_SWEEP_MS 1000
+#define XC_SWEEP_BATCH "50"
+#define XC_SETTLE_ROUNDS 3
+
+/* KEYS[1] intent, KEYS[2] open set; ARGV[1] plan, ARGV[2] txid. */
+static const char intent_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('HSET', KEYS[1], 'state', 'pending', 'plan', ARGV[1], 'at', now)\n"
+    "redis.call('ZADD', KEYS[2], now, ARGV[2])\n"
+    "return 1\n";
+
+/* KEYS: marker, the nl - 1 version keys, then claim keys. ARGV[1] txid,
+ * ARGV[2] nl, then per version key its flag and expected value, then the
+ * claims' expected values. 1 locked (or already), 2 a value moved, {3,
+ * lock} another commit holds one. */
+static const char prepare_lua[] =
+    "local tx, nl = ARGV[1], tonumber(ARGV[2])\n"
+    "local mine = 'L ' .. tx .. ' '\n"
+    "if redis.call('GET', KEYS[1]) == mine then return 1 end\n"
+    "local cur, a = {}, 3\n"
+    "for i = 2, nl do\n"
+    "  local v = redis.call('GET', KEYS[i])\n"
+    "  if v and string.sub(v, 1, 2) == 'L ' then return {3, v} end\n"
+    "  cur[i] = v or ''\n"
+    "  if ARGV[a] ~= 'b' and cur[i] ~= ARGV[a + 1] then return 2 end\n"
+    "  a = a + 2\n"
+    "end\n"
+    "for i = nl + 1, #KEYS do\n"
+    "  if (redis.call('GET', KEYS[i]) or '') ~= ARGV[a] then return 2 end\n"
+    "  a = a + 1\n"
+    "end\n"
+    "redis.call('SET', KEYS[1], mine)\n"
+    "for i = 2, nl do redis.call('SET', KEYS[i], mine .. cur[i]) end\n"
+    "return 1\n";
+
+/* KEYS: marker, version keys. ARGV[1] txid, ARGV[2] version TTL, ARGV[3]
+ * nl, ARGV[4..2+nl] the flags, then the commands as <argc> <arg>...
+ * 1 applied now, 0 applied before (or rolled back: never both). */
+static const char apply_lua[] =
+    "local tx, nl = ARGV[1], tonumber(ARGV[3])\n"
+    "local mine = 'L ' .. tx .. ' '\n"
+    "if redis.call('GET', KEYS[1]) ~= mine then return 0 end\n"
+    "local i = 3 + nl\n"
+    "while i <= #ARGV do\n"
+    "  local n = tonumber(ARGV[i])\n"
+    "  redis.call(unpack(ARGV, i + 1, i + n))\n"
+    "  i = i + n + 1\n"
+    "end\n"
+    "for k = 2, nl do\n"
+    "  local v = redis.call('GET', KEYS[k])\n"
+    "  if ARGV[2 + k] ~= 'c' then\n"
+    "    redis.call('SET', KEYS[k], tx, 'EX', ARGV[2])\n"
+    "  elseif v and string.sub(v, 1, #mine) == mine then\n"
+    "    local old = string.sub(v, #mine + 1)\n"
+    "    if old == '' then redis.call('DEL', KEYS[k]) else redis.call('SET', KEYS[k], old, 'EX', ARGV[2]) end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 1\n";
+
+/* KEYS: marker, version keys. ARGV[1] txid, ARGV[2] version TTL. Puts
+ * back every lock of txid. */
+static const char rollback_lua[] =
+    "local mine = 'L ' .. ARGV[1] .. ' '\n"
+    "for k = 1, #KEYS do\n"
+    "  local v = redis.call('GET', KEYS[k])\n"
+    "  if v and string.sub(v, 1, #mine) == mine then\n"
+    "    local old = string.sub(v, #mine + 1)\n"
+    "    if old == '' then redis.call('DEL', KEYS[k]) else redis.call('SET', KEYS[k], old, 'EX', ARGV[2]) end\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS[1] intent. 1 when it is now commit. */
+static const char decide_lua[] =
+    "if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'state', 'commit')\n"
+    "return 1\n";
+
+/* KEYS[1] intent; ARGV[1] ms it must have been pending (0: at once). 1
+ * when it is now aborted. */
+static const char abort_lua[] =
+    "local st = redis.call('HGET', KEYS[1], 'state')\n"
+    "if st == 'aborted' then return 1 end\n"
+    "if st ~= 'pending' then return 0 end\n"
+    "if tonumber(ARGV[1]) > 0 then\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  if now - tonumber(redis.call('HGET', KEYS[1], 'at')) < tonumber(ARGV[1]) then return 0 end\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'state', 'aborted')\n"
+    "return 1\n";
+
+/* KEYS[1] intent, KEYS[2] open set; ARGV[1] final state, ARGV[2] TTL,
+ * ARGV[3] txid. */
+static const char finish_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
+    "  redis.call('HSET', KEYS[1], 'state', ARGV[1])\n"
+    "  redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
+    "end\n"
+    "redis.call('ZREM', KEYS[2], ARGV[3])\n"
+    "return 1\n";
+
+struct xc_plan {
+    app *a;
+    char txid[48];
+    json_t *parts;                 /* slot (string) -> {marker, locks, claims, cmds} */
+    json_t *after;                 /* keyless commands (PUBLISH): after apply */
+};
+
+typedef struct xrun {
+    app *a;
+    char txid[48];
+    char intent[KGC_RKEY_MAX], open[KGC_RKEY_MAX];
+    json_t *plan;                  /* {"parts": [...], "after": [...]} */
+    xc_done_fn done;
+    void *arg;
+    int owner;
+    int outcome;                   /* what to report once the abort is done */
+    int rounds;
+} xrun;
+
+static void intent_keys(app *a, const char *txid, char *intent, char *open)
+{
+    kgc_rkey(intent, a->cfg.key_prefix, "{xtx}:%s", txid);
+    kgc_rkey(open, a->cfg.key_prefix, "{xtx}:open");
+}
+
+/* --- plans ------------------------------------------------------------- */
+
+xc_plan *xc_plan_new(app *a, const char *txid)
+{
+    xc_plan *p = xcalloc(1, sizeof *p);
+
+    p->a = a;
+    snprintf(p->txid, sizeof p->txid, "%s", txid);
+    p->parts = json_object();
+    p->after = json_array();
+    return p;
+}
+
+void xc_plan_free(xc_plan *p)
+{
+    if (p == NULL)
+        return;
+    json_decref(p->parts);
+    json_decref(p->after);
+    free(p);
+}
+
+static json_t *part_of(xc_plan *p, const char *key)
+{
+    unsigned slot = kgc_cluster_slot(key, strlen(key));
+    char s[8], marker[KGC_RKEY_MAX];
+    json_t *part;
+
+    snprintf(s, sizeof s, "%u", slot);
+    if ((part = json_object_get(p->parts, s)) != NULL)
+        return part;
+    kgc_rkey(marker, p->a->cfg.key_prefix, "{%s}xu:%s", kgc_cluster_tag(slot), p->txid);
+    part = json_pack("{s:s,s:[],s:[],s:[]}", "marker", marker, "locks", "claims", "cmds");
+    json_object_set_new(p->parts, s, part);
+    return part;
+}
+
+void xc_plan_lock(xc_plan *p, const char *vkey, char flag, const char *expected)
+{
+    char f[2] = {flag, '\0'};
+
+    json_array_append_new(json_object_get(part_of(p, vkey), "locks"),
+                          json_pack("[s,s,s]", vkey, f, expected ? expected : ""));
+}
+
+void xc_plan_claim(xc_plan *p, const char *key, const char *expected)
+{
+    json_array_append_new(json_object_get(part_of(p, key), "claims"),
+                          json_pack("[s,s]", key, expected));
+}
+
+static int multikey(const char *name)
+{
+    return strcmp(name, "DEL") == 0 || strcmp(name, "UNLINK") == 0;
+}
+
+void xc_plan_cmd(xc_plan *p, json_t *cmd)
+{
+    const char *name = json_string_value(json_array_get(cmd, 0));
+    const char *key = NULL;
+
+    if (strcmp(name, "PUBLISH") == 0) {
+        json_array_append(p->after, cmd);
+        return;
+    }
+    if (multikey(name)) {
+        /* One DEL per key: its keys may lie in several slots. */
+        for (size_t i = 1; i < json_array_size(cmd); i++) {
+            const char *k = json_string_value(json_array_get(cmd, i));
+            json_array_append_new(json_object_get(part_of(p, k), "cmds"),
+                                  json_pack("[s,s]", name, k));
+        }
+        return;
+    }
+    if (strcmp(name, "EVAL") == 0 || strcmp(name, "EVALSHA") == 0)
+        key = json_string_value(json_array_get(cmd, 3));
+    else
+        key = json_string_value(json_array_get(cmd, 1));
+    json_array_append(json_object_get(part_of(p, key ? key : ""), "cmds"), cmd);
+}
+
+int xc_plan_slots(const xc_plan *p)
+{
+    return (int)json_object_size(p->parts);
+}
+
+/* The plan as stored in the intent: parts in slot order. */
+static json_t *plan_json(xc_plan *p)
+{
+    json_t *parts = json_array(), *part;
+    const char *slot;
+
+    json_object_foreach(p->parts, slot, part) {
+        json_object_set_new(part, "slot", json_integer(atoi(slot)));
+        json_array_append(parts, part);
+    }
+    return json_pack("{s:o,s:O}", "parts", parts, "after", p->after);
+}
+
+/* --- the steps' commands ----------------------------------------------- */
+
+static json_t *eval_head(const char *lua, json_t *part, int claims)
+{
+    json_t *c = json_pack("[s,s,s,O]", "EVAL", lua, "", json_object_get(part, "marker"));
+    json_t *locks = json_object_get(part, "locks"), *l;
+    size_t i, nk = 1;
+    char n[16];
+
+    json_array_foreach(locks, i, l) {
+        json_array_append(c, json_array_get(l, 0));
+        nk++;
+    }
+    if (claims)
+        json_array_foreach(json_object_get(part, "claims"), i, l) {
+            json_array_append(c, json_array_get(l, 0));
+            nk++;
+        }
+    snprintf(n, sizeof n, "%zu", nk);
+    json_array_set_new(c, 2, json_string(n));
+    return c;
+}
+
+static json_t *prepare_cmd(const char *txid, json_t *part)
+{
+    json_t *c = eval_head(prepare_lua, part, 1), *l;
+    size_t i;
+    char n[16];
+
+    snprintf(n, sizeof n, "%zu", json_array_size(json_object_get(part, "locks")) + 1);
+    json_array_append_new(c, json_string(txid));
+    json_array_append_new(c, json_string(n));
+    json_array_foreach(json_object_get(part, "locks"), i, l) {
+        json_array_append(c, json_array_get(l, 1));
+        json_array_append(c, json_array_get(l, 2));
+    }
+    json_array_foreach(json_object_get(part, "claims"), i, l)
+        json_array_append(c, json_array_get(l, 1));
+    return c;
+}
+
+static json_t *apply_cmd(const char *txid, json_t *part)
+{
+    json_t *c = eval_head(apply_lua, part, 0), *l, *a;
+    size_t i, k;
+    char n[16];
+
+    snprintf(n, sizeof n, "%zu", json_array_size(json_object_get(part, "locks")) + 1);
+    json_array_append_new(c, json_string(txid));
+    json_array_append_new(c, json_string(XC_VERSION_TTL));
+    json_array_append_new(c, json_string(n));
+    json_array_foreach(json_object_get(part, "locks"), i, l)
+        json_array_append(c, json_array_get(l, 1));
+    json_array_foreach(json_object_get(part, "cmds"), i, l) {
+        snprintf(n, sizeof n, "%zu", json_array_size(l));
+        json_array_append_new(c, json_string(n));
+        json_array_foreach(l, k, a)
+            json_array_append(c, a);
+    }
+    return c;
+}
+
+static json_t *rollback_cmd(const char *txid, json_t *part)
+{
+    json_t *c = eval_head(rollback_lua, part, 0);
+
+    json_array_append_new(c, json_string(txid));
+    json_array_append_new(c, json_string(XC_VERSION_TTL));
+    return c;
+}
+
+static json_t *each_part(xrun *r, json_t *(*fn)(const char *, json_t *))
+{
+    json_t *cmds = json_array(), *part;
+    size_t i;
+
+    json_array_foreach(json_object_get(r->plan, "parts"), i, part)
+        json_array_append_new(cmds, fn(r->txid, part));
+    return cmds;
+}
+
+/* --- running ----------------------------------------------------------- */
+
+static void report(xrun *r, int outcome)
+{
+    if (r->done != NULL)
+        r->done(r->arg, outcome);
+    json_decref(r->plan);
+    free(r);
+}
+
+/* Sends cmds (taken); 0, or -1 when the store is away (cmds freed). */
+static int xsend(xrun *r, json_t *cmds, int acked, store_done_fn fn)
+{
+    int rc = acked ? store_exec_acked(r->a->st, cmds, 0, fn, r)
+                   : store_exec(r->a->st, cmds, 0, fn, r);
+    json_decref(cmds);
+    return rc;
+}
+
+static int any_error(json_t *replies)
+{
+    size_t i;
+    json_t *v;
+
+    json_array_foreach(replies, i, v)
+        if (store_is_error(v)) {
+            log_err("cross-slot commit: redis refused a step: %.200s",
+                    json_string_value(json_object_get(v, "$err")));
+            return 1;
+        }
+    return 0;
+}
+
+static void on_finished(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+
+    (void)ok;                      /* a lost finish leaves the intent to the sweep */
+    json_decref(replies);
+    report(r, r->outcome);
+}
+
+static void finish(xrun *r, const char *state)
+{
+    json_t *cmds = json_pack("[[s,s,s,s,s,s,s,s]]", "EVAL", finish_lua, "2", r->intent, r->open,
+                             state, XC_FENCE_TTL, r->txid);
+
+    if (strcmp(state, "done") == 0)
+        json_array_extend(cmds, json_object_get(r->plan, "after"));
+    if (xsend(r, cmds, 0, on_finished) != 0)
+        report(r, r->outcome);
+}
+
+static void on_rolled_back(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+    int bad = !ok || any_error(replies);
+
+    json_decref(replies);
+    if (bad) {
+        report(r, r->outcome == XC_NOT_APPLIED ? XC_LOST : r->outcome);
+        return;
+    }
+    finish(r, "aborted");
+}
+
+static void rollback(xrun *r)
+{
+    if (xsend(r, each_part(r, rollback_cmd), 0, on_rolled_back) != 0)
+        report(r, r->outcome == XC_NOT_APPLIED ? XC_LOST : r->outcome);
+}
+
+static void settle_read(xrun *r);
+
+static void on_aborted(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+    json_t *v = json_array_get(replies, 0);
+
+    if (!ok || store_is_error(v)) {
+        json_decref(replies);
+        report(r, XC_LOST);
+        return;
+    }
+    if (json_integer_value(v) == 1) {
+        json_decref(replies);
+        rollback(r);
+        return;
+    }
+    json_decref(replies);
+    /* Not pending any more (or not old enough): look again. */
+    if (r->owner && ++r->rounds < XC_SETTLE_ROUNDS)
+        settle_read(r);
+    else
+        report(r, XC_LOST);
+}
+
+static void abort_run(xrun *r, int stale_ms)
+{
+    char ms[16];
+
+    snprintf(ms, sizeof ms, "%d", stale_ms);
+    if (xsend(r, json_pack("[[s,s,s,s,s]]", "EVAL", abort_lua, "1", r->intent, ms), 0,
+             on_aborted) != 0)
+        report(r, XC_LOST);
+}
+
+static void on_applied(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+
+    if (!ok || any_error(replies)) {
+        /* Decided: whoever settles it next finishes the parts left. */
+        json_decref(replies);
+        report(r, XC_LOST);
+        return;
+    }
+    json_decref(replies);
+    r->outcome = ok == STORE_UNACKED ? XC_LOST : XC_APPLIED;
+    finish(r, "done");
+}
+
+static void apply(xrun *r)
+{
+    if (xsend(r, each_part(r, apply_cmd), 1, on_applied) != 0)
+        report(r, XC_LOST);
+}
+
+static void on_decided(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+    json_t *v = json_array_get(replies, 0);
+
+    if (!ok || store_is_error(v)) {
+        json_decref(replies);
+        report(r, XC_LOST);
+        return;
+    }
+    if (json_integer_value(v) != 1) {
+        /* Someone took it for dead and aborted it: put our locks back. */
+        json_decref(replies);
+        r->outcome = XC_MOVED;
+        rollback(r);
+        return;
+    }
+    json_decref(replies);
+    apply(r);
+}
+
+static void on_prepared(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+    size_t i;
+    json_t *v;
+    int outcome = 0;
+
+    if (!ok) {
+        json_decref(replies);
+        report(r, XC_LOST);
+        return;
+    }
+    json_array_foreach(replies, i, v) {
+        if (store_is_error(v)) {
+            log_err("cross-slot commit: redis refused a prepare: %.200s",
+                    json_string_value(json_object_get(v, "$err")));
+            outcome = XC_REFUSED;
+        } else if (json_is_array(v) && outcome == 0) {
+            char holder[48];
+            outcome = XC_LOCKED;
+            if (xc_lock_holder(json_string_value(json_array_get(v, 1)), holder, sizeof holder))
+                xc_settle(r->a, holder, 0, NULL, NULL);
+        } else if (json_integer_value(v) == 2 && outcome != XC_REFUSED) {
+            outcome = XC_MOVED;
+        }
+    }
+    json_decref(replies);
+    if (outcome != 0) {
+        r->outcome = outcome;
+        abort_run(r, 0);
+        return;
+    }
+    if (xsend(r, json_pack("[[s,s,s,s]]", "EVAL", decide_lua, "1", r->intent), 0,
+             on_decided) != 0)
+        report(r, XC_LOST);
+}
+
+static void on_intent(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+    json_t *v = json_array_get(replies, 0);
+
+    if (!ok) {
+        json_decref(replies);
+        report(r, XC_LOST);
+        return;
+    }
+    if (store_is_error(v) || json_integer_value(v) != 1) {
+        any_error(replies);
+        json_decref(replies);
+        report(r, XC_REFUSED);
+        return;
+    }
+    json_decref(replies);
+    if (xsend(r, each_part(r, prepare_cmd), 0, on_prepared) != 0)
+        report(r, XC_LOST);
+}
+
+static xrun *run_new(app *a, const char *txid, xc_done_fn done, void *arg)
+{
+    xrun *r = xcalloc(1, sizeof *r);
+
+    r->a = a;
+    snprintf(r->txid, sizeof r->txid, "%s", txid);
+    intent_keys(a, txid, r->intent, r->open);
+    r->done = done;
+    r->arg = arg;
+    return r;
+}
+
+int xc_run(app *a, xc_plan *p, xc_done_fn done, void *arg)
+{
+    xrun *r = run_new(a, p->txid, done, arg);
+    char *text;
+
+    r->owner = 1;
+    r->plan = plan_json(p);
+    xc_plan_free(p);
+    text = json_dumps(r->plan, JSON_COMPACT);
+    if (text == NULL)
+        oom("json_dumps");
+    if (xsend(r, json_pack("[[s,s,s,s,s,s,s]]", "EVAL", intent_lua, "2", r->intent, r->open, text,
+                          r->txid), 0, on_intent) != 0) {
+        /* Not even the intent was sent: nothing happened. */
+        free(text);
+        json_decref(r->plan);
+        free(r);
+        return -1;
+    }
+    free(text);
+    return 0;
+}
+
+/* --- settling ---------------------------------------------------------- */
+
+static void on_intent_read(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+    json_t *h = json_array_get(replies, 0);
+    const char *state = NULL, *plan = NULL;
+
+    if (!ok || !json_is_array(h)) {
+        json_decref(replies);
+        report(r, XC_LOST);
+        return;
+    }
+    for (size_t i = 0; i + 1 < json_array_size(h); i += 2) {
+        const char *f = json_string_value(json_array_get(h, i));
+        if (f != NULL && strcmp(f, "state") == 0)
+            state = json_string_value(json_array_get(h, i + 1));
+        else if (f != NULL && strcmp(f, "plan") == 0)
+            plan = json_string_value(json_array_get(h, i + 1));
+    }
+    if (state == NULL) {
+        /* No intent: never made, or settled long ago. */
+        json_decref(replies);
+        report(r, XC_NOT_APPLIED);
+        return;
+    }
+    json_decref(r->plan);
+    r->plan = plan ? json_loads(plan, 0, NULL) : NULL;
+    if (r->plan == NULL) {
+        log_err("cross-slot commit %s: its intent holds no readable plan", r->txid);
+        json_decref(replies);
+        report(r, XC_LOST);
+        return;
+    }
+    if (strcmp(state, "commit") == 0 || strcmp(state, "done") == 0) {
+        json_decref(replies);
+        apply(r);
+    } else if (strcmp(state, "aborted") == 0) {
+        json_decref(replies);
+        r->outcome = XC_NOT_APPLIED;
+        rollback(r);
+    } else {
+        json_decref(replies);
+        r->outcome = XC_NOT_APPLIED;
+        abort_run(r, r->owner ? 0 : XC_STALE_MS);
+    }
+}
+
+static void settle_read(xrun *r)
+{
+    if (xsend(r, json_pack("[[s,s]]", "HGETALL", r->intent), 0, on_intent_read) != 0)
+        report(r, XC_LOST);
+}
+
+void xc_settle(app *a, const char *txid, int owner, xc_done_fn done, void *arg)
+{
+    xrun *r = run_new(a, txid, done, arg);
+
+    r->owner = owner;
+    settle_read(r);
+}
+
+int xc_lock_holder(const char *v, char *out, size_t n)
+{
+    const char *sp;
+
+    if (v == NULL || strncmp(v, "L ", 2) != 0 || (sp = strchr(v + 2, ' ')) == NULL ||
+        (size_t)(sp - (v + 2)) >= n)
+        return 0;
+    memcpy(out, v + 2, (size_t)(sp - (v + 2)));
+    out[sp - (v + 2)] = '\0';
+    return 1;
+}
+
+/* --- the writer's sweep ------------------------------------------------ */
+
+static void on_open(void *arg, int ok, json_t *replies)
+{
+    app *a = arg;
+    json_t *ids = json_array_get(replies, 0), *id;
+    size_t i;
+
+    if (ok && json_is_array(ids))
+        json_array_foreach(ids, i, id)
+            if (json_is_string(id)) {
+                log_warn("cross-slot commit %s left open; settling it", json_string_value(id));
+                xc_settle(a, json_string_value(id), 0, NULL, NULL);
+            }
+    json_decref(replies);
+}
+
+void xc_sweep(app *a)
+{
+    char intent[KGC_RKEY_MAX], open[KGC_RKEY_MAX], max[32];
+    struct timespec ts;
+    json_t *cmds;
+
+    if (a->cfg.ncluster == 0 || !lease_held(a) || !store_connected(a->st))
+        return;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(max, sizeof max, "%lld",
+             (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - XC_STALE_MS);
+    intent_keys(a, "", intent, open);
+    cmds = json_pack("[[s,s,s,s,s,s,s]]", "ZRANGEBYSCORE", open, "-inf", max, "LIMIT", "0",
+                     XC_SWEEP_BATCH);
+    store_exec(a->st, cmds, 0, on_open, a);
+    json_decref(cmds);
+}
