@@ -1,0 +1,110 @@
+/*
+ * xcommit_lua.h - the scripts of a commit across slots (xcommit.h), shared
+ * by keygated (daemon/xcommit.c) and `keygate fsck --repair`, which
+ * settles what a killed keygated left open the same way.
+ */
+#ifndef KG_XCOMMIT_LUA_H
+#define KG_XCOMMIT_LUA_H
+
+/* KEYS[1] intent, KEYS[2] open set; ARGV[1] plan, ARGV[2] txid. */
+static const char __attribute__((unused)) intent_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('HSET', KEYS[1], 'state', 'pending', 'plan', ARGV[1], 'at', now)\n"
+    "redis.call('ZADD', KEYS[2], now, ARGV[2])\n"
+    "return 1\n";
+
+/* KEYS: marker, the nl - 1 version keys, then claim keys. ARGV[1] txid,
+ * ARGV[2] nl, then per version key its flag and expected value, then the
+ * claims' expected values. 1 locked (or already), 2 a value moved, {3,
+ * lock} another commit holds one. */
+static const char __attribute__((unused)) prepare_lua[] =
+    "local tx, nl = ARGV[1], tonumber(ARGV[2])\n"
+    "local mine = 'L ' .. tx .. ' '\n"
+    "if redis.call('GET', KEYS[1]) == mine then return 1 end\n"
+    "local cur, a = {}, 3\n"
+    "for i = 2, nl do\n"
+    "  local v = redis.call('GET', KEYS[i])\n"
+    "  if v and string.sub(v, 1, 2) == 'L ' then return {3, v} end\n"
+    "  cur[i] = v or ''\n"
+    "  if ARGV[a] ~= 'b' and cur[i] ~= ARGV[a + 1] then return 2 end\n"
+    "  a = a + 2\n"
+    "end\n"
+    "for i = nl + 1, #KEYS do\n"
+    "  if (redis.call('GET', KEYS[i]) or '') ~= ARGV[a] then return 2 end\n"
+    "  a = a + 1\n"
+    "end\n"
+    "redis.call('SET', KEYS[1], mine)\n"
+    "for i = 2, nl do redis.call('SET', KEYS[i], mine .. cur[i]) end\n"
+    "return 1\n";
+
+/* KEYS: marker, version keys. ARGV[1] txid, ARGV[2] version TTL, ARGV[3]
+ * nl, ARGV[4..2+nl] the flags, then the commands as <argc> <arg>...
+ * 1 applied now, 0 applied before (or rolled back: never both). */
+static const char __attribute__((unused)) apply_lua[] =
+    "local tx, nl = ARGV[1], tonumber(ARGV[3])\n"
+    "local mine = 'L ' .. tx .. ' '\n"
+    "if redis.call('GET', KEYS[1]) ~= mine then return 0 end\n"
+    "local i = 3 + nl\n"
+    "while i <= #ARGV do\n"
+    "  local n = tonumber(ARGV[i])\n"
+    "  redis.call(unpack(ARGV, i + 1, i + n))\n"
+    "  i = i + n + 1\n"
+    "end\n"
+    "for k = 2, nl do\n"
+    "  local v = redis.call('GET', KEYS[k])\n"
+    "  if ARGV[2 + k] ~= 'c' then\n"
+    "    redis.call('SET', KEYS[k], tx, 'EX', ARGV[2])\n"
+    "  elseif v and string.sub(v, 1, #mine) == mine then\n"
+    "    local old = string.sub(v, #mine + 1)\n"
+    "    if old == '' then redis.call('DEL', KEYS[k]) else redis.call('SET', KEYS[k], old, 'EX', ARGV[2]) end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 1\n";
+
+/* KEYS: marker, version keys. ARGV[1] txid, ARGV[2] version TTL. Puts
+ * back every lock of txid. */
+static const char __attribute__((unused)) rollback_lua[] =
+    "local mine = 'L ' .. ARGV[1] .. ' '\n"
+    "for k = 1, #KEYS do\n"
+    "  local v = redis.call('GET', KEYS[k])\n"
+    "  if v and string.sub(v, 1, #mine) == mine then\n"
+    "    local old = string.sub(v, #mine + 1)\n"
+    "    if old == '' then redis.call('DEL', KEYS[k]) else redis.call('SET', KEYS[k], old, 'EX', ARGV[2]) end\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS[1] intent. 1 when it is now commit. */
+static const char __attribute__((unused)) decide_lua[] =
+    "if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'state', 'commit')\n"
+    "return 1\n";
+
+/* KEYS[1] intent; ARGV[1] ms it must have been pending (0: at once). 1
+ * when it is now aborted. */
+static const char __attribute__((unused)) abort_lua[] =
+    "local st = redis.call('HGET', KEYS[1], 'state')\n"
+    "if st == 'aborted' then return 1 end\n"
+    "if st ~= 'pending' then return 0 end\n"
+    "if tonumber(ARGV[1]) > 0 then\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  if now - tonumber(redis.call('HGET', KEYS[1], 'at')) < tonumber(ARGV[1]) then return 0 end\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'state', 'aborted')\n"
+    "return 1\n";
+
+/* KEYS[1] intent, KEYS[2] open set; ARGV[1] final state, ARGV[2] TTL,
+ * ARGV[3] txid. */
+static const char __attribute__((unused)) finish_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
+    "  redis.call('HSET', KEYS[1], 'state', ARGV[1])\n"
+    "  redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
+    "end\n"
+    "redis.call('ZREM', KEYS[2], ARGV[3])\n"
+    "return 1\n";
+
+#endif
