@@ -71,8 +71,8 @@ KG_EXPORT kg_ctx *kg_open(const char *config_path, char *err, size_t errlen)
         kgc_cluster_map_init(ctx->cmap);
         /* Bounded (timeout_ms per seed); no node up is not an error here,
          * as Redis down is not in single-node mode: asked again later. */
-        if (kgc_cluster_load(ctx->cmap, ctx->cfg.cluster, ctx->cfg.ncluster, ctx->cfg.timeout_ms,
-                             cerr, sizeof cerr) != 0 || !ctx->cmap->complete)
+        if (kgc_cluster_load(ctx->cmap, &ctx->cfg, ctx->cfg.timeout_ms, cerr, sizeof cerr) != 0 ||
+            !ctx->cmap->complete)
             ctx->cl_stale = 1;
     }
     if (kg_lease_open(ctx, err, errlen) != 0) {    /* debit leased: journal, replay */
@@ -84,6 +84,7 @@ err:
     free(ctx->cmap);
     if (ctx->pepper != NULL)
         sodium_free(ctx->pepper);
+    kgc_config_wipe(&ctx->cfg);         /* the Redis password */
     free(ctx);
     return NULL;
 }
@@ -104,6 +105,7 @@ KG_EXPORT void kg_close(kg_ctx *ctx)
     if (ctx->pepper != NULL)
         sodium_free(ctx->pepper);
     free(ctx->cmap);
+    kgc_config_wipe(&ctx->cfg);         /* the Redis password */
     free(ctx);
 }
 
@@ -310,6 +312,7 @@ KG_EXPORT void kg_loop_ready(kg_ctx *ctx, int fd, int events)
     if (ctx == NULL)
         return;
     kg_link_handle(ctx, fd, events);
+    kg_link_drop_refused(ctx);                   /* a link whose AUTH was refused */
     kg_link_probe_maintain(ctx, kg_mono_ms());   /* a look-up's reply may have come */
     kg_flow_deliver(ctx);
 }

@@ -1097,14 +1097,15 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     redisReply *r = reply;
     int step = p->step;
 
-    (void)ac;
     p->outstanding = 0;
     p->step = KG_ST_IDLE;
     if (p->cancelled) {
         kg_pending_free(p);
         return;
     }
-    if (r == NULL) {                    /* connection dropped or timed out */
+    /* connection dropped or timed out; or its AUTH was refused, so this
+     * command ran without our credentials (kg_link.c) */
+    if (r == NULL || !kg_link_trusted(ac)) {
         finish(p, KG_BACKEND_ERROR);
         return;
     }

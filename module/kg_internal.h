@@ -125,6 +125,9 @@ typedef struct kg_link {
     int told;                     /* KG_EV_* last passed to hooks->watch */
     int is_sub;                   /* the invalidation subscriber */
     int node;                     /* cluster mode: index in ctx->cmap->nodes; -1 otherwise */
+    int auth_refused;             /* the AUTH sent first was refused: no reply on
+                                     this link is trusted (kg_link_trusted); it is
+                                     dropped at the top level */
 } kg_link;
 
 #define KG_NLINKS 4               /* main, sub, watch, probe */
@@ -287,6 +290,7 @@ struct kg_ctx {
     int64_t cl_asked;             /* monotonic ms of the last CLUSTER SLOTS */
     int sub_seed;                 /* the seed the subscriber uses (pub/sub is
                                      broadcast to every node of a cluster) */
+    int auth_refused;             /* some link's AUTH was refused: drop it (top level) */
 };
 
 /* kg_link.c */
@@ -301,6 +305,12 @@ void kg_link_poll(kg_ctx *ctx, int timeout_ms); /* one poll() over both links */
 void kg_link_write_now(kg_ctx *ctx);            /* flush main if it is connected */
 void kg_link_notify_all(kg_ctx *ctx);           /* re-tell the host every fd */
 void kg_link_relink(kg_ctx *ctx);               /* top level: act on ctx->relink */
+/* 0 when ac's link had its AUTH refused (config redis_user /
+ * redis_password_file, kgc_auth.h): every reply callback on a data link
+ * takes its reply as the NULL of a lost connection then, since commands
+ * queued behind a refused AUTH run unauthenticated (or as "default"). */
+int  kg_link_trusted(const redisAsyncContext *ac);
+void kg_link_drop_refused(kg_ctx *ctx);         /* top level: drop those links */
 /* Every live link (at most max) into ls; returns how many. */
 int kg_link_list(kg_ctx *ctx, kg_link **ls, int max);
 /* Cluster mode: the command link of map node i, connected if needed; NULL. */

@@ -37,15 +37,24 @@
  * Cluster broadcasts PUBLISH to every node) and moves to the next when
  * lost. Redirects themselves are followed per request in kg_flow.c.
  *
+ * Redis ACL credentials (cfg.redis_password set, kgc_auth.h): every link
+ * to a data node (not watch, not the probe's question to a sentinel) has
+ * AUTH queued as its first command by link_open, so it goes out first once
+ * connected. A refused AUTH marks the link (on_auth): the replies behind it
+ * are then taken as a lost connection's (kg_link_trusted: KG_BACKEND_ERROR)
+ * and the link is dropped at the top level (kg_link_drop_refused).
+ *
  * Rule: a link is only dropped from the top level, never from inside a
  * hiredis callback, so hiredis never defers the free behind our back.
  */
 #include "kg_internal.h"
+#include "kgc_auth.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -125,7 +134,75 @@ static void ev_cleanup(void *d)
     free(l);
 }
 
-static kg_link *link_open(kg_ctx *ctx, int is_sub, const kgc_hostport *to)
+/* AUTH's answer: anything but +OK marks the link (its fate is decided at
+ * the top level, kg_link_drop_refused). */
+static void on_auth(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *r = reply;
+    kg_link *l = ac->ev.data;
+
+    (void)priv;
+    if (r == NULL || l == NULL)
+        return;                         /* going away: nothing to trust anyway */
+    if (r->type != REDIS_REPLY_STATUS) {
+        l->auth_refused = 1;
+        l->ctx->auth_refused = 1;
+    }
+}
+
+/* Queues AUTH with the config's credentials as l's first command (nothing
+ * when there are none). Formatted and checked here as issue() does in
+ * kg_flow.c, so that a failed allocation never leaves a command without
+ * its callback; our copy of the password is wiped. 0 or -1. */
+static int link_auth(kg_link *l)
+{
+    redisAsyncContext *ac = l->ac;
+    const char *argv[3];
+    size_t argvlen[3], queued;
+    char *cmd = NULL;
+    int argc = kgc_auth_argv(&l->ctx->cfg, argv, argvlen), len, rc;
+
+    if (argc == 0)
+        return 0;
+    if ((len = redisFormatCommandArgv(&cmd, argc, argv, argvlen)) < 0)
+        return -1;
+    queued = sdslen((sds)ac->c.obuf);
+    rc = redisAsyncFormattedCommand(ac, on_auth, NULL, cmd, (size_t)len);
+    sodium_memzero(cmd, (size_t)len);
+    redisFreeCommand(cmd);
+    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->fn != on_auth)) {
+        sdssetlen((sds)ac->c.obuf, queued);
+        ac->c.obuf[queued] = '\0';
+        rc = REDIS_ERR;
+    }
+    return rc == REDIS_OK ? 0 : -1;
+}
+
+int kg_link_trusted(const redisAsyncContext *ac)
+{
+    const kg_link *l = ac != NULL ? ac->ev.data : NULL;
+    return l == NULL || !l->auth_refused;
+}
+
+void kg_link_drop_refused(kg_ctx *ctx)
+{
+    kg_link *ls[KG_LINKS_MAX];
+    int n;
+
+    if (!ctx->auth_refused)
+        return;
+    ctx->auth_refused = 0;
+    n = kg_link_list(ctx, ls, KG_LINKS_MAX);
+    for (int i = 0; i < n; i++)
+        if (ls[i]->auth_refused)
+            kg_link_drop(ctx, ls[i]);   /* ev_cleanup clears its place in ctx */
+}
+
+/* A new link: to a data node (auth: AUTH goes first) or to a sentinel
+ * (auth 0: sentinels usually run without ACL users; kgc_auth.h). to NULL:
+ * the store itself (the single node, the cluster's subscriber seed, or the
+ * primary the sentinels name). */
+static kg_link *link_open(kg_ctx *ctx, int is_sub, const kgc_hostport *to, int auth)
 {
     redisAsyncContext *ac;
     kg_link *l;
@@ -180,6 +257,10 @@ static kg_link *link_open(kg_ctx *ctx, int is_sub, const kgc_hostport *to)
     ac->ev.addWrite = ev_add_write;
     ac->ev.delWrite = ev_del_write;
     ac->ev.cleanup = ev_cleanup;
+    if (auth && link_auth(l) != 0) {
+        redisAsyncFree(ac);             /* runs ev_cleanup, which frees l */
+        return NULL;
+    }
     return l;
 }
 
@@ -187,7 +268,7 @@ int kg_link_main(kg_ctx *ctx)
 {
     if (ctx->main != NULL)
         return 0;
-    ctx->main = link_open(ctx, 0, NULL);
+    ctx->main = link_open(ctx, 0, NULL, 1);
     return ctx->main != NULL ? 0 : -1;
 }
 
@@ -222,7 +303,7 @@ kg_link *kg_link_node(kg_ctx *ctx, int i)
         return NULL;
     if (ctx->nodes[i] != NULL)
         return ctx->nodes[i];
-    if ((l = link_open(ctx, 0, &ctx->cmap->nodes[i])) == NULL) {
+    if ((l = link_open(ctx, 0, &ctx->cmap->nodes[i], 1)) == NULL) {
         ctx->cl_stale = 1;
         return NULL;
     }
@@ -238,7 +319,7 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *priv)
     kg_ctx *ctx = priv;
     char err[200];
 
-    if (reply == NULL || ctx->clq == NULL || ctx->clq->ac != ac)
+    if (reply == NULL || ctx->clq == NULL || ctx->clq->ac != ac || !kg_link_trusted(ac))
         return;                         /* going away: ev_cleanup moves on */
     ctx->cl_inflight = 0;
     if (kgc_cluster_map_apply(ctx->cmap, reply, ctx->clq_addr.host, err, sizeof err) != 0 ||
@@ -269,7 +350,7 @@ void kg_link_cluster_maintain(kg_ctx *ctx, int64_t now)
         i = ctx->clq_idx % total;
         ctx->clq_addr = i < ctx->cmap->nnodes ? ctx->cmap->nodes[i]
                                               : ctx->cfg.cluster[i - ctx->cmap->nnodes];
-        if ((ctx->clq = link_open(ctx, 0, &ctx->clq_addr)) == NULL) {
+        if ((ctx->clq = link_open(ctx, 0, &ctx->clq_addr, 1)) == NULL) {
             ctx->clq_idx++;
             return;
         }
@@ -293,6 +374,10 @@ static void on_probe(redisAsyncContext *ac, void *reply, void *priv)
 
     if (r == NULL || ctx->probe == NULL || ctx->probe->ac != ac)
         return;                         /* going away: ev_cleanup moves on */
+    if (!kg_link_trusted(ac)) {
+        ctx->probe_state = KG_PR_NEXT;  /* the primary refused our AUTH */
+        return;
+    }
     if (ctx->probe_state == KG_PR_ASK) {
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
             r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING &&
@@ -313,13 +398,14 @@ static void on_probe(redisAsyncContext *ac, void *reply, void *priv)
     }
 }
 
-/* Sends one step's command on a new probe link; 0 or -1. */
-static int probe_send(kg_ctx *ctx, const kgc_hostport *to, int64_t now, const char *fmt,
-                      const char *arg)
+/* Sends one step's command on a new probe link; 0 or -1. auth: to is the
+ * data node asked ROLE (AUTH first), not a sentinel. */
+static int probe_send(kg_ctx *ctx, const kgc_hostport *to, int auth, int64_t now,
+                      const char *fmt, const char *arg)
 {
     int t = ctx->cfg.timeout_ms < KG_SENTINEL_MS ? ctx->cfg.timeout_ms : KG_SENTINEL_MS;
 
-    ctx->probe = link_open(ctx, 0, to);
+    ctx->probe = link_open(ctx, 0, to, auth);
     if (ctx->probe == NULL)
         return -1;
     if ((arg ? redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt, arg)
@@ -350,7 +436,7 @@ void kg_link_probe_maintain(kg_ctx *ctx, int64_t now)
         case KG_PR_GOT:
             kg_link_drop(ctx, ctx->probe);
             ctx->probe_state = KG_PR_ROLE;
-            if (probe_send(ctx, &ctx->cand, now, "ROLE", NULL) != 0)
+            if (probe_send(ctx, &ctx->cand, 1, now, "ROLE", NULL) != 0)
                 ctx->probe_state = KG_PR_NEXT;
             break;
         case KG_PR_MASTER:
@@ -369,7 +455,7 @@ void kg_link_probe_maintain(kg_ctx *ctx, int64_t now)
             }
             ctx->probe_at = (ctx->sentinel_first + ctx->probe_tried++) % ctx->cfg.nsentinels;
             ctx->probe_state = KG_PR_ASK;
-            if (probe_send(ctx, &ctx->cfg.sentinels[ctx->probe_at], now,
+            if (probe_send(ctx, &ctx->cfg.sentinels[ctx->probe_at], 0, now,
                            "SENTINEL get-master-addr-by-name %s", ctx->cfg.sentinel_master) != 0)
                 ctx->probe_state = KG_PR_NEXT;
             break;
@@ -407,7 +493,7 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
     kg_ctx *ctx = priv;
     redisReply *r = reply, *kind, *payload;
 
-    if (r == NULL || ctx->sub == NULL || ctx->sub->ac != ac)
+    if (r == NULL || ctx->sub == NULL || ctx->sub->ac != ac || !kg_link_trusted(ac))
         return;                         /* going away: ev_cleanup does the rest */
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3)
         return;
@@ -451,7 +537,8 @@ static void watch_maintain(kg_ctx *ctx, int64_t now)
         (ctx->watch_started != 0 && now - ctx->watch_started < KG_SUB_RETRY_MS))
         return;
     ctx->watch_started = now;
-    ctx->watch = link_open(ctx, 0, &ctx->cfg.sentinels[ctx->watch_idx]);
+    /* A sentinel: no AUTH (sentinels usually run without ACL users). */
+    ctx->watch = link_open(ctx, 0, &ctx->cfg.sentinels[ctx->watch_idx], 0);
     if (ctx->watch == NULL) {
         ctx->watch_idx = (ctx->watch_idx + 1) % ctx->cfg.nsentinels;
         return;
@@ -464,6 +551,7 @@ static void watch_maintain(kg_ctx *ctx, int64_t now)
  * KG_SUB_RETRY_MS) and drops one that was not confirmed in time. */
 void kg_link_sub_maintain(kg_ctx *ctx, int64_t now)
 {
+    kg_link_drop_refused(ctx);
     kg_link_cluster_maintain(ctx, now);
     watch_maintain(ctx, now);
     kg_link_probe_maintain(ctx, now);
@@ -476,7 +564,7 @@ void kg_link_sub_maintain(kg_ctx *ctx, int64_t now)
         return;
     ctx->sub_started = now;
     ctx->sub_ok = 0;
-    ctx->sub = link_open(ctx, 1, NULL);
+    ctx->sub = link_open(ctx, 1, NULL, 1);
     if (ctx->sub == NULL)
         return;
     if (redisAsyncCommand(ctx->sub->ac, on_sub, ctx, "SUBSCRIBE %b",

@@ -179,14 +179,14 @@ static int restart_cluster(fsck *f, const kgc_config *cfg, int timeout_ms, char 
     return fsck_cluster_open(f, cfg, timeout_ms, err, errlen);
 }
 
+static int fsck_run(cli_ctx *ctx, kgc_config *cfg);
+
 int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
 {
     cli_strlist pos;
     kgc_config cfg;
     const char *path;
     char err[600];
-    fsck f;
-    long nprob;
     int rc;
 
     if (cli_args(ctx, argc, argv, NULL, &pos, 0, 0) < 0)
@@ -196,17 +196,31 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
         fprintf(stderr, "error: usage: %s\n", err);
         return CLI_EXIT_USAGE;
     }
+    rc = fsck_run(ctx, &cfg);
+    kgc_config_wipe(&cfg);              /* the Redis password */
+    return rc;
+}
+
+/* The check itself, on a loaded config (*cfg, whose Redis address it
+ * may point at the primary the sentinels name). Returns the exit code. */
+static int fsck_run(cli_ctx *ctx, kgc_config *cfg)
+{
+    char err[600];
+    fsck f;
+    long nprob;
+    int rc;
+
     memset(&f, 0, sizeof f);
     f.json = ctx->json;
-    f.prefix = cfg.key_prefix;
-    f.plen = strlen(cfg.key_prefix);
+    f.prefix = cfg->key_prefix;
+    f.plen = strlen(cfg->key_prefix);
     f.sec = sodium_malloc(sizeof *f.sec);
     if (f.sec == NULL) {
         fputs("error: internal: out of memory\n", stderr);
         return CLI_EXIT_REFUSED;
     }
     memset(f.sec, 0, sizeof *f.sec);
-    if (kgc_pepper_load(cfg.pepper_file, &f.sec->pepper, err, sizeof err) != 0) {
+    if (kgc_pepper_load(cfg->pepper_file, &f.sec->pepper, err, sizeof err) != 0) {
         fprintf(stderr, "error: usage: %s\n", err);
         fsck_free(&f);
         return CLI_EXIT_USAGE;
@@ -226,34 +240,33 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
     f.users = json_object();
     f.emails = json_object();
 
-    if (cfg.nsentinels > 0) {
+    if (cfg->nsentinels > 0) {
         /* Check the primary (the replicas may lag): the sentinels say where. */
         kgc_hostport hp;
         int first = 0;
-        if (kgc_sentinel_resolve(&cfg, ctx->timeout_ms, &first, &hp, err, sizeof err) != 0) {
+        if (kgc_sentinel_resolve(cfg, ctx->timeout_ms, &first, &hp, err, sizeof err) != 0) {
             fprintf(stderr, "error: unreachable: %s\n", err);
             fsck_free(&f);
             return CLI_EXIT_UNREACHABLE;
         }
-        snprintf(cfg.redis_host, sizeof cfg.redis_host, "%s", hp.host);
-        cfg.redis_port = hp.port;
-        cfg.redis_unix[0] = '\0';
+        snprintf(cfg->redis_host, sizeof cfg->redis_host, "%s", hp.host);
+        cfg->redis_port = hp.port;
+        cfg->redis_unix[0] = '\0';
     }
-    if (cfg.ncluster > 0) {
-        if (fsck_cluster_open(&f, &cfg, ctx->timeout_ms, err, sizeof err) != 0) {
+    if (cfg->ncluster > 0) {
+        if (fsck_cluster_open(&f, cfg, ctx->timeout_ms, err, sizeof err) != 0) {
             fprintf(stderr, "error: unreachable: redis cluster: %s\n", err);
             fsck_free(&f);
             return CLI_EXIT_UNREACHABLE;
         }
-    } else if ((f.rc = fsck_connect(&cfg, ctx->timeout_ms)) == NULL || f.rc->err) {
-        fprintf(stderr, "error: unreachable: redis %s%s: %s\n",
-                cfg.redis_unix[0] ? "unix:" : "", cfg.redis_unix[0] ? cfg.redis_unix : cfg.redis_host,
-                f.rc ? f.rc->errstr : "out of memory");
+    } else if ((f.rc = fsck_connect(cfg, ctx->timeout_ms, err, sizeof err)) == NULL) {
+        fprintf(stderr, "error: unreachable: redis %s%s: %s\n", cfg->redis_unix[0] ? "unix:" : "",
+                cfg->redis_unix[0] ? cfg->redis_unix : cfg->redis_host, err);
         fsck_free(&f);
         return CLI_EXIT_UNREACHABLE;
     }
-    if (cfg.archive_engine != KGC_ARCHIVE_NONE &&
-        (f.arch = arch_open(cfg.archive_engine, cfg.archive_target, err, sizeof err)) == NULL) {
+    if (cfg->archive_engine != KGC_ARCHIVE_NONE &&
+        (f.arch = arch_open(cfg->archive_engine, cfg->archive_target, err, sizeof err)) == NULL) {
         fprintf(stderr, "error: unreachable: archive: %s\n", err);
         fsck_free(&f);
         return CLI_EXIT_UNREACHABLE;
@@ -268,7 +281,7 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
         fprintf(f.json ? stderr : stdout, "fsck: %s; starting again on a fresh slot map\n",
                 f.broken_why);
         sleep(1);
-        if (restart_cluster(&f, &cfg, ctx->timeout_ms, err, sizeof err) != 0) {
+        if (restart_cluster(&f, cfg, ctx->timeout_ms, err, sizeof err) != 0) {
             fprintf(stderr, "error: unreachable: redis cluster: %s\n", err);
             fsck_free(&f);
             return CLI_EXIT_UNREACHABLE;

@@ -52,6 +52,7 @@ typedef struct fsck_cluster {
     int *fifo;                       /* the node of each reply still to read */
     size_t fifo_cap, fifo_head, fifo_len;
     int timeout_ms;
+    const kgc_config *cfg;           /* borrowed: the credentials each node is sent */
     int changed;                     /* stopped by a redirect or a lost node:
                                         worth a new start on a fresh map */
 } fsck_cluster;
@@ -99,9 +100,10 @@ void fsck_flush(fsck *f);
 
 /* --- Redis (cli_fsck_redis.c) ---------------------------------------------- */
 
-/* Connects to the Redis of cfg, every call bounded by timeout_ms. Returns
- * a context the caller frees with redisFree (check its err), or NULL. */
-redisContext *fsck_connect(const kgc_config *cfg, int timeout_ms);
+/* Connects to the Redis of cfg, every call bounded by timeout_ms, and
+ * sends cfg's AUTH (kgc_auth.h). Returns a context the caller frees with
+ * redisFree, or NULL with the reason in err. */
+redisContext *fsck_connect(const kgc_config *cfg, int timeout_ms, char *err, size_t errlen);
 
 /* One command. Returns the reply (caller frees with freeReplyObject), or
  * NULL with f->broken set. rcmd2 is `verb key`. */

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "kgc_auth.h"
 #include "kgc_cluster.h"
 #include "kgc_keys.h"
 
@@ -66,8 +67,9 @@ int fsck_cluster_open(fsck *f, const kgc_config *cfg, int timeout_ms, char *err,
     f->cl = cl;
     cl->tx_node = -1;
     cl->timeout_ms = timeout_ms;
+    cl->cfg = cfg;
     kgc_cluster_map_init(cl->map);
-    if (kgc_cluster_load(cl->map, cfg->cluster, cfg->ncluster, timeout_ms, err, errlen) != 0)
+    if (kgc_cluster_load(cl->map, cfg, timeout_ms, err, errlen) != 0)
         return -1;
     if (!cl->map->complete) {
         snprintf(err, errlen, "the cluster does not serve every slot (CLUSTER SLOTS)");
@@ -116,6 +118,18 @@ static redisContext *cl_conn(fsck *f, int i)
         return NULL;
     }
     redisSetTimeout(cl->node[i], tv);
+    {
+        char aerr[200], why[256];
+        if (kgc_auth_sync(cl->node[i], cl->cfg, aerr, sizeof aerr) != 0) {
+            /* Not a cluster change: no new start would mend it. */
+            snprintf(why, sizeof why, "cluster node %.100s:%d: %.120s", cl->map->nodes[i].host,
+                     cl->map->nodes[i].port, aerr);
+            fsck_broken_why(f, why);
+            redisFree(cl->node[i]);
+            cl->node[i] = NULL;
+            return NULL;
+        }
+    }
     return cl->node[i];
 }
 
@@ -464,7 +478,7 @@ const char *fsck_hfield(const redisReply *r, const char *name)
     return NULL;
 }
 
-redisContext *fsck_connect(const kgc_config *cfg, int timeout_ms)
+redisContext *fsck_connect(const kgc_config *cfg, int timeout_ms, char *err, size_t errlen)
 {
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     redisContext *rc;
@@ -473,7 +487,15 @@ redisContext *fsck_connect(const kgc_config *cfg, int timeout_ms)
         rc = redisConnectUnixWithTimeout(cfg->redis_unix, tv);
     else
         rc = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
-    if (rc != NULL && rc->err == 0)
-        redisSetTimeout(rc, tv);
+    if (rc == NULL || rc->err) {
+        snprintf(err, errlen, "%s", rc != NULL ? rc->errstr : "out of memory");
+        redisFree(rc);
+        return NULL;
+    }
+    redisSetTimeout(rc, tv);
+    if (kgc_auth_sync(rc, cfg, err, errlen) != 0) {
+        redisFree(rc);
+        return NULL;
+    }
     return rc;
 }

@@ -2,6 +2,7 @@
  * kgc_cluster.c - slots, the slot map and error replies (kgc_cluster.h).
  */
 #include "kgc_cluster.h"
+#include "kgc_auth.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,13 +177,15 @@ int kgc_cluster_classify(const char *s, size_t len, unsigned *slot, kgc_hostport
     return KGC_CE_OTHER;
 }
 
-int kgc_cluster_load(kgc_cluster_map *m, const kgc_hostport *seeds, int nseeds, int timeout_ms,
-                     char *err, size_t errlen)
+int kgc_cluster_load(kgc_cluster_map *m, const kgc_config *cfg, int timeout_ms, char *err,
+                     size_t errlen)
 {
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    const kgc_hostport *seeds = cfg->cluster;
+    char why[400];
 
     snprintf(err, errlen, "no cluster node given");
-    for (int i = 0; i < nseeds; i++) {
+    for (int i = 0; i < cfg->ncluster; i++) {
         redisContext *c = redisConnectWithTimeout(seeds[i].host, seeds[i].port, tv);
         redisReply *r = NULL;
         int rc = -1;
@@ -190,8 +193,11 @@ int kgc_cluster_load(kgc_cluster_map *m, const kgc_hostport *seeds, int nseeds, 
         if (c == NULL || c->err) {
             snprintf(err, errlen, "%s:%d: %s", seeds[i].host, seeds[i].port,
                      c != NULL ? c->errstr : "out of memory");
-        } else if (redisSetTimeout(c, tv) != REDIS_OK ||
-                   (r = redisCommand(c, "CLUSTER SLOTS")) == NULL) {
+        } else if (redisSetTimeout(c, tv) != REDIS_OK) {
+            snprintf(err, errlen, "%s:%d: %s", seeds[i].host, seeds[i].port, c->errstr);
+        } else if (kgc_auth_sync(c, cfg, why, sizeof why) != 0) {
+            snprintf(err, errlen, "%s:%d: %s", seeds[i].host, seeds[i].port, why);
+        } else if ((r = redisCommand(c, "CLUSTER SLOTS")) == NULL) {
             snprintf(err, errlen, "%s:%d: %s", seeds[i].host, seeds[i].port, c->errstr);
         } else {
             rc = kgc_cluster_map_apply(m, r, seeds[i].host, err, errlen);

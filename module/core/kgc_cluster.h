@@ -70,10 +70,12 @@ enum kgc_cluster_err {
  * ASK whose address does not parse is KGC_CE_OTHER. */
 int kgc_cluster_classify(const char *errstr, size_t len, unsigned *slot, kgc_hostport *to);
 
-/* Blocking, bounded: asks each seed in turn (connect and reply bounded by
- * timeout_ms each) for CLUSTER SLOTS and applies the first good answer.
- * For start-up and the blocking form only. 0 or -1 + err. */
-int kgc_cluster_load(kgc_cluster_map *m, const kgc_hostport *seeds, int nseeds, int timeout_ms,
-                     char *err, size_t errlen);
+/* Blocking, bounded: asks each seed of cfg->cluster in turn (connect, AUTH
+ * with cfg's credentials (kgc_auth.h), and each reply bounded by timeout_ms)
+ * for CLUSTER SLOTS and applies the first good answer. For start-up and the
+ * blocking form only. 0 or -1 + err (the last seed's failure, an AUTH
+ * refusal included). */
+int kgc_cluster_load(kgc_cluster_map *m, const kgc_config *cfg, int timeout_ms, char *err,
+                     size_t errlen);
 
 #endif

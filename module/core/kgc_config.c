@@ -193,6 +193,8 @@ static const key_rule keys[] = {
     STR("catalog", catalog_path),
     {"redis", K_REDIS, 0, 0, 0, 0, 0, NULL},
     STR("pepper_file", pepper_file),
+    STR("redis_user", redis_user),
+    STR("redis_password_file", redis_password_file),
     STR("key_prefix", key_prefix),
     NUM("timeout_ms", timeout_ms, 10, 1, 60000),
     NUM("cache_ttl_ms", cache_ttl_ms, 10, 0, 1000),   /* the 1 s refusal promise */
@@ -269,6 +271,86 @@ static int apply(kgc_config *cfg, const char *k, const char *v)
     return -2;
 }
 
+/* Reads the Redis password file into cfg->redis_password: one line (a
+ * trailing newline, or CR LF, is not part of it), refused like the pepper
+ * file when others may read it. Messages name the file, never what it
+ * holds. 0 or -1. */
+static int read_password(kgc_config *cfg, char *err, size_t errlen)
+{
+    const char *path = cfg->redis_password_file;
+    char buf[KGC_REDIS_PASSWORD_MAX + 2];   /* the line, its CR LF: one byte over
+                                               says the password is too long */
+    struct stat st;
+    ssize_t got;
+    size_t n = 0;
+    int fd, rc = -1;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        goto done;
+    }
+    if (st.st_mode & S_IROTH) {
+        snprintf(err, errlen,
+                 "%s: refused, the Redis password file is world-readable (chmod o-r)", path);
+        goto done;
+    }
+    while (n < sizeof buf && (got = read(fd, buf + n, sizeof buf - n)) != 0) {
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+            goto done;
+        }
+        n += (size_t)got;
+    }
+    if (n > 0 && buf[n - 1] == '\n')
+        n--;
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    if (n == 0) {
+        snprintf(err, errlen, "%s: the Redis password file is empty", path);
+        goto done;
+    }
+    if (n >= sizeof cfg->redis_password) {
+        snprintf(err, errlen, "%s: the Redis password is longer than %zu bytes", path,
+                 sizeof cfg->redis_password - 1);
+        goto done;
+    }
+    if (memchr(buf, '\n', n) != NULL || memchr(buf, '\0', n) != NULL) {
+        snprintf(err, errlen, "%s: the Redis password must be one line of text", path);
+        goto done;
+    }
+    memcpy(cfg->redis_password, buf, n);
+    cfg->redis_password[n] = '\0';
+    rc = 0;
+done:
+    sodium_memzero(buf, sizeof buf);
+    close(fd);
+    return rc;
+}
+
+/* redis_user and redis_password_file, once the whole file is read. */
+static int check_credentials(const char *path, kgc_config *cfg, char *err, size_t errlen)
+{
+    for (const char *c = cfg->redis_user; *c; c++)
+        if ((unsigned char)*c <= ' ' || *c == 0x7f) {
+            snprintf(err, errlen, "%s: bad value for 'redis_user' (a name without blanks)", path);
+            return -1;
+        }
+    if (cfg->redis_user[0] != '\0' && cfg->redis_password_file[0] == '\0') {
+        snprintf(err, errlen, "%s: 'redis_user' needs 'redis_password_file'", path);
+        return -1;
+    }
+    if (cfg->redis_password_file[0] == '\0')
+        return 0;
+    return read_password(cfg, err, errlen);
+}
+
 int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen)
 {
     FILE *f;
@@ -340,7 +422,19 @@ int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen)
     }
     if (rc == 0 && cfg->durability == KGC_DURABILITY_REPLICA && cfg->min_replicas_ack == 0)
         cfg->min_replicas_ack = 1;
+    if (rc == 0)
+        rc = check_credentials(path, cfg, err, errlen);
+    if (rc != 0)
+        kgc_config_wipe(cfg);
     return rc;
+}
+
+void kgc_config_wipe(kgc_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    sodium_memzero(cfg->redis_password, sizeof cfg->redis_password);
+    cfg->redis_password_file[0] = '\0';
 }
 
 int kgc_pepper_load(const char *path, unsigned char **out, char *err, size_t errlen)

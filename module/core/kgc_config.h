@@ -13,6 +13,8 @@
 #define KGC_PATH_MAX 1024
 #define KGC_SENTINELS_MAX 8
 #define KGC_CLUSTER_SEEDS_MAX 16
+#define KGC_REDIS_USER_MAX 128
+#define KGC_REDIS_PASSWORD_MAX 512  /* bytes of the password, its NUL included */
 
 typedef struct kgc_hostport {
     char host[256];
@@ -27,6 +29,16 @@ typedef struct kgc_config {
     char redis_host[256];         /* both: Redis host when redis_unix is "" */
     int redis_port;               /* both: Redis TCP port */
     char pepper_file[KGC_PATH_MAX]; /* both: 64 hex characters */
+    /* Redis ACL credentials (all; docs/operations.md "Redis ACL credentials"):
+     * every connection to a data node sends AUTH first (kgc_auth.h); the
+     * sentinels are not asked to. redis_password is read from
+     * redis_password_file by kgc_config_load, which refuses a user without
+     * a password file; no user with a password means AUTH <password>, the
+     * "default" user. The password is never logged nor put in a message;
+     * kgc_config_wipe clears it. */
+    char redis_user[KGC_REDIS_USER_MAX];           /* "" = none given */
+    char redis_password_file[KGC_PATH_MAX];        /* "" = no AUTH */
+    char redis_password[KGC_REDIS_PASSWORD_MAX];   /* the file's first line */
     char key_prefix[64];          /* both: prefix of every Redis key, "kg:" */
     int timeout_ms;               /* module: per-request store timeout, 50 */
     int cache_ttl_ms;             /* module: token cache backstop TTL, 1000 */
@@ -86,9 +98,19 @@ typedef struct kgc_config {
 #define KGC_DEBIT_EXACT  0
 #define KGC_DEBIT_LEASED 1
 
-/* Fills *cfg with defaults, then with the file's values. Returns 0, or -1
- * with a message naming the file and line in err. */
+/* Fills *cfg with defaults, then with the file's values, and reads
+ * redis_password_file if one is named (refused, naming that file, if it is
+ * not a regular file, if others may read it, if it is empty or longer than
+ * a line of KGC_REDIS_PASSWORD_MAX - 1 bytes). Returns 0, or -1 with a
+ * message naming the file and line in err (never the password); on -1 the
+ * password is already wiped. A loaded config holds the Redis password:
+ * wipe it with kgc_config_wipe when done with it. */
 int kgc_config_load(const char *path, kgc_config *cfg, char *err, size_t errlen);
+
+/* Clears the secret a loaded config holds (the Redis password) with
+ * sodium_memzero. Accepts NULL; the rest of *cfg stays usable, without
+ * credentials. */
+void kgc_config_wipe(kgc_config *cfg);
 
 /* Defaults only (what an empty file gives). */
 void kgc_config_defaults(kgc_config *cfg);

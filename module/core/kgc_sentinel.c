@@ -2,6 +2,7 @@
  * kgc_sentinel.c - the bounded look-up of kgc_sentinel.h (hiredis, blocking).
  */
 #include "kgc_sentinel.h"
+#include "kgc_auth.h"
 
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -21,8 +22,11 @@ static redisContext *dial(const char *host, int port, int timeout_ms)
     return c;
 }
 
-/* 1 when host:port answers ROLE with "master". */
-static int is_master(const kgc_hostport *hp, int timeout_ms, char *why, size_t whylen)
+/* 1 when host:port answers ROLE with "master", 0 when not (why says what
+ * it said), -1 when it refused the config's AUTH (why has its answer):
+ * that node holds the data, so it is sent AUTH first (kgc_auth.h). */
+static int is_master(const kgc_config *cfg, const kgc_hostport *hp, int timeout_ms, char *why,
+                     size_t whylen)
 {
     redisContext *c = dial(hp->host, hp->port, timeout_ms);
     redisReply *r;
@@ -32,6 +36,10 @@ static int is_master(const kgc_hostport *hp, int timeout_ms, char *why, size_t w
         snprintf(why, whylen, "%s", c ? c->errstr : "out of memory");
         redisFree(c);
         return 0;
+    }
+    if (kgc_auth_sync(c, cfg, why, whylen) != 0) {
+        redisFree(c);
+        return -1;
     }
     r = redisCommand(c, "ROLE");
     if (r == NULL)
@@ -54,7 +62,7 @@ int kgc_sentinel_resolve(const kgc_config *cfg, int timeout_ms, int *first, kgc_
                          char *err, size_t errlen)
 {
     int n = cfg->nsentinels, start = (*first >= 0 && *first < n) ? *first : 0;
-    int reached = 0, unknown = 0;
+    int reached = 0, unknown = 0, denied = 0;
     char why[200] = "";
 
     if (n == 0) {
@@ -64,6 +72,8 @@ int kgc_sentinel_resolve(const kgc_config *cfg, int timeout_ms, int *first, kgc_
     for (int k = 0; k < n; k++) {
         int i = (start + k) % n;
         const kgc_hostport *s = &cfg->sentinels[i];
+        /* No AUTH here: sentinels usually run without ACL users, and the
+         * config's credentials are the data nodes' (kgc_auth.h). */
         redisContext *c = dial(s->host, s->port, timeout_ms);
         redisReply *r;
         kgc_hostport hp;
@@ -91,8 +101,16 @@ int kgc_sentinel_resolve(const kgc_config *cfg, int timeout_ms, int *first, kgc_
             unknown++;
             continue;
         }
-        if (!is_master(&hp, timeout_ms, why, sizeof why))
+        switch (is_master(cfg, &hp, timeout_ms, why, sizeof why)) {
+        case 1:
+            break;
+        case -1:
+            denied = 1;         /* said apart below: a failover will not mend it */
+            continue;
+        default:
+            denied = 0;
             continue;           /* mid-failover: another sentinel may know better */
+        }
         *out = hp;
         *first = i;
         return 0;
@@ -101,6 +119,8 @@ int kgc_sentinel_resolve(const kgc_config *cfg, int timeout_ms, int *first, kgc_
         snprintf(err, errlen, "sentinel: none of %d sentinels answered", n);
     else if (unknown == reached)
         snprintf(err, errlen, "sentinel: no sentinel knows master '%s'", cfg->sentinel_master);
+    else if (denied)
+        snprintf(err, errlen, "sentinel: master '%s': %s", cfg->sentinel_master, why);
     else
         snprintf(err, errlen, "sentinel: the address given for '%s' is not a master (%s)",
                  cfg->sentinel_master, why);

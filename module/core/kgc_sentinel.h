@@ -5,13 +5,16 @@
  * (kg_link.c) and the CLI (fsck): the sentinels are asked in turn
  * (SENTINEL get-master-addr-by-name), starting with the one that answered
  * last time; the address given is then asked ROLE, and only a "master" is
- * accepted. Every connect and every reply is bounded by timeout_ms, so the
+ * accepted. That connection sends the config's AUTH first (kgc_auth.h); the
+ * ones to the sentinels send none (sentinels usually have no ACL users). Every connect and every reply is bounded by timeout_ms, so the
  * whole call takes at most (nsentinels + 1) * 2 * timeout_ms. It is called
  * only when a connection to the store is (re)made, never per request.
  *
  * The three failures the Sentinel client guidelines keep apart are kept
  * apart in err: no sentinel answered; the sentinels do not know the master;
- * the address they gave is not (or no longer) a master.
+ * the address they gave is not (or no longer) a master. A fourth is not a
+ * topology matter: the master refused AUTH ("sentinel: master 'NAME':
+ * redis: AUTH refused: ...").
  */
 #ifndef KGC_SENTINEL_H
 #define KGC_SENTINEL_H
