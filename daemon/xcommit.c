@@ -13,8 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define XC_VERSION_TTL "86400"    /* as job.c's VERSION_TTL */
-#define XC_FENCE_TTL "60"         /* as job.c's TX_FENCE_TTL */
 #define XC_SWEEP_MS 1000
 #define XC_SWEEP_BATCH "50"
 #define XC_SETTLE_ROUNDS 3
@@ -143,76 +141,7 @@ static json_t *plan_json(xc_plan *p)
     return json_pack("{s:o,s:O}", "parts", parts, "after", p->after);
 }
 
-/* --- the steps' commands ----------------------------------------------- */
-
-static json_t *eval_head(const char *lua, json_t *part, int claims)
-{
-    json_t *c = json_pack("[s,s,s,O]", "EVAL", lua, "", json_object_get(part, "marker"));
-    json_t *locks = json_object_get(part, "locks"), *l;
-    size_t i, nk = 1;
-    char n[16];
-
-    json_array_foreach(locks, i, l) {
-        json_array_append(c, json_array_get(l, 0));
-        nk++;
-    }
-    if (claims)
-        json_array_foreach(json_object_get(part, "claims"), i, l) {
-            json_array_append(c, json_array_get(l, 0));
-            nk++;
-        }
-    snprintf(n, sizeof n, "%zu", nk);
-    json_array_set_new(c, 2, json_string(n));
-    return c;
-}
-
-static json_t *prepare_cmd(const char *txid, json_t *part)
-{
-    json_t *c = eval_head(prepare_lua, part, 1), *l;
-    size_t i;
-    char n[16];
-
-    snprintf(n, sizeof n, "%zu", json_array_size(json_object_get(part, "locks")) + 1);
-    json_array_append_new(c, json_string(txid));
-    json_array_append_new(c, json_string(n));
-    json_array_foreach(json_object_get(part, "locks"), i, l) {
-        json_array_append(c, json_array_get(l, 1));
-        json_array_append(c, json_array_get(l, 2));
-    }
-    json_array_foreach(json_object_get(part, "claims"), i, l)
-        json_array_append(c, json_array_get(l, 1));
-    return c;
-}
-
-static json_t *apply_cmd(const char *txid, json_t *part)
-{
-    json_t *c = eval_head(apply_lua, part, 0), *l, *a;
-    size_t i, k;
-    char n[16];
-
-    snprintf(n, sizeof n, "%zu", json_array_size(json_object_get(part, "locks")) + 1);
-    json_array_append_new(c, json_string(txid));
-    json_array_append_new(c, json_string(XC_VERSION_TTL));
-    json_array_append_new(c, json_string(n));
-    json_array_foreach(json_object_get(part, "locks"), i, l)
-        json_array_append(c, json_array_get(l, 1));
-    json_array_foreach(json_object_get(part, "cmds"), i, l) {
-        snprintf(n, sizeof n, "%zu", json_array_size(l));
-        json_array_append_new(c, json_string(n));
-        json_array_foreach(l, k, a)
-            json_array_append(c, a);
-    }
-    return c;
-}
-
-static json_t *rollback_cmd(const char *txid, json_t *part)
-{
-    json_t *c = eval_head(rollback_lua, part, 0);
-
-    json_array_append_new(c, json_string(txid));
-    json_array_append_new(c, json_string(XC_VERSION_TTL));
-    return c;
-}
+/* --- the steps' commands: xcommit_plan.c --------------------------------- */
 
 static json_t *each_part(xrun *r, json_t *(*fn)(const char *, json_t *))
 {
@@ -307,7 +236,7 @@ static void on_rolled_back(void *arg, int ok, json_t *replies)
 
 static void rollback(xrun *r)
 {
-    if (xsend(r, each_part(r, rollback_cmd), 0, on_rolled_back) != 0)
+    if (xsend(r, each_part(r, xc_rollback_cmd), 0, on_rolled_back) != 0)
         report(r, r->outcome == XC_NOT_APPLIED ? XC_LOST : r->outcome);
 }
 
@@ -365,7 +294,7 @@ static void on_applied(void *arg, int ok, json_t *replies)
 
 static void apply(xrun *r)
 {
-    if (xsend(r, each_part(r, apply_cmd), 1, on_applied) != 0)
+    if (xsend(r, each_part(r, xc_apply_cmd), 1, on_applied) != 0)
         report(r, XC_LOST);
 }
 
@@ -448,7 +377,7 @@ static void on_intent(void *arg, int ok, json_t *replies)
     }
     json_decref(replies);
     fault_point("intent");
-    if (xsend(r, each_part(r, prepare_cmd), 0, on_prepared) != 0)
+    if (xsend(r, each_part(r, xc_prepare_cmd), 0, on_prepared) != 0)
         report(r, XC_LOST);
 }
 
@@ -547,18 +476,6 @@ void xc_settle(app *a, const char *txid, int owner, xc_done_fn done, void *arg)
 
     r->owner = owner;
     settle_read(r);
-}
-
-int xc_lock_holder(const char *v, char *out, size_t n)
-{
-    const char *sp;
-
-    if (v == NULL || strncmp(v, "L ", 2) != 0 || (sp = strchr(v + 2, ' ')) == NULL ||
-        (size_t)(sp - (v + 2)) >= n)
-        return 0;
-    memcpy(out, v + 2, (size_t)(sp - (v + 2)));
-    out[sp - (v + 2)] = '\0';
-    return 1;
 }
 
 /* --- the writer's sweep ------------------------------------------------ */

@@ -31,6 +31,7 @@
 #include <jansson.h>
 
 #include "app.h"
+#include "xcommit_plan.h"
 
 #define XC_STALE_MS 2000          /* a pending intent this old may be aborted by anyone */
 
@@ -66,9 +67,6 @@ int xc_run(app *a, xc_plan *p, xc_done_fn done, void *arg);
  * once; others abort only a pending intent older than XC_STALE_MS. done
  * may be NULL; it gets XC_APPLIED, XC_NOT_APPLIED, or XC_LOST (ask again). */
 void xc_settle(app *a, const char *txid, int owner, xc_done_fn done, void *arg);
-
-/* A version value that is a lock: the txid holding it into out, 1; else 0. */
-int xc_lock_holder(const char *v, char *out, size_t n);
 
 /* The writer's pass: settles open intents older than XC_STALE_MS. */
 void xc_sweep(app *a);

@@ -1,0 +1,92 @@
+/*
+ * xcommit_plan.c - the per-slot commands of a commit across slots
+ * (xcommit_plan.h), moved out of xcommit.c so that `keygate fsck
+ * --repair` builds them the same way.
+ */
+#include "xcommit_plan.h"
+#include "xcommit_lua.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* ["EVAL", lua, numkeys, marker, version keys... (, claim keys...)] */
+static json_t *eval_head(const char *lua, json_t *part, int claims)
+{
+    json_t *c = json_pack("[s,s,s,O]", "EVAL", lua, "", json_object_get(part, "marker"));
+    json_t *locks = json_object_get(part, "locks"), *l;
+    size_t i, nk = 1;
+    char n[16];
+
+    json_array_foreach(locks, i, l) {
+        json_array_append(c, json_array_get(l, 0));
+        nk++;
+    }
+    if (claims)
+        json_array_foreach(json_object_get(part, "claims"), i, l) {
+            json_array_append(c, json_array_get(l, 0));
+            nk++;
+        }
+    snprintf(n, sizeof n, "%zu", nk);
+    json_array_set_new(c, 2, json_string(n));
+    return c;
+}
+
+json_t *xc_prepare_cmd(const char *txid, json_t *part)
+{
+    json_t *c = eval_head(prepare_lua, part, 1), *l;
+    size_t i;
+    char n[16];
+
+    snprintf(n, sizeof n, "%zu", json_array_size(json_object_get(part, "locks")) + 1);
+    json_array_append_new(c, json_string(txid));
+    json_array_append_new(c, json_string(n));
+    json_array_foreach(json_object_get(part, "locks"), i, l) {
+        json_array_append(c, json_array_get(l, 1));
+        json_array_append(c, json_array_get(l, 2));
+    }
+    json_array_foreach(json_object_get(part, "claims"), i, l)
+        json_array_append(c, json_array_get(l, 1));
+    return c;
+}
+
+json_t *xc_apply_cmd(const char *txid, json_t *part)
+{
+    json_t *c = eval_head(apply_lua, part, 0), *l, *a;
+    size_t i, k;
+    char n[16];
+
+    snprintf(n, sizeof n, "%zu", json_array_size(json_object_get(part, "locks")) + 1);
+    json_array_append_new(c, json_string(txid));
+    json_array_append_new(c, json_string(XC_VERSION_TTL));
+    json_array_append_new(c, json_string(n));
+    json_array_foreach(json_object_get(part, "locks"), i, l)
+        json_array_append(c, json_array_get(l, 1));
+    json_array_foreach(json_object_get(part, "cmds"), i, l) {
+        snprintf(n, sizeof n, "%zu", json_array_size(l));
+        json_array_append_new(c, json_string(n));
+        json_array_foreach(l, k, a)
+            json_array_append(c, a);
+    }
+    return c;
+}
+
+json_t *xc_rollback_cmd(const char *txid, json_t *part)
+{
+    json_t *c = eval_head(rollback_lua, part, 0);
+
+    json_array_append_new(c, json_string(txid));
+    json_array_append_new(c, json_string(XC_VERSION_TTL));
+    return c;
+}
+
+int xc_lock_holder(const char *v, char *out, size_t n)
+{
+    const char *sp;
+
+    if (v == NULL || strncmp(v, "L ", 2) != 0 || (sp = strchr(v + 2, ' ')) == NULL ||
+        (size_t)(sp - (v + 2)) >= n)
+        return 0;
+    memcpy(out, v + 2, (size_t)(sp - (v + 2)));
+    out[sp - (v + 2)] = '\0';
+    return 1;
+}

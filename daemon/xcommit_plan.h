@@ -1,0 +1,34 @@
+/*
+ * xcommit_plan.h - the per-slot commands of a commit across slots, built
+ * from one part of its plan (the JSON kept in the intent, see xcommit.h
+ * and docs/redis-schema.md "Cross-slot commits"). Shared by keygated
+ * (xcommit.c) and `keygate fsck --repair` (daemon/cli/cli_fsck_xc.c), so
+ * both settle a commit with the very same EVALs. Only jansson: no store,
+ * no event loop.
+ *
+ * Each builder returns a new command array ["EVAL", <lua>, <numkeys>,
+ * marker, version keys..., args...] the caller json_decref's; part is
+ * borrowed. The command goes to the master of the part's slot (every key
+ * of it lies in that slot).
+ */
+#ifndef KG_XCOMMIT_PLAN_H
+#define KG_XCOMMIT_PLAN_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#define XC_VERSION_TTL "86400"    /* as job.c's VERSION_TTL */
+#define XC_FENCE_TTL "60"         /* as job.c's TX_FENCE_TTL */
+
+/* Step 2: lock the part's versions, check its claims, set its marker. */
+json_t *xc_prepare_cmd(const char *txid, json_t *part);
+/* Step 4: the part's writes, once (only while the marker is txid's). */
+json_t *xc_apply_cmd(const char *txid, json_t *part);
+/* Roll back: every lock of txid in the part put back to its old value. */
+json_t *xc_rollback_cmd(const char *txid, json_t *part);
+
+/* A version value that is a lock "L <txid> <old>": the txid holding it
+ * into out[n], 1; else 0. */
+int xc_lock_holder(const char *v, char *out, size_t n);
+
+#endif
