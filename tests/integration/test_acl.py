@@ -39,6 +39,10 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import kgtest  # noqa: E402
 
+# This file makes its own topologies with ACL users (one node, a one-node
+# cluster, a sentinel): kgtest's KEYGATE_TOPOLOGY switch does not apply.
+os.environ["KEYGATE_TOPOLOGY"] = "single"
+
 CLI = os.environ.get("KEYGATE_CLI") or os.path.join(kgtest.REPO, "build", "daemon", "cli", "keygate")
 USER = "kg"
 # Unique and long: any occurrence in an output or a log is a leak.
@@ -72,7 +76,7 @@ class Acl(unittest.TestCase):
             acl = os.path.join(env.tmp, "users.acl")
             with open(acl, "w") as f:
                 f.write("user default on nopass ~* &* +@all\n"
-                        "user %s on >%s ~* &* +@all\n" % (USER, PASSWORD))
+                        "user %s on >%s ~kg:* &kg:* +@all\n" % (USER, PASSWORD))
             # TCP as well as the Unix socket: the cluster and sentinel
             # cases need an address.
             env.redis_args = ["--aclfile", acl, "--port", str(cls.port)]
@@ -271,8 +275,10 @@ class Acl(unittest.TestCase):
         os.mkdir(d)
         acl = os.path.join(env.tmp, "users.acl")
         log = open(os.path.join(d, "redis.log"), "ab")
+        # The bus port defaults to port + 10000, which may not exist: its own.
         p = subprocess.Popen([kgtest.redis_server_path(), "--port", str(port), "--bind",
-                              "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file",
+                              "127.0.0.1", "--cluster-port", str(kgtest.free_port()),
+                              "--cluster-enabled", "yes", "--cluster-config-file",
                               os.path.join(d, "nodes.conf"), "--save", "", "--appendonly", "no",
                               "--aclfile", acl, "--dir", d],
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
