@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/time.h>
 
@@ -36,6 +37,47 @@ unsigned kgc_cluster_slot(const char *key, size_t len)
             return crc16(key + s + 1, e - s - 1) & (KGC_CLUSTER_SLOTS - 1);
     }
     return crc16(key, len) & (KGC_CLUSTER_SLOTS - 1);
+}
+
+int kgc_cluster_has_tag(const char *key, size_t len)
+{
+    const char *open = memchr(key, '{', len), *close;
+
+    if (open == NULL)
+        return 0;
+    close = memchr(open + 1, '}', len - (size_t)(open + 1 - key));
+    return close != NULL && close > open + 1;
+}
+
+static uint32_t tag_of_slot[KGC_CLUSTER_SLOTS];
+static pthread_once_t tags_once = PTHREAD_ONCE_INIT;
+
+/* Every slot's smallest "~n": a few hundred thousand CRCs, once per
+ * process. */
+static void tags_fill(void)
+{
+    unsigned left = KGC_CLUSTER_SLOTS;
+    static uint8_t have[KGC_CLUSTER_SLOTS];
+
+    for (unsigned n = 0; left > 0 && n < 100000000; n++) {
+        char t[12];
+        int len = snprintf(t, sizeof t, "~%u", n);
+        unsigned s = crc16(t, (size_t)len) % KGC_CLUSTER_SLOTS;
+        if (!have[s]) {
+            have[s] = 1;
+            tag_of_slot[s] = n;
+            left--;
+        }
+    }
+}
+
+const char *kgc_cluster_tag(unsigned slot)
+{
+    static __thread char buf[12];
+
+    pthread_once(&tags_once, tags_fill);
+    snprintf(buf, sizeof buf, "~%u", (unsigned)tag_of_slot[slot % KGC_CLUSTER_SLOTS]);
+    return buf;
 }
 
 void kgc_cluster_map_init(kgc_cluster_map *m)

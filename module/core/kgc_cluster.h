@@ -43,6 +43,15 @@ typedef struct kgc_cluster_map {
  * the next '}' when that part is not empty, else of the whole key. */
 unsigned kgc_cluster_slot(const char *key, size_t len);
 
+/* A short hash tag ("~" + decimal, no braces) whose slot is slot: what
+ * puts a key of our own next to a key that has no tag of its own (the
+ * daemon's version of P user:<id>, a cross-slot commit's marker). The
+ * same for every process: the smallest such number. */
+const char *kgc_cluster_tag(unsigned slot);
+
+/* 1 if key has a hash tag of its own (a non-empty {...}). */
+int kgc_cluster_has_tag(const char *key, size_t len);
+
 void kgc_cluster_map_init(kgc_cluster_map *m);
 
 /* The index of host:port in m->nodes, added if new; -1 when full. */
