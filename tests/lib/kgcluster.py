@@ -213,3 +213,122 @@ class Cluster:
                 p.send_signal(signal.SIGKILL)
                 p.wait(5)
         self.procs.clear()
+
+
+class Router:
+    """A blocking client of a whole cluster, for tests that read and write
+    the store directly: each command goes to the master of its key's slot
+    (MOVED refreshes the map, ASK is followed once, TRYAGAIN and
+    CLUSTERDOWN are retried); MGET, DEL, EXISTS and UNLINK over several
+    slots are split and merged; FLUSHALL/FLUSHDB go to every master,
+    DBSIZE sums them; keyless commands go to the first master. SCAN is per
+    master: use scan_keys()."""
+
+    MULTI_KEY = {"MGET", "DEL", "EXISTS", "UNLINK", "TOUCH"}
+    ALL = {"FLUSHALL", "FLUSHDB"}
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.conns = {}
+        self.owner = {}
+
+    def close(self):
+        for c in self.conns.values():
+            c.close()
+        self.conns = {}
+
+    def _conn(self, port):
+        if port not in self.conns:
+            self.conns[port] = Tcp(port, timeout=10.0)
+        return self.conns[port]
+
+    def _refresh(self):
+        self.owner = {}
+        for start, end, m in self.cluster.slots():
+            for s in range(start, end + 1):
+                self.owner[s] = m[1]
+
+    def masters(self):
+        if not self.owner:
+            self._refresh()
+        return sorted(set(self.owner.values()))
+
+    def _send(self, port, args):
+        try:
+            return self._conn(port).command(*args)
+        except (ConnectionError, OSError):
+            c = self.conns.pop(port, None)
+            if c:
+                c.close()
+            raise
+
+    def _keyed(self, slot, args):
+        ask = None
+        for attempt in range(20):
+            if not self.owner:
+                self._refresh()
+            port = ask or self.owner.get(slot)
+            try:
+                if ask:
+                    self._send(port, ["ASKING"])
+                    ask = None
+                return self._send(port, args)
+            except kgtest.RedisError as e:
+                msg = str(e)
+                if msg.startswith("MOVED"):
+                    self._refresh()
+                elif msg.startswith("ASK"):
+                    ask = int(msg.split()[2].rsplit(":", 1)[1])
+                elif msg.startswith(("TRYAGAIN", "CLUSTERDOWN", "LOADING")):
+                    time.sleep(0.05)
+                else:
+                    raise
+            except (ConnectionError, OSError):
+                time.sleep(0.1)
+                self._refresh()
+        raise ConnectionError("cluster: no answer for slot %d" % slot)
+
+    def command(self, *args):
+        name = str(args[0]).upper()
+        if name in self.ALL:
+            for m in self.masters():
+                self._send(m, args)
+            return "OK"
+        if name == "DBSIZE":
+            return sum(self._send(m, args) for m in self.masters())
+        if name in ("EVAL", "EVALSHA"):
+            key = args[3] if int(args[2]) > 0 else None
+        elif name in ("SCAN", "PUBLISH", "PING", "INFO", "CONFIG", "TIME", "SCRIPT",
+                      "KEYS", "RANDOMKEY") or len(args) < 2:
+            key = None
+        else:
+            key = args[1]
+        if name in self.MULTI_KEY and len(args) > 2:
+            slots = {}
+            for i, k in enumerate(args[1:]):
+                slots.setdefault(slot_of(k), []).append((i, k))
+            if len(slots) > 1:
+                out = [None] * (len(args) - 1)
+                total = 0
+                for s, items in slots.items():
+                    r = self._keyed(s, [name] + [k for _, k in items])
+                    if name == "MGET":
+                        for (i, _), v in zip(items, r):
+                            out[i] = v
+                    else:
+                        total += r
+                return out if name == "MGET" else total
+        if key is None:
+            return self._send(self.masters()[0], args)
+        return self._keyed(slot_of(key), list(args))
+
+    def scan_keys(self, pattern="*"):
+        keys = []
+        for m in self.masters():
+            cursor = b"0"
+            while True:
+                cursor, batch = self._send(m, ["SCAN", cursor, "MATCH", pattern, "COUNT", 1000])
+                keys.extend(batch)
+                if cursor in (b"0", "0"):
+                    break
+        return keys
