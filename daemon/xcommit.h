@@ -33,8 +33,6 @@
 #include "app.h"
 #include "xcommit_plan.h"
 
-#define XC_STALE_MS 2000          /* a pending intent this old may be aborted by anyone */
-
 enum xc_outcome {
     XC_APPLIED = 1,               /* every part written */
     XC_MOVED,                     /* a version moved: nothing written, run again */

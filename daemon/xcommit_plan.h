@@ -19,6 +19,7 @@
 
 #define XC_VERSION_TTL "86400"    /* as job.c's VERSION_TTL */
 #define XC_FENCE_TTL "60"         /* as job.c's TX_FENCE_TTL */
+#define XC_STALE_MS 2000          /* a pending intent this old may be aborted by anyone */
 
 /* Step 2: lock the part's versions, check its claims, set its marker. */
 json_t *xc_prepare_cmd(const char *txid, json_t *part);
