@@ -4,6 +4,7 @@
 #include "metrics.h"
 #include "store_int.h"
 #include "log.h"
+#include "kgc_auth.h"
 #include "kgc_sentinel.h"
 
 #include <hiredis/adapters/libevent.h>
@@ -33,6 +34,7 @@ struct store {
     int first;                     /* the sentinel that answered last */
     redisAsyncContext *watch;      /* SUBSCRIBE +switch-master on one sentinel */
     int watch_idx;                 /* which one */
+    int authing;                   /* AUTH sent, not answered yet */
     cstore *cl;                    /* Redis Cluster: all of the above unused */
 };
 
@@ -89,6 +91,9 @@ static void schedule_retry(store *s)
     evtimer_add(s->retry, &tv);
 }
 
+static void mark_up(store *s);
+static void reconnect(store *s);
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     store *s = ac->data;
@@ -101,6 +106,33 @@ static void on_connect(const redisAsyncContext *ac, int status)
         schedule_retry(s);
         return;
     }
+    if (s->authing)
+        return;                     /* up once AUTH said yes (on_auth) */
+    mark_up(s);
+}
+
+/* AUTH's reply (redis_user / redis_password_file): the server's text on a
+ * refusal holds no secret; the password is never logged. */
+static void on_auth(redisAsyncContext *ac, void *reply, void *priv)
+{
+    store *s = priv;
+    redisReply *r = reply;
+
+    if (r == NULL || s->ac != ac)
+        return;                     /* the connection went first */
+    s->authing = 0;
+    if (r->type != REDIS_REPLY_STATUS) {
+        metrics_count(MX_REDIS_CONNECT_FAILURES);
+        log_warn("redis: AUTH refused: %.200s", r->type == REDIS_REPLY_ERROR ? r->str : "?");
+        reconnect(s);
+        return;
+    }
+    if (ac->c.flags & REDIS_CONNECTED)
+        mark_up(s);
+}
+
+static void mark_up(store *s)
+{
     s->up = 1;
     s->last_progress_ms = store_mono_ms();
     if (s->cfg->nsentinels > 0)
@@ -289,6 +321,14 @@ static void connect_now(store *s)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     s->ac = ac;
+    s->authing = 0;
+    {
+        const char *argv[3];
+        size_t argvlen[3];
+        int n = kgc_auth_argv(s->cfg, argv, argvlen);
+        if (n > 0 && redisAsyncCommandArgv(ac, on_auth, s, n, argv, argvlen) == REDIS_OK)
+            s->authing = 1;
+    }
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)

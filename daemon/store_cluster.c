@@ -36,6 +36,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "store_int.h"
+#include "kgc_auth.h"
 #include "kgc_cluster.h"
 
 #include <hiredis/adapters/libevent.h>
@@ -148,6 +149,22 @@ static void on_node_disconnect(const redisAsyncContext *ac, int status)
     n->cs->refresh_wanted = 1;      /* a master may have failed over */
 }
 
+/* AUTH's reply on a node connection: a refusal drops it (the commands
+ * queued behind it were refused too: NOAUTH). */
+static void on_node_auth(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *r = reply;
+
+    (void)priv;
+    if (r == NULL || r->type == REDIS_REPLY_STATUS)
+        return;
+    metrics_count(MX_REDIS_CONNECT_FAILURES);
+    log_warn("redis cluster node: AUTH refused: %.200s",
+             r->type == REDIS_REPLY_ERROR ? r->str : "?");
+    if (!(ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
+        redisAsyncDisconnect(ac);
+}
+
 /* The connection to node idx, made now if there is none (commands queued
  * before it is up are sent once it is). NULL when it cannot be made. */
 static redisAsyncContext *node_ac(cstore *cs, int idx)
@@ -175,6 +192,15 @@ static redisAsyncContext *node_ac(cstore *cs, int idx)
     redisLibeventAttach(ac, cs->base);
     redisAsyncSetConnectCallback(ac, on_node_connect);
     redisAsyncSetDisconnectCallback(ac, on_node_disconnect);
+    {
+        const char *argv[3];
+        size_t argvlen[3];
+        int na = kgc_auth_argv(cs->cfg, argv, argvlen);
+        if (na > 0 && redisAsyncCommandArgv(ac, on_node_auth, n, na, argv, argvlen) != REDIS_OK) {
+            redisAsyncFree(ac);
+            return NULL;
+        }
+    }
     n->ac = ac;
     n->last_ms = store_mono_ms();
     return ac;
