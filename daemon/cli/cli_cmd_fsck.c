@@ -36,7 +36,14 @@
  * its position counted from the oldest entry in one script (LLEN and
  * LRANGE together), so later debits (LPUSHed at the head) move nothing.
  *
- * Nothing is ever written. A plain token found is shown by its hint only.
+ * On a Redis Cluster, commits across slots that a killed keygated left
+ * open (an intent older than XC_STALE_MS, a lock whose commit is over) are
+ * problems too (cli_fsck_xc.c), checked before the model.
+ *
+ * Nothing is written, except with --repair: then those commits are
+ * settled as keygated settles them (rolled forward once decided, else
+ * rolled back), before the model's checks. Nothing else is ever repaired.
+ * A plain token found is shown by its hint only.
  *
  * The parts (cli_fsck.h): this file runs the passes and reports;
  * cli_fsck_redis.c reads Redis, cli_fsck_scan.c is pass 1,
@@ -54,6 +61,7 @@
 #include <unistd.h>
 
 #include "kgc_keys.h"
+#include "xcommit_plan.h"        /* XC_STALE_MS */
 
 #define FSCK_DEFAULT_CONFIG "/etc/keygate/keygate.conf"
 #define FSCK_SAFE_MAX       600
@@ -61,19 +69,41 @@
 
 /* --- output ----------------------------------------------------------------- */
 
+static void problem_v(fsck *f, const char *kind, const char *key, size_t keylen,
+                      const char *fmt, va_list ap)
+{
+    char name[FSCK_SAFE_MAX], msg[1024], safe[1400];
+    int p = kind ? snprintf(msg, sizeof msg, "%s: ", kind) : 0;
+    json_t *o;
+
+    vsnprintf(msg + p, sizeof msg - (size_t)p, fmt, ap);
+    fsck_safe_text(f, key, keylen, name, sizeof name);
+    fsck_safe_text(f, msg, strlen(msg), safe, sizeof safe);
+    o = json_pack("{s:s,s:s}", "key", name, "problem", safe);
+    if (kind)
+        json_object_set_new(o, "kind", json_string(kind));
+    json_array_append_new(f->pending, o);
+}
+
 /* Notes a problem of the object being checked: kept in f->pending until
  * the object's reads are known to be consistent (fsck_flush). */
 void fsck_problem(fsck *f, const char *key, size_t keylen, const char *fmt, ...)
 {
-    char name[FSCK_SAFE_MAX], msg[1024], safe[1400];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    problem_v(f, NULL, key, keylen, fmt, ap);
     va_end(ap);
-    fsck_safe_text(f, key, keylen, name, sizeof name);
-    fsck_safe_text(f, msg, strlen(msg), safe, sizeof safe);
-    json_array_append_new(f->pending, json_pack("{s:s,s:s}", "key", name, "problem", safe));
+}
+
+void fsck_problem_kind(fsck *f, const char *kind, const char *key, size_t keylen,
+                       const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    problem_v(f, kind, key, keylen, fmt, ap);
+    va_end(ap);
 }
 
 /* Publishes the pending problems (the object's view was consistent). */
@@ -155,6 +185,12 @@ static void fsck_free(fsck *f)
     json_decref(f->toks);
     json_decref(f->users);
     json_decref(f->emails);
+    json_decref(f->xc_intents);
+    json_decref(f->xc_locks);
+    json_decref(f->xc_pending);
+    json_decref(f->xc_repairs);
+    json_decref(f->repaired);
+    json_decref(f->unrepaired);
 }
 
 int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv);
@@ -165,9 +201,11 @@ static int restart_cluster(fsck *f, const kgc_config *cfg, int timeout_ms, char 
                            size_t errlen)
 {
     json_t *objs[] = {f->teams, f->tagged, f->keydocs, f->wallets, f->ledgers,
-                      f->toks, f->users, f->emails};
+                      f->toks, f->users, f->emails, f->xc_intents, f->xc_locks};
 
     json_array_clear(f->pending);
+    json_array_clear(f->xc_pending);
+    json_array_clear(f->xc_repairs);
     json_array_clear(f->problems);
     for (size_t i = 0; i < sizeof objs / sizeof objs[0]; i++)
         json_object_clear(objs[i]);
@@ -179,7 +217,7 @@ static int restart_cluster(fsck *f, const kgc_config *cfg, int timeout_ms, char 
     return fsck_cluster_open(f, cfg, timeout_ms, err, errlen);
 }
 
-static int fsck_run(cli_ctx *ctx, kgc_config *cfg);
+static int fsck_run(cli_ctx *ctx, kgc_config *cfg, int repair);
 
 int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
 {
@@ -187,31 +225,36 @@ int cli_cmd_fsck(cli_ctx *ctx, int argc, char **argv)
     kgc_config cfg;
     const char *path;
     char err[600];
-    int rc;
+    int rc, repair = 0;
+    const cli_opt opts[] = {
+        {"--repair", CLI_OPT_FLAG, &repair},
+        {NULL, 0, NULL},
+    };
 
-    if (cli_args(ctx, argc, argv, NULL, &pos, 0, 0) < 0)
+    if (cli_args(ctx, argc, argv, opts, &pos, 0, 0) < 0)
         return ctx->status;
     path = ctx->config_path ? ctx->config_path : FSCK_DEFAULT_CONFIG;
     if (kgc_config_load(path, &cfg, err, sizeof err) != 0) {
         fprintf(stderr, "error: usage: %s\n", err);
         return CLI_EXIT_USAGE;
     }
-    rc = fsck_run(ctx, &cfg);
+    rc = fsck_run(ctx, &cfg, repair);
     kgc_config_wipe(&cfg);              /* the Redis password */
     return rc;
 }
 
 /* The check itself, on a loaded config (*cfg, whose Redis address it
  * may point at the primary the sentinels name). Returns the exit code. */
-static int fsck_run(cli_ctx *ctx, kgc_config *cfg)
+static int fsck_run(cli_ctx *ctx, kgc_config *cfg, int repair)
 {
     char err[600];
     fsck f;
     long nprob;
-    int rc;
+    int rc, fixed;
 
     memset(&f, 0, sizeof f);
     f.json = ctx->json;
+    f.repair = repair;
     f.prefix = cfg->key_prefix;
     f.plen = strlen(cfg->key_prefix);
     f.sec = sodium_malloc(sizeof *f.sec);
@@ -239,6 +282,12 @@ static int fsck_run(cli_ctx *ctx, kgc_config *cfg)
     f.toks = json_object();
     f.users = json_object();
     f.emails = json_object();
+    f.xc_intents = json_object();
+    f.xc_locks = json_object();
+    f.xc_pending = json_array();
+    f.xc_repairs = json_array();
+    f.repaired = json_array();
+    f.unrepaired = json_array();
 
     if (cfg->nsentinels > 0) {
         /* Check the primary (the replicas may lag): the sentinels say where. */
@@ -274,6 +323,10 @@ static int fsck_run(cli_ctx *ctx, kgc_config *cfg)
     for (int attempt = 1;; attempt++) {
         fsck_pass_scan(&f);
         if (!f.broken)
+            fsck_pass_xc(&f);
+        if (!f.broken && f.repair)
+            fsck_repair_xc(&f);
+        if (!f.broken)
             pass_model(&f);
         if (!f.broken || f.cl == NULL || !f.cl->changed || attempt == FSCK_CLUSTER_PASSES)
             break;
@@ -293,15 +346,23 @@ static int fsck_run(cli_ctx *ctx, kgc_config *cfg)
         return CLI_EXIT_UNREACHABLE;
     }
     nprob = (long)json_array_size(f.problems);
+    /* --repair: every problem found was settled (only commits across
+     * slots are ever repaired; see cli_fsck_xc.c) */
+    fixed = f.repair && nprob > 0 && f.n.repaired == nprob;
     if (f.json) {
-        json_t *out = json_pack("{s:b,s:O,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}",
+        json_t *out = json_pack("{s:b,s:O,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}",
                                 "clean", nprob == 0, "problems", f.problems, "counts",
                                 "redis_keys", (json_int_t)f.n.keys, "values", (json_int_t)f.n.values,
                                 "teams", (json_int_t)f.n.teams, "keys", (json_int_t)f.n.apikeys,
                                 "token_records", (json_int_t)f.n.tokens, "wallets",
                                 (json_int_t)f.n.wallets, "ledger_entries", (json_int_t)f.n.entries,
                                 "users", (json_int_t)f.n.users, "rechecks", (json_int_t)f.n.retries,
-                                "archived_entries", (json_int_t)f.n.archived);
+                                "archived_entries", (json_int_t)f.n.archived,
+                                "xcommits_in_progress", (json_int_t)f.n.xc_young);
+        if (f.repair) {
+            json_object_set(out, "repaired", f.repaired);
+            json_object_set(out, "unrepaired", f.unrepaired);
+        }
         char *text = json_dumps(out, JSON_COMPACT);
         puts(text ? text : "{}");
         free(text);
@@ -311,12 +372,18 @@ static int fsck_run(cli_ctx *ctx, kgc_config *cfg)
                "%ld wallets (%ld ledger entries in Redis, %lld archived), %ld users checked\n",
                f.n.keys, f.n.values, f.n.teams, f.n.apikeys, f.n.tokens, f.n.wallets, f.n.entries,
                f.n.archived, f.n.users);
+        if (f.n.xc_young > 0)
+            printf("fsck: %ld commit%s across slots in progress (younger than %d ms: not judged)\n",
+                   f.n.xc_young, f.n.xc_young == 1 ? "" : "s", XC_STALE_MS);
         if (nprob == 0)
             printf("fsck: clean\n");
+        else if (f.repair)
+            printf("fsck: %ld problem%s found, %ld repaired\n", nprob, nprob == 1 ? "" : "s",
+                   f.n.repaired);
         else
             printf("fsck: %ld problem%s found\n", nprob, nprob == 1 ? "" : "s");
     }
-    rc = nprob == 0 ? CLI_EXIT_OK : CLI_EXIT_REFUSED;
+    rc = nprob == 0 || fixed ? CLI_EXIT_OK : CLI_EXIT_REFUSED;
     fsck_free(&f);
     return rc;
 }

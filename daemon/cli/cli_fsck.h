@@ -13,6 +13,8 @@
  *                       kept out of report lines
  *   cli_fsck_checks.c   pass 2: the invariants of teams and their keys,
  *                       token records, wallets and ledgers, users, catalog
+ *   cli_fsck_xc.c       commits across slots left open (Redis Cluster):
+ *                       found in passes 1 and 2, settled by --repair
  *
  * Every function takes the run's state (fsck *). Once the connection broke
  * (f->broken), the Redis calls return NULL or -1 at once and a check
@@ -78,9 +80,20 @@ typedef struct fsck {
     json_t *users;                   /* user_id -> true */
     json_t *emails;                  /* email -> true */
     int catalog_seen;
+    /* commits across slots (cli_fsck_xc.c) */
+    int repair;                      /* --repair: settle what pass 2 found */
+    json_t *xc_intents;              /* txid -> true: intents not done, from pass 1 */
+    json_t *xc_locks;                /* redis key -> txid: values that are locks */
+    json_t *xc_pending;              /* repairs the object being checked asks for */
+    int xc_young_pending;            /* it is a commit in progress */
+    json_t *xc_repairs;              /* [{"kind","key","txid"}] asked, not yet run */
+    json_t *repaired;                /* [{"key","kind","action"}] done (whole run) */
+    json_t *unrepaired;              /* the same, for repairs that failed */
     struct arch_engine *arch;        /* the archive (config `archive`), or NULL */
     struct {
         long keys, values, teams, apikeys, tokens, wallets, entries, users, retries;
+        long xc_young;               /* commits across slots in progress (not stale) */
+        long repaired;               /* problems of this pass settled by --repair */
         long long archived;          /* archive rows below the wallets' checkpoints */
     } n;
 } fsck;
@@ -93,6 +106,11 @@ void fsck_problem(fsck *f, const char *key, size_t keylen, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 #define PROBLEM(f, key, ...) fsck_problem((f), (key), strlen(key), __VA_ARGS__)
+
+/* The same, with a kind name (JSON "kind", and the message starts with
+ * it): for problems scripts act on, such as "xcommit_open". */
+void fsck_problem_kind(fsck *f, const char *kind, const char *key, size_t keylen,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Prints (unless --json) and keeps in f->problems every pending problem,
  * then empties f->pending. */
@@ -109,6 +127,11 @@ redisContext *fsck_connect(const kgc_config *cfg, int timeout_ms, char *err, siz
  * NULL with f->broken set. rcmd2 is `verb key`. */
 redisReply *fsck_rcmd(fsck *f, int argc, const char **argv, const size_t *lens);
 redisReply *fsck_rcmd2(fsck *f, const char *verb, const char *key);
+/* One command to the node of route's slot (on one node: that node), for
+ * keyless commands (TIME, PUBLISH) and scripts (EVAL: argv[1] is no key).
+ * Not inside a MULTI. Same reply and failure as fsck_rcmd. */
+redisReply *fsck_rcmd_at(fsck *f, const char *route, int argc, const char **argv,
+                         const size_t *lens);
 
 /* Pipelining: rpush queues a command, rget reads the next reply (caller
  * frees; NULL with f->broken set). */
@@ -187,6 +210,20 @@ int fsck_check_email(fsck *f, const char *email, const char *unused);
 /* Wallet W of team T and its ledger; a consistent view without retries
  * (see cli_cmd_fsck.c). Publishes its problems itself. */
 void fsck_check_wallet(fsck *f, const char *T, const char *W);
+
+/* --- commits across slots (cli_fsck_xc.c) ------------------------------------ */
+
+/* Pass 1 hands it every string and hash value read (r: GET / HGETALL's
+ * reply of key, of that type): notes open intents and lock values. */
+void fsck_xc_seen(fsck *f, const char *key, size_t keylen, const char *type, const redisReply *r);
+
+/* Pass 2, before the model's checks: xcommit_open (older than
+ * XC_STALE_MS), xcommit_lock_orphan; notes what --repair would settle. */
+void fsck_pass_xc(fsck *f);
+
+/* --repair: settles what fsck_pass_xc noted, as keygated would, and says
+ * so ("repaired: ..." lines, f->repaired / f->unrepaired). */
+void fsck_repair_xc(fsck *f);
 
 /* Frees what the wallet checks keep for the whole run (accepts a run
  * that checked none). */

@@ -280,6 +280,28 @@ redisReply *fsck_rcmd2(fsck *f, const char *verb, const char *key)
     return fsck_rcmd(f, 2, argv, NULL);
 }
 
+redisReply *fsck_rcmd_at(fsck *f, const char *route, int argc, const char **argv,
+                         const size_t *lens)
+{
+    int node;
+
+    if (f->broken)
+        return NULL;
+    if (f->cl == NULL)
+        return fsck_rcmd(f, argc, argv, lens);
+    if (f->cl->tx_pending || f->cl->tx_node >= 0) {
+        fsck_broken_why(f, "internal: a routed command inside a MULTI");
+        return NULL;
+    }
+    node = f->cl->map->slot_node[kgc_cluster_slot(route, strlen(route))];
+    if (node == KGC_CLUSTER_NONE) {
+        fsck_broken_why(f, "the cluster lost a slot's master during the check");
+        return NULL;
+    }
+    cl_send(f, node, argc, argv, lens);
+    return f->broken ? NULL : cl_get(f);
+}
+
 /* Queues argc/argv (pipelined); the reply is read by rget. */
 void fsck_rpush(fsck *f, int argc, const char **argv, const size_t *lens)
 {

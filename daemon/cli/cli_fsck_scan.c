@@ -97,6 +97,7 @@ static void scan_key(fsck *f, const char *key, size_t keylen, const char *type)
         lens[0] = strlen(argv[0]);
         r = fsck_rcmd(f, 2, argv, lens);
         fsck_scan_reply(f, key, keylen, r);
+        fsck_xc_seen(f, key, keylen, type, r);     /* intents and locks of cross-slot commits */
         if (r)
             freeReplyObject(r);
         return;

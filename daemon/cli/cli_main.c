@@ -85,8 +85,9 @@ const cli_command cli_commands[] = {
     {"audit", cli_cmd_audit, "TEAM [--limit N] [--cursor C | --all]",
      "the team's audit log, newest first"},
     {"call", cli_cmd_call, "CMD ['{JSON ARGS}']", "send any admin command as is"},
-    {"fsck", cli_cmd_fsck, "[--config FILE]",
-     "check every invariant of the data in Redis (read-only; exit 0 clean, 1 problems)"},
+    {"fsck", cli_cmd_fsck, "[--config FILE] [--repair]",
+     "check every invariant of the data in Redis (read-only; exit 0 clean, 1 problems); "
+     "--repair settles commits across slots a killed keygated left open"},
 #ifdef KEYGATE_CLI_AUTHORIZE
     {"authorize", NULL, "[args...]  (see keygate authorize --help)",
      "run one request through the gateway module"},
