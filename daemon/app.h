@@ -38,6 +38,7 @@ typedef struct app {
     struct sweep *holds;          /* holds.c's sweep (sweep.h) */
     struct archive *arch;         /* archive.c's state, NULL without an archive */
     struct sweep *reclaim;        /* reclaim.c's sweep (sweep.h) */
+    struct xrun *xc_runs;         /* cross-slot commits in progress here (xcommit.c) */
 } app;
 
 /* Loads the catalog from cfg.catalog_path; on success replaces the current

@@ -134,13 +134,16 @@ struct job {
     job *aprev, *anext;           /* in the app's list of active mutations */
     void *scratch;                /* handler's own state, freed with the job */
     int parked;                   /* ready to decide, waiting for older ones */
+    int parked_rerun;             /* ... and to run again then (it met a lock) */
     char txid[24];                /* its commit script's fence, "" for MULTI */
     struct event *limbo;          /* reply lost: deadline for finding out */
     struct event *limbo_retry;    /* ... and the next question, after a refusal */
     char fence[KGC_RKEY_MAX];     /* its commit script's fence key (job.c) */
     struct xc_plan *xplan;        /* a commit across slots, built, not yet run (xcommit.h) */
     int xtx;                      /* its last commit ran as cross-slot steps */
+    json_t *xwrites;              /* ... the keys that commit writes, while it runs */
     struct event *later;          /* runs it again after a lock cleared (job.c) */
+    int lock_tries;               /* locks of others it met (job_locked) */
     job *lnext;                   /* in the app's limbo list */
     job_step parked_step;
     job *next;                    /* in the mutation queue */

@@ -249,6 +249,11 @@ static void job_decided(job *j)
     if (a->active != NULL && a->active->parked) {
         job *next = a->active;
         next->parked = 0;
+        if (next->parked_rerun) {
+            next->parked_rerun = 0;
+            job_rerun(next);
+            return;
+        }
         job_advance(next, next->parked_step);
     }
     mut_pump(a);
@@ -540,8 +545,15 @@ static void on_reads(void *arg, int ok, json_t *replies)
         json_array_foreach(j->vsent, i, k) {
             json_t *ver = json_array_get(v, i);
             if (json_is_string(ver) && strncmp(json_string_value(ver), "L ", 2) == 0) {
-                /* Locked by a commit across slots: decide nothing on it. */
-                job_locked(j, json_string_value(ver));
+                /* Locked by a commit across slots: decide nothing on it.
+                 * Not the oldest: it could not decide yet anyway, so it
+                 * runs again once it is (the lock is likely gone then). */
+                if (j != j->app->active && j->def->mutates && !j->decided) {
+                    j->parked = 1;
+                    j->parked_rerun = 1;
+                } else {
+                    job_locked(j, json_string_value(ver));
+                }
                 json_decref(replies);
                 return;
             }
@@ -612,21 +624,37 @@ static void on_later(evutil_socket_t fd, short what, void *arg)
         job_rerun(j);
 }
 
+static void on_local_done(void *arg)
+{
+    on_later(-1, 0, arg);
+}
+
 /* It met a key locked by a commit across slots (lock: the version's
  * value, may be NULL): nothing was decided on it. The commit is asked to
  * settle (a live one finishes by itself within milliseconds; one whose
  * daemon died is settled once XC_STALE_MS old), and the command runs again
- * shortly. */
+ * shortly; when the commit is this daemon's own, the moment it ends. */
 static void job_locked(job *j, const char *lock)
 {
-    char holder[48];
+    char holder[48] = "";
     struct timeval tv = {0, 20 * 1000};
 
-    if (lock != NULL && xc_lock_holder(lock, holder, sizeof holder))
+    if (lock != NULL && strncmp(lock, "L ", 2) != 0)
+        snprintf(holder, sizeof holder, "%s", lock);     /* a txid already */
+    else if (lock != NULL && !xc_lock_holder(lock, holder, sizeof holder))
+        holder[0] = '\0';
+    if (holder[0]) {
+        if (xc_wait_local(j->app, holder, on_local_done, j))
+            return;               /* ours: runs again the moment it ends */
         xc_settle(j->app, holder, 0, NULL, NULL);
+    }
     if (j->later == NULL && (j->later = evtimer_new(j->app->base, on_later, j)) == NULL)
         oom("evtimer_new");
-    if (j->reruns > 50)
+    /* The lock seen may be of a commit of ours that ended since the read
+     * was answered: look again at once, then back off. */
+    if (j->lock_tries++ < 2)
+        tv.tv_usec = 1000;
+    else if (j->reruns > 50)
         tv.tv_usec = 200 * 1000;
     evtimer_add(j->later, &tv);
 }
@@ -634,9 +662,21 @@ static void job_locked(job *j, const char *lock)
 static void on_writes(void *arg, int ok, json_t *replies);
 
 /* The end of a commit across slots (xcommit.h), as on_writes sees one. */
-static void on_xcommit(void *arg, int outcome)
+static void on_xcommit(void *arg, int outcome, const char *holder)
 {
     job *j = arg;
+
+    if (j->app->written != NULL && j->xwrites != NULL) {
+        /* Its writes landed at its apply, not when it was sent: commands
+         * that read since then are checked against them again. */
+        const char *key;
+        json_t *v;
+        ++j->app->wseq;
+        json_object_foreach(j->xwrites, key, v)
+            json_object_set_new(j->app->written, key, json_integer(j->app->wseq));
+    }
+    json_decref(j->xwrites);
+    j->xwrites = NULL;
 
     switch (outcome) {
     case XC_APPLIED:
@@ -646,7 +686,7 @@ static void on_xcommit(void *arg, int outcome)
         on_writes(j, 1, json_pack("[i]", COMMIT_MOVED));
         return;
     case XC_LOCKED:
-        on_writes(j, 1, json_pack("[[i,n]]", 3));
+        on_writes(j, 1, json_pack("[[i,s]]", 3, holder));
         return;
     case XC_LOST:
         on_writes(j, 0, NULL);      /* limbo: settled as its owner */
@@ -821,6 +861,12 @@ static long commit_slot(json_t *keys, json_t *q)
     return slot;
 }
 
+static void plan_writes_one(void *arg, const char *key)
+{
+    if (key != NULL)
+        xc_plan_writes(arg, key);
+}
+
 /* On a cluster, a commit whose keys span slots: its plan (xcommit.h). */
 static void commit_plan(job *j, json_t *keys, size_t nv, size_t ncl, json_t *q)
 {
@@ -844,8 +890,10 @@ static void commit_plan(job *j, json_t *keys, size_t nv, size_t ncl, json_t *q)
             xc_plan_lock(p, k, 'b', "");
         }
     }
-    json_array_foreach(q, i, c)
+    json_array_foreach(q, i, c) {
         xc_plan_cmd(p, c);
+        cmd_keys(c, plan_writes_one, p);
+    }
     json_decref(bumpset);
     j->xplan = p;
 }
@@ -972,6 +1020,16 @@ static void job_advance(job *j, job_step step)
             job_rerun(j);
             return;
         }
+        if (j->app->xc_runs != NULL) {
+            /* A commit across slots of ours, still in flight, writes what
+             * we read: its writes land at its apply, after our reads may
+             * have been answered. Run again once it ended. */
+            char tx[48];
+            if (xc_local_writes(j->app, j->readset, tx, sizeof tx)) {
+                job_locked(j, tx);
+                return;
+            }
+        }
     }
     switch (step) {
     case J_READ: {
@@ -1035,6 +1093,8 @@ static void job_advance(job *j, job_step step)
         if (q == NULL) {
             xc_plan *p = j->xplan;
             j->xplan = NULL;
+            json_decref(j->xwrites);
+            j->xwrites = json_incref(xc_plan_wkeys(p));
             if (xc_run(j->app, p, on_xcommit, j) != 0) {
                 json_decref(j->result);
                 j->result = NULL;
@@ -1087,6 +1147,7 @@ static void job_free(job *j)
     json_decref(j->vsent);
     json_decref(j->claims);
     xc_plan_free(j->xplan);
+    json_decref(j->xwrites);
     if (j->later != NULL)
         event_free(j->later);
     scratch_free(j);
@@ -1134,6 +1195,7 @@ static void job_rerun(job *j)
     json_decref(j->vsent);
     j->vsent = NULL;
     j->parked = 0;                /* scratch stays: prepare's results live there */
+    j->parked_rerun = 0;
     j->code = NULL;
     j->msg[0] = '\0';
     j->after_write = 0;
@@ -1329,10 +1391,11 @@ static void limbo_later(job *j)
 }
 
 /* A commit across slots whose reply was lost, settled by its owner. */
-static void on_xsettled(void *arg, int outcome)
+static void on_xsettled(void *arg, int outcome, const char *holder)
 {
     job *j = arg;
 
+    (void)holder;
     if (outcome == XC_APPLIED)
         limbo_answer(j, 1, NULL);
     else if (outcome == XC_NOT_APPLIED)

@@ -53,6 +53,7 @@
 typedef struct cnode {
     redisAsyncContext *ac;         /* NULL while not connected */
     int up;
+    int was_up;                    /* connected before: a reconnect may find it empty */
     long inflight;                 /* replies still expected */
     long long last_ms;             /* last reply or first send while idle */
     struct cstore *cs;
@@ -134,6 +135,12 @@ static void on_node_connect(const redisAsyncContext *ac, int status)
     }
     n->up = 1;
     n->last_ms = store_mono_ms();
+    if (n->was_up && n->cs->map.complete) {
+        /* A node back after a loss (restarted, maybe empty): the daemon
+         * publishes its state again, as on one node. */
+        store_fire_connect(n->cs->owner);
+    }
+    n->was_up = 1;
 }
 
 static void on_node_disconnect(const redisAsyncContext *ac, int status)
@@ -227,6 +234,7 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *priv)
     cstore *cs = priv;
     cnode *n = ac->data;
     char err[256];
+    int was;
 
     if (n != NULL && n->inflight > 0)
         n->inflight--;
@@ -235,11 +243,17 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *priv)
         return;
     if (n != NULL)
         n->last_ms = store_mono_ms();
+    was = cs->map.complete;
     if (kgc_cluster_map_apply(&cs->map, reply, n ? cs->map.nodes[n - cs->node].host : "",
-                              err, sizeof err) != 0)
+                              err, sizeof err) != 0) {
         log_warn("redis cluster: a bad slot map was not applied: %s", err);
-    else
-        cs->refresh_wanted = 0;
+        return;
+    }
+    cs->refresh_wanted = !cs->map.complete;
+    if (cs->map.complete && !was) {
+        log_info("redis cluster: every slot has a master (%d nodes)", cs->map.nnodes);
+        store_fire_connect(cs->owner);
+    }
 }
 
 /* Asks one connected node for CLUSTER SLOTS (at most one at a time, and
@@ -279,8 +293,10 @@ static void load_map(cstore *cs)
         return;
     }
     cs->loaded = 1;
-    log_info("redis cluster: slot map loaded (%d nodes)", cs->map.nnodes);
-    store_fire_connect(cs->owner);
+    log_info("redis cluster: slot map loaded (%d nodes%s)", cs->map.nnodes,
+             cs->map.complete ? "" : ", some slots without a master yet");
+    if (cs->map.complete)
+        store_fire_connect(cs->owner);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -294,7 +310,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         load_map(cs);
         return;
     }
-    if (cs->refresh_wanted)
+    if (cs->refresh_wanted || !cs->map.complete)
         refresh(cs);
     for (int i = 0; i < cs->map.nnodes; i++) {
         cnode *n = &cs->node[i];

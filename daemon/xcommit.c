@@ -22,6 +22,7 @@ struct xc_plan {
     char txid[48];
     json_t *parts;                 /* slot (string) -> {marker, locks, claims, cmds} */
     json_t *after;                 /* keyless commands (PUBLISH): after apply */
+    json_t *wkeys;                 /* data keys written (not stored in the intent) */
 };
 
 typedef struct xrun {
@@ -34,7 +35,18 @@ typedef struct xrun {
     int owner;
     int outcome;                   /* what to report once the abort is done */
     int rounds;
+    struct xwaiter *waiters;       /* local commands waiting for it to end */
+    char holder[48];               /* XC_LOCKED: who holds the key */
+    json_t *wkeys;                 /* data keys it writes (xc_run's) */
+    json_t *lkeys;                 /* version keys it locks (xc_run's) */
+    struct xrun *next, *prev;      /* in app->xc_runs, while xc_run's */
 } xrun;
+
+typedef struct xwaiter {
+    void (*fn)(void *);
+    void *arg;
+    struct xwaiter *next;
+} xwaiter;
 
 static void intent_keys(app *a, const char *txid, char *intent, char *open)
 {
@@ -52,6 +64,7 @@ xc_plan *xc_plan_new(app *a, const char *txid)
     snprintf(p->txid, sizeof p->txid, "%s", txid);
     p->parts = json_object();
     p->after = json_array();
+    p->wkeys = json_object();
     return p;
 }
 
@@ -61,6 +74,7 @@ void xc_plan_free(xc_plan *p)
         return;
     json_decref(p->parts);
     json_decref(p->after);
+    json_decref(p->wkeys);
     free(p);
 }
 
@@ -123,6 +137,16 @@ void xc_plan_cmd(xc_plan *p, json_t *cmd)
     json_array_append(json_object_get(part_of(p, key ? key : ""), "cmds"), cmd);
 }
 
+void xc_plan_writes(xc_plan *p, const char *key)
+{
+    json_object_set_new(p->wkeys, key, json_true());
+}
+
+json_t *xc_plan_wkeys(const xc_plan *p)
+{
+    return p->wkeys;
+}
+
 int xc_plan_slots(const xc_plan *p)
 {
     return (int)json_object_size(p->parts);
@@ -148,8 +172,11 @@ static json_t *each_part(xrun *r, json_t *(*fn)(const char *, json_t *))
     json_t *cmds = json_array(), *part;
     size_t i;
 
-    json_array_foreach(json_object_get(r->plan, "parts"), i, part)
-        json_array_append_new(cmds, fn(r->txid, part));
+    json_array_foreach(json_object_get(r->plan, "parts"), i, part) {
+        json_t *c = fn(r->txid, part);
+        if (c != NULL)
+            json_array_append_new(cmds, c);
+    }
     return cmds;
 }
 
@@ -172,10 +199,57 @@ static void fault_point(const char *step)
 
 static void report(xrun *r, int outcome)
 {
+    xwaiter *w = r->waiters;
+
+    if (r->owner && (r->prev != NULL || r->a->xc_runs == r)) {
+        /* Unlinked (xc_run's only; xc_settle's are not listed). */
+        if (r->prev)
+            r->prev->next = r->next;
+        else if (r->a->xc_runs == r)
+            r->a->xc_runs = r->next;
+        if (r->next)
+            r->next->prev = r->prev;
+    }
     if (r->done != NULL)
-        r->done(r->arg, outcome);
+        r->done(r->arg, outcome, outcome == XC_LOCKED ? r->holder : "");
+    while (w != NULL) {
+        xwaiter *n = w->next;
+        w->fn(w->arg);
+        free(w);
+        w = n;
+    }
     json_decref(r->plan);
+    json_decref(r->wkeys);
+    json_decref(r->lkeys);
     free(r);
+}
+
+int xc_local_writes(app *a, json_t *readset, char *out, size_t n)
+{
+    const char *key;
+    json_t *v;
+
+    for (xrun *r = a->xc_runs; r != NULL; r = r->next)
+        json_object_foreach(readset, key, v)
+            if (json_object_get(r->wkeys, key) != NULL) {
+                snprintf(out, n, "%s", r->txid);
+                return 1;
+            }
+    return 0;
+}
+
+int xc_wait_local(app *a, const char *txid, void (*fn)(void *), void *arg)
+{
+    for (xrun *r = a->xc_runs; r != NULL; r = r->next)
+        if (strcmp(r->txid, txid) == 0) {
+            xwaiter *w = xcalloc(1, sizeof *w);
+            w->fn = fn;
+            w->arg = arg;
+            w->next = r->waiters;
+            r->waiters = w;
+            return 1;
+        }
+    return 0;
 }
 
 /* Sends cmds (taken); 0, or -1 when the store is away (cmds freed). */
@@ -241,6 +315,7 @@ static void rollback(xrun *r)
 }
 
 static void settle_read(xrun *r);
+static void on_decided(void *arg, int ok, json_t *replies);
 
 static void on_aborted(void *arg, int ok, json_t *replies)
 {
@@ -321,32 +396,50 @@ static void on_decided(void *arg, int ok, json_t *replies)
     apply(r);
 }
 
-static void on_prepared(void *arg, int ok, json_t *replies)
+/* The replies of prepare or validate: 0 when every part said 1, else
+ * what to report once the commit is rolled back. */
+static int step_outcome(xrun *r, json_t *replies, const char *step)
 {
-    xrun *r = arg;
     size_t i;
     json_t *v;
     int outcome = 0;
+
+    json_array_foreach(replies, i, v) {
+        if (store_is_error(v)) {
+            log_err("cross-slot commit: redis refused a %s: %.200s", step,
+                    json_string_value(json_object_get(v, "$err")));
+            outcome = XC_REFUSED;
+        } else if (json_is_array(v) && outcome == 0) {
+            char holder[48];
+            outcome = XC_LOCKED;
+            if (xc_lock_holder(json_string_value(json_array_get(v, 1)), holder, sizeof holder) &&
+                strcmp(holder, r->txid) != 0)
+                snprintf(r->holder, sizeof r->holder, "%s", holder);
+        } else if (json_integer_value(v) == 2 && outcome != XC_REFUSED) {
+            outcome = XC_MOVED;
+        }
+    }
+    return outcome;
+}
+
+static void decide(xrun *r)
+{
+    if (xsend(r, json_pack("[[s,s,s,s]]", "EVAL", decide_lua, "1", r->intent), 0,
+              on_decided) != 0)
+        report(r, XC_LOST);
+}
+
+static void on_validated(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+    int outcome;
 
     if (!ok) {
         json_decref(replies);
         report(r, XC_LOST);
         return;
     }
-    json_array_foreach(replies, i, v) {
-        if (store_is_error(v)) {
-            log_err("cross-slot commit: redis refused a prepare: %.200s",
-                    json_string_value(json_object_get(v, "$err")));
-            outcome = XC_REFUSED;
-        } else if (json_is_array(v) && outcome == 0) {
-            char holder[48];
-            outcome = XC_LOCKED;
-            if (xc_lock_holder(json_string_value(json_array_get(v, 1)), holder, sizeof holder))
-                xc_settle(r->a, holder, 0, NULL, NULL);
-        } else if (json_integer_value(v) == 2 && outcome != XC_REFUSED) {
-            outcome = XC_MOVED;
-        }
-    }
+    outcome = step_outcome(r, replies, "validation");
     json_decref(replies);
     if (outcome != 0) {
         r->outcome = outcome;
@@ -354,8 +447,37 @@ static void on_prepared(void *arg, int ok, json_t *replies)
         return;
     }
     fault_point("prepare");
-    if (xsend(r, json_pack("[[s,s,s,s]]", "EVAL", decide_lua, "1", r->intent), 0,
-             on_decided) != 0)
+    decide(r);
+}
+
+static void on_prepared(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+    json_t *cmds;
+    int outcome;
+
+    if (!ok) {
+        json_decref(replies);
+        report(r, XC_LOST);
+        return;
+    }
+    outcome = step_outcome(r, replies, "prepare");
+    json_decref(replies);
+    if (outcome != 0) {
+        r->outcome = outcome;
+        abort_run(r, 0);
+        return;
+    }
+    /* Every write locked: now what was only read (Silo's order: a commit
+     * that writes one of those keys and read one of ours meets our lock). */
+    cmds = each_part(r, xc_validate_cmd);
+    if (json_array_size(cmds) == 0) {
+        json_decref(cmds);
+        fault_point("prepare");
+        decide(r);
+        return;
+    }
+    if (xsend(r, cmds, 0, on_validated) != 0)
         report(r, XC_LOST);
 }
 
@@ -393,26 +515,70 @@ static xrun *run_new(app *a, const char *txid, xc_done_fn done, void *arg)
     return r;
 }
 
-int xc_run(app *a, xc_plan *p, xc_done_fn done, void *arg)
+static void start_run(void *arg)
 {
-    xrun *r = run_new(a, p->txid, done, arg);
-    char *text;
+    xrun *r = arg;
+    char *text = json_dumps(r->plan, JSON_COMPACT);
 
-    r->owner = 1;
-    r->plan = plan_json(p);
-    xc_plan_free(p);
-    text = json_dumps(r->plan, JSON_COMPACT);
     if (text == NULL)
         oom("json_dumps");
     if (xsend(r, json_pack("[[s,s,s,s,s,s,s]]", "EVAL", intent_lua, "2", r->intent, r->open, text,
-                          r->txid), 0, on_intent) != 0) {
-        /* Not even the intent was sent: nothing happened. */
-        free(text);
-        json_decref(r->plan);
-        free(r);
+                          r->txid), 0, on_intent) != 0)
+        report(r, XC_LOST);         /* nothing sent: its owner finds no intent */
+    free(text);
+}
+
+/* The version keys a plan locks (flags b and B): key -> true. */
+static json_t *locked_keys(json_t *plan)
+{
+    json_t *out = json_object(), *part, *l;
+    size_t i, k;
+
+    json_array_foreach(json_object_get(plan, "parts"), i, part)
+        json_array_foreach(json_object_get(part, "locks"), k, l)
+            if (strcmp(json_string_value(json_array_get(l, 1)) ?: "c", "c") != 0)
+                json_object_set_new(out, json_string_value(json_array_get(l, 0)), json_true());
+    return out;
+}
+
+/* The newest commit running here that locks one of lkeys, or NULL. */
+static xrun *overlapping(app *a, json_t *lkeys)
+{
+    const char *key;
+    json_t *v;
+
+    for (xrun *r = a->xc_runs; r != NULL; r = r->next)
+        json_object_foreach(lkeys, key, v)
+            if (json_object_get(r->lkeys, key) != NULL)
+                return r;
+    return NULL;
+}
+
+int xc_run(app *a, xc_plan *p, xc_done_fn done, void *arg)
+{
+    xrun *r, *before;
+
+    if (!store_connected(a->st)) {
+        xc_plan_free(p);
         return -1;
     }
-    free(text);
+    r = run_new(a, p->txid, done, arg);
+    r->owner = 1;
+    r->plan = plan_json(p);
+    r->wkeys = json_incref(p->wkeys);
+    r->lkeys = locked_keys(r->plan);
+    xc_plan_free(p);
+    /* Two commits of this daemon that write the same key (blind writes
+     * too: key.create's ZADD to the team's key set) would meet each
+     * other's locks and both run again from the start: the later one
+     * waits for the earlier instead, and starts when it ends. */
+    before = overlapping(a, r->lkeys);
+    r->next = a->xc_runs;           /* listed for xc_wait_local */
+    if (a->xc_runs)
+        a->xc_runs->prev = r;
+    a->xc_runs = r;
+    if (before == NULL || !xc_wait_local(a, before->txid, start_run, r))
+        start_run(r);
     return 0;
 }
 

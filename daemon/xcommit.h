@@ -42,7 +42,9 @@ enum xc_outcome {
     XC_NOT_APPLIED                /* xc_settle: rolled back, or never made */
 };
 
-typedef void (*xc_done_fn)(void *arg, int outcome);
+/* holder: with XC_LOCKED, the txid of the commit that holds the key ("" if
+ * unknown); else "". */
+typedef void (*xc_done_fn)(void *arg, int outcome, const char *holder);
 
 /* A plan under construction: parts by slot. */
 typedef struct xc_plan xc_plan;
@@ -54,7 +56,11 @@ void xc_plan_free(xc_plan *p);
 void xc_plan_lock(xc_plan *p, const char *vkey, char flag, const char *expected);
 void xc_plan_claim(xc_plan *p, const char *key, const char *expected);
 void xc_plan_cmd(xc_plan *p, json_t *cmd);   /* borrowed; keyless ones run after apply */
+/* Notes a data key the commit writes: a local command that read it waits
+ * for the commit to end before deciding (xc_local_writes). */
+void xc_plan_writes(xc_plan *p, const char *key);
 int xc_plan_slots(const xc_plan *p);
+json_t *xc_plan_wkeys(const xc_plan *p);      /* borrowed: key -> true */
 
 /* Runs the plan (taken): 0, done(arg, outcome) called once later; -1 when
  * the store is away (nothing sent, done never called). */
@@ -65,6 +71,14 @@ int xc_run(app *a, xc_plan *p, xc_done_fn done, void *arg);
  * once; others abort only a pending intent older than XC_STALE_MS. done
  * may be NULL; it gets XC_APPLIED, XC_NOT_APPLIED, or XC_LOST (ask again). */
 void xc_settle(app *a, const char *txid, int owner, xc_done_fn done, void *arg);
+
+/* When txid is a commit this daemon is running: fn(arg) is called once it
+ * ends (after its done), and 1 is returned; else 0. */
+int xc_wait_local(app *a, const char *txid, void (*fn)(void *), void *arg);
+
+/* When a commit this daemon is running writes one of the keys of readset
+ * (an object keyed by Redis key), its txid into out; 1. Else 0. */
+int xc_local_writes(app *a, json_t *readset, char *out, size_t n);
 
 /* The writer's pass: settles open intents older than XC_STALE_MS. */
 void xc_sweep(app *a);

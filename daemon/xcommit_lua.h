@@ -17,18 +17,22 @@ static const char __attribute__((unused)) intent_lua[] =
 
 /* KEYS: marker, the nl - 1 version keys, then claim keys. ARGV[1] txid,
  * ARGV[2] nl, then per version key its flag and expected value, then the
- * claims' expected values. 1 locked (or already), 2 a value moved, {3,
- * lock} another commit holds one. */
-static const char __attribute__((unused)) prepare_lua[] =
+ * claims' expected values. Locks what the part writes (flags b and B; a
+ * B must still hold what was read); keys only read (c) are left to
+ * validate_lua. 1 locked (or already), 2 a value moved, {3, lock} another
+ * commit holds one. */
+static const char prepare_lua[] =
     "local tx, nl = ARGV[1], tonumber(ARGV[2])\n"
     "local mine = 'L ' .. tx .. ' '\n"
     "if redis.call('GET', KEYS[1]) == mine then return 1 end\n"
     "local cur, a = {}, 3\n"
     "for i = 2, nl do\n"
-    "  local v = redis.call('GET', KEYS[i])\n"
-    "  if v and string.sub(v, 1, 2) == 'L ' then return {3, v} end\n"
-    "  cur[i] = v or ''\n"
-    "  if ARGV[a] ~= 'b' and cur[i] ~= ARGV[a + 1] then return 2 end\n"
+    "  if ARGV[a] ~= 'c' then\n"
+    "    local v = redis.call('GET', KEYS[i])\n"
+    "    if v and string.sub(v, 1, 2) == 'L ' then return {3, v} end\n"
+    "    cur[i] = v or ''\n"
+    "    if ARGV[a] == 'B' and cur[i] ~= ARGV[a + 1] then return 2 end\n"
+    "  end\n"
     "  a = a + 2\n"
     "end\n"
     "for i = nl + 1, #KEYS do\n"
@@ -36,7 +40,21 @@ static const char __attribute__((unused)) prepare_lua[] =
     "  a = a + 1\n"
     "end\n"
     "redis.call('SET', KEYS[1], mine)\n"
-    "for i = 2, nl do redis.call('SET', KEYS[i], mine .. cur[i]) end\n"
+    "for i = 2, nl do\n"
+    "  if cur[i] then redis.call('SET', KEYS[i], mine .. cur[i]) end\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS: the version keys a part only read; ARGV: their expected values.
+ * Run once every part's writes are locked (so a commit that later writes
+ * one of these keys finds our locks if it read what we write: no write
+ * skew). 1 all hold, 2 one moved, {3, lock} one is locked by another. */
+static const char validate_lua[] =
+    "for i = 1, #KEYS do\n"
+    "  local v = redis.call('GET', KEYS[i])\n"
+    "  if v and string.sub(v, 1, 2) == 'L ' then return {3, v} end\n"
+    "  if (v or '') ~= ARGV[i] then return 2 end\n"
+    "end\n"
     "return 1\n";
 
 /* KEYS: marker, version keys. ARGV[1] txid, ARGV[2] version TTL, ARGV[3]

@@ -31,11 +31,53 @@ static json_t *eval_head(const char *lua, json_t *part, int claims)
     return c;
 }
 
-json_t *xc_prepare_cmd(const char *txid, json_t *part)
+int xc_part_writes(json_t *part)
 {
-    json_t *c = eval_head(prepare_lua, part, 1), *l;
+    json_t *l;
+    size_t i;
+
+    if (json_array_size(json_object_get(part, "cmds")) > 0 ||
+        json_array_size(json_object_get(part, "claims")) > 0)
+        return 1;
+    json_array_foreach(json_object_get(part, "locks"), i, l)
+        if (strcmp(json_string_value(json_array_get(l, 1)) ?: "c", "c") != 0)
+            return 1;
+    return 0;
+}
+
+json_t *xc_validate_cmd(const char *txid, json_t *part)
+{
+    json_t *c = json_pack("[s,s,s]", "EVAL", validate_lua, ""), *expect = json_array(), *l;
     size_t i;
     char n[16];
+
+    (void)txid;
+    json_array_foreach(json_object_get(part, "locks"), i, l)
+        if (strcmp(json_string_value(json_array_get(l, 1)) ?: "", "c") == 0) {
+            json_array_append(c, json_array_get(l, 0));
+            json_array_append(expect, json_array_get(l, 2));
+        }
+    if (json_array_size(expect) == 0) {
+        json_decref(c);
+        json_decref(expect);
+        return NULL;
+    }
+    snprintf(n, sizeof n, "%zu", json_array_size(expect));
+    json_array_set_new(c, 2, json_string(n));
+    json_array_extend(c, expect);
+    json_decref(expect);
+    return c;
+}
+
+json_t *xc_prepare_cmd(const char *txid, json_t *part)
+{
+    json_t *c, *l;
+    size_t i;
+    char n[16];
+
+    if (!xc_part_writes(part))
+        return NULL;
+    c = eval_head(prepare_lua, part, 1);
 
     snprintf(n, sizeof n, "%zu", json_array_size(json_object_get(part, "locks")) + 1);
     json_array_append_new(c, json_string(txid));
@@ -51,10 +93,13 @@ json_t *xc_prepare_cmd(const char *txid, json_t *part)
 
 json_t *xc_apply_cmd(const char *txid, json_t *part)
 {
-    json_t *c = eval_head(apply_lua, part, 0), *l, *a;
+    json_t *c, *l, *a;
     size_t i, k;
     char n[16];
 
+    if (!xc_part_writes(part))
+        return NULL;
+    c = eval_head(apply_lua, part, 0);
     snprintf(n, sizeof n, "%zu", json_array_size(json_object_get(part, "locks")) + 1);
     json_array_append_new(c, json_string(txid));
     json_array_append_new(c, json_string(XC_VERSION_TTL));
@@ -72,8 +117,11 @@ json_t *xc_apply_cmd(const char *txid, json_t *part)
 
 json_t *xc_rollback_cmd(const char *txid, json_t *part)
 {
-    json_t *c = eval_head(rollback_lua, part, 0);
+    json_t *c;
 
+    if (!xc_part_writes(part))
+        return NULL;
+    c = eval_head(rollback_lua, part, 0);
     json_array_append_new(c, json_string(txid));
     json_array_append_new(c, json_string(XC_VERSION_TTL));
     return c;

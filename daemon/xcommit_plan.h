@@ -21,7 +21,16 @@
 #define XC_FENCE_TTL "60"         /* as job.c's TX_FENCE_TTL */
 #define XC_STALE_MS 2000          /* a pending intent this old may be aborted by anyone */
 
-/* Step 2: lock the part's versions, check its claims, set its marker. */
+/* 1 if the part writes (commands, versions to bump, claims): only such
+ * parts are prepared, applied and rolled back; the others are validated. */
+int xc_part_writes(json_t *part);
+
+/* The builders below return NULL for a part they have nothing to do on. */
+
+/* Step 2b, once every writing part is locked: the versions the part only
+ * read still hold and are not locked. */
+json_t *xc_validate_cmd(const char *txid, json_t *part);
+/* Step 2: lock the part's written versions, check its claims, set its marker. */
 json_t *xc_prepare_cmd(const char *txid, json_t *part);
 /* Step 4: the part's writes, once (only while the marker is txid's). */
 json_t *xc_apply_cmd(const char *txid, json_t *part);

@@ -291,6 +291,7 @@ class StoreRefusals(kgtest.EnvCase):
     answer such as "unknown actor" or not_found (issue 17, found under load)."""
 
     def test_busy_store_answers_unavailable_then_recovers(self):
+        self.single_node("blocks the one Redis with a long script over its socket")
         t = kgtest.make_team(self.c, admins=0, users=0, outsiders=0)
         owner = t["owner"]
         key = self.c.ok("key.create", owner, team=t["team"], name="busy")["key_id"]

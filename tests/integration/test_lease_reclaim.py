@@ -24,6 +24,7 @@ LEASE = 12345678
 
 @unittest.skipUnless(os.access(CLI, os.X_OK), "needs the keygate CLI (KEYGATE_CLI)")
 class LeaseReclaim(kgtest.EnvCase):
+    single_node_only = "gateways refuse a lease_journal on a cluster (docs/operations.md)"
 
     env_args = {"extra_config": ["lease_ttl_ms 1000"]}
 

@@ -877,11 +877,19 @@ class EnvCase(unittest.TestCase):
     tail of the daemon log is printed to help the post-mortem."""
 
     env_args = {}
+    single_node_only = None     # a reason: the class is skipped on a cluster
 
     @classmethod
     def setUpClass(cls):
+        if cls.single_node_only and os.environ.get("KEYGATE_TOPOLOGY", "single") == "cluster":
+            raise unittest.SkipTest("single node only: " + cls.single_node_only)
         cls.env = Env(**cls.env_args)
         cls.c = cls.env.client()
+
+    def single_node(self, why):
+        """Skips the test on a Redis Cluster (KEYGATE_TOPOLOGY=cluster)."""
+        if self.env.cluster is not None:
+            self.skipTest("single node only: " + why)
 
     @classmethod
     def tearDownClass(cls):
