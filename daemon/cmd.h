@@ -90,7 +90,8 @@ struct job {
     void *reply_ctx;
     json_t *req;                  /* the request object (owned) */
     peer_info peer;
-    const char *actor_id;         /* borrowed from req; NULL for NEED_NOBODY */
+    const char *actor_id;         /* borrowed from req (or own_actor); NULL for NEED_NOBODY */
+    char own_actor[KGC_ID_MAX];   /* an actor the command made itself (user.signup) */
     json_t *actor;                /* actor's user document (owned) */
     char team_id[KGC_ID_MAX];     /* team the command acts on, "" if none */
     json_t *team;                 /* its document (owned), NULL if none */

@@ -168,7 +168,10 @@ static job_step signup_commit(job *j, const char *email, const char *pwhash, con
     /* Audited in the new team, as its owner. */
     snprintf(j->team_id, sizeof j->team_id, "%s", tid);
     snprintf(j->target, sizeof j->target, "%s", tid);
-    j->actor_id = json_string_value(json_object_get(j->result, "user_id"));
+    /* A copy: j->result is dropped when the commit fails, and the refusal
+     * is still audited with this actor. */
+    snprintf(j->own_actor, sizeof j->own_actor, "%s", uid);
+    j->actor_id = j->own_actor;
     return J_WRITE;
 }
 

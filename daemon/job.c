@@ -48,10 +48,14 @@
 
 /* A command's writes, all at once, behind a fence. KEYS[1] = P tx:<txid>,
  * KEYS[2..1+nc] = keys whose value is checked (versions of the keys the
- * command read, claims it holds), then the version keys of what it writes.
- * ARGV[1] = fence TTL, ARGV[2] = the new version (the commit id), ARGV[3] =
- * its TTL, ARGV[4] = nc, ARGV[5..4+nc] = the values expected ("" for
- * none), then each command as <argc> <arg>....
+ * command read, claims it holds), then the nb version keys of what it
+ * writes, then every key its commands write (declared, never read from
+ * KEYS: on a cluster a script whose keys are all declared is refused
+ * whole while its slot migrates, instead of failing half-way at an
+ * undeclared key already moved). ARGV[1] = fence TTL, ARGV[2] = the new
+ * version (the commit id), ARGV[3] = its TTL, ARGV[4] = nc, ARGV[5] = nb,
+ * ARGV[6..5+nc] = the values expected ("" for none), then each command as
+ * <argc> <arg>....
  * Returns 2 (COMMIT_MOVED) when a checked value moved: nothing written, the
  * fence not taken; {3, lock} when a key it writes is locked by a commit
  * across slots in progress (xcommit.h; only on a cluster); 0 when the fence was taken first (job_limbo_resolve gave
@@ -60,25 +64,25 @@
  * out which after losing the reply, so `unavailable` always means "nothing
  * was changed". */
 static const char commit_lua[] =
-    "local nc = tonumber(ARGV[4])\n"
+    "local nc, nb = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
     "if nc > 0 then\n"
     "  local cur = redis.call('MGET', unpack(KEYS, 2, 1 + nc))\n"
     "  for k = 1, nc do\n"
-    "    if (cur[k] or '') ~= ARGV[4 + k] then return 2 end\n"
+    "    if (cur[k] or '') ~= ARGV[5 + k] then return 2 end\n"
     "  end\n"
     "end\n"
-    "for k = 2 + nc, #KEYS do\n"
+    "for k = 2 + nc, 1 + nc + nb do\n"
     "  local v = redis.call('GET', KEYS[k])\n"
     "  if v and string.sub(v, 1, 2) == 'L ' then return {3, v} end\n"
     "end\n"
     "if not redis.call('SET', KEYS[1], 'done', 'NX', 'EX', ARGV[1]) then return 0 end\n"
-    "local i = 5 + nc\n"
+    "local i = 6 + nc\n"
     "while i <= #ARGV do\n"
     "  local n = tonumber(ARGV[i])\n"
     "  redis.call(unpack(ARGV, i + 1, i + n))\n"
     "  i = i + n + 1\n"
     "end\n"
-    "for k = 2 + nc, #KEYS do\n"
+    "for k = 2 + nc, 1 + nc + nb do\n"
     "  redis.call('SET', KEYS[k], ARGV[2], 'EX', ARGV[3])\n"
     "end\n"
     "return 1\n";
@@ -161,11 +165,22 @@ static void version_key(const app *a, const char *key, char out[KGC_RKEY_MAX])
                  name);
 }
 
+/* 1 if key is a user document: written once, by user.signup, and never
+ * again (docs/redis-schema.md "Atomicity"), so a read of one needs no
+ * version. On a cluster this keeps most commits in their team's slot: the
+ * actor's document, read by every command, lives elsewhere. */
+static int immutable_key(const app *a, const char *key)
+{
+    size_t pl = strlen(a->cfg.key_prefix);
+
+    return strncmp(key, a->cfg.key_prefix, pl) == 0 && strncmp(key + pl, "user:", 5) == 0;
+}
+
 static void read_one(void *arg, const char *key)
 {
     job *j = arg;
 
-    if (key == NULL || json_object_get(j->readset, key) != NULL)
+    if (key == NULL || json_object_get(j->readset, key) != NULL || immutable_key(j->app, key))
         return;
     json_object_set_new(j->readset, key, json_true());  /* version not read yet */
     json_array_append_new(j->vread, json_string(key));
@@ -692,7 +707,9 @@ static void on_xcommit(void *arg, int outcome, const char *holder)
         on_writes(j, 0, NULL);      /* limbo: settled as its owner */
         return;
     default:
-        on_writes(j, 1, json_pack("[{s:s}]", "$err", "a step of the cross-slot commit was refused"));
+        /* Redis refused a step (a slot moving longer than the store's
+         * retries): the commit was rolled back, nothing was changed. */
+        on_writes(j, 1, json_pack("[i]", 0));
     }
 }
 
@@ -986,12 +1003,24 @@ static json_t *commit_wrap(job *j, json_t *q)
     eval = json_pack("[s,s,s,s]", "EVAL", commit_lua, "", j->fence);
     json_array_foreach(keys, i, c)
         json_array_append(eval, json_array_get(c, 0));
+    {
+        json_t *data = json_object();
+        const char *dk;
+        json_t *dv;
+        json_array_foreach(q, i, c)
+            cmd_keys(c, bump_one, data);
+        json_object_foreach(data, dk, dv)
+            json_array_append_new(eval, json_string(dk));
+        json_decref(data);
+    }
     snprintf(n, sizeof n, "%zu", json_array_size(eval) - 4 + 1);
     json_array_set_new(eval, 2, json_string(n));
-    snprintf(n, sizeof n, "%zu", nv + ncl);
     json_array_append_new(eval, json_string(TX_FENCE_TTL));
     json_array_append_new(eval, json_string(j->txid));
     json_array_append_new(eval, json_string(VERSION_TTL));
+    snprintf(n, sizeof n, "%zu", nv + ncl);
+    json_array_append_new(eval, json_string(n));
+    snprintf(n, sizeof n, "%zu", json_array_size(keys) - nv - ncl);
     json_array_append_new(eval, json_string(n));
     for (i = 0; i < nv + ncl; i++)
         json_array_append(eval, json_array_get(json_array_get(keys, i), 1));

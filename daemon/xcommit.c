@@ -88,7 +88,8 @@ static json_t *part_of(xc_plan *p, const char *key)
     if ((part = json_object_get(p->parts, s)) != NULL)
         return part;
     kgc_rkey(marker, p->a->cfg.key_prefix, "{%s}xu:%s", kgc_cluster_tag(slot), p->txid);
-    part = json_pack("{s:s,s:[],s:[],s:[]}", "marker", marker, "locks", "claims", "cmds");
+    part = json_pack("{s:s,s:[],s:[],s:[],s:[]}", "marker", marker, "locks", "claims", "cmds",
+                     "keys");
     json_object_set_new(p->parts, s, part);
     return part;
 }
@@ -125,8 +126,9 @@ void xc_plan_cmd(xc_plan *p, json_t *cmd)
         /* One DEL per key: its keys may lie in several slots. */
         for (size_t i = 1; i < json_array_size(cmd); i++) {
             const char *k = json_string_value(json_array_get(cmd, i));
-            json_array_append_new(json_object_get(part_of(p, k), "cmds"),
-                                  json_pack("[s,s]", name, k));
+            json_t *part = part_of(p, k);
+            json_array_append_new(json_object_get(part, "cmds"), json_pack("[s,s]", name, k));
+            json_array_append_new(json_object_get(part, "keys"), json_string(k));
         }
         return;
     }
@@ -134,7 +136,12 @@ void xc_plan_cmd(xc_plan *p, json_t *cmd)
         key = json_string_value(json_array_get(cmd, 3));
     else
         key = json_string_value(json_array_get(cmd, 1));
-    json_array_append(json_object_get(part_of(p, key ? key : ""), "cmds"), cmd);
+    {
+        json_t *part = part_of(p, key ? key : "");
+        json_array_append(json_object_get(part, "cmds"), cmd);
+        if (key != NULL)
+            json_array_append_new(json_object_get(part, "keys"), json_string(key));
+    }
 }
 
 void xc_plan_writes(xc_plan *p, const char *key)

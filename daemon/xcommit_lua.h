@@ -19,7 +19,9 @@ static const char __attribute__((unused)) intent_lua[] =
  * ARGV[2] nl, then per version key its flag and expected value, then the
  * claims' expected values. Locks what the part writes (flags b and B; a
  * B must still hold what was read); keys only read (c) are left to
- * validate_lua. 1 locked (or already), 2 a value moved, {3, lock} another
+ * validate_lua. A claim it checks loses its expiry (a decided sign-up must
+ * not see its email claim expire before it is settled; a rollback gives
+ * it back). 1 locked (or already), 2 a value moved, {3, lock} another
  * commit holds one. */
 static const char prepare_lua[] =
     "local tx, nl = ARGV[1], tonumber(ARGV[2])\n"
@@ -43,6 +45,7 @@ static const char prepare_lua[] =
     "for i = 2, nl do\n"
     "  if cur[i] then redis.call('SET', KEYS[i], mine .. cur[i]) end\n"
     "end\n"
+    "for i = nl + 1, #KEYS do redis.call('PERSIST', KEYS[i]) end\n"
     "return 1\n";
 
 /* KEYS: the version keys a part only read; ARGV: their expected values.
@@ -82,15 +85,24 @@ static const char __attribute__((unused)) apply_lua[] =
     "redis.call('DEL', KEYS[1])\n"
     "return 1\n";
 
-/* KEYS: marker, version keys. ARGV[1] txid, ARGV[2] version TTL. Puts
- * back every lock of txid. */
+/* KEYS: marker, version keys, then claim keys. ARGV[1] txid, ARGV[2]
+ * version TTL, then the claims' values. Puts back every lock of txid, and
+ * a claim still holding its value gets the expiry prepare took away
+ * (SIGNUP_CLAIM_MS, daemon/cmd_misc.c). */
 static const char __attribute__((unused)) rollback_lua[] =
     "local mine = 'L ' .. ARGV[1] .. ' '\n"
-    "for k = 1, #KEYS do\n"
+    "local ncl = #ARGV - 2\n"
+    "for k = 1, #KEYS - ncl do\n"
     "  local v = redis.call('GET', KEYS[k])\n"
     "  if v and string.sub(v, 1, #mine) == mine then\n"
     "    local old = string.sub(v, #mine + 1)\n"
     "    if old == '' then redis.call('DEL', KEYS[k]) else redis.call('SET', KEYS[k], old, 'EX', ARGV[2]) end\n"
+    "  end\n"
+    "end\n"
+    "for i = 1, ncl do\n"
+    "  local k = KEYS[#KEYS - ncl + i]\n"
+    "  if redis.call('GET', k) == ARGV[2 + i] and redis.call('PTTL', k) == -1 then\n"
+    "    redis.call('PEXPIRE', k, 60000)\n"
     "  end\n"
     "end\n"
     "return 1\n";

@@ -100,6 +100,13 @@ json_t *xc_apply_cmd(const char *txid, json_t *part)
     if (!xc_part_writes(part))
         return NULL;
     c = eval_head(apply_lua, part, 0);
+    /* Every key the writes touch, declared after the version keys (the
+     * script reads only the first nl): refused whole during a migration
+     * of the slot rather than failing half-way (job.c, commit_lua). */
+    json_array_foreach(json_object_get(part, "keys"), i, l)
+        json_array_append(c, l);
+    snprintf(n, sizeof n, "%zu", json_array_size(c) - 3);
+    json_array_set_new(c, 2, json_string(n));
     snprintf(n, sizeof n, "%zu", json_array_size(json_object_get(part, "locks")) + 1);
     json_array_append_new(c, json_string(txid));
     json_array_append_new(c, json_string(XC_VERSION_TTL));
@@ -117,13 +124,16 @@ json_t *xc_apply_cmd(const char *txid, json_t *part)
 
 json_t *xc_rollback_cmd(const char *txid, json_t *part)
 {
-    json_t *c;
+    json_t *c, *l;
+    size_t i;
 
     if (!xc_part_writes(part))
         return NULL;
-    c = eval_head(rollback_lua, part, 0);
+    c = eval_head(rollback_lua, part, 1);
     json_array_append_new(c, json_string(txid));
     json_array_append_new(c, json_string(XC_VERSION_TTL));
+    json_array_foreach(json_object_get(part, "claims"), i, l)
+        json_array_append(c, json_array_get(l, 1));
     return c;
 }
 

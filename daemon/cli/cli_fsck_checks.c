@@ -1019,6 +1019,31 @@ int fsck_check_user(fsck *f, const char *uid, const char *unused)
     return rc;
 }
 
+/* 1 if an open commit across slots (pass 1's xc_intents) holds the claim
+ * ek: its prepare took the claim's expiry away until it is settled
+ * (docs/redis-schema.md, "Cross-slot commits"). */
+static int claim_in_open_intent(fsck *f, const char *ek)
+{
+    const char *txid;
+    json_t *v;
+
+    json_object_foreach(f->xc_intents, txid, v) {
+        char ik[KGC_RKEY_MAX];
+        const char *argv[3] = {"HGET", ik, "plan"};
+        redisReply *r;
+        int hit;
+
+        fsck_rk(f, ik, "{xtx}:%s", txid);
+        if ((r = fsck_rcmd(f, 3, argv, NULL)) == NULL)
+            return 0;
+        hit = r->type == REDIS_REPLY_STRING && strstr(r->str, ek) != NULL;
+        freeReplyObject(r);
+        if (hit)
+            return 1;
+    }
+    return 0;
+}
+
 int fsck_check_email(fsck *f, const char *email, const char *unused)
 {
     char ek[KGC_RKEY_MAX], uk[KGC_RKEY_MAX];
@@ -1037,7 +1062,8 @@ int fsck_check_email(fsck *f, const char *email, const char *unused)
         const char *cu = e->str + strlen(KGC_EMAIL_CLAIM);
         redisReply *ttl = fsck_wread1(f, ek, "PTTL", NULL);
 
-        if (ttl != NULL && ttl->type == REDIS_REPLY_INTEGER && ttl->integer < 0)
+        if (ttl != NULL && ttl->type == REDIS_REPLY_INTEGER && ttl->integer < 0 &&
+            !claim_in_open_intent(f, ek))
             PROBLEM(f, ek, "a stale sign-up claim (no expiry) for user %.40s: delete it if that "
                     "user does not exist", cu);
         else if (!kgc_id_plausible(cu))
