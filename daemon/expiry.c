@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kgc_cluster.h"
 #include "kgc_keys.h"
 #include "lease.h"
 #include "log.h"
@@ -60,11 +61,55 @@ static const char NOTICE_LUA[] =
     "end\n"
     "return 1\n";
 
+/* On a Redis Cluster the key document, P keyexpiring and each user's
+ * notifications lie in different slots: the notice goes in two steps.
+ * CLAIM_LUA, on P keyexpiring's slot: still due at the score read? then
+ * the member moves on (or goes) and the notice is parked in P {~n}exppending
+ * (same slot), in one atomic step. Then, each pass first: every parked
+ * notice is pushed to each user with PUSH_LUA, once (a guard key per
+ * notice and user, in that user's slot, kept 7 days), and only once every
+ * push answered is it taken off the parking hash. A crash anywhere leaves
+ * it parked, and pushing again adds nothing. Unlike NOTICE_LUA it does not
+ * check that the document is still the one read: a notice raced by a
+ * change of the key's expiry in the same milliseconds may be sent for the
+ * old one (the next notice follows the new document).
+ * KEYS: P keyexpiring, the parking hash. ARGV: key id, the score read,
+ * the next score ('' = remove), the parked notice ('' = none). */
+static const char CLAIM_LUA[] =
+    "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
+    "if not s or tonumber(s) ~= tonumber(ARGV[2]) then return 0 end\n"
+    "if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[1] .. ' ' .. ARGV[2], ARGV[4]) end\n"
+    "if ARGV[3] == '' then\n"
+    "  redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "else\n"
+    "  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS: a user's notification list, the guard. ARGV: the notification. */
+static const char PUSH_LUA[] =
+    "if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 604800) then\n"
+    "  redis.call('LPUSH', KEYS[1], ARGV[1])\n"
+    "  redis.call('LTRIM', KEYS[1], 0, 999)\n"
+    "end\n"
+    "return 1\n";
+
 struct expiry {
+    json_t *parked;               /* cluster: the fields being pushed */
     char sha[48];                 /* NOTICE_LUA loaded, "" until then */
     int busy;                     /* a step in flight */
     json_t *due;                  /* [[key_id, score], ...] of the step */
 };
+
+/* P {~n}exppending: in P keyexpiring's slot. */
+static void parking_key(app *a, char out[KGC_RKEY_MAX])
+{
+    char zk[KGC_RKEY_MAX];
+
+    kgc_rkey(zk, a->cfg.key_prefix, EXPIRY_RK_DUE);
+    kgc_rkey(out, a->cfg.key_prefix, "{%s}exppending",
+             kgc_cluster_tag(kgc_cluster_slot(zk, strlen(zk))));
+}
 
 static struct expiry *state(app *a)
 {
@@ -201,6 +246,24 @@ static void on_docs(void *arg, int ok, json_t *replies)
             decide(doc, now, &note, &nx);
         if (nx >= 0)
             snprintf(next, sizeof next, "%lld", nx);
+        if (a->cfg.ncluster > 0) {
+            char pk[KGC_RKEY_MAX];
+            char *parked = NULL;
+            if (note != NULL) {
+                json_t *pn = json_pack("{s:O,s:o}", "users", json_object_get(doc, "users"),
+                                       "note", note);
+                note = NULL;
+                parked = json_dumps(pn, JSON_COMPACT);
+                json_decref(pn);
+            }
+            parking_key(a, pk);
+            json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,O,s,s]", "EVAL", CLAIM_LUA, "2",
+                                                  zk, pk, kid, json_array_get(d, 1), next,
+                                                  parked ? parked : ""));
+            free(parked);
+            json_decref(doc);
+            continue;
+        }
         c = json_pack("[s,s,s,s,s]", "EVALSHA", x->sha, "0", zk, dk);
         users = note != NULL ? json_object_get(doc, "users") : NULL;
         json_array_foreach(users, k, u) {
@@ -272,20 +335,152 @@ static void on_load(void *arg, int ok, json_t *replies)
     store_script_sha(ok, replies, x->sha, sizeof x->sha, "expiry");
 }
 
+static void scan_due(app *a);
+
+static void on_unparked(void *arg, int ok, json_t *replies)
+{
+    app *a = arg;
+
+    (void)ok;
+    json_decref(replies);
+    json_decref(a->expiry->parked);
+    a->expiry->parked = NULL;
+    scan_due(a);
+}
+
+/* Every push of the parked notices answered: they leave the parking hash
+ * (a push refused leaves its notice parked for the next pass). */
+static void on_pushed(void *arg, int ok, json_t *replies)
+{
+    app *a = arg;
+    struct expiry *x = a->expiry;
+    json_t *cmds, *r, *f;
+    char pk[KGC_RKEY_MAX];
+    size_t i;
+
+    if (!ok) {
+        json_decref(x->parked);
+        x->parked = NULL;
+        x->busy = 0;
+        return;
+    }
+    json_array_foreach(replies, i, r)
+        if (store_is_error(r)) {
+            log_err("expiry notice push refused: %.200s",
+                    json_string_value(json_object_get(r, "$err")) ?: "?");
+            json_decref(replies);
+            json_decref(x->parked);
+            x->parked = NULL;
+            x->busy = 0;
+            return;
+        }
+    json_decref(replies);
+    parking_key(a, pk);
+    cmds = json_array();
+    json_array_foreach(x->parked, i, f) {
+        log_info("key %s: expiry notice handled", json_string_value(f));
+        json_array_append_new(cmds, json_pack("[s,s,O]", "HDEL", pk, f));
+    }
+    if (store_exec(a->st, cmds, 0, on_unparked, a) != 0) {
+        json_decref(x->parked);
+        x->parked = NULL;
+        x->busy = 0;
+    }
+    json_decref(cmds);
+}
+
+static void on_parked(void *arg, int ok, json_t *replies)
+{
+    app *a = arg;
+    struct expiry *x = a->expiry;
+    json_t *h = json_array_get(replies, 0), *cmds;
+
+    if (!ok || !json_is_array(h)) {
+        json_decref(replies);
+        x->busy = 0;
+        return;
+    }
+    if (json_array_size(h) == 0) {
+        json_decref(replies);
+        scan_due(a);
+        return;
+    }
+    cmds = json_array();
+    x->parked = json_array();
+    for (size_t i = 0; i + 1 < json_array_size(h); i += 2) {
+        json_t *f = json_array_get(h, i), *pn, *u;
+        const char *text = json_string_value(json_array_get(h, i + 1));
+        char *body;
+        size_t k;
+
+        json_array_append(x->parked, f);
+        if (text == NULL || (pn = json_loads(text, 0, NULL)) == NULL) {
+            log_err("a parked expiry notice is not JSON; dropped");
+            continue;
+        }
+        body = json_dumps(json_object_get(pn, "note"), JSON_COMPACT);
+        json_array_foreach(json_object_get(pn, "users"), k, u) {
+            char nk[KGC_RKEY_MAX], gk[KGC_RKEY_MAX];
+            if (!json_is_string(u) || body == NULL)
+                continue;
+            kgc_rkey(nk, a->cfg.key_prefix, KGC_RK_NOTIF, json_string_value(u));
+            kgc_rkey(gk, a->cfg.key_prefix, "{%s}nseen:%s:%s",
+                     kgc_cluster_tag(kgc_cluster_slot(nk, strlen(nk))), json_string_value(f),
+                     json_string_value(u));
+            json_array_append_new(cmds, json_pack("[s,s,s,s,s,s]", "EVAL", PUSH_LUA, "2", nk, gk,
+                                                  body));
+        }
+        free(body);
+        json_decref(pn);
+    }
+    json_decref(replies);
+    if (json_array_size(cmds) == 0) {
+        /* Nothing to push (notices without users): just unpark them. */
+        json_decref(cmds);
+        on_pushed(a, 1, json_array());
+        return;
+    }
+    if (store_exec(a->st, cmds, 0, on_pushed, a) != 0) {
+        json_decref(x->parked);
+        x->parked = NULL;
+        x->busy = 0;
+    }
+    json_decref(cmds);
+}
+
 void expiry_tick(app *a)
 {
     struct expiry *x = state(a);
-    char key[KGC_RKEY_MAX], now[32], batch[16];
     json_t *cmds;
 
     if (x->busy || a->st == NULL || !store_connected(a->st) || !lease_held(a))
         return;
+    if (a->cfg.ncluster > 0) {
+        /* Notices parked by an earlier pass go out first. */
+        char pk[KGC_RKEY_MAX];
+        parking_key(a, pk);
+        cmds = json_pack("[[s,s]]", "HGETALL", pk);
+        x->busy = store_exec(a->st, cmds, 0, on_parked, a) == 0;
+        json_decref(cmds);
+        return;
+    }
     if (x->sha[0] == '\0') {
         cmds = json_pack("[[s,s,s]]", "SCRIPT", "LOAD", NOTICE_LUA);
         x->busy = store_exec(a->st, cmds, 0, on_load, a) == 0;
         json_decref(cmds);
         return;
     }
+    x->busy = 1;
+    scan_due(a);
+}
+
+/* The keys due now (x->busy set; cleared when the step ends). */
+static void scan_due(app *a)
+{
+    struct expiry *x = a->expiry;
+    char key[KGC_RKEY_MAX], now[32], batch[16];
+    json_t *cmds;
+
     kgc_rkey(key, a->cfg.key_prefix, EXPIRY_RK_DUE);
     snprintf(now, sizeof now, "%lld", now_ms());
     snprintf(batch, sizeof batch, "%d", EXPIRY_BATCH);
@@ -300,6 +495,7 @@ void expiry_free(app *a)
     if (a->expiry == NULL)
         return;
     json_decref(a->expiry->due);
+    json_decref(a->expiry->parked);
     free(a->expiry);
     a->expiry = NULL;
 }
