@@ -142,6 +142,7 @@ struct job {
     char fence[KGC_RKEY_MAX];     /* its commit script's fence key (job.c) */
     struct xc_plan *xplan;        /* a commit across slots, built, not yet run (xcommit.h) */
     int xtx;                      /* its last commit ran as cross-slot steps */
+    int xsettling;                /* ... and its owner's settle is in flight (limbo) */
     json_t *xwrites;              /* ... the keys that commit writes, while it runs */
     struct event *later;          /* runs it again after a lock cleared (job.c) */
     int lock_tries;               /* locks of others it met (job_locked) */

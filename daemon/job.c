@@ -1334,6 +1334,10 @@ static void limbo_remove(job *j)
 static void limbo_answer(job *j, int applied, const char *why)
 {
     limbo_remove(j);
+    if (j->xsettling) {
+        xc_forget(j->app, j);   /* the daemon is stopping: nobody waits for it */
+        j->xsettling = 0;
+    }
     if (applied && j->more_commits) {
         /* One commit of several made: the rest were not. */
         j->commits_done++;
@@ -1350,10 +1354,19 @@ static void limbo_answer(job *j, int applied, const char *why)
 
 static void limbo_timeout(evutil_socket_t fd, short what, void *arg)
 {
+    job *j = arg;
+
     (void)fd;
     (void)what;
-    limbo_answer(arg, 0, "the store is unreachable and did not come back in time; "
-                         "the change may have been made");
+    if (j->xsettling) {
+        /* A settle holds the job: its end answers (on_xsettled). Each of
+         * its steps is bounded by the store's own timeouts. */
+        event_free(j->limbo);
+        j->limbo = NULL;
+        return;
+    }
+    limbo_answer(j, 0, "the store is unreachable and did not come back in time; "
+                       "the change may have been made");
 }
 
 static void limbo_add(job *j)
@@ -1425,10 +1438,14 @@ static void on_xsettled(void *arg, int outcome, const char *holder)
     job *j = arg;
 
     (void)holder;
+    j->xsettling = 0;
     if (outcome == XC_APPLIED)
         limbo_answer(j, 1, NULL);
     else if (outcome == XC_NOT_APPLIED)
         limbo_answer(j, 0, "the store was unreachable; nothing was changed");
+    else if (j->limbo == NULL)  /* LIMBO_WAIT_S passed while it settled */
+        limbo_answer(j, 0, "the store is unreachable and did not come back in time; "
+                           "the change may have been made");
     else
         limbo_later(j);         /* until LIMBO_WAIT_S gives up */
 }
@@ -1439,7 +1456,10 @@ static void limbo_ask(job *j)
     json_t *cmds;
 
     if (j->xtx) {
-        xc_settle(j->app, j->txid, 1, on_xsettled, j);
+        if (!j->xsettling) {
+            j->xsettling = 1;   /* the job lives until it answers (limbo_timeout) */
+            xc_settle(j->app, j->txid, 1, on_xsettled, j);
+        }
         return;
     }
     cmds = json_pack("[[s,s,s,s,s,s],[s,s]]", "SET", key, "aborted", "NX", "EX",

@@ -208,8 +208,7 @@ static void report(xrun *r, int outcome)
 {
     xwaiter *w = r->waiters;
 
-    if (r->owner && (r->prev != NULL || r->a->xc_runs == r)) {
-        /* Unlinked (xc_run's only; xc_settle's are not listed). */
+    if (r->prev != NULL || r->a->xc_runs == r) {
         if (r->prev)
             r->prev->next = r->next;
         else if (r->a->xc_runs == r)
@@ -648,7 +647,18 @@ void xc_settle(app *a, const char *txid, int owner, xc_done_fn done, void *arg)
     xrun *r = run_new(a, txid, done, arg);
 
     r->owner = owner;
+    r->next = a->xc_runs;           /* listed for xc_forget */
+    if (a->xc_runs)
+        a->xc_runs->prev = r;
+    a->xc_runs = r;
     settle_read(r);
+}
+
+void xc_forget(app *a, void *arg)
+{
+    for (xrun *r = a->xc_runs; r != NULL; r = r->next)
+        if (r->arg == arg)
+            r->done = NULL;
 }
 
 /* --- the writer's sweep ------------------------------------------------ */

@@ -76,6 +76,10 @@ void xc_settle(app *a, const char *txid, int owner, xc_done_fn done, void *arg);
  * ends (after its done), and 1 is returned; else 0. */
 int xc_wait_local(app *a, const char *txid, void (*fn)(void *), void *arg);
 
+/* The runs in flight whose done would get arg no longer call it (arg is
+ * about to be freed: a job answered at the daemon's stop). */
+void xc_forget(app *a, void *arg);
+
 /* When a commit this daemon is running writes one of the keys of readset
  * (an object keyed by Redis key), its txid into out; 1. Else 0. */
 int xc_local_writes(app *a, json_t *readset, char *out, size_t n);
