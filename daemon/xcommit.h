@@ -9,13 +9,16 @@
  *
  *   1. intent   P {xtx}:<txid> = {state pending, plan, at} and its id in
  *               P {xtx}:open: the plan is every slot's part of the commit
- *   2. prepare  per slot, one script: the versions it read still hold, no
- *               other commit holds them, then each version key it checks or
- *               writes becomes a lock "L <txid> <old version>", and a marker
+ *   2. prepare  per slot it writes, one script: the versions it writes
+ *               still hold what was read (if read), no other commit holds
+ *               them, its claims hold (and keep no expiry); then each
+ *               becomes a lock "L <txid> <old version>", and a marker
  *               P {~n}xu:<txid> is set
+ *   2b validate per slot it only read, once every write is locked: those
+ *               versions still hold and are not locked (no write skew)
  *   3. decide   pending -> commit, unless someone aborted it first
- *   4. apply    per slot, one script, once (the marker): the writes, the
- *               new versions, the locks of what it only read put back
+ *   4. apply    per slot it writes, one script, once (the marker): the
+ *               writes (every key declared), the new versions
  *   5. finish   state done (kept TX_FENCE_TTL s, like a fence), off the set
  *
  * Until 3 the commit can be rolled back (locks put back, state aborted);
