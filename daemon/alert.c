@@ -15,10 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kgc_cluster.h"
 #include "kgc_keys.h"
 #include "kgc_token.h"
 #include "lease.h"
 #include "log.h"
+#include "once_lua.h"
 
 long long now_ms(void);           /* job.c: realtime ms */
 
@@ -78,6 +80,7 @@ struct alerts {
     char cursor[32];              /* SSCAN cursor of the pass, "0" between passes */
     int busy;                     /* a step in flight */
     json_t *ids;                  /* wallet ids of the step checked now */
+    json_t *last;                 /* cluster: the events' removals, after their fan-out */
 };
 
 static void step(app *a);
@@ -123,8 +126,60 @@ static void on_fanout(void *arg, int ok, json_t *replies)
     done_step(a);
 }
 
-/* Appends to cmds the fan-out of one event (reply r of ALERT_LUA). */
-static void fanout(app *a, json_t *cmds, const char *wallet_key, json_t *r)
+/* Cluster: the fan-out's writes answered; if every one did, the events
+ * leave their wallets (else they stay, and the next pass repeats the
+ * fan-out, which adds nothing already made). */
+static void on_fanned(void *arg, int ok, json_t *replies)
+{
+    app *a = arg;
+    struct alerts *s = a->alerts;
+    json_t *r, *last = s->last;
+    size_t i;
+
+    s->last = NULL;
+    if (ok)
+        json_array_foreach(replies, i, r)
+            if (store_is_error(r)) {
+                log_err("alert fan-out refused by redis: %.200s; retried at the next pass",
+                        json_string_value(json_object_get(r, "$err")) ?: "?");
+                ok = 0;
+                break;
+            }
+    json_decref(replies);
+    if (!ok || json_array_size(last) == 0 || store_exec(a->st, last, 0, on_fanout, a) != 0) {
+        json_decref(last);
+        s->busy = 0;
+        return;
+    }
+    json_decref(last);
+}
+
+/* On a Redis Cluster the fan-out's writes lie in several slots: each is
+ * made once by a guard (once_lua.h) or, for the delivery record, by its
+ * own existence (RECORD_LUA), and the event leaves the wallet only once
+ * all of them answered (on_fanned). KEYS: the delivery, the team's
+ * delivery list. ARGV: its TTL (ms), created_at, id, then field, value... */
+static const char RECORD_LUA[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then\n"
+    "  redis.call('HSET', KEYS[1], unpack(ARGV, 4))\n"
+    "  redis.call('PEXPIRE', KEYS[1], ARGV[1])\n"
+    "  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])\n"
+    "  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1001)\n"
+    "end\n"
+    "return 1\n";
+
+/* P {~n}once:<what>:<id> next to key (once_lua.h). */
+static void once_key(app *a, char out[KGC_RKEY_MAX], const char *key, const char *what,
+                     const char *id)
+{
+    kgc_rkey(out, a->cfg.key_prefix, ONCE_RK, kgc_cluster_tag(kgc_cluster_slot(key, strlen(key))),
+             what, id);
+}
+
+/* Appends to cmds the fan-out of one event (reply r of ALERT_LUA). On a
+ * cluster (last != NULL) the removal of the event goes to last, to be
+ * sent once cmds all answered. */
+static void fanout(app *a, json_t *cmds, json_t *last, const char *wallet_key, json_t *r)
 {
     const char *ev = json_string_value(json_array_get(r, 1));
     const char *teamdoc = json_string_value(json_array_get(r, 2));
@@ -182,12 +237,37 @@ static void fanout(app *a, json_t *cmds, const char *wallet_key, json_t *r)
         if (rl == NULL || (strcmp(rl, "owner") != 0 && strcmp(rl, "admin") != 0))
             continue;
         rkey(a, key, KGC_RK_NOTIF, uid, NULL);
+        if (last != NULL) {
+            char gk[KGC_RKEY_MAX], gid[2 * KGC_ID_MAX + 64];
+            snprintf(gid, sizeof gid, "%s:%s", id, uid);
+            once_key(a, gk, key, "alert", gid);
+            json_array_append_new(cmds, json_pack("[s,s,s,s,s,s]", "EVAL", PUSH_ONCE_LUA, "2", key,
+                                                  gk, text));
+            continue;
+        }
         json_array_append_new(cmds, json_pack("[s,s,s]", "LPUSH", key, text));
         json_array_append_new(cmds, json_pack("[s,s,s,s]", "LTRIM", key, "0", "999"));
     }
     free(text);
     json_decref(n);
-    if (hook) {
+    if (hook && last != NULL) {
+        char lk[KGC_RKEY_MAX], gk[KGC_RKEY_MAX];
+        rkey(a, key, WH_RK_DELIVERY, tid, id);
+        rkey(a, lk, WH_RK_DELIVERIES, tid, NULL);
+        json_t *rec = json_pack("[s,s,s,s,s,s,s,s]", "EVAL", RECORD_LUA, "2", key, lk,
+                                WEBHOOK_RECORD_TTL_MS, at, id);
+        json_t *fields = json_pack("[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]", "id", id, "team_id",
+                                   tid, "type", type, "wallet_id", wid, "body", ev, "status",
+                                   "pending", "attempts", "0", "next_at", at, "created_at", at);
+        json_array_extend(rec, fields);
+        json_decref(fields);
+        json_array_append_new(cmds, rec);
+        kgc_rkey(key, a->cfg.key_prefix, WH_RK_PENDING);
+        snprintf(member, sizeof member, "%s %s", tid, id);
+        once_key(a, gk, key, "whq", member);
+        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s]", "EVAL", ZADD_ONCE_LUA, "2", key,
+                                              gk, at, member));
+    } else if (hook) {
         rkey(a, key, WH_RK_DELIVERY, tid, id);
         json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]", "HSET", key,
                                               "id", id, "team_id", tid, "type", type,
@@ -203,7 +283,8 @@ static void fanout(app *a, json_t *cmds, const char *wallet_key, json_t *r)
         snprintf(member, sizeof member, "%s %s", tid, id);
         json_array_append_new(cmds, json_pack("[s,s,s,s]", "ZADD", key, at, member));
     }
-    json_array_append_new(cmds, json_pack("[s,s,s]", "HDEL", wallet_key, "alert_event"));
+    json_array_append_new(last != NULL ? last : cmds,
+                          json_pack("[s,s,s]", "HDEL", wallet_key, "alert_event"));
     log_info("wallet %s: %s (available %lld, threshold %lld): alert %s%s", wid, type,
              (long long)json_integer_value(json_object_get(e, "available_micros")),
              (long long)json_integer_value(json_object_get(e, "threshold_micros")), id,
@@ -225,6 +306,8 @@ static void on_checks(void *arg, int ok, json_t *replies)
         return;
     }
     fan = json_array();
+    json_decref(s->last);
+    s->last = a->cfg.ncluster > 0 ? json_array() : NULL;
     json_array_foreach(replies, i, r) {
         const char *wid = json_string_value(json_array_get(s->ids, i));
         if (store_is_error(r)) {
@@ -239,11 +322,11 @@ static void on_checks(void *arg, int ok, json_t *replies)
             kgc_id_team_of(wid, 'w', team) != 0)
             continue;
         rkey(a, key, KGC_RK_WALLET, team, wid);
-        fanout(a, fan, key, r);
+        fanout(a, fan, s->last, key, r);
     }
     json_decref(replies);
     if (json_array_size(fan) > 0 && lease_held(a) &&
-        store_exec(a->st, fan, 1, on_fanout, a) == 0) {
+        store_exec(a->st, fan, s->last == NULL, s->last ? on_fanned : on_fanout, a) == 0) {
         json_decref(fan);
         return;
     }
@@ -343,6 +426,7 @@ void alert_free(app *a)
     if (a->alerts == NULL)
         return;
     json_decref(a->alerts->ids);
+    json_decref(a->alerts->last);
     free(a->alerts);
     a->alerts = NULL;
 }

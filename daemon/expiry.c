@@ -32,6 +32,7 @@
 #include "kgc_keys.h"
 #include "lease.h"
 #include "log.h"
+#include "once_lua.h"
 
 long long now_ms(void);           /* job.c: realtime ms */
 
@@ -66,8 +67,8 @@ static const char NOTICE_LUA[] =
  * CLAIM_LUA, on P keyexpiring's slot: still due at the score read? then
  * the member moves on (or goes) and the notice is parked in P {~n}exppending
  * (same slot), in one atomic step. Then, each pass first: every parked
- * notice is pushed to each user with PUSH_LUA, once (a guard key per
- * notice and user, in that user's slot, kept 7 days), and only once every
+ * notice is pushed to each user with PUSH_ONCE_LUA, once (a guard key per
+ * notice and user, in that user's slot: once_lua.h), and only once every
  * push answered is it taken off the parking hash. A crash anywhere leaves
  * it parked, and pushing again adds nothing. Unlike NOTICE_LUA it does not
  * check that the document is still the one read: a notice raced by a
@@ -83,14 +84,6 @@ static const char CLAIM_LUA[] =
     "  redis.call('ZREM', KEYS[1], ARGV[1])\n"
     "else\n"
     "  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])\n"
-    "end\n"
-    "return 1\n";
-
-/* KEYS: a user's notification list, the guard. ARGV: the notification. */
-static const char PUSH_LUA[] =
-    "if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 604800) then\n"
-    "  redis.call('LPUSH', KEYS[1], ARGV[1])\n"
-    "  redis.call('LTRIM', KEYS[1], 0, 999)\n"
     "end\n"
     "return 1\n";
 
@@ -424,11 +417,13 @@ static void on_parked(void *arg, int ok, json_t *replies)
             if (!json_is_string(u) || body == NULL)
                 continue;
             kgc_rkey(nk, a->cfg.key_prefix, KGC_RK_NOTIF, json_string_value(u));
-            kgc_rkey(gk, a->cfg.key_prefix, "{%s}nseen:%s:%s",
-                     kgc_cluster_tag(kgc_cluster_slot(nk, strlen(nk))), json_string_value(f),
-                     json_string_value(u));
-            json_array_append_new(cmds, json_pack("[s,s,s,s,s,s]", "EVAL", PUSH_LUA, "2", nk, gk,
-                                                  body));
+            char id[KGC_RKEY_MAX];
+            /* One guard per notice and user. */
+            snprintf(id, sizeof id, "%s:%s", json_string_value(f), json_string_value(u));
+            kgc_rkey(gk, a->cfg.key_prefix, ONCE_RK,
+                     kgc_cluster_tag(kgc_cluster_slot(nk, strlen(nk))), "notice", id);
+            json_array_append_new(cmds, json_pack("[s,s,s,s,s,s]", "EVAL", PUSH_ONCE_LUA, "2", nk,
+                                                  gk, body));
         }
         free(body);
         json_decref(pn);
