@@ -185,7 +185,7 @@ class KilledMidPipeline(kgtest.EnvCase):
     (the keys zset and the key documents agree; every token record's key
     holds its hash)."""
     env_args = {"redis_args": ["--appendonly", "yes", "--appendfsync", "always"]}
-    single_node_only = "kills and restarts the one Redis with its AOF (tests/cluster kills masters)"
+    not_on_cluster = "kills and restarts the one Redis with its AOF (tests/cluster kills masters)"
 
     def test_kill_during_pipeline(self):
         c = self.c

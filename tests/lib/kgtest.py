@@ -14,6 +14,10 @@ file (SPEC §7 format), starts keygated against them, and offers:
 Environment variables:
     KEYGATED       path of the keygated binary (default <repo>/build/daemon/keygated)
     REDIS_SERVER   path of redis-server (default: redis-server on PATH)
+    KEYGATE_TOPOLOGY  single (default: one redis-server on a Unix socket),
+                   cluster (kgcluster: 3 masters + 3 replicas) or sentinel
+                   (kgsentinel: a primary, a replica, 3 sentinels); the
+                   Env's store and keygated's `redis` line follow it
     KGTEST_KEEP    if set, the temp dir is kept on close (for post-mortems)
     KEYGATED_WRAPPER  a command line keygated is run under, e.g.
                    "valgrind --leak-check=full --error-exitcode=99" (split
@@ -343,6 +347,17 @@ class Client:
 # Environment
 # --------------------------------------------------------------------------
 
+TOPOLOGIES = ("single", "cluster", "sentinel")
+
+
+def topology():
+    """KEYGATE_TOPOLOGY: single (default), cluster or sentinel."""
+    t = os.environ.get("KEYGATE_TOPOLOGY") or "single"
+    if t not in TOPOLOGIES:
+        raise ValueError("KEYGATE_TOPOLOGY=%s: not one of %s" % (t, ", ".join(TOPOLOGIES)))
+    return t
+
+
 def free_port():
     """A loopback TCP port free right now (for servers that need a number)."""
     s = socket.socket()
@@ -399,9 +414,14 @@ class Env:
         # KEYGATE_TOPOLOGY=cluster: the store is a Redis Cluster of 3 masters
         # + 3 replicas (kgcluster.Cluster) instead of one redis-server on a
         # Unix socket; env.redis() routes each command to its slot's master.
-        self.topology = os.environ.get("KEYGATE_TOPOLOGY", "single")
+        # KEYGATE_TOPOLOGY=sentinel: a primary, one replica and three
+        # sentinels (kgsentinel.Topology); keygated is configured with
+        # `redis sentinel ...` and `min_replicas_ack 1`, env.redis() talks to
+        # the primary the sentinels name (TCP).
+        self.topology = topology()
         self.cluster = None
         self.router = None
+        self.sentinel = None
         self._clients = []
         self.final_log = ""
         self.last_exit = None
@@ -416,6 +436,10 @@ class Env:
             if self.topology == "cluster":
                 import kgcluster
                 self.cluster = kgcluster.Cluster(self.tmp)
+            elif self.topology == "sentinel":
+                import kgsentinel
+                self.sentinel = kgsentinel.Topology(self.tmp, redis_args=self.redis_args,
+                                                    seed=True)
             self.write_config(extra_config)
             if redis:
                 self.start_redis()
@@ -449,12 +473,19 @@ class Env:
             return json.load(f)
 
     def config_lines(self):
+        if self.cluster:
+            store = ["redis " + self.cluster.spec()]
+        elif self.sentinel:
+            # credits (and every write of keygated) wait for the replica
+            store = ["redis " + self.sentinel.spec(), "min_replicas_ack 1"]
+        else:
+            store = ["redis unix:%s" % self.redis_sock]
         return [
             "# written by tests/lib/kgtest.py",
             "socket %s" % self.socket_path,
             "socket_mode 0660",
             "catalog %s" % self.catalog_path,
-            ("redis " + self.cluster.spec()) if self.cluster else "redis unix:%s" % self.redis_sock,
+        ] + store + [
             "pepper_file %s" % self.pepper_path,
             "key_prefix kg:",
         ]
@@ -478,6 +509,12 @@ class Env:
             if not self.cluster.procs:
                 self.cluster.start()
                 self.router = kgcluster.Router(self.cluster)
+            return
+        if self.sentinel is not None:
+            if "sentinel-0" not in self.sentinel.procs:
+                self.sentinel.start()
+            elif not self.sentinel.data_running():
+                self.sentinel.start_data()
             return
         if self.redis_proc is not None and self.redis_proc.poll() is None:
             return
@@ -515,6 +552,15 @@ class Env:
                 self.router.close()
             self.cluster.stop()
             return
+        if self.sentinel is not None:
+            # Both redis-servers go (the sentinels stay): see kgsentinel.
+            with self._rlock:
+                if self._rconn is not None:
+                    self._rconn.close()
+                    self._rconn = None
+            if self.sentinel.data_running():
+                self.sentinel.stop_data(save=save, sig=sig)
+            return
         if save and self.redis_proc is not None:
             self.redis("SAVE")
         elif not save:
@@ -547,14 +593,35 @@ class Env:
         with self._rlock:
             for attempt in (0, 1):
                 if self._rconn is None:
-                    self._rconn = Redis(self.redis_sock)
+                    self._rconn = self._connect_redis()
                 try:
                     return self._rconn.command(*args)
+                except RedisError as e:
+                    # the node demoted: ask the sentinels again
+                    if self.sentinel is None or attempt or not str(e).startswith("READONLY"):
+                        raise
+                    self._rconn.close()
+                    self._rconn = None
                 except (ConnectionError, OSError):
                     self._rconn.close()
                     self._rconn = None
                     if attempt:
                         raise
+
+    def _connect_redis(self):
+        if self.sentinel is not None:
+            import kgsentinel
+            return kgsentinel.Tcp(self.sentinel.primary_port(), timeout=10.0)
+        return Redis(self.redis_sock)
+
+    def redis_port(self):
+        """The TCP port of the store's (first) master: the cluster's first
+        master, the sentinels' primary; None on a single node (Unix socket)."""
+        if self.router is not None:
+            return self.router.masters()[0]
+        if self.sentinel is not None:
+            return self.sentinel.primary_port()
+        return None
 
     def redis_keys(self, pattern="*"):
         if self.router is not None:
@@ -612,8 +679,8 @@ class Env:
     def subscribe(self, channel="kg:inval"):
         """A Subscriber on a Redis pub/sub channel (default the daemon's
         invalidation channel kg:inval)."""
-        if self.router is not None:
-            return Subscriber(self.router.masters()[0], channel)
+        if self.router is not None or self.sentinel is not None:
+            return Subscriber(self.redis_port(), channel)
         return Subscriber(self.redis_sock, channel)
 
     def pepper_needles(self):
@@ -815,6 +882,8 @@ class Env:
             if rc != 0 and self.last_exit in (None, 0):
                 self.last_exit = "%s: %s" % (name, rc)
         self.stop_redis()
+        if self.sentinel is not None:
+            self.sentinel.close()
         if os.environ.get("KGTEST_KEEP"):
             print("kgtest: kept", self.tmp)
         else:
@@ -877,19 +946,29 @@ class EnvCase(unittest.TestCase):
     tail of the daemon log is printed to help the post-mortem."""
 
     env_args = {}
-    single_node_only = None     # a reason: the class is skipped on a cluster
+    single_node_only = None     # a reason: the class is skipped on a cluster and on sentinel
+    not_on_cluster = None       # a reason: the class is skipped on a cluster only
 
     @classmethod
     def setUpClass(cls):
-        if cls.single_node_only and os.environ.get("KEYGATE_TOPOLOGY", "single") == "cluster":
+        t = topology()
+        if cls.single_node_only and t != "single":
             raise unittest.SkipTest("single node only: " + cls.single_node_only)
+        if cls.not_on_cluster and t == "cluster":
+            raise unittest.SkipTest("not on a cluster: " + cls.not_on_cluster)
         cls.env = Env(**cls.env_args)
         cls.c = cls.env.client()
 
     def single_node(self, why):
-        """Skips the test on a Redis Cluster (KEYGATE_TOPOLOGY=cluster)."""
-        if self.env.cluster is not None:
+        """Skips the test unless the store is one redis-server (skipped with
+        KEYGATE_TOPOLOGY=cluster and =sentinel)."""
+        if self.env.topology != "single":
             self.skipTest("single node only: " + why)
+
+    def skip_on_cluster(self, why):
+        """Skips the test on a Redis Cluster (KEYGATE_TOPOLOGY=cluster)."""
+        if self.env.topology == "cluster":
+            self.skipTest("not on a cluster: " + why)
 
     @classmethod
     def tearDownClass(cls):

@@ -26,8 +26,6 @@ sentinels too) is clean. Figures go to stderr.
 """
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -40,114 +38,18 @@ sys.path.insert(0, os.path.join(HERE, "..", "nginx"))
 import safety  # noqa: E402
 from safety import kgtest  # noqa: E402
 import kgnginx  # noqa: E402
+# The topology (two redis-servers, three sentinels) lives in tests/lib,
+# shared with kgtest.Env's KEYGATE_TOPOLOGY=sentinel.
+from kgsentinel import MASTER, Topology, rcmd, wait_for  # noqa: E402
 
-MASTER = "kgmaster"
+# This test builds its own topology: kgtest's KEYGATE_TOPOLOGY does not apply.
+os.environ["KEYGATE_TOPOLOGY"] = "single"
+
 PROCS = 3
 PER_PROC = 1500
 PAUSE_US = 2000
 COST = safety.COST_SMALL_1000
 FOLLOW_S = 10.0
-
-
-free_port = kgtest.free_port
-
-
-class Tcp(kgtest.Redis):
-    """kgtest's RESP client over loopback TCP (sentinels have no socket)."""
-
-    def __init__(self, port, timeout=2.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-
-def rcmd(port, *args):
-    r = Tcp(port)
-    try:
-        return r.command(*args)
-    finally:
-        r.close()
-
-
-wait_for = kgtest.wait_for
-
-
-class Topology:
-    """Two redis-servers (a, b) and three sentinels, in tmp."""
-
-    def __init__(self, tmp):
-        self.tmp = tmp
-        self.port = {"a": free_port(), "b": free_port()}
-        self.sentinels = [free_port() for _ in range(3)]
-        self.procs = {}
-
-    def dir(self, name):
-        d = os.path.join(self.tmp, name)
-        os.makedirs(d, exist_ok=True)
-        return d
-
-    def sock(self, name):
-        return os.path.join(self.dir("redis-" + name), "redis.sock")
-
-    def _spawn(self, name, argv):
-        with open(os.path.join(self.dir(name), "log"), "ab") as log:
-            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL)
-
-    def start_redis(self, name, replica_of=None):
-        d = self.dir("redis-" + name)
-        argv = [kgtest.redis_server_path(), "--port", str(self.port[name]), "--bind", "127.0.0.1",
-                "--unixsocket", self.sock(name), "--unixsocketperm", "700", "--save", "",
-                "--appendonly", "no", "--dir", d, "--daemonize", "no",
-                "--repl-diskless-sync-delay", "0"]   # a replica (re)joins at once
-        if replica_of:
-            argv += ["--replicaof", "127.0.0.1", str(self.port[replica_of])]
-        self._spawn("redis-" + name, argv)
-        wait_for(lambda: rcmd(self.port[name], "PING") == "PONG", 10, "redis " + name)
-
-    def start_sentinels(self, primary="a"):
-        for i, port in enumerate(self.sentinels):
-            d = self.dir("sentinel-%d" % i)
-            conf = os.path.join(d, "sentinel.conf")
-            with open(conf, "w") as f:
-                f.write("port %d\nbind 127.0.0.1\ndir %s\n"
-                        "sentinel monitor %s 127.0.0.1 %d 2\n"
-                        "sentinel down-after-milliseconds %s 1000\n"
-                        "sentinel failover-timeout %s 10000\n"
-                        "sentinel parallel-syncs %s 1\n"
-                        % (port, d, MASTER, self.port[primary], MASTER, MASTER, MASTER))
-            self._spawn("sentinel-%d" % i, [kgtest.redis_server_path(), conf, "--sentinel"])
-
-        def ready():
-            for port in self.sentinels:
-                if len(rcmd(port, "SENTINEL", "SENTINELS", MASTER)) != 2:
-                    return False
-                reps = rcmd(port, "SENTINEL", "REPLICAS", MASTER)
-                if len(reps) != 1:
-                    return False
-                fields = dict(zip(reps[0][::2], reps[0][1::2]))
-                if fields[b"flags"] != b"slave" or fields[b"master-link-status"] != b"ok":
-                    return False
-            return True
-        wait_for(ready, 30, "the sentinels to see each other and the replica")
-
-    def primary(self):
-        """The name ('a' or 'b') the sentinels give for the primary."""
-        host, port = rcmd(self.sentinels[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
-        return {v: k for k, v in self.port.items()}[int(port)]
-
-    def stop(self, name, sig=signal.SIGTERM):
-        p = self.procs.pop(name, None)
-        if p is not None and p.poll() is None:
-            p.send_signal(sig)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-
-    def close(self):
-        for name in list(self.procs):
-            self.stop(name)
 
 
 class Credits(threading.Thread):
