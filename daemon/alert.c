@@ -168,14 +168,6 @@ static const char RECORD_LUA[] =
     "end\n"
     "return 1\n";
 
-/* P {~n}once:<what>:<id> next to key (once_lua.h). */
-static void once_key(app *a, char out[KGC_RKEY_MAX], const char *key, const char *what,
-                     const char *id)
-{
-    kgc_rkey(out, a->cfg.key_prefix, ONCE_RK, kgc_cluster_tag(kgc_cluster_slot(key, strlen(key))),
-             what, id);
-}
-
 /* Appends to cmds the fan-out of one event (reply r of ALERT_LUA). On a
  * cluster (last != NULL) the removal of the event goes to last, to be
  * sent once cmds all answered. */
@@ -240,7 +232,7 @@ static void fanout(app *a, json_t *cmds, json_t *last, const char *wallet_key, j
         if (last != NULL) {
             char gk[KGC_RKEY_MAX], gid[2 * KGC_ID_MAX + 64];
             snprintf(gid, sizeof gid, "%s:%s", id, uid);
-            once_key(a, gk, key, "alert", gid);
+            once_key(a->cfg.key_prefix, gk, key, "alert", gid);
             json_array_append_new(cmds, json_pack("[s,s,s,s,s,s]", "EVAL", PUSH_ONCE_LUA, "2", key,
                                                   gk, text));
             continue;
@@ -264,7 +256,7 @@ static void fanout(app *a, json_t *cmds, json_t *last, const char *wallet_key, j
         json_array_append_new(cmds, rec);
         kgc_rkey(key, a->cfg.key_prefix, WH_RK_PENDING);
         snprintf(member, sizeof member, "%s %s", tid, id);
-        once_key(a, gk, key, "whq", member);
+        once_key(a->cfg.key_prefix, gk, key, "whq", member);
         json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s]", "EVAL", ZADD_ONCE_LUA, "2", key,
                                               gk, at, member));
     } else if (hook) {

@@ -420,8 +420,7 @@ static void on_parked(void *arg, int ok, json_t *replies)
             char id[KGC_RKEY_MAX];
             /* One guard per notice and user. */
             snprintf(id, sizeof id, "%s:%s", json_string_value(f), json_string_value(u));
-            kgc_rkey(gk, a->cfg.key_prefix, ONCE_RK,
-                     kgc_cluster_tag(kgc_cluster_slot(nk, strlen(nk))), "notice", id);
+            once_key(a->cfg.key_prefix, gk, nk, "notice", id);
             json_array_append_new(cmds, json_pack("[s,s,s,s,s,s]", "EVAL", PUSH_ONCE_LUA, "2", nk,
                                                   gk, body));
         }

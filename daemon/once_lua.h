@@ -8,9 +8,20 @@
 #ifndef KG_ONCE_LUA_H
 #define KG_ONCE_LUA_H
 
+#include <string.h>
+
+#include "kgc_cluster.h"
+#include "kgc_keys.h"
+
 /* The guard of write <what> of event <id> next to key: P {~n}once:<what>:<id>,
  * ~n the tag of key's slot. */
 #define ONCE_RK "{%s}once:%s:%s"
+
+static inline void once_key(const char *prefix, char out[KGC_RKEY_MAX], const char *key,
+                            const char *what, const char *id)
+{
+    kgc_rkey(out, prefix, ONCE_RK, kgc_cluster_tag(kgc_cluster_slot(key, strlen(key))), what, id);
+}
 #define ONCE_TTL_S "2592000"      /* 30 days: longer than any retry of the event */
 
 /* KEYS: a notification list, its guard. ARGV: the notification. */

@@ -435,23 +435,33 @@ static void decide(xrun *r)
         report(r, XC_LOST);
 }
 
-static void on_validated(void *arg, int ok, json_t *replies)
+/* The end of prepare or validate (takes replies): 1 when every part said
+ * yes; else the commit is reported lost, or rolled back and reported. */
+static int step_passed(xrun *r, int ok, json_t *replies, const char *step)
 {
-    xrun *r = arg;
     int outcome;
 
     if (!ok) {
         json_decref(replies);
         report(r, XC_LOST);
-        return;
+        return 0;
     }
-    outcome = step_outcome(r, replies, "validation");
+    outcome = step_outcome(r, replies, step);
     json_decref(replies);
     if (outcome != 0) {
         r->outcome = outcome;
         abort_run(r, 0);
-        return;
+        return 0;
     }
+    return 1;
+}
+
+static void on_validated(void *arg, int ok, json_t *replies)
+{
+    xrun *r = arg;
+
+    if (!step_passed(r, ok, replies, "validation"))
+        return;
     fault_point("prepare");
     decide(r);
 }
@@ -460,20 +470,9 @@ static void on_prepared(void *arg, int ok, json_t *replies)
 {
     xrun *r = arg;
     json_t *cmds;
-    int outcome;
 
-    if (!ok) {
-        json_decref(replies);
-        report(r, XC_LOST);
+    if (!step_passed(r, ok, replies, "prepare"))
         return;
-    }
-    outcome = step_outcome(r, replies, "prepare");
-    json_decref(replies);
-    if (outcome != 0) {
-        r->outcome = outcome;
-        abort_run(r, 0);
-        return;
-    }
     /* Every write locked: now what was only read (Silo's order: a commit
      * that writes one of those keys and read one of ours meets our lock). */
     cmds = each_part(r, xc_validate_cmd);

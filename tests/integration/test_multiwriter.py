@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import re
-import threading
 import unittest
 import urllib.request
 
@@ -23,50 +22,10 @@ import kgtest  # noqa: E402
 
 CLI = os.environ.get("KEYGATE_CLI") or os.path.join(kgtest.REPO, "build", "daemon", "cli", "keygate")
 FREE = {"speech-to-text": {"policy": "free"}}
-CHUNK = 16          # requests in flight per connection
 
 
-def race(socks, jobs, conns_per_daemon=2):
-    """Sends every request of jobs (a list of lists: the same request to each
-    daemon, or one request per daemon) through conns_per_daemon connections
-    per daemon at once, CHUNK pipelined at a time. Returns, per job, the list
-    of responses in daemon order."""
-    out = [[None] * len(socks) for _ in jobs]
-    errors = []
-    work = {}
-    for ji, reqs in enumerate(jobs):
-        for di in range(len(socks)):
-            req = dict(reqs[di % len(reqs)], id="%d.%d" % (ji, di))
-            work.setdefault((di, ji % conns_per_daemon), []).append((ji, di, req))
-
-    def run(di, items):
-        try:
-            with kgtest.Client(socks[di], timeout=120) as c:
-                random.shuffle(items)
-                for k in range(0, len(items), CHUNK):
-                    part = items[k:k + CHUNK]
-                    for _, _, req in part:
-                        c.send(req)
-                    got = {}
-                    for _ in part:
-                        r = c.read_json()
-                        got[r.get("id")] = r
-                    for ji, dj, req in part:
-                        out[ji][dj] = got[req["id"]]
-        except Exception as e:     # reported by the main thread
-            errors.append(repr(e))
-
-    threads = [threading.Thread(target=run, args=(di, items)) for (di, _), items in work.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert errors == [], errors
-    return out
-
-
-def oks(responses):
-    return [r for r in responses if r.get("ok") is True]
+race = kgtest.race
+oks = kgtest.oks
 
 
 class MultiWriter(kgtest.EnvCase):

@@ -17,7 +17,6 @@ by PID (stop()). Helpers:
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -48,20 +47,8 @@ def slot_of(key):
     return crc16(key) % 16384
 
 
-class Tcp(kgtest.Redis):
-    """kgtest's RESP client over loopback TCP."""
-
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-
-def rcmd(port, *args, timeout=5.0):
-    r = Tcp(port, timeout)
-    try:
-        return r.command(*args)
-    finally:
-        r.close()
+Tcp = kgtest.Tcp
+rcmd = kgtest.rcmd
 
 
 def _s(v):

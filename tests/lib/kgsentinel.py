@@ -28,7 +28,6 @@ after ~2 s of hello messages. What a failover does is the same.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -40,20 +39,11 @@ free_port = kgtest.free_port
 wait_for = kgtest.wait_for
 
 
-class Tcp(kgtest.Redis):
-    """kgtest's RESP client over loopback TCP (sentinels have no socket)."""
-
-    def __init__(self, port, timeout=2.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
+Tcp = kgtest.Tcp
 
 
 def rcmd(port, *args, timeout=2.0):
-    r = Tcp(port, timeout)
-    try:
-        return r.command(*args)
-    finally:
-        r.close()
+    return kgtest.rcmd(port, *args, timeout=timeout)
 
 
 def _fields(flat):
@@ -159,7 +149,7 @@ class Topology:
         return self
 
     def _acked(self, name, wait_ms=100):
-        r = Tcp(self.port[name])
+        r = Tcp(self.port[name], timeout=2.0)
         try:
             r.command("PUBLISH", "kgsentinel:ready", "1")
             return r.command("WAIT", "1", str(wait_ms)) >= 1

@@ -41,6 +41,7 @@ Typical use:
 import itertools
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -175,14 +176,31 @@ class Redis:
         return r
 
 
+class Tcp(Redis):
+    """The same client over loopback TCP (cluster nodes, sentinels, a
+    sentinel's primary: tests/lib/kgcluster.py, kgsentinel.py)."""
+
+    def __init__(self, port, timeout=5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+
+def rcmd(port, *args, timeout=5.0):
+    """One command to the Redis (or sentinel) on a loopback port."""
+    r = Tcp(port, timeout)
+    try:
+        return r.command(*args)
+    finally:
+        r.close()
+
+
 class Subscriber:
     """A Redis pub/sub subscription on its own connection (a Unix socket
     path, or a loopback TCP port: an int)."""
 
     def __init__(self, path, channel):
         if isinstance(path, int):
-            import kgcluster
-            self.r = kgcluster.Tcp(path)
+            self.r = Tcp(path)
         else:
             self.r = Redis(path)
         self.r.sock.sendall(Redis._encode(["SUBSCRIBE", channel]))
@@ -611,7 +629,7 @@ class Env:
     def _connect_redis(self):
         if self.sentinel is not None:
             import kgsentinel
-            return kgsentinel.Tcp(self.sentinel.primary_port(), timeout=10.0)
+            return Tcp(self.sentinel.primary_port(), timeout=10.0)
         return Redis(self.redis_sock)
 
     def redis_port(self):
@@ -899,6 +917,51 @@ class Env:
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
+
+def race(socks, jobs, conns_per_daemon=2, chunk=16):
+    """Sends every request of jobs (a list of lists: the same request to each
+    daemon, or one request per daemon) through conns_per_daemon connections
+    per daemon at once, chunk pipelined at a time. Returns, per job, the list
+    of responses in daemon order."""
+    out = [[None] * len(socks) for _ in jobs]
+    errors = []
+    work = {}
+    for ji, reqs in enumerate(jobs):
+        for di in range(len(socks)):
+            req = dict(reqs[di % len(reqs)], id="%d.%d" % (ji, di))
+            work.setdefault((di, ji % conns_per_daemon), []).append((ji, di, req))
+
+    def run(di, items):
+        try:
+            with Client(socks[di], timeout=120) as c:
+                random.shuffle(items)
+                for k in range(0, len(items), chunk):
+                    part = items[k:k + chunk]
+                    for _, _, req in part:
+                        c.send(req)
+                    got = {}
+                    for _ in part:
+                        r = c.read_json()
+                        got[r.get("id")] = r
+                    for ji, dj, req in part:
+                        out[ji][dj] = got[req["id"]]
+        except Exception as e:     # reported by the main thread
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(di, items)) for (di, _), items in work.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert errors == [], errors
+    return out
+
+
+def oks(responses):
+    """The responses that are ok."""
+    return [r for r in responses if r.get("ok") is True]
+
+
 
 _counter = itertools.count(1)
 _run = "%d%s" % (os.getpid(), os.urandom(3).hex())
