@@ -376,8 +376,35 @@ def topology():
     return t
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_port_rng = random.SystemRandom()     # never the tests' seeded global one
+
+
 def free_port():
-    """A loopback TCP port free right now (for servers that need a number)."""
+    """A loopback TCP port free right now (for servers that need a number),
+    chosen below the kernel's ephemeral range: a port taken from that range
+    can be handed to some process's outgoing connection before our server
+    binds it (a cluster node then never came up, seen once in CI-like
+    runs with 6-node clusters started side by side)."""
+    lo, _ = _ephemeral_range()
+    for _ in range(200):
+        port = _port_rng.randrange(10000, max(10001, min(lo, 32768)))
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
