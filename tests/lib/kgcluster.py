@@ -92,7 +92,18 @@ class Cluster:
         with open(os.path.join(d, "log"), "ab") as log:
             self.procs[port] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL)
-        wait_for(lambda: rcmd(port, "PING") == "PONG", 10, "cluster node %d" % port)
+        p = self.procs[port]
+        logf = os.path.join(d, "log")
+
+        def up():
+            if p.poll() is not None:
+                raise RuntimeError("cluster node %d exited with %s; its log ends:\n%s"
+                                   % (port, p.returncode, kgtest.tail(logf, 1500)))
+            return rcmd(port, "PING") == "PONG"
+        try:
+            wait_for(up, 10, "cluster node %d" % port)
+        except TimeoutError as e:
+            raise TimeoutError("%s; its log ends:\n%s" % (e, kgtest.tail(logf, 1500)))
 
     def start(self):
         for p in self.ports:

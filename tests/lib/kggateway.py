@@ -40,15 +40,7 @@ ECHO_FIELDS = ("key", "user", "team", "cost", "balance", "status")
 
 
 free_port = kgtest.free_port
-
-
-def tail(path, n=4000):
-    """The last n bytes of a file as text ("" when it does not exist)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()[-n:].decode("utf-8", "replace")
-    except OSError:
-        return ""
+tail = kgtest.tail
 
 
 def catalog():

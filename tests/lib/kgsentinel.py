@@ -126,6 +126,11 @@ class Topology:
             self._spawn("sentinel-%d" % i, [kgtest.redis_server_path(), conf, "--sentinel"])
 
         def ready():
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError("%s exited with %s; its log ends:\n%s"
+                                       % (name, proc.returncode,
+                                          kgtest.tail(os.path.join(self.dir(name), "log"), 1500)))
             for port in self.sentinels:
                 if len(rcmd(port, "SENTINEL", "SENTINELS", MASTER)) != 2:
                     return False
@@ -136,7 +141,19 @@ class Topology:
                 if fields[b"flags"] != b"slave" or fields[b"master-link-status"] != b"ok":
                     return False
             return True
-        wait_for(ready, 30, "the sentinels to see each other and the replica")
+        try:
+            wait_for(ready, 30, "the sentinels to see each other and the replica")
+        except TimeoutError as e:
+            seen = []
+            for i, port in enumerate(self.sentinels):
+                try:
+                    seen.append("sentinel-%d: %d sentinels, replicas %r" % (
+                        i, len(rcmd(port, "SENTINEL", "SENTINELS", MASTER)),
+                        rcmd(port, "SENTINEL", "REPLICAS", MASTER)))
+                except (OSError, ConnectionError, kgtest.RedisError) as x:
+                    seen.append("sentinel-%d: %s" % (i, x))
+                seen.append(kgtest.tail(os.path.join(self.dir("sentinel-%d" % i), "log"), 800))
+            raise TimeoutError("%s\n%s" % (e, "\n".join(seen)))
 
     def start(self):
         """a as the primary, b its replica confirming writes, then the

@@ -38,6 +38,8 @@ Typical use:
             key = c.ok("key.get", s["user_id"], key=s["free_key_id"])
 """
 
+import atexit
+import fcntl
 import itertools
 import json
 import os
@@ -386,30 +388,88 @@ def _ephemeral_range():
 
 
 _port_rng = random.SystemRandom()     # never the tests' seeded global one
+_PORT_DIR = os.path.join(tempfile.gettempdir(), "kgtest-ports")
+_ports_held = set()
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _release_ports():
+    for port in list(_ports_held):
+        try:
+            os.unlink(os.path.join(_PORT_DIR, str(port)))
+        except OSError:
+            pass
+    _ports_held.clear()
+
+
+atexit.register(_release_ports)
+
+
+def _reserve_port(port):
+    """Claims port for this process in a directory every test process
+    shares (one file per port, holding the owner's pid), under one flock.
+    A port is bound-free at the time of the check; the claim keeps a test
+    running beside this one (ctest -j) and this process itself from
+    choosing it again before the server binds it. A dead owner's claim is
+    taken over."""
+    path = os.path.join(_PORT_DIR, str(port))
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                owner = int(f.read().strip() or "0")
+        except (OSError, ValueError):
+            owner = 0
+        if owner and (owner == os.getpid() or _pid_alive(owner)):
+            return False
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    tmp = "%s.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(tmp, path)
+    _ports_held.add(port)
+    return True
 
 
 def free_port():
-    """A loopback TCP port free right now (for servers that need a number),
-    chosen below the kernel's ephemeral range: a port taken from that range
-    can be handed to some process's outgoing connection before our server
-    binds it (a cluster node then never came up, seen once in CI-like
-    runs with 6-node clusters started side by side)."""
+    """A loopback TCP port for a server that needs a number: free right now,
+    claimed for this process until it exits (see _reserve_port), and chosen
+    below the kernel's ephemeral range: a port taken from that range can be
+    handed to some process's outgoing connection before our server binds it
+    (a cluster node then never came up, seen once in CI-like runs with
+    6-node clusters started side by side)."""
     lo, _ = _ephemeral_range()
-    for _ in range(200):
-        port = _port_rng.randrange(10000, max(10001, min(lo, 32768)))
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            s.close()
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    os.makedirs(_PORT_DIR, mode=0o1777, exist_ok=True)
+    with open(os.path.join(_PORT_DIR, ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for _ in range(400):
+            port = _port_rng.randrange(10000, max(10001, min(lo, 32768)))
+            if _reserve_port(port):
+                return port
+    raise RuntimeError("free_port: no free loopback port found in 400 tries")
+
+
+def tail(path, n=4000):
+    """The last n bytes of a file as text ("" when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-n:].decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _wait_for(pred, timeout, what, interval=0.02):
