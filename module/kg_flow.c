@@ -253,7 +253,7 @@ static void team_slot(kg_pending *p, const char *team)
  * WAIT, PUBLISH) goes where p's last one went. */
 static void cluster_issue(kg_pending *p, int step, int argc, const char **argv)
 {
-    int len;
+    int len, node;
     char *cmd = NULL;
 
     if ((len = redisFormatCommandArgv(&cmd, argc, argv, NULL)) < 0) {
@@ -272,8 +272,15 @@ static void cluster_issue(kg_pending *p, int step, int argc, const char **argv)
     p->step = step;
     p->deadline = kg_mono_ms() + p->ctx->cfg.timeout_ms;
     /* WAIT counts the replicas that have this connection's writes: the
-     * node the write went to, whatever the map says since. */
-    if (cluster_send(p, step == KG_ST_WAIT || step == KG_ST_SYNC ? p->node : -1) != 0)
+     * node the write went to, whatever the map says since. A SCRIPT LOAD
+     * after NOSCRIPT goes to the node that lacked the script: during a
+     * slot move that is the importing node an ASK led to, not the one the
+     * map names (which has the script: the load there would change nothing
+     * and the resend meet NOSCRIPT again). */
+    node = step == KG_ST_WAIT || step == KG_ST_SYNC || (step == KG_ST_LOAD && p->load_here)
+               ? p->node : -1;
+    p->load_here = 0;
+    if (cluster_send(p, node) != 0)
         finish(p, KG_BACKEND_ERROR);
 }
 
@@ -880,6 +887,7 @@ static void on_eval(kg_pending *p, redisReply *r)
          * script did not run, so retrying cannot charge twice. */
         if (strncmp(r->str, "NOSCRIPT", 8) == 0 && ++p->loads <= 2) {
             ctx->sha[p->script][0] = '\0';
+            p->load_here = 1;
             issue_script(p);
             return;
         }

@@ -215,6 +215,8 @@ struct kg_pending {
     unsigned slot;                /* the slot of the command's first key */
     int node;                     /* the node it was sent to */
     int asking;                   /* send ASKING first (an ASK redirect) */
+    int load_here;                /* the next SCRIPT LOAD goes to `node`: it
+                                     answered NOSCRIPT, maybe reached by ASK */
     int redirects;                /* MOVED/ASK followed for this command */
     int64_t retry_at;             /* > 0: waiting to resend (not on the wire) */
 

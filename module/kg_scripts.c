@@ -412,6 +412,18 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
  * once. Only the token record is declared; every other key carries the
  * same {t:T} tag (so the same slot) and is named here from prefix + team,
  * as kgc_keys.h names them.
+ * While the slot is being moved key by key, Redis checks only the declared
+ * key before the script runs, and a lone undeclared key that is missing
+ * reads as nil on the importing node (ASKING) and is refused mid-script on
+ * the migrating one: a replay's record still on the old node would read
+ * as absent and the request would be charged again. So the key document
+ * is read with the token record in one MGET, and the money body's keys are
+ * first named together in one EXISTS, before anything is written: Redis
+ * refuses a multi-key command while any of its keys is on the other node
+ * (ASK on the source, TRYAGAIN on the target), and the script then answers
+ * TRYAGAIN, which the gateway retries until the move ends or its
+ * timeout_ms passes (KG_BACKEND_ERROR, nothing changed). On a slot that is
+ * not moving the EXISTS is one more call (about 1.5 us of Redis CPU).
  *   KEYS[1] P {t:T}:tok:<hash>          (T: the team the token names)
  *   ARGV    1 prefix P, 2 team T, 3 token hash, 4 gateway wall clock (ms:
  *           token and key expiry, as the warm path), 5 mode ('a' authorize,
@@ -459,7 +471,18 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "local exp = tonumber(es) or 0\n"                                             \
     "if exp ~= 0 and exp <= now then return {'unknown'} end\n"                    \
     "local tag = P .. '{t:' .. T .. '}:'\n"                                       \
-    "local raw = redis.call('GET', tag .. 'key:' .. kid)\n"                       \
+    "local function moving()\n"                                                  \
+    "  return redis.error_reply('TRYAGAIN keygate: the team slot is being moved')\n" \
+    "end\n"                                                                       \
+    "local function split(keys)\n"                                               \
+    "  local k = {}\n"                                                           \
+    "  for _, x in ipairs(keys) do if x ~= '' then k[#k + 1] = x end end\n"      \
+    "  local r = redis.pcall('EXISTS', unpack(k))\n"                             \
+    "  return type(r) == 'table' and r.err ~= nil\n"                             \
+    "end\n"                                                                       \
+    "local kv = redis.pcall('MGET', KEYS[1], tag .. 'key:' .. kid)\n"            \
+    "if kv.err then return moving() end\n"                                       \
+    "local raw = kv[2]\n"                                                         \
     "if not raw then return {'unknown'} end\n"                                    \
     "local okj, doc = pcall(cjson.decode, raw)\n"                                 \
     "if not okj or type(doc) ~= 'table' or doc.key_id ~= kid or type(doc.status) ~= 'string' then\n" \
@@ -522,10 +545,14 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "  if ARGV[10] == '1' then return env('bad', '') end\n"                       \
     "  if pol ~= nil and not pol.payg then return env('none', '') end\n"          \
     "  local a = params({ARGV[14], kid, rid, W, day, month})\n"                   \
-    "  local r = settle(wkeys(W, {ud, uh}), a)\n"                                 \
+    "  local keys = wkeys(W, {ud, uh})\n"                                        \
+    "  if split(keys) then return moving() end\n"                                \
+    "  local r = settle(keys, a)\n"                                              \
     "  if type(r) == 'table' and r[1] == 'wallet' and r[2] ~= W and of_team(r[2]) then\n" \
     "    W, a[4] = r[2], r[2]\n"                                                  \
-    "    r = settle(wkeys(W, {ud, uh}), a)\n"                                     \
+    "    keys = wkeys(W, {ud, uh})\n"                                            \
+    "    if split(keys) then return moving() end\n"                              \
+    "    r = settle(keys, a)\n"                                                  \
     "  end\n"                                                                     \
     "  return env('settle', W, r)\n"                                              \
     "end\n"                                                                       \
@@ -537,14 +564,16 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "if pol == nil or (not payg and ARGV[11] ~= '1') then return env('disabled', W) end\n" \
     "local krate = tag .. 'rate:' .. kid .. ':' .. svc\n"                         \
     "if not payg then\n"                                                          \
-    "  return env('quota', W, quota({tag .. 'quota:' .. svc .. ':' .. day,\n"     \
-    "    tag .. 'req:' .. kid .. ':' .. rid, krate}, {ARGV[15], rid, uid, svc, mdl, fp, D(pol.ps), D(pol.pm)}))\n" \
+    "  local qk = {tag .. 'quota:' .. svc .. ':' .. day, tag .. 'req:' .. kid .. ':' .. rid, krate}\n" \
+    "  if split(qk) then return moving() end\n"                                  \
+    "  return env('quota', W, quota(qk, {ARGV[15], rid, uid, svc, mdl, fp, D(pol.ps), D(pol.pm)}))\n" \
     "end\n"                                                                       \
     "local allowed = false\n"                                                     \
     "for _, m in ipairs(pol.models) do if m == mdl then allowed = true break end end\n" \
     "if not allowed then return env('denied', W) end\n"                           \
     "if not of_team(W) then return env('damaged', W) end\n"                       \
     "local keys = wkeys(W, {krate, ud, uh})\n"                                    \
+    "if split(keys) then return moving() end\n"                                  \
     "local a = {ARGV[14], kid, uid, svc, mdl, rid, W, fp, ARGV[16], D(capd), D(capm),\n" \
     "  D(pol.ps), D(pol.pm), day, month}\n"                                       \
     "if ARGV[12] == '1' then return env('hold', W, hold(keys, a)) end\n"          \

@@ -12,6 +12,10 @@ KG_BACKEND_ERROR retried with the same id) are configured with
 - test_exact: the debits are exact on the cluster;
 - test_slot_move: the team's slot is moved live to another master while
   the gateways debit;
+- test_cold_half_moved: cold requests while the team's slot is half
+  moved, the record of a request already charged left on the old node:
+  its retry must not be charged again (it was, before the cold script's
+  guard: kg_scripts.c);
 - test_master_killed (and _wait, with min_replicas_ack 1, asserting no
   acknowledged debit lost; the killed node comes back as a replica): the
   master holding the team's slot is killed
@@ -237,6 +241,82 @@ class ClusterCase(unittest.TestCase):
                          % (batch or "all", src, dst, moved, len(rows), len(retried),
                             max(r.get("ms", 0) for r in rows), bal))
         self.fsck_clean("slot move")
+
+    def test_cold_half_moved(self):
+        """Cold requests (cache_ttl_ms 0: one script resolves the token, the
+        key and the wallet, and Redis sees only the token record declared)
+        while the team's slot is half moved: everything on the new node but
+        the record of a request already charged. The retry of that request
+        is sent to the new node (ASK: its token record moved); read there
+        alone, the old record would look absent and the request be charged
+        a second time. It must get no answer but KG_BACKEND_ERROR, with
+        nothing changed, until the move ends; then it is a replay, charged
+        once, and a new request is charged."""
+        self.world(10)
+        with open(self.config) as f:
+            text = f.read().replace("cache_ttl_ms 1000", "cache_ttl_ms 0")
+        with open(self.config, "w") as f:
+            f.write(text)
+        team, key, wallet = self.w["team"], self.w["key"], self.w["wallet"]
+        wkey = "kg:{t:%s}:wallet:%s" % (team, wallet)
+        lkey = "kg:{t:%s}:ledger:%s" % (team, wallet)
+
+        def one(rid, retry_for=0.0):
+            rc, rows, summary = safety.Hammer(self.config, self.w["token_file"], 1, rid=rid,
+                                              retry_for=retry_for).wait(60)
+            self.assertEqual(rc, 0, summary)
+            return rows[0]
+
+        first = one("c")
+        self.assertEqual((first["status"], first["replayed"], first["cost"]), ("ok", False, COST))
+        bal = int(self.cget("HGET", wkey, "balance_micros"))
+        self.assertEqual(bal, self.credit - COST)
+        entries = self.cget("LLEN", lkey)
+        src = self.cluster.owner(self.slot)
+        dst = [m for m in self.cluster.masters() if m != src][0]
+        src_id, dst_id = self.cluster.node_id(src), self.cluster.node_id(dst)
+        kgcluster.rcmd(dst, "CLUSTER", "SETSLOT", str(self.slot), "IMPORTING", src_id)
+        kgcluster.rcmd(src, "CLUSTER", "SETSLOT", str(self.slot), "MIGRATING", dst_id)
+        record = ("kg:{t:%s}:req:%s:c-0" % (team, key)).encode()
+        keys = kgcluster.rcmd(src, "CLUSTER", "GETKEYSINSLOT", str(self.slot), "100000")
+        self.assertIn(record, keys)
+        self.assertTrue(any(b":tok:" in k for k in keys), keys)
+        rest = [k for k in keys if k != record]
+        kgcluster.rcmd(src, "MIGRATE", "127.0.0.1", str(dst), "", "0", "10000", "REPLACE",
+                       "KEYS", *rest, timeout=30)
+        def on_dst(*args):      # the importing node answers only after ASKING
+            r = kgtest.Tcp(dst)
+            try:
+                r.command("ASKING")
+                return r.command(*args)
+            finally:
+                r.close()
+
+        for rid in ("c", "d"):      # the replay, and a new request
+            r = one(rid)
+            self.assertEqual(r["status"], "backend_error",
+                             "request %s-0 while its slot is half moved: %s" % (rid, r))
+            self.assertEqual(int(on_dst("HGET", wkey, "balance_micros")), bal,
+                             "request %s-0 moved money while its slot was half moved" % rid)
+            self.assertEqual(on_dst("LLEN", lkey), entries)
+        self.assertEqual(kgcluster.rcmd(src, "CLUSTER", "GETKEYSINSLOT", str(self.slot), "100"),
+                         [record], "a refused request wrote on the old node")
+        # The move ends while a retrying request waits for it.
+        waiting = safety.Hammer(self.config, self.w["token_file"], 1, rid="c", retry_for=20.0)
+        time.sleep(0.5)
+        kgcluster.rcmd(src, "MIGRATE", "127.0.0.1", str(dst), "", "0", "10000", "REPLACE",
+                       "KEYS", record, timeout=30)
+        for p in [dst, src] + [m for m in self.cluster.masters() if m not in (dst, src)]:
+            kgcluster.rcmd(p, "CLUSTER", "SETSLOT", str(self.slot), "NODE", dst_id)
+        rc, rows, summary = waiting.wait(60)
+        self.assertEqual(rc, 0, summary)
+        self.assertEqual((rows[0]["status"], rows[0]["replayed"]), ("ok", True), rows[0])
+        self.assertGreater(rows[0]["tries"], 1)
+        r = one("d")
+        self.assertEqual((r["status"], r["replayed"], r["cost"]), ("ok", False, COST))
+        _, n = self.check_money([first, r], "cold requests across a half-moved slot")
+        self.assertEqual(n, 2)
+        self.fsck_clean("cold requests across a half-moved slot")
 
     def test_master_killed(self):
         self.master_killed(wait=False)
