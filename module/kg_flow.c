@@ -192,6 +192,47 @@ static void finish(kg_pending *p, kg_status s)
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv);
 
+/* Puts a command whose reply nobody waits for (it goes to no callback) on
+ * ac. hiredis 0.14.1 can queue a command without its reply slot when an
+ * allocation fails (see issue()); such a command is taken back out of the
+ * output buffer. 0 or -1 (nothing queued). */
+static int fire(redisAsyncContext *ac, int argc, const char **argv)
+{
+    size_t queued = sdslen((sds)ac->c.obuf);
+    redisCallback *before = ac->replies.tail;
+    char *cmd = NULL;
+    int len = redisFormatCommandArgv(&cmd, argc, argv, NULL), rc;
+
+    if (len < 0)
+        return -1;
+    rc = redisAsyncFormattedCommand(ac, NULL, NULL, cmd, (size_t)len);
+    free(cmd);
+    if (rc != REDIS_OK)
+        return -1;
+    if (ac->replies.tail == before || ac->replies.tail->fn != NULL) {
+        sdssetlen((sds)ac->c.obuf, queued);
+        ac->c.obuf[queued] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+/* Cluster mode: a script just loaded on one node is sent to every other
+ * node of the map as well, answers unawaited, so that the first request
+ * each of them serves does not meet NOSCRIPT (two more round trips). A
+ * node that comes later, or restarts, still answers NOSCRIPT once, which
+ * loads it there (on_eval). */
+static void load_everywhere(kg_ctx *ctx, int script, int loaded_on)
+{
+    const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[script]};
+
+    for (int i = 0; i < ctx->cmap->nnodes; i++) {
+        kg_link *l;
+        if (i != loaded_on && (l = kg_link_node(ctx, i)) != NULL)
+            (void)fire(l->ac, 3, argv);   /* best effort: NOSCRIPT still loads it */
+    }
+}
+
 /* Cluster mode: puts p's formatted command on node's link (node < 0: the
  * master of p->slot by the map), after ASKING when p->asking. 0 or -1. */
 static int cluster_send(kg_pending *p, int node)
@@ -211,15 +252,9 @@ static int cluster_send(kg_pending *p, int node)
     ac = l->ac;
     queued = sdslen((sds)ac->c.obuf);
     if (p->asking) {
-        /* ASKING's reply goes to no callback; checked as issue() checks ours. */
-        redisCallback *before = ac->replies.tail;
-        if (redisAsyncCommand(ac, NULL, NULL, "ASKING") != REDIS_OK)
+        static const char *asking[1] = {"ASKING"};
+        if (fire(ac, 1, asking) != 0)
             return -1;
-        if (ac->replies.tail == before || ac->replies.tail->fn != NULL) {
-            sdssetlen((sds)ac->c.obuf, queued);
-            ac->c.obuf[queued] = '\0';
-            return -1;
-        }
     }
     rc = redisAsyncFormattedCommand(ac, on_reply, p, p->cmd, p->cmdlen);
     if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != p)) {
@@ -780,6 +815,8 @@ static void on_load(kg_pending *p, redisReply *r)
         return;
     }
     memcpy(ctx->sha[p->script], r->str, 41);
+    if (ctx->cmap != NULL)
+        load_everywhere(ctx, p->script, p->node);
     issue_script(p);
 }
 

@@ -7,12 +7,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <arpa/inet.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -23,6 +27,9 @@
 #endif
 #ifndef KGT_REDIS_SERVER
 #define KGT_REDIS_SERVER "redis-server"
+#endif
+#ifndef KGT_REDIS_CLI
+#define KGT_REDIS_CLI "redis-cli"
 #endif
 
 static kgt_env *current;        /* for kgt_fail's cleanup */
@@ -78,12 +85,14 @@ static void write_file(const char *path, const char *text, mode_t mode)
     close(fd);
 }
 
-static redisContext *connect_wait(kgt_env *e, int ms)
+/* A connection that answered PING, to the Unix socket sock or (sock NULL)
+ * to 127.0.0.1:port, tried for up to ms; NULL if none. */
+static redisContext *connect_wait(const char *sock, int port, int ms)
 {
     int64_t until = kgt_now_ms() + ms;
 
     while (kgt_now_ms() < until) {
-        redisContext *c = redisConnectUnix(e->sock);
+        redisContext *c = sock != NULL ? redisConnectUnix(sock) : redisConnect("127.0.0.1", port);
         if (c != NULL && !c->err) {
             redisReply *r = redisCommand(c, "PING");
             int ok = r != NULL && r->type == REDIS_REPLY_STATUS;
@@ -97,11 +106,323 @@ static redisContext *connect_wait(kgt_env *e, int ms)
     return NULL;
 }
 
+/* ---- a Redis Cluster (KEYGATE_TOPOLOGY=cluster) ---------------------- */
+
+/* Ports are claimed as tests/lib/kgtest.py free_port() claims them (the
+ * same directory and files, so C and Python suites running side by side
+ * never pick the same one): a file per port holding the owner's pid,
+ * under one flock, below the kernel's ephemeral range. */
+static int claimed[2 * KGT_NODES], nclaimed;
+
+static void port_dir(char *out, size_t n)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(out, n, "%s/kgtest-ports", t != NULL && t[0] != '\0' ? t : "/tmp");
+}
+
+static int bind_free(int port)
+{
+    struct sockaddr_in a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
+
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+static int claim_port(void)
+{
+    char dir[300], path[340], tmp[360];
+    int lo = 32768, hi = 0, lock;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+
+    if (f != NULL) {
+        if (fscanf(f, "%d %d", &lo, &hi) != 2 || lo > 32768)
+            lo = 32768;
+        fclose(f);
+    }
+    port_dir(dir, sizeof dir);
+    if (mkdir(dir, 01777) != 0 && errno != EEXIST)
+        die(dir);
+    snprintf(path, sizeof path, "%s/.lock", dir);
+    if ((lock = open(path, O_RDWR | O_CREAT, 0666)) < 0 || flock(lock, LOCK_EX) != 0)
+        die(path);
+    for (int i = 0; i < 400; i++) {
+        int port = 10000 + (int)randombytes_uniform((uint32_t)(lo - 10000)), owner_pid = 0;
+        snprintf(path, sizeof path, "%s/%d", dir, port);
+        if ((f = fopen(path, "r")) != NULL) {
+            if (fscanf(f, "%d", &owner_pid) != 1)
+                owner_pid = 0;
+            fclose(f);
+            if (owner_pid > 0 && (owner_pid == getpid() || kill(owner_pid, 0) == 0 || errno == EPERM))
+                continue;
+        }
+        if (!bind_free(port))
+            continue;
+        snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid());
+        if ((f = fopen(tmp, "w")) == NULL)
+            die(tmp);
+        fprintf(f, "%d", (int)getpid());
+        if (fclose(f) != 0 || rename(tmp, path) != 0)
+            die(path);
+        claimed[nclaimed++] = port;
+        close(lock);
+        return port;
+    }
+    fprintf(stderr, "kgt: no free loopback port in 400 tries\n");
+    kgt_fail();
+}
+
+static void release_ports(void)
+{
+    char dir[300], path[340];
+
+    port_dir(dir, sizeof dir);
+    for (int i = 0; i < nclaimed; i++) {
+        snprintf(path, sizeof path, "%s/%d", dir, claimed[i]);
+        unlink(path);
+    }
+    nclaimed = 0;
+}
+
+static redisContext *tcp_wait(int port, int ms)
+{
+    return connect_wait(NULL, port, ms);
+}
+
+static void node_start(kgt_env *e, int i)
+{
+    char d[300], logfile[320], port[16], bus[16];
+    pid_t pid;
+
+    snprintf(d, sizeof d, "%s/node-%d", e->dir, i);
+    if (mkdir(d, 0700) != 0 && errno != EEXIST)
+        die(d);
+    snprintf(logfile, sizeof logfile, "%s/log", d);
+    snprintf(port, sizeof port, "%d", e->port[i]);
+    snprintf(bus, sizeof bus, "%d", e->bus[i]);
+    if ((pid = fork()) < 0)
+        die("fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        execlp(KGT_REDIS_SERVER, KGT_REDIS_SERVER, "--port", port, "--bind", "127.0.0.1",
+               "--cluster-enabled", "yes", "--cluster-port", bus,
+               "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
+               "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0",
+               "--save", "", "--appendonly", "no", "--dir", d, "--daemonize", "no",
+               "--logfile", logfile, "--loglevel", "warning", (char *)NULL);
+        _exit(127);
+    }
+    e->pid[i] = pid;
+}
+
+static int info_has(redisContext *c, const char *what)
+{
+    redisReply *r = redisCommand(c, "CLUSTER INFO");
+    int ok = r != NULL && r->type == REDIS_REPLY_STRING && strstr(r->str, what) != NULL;
+    freeReplyObject(r);
+    return ok;
+}
+
+/* Every node up, every slot served, every node knowing all the others. */
+static void cluster_wait_ok(kgt_env *e)
+{
+    int64_t until = kgt_now_ms() + 60000;
+
+    for (int i = 0; i < KGT_NODES; i++) {
+        if (e->nc[i] == NULL && (e->nc[i] = tcp_wait(e->port[i], 10000)) == NULL) {
+            fprintf(stderr, "kgt: cluster node %d (port %d) did not come up (log: %s/node-%d/log)\n",
+                    i, e->port[i], e->dir, i);
+            kgt_fail();
+        }
+    }
+    for (;;) {
+        int ok = 1;
+        for (int i = 0; i < KGT_NODES && ok; i++)
+            ok = info_has(e->nc[i], "cluster_state:ok") &&
+                 info_has(e->nc[i], "cluster_slots_ok:16384") &&
+                 info_has(e->nc[i], "cluster_known_nodes:6");
+        if (ok)
+            return;
+        if (kgt_now_ms() > until) {
+            fprintf(stderr, "kgt: the cluster did not reach cluster_state:ok\n");
+            kgt_fail();
+        }
+        kgt_sleep_ms(50);
+    }
+}
+
+static void cluster_create(kgt_env *e)
+{
+    char addr[KGT_NODES][32], logfile[320];
+    const char *argv[KGT_NODES + 8];
+    int n = 0, st, fd;
+    pid_t pid;
+
+    for (int i = 0; i < KGT_NODES; i++) {
+        e->port[i] = claim_port();
+        e->bus[i] = claim_port();
+    }
+    for (int i = 0; i < KGT_NODES; i++)
+        node_start(e, i);
+    for (int i = 0; i < KGT_NODES; i++)
+        if ((e->nc[i] = tcp_wait(e->port[i], 10000)) == NULL) {
+            fprintf(stderr, "kgt: cluster node %d (port %d) did not come up (log: %s/node-%d/log)\n",
+                    i, e->port[i], e->dir, i);
+            kgt_fail();
+        }
+    argv[n++] = KGT_REDIS_CLI;
+    argv[n++] = "--cluster";
+    argv[n++] = "create";
+    for (int i = 0; i < KGT_NODES; i++) {
+        snprintf(addr[i], sizeof addr[i], "127.0.0.1:%d", e->port[i]);
+        argv[n++] = addr[i];
+    }
+    argv[n++] = "--cluster-replicas";
+    argv[n++] = "1";
+    argv[n++] = "--cluster-yes";
+    argv[n] = NULL;
+    snprintf(logfile, sizeof logfile, "%s/cluster-create.log", e->dir);
+    if ((pid = fork()) < 0)
+        die("fork");
+    if (pid == 0) {
+        if ((fd = open(logfile, O_WRONLY | O_CREAT | O_TRUNC, 0600)) >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execvp(KGT_REDIS_CLI, (char *const *)argv);
+        _exit(127);
+    }
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "kgt: redis-cli --cluster create failed (see %s)\n", logfile);
+        kgt_fail();
+    }
+    cluster_wait_ok(e);
+    e->rc = tcp_wait(e->port[0], 10000);
+    if (e->rc == NULL) {
+        fprintf(stderr, "kgt: no connection to cluster node 0\n");
+        kgt_fail();
+    }
+}
+
+static void cluster_stop(kgt_env *e)
+{
+    for (int i = 0; i < KGT_NODES; i++) {
+        if (e->nc[i] != NULL)
+            redisFree(e->nc[i]);
+        e->nc[i] = NULL;
+        if (e->pid[i] > 0) {
+            kill(e->pid[i], SIGCONT);
+            kill(e->pid[i], SIGTERM);
+        }
+    }
+    for (int i = 0; i < KGT_NODES; i++)
+        if (e->pid[i] > 0) {
+            waitpid(e->pid[i], NULL, 0);
+            e->pid[i] = 0;
+        }
+}
+
+/* The connection to the node listening on port (made on first use). */
+static redisContext *node_conn(kgt_env *e, int port)
+{
+    for (int i = 0; i < KGT_NODES; i++)
+        if (e->port[i] == port) {
+            if (e->nc[i] == NULL || e->nc[i]->err) {
+                redisFree(e->nc[i]);
+                e->nc[i] = tcp_wait(port, 2000);
+            }
+            return e->nc[i];
+        }
+    return NULL;
+}
+
+/* One formatted command, following MOVED on a cluster (no slot moves in
+ * these tests, so ASK does not arise). NULL on a connection error. */
+static redisReply *routed(kgt_env *e, const char *cmd, size_t len, redisContext **via)
+{
+    redisContext *c = e->rc;
+
+    for (int hops = 0; c != NULL && hops < 8; hops++) {
+        redisReply *r = NULL;
+        const char *colon;
+
+        if (redisAppendFormattedCommand(c, cmd, len) != REDIS_OK ||
+            redisGetReply(c, (void **)&r) != REDIS_OK)
+            return NULL;
+        if (via != NULL)
+            *via = c;
+        if (!e->cluster || r->type != REDIS_REPLY_ERROR || strncmp(r->str, "MOVED ", 6) != 0 ||
+            (colon = strrchr(r->str, ':')) == NULL)
+            return r;
+        c = node_conn(e, atoi(colon + 1));
+        freeReplyObject(r);
+    }
+    return NULL;
+}
+
+/* The connection a command on key ends up on. */
+static redisContext *holder(kgt_env *e, const char *key)
+{
+    redisContext *via = NULL;
+    char *cmd = NULL;
+    int len = redisFormatCommand(&cmd, "EXISTS %s", key);
+    redisReply *r = len > 0 ? routed(e, cmd, (size_t)len, &via) : NULL;
+
+    free(cmd);
+    freeReplyObject(r);
+    return via;
+}
+
+int kgt_team_node(kgt_env *e, const char *team)
+{
+    char key[128];
+    redisContext *via;
+
+    if (!e->cluster)
+        return 0;
+    snprintf(key, sizeof key, KGT_PREFIX "{t:%s}:team", team);
+    if ((via = holder(e, key)) == NULL) {
+        fprintf(stderr, "kgt: no node for %s\n", key);
+        kgt_fail();
+    }
+    return via->tcp.port;
+}
+
+redisContext *kgt_connect_for(kgt_env *e, const char *key)
+{
+    redisContext *via = holder(e, key), *c;
+
+    if (!e->cluster)
+        c = redisConnectUnix(e->sock);
+    else
+        c = via != NULL ? redisConnect(via->tcp.host, via->tcp.port) : NULL;
+    if (c == NULL || c->err) {
+        fprintf(stderr, "kgt: no connection for %s\n", key);
+        kgt_fail();
+    }
+    return c;
+}
+
 void kgt_redis_start(kgt_env *e)
 {
     char logfile[400];
     pid_t pid;
 
+    if (e->cluster) {
+        for (int i = 0; i < KGT_NODES; i++)
+            node_start(e, i);
+        cluster_wait_ok(e);
+        if (e->rc != NULL)
+            redisFree(e->rc);
+        e->rc = tcp_wait(e->port[0], 10000);
+        return;
+    }
     snprintf(logfile, sizeof logfile, "%s/redis.log", e->dir);
     pid = fork();
     if (pid < 0)
@@ -118,7 +439,7 @@ void kgt_redis_start(kgt_env *e)
     e->redis_pid = pid;
     if (e->rc != NULL)
         redisFree(e->rc);
-    e->rc = connect_wait(e, 10000);
+    e->rc = connect_wait(e->sock, 0, 10000);
     if (e->rc == NULL) {
         fprintf(stderr, "kgt: redis-server did not come up on %s\n", e->sock);
         kgt_fail();
@@ -131,6 +452,10 @@ void kgt_redis_stop(kgt_env *e)
         redisFree(e->rc);
         e->rc = NULL;
     }
+    if (e->cluster) {
+        cluster_stop(e);
+        return;
+    }
     if (e->redis_pid > 0) {
         kill(e->redis_pid, SIGCONT);
         kill(e->redis_pid, SIGTERM);
@@ -142,24 +467,38 @@ void kgt_redis_stop(kgt_env *e)
 
 void kgt_redis_pause(kgt_env *e, int paused)
 {
-    kill(e->redis_pid, paused ? SIGSTOP : SIGCONT);
+    if (!e->cluster) {
+        kill(e->redis_pid, paused ? SIGSTOP : SIGCONT);
+        return;
+    }
+    for (int i = 0; i < KGT_NODES; i++)
+        if (e->pid[i] > 0)
+            kill(e->pid[i], paused ? SIGSTOP : SIGCONT);
 }
 
 const char *kgt_write_conf(kgt_env *e, const char *name, const char *extra)
 {
     static char path[400];
-    char text[2048];
+    char text[2048], redis[400];
 
+    if (e->cluster) {
+        int n = snprintf(redis, sizeof redis, "cluster ");
+        for (int i = 0; i < KGT_NODES; i++)
+            n += snprintf(redis + n, sizeof redis - (size_t)n, "%s127.0.0.1:%d", i ? "," : "",
+                          e->port[i]);
+    } else {
+        snprintf(redis, sizeof redis, "unix:%s", e->sock);
+    }
     snprintf(path, sizeof path, "%s/%s", e->dir, name);
     snprintf(text, sizeof text,
              "# written by the libkeygate tests\n"
-             "redis unix:%s\n"
+             "redis %s\n"
              "pepper_file %s\n"
              "key_prefix " KGT_PREFIX "\n"
              "timeout_ms 250\n"
              "cache_ttl_ms 1000\n"
              "%s",
-             e->sock, e->pepper_file, extra != NULL ? extra : "");
+             redis, e->pepper_file, extra != NULL ? extra : "");
     write_file(path, text, 0600);
     return path;
 }
@@ -167,8 +506,17 @@ const char *kgt_write_conf(kgt_env *e, const char *name, const char *extra)
 void kgt_setup(kgt_env *e, const char *conf_extra)
 {
     char hex[KGC_PEPPER_LEN * 2 + 2];
+    const char *topo = getenv("KEYGATE_TOPOLOGY");
 
     memset(e, 0, sizeof *e);
+    if (topo != NULL && topo[0] != '\0' && strcmp(topo, "single") != 0) {
+        if (strcmp(topo, "cluster") != 0) {
+            fprintf(stderr, "kgt: KEYGATE_TOPOLOGY=%s: the C suites run on single or cluster\n",
+                    topo);
+            exit(1);
+        }
+        e->cluster = 1;
+    }
     current = e;
     owner = getpid();
     signal(SIGPIPE, SIG_DFL);   /* prove the library survives a host that does not ignore it */
@@ -183,13 +531,17 @@ void kgt_setup(kgt_env *e, const char *conf_extra)
     sodium_bin2hex(hex, sizeof hex, e->pepper, sizeof e->pepper);
     strcat(hex, "\n");
     write_file(e->pepper_file, hex, 0600);
+    if (e->cluster)
+        cluster_create(e);
     snprintf(e->conf, sizeof e->conf, "%s", kgt_write_conf(e, "keygate.conf", conf_extra));
-    kgt_redis_start(e);
+    if (!e->cluster)
+        kgt_redis_start(e);
 }
 
 void kgt_teardown(kgt_env *e)
 {
     kgt_redis_stop(e);
+    release_ports();
     if (e->dir[0] != '\0')
         nftw(e->dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
     e->dir[0] = '\0';
@@ -199,7 +551,11 @@ void kgt_teardown(kgt_env *e)
 
 static redisReply *vcmd(kgt_env *e, const char *fmt, va_list ap)
 {
-    redisReply *r = e->rc != NULL ? redisvCommand(e->rc, fmt, ap) : NULL;
+    char *cmd = NULL;
+    int len = redisvFormatCommand(&cmd, fmt, ap);
+    redisReply *r = len > 0 ? routed(e, cmd, (size_t)len, NULL) : NULL;
+
+    free(cmd);
     if (r == NULL) {
         fprintf(stderr, "kgt: redis command '%s' failed: %s\n", fmt,
                 e->rc != NULL ? e->rc->errstr : "not connected");
@@ -549,16 +905,25 @@ void kgt_today(char *out)
     strftime(out, 16, "%Y%m%d", &tm);
 }
 
+/* On a cluster: the sum over every node. */
 long long kgt_calls(kgt_env *e, const char *cmd)
 {
-    redisReply *r = kgt_cmd(e, "INFO commandstats");
     char pat[64];
-    const char *p;
     long long n = 0;
 
     snprintf(pat, sizeof pat, "cmdstat_%s:calls=", cmd);
-    if (r->type == REDIS_REPLY_STRING && (p = strstr(r->str, pat)) != NULL)
-        n = strtoll(p + strlen(pat), NULL, 10);
-    freeReplyObject(r);
+    for (int i = 0; i < (e->cluster ? KGT_NODES : 1); i++) {
+        redisContext *c = e->cluster ? node_conn(e, e->port[i]) : e->rc;
+        redisReply *r = c != NULL ? redisCommand(c, "INFO commandstats") : NULL;
+        const char *p;
+
+        if (r == NULL) {
+            fprintf(stderr, "kgt: INFO commandstats failed\n");
+            kgt_fail();
+        }
+        if (r->type == REDIS_REPLY_STRING && (p = strstr(r->str, pat)) != NULL)
+            n += strtoll(p + strlen(pat), NULL, 10);
+        freeReplyObject(r);
+    }
     return n;
 }

@@ -19,6 +19,8 @@
 
 #define KGT_PREFIX "kg:"
 
+#define KGT_NODES 6               /* a cluster: 3 masters, a replica each */
+
 typedef struct kgt_env {
     char dir[256];                /* the temp dir; removed by kgt_teardown */
     char sock[320];               /* redis Unix socket */
@@ -27,6 +29,13 @@ typedef struct kgt_env {
     unsigned char pepper[KGC_PEPPER_LEN];
     pid_t redis_pid;              /* 0 when stopped */
     redisContext *rc;             /* the "daemon"'s synchronous connection */
+    /* KEYGATE_TOPOLOGY=cluster: a Redis Cluster on loopback TCP instead of
+     * the one server; rc is a connection to node 0, and kgt_cmd follows
+     * MOVED to the node of a command's key (one connection each). */
+    int cluster;
+    int port[KGT_NODES], bus[KGT_NODES];
+    pid_t pid[KGT_NODES];
+    redisContext *nc[KGT_NODES];
 } kgt_env;
 
 /* Fails the test: prints where, stops Redis, removes the temp dir, exit(1). */
@@ -53,9 +62,17 @@ void kgt_teardown(kgt_env *e);
 /* Writes another config file in the temp dir; returns its path (static). */
 const char *kgt_write_conf(kgt_env *e, const char *name, const char *extra);
 
+/* On a cluster each acts on every node: start brings them back on their
+ * ports with their cluster config (empty, as the one server comes back)
+ * and waits for cluster_state:ok. */
 void kgt_redis_start(kgt_env *e);      /* (re)starts on the same socket */
 void kgt_redis_stop(kgt_env *e);       /* SIGTERM and wait */
 void kgt_redis_pause(kgt_env *e, int paused); /* SIGSTOP / SIGCONT */
+/* A new connection to the server holding key (the one server, or the
+ * master of key's slot on a cluster); the caller frees it. */
+redisContext *kgt_connect_for(kgt_env *e, const char *key);
+/* The port of the node that holds the team's keys (0: the one server). */
+int kgt_team_node(kgt_env *e, const char *team);
 
 /* A command on the daemon connection; fails the test on a NULL reply.
  * The caller frees the reply. */

@@ -70,7 +70,9 @@ int main(void)
 
     /* Everything Redis receives is watched (MONITOR): the plain token must
      * never be among it. Checked after the requests below. */
-    redisContext *mon = redisConnectUnix(env.sock);
+    char teamkey[128];
+    snprintf(teamkey, sizeof teamkey, KGT_PREFIX "{t:%s}:team", w.team);
+    redisContext *mon = kgt_connect_for(&env, teamkey);   /* the team's node on a cluster */
     redisReply *mr = mon != NULL ? redisCommand(mon, "MONITOR") : NULL;
     KGT_CHECK(mr != NULL && mr->type == REDIS_REPLY_STATUS, "MONITOR");
     freeReplyObject(mr);
