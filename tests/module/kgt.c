@@ -905,6 +905,47 @@ void kgt_today(char *out)
     strftime(out, 16, "%Y%m%d", &tm);
 }
 
+int kgt_reconnect(kgt_env *e)
+{
+    if (e->cluster) {
+        /* every node at once: the child's fd count stays what it is from
+         * here on (test_chaos compares it after kg_close) */
+        for (int i = 0; i < KGT_NODES; i++) {
+            redisFree(e->nc[i]);      /* closes the child's copy of the fd only */
+            if ((e->nc[i] = redisConnect("127.0.0.1", e->port[i])) != NULL && e->nc[i]->err) {
+                redisFree(e->nc[i]);
+                e->nc[i] = NULL;
+            }
+        }
+        e->rc = redisConnect("127.0.0.1", e->port[0]);
+    } else {
+        e->rc = redisConnectUnix(e->sock);
+    }
+    return e->rc != NULL && !e->rc->err ? 0 : -1;
+}
+
+int kgt_nodes(kgt_env *e)
+{
+    return e->cluster ? KGT_NODES : 1;
+}
+
+redisReply *kgt_node_cmd(kgt_env *e, int i, const char *fmt, ...)
+{
+    redisContext *c = e->cluster ? node_conn(e, e->port[i]) : e->rc;
+    redisReply *r;
+    va_list ap;
+
+    va_start(ap, fmt);
+    r = c != NULL ? redisvCommand(c, fmt, ap) : NULL;
+    va_end(ap);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "kgt: '%s' on node %d: %s\n", fmt, i,
+                r != NULL ? r->str : c != NULL ? c->errstr : "not connected");
+        kgt_fail();
+    }
+    return r;
+}
+
 /* On a cluster: the sum over every node. */
 long long kgt_calls(kgt_env *e, const char *cmd)
 {
@@ -912,15 +953,10 @@ long long kgt_calls(kgt_env *e, const char *cmd)
     long long n = 0;
 
     snprintf(pat, sizeof pat, "cmdstat_%s:calls=", cmd);
-    for (int i = 0; i < (e->cluster ? KGT_NODES : 1); i++) {
-        redisContext *c = e->cluster ? node_conn(e, e->port[i]) : e->rc;
-        redisReply *r = c != NULL ? redisCommand(c, "INFO commandstats") : NULL;
+    for (int i = 0; i < kgt_nodes(e); i++) {
+        redisReply *r = kgt_node_cmd(e, i, "INFO commandstats");
         const char *p;
 
-        if (r == NULL) {
-            fprintf(stderr, "kgt: INFO commandstats failed\n");
-            kgt_fail();
-        }
         if (r->type == REDIS_REPLY_STRING && (p = strstr(r->str, pat)) != NULL)
             n += strtoll(p + strlen(pat), NULL, 10);
         freeReplyObject(r);

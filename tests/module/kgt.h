@@ -71,6 +71,14 @@ void kgt_redis_pause(kgt_env *e, int paused); /* SIGSTOP / SIGCONT */
 /* A new connection to the server holding key (the one server, or the
  * master of key's slot on a cluster); the caller frees it. */
 redisContext *kgt_connect_for(kgt_env *e, const char *key);
+/* New connections for a forked child (the parent's stay the parent's);
+ * 0, or -1 with errno's story in e->rc->errstr when e->rc is not NULL. */
+int kgt_reconnect(kgt_env *e);
+/* The servers a command can be sent to one by one (SLOWLOG, CONFIG SET):
+ * 1 on a single server, KGT_NODES on a cluster; kgt_node_cmd sends to the
+ * i-th and fails the test on an error, as kgt_cmd does. */
+int kgt_nodes(kgt_env *e);
+redisReply *kgt_node_cmd(kgt_env *e, int i, const char *fmt, ...);
 /* The port of the node that holds the team's keys (0: the one server). */
 int kgt_team_node(kgt_env *e, const char *team);
 

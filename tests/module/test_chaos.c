@@ -867,9 +867,11 @@ static void check_no_leak(const char *where)
  * EVALSHA): how the baseline sees which reads a request made. */
 static void slowlog_start(void)
 {
-    kgt_do(&env, "CONFIG SET slowlog-max-len 10000");
-    kgt_do(&env, "CONFIG SET slowlog-log-slower-than 0");
-    kgt_do(&env, "SLOWLOG RESET");
+    for (int i = 0; i < kgt_nodes(&env); i++) {   /* every node of a cluster */
+        freeReplyObject(kgt_node_cmd(&env, i, "CONFIG SET slowlog-max-len 10000"));
+        freeReplyObject(kgt_node_cmd(&env, i, "CONFIG SET slowlog-log-slower-than 0"));
+        freeReplyObject(kgt_node_cmd(&env, i, "SLOWLOG RESET"));
+    }
 }
 
 /* HGETALL and GET commands since slowlog_start(): the library's reads of
@@ -877,20 +879,22 @@ static void slowlog_start(void)
  * logged too, excepted). */
 static long long slowlog_reads(void)
 {
-    redisReply *r;
     long long n = 0;
 
-    kgt_do(&env, "CONFIG SET slowlog-log-slower-than 10000");
-    r = kgt_cmd(&env, "SLOWLOG GET 10000");
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *args = r->element[i]->elements > 3 ? r->element[i]->element[3] : NULL;
-        if (args != NULL && args->type == REDIS_REPLY_ARRAY && args->elements > 0 &&
-            (strcasecmp(args->element[0]->str, "HGETALL") == 0 ||
-             (strcasecmp(args->element[0]->str, "GET") == 0 && args->elements > 1 &&
-              strstr(args->element[1]->str, ":quota:") == NULL)))
-            n++;
+    for (int k = 0; k < kgt_nodes(&env); k++) {
+        redisReply *r;
+        freeReplyObject(kgt_node_cmd(&env, k, "CONFIG SET slowlog-log-slower-than 10000"));
+        r = kgt_node_cmd(&env, k, "SLOWLOG GET 10000");
+        for (size_t i = 0; i < r->elements; i++) {
+            redisReply *args = r->element[i]->elements > 3 ? r->element[i]->element[3] : NULL;
+            if (args != NULL && args->type == REDIS_REPLY_ARRAY && args->elements > 0 &&
+                (strcasecmp(args->element[0]->str, "HGETALL") == 0 ||
+                 (strcasecmp(args->element[0]->str, "GET") == 0 && args->elements > 1 &&
+                  strstr(args->element[1]->str, ":quota:") == NULL)))
+                n++;
+        }
+        freeReplyObject(r);
     }
-    freeReplyObject(r);
     return n;
 }
 
@@ -1024,8 +1028,7 @@ static int child(int scn, int form, long n, const char **known)
     if (pid == 0) {
         catch_crashes();
         phase("connecting to Redis");
-        env.rc = redisConnectUnix(env.sock);   /* the parent's stays the parent's */
-        KGT_CHECK(env.rc != NULL && !env.rc->err, "redis: %s",
+        KGT_CHECK(kgt_reconnect(&env) == 0, "redis: %s",
                   env.rc != NULL ? env.rc->errstr : "out of memory");
         run(scn, form, n, 0);
         _exit(shm->fired ? 0 : 3);
