@@ -330,39 +330,62 @@ static void cluster_issue(kg_pending *p, int step, int argc, const char **argv)
  * wrong request). So the command is formatted here in one checked
  * allocation, and one queued without our callback is taken back out of
  * the output buffer before anything is written. */
+static int main_send(kg_pending *p, const char *cmd, size_t len)
+{
+    redisAsyncContext *ac = p->ctx->main->ac;
+    size_t queued = sdslen((sds)ac->c.obuf);
+    int rc = redisAsyncFormattedCommand(ac, on_reply, p, cmd, len);
+
+    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != p)) {
+        sdssetlen((sds)ac->c.obuf, queued);
+        ac->c.obuf[queued] = '\0';
+        rc = REDIS_ERR;
+    }
+    if (rc != REDIS_OK)
+        return -1;
+    p->outstanding = 1;
+    list_inflight(p);
+    return 0;
+}
+
 static void issue(kg_pending *p, int step, int argc, const char **argv)
 {
     kg_ctx *ctx = p->ctx;
-    redisAsyncContext *ac;
     char *cmd = NULL;
-    size_t queued;
     int len, rc;
 
     if (ctx->cmap != NULL) {
         cluster_issue(p, step, argc, argv);
         return;
     }
-    if (kg_link_main(ctx) != 0 || (len = redisFormatCommandArgv(&cmd, argc, argv, NULL)) < 0) {
-        finish(p, KG_BACKEND_ERROR);
-        return;
-    }
-    ac = ctx->main->ac;
-    queued = sdslen((sds)ac->c.obuf);
-    rc = redisAsyncFormattedCommand(ac, on_reply, p, cmd, (size_t)len);
-    redisFreeCommand(cmd);
-    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != p)) {
-        sdssetlen((sds)ac->c.obuf, queued);
-        ac->c.obuf[queued] = '\0';
-        rc = REDIS_ERR;
-    }
-    if (rc != REDIS_OK) {
+    if ((len = redisFormatCommandArgv(&cmd, argc, argv, NULL)) < 0) {
         finish(p, KG_BACKEND_ERROR);
         return;
     }
     p->step = step;
-    p->outstanding = 1;
     p->deadline = kg_mono_ms() + ctx->cfg.timeout_ms;
-    list_inflight(p);
+    if (kg_link_main(ctx) != 0) {
+        /* Host mode behind Sentinel, the primary being looked up on the
+         * host's loop (kg_link.c "probe"): the command waits, formatted,
+         * for the answer or its deadline (kg_flow_unpark) rather than
+         * failing at once, so the first requests after kg_open or a
+         * failover are served. */
+        if (kg_link_resolving(ctx)) {
+            free(p->cmd);
+            p->cmd = cmd;
+            p->cmdlen = (size_t)len;
+            p->outstanding = 0;
+            list_inflight(p);
+            return;
+        }
+        redisFreeCommand(cmd);
+        finish(p, KG_BACKEND_ERROR);
+        return;
+    }
+    rc = main_send(p, cmd, (size_t)len);
+    redisFreeCommand(cmd);
+    if (rc != 0)
+        finish(p, KG_BACKEND_ERROR);
 }
 
 /* Today's, this month's and this hour's UTC tags, for the quota, spend
@@ -1308,14 +1331,50 @@ static void cluster_timeouts(kg_ctx *ctx, int64_t now)
     }
 }
 
+void kg_flow_unpark(kg_ctx *ctx, int64_t now)
+{
+    int sent = 0;
+
+    if (ctx->cmap != NULL)
+        return;
+    /* Each pass sends or fails one waiting command, or stops. */
+    for (int guard = 0; guard < 100000; guard++) {
+        kg_pending *p = ctx->inflight, *late;
+
+        while (p != NULL && p->outstanding)
+            p = p->next;
+        if (p == NULL)
+            break;
+        if (!ctx->closing && (kg_link_resolving(ctx) ||
+                              (kg_link_main(ctx) != 0 && kg_link_resolving(ctx)))) {
+            for (late = p; late != NULL && (late->outstanding || late->deadline > now);
+                 late = late->next)
+                ;
+            if (late == NULL)
+                break;                  /* still looking, none overdue */
+            finish(late, KG_BACKEND_ERROR);
+            continue;
+        }
+        if (ctx->closing || ctx->main == NULL || main_send(p, p->cmd, p->cmdlen) != 0)
+            finish(p, KG_BACKEND_ERROR);
+        else
+            sent++;
+    }
+    /* The primary is known now: subscribe to invalidations at once (the
+     * warm cache serves only while subscribed), not at the next request. */
+    if (sent > 0 && !ctx->closing)
+        kg_link_sub_maintain(ctx, now);
+}
+
 void kg_flow_timeouts(kg_ctx *ctx, int64_t now)
 {
     if (ctx->cmap != NULL) {
         cluster_timeouts(ctx, now);
         return;
     }
+    kg_flow_unpark(ctx, now);
     for (kg_pending *p = ctx->inflight; p != NULL; p = p->next)
-        if (p->deadline <= now) {
+        if (p->outstanding && p->deadline <= now) {
             /* Replies come in order: one late reply stalls the connection
              * for everyone. Drop it; every request on it fails now. */
             kg_link_drop(ctx, ctx->main);

@@ -299,6 +299,7 @@ struct kg_ctx {
 int64_t kg_mono_ms(void);
 int64_t kg_wall_ms(void);
 int  kg_link_main(kg_ctx *ctx);                 /* connect if needed: 0 / -1 */
+int  kg_link_resolving(const kg_ctx *ctx);     /* host mode, Sentinel: primary being looked up */
 void kg_link_sub_maintain(kg_ctx *ctx, int64_t now);
 void kg_link_drop(kg_ctx *ctx, kg_link *l);     /* frees hiredis' side now */
 void kg_link_drop_all(kg_ctx *ctx);
@@ -330,6 +331,10 @@ int  kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *r,
 /* Copies a kg_hold into a host's struct of hsize bytes (NULL: nothing). */
 void kg_hold_out(kg_hold *dst, size_t hsize, const kg_hold *src);
 void kg_hold_init(kg_hold *h);
+/* Sends the commands that waited for the primary's look-up (host mode,
+ * Sentinel), or fails those overdue, or all once the look-up failed or
+ * the context closes. */
+void kg_flow_unpark(kg_ctx *ctx, int64_t now);
 void kg_flow_timeouts(kg_ctx *ctx, int64_t now);
 /* Monotonic ms at which p needs kg_flow_timeouts: its deadline, or sooner
  * a resend it waits for (cluster mode). */

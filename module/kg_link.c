@@ -264,6 +264,12 @@ static kg_link *link_open(kg_ctx *ctx, int is_sub, const kgc_hostport *to, int a
     return l;
 }
 
+int kg_link_resolving(const kg_ctx *ctx)
+{
+    return ctx->hooks != NULL && ctx->cfg.nsentinels > 0 && ctx->primary.port == 0 &&
+           ctx->probe_state != KG_PR_IDLE;
+}
+
 int kg_link_main(kg_ctx *ctx)
 {
     if (ctx->main != NULL)
@@ -314,6 +320,17 @@ kg_link *kg_link_node(kg_ctx *ctx, int i)
     return l;
 }
 
+/* 1 if the command just queued on ac will hand its reply to fn(priv):
+ * hiredis 0.14.1 queues a command without its reply callback when that
+ * allocation fails, and asserts when the reply comes (kg_flow.c issue()).
+ * A link whose command lacks it is dropped by the caller before anything
+ * is written (a new link: it is still connecting). */
+static int queued_for(redisAsyncContext *ac, redisCallbackFn *fn, void *priv)
+{
+    return ac->replies.tail != NULL && ac->replies.tail->fn == fn &&
+           ac->replies.tail->privdata == priv;
+}
+
 static void on_slots(redisAsyncContext *ac, void *reply, void *priv)
 {
     kg_ctx *ctx = priv;
@@ -357,7 +374,8 @@ void kg_link_cluster_maintain(kg_ctx *ctx, int64_t now)
         if (ctx->hooks != NULL)
             tell_host(ctx->clq);
     }
-    if (redisAsyncCommand(ctx->clq->ac, on_slots, ctx, "CLUSTER SLOTS") != REDIS_OK) {
+    if (redisAsyncCommand(ctx->clq->ac, on_slots, ctx, "CLUSTER SLOTS") != REDIS_OK ||
+        !queued_for(ctx->clq->ac, on_slots, ctx)) {
         kg_link_drop(ctx, ctx->clq);
         return;
     }
@@ -409,7 +427,8 @@ static int probe_send(kg_ctx *ctx, const kgc_hostport *to, int auth, int64_t now
     if (ctx->probe == NULL)
         return -1;
     if ((arg ? redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt, arg)
-             : redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt)) != REDIS_OK) {
+             : redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt)) != REDIS_OK ||
+        !queued_for(ctx->probe->ac, on_probe, ctx)) {
         kg_link_drop(ctx, ctx->probe);
         return -1;
     }
@@ -445,6 +464,8 @@ void kg_link_probe_maintain(kg_ctx *ctx, int64_t now)
             ctx->sentinel_first = ctx->probe_at;
             ctx->resolve_failed = 0;
             ctx->probe_state = KG_PR_IDLE;
+            if (ctx->sub == NULL)
+                ctx->sub_started = 0;   /* subscribe now, not after KG_SUB_RETRY_MS */
             return;
         case KG_PR_NEXT:
             kg_link_drop(ctx, ctx->probe);

@@ -195,10 +195,33 @@ static redisContext *tcp_wait(int port, int ms)
     return connect_wait(NULL, port, ms);
 }
 
+/* redis-server with argv (argv[0] is replaced), a child that never
+ * outlives the test. */
+static pid_t spawn(const char **argv)
+{
+    pid_t pid = fork();
+
+    if (pid < 0)
+        die("fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        argv[0] = KGT_REDIS_SERVER;
+        execvp(KGT_REDIS_SERVER, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Data node i in its own directory: a cluster node, or (sentinel) the
+ * primary (0) or its replica (1). */
 static void node_start(kgt_env *e, int i)
 {
-    char d[300], logfile[320], port[16], bus[16];
-    pid_t pid;
+    char d[300], logfile[320], port[16], bus[16], primary[16];
+    const char *argv[40] = {"", "--port", port, "--bind", "127.0.0.1",
+                            "--repl-diskless-sync-delay", "0", "--save", "", "--appendonly", "no",
+                            "--dir", d, "--daemonize", "no", "--logfile", logfile,
+                            "--loglevel", "warning"};
+    int n = 19;
 
     snprintf(d, sizeof d, "%s/node-%d", e->dir, i);
     if (mkdir(d, 0700) != 0 && errno != EEXIST)
@@ -206,19 +229,116 @@ static void node_start(kgt_env *e, int i)
     snprintf(logfile, sizeof logfile, "%s/log", d);
     snprintf(port, sizeof port, "%d", e->port[i]);
     snprintf(bus, sizeof bus, "%d", e->bus[i]);
-    if ((pid = fork()) < 0)
-        die("fork");
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        execlp(KGT_REDIS_SERVER, KGT_REDIS_SERVER, "--port", port, "--bind", "127.0.0.1",
-               "--cluster-enabled", "yes", "--cluster-port", bus,
-               "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
-               "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0",
-               "--save", "", "--appendonly", "no", "--dir", d, "--daemonize", "no",
-               "--logfile", logfile, "--loglevel", "warning", (char *)NULL);
-        _exit(127);
+    snprintf(primary, sizeof primary, "%d", e->port[0]);
+    if (e->cluster) {
+        const char *more[] = {"--cluster-enabled", "yes", "--cluster-port", bus,
+                              "--cluster-config-file", "nodes.conf", "--cluster-node-timeout",
+                              "1000", "--cluster-replica-validity-factor", "0"};
+        memcpy(argv + n, more, sizeof more);
+        n += (int)(sizeof more / sizeof more[0]);
+    } else if (i > 0) {
+        argv[n++] = "--replicaof";
+        argv[n++] = "127.0.0.1";
+        argv[n++] = primary;
     }
-    e->pid[i] = pid;
+    argv[n] = NULL;
+    e->pid[i] = spawn(argv);
+}
+
+/* ---- Sentinel (KEYGATE_TOPOLOGY=sentinel) ------------------------------ */
+
+#define KGT_MASTER "kgmaster"
+
+static int replica_linked(kgt_env *e)
+{
+    redisContext *c = tcp_wait(e->port[1], 2000);
+    redisReply *r = c != NULL ? redisCommand(c, "INFO replication") : NULL;
+    int ok = r != NULL && r->type == REDIS_REPLY_STRING &&
+             strstr(r->str, "master_link_status:up") != NULL;
+
+    freeReplyObject(r);
+    redisFree(c);
+    return ok;
+}
+
+static int sentinel_names_primary(kgt_env *e, int i)
+{
+    redisContext *c = tcp_wait(e->sport[i], 2000);
+    redisReply *r = c != NULL ? redisCommand(c, "SENTINEL get-master-addr-by-name " KGT_MASTER)
+                              : NULL;
+    int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+             atoi(r->element[1]->str) == e->port[0];
+
+    freeReplyObject(r);
+    redisFree(c);
+    return ok;
+}
+
+/* The primary and its replica up, linked; then every sentinel up and
+ * naming the primary. */
+static void sentinel_wait_ok(kgt_env *e)
+{
+    int64_t until = kgt_now_ms() + 30000;
+
+    for (;;) {
+        int ok = replica_linked(e);
+        for (int i = 0; i < 3 && ok && e->spid[0] > 0; i++)
+            ok = sentinel_names_primary(e, i);
+        if (ok)
+            return;
+        if (kgt_now_ms() > until) {
+            fprintf(stderr, "kgt: primary, replica and sentinels not ready (logs in %s)\n", e->dir);
+            kgt_fail();
+        }
+        kgt_sleep_ms(50);
+    }
+}
+
+static void sentinel_create(kgt_env *e)
+{
+    for (int i = 0; i < 2; i++)
+        e->port[i] = claim_port();
+    for (int i = 0; i < 3; i++)
+        e->sport[i] = claim_port();
+    node_start(e, 0);
+    if ((e->rc = tcp_wait(e->port[0], 10000)) == NULL) {
+        fprintf(stderr, "kgt: the primary did not come up (log: %s/node-0/log)\n", e->dir);
+        kgt_fail();
+    }
+    node_start(e, 1);
+    for (int i = 0; i < 3; i++) {
+        char d[300], conf[320];
+        const char *argv[4] = {"", conf, "--sentinel", NULL};
+        FILE *f;
+
+        snprintf(d, sizeof d, "%s/sentinel-%d", e->dir, i);
+        snprintf(conf, sizeof conf, "%s/sentinel.conf", d);
+        if (mkdir(d, 0700) != 0 || (f = fopen(conf, "w")) == NULL)
+            die(d);
+        fprintf(f, "port %d\nbind 127.0.0.1\ndir %s\nlogfile %s/log\n"
+                   "sentinel monitor " KGT_MASTER " 127.0.0.1 %d 2\n"
+                   "sentinel down-after-milliseconds " KGT_MASTER " 60000\n"
+                   "sentinel failover-timeout " KGT_MASTER " 180000\n",
+                e->sport[i], d, d, e->port[0]);
+        if (fclose(f) != 0)
+            die(conf);
+        e->spid[i] = spawn(argv);
+    }
+    sentinel_wait_ok(e);
+}
+
+static void stop_pids(pid_t *pids, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (pids[i] > 0) {
+            kill(pids[i], SIGCONT);
+            kill(pids[i], SIGTERM);
+        }
+    for (int i = 0; i < n; i++)
+        if (pids[i] > 0) {
+            waitpid(pids[i], NULL, 0);
+            pids[i] = 0;
+        }
 }
 
 static int info_has(redisContext *c, const char *what)
@@ -310,22 +430,15 @@ static void cluster_create(kgt_env *e)
     }
 }
 
-static void cluster_stop(kgt_env *e)
+/* The data nodes (every cluster node; the primary and its replica). */
+static void nodes_stop(kgt_env *e)
 {
     for (int i = 0; i < KGT_NODES; i++) {
         if (e->nc[i] != NULL)
             redisFree(e->nc[i]);
         e->nc[i] = NULL;
-        if (e->pid[i] > 0) {
-            kill(e->pid[i], SIGCONT);
-            kill(e->pid[i], SIGTERM);
-        }
     }
-    for (int i = 0; i < KGT_NODES; i++)
-        if (e->pid[i] > 0) {
-            waitpid(e->pid[i], NULL, 0);
-            e->pid[i] = 0;
-        }
+    stop_pids(e->pid, KGT_NODES);
 }
 
 /* The connection to the node listening on port (made on first use). */
@@ -398,7 +511,7 @@ redisContext *kgt_connect_for(kgt_env *e, const char *key)
 {
     redisContext *via = holder(e, key), *c;
 
-    if (!e->cluster)
+    if (!e->cluster && !e->sentinel)
         c = redisConnectUnix(e->sock);
     else
         c = via != NULL ? redisConnect(via->tcp.host, via->tcp.port) : NULL;
@@ -414,10 +527,13 @@ void kgt_redis_start(kgt_env *e)
     char logfile[400];
     pid_t pid;
 
-    if (e->cluster) {
-        for (int i = 0; i < KGT_NODES; i++)
+    if (e->cluster || e->sentinel) {
+        for (int i = 0; i < (e->cluster ? KGT_NODES : 2); i++)
             node_start(e, i);
-        cluster_wait_ok(e);
+        if (e->cluster)
+            cluster_wait_ok(e);
+        else
+            sentinel_wait_ok(e);
         if (e->rc != NULL)
             redisFree(e->rc);
         e->rc = tcp_wait(e->port[0], 10000);
@@ -452,8 +568,8 @@ void kgt_redis_stop(kgt_env *e)
         redisFree(e->rc);
         e->rc = NULL;
     }
-    if (e->cluster) {
-        cluster_stop(e);
+    if (e->cluster || e->sentinel) {
+        nodes_stop(e);
         return;
     }
     if (e->redis_pid > 0) {
@@ -467,7 +583,7 @@ void kgt_redis_stop(kgt_env *e)
 
 void kgt_redis_pause(kgt_env *e, int paused)
 {
-    if (!e->cluster) {
+    if (!e->cluster && !e->sentinel) {
         kill(e->redis_pid, paused ? SIGSTOP : SIGCONT);
         return;
     }
@@ -486,6 +602,9 @@ const char *kgt_write_conf(kgt_env *e, const char *name, const char *extra)
         for (int i = 0; i < KGT_NODES; i++)
             n += snprintf(redis + n, sizeof redis - (size_t)n, "%s127.0.0.1:%d", i ? "," : "",
                           e->port[i]);
+    } else if (e->sentinel) {
+        snprintf(redis, sizeof redis, "sentinel " KGT_MASTER " 127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
+                 e->sport[0], e->sport[1], e->sport[2]);
     } else {
         snprintf(redis, sizeof redis, "unix:%s", e->sock);
     }
@@ -510,12 +629,14 @@ void kgt_setup(kgt_env *e, const char *conf_extra)
 
     memset(e, 0, sizeof *e);
     if (topo != NULL && topo[0] != '\0' && strcmp(topo, "single") != 0) {
-        if (strcmp(topo, "cluster") != 0) {
-            fprintf(stderr, "kgt: KEYGATE_TOPOLOGY=%s: the C suites run on single or cluster\n",
-                    topo);
+        if (strcmp(topo, "cluster") == 0) {
+            e->cluster = 1;
+        } else if (strcmp(topo, "sentinel") == 0) {
+            e->sentinel = 1;
+        } else {
+            fprintf(stderr, "kgt: KEYGATE_TOPOLOGY=%s: not single, cluster or sentinel\n", topo);
             exit(1);
         }
-        e->cluster = 1;
     }
     current = e;
     owner = getpid();
@@ -533,14 +654,17 @@ void kgt_setup(kgt_env *e, const char *conf_extra)
     write_file(e->pepper_file, hex, 0600);
     if (e->cluster)
         cluster_create(e);
+    else if (e->sentinel)
+        sentinel_create(e);
     snprintf(e->conf, sizeof e->conf, "%s", kgt_write_conf(e, "keygate.conf", conf_extra));
-    if (!e->cluster)
+    if (!e->cluster && !e->sentinel)
         kgt_redis_start(e);
 }
 
 void kgt_teardown(kgt_env *e)
 {
     kgt_redis_stop(e);
+    stop_pids(e->spid, 3);
     release_ports();
     if (e->dir[0] != '\0')
         nftw(e->dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
@@ -905,6 +1029,13 @@ void kgt_today(char *out)
     strftime(out, 16, "%Y%m%d", &tm);
 }
 
+redisContext *kgt_connect(kgt_env *e)
+{
+    if (e->cluster || e->sentinel)
+        return redisConnect("127.0.0.1", e->port[0]);
+    return redisConnectUnix(e->sock);
+}
+
 int kgt_reconnect(kgt_env *e)
 {
     if (e->cluster) {
@@ -917,10 +1048,8 @@ int kgt_reconnect(kgt_env *e)
                 e->nc[i] = NULL;
             }
         }
-        e->rc = redisConnect("127.0.0.1", e->port[0]);
-    } else {
-        e->rc = redisConnectUnix(e->sock);
     }
+    e->rc = kgt_connect(e);
     return e->rc != NULL && !e->rc->err ? 0 : -1;
 }
 

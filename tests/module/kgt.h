@@ -36,6 +36,14 @@ typedef struct kgt_env {
     int port[KGT_NODES], bus[KGT_NODES];
     pid_t pid[KGT_NODES];
     redisContext *nc[KGT_NODES];
+    /* KEYGATE_TOPOLOGY=sentinel: a primary (port[0]) and its replica
+     * (port[1]) on loopback TCP, 3 sentinels naming the primary; rc is a
+     * connection to the primary. Stop, pause and start act on the primary
+     * and the replica (the sentinels stay, and fail nothing over: their
+     * down-after is 60 s). */
+    int sentinel;
+    int sport[3];
+    pid_t spid[3];
 } kgt_env;
 
 /* Fails the test: prints where, stops Redis, removes the temp dir, exit(1). */
@@ -64,13 +72,17 @@ const char *kgt_write_conf(kgt_env *e, const char *name, const char *extra);
 
 /* On a cluster each acts on every node: start brings them back on their
  * ports with their cluster config (empty, as the one server comes back)
- * and waits for cluster_state:ok. */
+ * and waits for cluster_state:ok. Behind sentinels: on the primary and
+ * its replica. */
 void kgt_redis_start(kgt_env *e);      /* (re)starts on the same socket */
 void kgt_redis_stop(kgt_env *e);       /* SIGTERM and wait */
 void kgt_redis_pause(kgt_env *e, int paused); /* SIGSTOP / SIGCONT */
 /* A new connection to the server holding key (the one server, or the
  * master of key's slot on a cluster); the caller frees it. */
 redisContext *kgt_connect_for(kgt_env *e, const char *key);
+/* A new connection to the one server or the primary (a cluster's node 0);
+ * NULL or one with err set on failure; the caller frees it. */
+redisContext *kgt_connect(kgt_env *e);
 /* New connections for a forked child (the parent's stay the parent's);
  * 0, or -1 with errno's story in e->rc->errstr when e->rc is not NULL. */
 int kgt_reconnect(kgt_env *e);

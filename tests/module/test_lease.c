@@ -54,7 +54,7 @@ static void gateway(int id, const kgt_world *w, const char *conf)
     kgt_req r;
     kg_result res;
     char err[256], rid[64];
-    redisContext *rc = redisConnectUnix(env.sock);
+    redisContext *rc = kgt_connect(&env);
     int refusals = 0;
 
     ctx = kg_open(conf, err, sizeof err);
