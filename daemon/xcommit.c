@@ -679,18 +679,14 @@ static void on_open(void *arg, int ok, json_t *replies)
 
 void xc_sweep(app *a)
 {
-    char intent[KGC_RKEY_MAX], open[KGC_RKEY_MAX], max[32];
-    struct timespec ts;
+    char intent[KGC_RKEY_MAX], open[KGC_RKEY_MAX], stale[16];
     json_t *cmds;
 
     if (a->cfg.ncluster == 0 || !lease_held(a) || !store_connected(a->st))
         return;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    snprintf(max, sizeof max, "%lld",
-             (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - XC_STALE_MS);
+    snprintf(stale, sizeof stale, "%d", XC_STALE_MS);
     intent_keys(a, "", intent, open);
-    cmds = json_pack("[[s,s,s,s,s,s,s]]", "ZRANGEBYSCORE", open, "-inf", max, "LIMIT", "0",
-                     XC_SWEEP_BATCH);
+    cmds = json_pack("[[s,s,s,s,s,s]]", "EVAL", stale_lua, "1", open, stale, XC_SWEEP_BATCH);
     store_exec(a->st, cmds, 0, on_open, a);
     json_decref(cmds);
 }

@@ -127,6 +127,16 @@ static const char __attribute__((unused)) abort_lua[] =
     "redis.call('HSET', KEYS[1], 'state', 'aborted')\n"
     "return 1\n";
 
+/* KEYS[1] open set; ARGV[1] ms, ARGV[2] how many at most: the txids whose
+ * intents have been open at least ARGV[1] ms by Redis' clock (the clock
+ * their 'at' and abort_lua's check use: a keygated whose own clock runs
+ * ahead or behind picks neither fresh intents nor too few). */
+static const char __attribute__((unused)) stale_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now - tonumber(ARGV[1])),\n"
+    "                  'LIMIT', 0, tonumber(ARGV[2]))\n";
+
 /* KEYS[1] intent, KEYS[2] open set; ARGV[1] final state, ARGV[2] TTL,
  * ARGV[3] txid. */
 static const char __attribute__((unused)) finish_lua[] =
