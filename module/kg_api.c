@@ -96,7 +96,7 @@ KG_EXPORT void kg_close(kg_ctx *ctx)
     kg_lease_close(ctx);        /* debit leased: flush, return the leases */
     ctx->closing = 1;
     kg_link_drop_all(ctx);      /* pending requests fail with KG_BACKEND_ERROR... */
-    kg_flow_unpark(ctx, kg_mono_ms());  /* (those waiting for a primary too) */
+    kg_route_unpark(ctx, kg_mono_ms());  /* (those waiting for a primary too) */
     kg_flow_deliver(ctx);       /* ...and their done() is called here */
     while (ctx->inflight != NULL)   /* none expected: no connection holds them now */
         kg_pending_free(ctx->inflight);
@@ -136,7 +136,7 @@ static kg_status run_blocking(kg_ctx *ctx, const kg_request *req, kg_result *res
         if (ctx->cmap != NULL) {
             /* Cluster: resends after TRYAGAIN & co are due, or a node's
              * link overran the deadline (dropped: fails what is on it). */
-            kg_flow_timeouts(ctx, now);
+            kg_route_timeouts(ctx, now);
             if (p->finished)
                 break;
         } else if (now >= p->deadline) {
@@ -315,7 +315,7 @@ KG_EXPORT void kg_loop_ready(kg_ctx *ctx, int fd, int events)
     kg_link_handle(ctx, fd, events);
     kg_link_drop_refused(ctx);                   /* a link whose AUTH was refused */
     kg_link_probe_maintain(ctx, kg_mono_ms());   /* a look-up's reply may have come */
-    kg_flow_unpark(ctx, kg_mono_ms());           /* and the commands waiting for it go */
+    kg_route_unpark(ctx, kg_mono_ms());           /* and the commands waiting for it go */
     kg_flow_deliver(ctx);
 }
 
@@ -346,10 +346,10 @@ KG_EXPORT void kg_loop_timeout(kg_ctx *ctx)
 {
     if (ctx == NULL)
         return;
-    kg_flow_timeouts(ctx, kg_mono_ms());
+    kg_route_timeouts(ctx, kg_mono_ms());
     kg_lease_tick(ctx, kg_mono_ms());       /* debit leased: flush, renew */
     kg_link_probe_maintain(ctx, kg_mono_ms());
-    kg_flow_unpark(ctx, kg_mono_ms());
+    kg_route_unpark(ctx, kg_mono_ms());
     kg_flow_deliver(ctx);
 }
 

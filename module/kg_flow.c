@@ -17,14 +17,8 @@
  *
  *   [WAIT min_replicas_ack, after a money write, when configured]
  *
- * Redis Cluster (ctx->cmap): each command goes to the master of its first
- * key's slot (every key of a request is in the team's slot; the catalog in
- * its own), formatted once and kept so that MOVED (patch the slot, refresh
- * the map, resend), ASK (ASKING + resend on the target), TRYAGAIN,
- * CLUSTERDOWN, LOADING and READONLY (resend after KG_CL_RETRY_MS) are
- * followed up to KG_CL_REDIRECTS times, never past the deadline the first
- * send set. A command whose connection drops is not resent: whether it ran
- * is unknown (the caller's retry with its request id is what is safe).
+ * How each command reaches Redis (one connection, or the node of its slot
+ * on a cluster, with redirects followed) is kg_route.c.
  *
  * The catalog checks (service, model, price) are made in C either way: the
  * cold script gets their outcome and the price as arguments.
@@ -100,7 +94,7 @@ static void list_unlink(kg_pending *p)
     p->list = KG_L_NONE;
 }
 
-static void list_inflight(kg_pending *p)
+void kg_flow_inflight(kg_pending *p)
 {
     kg_ctx *ctx = p->ctx;
 
@@ -172,7 +166,7 @@ void kg_flow_free_spare(kg_ctx *ctx)
     }
 }
 
-static void finish(kg_pending *p, kg_status s)
+void kg_flow_finish(kg_pending *p, kg_status s)
 {
     if (s == KG_BACKEND_ERROR)
         p->ctx->stats.backend_errors++;
@@ -190,203 +184,6 @@ static void finish(kg_pending *p, kg_status s)
 
 /* ---- commands ------------------------------------------------------- */
 
-static void on_reply(redisAsyncContext *ac, void *reply, void *priv);
-
-/* Puts a command whose reply nobody waits for (it goes to no callback) on
- * ac. hiredis 0.14.1 can queue a command without its reply slot when an
- * allocation fails (see issue()); such a command is taken back out of the
- * output buffer. 0 or -1 (nothing queued). */
-static int fire(redisAsyncContext *ac, int argc, const char **argv)
-{
-    size_t queued = sdslen((sds)ac->c.obuf);
-    redisCallback *before = ac->replies.tail;
-    char *cmd = NULL;
-    int len = redisFormatCommandArgv(&cmd, argc, argv, NULL), rc;
-
-    if (len < 0)
-        return -1;
-    rc = redisAsyncFormattedCommand(ac, NULL, NULL, cmd, (size_t)len);
-    free(cmd);
-    if (rc != REDIS_OK)
-        return -1;
-    if (ac->replies.tail == before || ac->replies.tail->fn != NULL) {
-        sdssetlen((sds)ac->c.obuf, queued);
-        ac->c.obuf[queued] = '\0';
-        return -1;
-    }
-    return 0;
-}
-
-/* Cluster mode: a script just loaded on one node is sent to every other
- * node of the map as well, answers unawaited, so that the first request
- * each of them serves does not meet NOSCRIPT (two more round trips). A
- * node that comes later, or restarts, still answers NOSCRIPT once, which
- * loads it there (on_eval). */
-static void load_everywhere(kg_ctx *ctx, int script, int loaded_on)
-{
-    const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[script]};
-
-    for (int i = 0; i < ctx->cmap->nnodes; i++) {
-        kg_link *l;
-        if (i != loaded_on && (l = kg_link_node(ctx, i)) != NULL)
-            (void)fire(l->ac, 3, argv);   /* best effort: NOSCRIPT still loads it */
-    }
-}
-
-/* Cluster mode: puts p's formatted command on node's link (node < 0: the
- * master of p->slot by the map), after ASKING when p->asking. 0 or -1. */
-static int cluster_send(kg_pending *p, int node)
-{
-    kg_ctx *ctx = p->ctx;
-    redisAsyncContext *ac;
-    size_t queued;
-    kg_link *l;
-    int rc;
-
-    if (node < 0 && (node = ctx->cmap->slot_node[p->slot]) == KGC_CLUSTER_NONE) {
-        ctx->cl_stale = 1;
-        return -1;
-    }
-    if ((l = kg_link_node(ctx, node)) == NULL)
-        return -1;
-    ac = l->ac;
-    queued = sdslen((sds)ac->c.obuf);
-    if (p->asking) {
-        static const char *asking[1] = {"ASKING"};
-        if (fire(ac, 1, asking) != 0)
-            return -1;
-    }
-    rc = redisAsyncFormattedCommand(ac, on_reply, p, p->cmd, p->cmdlen);
-    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != p)) {
-        sdssetlen((sds)ac->c.obuf, queued);   /* ASKING too: its reply slot is then */
-        ac->c.obuf[queued] = '\0';            /* a NULL-callback one with no command */
-        rc = REDIS_ERR;
-    }
-    if (rc != REDIS_OK)
-        return -1;
-    p->node = node;
-    p->outstanding = 1;
-    p->retry_at = 0;
-    list_inflight(p);
-    return 0;
-}
-
-/* Cluster mode: the slot of the team's keys (all of them share its tag). */
-static void team_slot(kg_pending *p, const char *team)
-{
-    char tag[KGC_ID_MAX + 8];
-    int n;
-
-    /* every key of the team carries the tag {t:<team>}: its slot is the tag's */
-    if (p->ctx->cmap != NULL && (n = snprintf(tag, sizeof tag, "{t:%s}", team)) > 0 &&
-        (size_t)n < sizeof tag)
-        p->slot = kgc_cluster_slot(tag, (size_t)n);
-}
-
-/* Cluster mode: issue()'s second half. The command's slot is its first
- * key's (EVALSHA with keys, GET); a command without a key (SCRIPT LOAD,
- * WAIT, PUBLISH) goes where p's last one went. */
-static void cluster_issue(kg_pending *p, int step, int argc, const char **argv)
-{
-    int len, node;
-    char *cmd = NULL;
-
-    if ((len = redisFormatCommandArgv(&cmd, argc, argv, NULL)) < 0) {
-        finish(p, KG_BACKEND_ERROR);
-        return;
-    }
-    free(p->cmd);
-    p->cmd = cmd;
-    p->cmdlen = (size_t)len;
-    if (strcmp(argv[0], "EVALSHA") == 0 && argc > 3 && strcmp(argv[2], "0") != 0)
-        p->slot = kgc_cluster_slot(argv[3], strlen(argv[3]));
-    else if (strcmp(argv[0], "GET") == 0 && argc == 2)
-        p->slot = kgc_cluster_slot(argv[1], strlen(argv[1]));
-    p->asking = 0;
-    p->redirects = 0;
-    p->step = step;
-    p->deadline = kg_mono_ms() + p->ctx->cfg.timeout_ms;
-    /* WAIT counts the replicas that have this connection's writes: the
-     * node the write went to, whatever the map says since. A SCRIPT LOAD
-     * after NOSCRIPT goes to the node that lacked the script: during a
-     * slot move that is the importing node an ASK led to, not the one the
-     * map names (which has the script: the load there would change nothing
-     * and the resend meet NOSCRIPT again). */
-    node = step == KG_ST_WAIT || step == KG_ST_SYNC || (step == KG_ST_LOAD && p->load_here)
-               ? p->node : -1;
-    p->load_here = 0;
-    if (cluster_send(p, node) != 0)
-        finish(p, KG_BACKEND_ERROR);
-}
-
-/* Puts one command on the main connection for p (connecting first if
- * needed) and starts its round-trip deadline; fails p if it cannot.
- *
- * hiredis 0.14.1 does not report every allocation failure of an async
- * command: redisAsyncCommandArgv leaks its buffer when formatting fails
- * half-way, and __redisAsyncCommand ignores a failed allocation of the
- * reply callback and queues the command anyway, whose reply would then
- * trip an assert (or, with other commands in flight, be handed to the
- * wrong request). So the command is formatted here in one checked
- * allocation, and one queued without our callback is taken back out of
- * the output buffer before anything is written. */
-static int main_send(kg_pending *p, const char *cmd, size_t len)
-{
-    redisAsyncContext *ac = p->ctx->main->ac;
-    size_t queued = sdslen((sds)ac->c.obuf);
-    int rc = redisAsyncFormattedCommand(ac, on_reply, p, cmd, len);
-
-    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != p)) {
-        sdssetlen((sds)ac->c.obuf, queued);
-        ac->c.obuf[queued] = '\0';
-        rc = REDIS_ERR;
-    }
-    if (rc != REDIS_OK)
-        return -1;
-    p->outstanding = 1;
-    list_inflight(p);
-    return 0;
-}
-
-static void issue(kg_pending *p, int step, int argc, const char **argv)
-{
-    kg_ctx *ctx = p->ctx;
-    char *cmd = NULL;
-    int len, rc;
-
-    if (ctx->cmap != NULL) {
-        cluster_issue(p, step, argc, argv);
-        return;
-    }
-    if ((len = redisFormatCommandArgv(&cmd, argc, argv, NULL)) < 0) {
-        finish(p, KG_BACKEND_ERROR);
-        return;
-    }
-    p->step = step;
-    p->deadline = kg_mono_ms() + ctx->cfg.timeout_ms;
-    if (kg_link_main(ctx) != 0) {
-        /* Host mode behind Sentinel, the primary being looked up on the
-         * host's loop (kg_link.c "probe"): the command waits, formatted,
-         * for the answer or its deadline (kg_flow_unpark) rather than
-         * failing at once, so the first requests after kg_open or a
-         * failover are served. */
-        if (kg_link_resolving(ctx)) {
-            free(p->cmd);
-            p->cmd = cmd;
-            p->cmdlen = (size_t)len;
-            p->outstanding = 0;
-            list_inflight(p);
-            return;
-        }
-        redisFreeCommand(cmd);
-        finish(p, KG_BACKEND_ERROR);
-        return;
-    }
-    rc = main_send(p, cmd, (size_t)len);
-    redisFreeCommand(cmd);
-    if (rc != 0)
-        finish(p, KG_BACKEND_ERROR);
-}
 
 /* Today's, this month's and this hour's UTC tags, for the quota, spend
  * and usage keys. */
@@ -427,7 +224,7 @@ static void issue_cold(kg_pending *p)
     int argc;
 
     if (kgc_rkey(tk, ctx->cfg.key_prefix, KGC_RK_TOKEN, p->tok_team, p->hash) < 0) {
-        finish(p, KG_BACKEND_ERROR);
+        kg_flow_finish(p, KG_BACKEND_ERROR);
         return;
     }
     utc_tags(day, month, hour);
@@ -444,7 +241,7 @@ static void issue_cold(kg_pending *p)
                          want_doc ? "1" : "0"};
     memcpy(argv, a, sizeof a);
     argc = ctx->cfg.usage_counters ? param_args(p, argv, 25, vals) : 25;
-    issue(p, KG_ST_EVAL, argc, argv);
+    kg_route_issue(p, KG_ST_EVAL, argc, argv);
 }
 
 static void issue_script(kg_pending *p)
@@ -454,10 +251,10 @@ static void issue_script(kg_pending *p)
     char k1[KGC_RKEY_MAX], k2[KGC_RKEY_MAX], k3[KGC_RKEY_MAX], num[24];
     char rl[KGC_RKEY_MAX], ps[24], pm[24], day[16], month[16], hour[16];
 
-    team_slot(p, p->script == KG_SCRIPT_COLD ? p->tok_team : T);  /* cluster: the node */
+    kg_route_team_slot(p, p->script == KG_SCRIPT_COLD ? p->tok_team : T);  /* cluster: the node */
     if (ctx->sha[p->script][0] == '\0') {
         const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[p->script]};
-        issue(p, KG_ST_LOAD, 3, argv);
+        kg_route_issue(p, KG_ST_LOAD, 3, argv);
         return;
     }
     if (p->script == KG_SCRIPT_COLD) {
@@ -468,7 +265,7 @@ static void issue_script(kg_pending *p)
     snprintf(ps, sizeof ps, "%lld", (long long)p->per_second);
     snprintf(pm, sizeof pm, "%lld", (long long)p->per_minute);
     if (kgc_rkey(rl, P, KGC_RK_RATE, T, K, p->service) < 0) {
-        finish(p, KG_BACKEND_ERROR);
+        kg_flow_finish(p, KG_BACKEND_ERROR);
         return;
     }
     if (p->script != KG_SCRIPT_QUOTA) {
@@ -487,7 +284,7 @@ static void issue_script(kg_pending *p)
             kgc_rkey(sm, P, KGC_RK_SPEND_MONTH, T, K, month) < 0 ||
             kgc_rkey(ud, P, KGC_RK_USAGE_DAY, T, day) < 0 ||
             kgc_rkey(uh, P, KGC_RK_USAGE_HOUR, T, hour) < 0) {
-            finish(p, KG_BACKEND_ERROR);
+            kg_flow_finish(p, KG_BACKEND_ERROR);
             return;
         }
         if (!ctx->cfg.usage_counters)
@@ -499,7 +296,7 @@ static void issue_script(kg_pending *p)
                                  sd, sm, ud, uh, num, K, p->request_id, W, day, month};
             memcpy(argv, a, sizeof a);
             argc = ctx->cfg.usage_counters ? param_args(p, argv, 18, vals) : 18;
-            issue(p, KG_ST_EVAL, argc, argv);
+            kg_route_issue(p, KG_ST_EVAL, argc, argv);
             return;
         }
         snprintf(bd, sizeof bd, "%lld", (long long)p->budget_day);
@@ -511,18 +308,18 @@ static void issue_script(kg_pending *p)
         /* the hold counts nothing: its settle or capture does */
         argc = p->script == KG_SCRIPT_DEBIT && ctx->cfg.usage_counters
                    ? param_args(p, argv, 28, vals) : 28;
-        issue(p, KG_ST_EVAL, argc, argv);
+        kg_route_issue(p, KG_ST_EVAL, argc, argv);
     } else {
         if (kgc_rkey(k1, P, KGC_RK_QUOTA, T, p->service, day) < 0 ||
             kgc_rkey(k2, P, KGC_RK_REQ, T, K, p->request_id) < 0) {
-            finish(p, KG_BACKEND_ERROR);
+            kg_flow_finish(p, KG_BACKEND_ERROR);
             return;
         }
         snprintf(num, sizeof num, "%lld", (long long)p->quota_limit);
         const char *argv[14] = {"EVALSHA", ctx->sha[p->script], "3", k1, k2, rl, num,
                                 p->request_id, p->r.user_id, p->service, p->model, p->fp,
                                 ps, pm};
-        issue(p, KG_ST_EVAL, 14, argv);
+        kg_route_issue(p, KG_ST_EVAL, 14, argv);
     }
 }
 
@@ -687,7 +484,7 @@ static void decide_settle(kg_pending *p, const cat_facts *f)
     const kg_svcpol *pol = kg_entry_policy(p->ent, p->service);
 
     if (f->st != KG_OK || (pol != NULL && !pol->payg)) {
-        finish(p, f->st);
+        kg_flow_finish(p, f->st);
         return;
     }
     p->cost = f->amount;
@@ -725,7 +522,7 @@ static void decide(kg_pending *p, const cat_facts *f)
                                           strcmp(team, p->r.team_id) != 0))
         st = KG_BACKEND_ERROR;
     if (st != KG_OK) {
-        finish(p, st);
+        kg_flow_finish(p, st);
         return;
     }
     p->cost = pol->payg ? f->amount : 0;
@@ -737,7 +534,7 @@ static void decide(kg_pending *p, const cat_facts *f)
     p->per_minute = pol->per_minute;
     /* debit leased (kg_lease.c): decided against the wallet's lease, in memory */
     if ((rc = kg_lease_decide(ctx, p, f->svc)) != KG_LEASE_EXACT || p->outage > 0) {
-        finish(p, rc == KG_LEASE_EXACT ? KG_BACKEND_ERROR : (kg_status)rc);
+        kg_flow_finish(p, rc == KG_LEASE_EXACT ? KG_BACKEND_ERROR : (kg_status)rc);
         return;             /* an entry kept over an outage serves only leases */
     }
     issue_script(p);
@@ -771,19 +568,19 @@ static void advance(kg_pending *p)
     /* A settle bills a request already served: a key revoked or a user
      * unassigned since does not cancel it (the token must still resolve). */
     if (p->ent != NULL && (st = token_verdict(p)) != KG_OK && !p->settle) {
-        finish(p, st);
+        kg_flow_finish(p, st);
         return;
     }
     if (ctx->catalog == NULL) {
         const char *argv[2] = {"GET", k};
         if (++p->catalog_fetches > 3 ||
             kgc_rkey(k, ctx->cfg.key_prefix, "%s", KGC_RK_CATALOG) < 0) {
-            finish(p, KG_BACKEND_ERROR);
+            kg_flow_finish(p, KG_BACKEND_ERROR);
             return;
         }
         p->catalog_gen_at = ctx->catalog_gen;
         p->catalog_sub_ok = ctx->sub_ok;
-        issue(p, KG_ST_CATALOG, 2, argv);
+        kg_route_issue(p, KG_ST_CATALOG, 2, argv);
         return;
     }
     catalog_facts(p, &f);
@@ -819,7 +616,7 @@ static void on_catalog(kg_pending *p, redisReply *r)
 
     if (r->type != REDIS_REPLY_STRING ||
         (cat = kgc_catalog_parse(r->str, r->len, "catalog", err, sizeof err)) == NULL) {
-        finish(p, KG_BACKEND_ERROR);    /* none published yet, or not valid */
+        kg_flow_finish(p, KG_BACKEND_ERROR);    /* none published yet, or not valid */
         return;
     }
     kgc_catalog_free(ctx->catalog);
@@ -834,12 +631,12 @@ static void on_load(kg_pending *p, redisReply *r)
     kg_ctx *ctx = p->ctx;
 
     if (r->type != REDIS_REPLY_STRING || r->len != 40) {
-        finish(p, KG_BACKEND_ERROR);
+        kg_flow_finish(p, KG_BACKEND_ERROR);
         return;
     }
     memcpy(ctx->sha[p->script], r->str, 41);
     if (ctx->cmap != NULL)
-        load_everywhere(ctx, p->script, p->node);
+        kg_route_load_everywhere(ctx, p->script, p->node);
     issue_script(p);
 }
 
@@ -855,7 +652,7 @@ static void confirm(kg_pending *p)
     const char *argv[3] = {"WAIT", n, t};
 
     if (ctx->cfg.min_replicas_ack <= 0) {
-        finish(p, KG_OK);
+        kg_flow_finish(p, KG_OK);
         return;
     }
     if (p->r.replayed && !p->synced) {
@@ -867,12 +664,12 @@ static void confirm(kg_pending *p)
         const char *pub[3] = {"PUBLISH", ch, "1"};
         snprintf(ch, sizeof ch, "%sdurable", ctx->cfg.key_prefix);
         p->synced = 1;
-        issue(p, KG_ST_SYNC, 3, pub);
+        kg_route_issue(p, KG_ST_SYNC, 3, pub);
         return;
     }
     snprintf(n, sizeof n, "%d", ctx->cfg.min_replicas_ack);
     snprintf(t, sizeof t, "%d", ctx->cfg.replica_ack_timeout_ms);
-    issue(p, KG_ST_WAIT, 3, argv);
+    kg_route_issue(p, KG_ST_WAIT, 3, argv);
     if (!p->finished)
         p->deadline += ctx->cfg.replica_ack_timeout_ms;   /* WAIT may take that long */
 }
@@ -880,12 +677,12 @@ static void confirm(kg_pending *p)
 static void on_wait(kg_pending *p, redisReply *r)
 {
     if (r->type == REDIS_REPLY_INTEGER && r->integer >= p->ctx->cfg.min_replicas_ack) {
-        finish(p, KG_OK);
+        kg_flow_finish(p, KG_OK);
         return;
     }
     if (p->ctx->cfg.nsentinels > 0)
         p->ctx->relink = 1;             /* is this still the primary? ask the sentinels */
-    finish(p, KG_BACKEND_ERROR);
+    kg_flow_finish(p, KG_BACKEND_ERROR);
 }
 
 /* The settle script's answer (kg_scripts.c). */
@@ -897,7 +694,7 @@ static void on_settle(kg_pending *p, redisReply *r, const char *tag)
     if (strcmp(tag, "ok") == 0 || strcmp(tag, "replay") == 0) {
         if (r->elements < 4 || reply_int(r->element[1], &a) != 0 ||
             reply_int(r->element[2], &b) != 0 || reply_int(r->element[3], &h) != 0) {
-            finish(p, KG_BACKEND_ERROR);
+            kg_flow_finish(p, KG_BACKEND_ERROR);
             return;
         }
         p->r.replayed = tag[0] == 'r';
@@ -913,7 +710,7 @@ static void on_settle(kg_pending *p, redisReply *r, const char *tag)
         }
         p->h.captured = 1;
         p->r.replayed = 1;
-        finish(p, KG_OK);
+        kg_flow_finish(p, KG_OK);
     } else if (strcmp(tag, "wallet") == 0) {
         /* The hold is on another wallet of the team (the policy changed
          * since): settle there. Checked like any wallet id we put in a key. */
@@ -921,16 +718,16 @@ static void on_settle(kg_pending *p, redisReply *r, const char *tag)
             kgc_id_team_of(r->element[1]->str, 'w', team) != 0 ||
             strcmp(team, p->r.team_id) != 0 || strcmp(r->element[1]->str, p->r.wallet_id) == 0 ||
             ++p->wallet_moves > 1) {
-            finish(p, KG_BACKEND_ERROR);
+            kg_flow_finish(p, KG_BACKEND_ERROR);
             return;
         }
         copy_id(p->r.wallet_id, r->element[1]->str);
         issue_script(p);
     } else if (strcmp(tag, "nohold") == 0) {
         p->r.wallet_id[0] = '\0';
-        finish(p, KG_BAD_REQUEST);      /* no hold of this key under that id */
+        kg_flow_finish(p, KG_BAD_REQUEST);      /* no hold of this key under that id */
     } else {                            /* "nowallet": a data error, fail closed */
-        finish(p, KG_BACKEND_ERROR);
+        kg_flow_finish(p, KG_BACKEND_ERROR);
     }
 }
 
@@ -953,12 +750,12 @@ static void on_eval(kg_pending *p, redisReply *r)
         }
         if (kgc_sentinel_demoted(r->str))
             ctx->relink = 1;            /* a demoted primary: find the new one */
-        finish(p, KG_BACKEND_ERROR);
+        kg_flow_finish(p, KG_BACKEND_ERROR);
         return;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
         r->element[0]->type != REDIS_REPLY_STRING) {
-        finish(p, KG_BACKEND_ERROR);
+        kg_flow_finish(p, KG_BACKEND_ERROR);
         return;
     }
     tag = r->element[0]->str;
@@ -974,7 +771,7 @@ static void on_eval(kg_pending *p, redisReply *r)
         long long avail = 0, exp = 0;
         if (r->elements < 4 || reply_int(r->element[1], &a) != 0 ||
             reply_int(r->element[2], &avail) != 0 || reply_int(r->element[3], &exp) != 0) {
-            finish(p, KG_BACKEND_ERROR);
+            kg_flow_finish(p, KG_BACKEND_ERROR);
             return;
         }
         p->r.balance_micros = a;
@@ -987,7 +784,7 @@ static void on_eval(kg_pending *p, redisReply *r)
     if (strcmp(tag, "ok") == 0) {
         if (p->script == KG_SCRIPT_DEBIT) {
             if (r->elements < 2 || reply_int(r->element[1], &a) != 0) {
-                finish(p, KG_BACKEND_ERROR);
+                kg_flow_finish(p, KG_BACKEND_ERROR);
                 return;
             }
             p->r.cost_micros = p->cost;
@@ -995,7 +792,7 @@ static void on_eval(kg_pending *p, redisReply *r)
             confirm(p);
             return;
         }
-        finish(p, KG_OK);
+        kg_flow_finish(p, KG_OK);
     } else if (strcmp(tag, "replay") == 0) {
         p->r.replayed = 1;
         p->r.cost_micros = 0;
@@ -1008,27 +805,27 @@ static void on_eval(kg_pending *p, redisReply *r)
         if (p->script == KG_SCRIPT_HOLD && r->elements >= 5 && reply_int(r->element[4], &b) == 0)
             p->h.hold_micros = b;       /* the hold the first call placed */
         if (p->script == KG_SCRIPT_QUOTA)
-            finish(p, KG_OK);
+            kg_flow_finish(p, KG_OK);
         else
             confirm(p);                 /* the first try may not have reached a replica */
     } else if (strcmp(tag, "funds") == 0) {
         if (r->elements >= 2 && reply_int(r->element[1], &a) == 0)
             p->r.balance_micros = a;
-        finish(p, KG_INSUFFICIENT_FUNDS);
+        kg_flow_finish(p, KG_INSUFFICIENT_FUNDS);
     } else if (strcmp(tag, "quota") == 0) {
-        finish(p, KG_QUOTA_EXCEEDED);
+        kg_flow_finish(p, KG_QUOTA_EXCEEDED);
     } else if (strcmp(tag, "budget") == 0) {
-        finish(p, KG_BUDGET_EXCEEDED);
+        kg_flow_finish(p, KG_BUDGET_EXCEEDED);
     } else if (strcmp(tag, "rate") == 0) {
         if (r->elements < 2 || reply_int(r->element[1], &a) != 0 || a < 1)
             a = 1000;                   /* a window's worth: never "retry now" */
         p->h.retry_after_ms = a;
-        finish(p, KG_RATE_LIMITED);
+        kg_flow_finish(p, KG_RATE_LIMITED);
     } else if (strcmp(tag, "conflict") == 0) {
-        finish(p, KG_REQUEST_ID_CONFLICT);  /* the id names another request */
+        kg_flow_finish(p, KG_REQUEST_ID_CONFLICT);  /* the id names another request */
     } else {                            /* "nowallet": a data error, fail closed */
         p->r.balance_micros = -1;
-        finish(p, KG_BACKEND_ERROR);
+        kg_flow_finish(p, KG_BACKEND_ERROR);
     }
 }
 
@@ -1054,22 +851,22 @@ static void on_cold(kg_pending *p, redisReply *r)
     long long exp;
 
     if (strcmp(tag, "unknown") == 0) {
-        finish(p, KG_TOKEN_UNKNOWN);    /* never issued, rotated away, unassigned */
+        kg_flow_finish(p, KG_TOKEN_UNKNOWN);    /* never issued, rotated away, unassigned */
         return;
     }
     if (strcmp(tag, "k") != 0 || r->elements < 7) {
-        finish(p, KG_BACKEND_ERROR);    /* a damaged record or document: fail closed */
+        kg_flow_finish(p, KG_BACKEND_ERROR);    /* a damaged record or document: fail closed */
         return;
     }
     for (size_t i = 1; i < 7; i++)
         if (r->element[i]->type != REDIS_REPLY_STRING) {
-            finish(p, KG_BACKEND_ERROR);
+            kg_flow_finish(p, KG_BACKEND_ERROR);
             return;
         }
     exp = strtoll(r->element[3]->str, &end, 10);
     if (!kgc_id_plausible(r->element[1]->str) || !kgc_id_plausible(r->element[2]->str) ||
         *end != '\0' || exp < 0 || r->element[5]->len >= KG_ID_LEN) {
-        finish(p, KG_BACKEND_ERROR);
+        kg_flow_finish(p, KG_BACKEND_ERROR);
         return;
     }
     copy_id(p->r.key_id, r->element[1]->str);
@@ -1091,7 +888,7 @@ static void on_cold(kg_pending *p, redisReply *r)
     v = r->element[6]->str;
     for (size_t i = 0; i < sizeof refusals / sizeof *refusals; i++)
         if (strcmp(v, refusals[i].v) == 0) {
-            finish(p, refusals[i].st);
+            kg_flow_finish(p, refusals[i].st);
             return;
         }
     for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++)
@@ -1101,65 +898,16 @@ static void on_cold(kg_pending *p, redisReply *r)
                 p->cost = 0;
             p->wallet_moves = 1;        /* the script followed a "wallet" answer already */
             if (r->element[7]->type == REDIS_REPLY_ERROR) {
-                finish(p, KG_BACKEND_ERROR);
+                kg_flow_finish(p, KG_BACKEND_ERROR);
                 return;
             }
             on_eval(p, r->element[7]);
             return;
         }
-    finish(p, KG_BACKEND_ERROR);
+    kg_flow_finish(p, KG_BACKEND_ERROR);
 }
 
-/* Cluster mode: an error reply that is about routing. Returns 1 when it
- * was (p resent, waiting to be, or finished), 0 to let the step see it. */
-static int cluster_reply(kg_pending *p, int step, const redisReply *r)
-{
-    kg_ctx *ctx = p->ctx;
-    kgc_hostport to;
-    unsigned slot;
-    int kind = kgc_cluster_classify(r->str, r->len, &slot, &to), node = -1;
-
-    if (kind == KGC_CE_OTHER)
-        return 0;
-    p->step = step;
-    /* Redirects are capped (a loop between two confused nodes); waits for
-     * TRYAGAIN & co only by the deadline: a migration takes what it takes. */
-    if (((kind == KGC_CE_MOVED || kind == KGC_CE_ASK) && ++p->redirects > KG_CL_REDIRECTS) ||
-        kg_mono_ms() >= p->deadline) {
-        finish(p, KG_BACKEND_ERROR);
-        return 1;
-    }
-    switch (kind) {
-    case KGC_CE_MOVED:
-        /* The slot lives elsewhere for good: point it there, refresh the
-         * rest of the map (more slots probably moved), resend. */
-        ctx->cl_stale = 1;
-        if (kgc_cluster_map_move(ctx->cmap, slot, to.host, to.port) != 0) {
-            finish(p, KG_BACKEND_ERROR);
-            return 1;
-        }
-        break;
-    case KGC_CE_ASK:
-        /* This key only, this once: the map stays. */
-        if ((node = kgc_cluster_node(ctx->cmap, to.host, to.port)) < 0) {
-            finish(p, KG_BACKEND_ERROR);
-            return 1;
-        }
-        p->asking = 1;
-        break;
-    default:                            /* TRYAGAIN, CLUSTERDOWN, LOADING, READONLY */
-        ctx->cl_stale = 1;
-        p->retry_at = kg_mono_ms() + KG_CL_RETRY_MS;
-        list_inflight(p);               /* kg_flow_timeouts resends it */
-        return 1;
-    }
-    if (cluster_send(p, node) != 0)
-        finish(p, KG_BACKEND_ERROR);
-    p->asking = 0;
-    return 1;
-}
-
-static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
+void kg_flow_on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     kg_pending *p = priv;
     redisReply *r = reply;
@@ -1174,10 +922,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     /* connection dropped or timed out; or its AUTH was refused, so this
      * command ran without our credentials (kg_link.c) */
     if (r == NULL || !kg_link_trusted(ac)) {
-        finish(p, KG_BACKEND_ERROR);
+        kg_flow_finish(p, KG_BACKEND_ERROR);
         return;
     }
-    if (p->ctx->cmap != NULL && r->type == REDIS_REPLY_ERROR && cluster_reply(p, step, r))
+    if (p->ctx->cmap != NULL && r->type == REDIS_REPLY_ERROR && kg_route_reply(p, step, r))
         return;
     switch (step) {
     case KG_ST_CATALOG: on_catalog(p, r); break;
@@ -1185,7 +933,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case KG_ST_EVAL:    on_eval(p, r);    break;
     case KG_ST_SYNC:    confirm(p);       break;
     case KG_ST_WAIT:    on_wait(p, r);    break;
-    default:            finish(p, KG_BACKEND_ERROR); break;
+    default:            kg_flow_finish(p, KG_BACKEND_ERROR); break;
     }
 }
 
@@ -1305,83 +1053,6 @@ int64_t kg_flow_due(const kg_pending *p)
     return p->retry_at > 0 && p->retry_at < p->deadline ? p->retry_at : p->deadline;
 }
 
-/* Cluster mode: resends what waited (TRYAGAIN & co), fails what waited
- * too long, drops the link of a command that overran its deadline. Each
- * action may change the list: start again (each takes p off it or sets
- * it back on the wire with a later due time). */
-static void cluster_timeouts(kg_ctx *ctx, int64_t now)
-{
-    for (int guard = 0; guard < 1000; guard++) {
-        kg_pending *p;
-        for (p = ctx->inflight; p != NULL; p = p->next)
-            if (kg_flow_due(p) <= now)
-                break;
-        if (p == NULL)
-            return;
-        if (!p->outstanding && now >= p->deadline) {
-            finish(p, KG_BACKEND_ERROR);
-        } else if (!p->outstanding) {
-            if (cluster_send(p, -1) != 0)
-                finish(p, KG_BACKEND_ERROR);
-        } else if (p->node >= 0 && ctx->nodes[p->node] != NULL) {
-            kg_link_drop(ctx, ctx->nodes[p->node]);   /* fails everything on it */
-        } else {
-            return;                     /* cannot happen: on the wire, no link */
-        }
-    }
-}
-
-void kg_flow_unpark(kg_ctx *ctx, int64_t now)
-{
-    int sent = 0;
-
-    if (ctx->cmap != NULL)
-        return;
-    /* Each pass sends or fails one waiting command, or stops. */
-    for (int guard = 0; guard < 100000; guard++) {
-        kg_pending *p = ctx->inflight, *late;
-
-        while (p != NULL && p->outstanding)
-            p = p->next;
-        if (p == NULL)
-            break;
-        if (!ctx->closing && (kg_link_resolving(ctx) ||
-                              (kg_link_main(ctx) != 0 && kg_link_resolving(ctx)))) {
-            for (late = p; late != NULL && (late->outstanding || late->deadline > now);
-                 late = late->next)
-                ;
-            if (late == NULL)
-                break;                  /* still looking, none overdue */
-            finish(late, KG_BACKEND_ERROR);
-            continue;
-        }
-        if (ctx->closing || ctx->main == NULL || main_send(p, p->cmd, p->cmdlen) != 0)
-            finish(p, KG_BACKEND_ERROR);
-        else
-            sent++;
-    }
-    /* The primary is known now: subscribe to invalidations at once (the
-     * warm cache serves only while subscribed), not at the next request. */
-    if (sent > 0 && !ctx->closing)
-        kg_link_sub_maintain(ctx, now);
-}
-
-void kg_flow_timeouts(kg_ctx *ctx, int64_t now)
-{
-    if (ctx->cmap != NULL) {
-        cluster_timeouts(ctx, now);
-        return;
-    }
-    kg_flow_unpark(ctx, now);
-    for (kg_pending *p = ctx->inflight; p != NULL; p = p->next)
-        if (p->outstanding && p->deadline <= now) {
-            /* Replies come in order: one late reply stalls the connection
-             * for everyone. Drop it; every request on it fails now. */
-            kg_link_drop(ctx, ctx->main);
-            return;
-        }
-}
-
 void kg_flow_deliver(kg_ctx *ctx)
 {
     kg_pending *p;
@@ -1406,7 +1077,7 @@ void kg_flow_cancel(kg_ctx *ctx, kg_pending *p)
     if (p->delivering)
         return;                         /* inside its own done(): freed after */
     if (p->outstanding) {
-        kg_entry_unref(p->ent);         /* freed by on_reply when the reply comes */
+        kg_entry_unref(p->ent);         /* freed by kg_flow_on_reply when the reply comes */
         p->ent = NULL;
         return;
     }

@@ -331,14 +331,14 @@ int  kg_flow_start(kg_ctx *ctx, const kg_request *req, kg_result *r,
 /* Copies a kg_hold into a host's struct of hsize bytes (NULL: nothing). */
 void kg_hold_out(kg_hold *dst, size_t hsize, const kg_hold *src);
 void kg_hold_init(kg_hold *h);
-/* Sends the commands that waited for the primary's look-up (host mode,
- * Sentinel), or fails those overdue, or all once the look-up failed or
- * the context closes. */
-void kg_flow_unpark(kg_ctx *ctx, int64_t now);
-void kg_flow_timeouts(kg_ctx *ctx, int64_t now);
-/* Monotonic ms at which p needs kg_flow_timeouts: its deadline, or sooner
- * a resend it waits for (cluster mode). */
+/* Monotonic ms at which p needs kg_route_timeouts: its deadline, or
+ * sooner a resend it waits for (cluster mode). */
 int64_t kg_flow_due(const struct kg_pending *p);
+/* For kg_route.c: ends p with status s (queued for delivery); puts p on
+ * ctx->inflight; the reply callback of every request command. */
+void kg_flow_finish(struct kg_pending *p, kg_status s);
+void kg_flow_inflight(struct kg_pending *p);
+void kg_flow_on_reply(redisAsyncContext *ac, void *reply, void *priv);
 void kg_flow_deliver(kg_ctx *ctx);
 void kg_flow_cancel(kg_ctx *ctx, struct kg_pending *p);
 void kg_pending_free(struct kg_pending *p);
@@ -347,6 +347,25 @@ void kg_result_init(kg_result *r);
 /* The subscriber's message handler. */
 void kg_flow_inval(kg_ctx *ctx, const char *msg, size_t len);
 void kg_flow_sub_lost(kg_ctx *ctx);
+
+/* kg_route.c */
+/* Puts p's command (step, argv) on the wire: ctx->main, or the node of its
+ * first key's slot on a cluster; fails p when it cannot. */
+void kg_route_issue(struct kg_pending *p, int step, int argc, const char **argv);
+/* Cluster mode: p's slot is the team's (every key of a request carries
+ * its tag); a script just loaded on node loaded_on goes to the others. */
+void kg_route_team_slot(struct kg_pending *p, const char *team);
+void kg_route_load_everywhere(kg_ctx *ctx, int script, int loaded_on);
+/* Cluster mode: an error reply about routing is followed here: 1 (p
+ * resent, waiting to be, or finished), 0 (the step sees the error). */
+int  kg_route_reply(struct kg_pending *p, int step, const redisReply *r);
+/* Resends what waited, fails what overran its deadline (dropping the
+ * connection a late reply holds up). */
+void kg_route_timeouts(kg_ctx *ctx, int64_t now);
+/* Sends the commands that waited for the primary's look-up (host mode,
+ * Sentinel), or fails those overdue, or all once the look-up failed or
+ * the context closes. */
+void kg_route_unpark(kg_ctx *ctx, int64_t now);
 
 /* ------------------------------------------------------------------ */
 /* Leased funds (kg_lease.c, kg_journal.c; docs/module.md "Leased funds") */
