@@ -15,8 +15,12 @@
  * versions it was given before writing anything, and bumps the versions of
  * the keys it writes. A commit that finds a version moved writes nothing
  * and answers 2: the command runs again, as on an in-process conflict.
+ *
+ * The engine's other parts (job_int.h): job_api.c, what handlers call;
+ * job_occ.c, the conflict checks; job_commit.c, the fenced commit;
+ * job_limbo.c, commits whose reply was lost.
  */
-#include "cmd.h"
+#include "job_int.h"
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
@@ -33,72 +37,12 @@
 #include <string.h>
 #include <time.h>
 
-#define AUDIT_REFUSED_KEEP "1000"  /* refusals kept (approximately): they never touch the accepted stream */
-#define MUT_CONCURRENCY 32
-#define TX_FENCE_TTL "60"          /* seconds a commit's fence is kept: well past LIMBO_WAIT_S */
-#define LIMBO_WAIT_S 5             /* how long a lost reply is looked into */
-/* A version lives this long after its key's last write. Versions are commit
- * ids, never reused, so one that expired reads as "none" and can only make
- * a commit fail (moved), never pass wrongly, unless a command ran longer
- * than the TTL between its read and its commit: VERSION_MAX_AGE_S refuses
- * that (a command lives seconds: store timeouts). */
-#define VERSION_TTL "86400"
-#define VERSION_MAX_AGE_S 3600.0
-#define COMMIT_MOVED 2             /* commit_lua: a version moved, nothing written */
-
-/* A command's writes, all at once, behind a fence. KEYS[1] = P tx:<txid>,
- * KEYS[2..1+nc] = keys whose value is checked (versions of the keys the
- * command read, claims it holds), then the nb version keys of what it
- * writes, then every key its commands write (declared, never read from
- * KEYS: on a cluster a script whose keys are all declared is refused
- * whole while its slot migrates, instead of failing half-way at an
- * undeclared key already moved). ARGV[1] = fence TTL, ARGV[2] = the new
- * version (the commit id), ARGV[3] = its TTL, ARGV[4] = nc, ARGV[5] = nb,
- * ARGV[6..5+nc] = the values expected ("" for none), then each command as
- * <argc> <arg>....
- * Returns 2 (COMMIT_MOVED) when a checked value moved: nothing written, the
- * fence not taken; {3, lock} when a key it writes is locked by a commit
- * across slots in progress (xcommit.h; only on a cluster); 0 when the fence was taken first (job_limbo_resolve gave
- * up on this commit, which then must not happen); 1 when applied. Like
- * MULTI/EXEC it runs whole or not at all; unlike it, the daemon can find
- * out which after losing the reply, so `unavailable` always means "nothing
- * was changed". */
-static const char commit_lua[] =
-    "local nc, nb = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
-    "if nc > 0 then\n"
-    "  local cur = redis.call('MGET', unpack(KEYS, 2, 1 + nc))\n"
-    "  for k = 1, nc do\n"
-    "    if (cur[k] or '') ~= ARGV[5 + k] then return 2 end\n"
-    "  end\n"
-    "end\n"
-    "for k = 2 + nc, 1 + nc + nb do\n"
-    "  local v = redis.call('GET', KEYS[k])\n"
-    "  if v and string.sub(v, 1, 2) == 'L ' then return {3, v} end\n"
-    "end\n"
-    "if not redis.call('SET', KEYS[1], 'done', 'NX', 'EX', ARGV[1]) then return 0 end\n"
-    "local i = 6 + nc\n"
-    "while i <= #ARGV do\n"
-    "  local n = tonumber(ARGV[i])\n"
-    "  redis.call(unpack(ARGV, i + 1, i + n))\n"
-    "  i = i + n + 1\n"
-    "end\n"
-    "for k = 2 + nc, 1 + nc + nb do\n"
-    "  redis.call('SET', KEYS[k], ARGV[2], 'EX', ARGV[3])\n"
-    "end\n"
-    "return 1\n";
-
 /* Deletes a claim (KEYS[1]) only if it still holds ARGV[1]. */
 static const char release_lua[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
     "return 0\n";
 
-static void job_advance(job *j, job_step step);
 static void job_locked(job *j, const char *lock);
-static void limbo_later(job *j);
-static void job_finish(job *j);
-static void job_start(job *j);
-static void job_rerun(job *j);
-static void mut_pump(app *a);
 
 long long now_ms(void)
 {
@@ -122,370 +66,6 @@ job_step job_fail(job *j, const char *code, const char *fmt, ...)
     return J_FAIL;
 }
 
-/* --- conflict detection for mutating commands -------------------------- */
-
-/* Calls fn(arg, key) for each Redis key that cmd (an array of strings)
- * names: the key commands the handlers use take one key first, but for
- * these. PUBLISH names a channel, no key. */
-static void cmd_keys(json_t *cmd, void (*fn)(void *arg, const char *key), void *arg)
-{
-    const char *name = json_string_value(json_array_get(cmd, 0));
-    size_t n = json_array_size(cmd);
-
-    if (name == NULL || n < 2 || strcmp(name, "PUBLISH") == 0)
-        return;
-    if (strcmp(name, "EVAL") == 0 || strcmp(name, "EVALSHA") == 0) {
-        long nk = strtol(json_string_value(json_array_get(cmd, 2)) ?: "0", NULL, 10);
-        for (long k = 0; k < nk && 3 + (size_t)k < n; k++)
-            fn(arg, json_string_value(json_array_get(cmd, 3 + (size_t)k)));
-        return;
-    }
-    if (strcmp(name, "MGET") == 0 || strcmp(name, "DEL") == 0 || strcmp(name, "EXISTS") == 0 ||
-        strcmp(name, "UNLINK") == 0) {
-        for (size_t i = 1; i < n; i++)
-            fn(arg, json_string_value(json_array_get(cmd, i)));
-        return;
-    }
-    fn(arg, json_string_value(json_array_get(cmd, 1)));
-}
-
-/* The version key of a key, in the key's slot: prefix + "v:" + the key's
- * name without the prefix when it has a hash tag of its own (which stays
- * the first), else prefix + "v:{~n}" + the name, ~n the tag of the key's
- * slot (kgc_cluster_tag). */
-static void version_key(const app *a, const char *key, char out[KGC_RKEY_MAX])
-{
-    size_t pl = strlen(a->cfg.key_prefix), len = strlen(key);
-    const char *name = strncmp(key, a->cfg.key_prefix, pl) == 0 ? key + pl : key;
-
-    if (kgc_cluster_has_tag(name, strlen(name)))
-        kgc_rkey(out, a->cfg.key_prefix, "v:%s", name);
-    else
-        kgc_rkey(out, a->cfg.key_prefix, "v:{%s}%s", kgc_cluster_tag(kgc_cluster_slot(key, len)),
-                 name);
-}
-
-/* 1 if key is a user document: written once, by user.signup, and never
- * again (docs/redis-schema.md "Atomicity"), so a read of one needs no
- * version. On a cluster this keeps most commits in their team's slot: the
- * actor's document, read by every command, lives elsewhere. */
-static int immutable_key(const app *a, const char *key)
-{
-    size_t pl = strlen(a->cfg.key_prefix);
-
-    return strncmp(key, a->cfg.key_prefix, pl) == 0 && strncmp(key + pl, "user:", 5) == 0;
-}
-
-static void read_one(void *arg, const char *key)
-{
-    job *j = arg;
-
-    if (key == NULL || json_object_get(j->readset, key) != NULL || immutable_key(j->app, key))
-        return;
-    json_object_set_new(j->readset, key, json_true());  /* version not read yet */
-    json_array_append_new(j->vread, json_string(key));
-}
-
-/* Records the keys a read command touches; their versions are read with it. */
-static void note_read(job *j, json_t *cmd)
-{
-    if (j->def->mutates)
-        cmd_keys(cmd, read_one, j);
-}
-
-/* Forgets writes that every active command's reads already saw. */
-static void prune_written(app *a)
-{
-    long long min = a->wseq;
-    const char *key;
-    json_t *v;
-    void *tmp;
-
-    for (job *j = a->active; j != NULL; j = j->anext)
-        if (j->read_seq < min)
-            min = j->read_seq;
-    json_object_foreach_safe(a->written, tmp, key, v)
-        if (json_integer_value(v) <= min)
-            json_object_del(a->written, key);
-}
-
-static void written_one(void *arg, const char *key)
-{
-    app *a = arg;
-
-    if (key != NULL)
-        json_object_set_new(a->written, key, json_integer(a->wseq));
-}
-
-/* Marks the keys a transaction writes with a new sequence number. */
-static void note_writes(app *a, json_t *cmds)
-{
-    size_t i;
-    json_t *c;
-
-    if (++a->wseq % 4096 == 0 && json_object_size(a->written) > 4096)
-        prune_written(a);
-    json_array_foreach(cmds, i, c)
-        cmd_keys(c, written_one, a);
-}
-
-/* 1 if a transaction sent after j's first reads wrote a key j read. */
-static int job_conflicts(job *j)
-{
-    const char *key;
-    json_t *v;
-
-    json_object_foreach(j->readset, key, v)
-        if (json_integer_value(json_object_get(j->app->written, key)) > j->read_seq)
-            return 1;
-    return 0;
-}
-
-/* A mutating command has written or answered: it leaves the active set,
- * and another may start. */
-static void job_decided(job *j)
-{
-    app *a = j->app;
-
-    if (!j->def->mutates || j->decided)
-        return;
-    j->decided = 1;
-    if (j->aprev)
-        j->aprev->anext = j->anext;
-    else
-        a->active = j->anext;
-    if (j->anext)
-        j->anext->aprev = j->aprev;
-    else
-        a->active_tail = j->aprev;
-    if (--a->mut_active == 0)
-        json_object_clear(a->written);   /* nobody left to check against */
-    /* The oldest one may have been waiting for its turn. */
-    if (a->active != NULL && a->active->parked) {
-        job *next = a->active;
-        next->parked = 0;
-        if (next->parked_rerun) {
-            next->parked_rerun = 0;
-            job_rerun(next);
-            return;
-        }
-        job_advance(next, next->parked_step);
-    }
-    mut_pump(a);
-}
-
-/* Starts waiting mutations while there is room. */
-static void mut_pump(app *a)
-{
-    while (a->mut_active < MUT_CONCURRENCY && a->queue_head != NULL) {
-        job *j = a->queue_head;
-        a->queue_head = j->next;
-        if (a->queue_head == NULL)
-            a->queue_tail = NULL;
-        j->next = NULL;
-        a->mut_active++;
-        j->anext = NULL;
-        j->aprev = a->active_tail;
-        if (a->active_tail)
-            a->active_tail->anext = j;
-        else
-            a->active = j;
-        a->active_tail = j;
-        job_start(j);
-    }
-}
-
-/* --- handler helpers --------------------------------------------------- */
-
-static json_t *vcmd(const char *cmd, va_list ap)
-{
-    json_t *c = json_array();
-    const char *s;
-
-    json_array_append_new(c, json_string(cmd));
-    while ((s = va_arg(ap, const char *)) != NULL)
-        json_array_append_new(c, json_stringn_nocheck(s, strlen(s)));
-    return c;
-}
-
-void job_read_cmd(job *j, json_t *cmd)
-{
-    note_read(j, cmd);
-    json_array_append_new(j->rq, cmd);
-}
-
-void job_read(job *j, const char *cmd, ...)
-{
-    va_list ap;
-    json_t *c;
-
-    va_start(ap, cmd);
-    c = vcmd(cmd, ap);
-    va_end(ap);
-    job_read_cmd(j, c);
-}
-
-void job_write(job *j, const char *cmd, ...)
-{
-    va_list ap;
-    va_start(ap, cmd);
-    json_array_append_new(j->wq, vcmd(cmd, ap));
-    va_end(ap);
-}
-
-void job_write_cmd(job *j, json_t *cmd)
-{
-    json_array_append_new(j->wq, cmd);
-}
-
-void job_write_json(job *j, const char *key, json_t *doc)
-{
-    char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
-    if (text == NULL)
-        oom("json_dumps");
-    job_write(j, "SET", key, text, NULL);
-    free(text);
-}
-
-void job_publish(job *j, const char *fmt, ...)
-{
-    char msg[160];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    json_array_append_new(j->pub, json_string(msg));
-}
-
-void job_claim(job *j, const char *key, const char *value)
-{
-    json_object_set_new(j->claims, key, json_string(value));
-}
-
-typedef struct scratch_hdr { size_t size; } scratch_hdr;
-
-void *job_scratch(job *j, size_t size)
-{
-    if (j->scratch == NULL) {
-        scratch_hdr *h = xcalloc(1, sizeof *h + size);
-        h->size = size;
-        j->scratch = h;
-    }
-    return (scratch_hdr *)j->scratch + 1;
-}
-
-static void scratch_free(job *j)
-{
-    scratch_hdr *h = j->scratch;
-
-    if (h != NULL) {
-        sodium_memzero(h + 1, h->size);
-        free(h);
-        j->scratch = NULL;
-    }
-}
-
-typedef struct offload { job *j; void (*work)(void *); void *arg; } offload;
-
-static void offload_work(void *p)
-{
-    offload *o = p;
-    o->work(o->arg);
-}
-
-static void offload_done(void *p)
-{
-    offload *o = p;
-    job *j = o->j;
-
-    free(o);
-    j->stage++;
-    json_array_clear(j->rr);
-    job_advance(j, j->def->run(j));
-}
-
-job_step job_offload(job *j, void (*work)(void *arg), void *arg)
-{
-    offload *o = xmalloc(sizeof *o);
-
-    o->j = j;
-    o->work = work;
-    o->arg = arg;
-    if (worker_submit(j->app->wk, offload_work, offload_done, o) != 0) {
-        free(o);
-        return job_fail(j, "rate_limited", "too many password checks waiting: try again shortly");
-    }
-    return J_WAIT;
-}
-
-json_t *job_reply(job *j, size_t i)
-{
-    return json_array_get(j->rr, i);
-}
-
-json_t *job_reply_json(job *j, size_t i)
-{
-    json_t *r = job_reply(j, i);
-    if (!json_is_string(r))
-        return NULL;
-    return json_loadb(json_string_value(r), json_string_length(r), 0, NULL);
-}
-
-const char *rk(job *j, const char *fmt, ...)
-{
-    static char buf[KGC_RKEY_MAX];
-    va_list ap;
-    int p = snprintf(buf, sizeof buf, "%s", j->app->cfg.key_prefix);
-
-    va_start(ap, fmt);
-    vsnprintf(buf + p, sizeof buf - (size_t)p, fmt, ap);
-    va_end(ap);
-    return buf;
-}
-
-json_t *arg(job *j, const char *name)
-{
-    return json_object_get(j->req, name);
-}
-
-const char *arg_str(job *j, const char *name)
-{
-    return json_string_value(json_object_get(j->req, name));
-}
-
-static const char *type_name(arg_type t)
-{
-    switch (t) {
-    case A_STR: return "a string";
-    case A_INT: return "an integer";
-    case A_BOOL: return "true or false";
-    case A_STRS: return "an array of strings";
-    case A_OBJ: return "an object";
-    }
-    return "?";
-}
-
-static int type_ok(arg_type t, json_t *v)
-{
-    size_t i;
-    json_t *e;
-
-    switch (t) {
-    case A_STR: return json_is_string(v);
-    case A_INT: return json_is_integer(v);
-    case A_BOOL: return json_is_boolean(v);
-    case A_OBJ: return json_is_object(v);
-    case A_STRS:
-        if (!json_is_array(v))
-            return 0;
-        json_array_foreach(v, i, e)
-            if (!json_is_string(e))
-                return 0;
-        return 1;
-    }
-    return 0;
-}
-
 /* --- store plumbing ---------------------------------------------------- */
 
 static const char *scope_noun(const job *j)
@@ -495,7 +75,7 @@ static const char *scope_noun(const job *j)
 
 /* The first error reply among a round's replies, at any depth (a script
  * or EXEC answers arrays that may hold one), or NULL. */
-static const char *first_error(const json_t *replies)
+const char *job_first_error(const json_t *replies)
 {
     size_t i;
     json_t *r;
@@ -504,7 +84,7 @@ static const char *first_error(const json_t *replies)
     json_array_foreach(replies, i, r) {
         if (store_is_error(r))
             return json_string_value(json_object_get(r, "$err")) ?: "?";
-        if (json_is_array(r) && (e = first_error(r)) != NULL)
+        if (json_is_array(r) && (e = job_first_error(r)) != NULL)
             return e;
     }
     return NULL;
@@ -540,7 +120,7 @@ static void on_reads(void *arg, int ok, json_t *replies)
         return;
     }
     /* A read the store refused is not data: never decide on it. */
-    if ((e = first_error(replies)) != NULL) {
+    if ((e = job_first_error(replies)) != NULL) {
         if (error_is_transient(e)) {
             job_fail(j, "unavailable", "the store cannot answer now; nothing was changed");
         } else {
@@ -624,7 +204,6 @@ static void on_reads(void *arg, int ok, json_t *replies)
     job_advance(j, j->def->run(j));
 }
 
-static void limbo_add(job *j);
 static void job_moved(job *j);
 
 static void on_later(evutil_socket_t fd, short what, void *arg)
@@ -719,7 +298,7 @@ static void on_writes(void *arg, int ok, json_t *replies)
     int unacked = ok == STORE_UNACKED;
 
     if (!ok && j->txid[0]) {
-        limbo_add(j);           /* did the commit happen? ask after reconnecting */
+        job_limbo_add(j);           /* did the commit happen? ask after reconnecting */
         return;
     }
     if (!ok) {
@@ -791,250 +370,7 @@ static void on_writes(void *arg, int ok, json_t *replies)
     job_finish(j);
 }
 
-static json_t *audit_entry(job *j, long long at)
-{
-    char target[sizeof j->target];
-
-    proto_utf8_clean(j->target, target, sizeof target);   /* cut from what the caller sent */
-    return json_pack("{s:I,s:s?,s:I,s:I,s:s,s:s,s:s}", "at", (json_int_t)at,
-                     "actor", j->actor_id, "peer_uid", (json_int_t)j->peer.uid,
-                     "peer_pid", (json_int_t)j->peer.pid, "cmd", j->def->name,
-                     "target", target, "outcome", j->code ? j->code : "ok");
-}
-
-/* Accepted changes go to the team's audit stream, trimmed by age only
- * (audit_retention_days): what other members send cannot evict them.
- * Refusals go to a second stream capped by count, so a flood of refused
- * commands only ever pushes out older refusals. */
-static void append_audit(job *j, json_t *cmds)
-{
-    long long at = now_ms();
-    json_t *e = audit_entry(j, at);
-    char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
-    char minid[32], seq[32];
-
-    if (text == NULL)
-        oom("json_dumps");
-    /* Orders entries of the two streams that share a millisecond (model.c). */
-    snprintf(seq, sizeof seq, "%lld", ++j->app->audit_seq);
-    if (j->code == NULL) {
-        long long keep = (long long)j->app->cfg.audit_retention_days * 86400000LL;
-        snprintf(minid, sizeof minid, "%lld", at > keep ? at - keep : 0);
-        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s,s]", "XADD",
-                                              rk(j, KGC_RK_AUDIT, j->team_id), "MINID", "~",
-                                              minid, "*", "e", text, "n", seq));
-    } else {
-        json_array_append_new(cmds, json_pack("[s,s,s,s,s,s,s,s,s,s]", "XADD",
-                                              rk(j, KGC_RK_AUDIT_REFUSED, j->team_id), "MAXLEN",
-                                              "~", AUDIT_REFUSED_KEEP, "*", "e", text, "n", seq));
-    }
-    free(text);
-    json_decref(e);
-}
-
-static void bump_one(void *arg, const char *key)
-{
-    json_t *set = arg;
-
-    if (key != NULL)
-        json_object_set_new(set, key, json_true());
-}
-
-/* The keys whose versions a commit bumps: every key its commands write but
- * streams appended to (audit: nobody decides on them). New object (set). */
-static json_t *bumped_keys(json_t *q)
-{
-    json_t *set = json_object(), *c;
-    size_t i;
-
-    json_array_foreach(q, i, c)
-        if (strcmp(json_string_value(json_array_get(c, 0)), "XADD") != 0)
-            cmd_keys(c, bump_one, set);
-    return set;
-}
-
-static void slot_of_key(void *arg, const char *key)
-{
-    long *slot = arg;
-    long s;
-
-    if (key == NULL || *slot == -2)
-        return;
-    s = (long)kgc_cluster_slot(key, strlen(key));
-    *slot = *slot == -1 || *slot == s ? s : -2;
-}
-
-/* The one slot every key of a commit lies in (-2: several; -1: none). */
-static long commit_slot(json_t *keys, json_t *q)
-{
-    long slot = -1;
-    size_t i;
-    json_t *c;
-
-    json_array_foreach(keys, i, c)
-        slot_of_key(&slot, json_string_value(json_array_get(c, 0)));
-    json_array_foreach(q, i, c)
-        cmd_keys(c, slot_of_key, &slot);
-    return slot;
-}
-
-static void plan_writes_one(void *arg, const char *key)
-{
-    if (key != NULL)
-        xc_plan_writes(arg, key);
-}
-
-/* On a cluster, a commit whose keys span slots: its plan (xcommit.h). */
-static void commit_plan(job *j, json_t *keys, size_t nv, size_t ncl, json_t *q)
-{
-    xc_plan *p = xc_plan_new(j->app, j->txid);
-    json_t *c, *bumpset = json_object();
-    size_t i;
-
-    /* keys: nv checked versions, ncl claims, then the bumped versions. */
-    for (i = nv + ncl; i < json_array_size(keys); i++)
-        json_object_set_new(bumpset, json_string_value(json_array_get(json_array_get(keys, i), 0)),
-                            json_true());
-    json_array_foreach(keys, i, c) {
-        const char *k = json_string_value(json_array_get(c, 0));
-        const char *want = json_string_value(json_array_get(c, 1));
-        if (i < nv) {
-            xc_plan_lock(p, k, json_object_get(bumpset, k) ? 'B' : 'c', want);
-            json_object_del(bumpset, k);
-        } else if (i < nv + ncl) {
-            xc_plan_claim(p, k, want);
-        } else if (json_object_get(bumpset, k) != NULL) {
-            xc_plan_lock(p, k, 'b', "");
-        }
-    }
-    json_array_foreach(q, i, c) {
-        xc_plan_cmd(p, c);
-        cmd_keys(c, plan_writes_one, p);
-    }
-    json_decref(bumpset);
-    j->xplan = p;
-}
-
-/* Turns a command's writes into one fenced commit script (commit_lua) that
- * first checks the versions of what the command read (and the claims it
- * holds), and bumps the versions of what it writes; on a cluster, when
- * those keys span slots, into a plan of ordered steps instead (j->xplan,
- * returns NULL).
- * Writes that run a script of their own (EVAL cannot nest) stay a
- * MULTI/EXEC: those are idempotent by design and check their own
- * conditions in their script (wallet.credit's reference); the versions of
- * their keys are bumped in the same MULTI.
- * Steals q, returns the batch to send. */
-static json_t *commit_wrap(job *j, json_t *q)
-{
-    json_t *eval, *c, *a, *bumps = bumped_keys(q), *v, *keys;
-    size_t i, k, nv = 0, ncl;
-    const char *key;
-    void *tmp;
-    long slot;
-    char vk[KGC_RKEY_MAX], ver[24], n[24];
-
-    j->txid[0] = '\0';
-    j->xtx = 0;
-    json_array_foreach(q, i, c)
-        if (strcmp(json_string_value(json_array_get(c, 0)), "EVAL") == 0) {
-            kgc_random_id("", 20, ver);
-            json_object_foreach(bumps, key, v) {
-                version_key(j->app, key, vk);
-                json_array_append_new(q, json_pack("[s,s,s,s,s]", "SET", vk, ver, "EX",
-                                                   VERSION_TTL));
-            }
-            json_decref(bumps);
-            return q;
-        }
-    kgc_random_id("", 20, j->txid);
-    /* [key, expected] checked: what it read since its last commit (all,
-     * for the first), and what it writes now that an earlier commit of it
-     * checked or wrote (team.member.remove writes the team read before its
-     * first commit); then the claims; then [version key] it bumps. */
-    keys = json_array();
-    json_object_foreach(j->readset, key, v) {
-        if (json_is_true(v))
-            continue;             /* never read (a handler queued it, then wrote) */
-        version_key(j->app, key, vk);
-        json_array_append_new(keys, json_pack("[s,s]", vk, json_is_string(v) ?
-                                              json_string_value(v) : ""));
-        json_object_set(j->checked, key, v);
-    }
-    json_object_foreach(bumps, key, v) {
-        json_t *cv = json_object_get(j->checked, key);
-        if (cv == NULL || json_object_get(j->readset, key) != NULL)
-            continue;
-        version_key(j->app, key, vk);
-        json_array_append_new(keys, json_pack("[s,s]", vk, json_is_string(cv) ?
-                                              json_string_value(cv) : ""));
-    }
-    nv = json_array_size(keys);
-    json_object_foreach(j->claims, key, v)
-        json_array_append_new(keys, json_pack("[s,O]", key, v));
-    ncl = json_array_size(keys) - nv;
-    json_object_foreach(bumps, key, v) {
-        version_key(j->app, key, vk);
-        json_array_append_new(keys, json_pack("[s]", vk));
-        /* A later commit of this command expects its own version there. */
-        if (json_object_get(j->checked, key) != NULL)
-            json_object_set_new(j->checked, key, json_string(j->txid));
-    }
-    /* Checked now: a later commit of it checks them again only if it
-     * writes them, or reads them again (their versions are read again). */
-    json_object_foreach_safe(j->readset, tmp, key, v)
-        if (!json_is_true(v))
-            json_object_del(j->readset, key);
-    json_decref(bumps);
-    slot = j->app->cfg.ncluster > 0 ? commit_slot(keys, q) : -1;
-    if (slot == -2) {
-        commit_plan(j, keys, nv, ncl, q);
-        j->xtx = 1;
-        json_decref(keys);
-        json_decref(q);
-        return NULL;
-    }
-    /* The fence, in the commit's slot on a cluster. */
-    if (slot >= 0)
-        kgc_rkey(j->fence, j->app->cfg.key_prefix, "{%s}tx:%s",
-                 kgc_cluster_tag((unsigned)slot), j->txid);
-    else
-        kgc_rkey(j->fence, j->app->cfg.key_prefix, "tx:%s", j->txid);
-    eval = json_pack("[s,s,s,s]", "EVAL", commit_lua, "", j->fence);
-    json_array_foreach(keys, i, c)
-        json_array_append(eval, json_array_get(c, 0));
-    {
-        json_t *data = json_object();
-        const char *dk;
-        json_t *dv;
-        json_array_foreach(q, i, c)
-            cmd_keys(c, bump_one, data);
-        json_object_foreach(data, dk, dv)
-            json_array_append_new(eval, json_string(dk));
-        json_decref(data);
-    }
-    snprintf(n, sizeof n, "%zu", json_array_size(eval) - 4 + 1);
-    json_array_set_new(eval, 2, json_string(n));
-    json_array_append_new(eval, json_string(TX_FENCE_TTL));
-    json_array_append_new(eval, json_string(j->txid));
-    json_array_append_new(eval, json_string(VERSION_TTL));
-    snprintf(n, sizeof n, "%zu", nv + ncl);
-    json_array_append_new(eval, json_string(n));
-    snprintf(n, sizeof n, "%zu", json_array_size(keys) - nv - ncl);
-    json_array_append_new(eval, json_string(n));
-    for (i = 0; i < nv + ncl; i++)
-        json_array_append(eval, json_array_get(json_array_get(keys, i), 1));
-    json_decref(keys);
-    json_array_foreach(q, i, c) {
-        json_array_append_new(eval, json_integer((json_int_t)json_array_size(c)));
-        json_array_foreach(c, k, a)
-            json_array_append(eval, a);
-    }
-    json_decref(q);
-    return json_pack("[o]", eval);
-}
-
-static void job_advance(job *j, job_step step)
+void job_advance(job *j, job_step step)
 {
     if (step != J_READ && step != J_WAIT && j->def->mutates && !j->decided &&
         j->commits_sent == 0) {
@@ -1081,7 +417,7 @@ static void job_advance(job *j, job_step step)
             size_t i;
 
             json_array_foreach(j->vread, i, k) {
-                version_key(j->app, json_string_value(k), vk);
+                job_version_key(j->app, json_string_value(k), vk);
                 json_array_append_new(mget, json_string(vk));
             }
             json_array_insert_new(q, 0, mget);
@@ -1114,10 +450,10 @@ static void job_advance(job *j, job_step step)
             json_array_append_new(q, json_pack("[s,s,O]", "PUBLISH", rk(j, KGC_RK_CHANNEL), m));
         json_array_clear(j->pub);       /* sent: a next commit has its own */
         if (j->def->mutates && j->team_id[0] && !j->more_commits)
-            append_audit(j, q);
+            job_append_audit(j, q);
         if (j->def->mutates)
-            note_writes(j->app, q);
-        q = commit_wrap(j, q);
+            job_note_writes(j->app, q);
+        q = job_commit_wrap(j, q);
         j->commits_sent++;
         if (q == NULL) {
             xc_plan *p = j->xplan;
@@ -1160,7 +496,7 @@ static void ignore_reply(void *arg, int ok, json_t *replies)
     json_decref(replies);
 }
 
-static void job_free(job *j)
+void job_free(job *j)
 {
     json_decref(j->req);
     json_decref(j->actor);
@@ -1179,11 +515,11 @@ static void job_free(job *j)
     json_decref(j->xwrites);
     if (j->later != NULL)
         event_free(j->later);
-    scratch_free(j);
+    job_scratch_free(j);
     free(j);
 }
 
-static void job_start(job *j)
+void job_start(job *j)
 {
     j->stage = 0;
     j->read_seq = j->app->wseq;
@@ -1206,7 +542,7 @@ static void job_start(job *j)
 
 /* Runs a mutating command again from the start, as if it had just
  * arrived; it keeps its place among the active ones. */
-static void job_rerun(job *j)
+void job_rerun(job *j)
 {
     json_decref(j->actor);
     json_decref(j->team);
@@ -1271,7 +607,7 @@ static void job_moved(job *j)
 }
 
 /* Answers, and audits a refused mutation. */
-static void job_finish(job *j)
+void job_finish(job *j)
 {
     app *a = j->app;
     json_t *id = json_object_get(j->req, "id");
@@ -1298,7 +634,7 @@ static void job_finish(job *j)
         if (j->def->mutates && j->team_id[0] && store_connected(a->st) &&
             strcmp(j->code, "unavailable") != 0) {
             json_t *cmds = json_array();
-            append_audit(j, cmds);
+            job_append_audit(j, cmds);
             store_exec(a->st, cmds, 1, ignore_reply, NULL);
             json_decref(cmds);
         }
@@ -1309,184 +645,6 @@ static void job_finish(job *j)
     }
     job_decided(j);
     job_free(j);
-}
-
-/* --- lost replies ----------------------------------------------------- */
-
-static void limbo_remove(job *j)
-{
-    for (job **pp = &j->app->limbo; *pp; pp = &(*pp)->lnext)
-        if (*pp == j) {
-            *pp = j->lnext;
-            break;
-        }
-    if (j->limbo != NULL) {
-        event_free(j->limbo);
-        j->limbo = NULL;
-    }
-    if (j->limbo_retry != NULL) {
-        event_free(j->limbo_retry);
-        j->limbo_retry = NULL;
-    }
-}
-
-/* Answers a command in limbo: applied (its prepared answer) or not. */
-static void limbo_answer(job *j, int applied, const char *why)
-{
-    limbo_remove(j);
-    if (j->xsettling) {
-        xc_forget(j->app, j);   /* the daemon is stopping: nobody waits for it */
-        j->xsettling = 0;
-    }
-    if (applied && j->more_commits) {
-        /* One commit of several made: the rest were not. */
-        j->commits_done++;
-        applied = 0;
-        why = "the store was lost";
-    }
-    if (!applied) {
-        json_decref(j->result);
-        j->result = NULL;
-        job_fail(j, "unavailable", "%s", why);
-    }
-    job_finish(j);
-}
-
-static void limbo_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    job *j = arg;
-
-    (void)fd;
-    (void)what;
-    if (j->xsettling) {
-        /* A settle holds the job: its end answers (on_xsettled). Each of
-         * its steps is bounded by the store's own timeouts. */
-        event_free(j->limbo);
-        j->limbo = NULL;
-        return;
-    }
-    limbo_answer(j, 0, "the store is unreachable and did not come back in time; "
-                       "the change may have been made");
-}
-
-static void limbo_add(job *j)
-{
-    struct timeval tv = {LIMBO_WAIT_S, 0};
-
-    j->lnext = j->app->limbo;
-    j->app->limbo = j;
-    j->limbo = evtimer_new(j->app->base, limbo_timeout, j);
-    if (j->limbo == NULL)
-        oom("evtimer_new");
-    evtimer_add(j->limbo, &tv);
-    log_warn("%s: reply lost; will find out whether it was applied", j->def->name);
-    if (store_connected(j->app->st))
-        job_limbo_resolve(j->app);
-}
-
-static void limbo_ask(job *j);
-
-static void limbo_retry(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    if (store_connected(((job *)arg)->app->st))
-        limbo_ask(arg);
-}
-
-/* Replies of "SET fence aborted NX" + "GET fence": OK → the commit never
- * ran and now never will; else the fence says "done" → it ran. */
-static void on_resolve(void *arg, int ok, json_t *replies)
-{
-    job *j = arg;
-    const char *set = json_string_value(json_array_get(replies, 0));
-    const char *got = json_string_value(json_array_get(replies, 1));
-
-    if (!ok) {
-        json_decref(replies);
-        return;                 /* still in limbo: the next reconnect asks again */
-    }
-    if (first_error(replies) != NULL) {
-        /* Refused, not answered (LOADING just after a restart): ask again
-         * shortly, until LIMBO_WAIT_S gives up. */
-        json_decref(replies);
-        limbo_later(j);
-        return;
-    }
-    if (set != NULL && strcmp(set, "OK") == 0)
-        limbo_answer(j, 0, "the store was unreachable; nothing was changed");
-    else if (got != NULL && strcmp(got, "done") == 0)
-        limbo_answer(j, 1, NULL);
-    else
-        limbo_answer(j, 0, "the store lost track of the change; it may have been made");
-    json_decref(replies);
-}
-
-static void limbo_later(job *j)
-{
-    struct timeval tv = {0, 100 * 1000};
-
-    if (j->limbo_retry == NULL && (j->limbo_retry = evtimer_new(j->app->base, limbo_retry,
-                                                                j)) == NULL)
-        oom("evtimer_new");
-    evtimer_add(j->limbo_retry, &tv);
-}
-
-/* A commit across slots whose reply was lost, settled by its owner. */
-static void on_xsettled(void *arg, int outcome, const char *holder)
-{
-    job *j = arg;
-
-    (void)holder;
-    j->xsettling = 0;
-    if (outcome == XC_APPLIED)
-        limbo_answer(j, 1, NULL);
-    else if (outcome == XC_NOT_APPLIED)
-        limbo_answer(j, 0, "the store was unreachable; nothing was changed");
-    else if (j->limbo == NULL)  /* LIMBO_WAIT_S passed while it settled */
-        limbo_answer(j, 0, "the store is unreachable and did not come back in time; "
-                           "the change may have been made");
-    else
-        limbo_later(j);         /* until LIMBO_WAIT_S gives up */
-}
-
-static void limbo_ask(job *j)
-{
-    const char *key = j->fence;
-    json_t *cmds;
-
-    if (j->xtx) {
-        if (!j->xsettling) {
-            j->xsettling = 1;   /* the job lives until it answers (limbo_timeout) */
-            xc_settle(j->app, j->txid, 1, on_xsettled, j);
-        }
-        return;
-    }
-    cmds = json_pack("[[s,s,s,s,s,s],[s,s]]", "SET", key, "aborted", "NX", "EX",
-                     TX_FENCE_TTL, "GET", key);
-    store_exec(j->app->st, cmds, 0, on_resolve, j);
-    json_decref(cmds);
-}
-
-void job_limbo_resolve(app *a)
-{
-    for (job *j = a->limbo; j != NULL; j = j->lnext)
-        limbo_ask(j);
-}
-
-void job_abort_all(app *a)
-{
-    while (a->limbo != NULL)
-        limbo_answer(a->limbo, 0, "the daemon is stopping; the change may have been made");
-    while (a->queue_head != NULL) {
-        job *j = a->queue_head;
-        a->queue_head = j->next;
-        metrics_command(j->def->name, "unavailable", metrics_now() - j->t_in);
-        j->reply(j->reply_ctx, proto_error(json_object_get(j->req, "id"), "unavailable",
-                                           "the daemon is stopping"), 0);
-        job_free(j);
-    }
-    a->queue_tail = NULL;
 }
 
 /* --- dispatch ---------------------------------------------------------- */
@@ -1507,7 +665,7 @@ static void job_enqueue(job *j)
     else
         a->queue_head = j;
     a->queue_tail = j;
-    mut_pump(a);
+    job_mut_pump(a);
 }
 
 static void refuse(job_reply_fn reply, void *ctx, json_t *req, const char *code,
@@ -1538,7 +696,7 @@ static void prepare_start(job *j)
 static void gate_done(void *arg, int ok, json_t *replies)
 {
     job *j = arg;
-    const char *e = ok ? first_error(replies) : NULL;
+    const char *e = ok ? job_first_error(replies) : NULL;
     int need;
 
     if (e != NULL) {
@@ -1638,12 +796,12 @@ void job_submit(app *a, json_t *req, const peer_info *peer, job_reply_fn reply, 
         json_t *v = json_object_get(req, ar->name);
         if ((v == NULL || json_is_null(v)) && !ar->required)
             continue;
-        if (v == NULL || !type_ok(ar->type, v)) {
+        if (v == NULL || !job_type_ok(ar->type, v)) {
             if (v == NULL)
                 refuse(reply, ctx, req, "bad_request", "'%s' is required%s", ar->name, "");
             else
                 refuse(reply, ctx, req, "bad_request", "'%s' must be %s", ar->name,
-                       type_name(ar->type));
+                       job_type_name(ar->type));
             json_decref(req);
             return;
         }
