@@ -14,7 +14,7 @@
  * answers), the engine checks that no transaction sent after its reads
  * wrote one of those keys, and otherwise runs it again from the start.
  * Several keygated may serve one store: each key read has a version, read
- * with it, that the commit script checks (job.c), so a commit that another
+ * with it, that the commit script checks (job_commit.c), so a commit that another
  * daemon's commit overtook writes nothing and the command runs again too.
  * Redis runs one connection's commands in order, so a read sent after a
  * transaction sees it (docs/redis-schema.md, "Atomicity"). Commands decide
@@ -139,7 +139,7 @@ struct job {
     char txid[24];                /* its commit script's fence, "" for MULTI */
     struct event *limbo;          /* reply lost: deadline for finding out */
     struct event *limbo_retry;    /* ... and the next question, after a refusal */
-    char fence[KGC_RKEY_MAX];     /* its commit script's fence key (job.c) */
+    char fence[KGC_RKEY_MAX];     /* its commit script's fence key (job_commit.c) */
     struct xc_plan *xplan;        /* a commit across slots, built, not yet run (xcommit.h) */
     int xtx;                      /* its last commit ran as cross-slot steps */
     int xsettling;                /* ... and its owner's settle is in flight (limbo) */

@@ -2,7 +2,7 @@
  * xcommit.h - a command's commit whose keys span hash slots (Redis
  * Cluster, issue 11), made as ordered steps that any keygated can finish.
  *
- * On one node a commit is one script (job.c, commit_lua). On a cluster a
+ * On one node a commit is one script (job_commit.c, commit_lua). On a cluster a
  * script touches one slot, so a commit whose keys lie in several slots
  * (sign-up, member add and remove, notifications: user-level keys beside
  * team keys) goes in five steps, docs/redis-schema.md "Cross-slot commits":

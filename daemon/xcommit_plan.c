@@ -102,7 +102,7 @@ json_t *xc_apply_cmd(const char *txid, json_t *part)
     c = eval_head(apply_lua, part, 0);
     /* Every key the writes touch, declared after the version keys (the
      * script reads only the first nl): refused whole during a migration
-     * of the slot rather than failing half-way (job.c, commit_lua). */
+     * of the slot rather than failing half-way (job_commit.c, commit_lua). */
     json_array_foreach(json_object_get(part, "keys"), i, l)
         json_array_append(c, l);
     snprintf(n, sizeof n, "%zu", json_array_size(c) - 3);

@@ -17,8 +17,8 @@
 #include <jansson.h>
 #include <stddef.h>
 
-#define XC_VERSION_TTL "86400"    /* as job.c's VERSION_TTL */
-#define XC_FENCE_TTL "60"         /* as job.c's TX_FENCE_TTL */
+#define XC_VERSION_TTL "86400"    /* as job_int.h's VERSION_TTL */
+#define XC_FENCE_TTL "60"         /* as job_int.h's TX_FENCE_TTL */
 #define XC_STALE_MS 2000          /* a pending intent this old may be aborted by anyone */
 
 /* 1 if the part writes (commands, versions to bump, claims): only such
