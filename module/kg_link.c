@@ -23,9 +23,11 @@
  * most (sentinels + 1) * 2 * min(timeout_ms, KG_SENTINEL_MS), in practice
  * two LAN round trips once per failover). In host mode it never blocks:
  * the "probe" below asks the same questions on async connections driven
- * by the host's loop, and requests made before it has an answer fail at
- * once with KG_BACKEND_ERROR, as they do with Redis down. Either way a
- * failed look-up is not repeated before KG_RESOLVE_RETRY_MS.
+ * by the host's loop, and requests made before it has an answer wait
+ * for it within their timeout_ms (kg_route.c, kg_route_unpark); once a
+ * look-up has failed they fail at once with KG_BACKEND_ERROR, as they do
+ * with Redis down. Either way a failed look-up is not repeated before
+ * KG_RESOLVE_RETRY_MS.
  *
  * Redis Cluster (cfg.ncluster > 0, ctx->cmap): one command link per master,
  * opened when a request's slot first leads to it (kg_link_node), indexed
