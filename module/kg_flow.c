@@ -218,7 +218,7 @@ static void issue_cold(kg_pending *p)
     kg_ctx *ctx = p->ctx;
     char tk[KGC_RKEY_MAX], now[24], amt[24], lim[24], ttl[24], day[16], month[16], hour[16];
     char vals[KG_MAX_PARAMS][24];
-    const char *argv[25 + 2 * KG_MAX_PARAMS];
+    const char *argv[26 + 2 * KG_MAX_PARAMS];
     /* The document is returned only when it will be cached. */
     int want_doc = ctx->cfg.cache_ttl_ms > 0 && ctx->sub_ok;
     int argc;
@@ -232,15 +232,15 @@ static void issue_cold(kg_pending *p)
     snprintf(amt, sizeof amt, "%lld", (long long)p->cost);
     snprintf(lim, sizeof lim, "%lld", (long long)p->quota_limit);
     snprintf(ttl, sizeof ttl, "%d", ctx->cfg.hold_ttl_ms);
-    const char *a[25] = {"EVALSHA", ctx->sha[KG_SCRIPT_COLD], "1", tk,
+    const char *a[26] = {"EVALSHA", ctx->sha[KG_SCRIPT_COLD], "1", tk,
                          ctx->cfg.key_prefix, p->tok_team, p->hash, now, p->settle ? "s" : "a",
                          p->service, p->model, p->request_id, p->fp,
                          p->cold_bad ? "1" : "0", p->cold_free ? "1" : "0",
                          p->cold_settle ? "1" : "0", p->cold_hold_bad ? "1" : "0",
                          amt, lim, ttl, ctx->cfg.usage_counters ? "1" : "0", day, month, hour,
-                         want_doc ? "1" : "0"};
+                         want_doc ? "1" : "0", ctx->cmap != NULL ? "1" : "0"};
     memcpy(argv, a, sizeof a);
-    argc = ctx->cfg.usage_counters ? param_args(p, argv, 25, vals) : 25;
+    argc = ctx->cfg.usage_counters ? param_args(p, argv, 26, vals) : 26;
     kg_route_issue(p, KG_ST_EVAL, argc, argv);
 }
 
