@@ -6,11 +6,15 @@
 #ifndef KG_XCOMMIT_LUA_H
 #define KG_XCOMMIT_LUA_H
 
+/* `now`: Redis' clock in ms, the one clock the steps go by. */
+#define XC_LUA_NOW                                                                 \
+    "local t = redis.call('TIME')\n"                                               \
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
 /* KEYS[1] intent, KEYS[2] open set; ARGV[1] plan, ARGV[2] txid. */
 static const char __attribute__((unused)) intent_lua[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    XC_LUA_NOW
     "redis.call('HSET', KEYS[1], 'state', 'pending', 'plan', ARGV[1], 'at', now)\n"
     "redis.call('ZADD', KEYS[2], now, ARGV[2])\n"
     "return 1\n";
@@ -119,11 +123,9 @@ static const char __attribute__((unused)) abort_lua[] =
     "local st = redis.call('HGET', KEYS[1], 'state')\n"
     "if st == 'aborted' then return 1 end\n"
     "if st ~= 'pending' then return 0 end\n"
-    "if tonumber(ARGV[1]) > 0 then\n"
-    "  local t = redis.call('TIME')\n"
-    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "  if now - tonumber(redis.call('HGET', KEYS[1], 'at')) < tonumber(ARGV[1]) then return 0 end\n"
-    "end\n"
+    XC_LUA_NOW
+    "if tonumber(ARGV[1]) > 0 and\n"
+    "   now - tonumber(redis.call('HGET', KEYS[1], 'at')) < tonumber(ARGV[1]) then return 0 end\n"
     "redis.call('HSET', KEYS[1], 'state', 'aborted')\n"
     "return 1\n";
 
@@ -132,8 +134,7 @@ static const char __attribute__((unused)) abort_lua[] =
  * their 'at' and abort_lua's check use: a keygated whose own clock runs
  * ahead or behind picks neither fresh intents nor too few). */
 static const char __attribute__((unused)) stale_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    XC_LUA_NOW
     "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now - tonumber(ARGV[1])),\n"
     "                  'LIMIT', 0, tonumber(ARGV[2]))\n";
 

@@ -635,8 +635,7 @@ static void on_load(kg_pending *p, redisReply *r)
         return;
     }
     memcpy(ctx->sha[p->script], r->str, 41);
-    if (ctx->cmap != NULL)
-        kg_route_load_everywhere(ctx, p->script, p->node);
+    kg_route_load_everywhere(ctx, p->script, p->node);   /* cluster: the other nodes */
     issue_script(p);
 }
 

@@ -256,6 +256,8 @@ struct kg_ctx {
                                      (kg_flow.c): no malloc per request */
     struct kg_pending *doneq, *doneq_tail; /* answers not yet handed to done */
     int closing;
+    int parked;                   /* a command may wait on ctx->inflight for the
+                                     primary's look-up (kg_route_unpark) */
 
     kg_stats stats;               /* kg_stats_get */
 
@@ -300,6 +302,15 @@ int64_t kg_mono_ms(void);
 int64_t kg_wall_ms(void);
 int  kg_link_main(kg_ctx *ctx);                 /* connect if needed: 0 / -1 */
 int  kg_link_resolving(const kg_ctx *ctx);     /* host mode, Sentinel: primary being looked up */
+/* Queues the formatted command cmd on ac, its reply for fn(priv) (fn NULL:
+ * nobody waits for it). hiredis 0.14.1 does not report every allocation
+ * failure of an async command: it can queue the command without its reply
+ * callback, whose reply would then trip an assert or, with other commands
+ * in flight, reach the wrong request. Such a command is taken back out of
+ * the output buffer before anything is written. 0, or -1: none of it
+ * queued (what was queued before stays as it was). */
+int  kg_link_put(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, const char *cmd,
+                 size_t len);
 void kg_link_sub_maintain(kg_ctx *ctx, int64_t now);
 void kg_link_drop(kg_ctx *ctx, kg_link *l);     /* frees hiredis' side now */
 void kg_link_drop_all(kg_ctx *ctx);

@@ -556,14 +556,13 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
 {
     kg_leases *L = ctx->leases;
     const char *P = ctx->cfg.key_prefix, *T = w->team, *W = w->wallet;
-    size_t it = 0, queued;
+    size_t it = 0;
     kg_jent *e;
     char key[KGC_RKEY_MAX], day[16], hour[16], mid[2048];
     int nrid = 0, ng = 0, nm = 0, rc = -1, usage = ctx->cfg.usage_counters;
     int64_t want, need, elapsed;
     uint64_t lo = 0, hi = 0;
     respbuf *b = &L->rb;
-    redisAsyncContext *ac;
     char *seqs = L->seqs, *runs = L->runs;
 
     L->nfl = 0;
@@ -745,21 +744,11 @@ static int send_flush(kg_ctx *ctx, wlease *w, int64_t now)
         head[hl++] = '\r';
         head[hl++] = '\n';
         memcpy(b->p + KG_RESP_HEAD - hl, head, hl);
-        /* As issue() in kg_flow.c: taken back out of the buffer if hiredis
-         * queued it without us. */
-        ac = ctx->main->ac;
-        queued = sdslen((sds)ac->c.obuf);
-        rc = redisAsyncFormattedCommand(ac, on_flush, ctx, b->p + KG_RESP_HEAD - hl,
-                                        b->len - KG_RESP_HEAD + hl);
-    }
-    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != ctx)) {
-        sdssetlen((sds)ac->c.obuf, queued);
-        ac->c.obuf[queued] = '\0';
-        rc = REDIS_ERR;
-    }
-    if (rc != REDIS_OK) {
-        rc = -1;
-        goto out;
+        if (kg_link_put(ctx->main->ac, on_flush, ctx, b->p + KG_RESP_HEAD - hl,
+                        b->len - KG_RESP_HEAD + hl) != 0) {
+            rc = -1;
+            goto out;
+        }
     }
     rc = 0;
     L->busy = 1;

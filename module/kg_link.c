@@ -56,6 +56,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,7 +161,7 @@ static int link_auth(kg_link *l)
 {
     redisAsyncContext *ac = l->ac;
     const char *argv[3];
-    size_t argvlen[3], queued;
+    size_t argvlen[3];
     char *cmd = NULL;
     int argc = kgc_auth_argv(&l->ctx->cfg, argv, argvlen), len, rc;
 
@@ -168,16 +169,10 @@ static int link_auth(kg_link *l)
         return 0;
     if ((len = redisFormatCommandArgv(&cmd, argc, argv, argvlen)) < 0)
         return -1;
-    queued = sdslen((sds)ac->c.obuf);
-    rc = redisAsyncFormattedCommand(ac, on_auth, NULL, cmd, (size_t)len);
+    rc = kg_link_put(ac, on_auth, NULL, cmd, (size_t)len);
     sodium_memzero(cmd, (size_t)len);
     redisFreeCommand(cmd);
-    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->fn != on_auth)) {
-        sdssetlen((sds)ac->c.obuf, queued);
-        ac->c.obuf[queued] = '\0';
-        rc = REDIS_ERR;
-    }
-    return rc == REDIS_OK ? 0 : -1;
+    return rc;
 }
 
 int kg_link_trusted(const redisAsyncContext *ac)
@@ -322,15 +317,38 @@ kg_link *kg_link_node(kg_ctx *ctx, int i)
     return l;
 }
 
-/* 1 if the command just queued on ac will hand its reply to fn(priv):
- * hiredis 0.14.1 queues a command without its reply callback when that
- * allocation fails, and asserts when the reply comes (kg_flow.c issue()).
- * A link whose command lacks it is dropped by the caller before anything
- * is written (a new link: it is still connecting). */
-static int queued_for(redisAsyncContext *ac, redisCallbackFn *fn, void *priv)
+int kg_link_put(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, const char *cmd,
+                size_t len)
 {
-    return ac->replies.tail != NULL && ac->replies.tail->fn == fn &&
-           ac->replies.tail->privdata == priv;
+    size_t queued = sdslen((sds)ac->c.obuf);
+    redisCallback *before = ac->replies.tail;
+
+    if (redisAsyncFormattedCommand(ac, fn, priv, cmd, len) != REDIS_OK)
+        return -1;
+    if (ac->replies.tail == before || ac->replies.tail->fn != fn ||
+        ac->replies.tail->privdata != priv) {
+        sdssetlen((sds)ac->c.obuf, queued);     /* its bytes only: what was */
+        ac->c.obuf[queued] = '\0';              /* queued before stays whole */
+        return -1;
+    }
+    return 0;
+}
+
+/* kg_link_put with printf-style formatting (one checked allocation). */
+static int put_fmt(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, const char *fmt, ...)
+{
+    char *cmd = NULL;
+    va_list ap;
+    int len, rc;
+
+    va_start(ap, fmt);
+    len = redisvFormatCommand(&cmd, fmt, ap);
+    va_end(ap);
+    if (len < 0)
+        return -1;
+    rc = kg_link_put(ac, fn, priv, cmd, (size_t)len);
+    redisFreeCommand(cmd);
+    return rc;
 }
 
 static void on_slots(redisAsyncContext *ac, void *reply, void *priv)
@@ -376,8 +394,7 @@ void kg_link_cluster_maintain(kg_ctx *ctx, int64_t now)
         if (ctx->hooks != NULL)
             tell_host(ctx->clq);
     }
-    if (redisAsyncCommand(ctx->clq->ac, on_slots, ctx, "CLUSTER SLOTS") != REDIS_OK ||
-        !queued_for(ctx->clq->ac, on_slots, ctx)) {
+    if (put_fmt(ctx->clq->ac, on_slots, ctx, "CLUSTER SLOTS") != 0) {
         kg_link_drop(ctx, ctx->clq);
         return;
     }
@@ -428,9 +445,7 @@ static int probe_send(kg_ctx *ctx, const kgc_hostport *to, int auth, int64_t now
     ctx->probe = link_open(ctx, 0, to, auth);
     if (ctx->probe == NULL)
         return -1;
-    if ((arg ? redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt, arg)
-             : redisAsyncCommand(ctx->probe->ac, on_probe, ctx, fmt)) != REDIS_OK ||
-        !queued_for(ctx->probe->ac, on_probe, ctx)) {
+    if (put_fmt(ctx->probe->ac, on_probe, ctx, fmt, arg) != 0) {
         kg_link_drop(ctx, ctx->probe);
         return -1;
     }

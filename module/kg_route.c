@@ -21,31 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Puts a command whose reply nobody waits for (it goes to no callback) on
- * ac. hiredis 0.14.1 can queue a command without its reply slot when an
- * allocation fails (see main_send()); such a command is taken back out of
- * the output buffer. 0 or -1 (nothing queued). */
-static int fire(redisAsyncContext *ac, int argc, const char **argv)
-{
-    size_t queued = sdslen((sds)ac->c.obuf);
-    redisCallback *before = ac->replies.tail;
-    char *cmd = NULL;
-    int len = redisFormatCommandArgv(&cmd, argc, argv, NULL), rc;
-
-    if (len < 0)
-        return -1;
-    rc = redisAsyncFormattedCommand(ac, NULL, NULL, cmd, (size_t)len);
-    free(cmd);
-    if (rc != REDIS_OK)
-        return -1;
-    if (ac->replies.tail == before || ac->replies.tail->fn != NULL) {
-        sdssetlen((sds)ac->c.obuf, queued);
-        ac->c.obuf[queued] = '\0';
-        return -1;
-    }
-    return 0;
-}
-
 /* Cluster mode: a script just loaded on one node is sent to every other
  * node of the map as well, answers unawaited, so that the first request
  * each of them serves does not meet NOSCRIPT (two more round trips). A
@@ -54,23 +29,26 @@ static int fire(redisAsyncContext *ac, int argc, const char **argv)
 void kg_route_load_everywhere(kg_ctx *ctx, int script, int loaded_on)
 {
     const char *argv[3] = {"SCRIPT", "LOAD", kg_script_text[script]};
+    char *cmd = NULL;
+    int len;
 
+    if (ctx->cmap == NULL || (len = redisFormatCommandArgv(&cmd, 3, argv, NULL)) < 0)
+        return;
     for (int i = 0; i < ctx->cmap->nnodes; i++) {
         kg_link *l;
-        if (i != loaded_on && (l = kg_link_node(ctx, i)) != NULL)
-            (void)fire(l->ac, 3, argv);   /* best effort: NOSCRIPT still loads it */
+        if (i != loaded_on && (l = kg_link_node(ctx, i)) != NULL)   /* best effort: */
+            (void)kg_link_put(l->ac, NULL, NULL, cmd, (size_t)len);  /* NOSCRIPT still loads */
     }
+    redisFreeCommand(cmd);
 }
 
 /* Cluster mode: puts p's formatted command on node's link (node < 0: the
  * master of p->slot by the map), after ASKING when p->asking. 0 or -1. */
 static int cluster_send(kg_pending *p, int node)
 {
+    static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
     kg_ctx *ctx = p->ctx;
-    redisAsyncContext *ac;
-    size_t queued;
     kg_link *l;
-    int rc;
 
     if (node < 0 && (node = ctx->cmap->slot_node[p->slot]) == KGC_CLUSTER_NONE) {
         ctx->cl_stale = 1;
@@ -78,20 +56,10 @@ static int cluster_send(kg_pending *p, int node)
     }
     if ((l = kg_link_node(ctx, node)) == NULL)
         return -1;
-    ac = l->ac;
-    queued = sdslen((sds)ac->c.obuf);
-    if (p->asking) {
-        static const char *asking[1] = {"ASKING"};
-        if (fire(ac, 1, asking) != 0)
-            return -1;
-    }
-    rc = redisAsyncFormattedCommand(ac, kg_flow_on_reply, p, p->cmd, p->cmdlen);
-    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != p)) {
-        sdssetlen((sds)ac->c.obuf, queued);   /* ASKING too: its reply slot is then */
-        ac->c.obuf[queued] = '\0';            /* a NULL-callback one with no command */
-        rc = REDIS_ERR;
-    }
-    if (rc != REDIS_OK)
+    /* An ASKING left queued when the command after it fails goes out with
+     * its own (empty) reply slot: replies stay in step with commands. */
+    if ((p->asking && kg_link_put(l->ac, NULL, NULL, asking, sizeof asking - 1) != 0) ||
+        kg_link_put(l->ac, kg_flow_on_reply, p, p->cmd, p->cmdlen) != 0)
         return -1;
     p->node = node;
     p->outstanding = 1;
@@ -149,28 +117,10 @@ static void cluster_issue(kg_pending *p, int step, int argc, const char **argv)
 }
 
 /* Puts p's formatted command on the main connection: 0, or -1 with
- * nothing queued.
- *
- * hiredis 0.14.1 does not report every allocation failure of an async
- * command: redisAsyncCommandArgv leaks its buffer when formatting fails
- * half-way, and __redisAsyncCommand ignores a failed allocation of the
- * reply callback and queues the command anyway, whose reply would then
- * trip an assert (or, with other commands in flight, be handed to the
- * wrong request). So the command is formatted by the caller in one
- * checked allocation, and one queued without our callback is taken back
- * out of the output buffer before anything is written. */
+ * nothing queued. */
 static int main_send(kg_pending *p, const char *cmd, size_t len)
 {
-    redisAsyncContext *ac = p->ctx->main->ac;
-    size_t queued = sdslen((sds)ac->c.obuf);
-    int rc = redisAsyncFormattedCommand(ac, kg_flow_on_reply, p, cmd, len);
-
-    if (rc == REDIS_OK && (ac->replies.tail == NULL || ac->replies.tail->privdata != p)) {
-        sdssetlen((sds)ac->c.obuf, queued);
-        ac->c.obuf[queued] = '\0';
-        rc = REDIS_ERR;
-    }
-    if (rc != REDIS_OK)
+    if (kg_link_put(p->ctx->main->ac, kg_flow_on_reply, p, cmd, len) != 0)
         return -1;
     p->outstanding = 1;
     kg_flow_inflight(p);
@@ -207,6 +157,7 @@ void kg_route_issue(kg_pending *p, int step, int argc, const char **argv)
             p->cmdlen = (size_t)len;
             p->outstanding = 0;
             kg_flow_inflight(p);
+            ctx->parked = 1;
             return;
         }
         redisFreeCommand(cmd);
@@ -298,30 +249,30 @@ void kg_route_unpark(kg_ctx *ctx, int64_t now)
 {
     int sent = 0;
 
-    if (ctx->cmap != NULL)
-        return;
+    if (!ctx->parked)
+        return;                         /* nothing waits: the usual case, O(1) */
     /* Each pass sends or fails one waiting command, or stops. */
     for (int guard = 0; guard < 100000; guard++) {
-        kg_pending *p = ctx->inflight, *late;
+        kg_pending *p = ctx->inflight;
 
         while (p != NULL && p->outstanding)
             p = p->next;
-        if (p == NULL)
+        if (p == NULL) {
+            ctx->parked = 0;
             break;
-        if (!ctx->closing && (kg_link_resolving(ctx) ||
-                              (kg_link_main(ctx) != 0 && kg_link_resolving(ctx)))) {
-            for (late = p; late != NULL && (late->outstanding || late->deadline > now);
-                 late = late->next)
-                ;
-            if (late == NULL)
-                break;                  /* still looking, none overdue */
-            kg_flow_finish(late, KG_BACKEND_ERROR);
-            continue;
         }
-        if (ctx->closing || ctx->main == NULL || main_send(p, p->cmd, p->cmdlen) != 0)
-            kg_flow_finish(p, KG_BACKEND_ERROR);
-        else
-            sent++;
+        if (!ctx->closing && kg_link_main(ctx) == 0) {
+            if (main_send(p, p->cmd, p->cmdlen) == 0) {
+                sent++;
+                continue;
+            }
+        } else if (!ctx->closing && kg_link_resolving(ctx)) {
+            while (p != NULL && (p->outstanding || p->deadline > now))
+                p = p->next;
+            if (p == NULL)
+                break;                  /* still looking, none overdue */
+        }
+        kg_flow_finish(p, KG_BACKEND_ERROR);
     }
     /* The primary is known now: subscribe to invalidations at once (the
      * warm cache serves only while subscribed), not at the next request. */
@@ -335,9 +286,8 @@ void kg_route_timeouts(kg_ctx *ctx, int64_t now)
         cluster_timeouts(ctx, now);
         return;
     }
-    kg_route_unpark(ctx, now);
     for (kg_pending *p = ctx->inflight; p != NULL; p = p->next)
-        if (p->outstanding && p->deadline <= now) {
+        if (p->outstanding && p->deadline <= now) {   /* (waiting ones: kg_route_unpark) */
             /* Replies come in order: one late reply stalls the connection
              * for everyone. Drop it; every request on it fails now. */
             kg_link_drop(ctx, ctx->main);

@@ -474,10 +474,10 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "local exp = tonumber(es) or 0\n"                                             \
     "if exp ~= 0 and exp <= now then return {'unknown'} end\n"                    \
     "local tag = P .. '{t:' .. T .. '}:'\n"                                       \
-    "local function moving()\n"                                                  \
+    "local function retry_later()\n"                                             \
     "  return redis.error_reply('TRYAGAIN keygate: the team slot is being moved')\n" \
     "end\n"                                                                       \
-    "local function split(keys)\n"                                               \
+    "local function half_moved(keys)\n"                                          \
     "  if ARGV[22] ~= '1' then return false end\n"                              \
     "  local k = {}\n"                                                           \
     "  for _, x in ipairs(keys) do if x ~= '' then k[#k + 1] = x end end\n"      \
@@ -485,7 +485,7 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "  return type(r) == 'table' and r.err ~= nil\n"                             \
     "end\n"                                                                       \
     "local kv = redis.pcall('MGET', KEYS[1], tag .. 'key:' .. kid)\n"            \
-    "if kv.err then return moving() end\n"                                       \
+    "if kv.err then return retry_later() end\n"                                       \
     "local raw = kv[2]\n"                                                         \
     "if not raw then return {'unknown'} end\n"                                    \
     "local okj, doc = pcall(cjson.decode, raw)\n"                                 \
@@ -550,12 +550,12 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "  if pol ~= nil and not pol.payg then return env('none', '') end\n"          \
     "  local a = params({ARGV[14], kid, rid, W, day, month})\n"                   \
     "  local keys = wkeys(W, {ud, uh})\n"                                        \
-    "  if split(keys) then return moving() end\n"                                \
+    "  if half_moved(keys) then return retry_later() end\n"                                \
     "  local r = settle(keys, a)\n"                                              \
     "  if type(r) == 'table' and r[1] == 'wallet' and r[2] ~= W and of_team(r[2]) then\n" \
     "    W, a[4] = r[2], r[2]\n"                                                  \
     "    keys = wkeys(W, {ud, uh})\n"                                            \
-    "    if split(keys) then return moving() end\n"                              \
+    "    if half_moved(keys) then return retry_later() end\n"                              \
     "    r = settle(keys, a)\n"                                                  \
     "  end\n"                                                                     \
     "  return env('settle', W, r)\n"                                              \
@@ -569,7 +569,7 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "local krate = tag .. 'rate:' .. kid .. ':' .. svc\n"                         \
     "if not payg then\n"                                                          \
     "  local qk = {tag .. 'quota:' .. svc .. ':' .. day, tag .. 'req:' .. kid .. ':' .. rid, krate}\n" \
-    "  if split(qk) then return moving() end\n"                                  \
+    "  if half_moved(qk) then return retry_later() end\n"                                  \
     "  return env('quota', W, quota(qk, {ARGV[15], rid, uid, svc, mdl, fp, D(pol.ps), D(pol.pm)}))\n" \
     "end\n"                                                                       \
     "local allowed = false\n"                                                     \
@@ -577,7 +577,7 @@ static const char quota_lua[] = KG_LUA_LIMITS KG_LUA_QUOTA;
     "if not allowed then return env('denied', W) end\n"                           \
     "if not of_team(W) then return env('damaged', W) end\n"                       \
     "local keys = wkeys(W, {krate, ud, uh})\n"                                    \
-    "if split(keys) then return moving() end\n"                                  \
+    "if half_moved(keys) then return retry_later() end\n"                                  \
     "local a = {ARGV[14], kid, uid, svc, mdl, rid, W, fp, ARGV[16], D(capd), D(capm),\n" \
     "  D(pol.ps), D(pol.pm), day, month}\n"                                       \
     "if ARGV[12] == '1' then return env('hold', W, hold(keys, a)) end\n"          \
